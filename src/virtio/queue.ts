@@ -1,0 +1,119 @@
+/**
+ * The one virtqueue contract, over split (§2.7) and packed (§2.8) rings alike, for each side:
+ * the device side (DeviceQueue: pops chains a driver made available, returns them used) and
+ * the driver side (DriverQueue: exposes buffers, collects them used).
+ */
+
+/** A guest-physical buffer segment, as a driver describes it. */
+export interface Segment {
+  readonly addr: number;
+  readonly len: number;
+}
+
+/** Where a queue's three areas live in guest memory (§2.6 / §4.2.2 QueueDesc, QueueDriver, QueueDevice). */
+export interface QueueAddresses {
+  /** Descriptor table (split) or descriptor ring (packed). */
+  readonly desc: number;
+  /** Available ring (split) or driver event suppression structure (packed). */
+  readonly driver: number;
+  /** Used ring (split) or device event suppression structure (packed). */
+  readonly device: number;
+}
+
+/** What the two sides agreed on for one queue. */
+export interface QueueConfig extends QueueAddresses {
+  /** Number of entries: a power of two for split rings, any value 1..32768 for packed (§2.7 / §2.8). */
+  readonly size: number;
+  /** VIRTIO_F_EVENT_IDX negotiated. */
+  readonly eventIdx: boolean;
+  /** VIRTIO_F_INDIRECT_DESC negotiated. */
+  readonly indirect: boolean;
+  /** VIRTIO_F_IN_ORDER negotiated. */
+  readonly inOrder: boolean;
+}
+
+/**
+ * A driver broke a ring rule. The device that sees one stops the queue and enters
+ * DEVICE_NEEDS_RESET (§2.1.1); `rule` names the rule for the one log line.
+ */
+export class VirtqueueError extends Error {
+  constructor(
+    readonly rule: string,
+    detail: string,
+  ) {
+    super(`${rule}: ${detail}`);
+    this.name = 'VirtqueueError';
+  }
+}
+
+/**
+ * A validated descriptor chain (§2.7.4.2, §2.8.6): every segment lies inside guest memory, the
+ * device-readable part precedes the device-writable part, and the lengths do not overflow.
+ * The buffers are zero-copy views of guest memory.
+ */
+export class DescriptorChain {
+  constructor(
+    /** Split: the head descriptor index. Packed: the buffer id. Either way, what goes into the used element. */
+    readonly id: number,
+    /** Descriptors the chain occupied in the ring (packed rings advance by this many; indirect counts as one). */
+    readonly ringDescriptors: number,
+    readonly readable: readonly Uint8Array[],
+    readonly writable: readonly Uint8Array[],
+    readonly readableLength: number,
+    readonly writableLength: number,
+  ) {}
+}
+
+/** Device side of one virtqueue. */
+export interface DeviceQueue {
+  readonly size: number;
+  /**
+   * The next chain the driver made available, or null when there is none.
+   * Throws VirtqueueError when the driver broke a rule; the queue is then unusable until reset.
+   */
+  pop(): DescriptorChain | null;
+  /** Return a chain, `written` bytes of its writable part filled. Visible to the driver after publish(). */
+  push(chain: DescriptorChain, written: number): void;
+  /**
+   * Make every pushed chain visible to the driver, with the memory ordering of §2.7.13 / §2.8.21,
+   * and say whether the driver asked to be notified (§2.7.10 / §2.8.10 event suppression).
+   */
+  publish(): boolean;
+  /**
+   * Ask the driver to notify on new buffers. Returns true when buffers arrived before the request
+   * became visible, so the caller must pop again instead of sleeping (the race of §2.7.10).
+   */
+  enableNotifications(): boolean;
+  /** Tell the driver not to notify (a busy device polls instead). */
+  disableNotifications(): void;
+  /** Position of the next chain to pop, for save/restore (vhost-user VRING_BASE; packed adds the wrap counter in bit 15). */
+  readonly nextAvail: number;
+}
+
+/** One buffer the device returned to the driver. `len` is device-claimed and not yet trusted. */
+export interface UsedBuffer<T> {
+  readonly token: T;
+  readonly len: number;
+}
+
+/** Driver side of one virtqueue. */
+export interface DriverQueue<T> {
+  readonly size: number;
+  /** Descriptors not in use by the device. */
+  readonly freeDescriptors: number;
+  /**
+   * Expose a buffer: `out` segments device-readable, then `inSegs` device-writable. Returns false
+   * (and changes nothing) when the ring has no room. The token comes back with the used buffer.
+   */
+  add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean;
+  /**
+   * Make added buffers visible to the device (§2.7.13 / §2.8.21), and say whether the device
+   * asked to be notified (event suppression).
+   */
+  kick(): boolean;
+  /** The next buffer the device used, or null. */
+  getUsed(): UsedBuffer<T> | null;
+  /** Ask the device to interrupt on used buffers; returns true if used buffers are already pending. */
+  enableInterrupts(): boolean;
+  disableInterrupts(): void;
+}
