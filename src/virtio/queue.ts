@@ -86,8 +86,14 @@ export interface DeviceQueue {
   enableNotifications(): boolean;
   /** Tell the driver not to notify (a busy device polls instead). */
   disableNotifications(): void;
-  /** Position of the next chain to pop, for save/restore (vhost-user VRING_BASE; packed adds the wrap counter in bit 15). */
-  readonly nextAvail: number;
+  /**
+   * Ring position for save/restore, encoded as vhost-user's VRING_BASE: split, the 16-bit index of
+   * the next available entry to pop; packed, that index | avail wrap counter << 15 | used index << 16
+   * | used wrap counter << 31. A queue constructed with a base resumes from it.
+   */
+  readonly base: number;
+  /** Chains popped and not yet pushed (in flight), for reset and reconnect bookkeeping. */
+  readonly inFlight: number;
 }
 
 /** One buffer the device returned to the driver. `len` is device-claimed and not yet trusted. */
