@@ -1,0 +1,54 @@
+/**
+ * The host half of a device, as an ops table in the manner of kvmtool: a device type implements
+ * VirtioDevice; transports (mmio, pci, vfio-user, vhost-user) drive it through the same calls,
+ * so a device never knows which transport serves it.
+ */
+import type { Logger } from 'pino';
+import type { GuestMemory } from './memory.ts';
+import type { DeviceQueue } from './queue.ts';
+
+/** What an activated device may use: negotiated state and the ways to signal the driver. */
+export interface DeviceContext {
+  readonly memory: GuestMemory;
+  /** Features the driver accepted (§2.2), VERSION_1 included. */
+  readonly features: bigint;
+  /** Queue `index` as the driver set it up, or undefined when the driver did not enable it. */
+  queue(index: number): DeviceQueue | undefined;
+  /** Used-buffer notification for queue `index` (§2.3.2); call when publish() returned true. */
+  notifyQueue(index: number): void;
+  /** The device changed its configuration space: new generation, configuration change notification (§2.5.1). */
+  configChanged(): void;
+  /**
+   * The driver broke a rule on queue `index` (a VirtqueueError): the device enters
+   * DEVICE_NEEDS_RESET, notifies a configuration change and logs one line (§2.1.2).
+   * The queue is not used again until reset; other queues and devices keep running.
+   */
+  fail(index: number, err: Error): void;
+  readonly log: Logger;
+}
+
+export interface VirtioDevice {
+  /** §5 device ID. */
+  readonly deviceId: number;
+  /** Short name for logs, e.g. "blk". */
+  readonly name: string;
+  /** Number of queues offered. */
+  readonly numQueues: number;
+  /** Largest queue size the device accepts. */
+  readonly maxQueueSize: number;
+  /** Features offered: device-specific bits and the ring features it supports (VERSION_1 is implied). */
+  readonly features: bigint;
+  /** Device configuration space (§4.x "device-specific configuration"), little-endian, owned by the device. */
+  readonly config: Uint8Array;
+  /** The driver wrote [offset, offset+length) of the configuration space (already stored in `config`). */
+  configWritten?(offset: number, length: number): void;
+  /** DRIVER_OK was set: start serving (§3.1.1). */
+  activate(ctx: DeviceContext): void;
+  /** The driver notified queue `index` (§2.3.3 / a kick). */
+  queueNotify(index: number): void;
+  /**
+   * Device reset (§2.4): forget queues and context; requests still in flight must complete
+   * without touching guest memory again.
+   */
+  reset(): void;
+}
