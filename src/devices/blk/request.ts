@@ -1,0 +1,220 @@
+/**
+ * Executing one virtio-blk request (§5.2.6) from a validated descriptor chain. The chain's shape
+ * was checked by the ring (every buffer inside guest memory, readable before writable); what it
+ * says is still hostile, so every field is checked here. A malformed request is answered with an
+ * error status and never harms the device: only ring violations (VirtqueueError) do that.
+ *
+ * A request is `struct virtio_blk_req`: a 16-byte header and any out-data in the device-readable
+ * part; any in-data and then the status byte in the device-writable part. With VERSION_1 the
+ * split into descriptors is arbitrary (§2.6.4 message framing), so parsing goes through the chain
+ * reader/writer and the status byte is simply the last writable byte.
+ */
+import { ChainReader, ChainWriter } from '../../virtio/chain-io.ts';
+import type { DescriptorChain } from '../../virtio/queue.ts';
+import type { BlockBackend } from './backend.ts';
+import {
+  BlkStatus,
+  ID_SIZE,
+  RANGE_SEGMENT_SIZE,
+  REQUEST_HEADER_SIZE,
+  RangeFlag,
+  RequestType,
+  SECTOR_SHIFT,
+  SECTOR_SIZE,
+  STATUS_SIZE,
+  type RangeSegment,
+  decodeRangeSegments,
+  decodeRequestHeader,
+} from './wire.ts';
+
+/** Limits on DISCARD or WRITE_ZEROES, as the configuration space states them (§5.2.4). */
+export interface RangeLimits {
+  readonly maxSectors: number;
+  readonly maxSegments: number;
+}
+
+/** What a request runs against: the disk, the negotiated features and the limits the device announced. */
+export interface RequestTarget {
+  readonly backend: BlockBackend;
+  /** Disk size in sectors. */
+  readonly capacity: number;
+  /** VIRTIO_BLK_F_RO offered: every write is refused (§5.2.6.2). */
+  readonly readOnly: boolean;
+  /** The GET_ID answer, ID_SIZE bytes. */
+  readonly id: Uint8Array;
+  /** Most data bytes an IN or OUT request may carry (seg_max × size_max, when offered). */
+  readonly maxDataBytes: number;
+  /** FLUSH negotiated. */
+  readonly flush: boolean;
+  /** DISCARD negotiated, with its limits. */
+  readonly discard: RangeLimits | undefined;
+  /** WRITE_ZEROES negotiated, with its limits. */
+  readonly writeZeroes: RangeLimits | undefined;
+  /** Whether a write-zeroes request with the unmap flag may deallocate (write_zeroes_may_unmap). */
+  readonly writeZeroesMayUnmap: boolean;
+  /**
+   * Whether a write must be durable before it completes (§5.2.6.2): asked at completion time,
+   * since the driver may flip `writeback` while writes are in flight.
+   */
+  writethrough(): boolean;
+  /** A backend call failed: the request answers IOERR; this is for the log. */
+  backendFailed(what: string, err: unknown): void;
+}
+
+/** The device's answer, before it is written into the chain. */
+export interface RequestOutcome {
+  readonly status: number;
+  /** In-data bytes the device filled (IN, GET_ID), counted in the used length. */
+  readonly dataWritten: number;
+}
+
+const ok = (dataWritten = 0): RequestOutcome => ({ status: BlkStatus.OK, dataWritten });
+const IOERR: RequestOutcome = { status: BlkStatus.IOERR, dataWritten: 0 };
+const UNSUPP: RequestOutcome = { status: BlkStatus.UNSUPP, dataWritten: 0 };
+
+/** Whether `count` sectors from `sector` lie inside a disk of `capacity` sectors, overflow-safe. */
+function inRange(sector: number, count: number, capacity: number): boolean {
+  return count <= capacity && sector <= capacity - count;
+}
+
+/**
+ * Run a backend call; a failure becomes IOERR (logged through the target). A call that changes
+ * the disk is made durable before completing when the cache is writethrough.
+ */
+async function attempt(
+  target: RequestTarget,
+  what: string,
+  io: () => Promise<void>,
+  done: RequestOutcome,
+  changesDisk = false,
+): Promise<RequestOutcome> {
+  try {
+    await io();
+    if (changesDisk && target.writethrough()) await target.backend.flush();
+    return done;
+  } catch (err) {
+    target.backendFailed(what, err);
+    return IOERR;
+  }
+}
+
+/**
+ * Check a DISCARD or WRITE_ZEROES payload (§5.2.6.2): a non-empty whole number of segments, at
+ * most max_*_seg of them, no reserved flag (UNSUPP), no unmap on discard (UNSUPP), each at most
+ * max_*_sectors and inside the disk (IOERR). Returns the segments or the error outcome.
+ */
+function rangeSegments(
+  reader: ChainReader,
+  limits: RangeLimits,
+  capacity: number,
+  allowedFlags: number,
+): RangeSegment[] | RequestOutcome {
+  const len = reader.remaining;
+  if (len === 0 || len % RANGE_SEGMENT_SIZE !== 0 || len / RANGE_SEGMENT_SIZE > limits.maxSegments) return IOERR;
+  const segs = decodeRangeSegments(reader.readExact(len) ?? new Uint8Array(0));
+  if (segs.some((s) => (s.flags & ~allowedFlags) !== 0)) return UNSUPP;
+  for (const s of segs) {
+    if (s.numSectors > limits.maxSectors || !inRange(s.sector, s.numSectors, capacity)) return IOERR;
+  }
+  return segs;
+}
+
+/**
+ * Parse and perform the request; never throws. A chain without room for the status byte is not
+ * performed at all: nothing could tell the driver how it went (completeRequest gives it length 0).
+ */
+export async function executeRequest(chain: DescriptorChain, target: RequestTarget): Promise<RequestOutcome> {
+  if (!hasStatusByte(chain)) return IOERR;
+  const reader = new ChainReader(chain);
+  const raw = reader.readExact(REQUEST_HEADER_SIZE);
+  if (raw === undefined) return IOERR;
+  const header = decodeRequestHeader(raw);
+  // In-data is everything writable before the status byte.
+  const inLen = chain.writableLength - STATUS_SIZE;
+
+  switch (header.type) {
+    case RequestType.IN: {
+      const sectors = inLen / SECTOR_SIZE;
+      if (inLen % SECTOR_SIZE !== 0 || inLen > target.maxDataBytes) return IOERR;
+      if (!inRange(header.sector, sectors, target.capacity)) return IOERR;
+      const data = new ChainWriter(chain).segments(inLen);
+      return attempt(target, 'read', () => target.backend.read(header.sector * SECTOR_SIZE, data), ok(inLen));
+    }
+    case RequestType.OUT: {
+      if (target.readOnly) return IOERR;
+      const outLen = reader.remaining;
+      if (outLen % SECTOR_SIZE !== 0 || outLen > target.maxDataBytes) return IOERR;
+      if (!inRange(header.sector, outLen >>> SECTOR_SHIFT, target.capacity)) return IOERR;
+      const data = reader.segments(outLen);
+      return attempt(target, 'write', () => target.backend.write(header.sector * SECTOR_SIZE, data), ok(), true);
+    }
+    case RequestType.FLUSH:
+      if (!target.flush) return UNSUPP;
+      return attempt(target, 'flush', () => target.backend.flush(), ok());
+    case RequestType.GET_ID: {
+      const n = Math.min(inLen, ID_SIZE);
+      new ChainWriter(chain).write(target.id.subarray(0, n));
+      return ok(n);
+    }
+    case RequestType.DISCARD: {
+      if (target.discard === undefined) return UNSUPP;
+      if (target.readOnly) return IOERR;
+      const segs = rangeSegments(reader, target.discard, target.capacity, 0);
+      if (!Array.isArray(segs)) return segs;
+      const backend = target.backend;
+      return attempt(
+        target,
+        'discard',
+        async () => {
+          await Promise.all(segs.map((s) => backend.discard(s.sector * SECTOR_SIZE, s.numSectors * SECTOR_SIZE)));
+        },
+        ok(),
+        true,
+      );
+    }
+    case RequestType.WRITE_ZEROES: {
+      if (target.writeZeroes === undefined) return UNSUPP;
+      if (target.readOnly) return IOERR;
+      const segs = rangeSegments(reader, target.writeZeroes, target.capacity, RangeFlag.UNMAP);
+      if (!Array.isArray(segs)) return segs;
+      const backend = target.backend;
+      const mayUnmap = target.writeZeroesMayUnmap;
+      return attempt(
+        target,
+        'write zeroes',
+        async () => {
+          await Promise.all(
+            segs.map((s) =>
+              backend.writeZeroes(
+                s.sector * SECTOR_SIZE,
+                s.numSectors * SECTOR_SIZE,
+                mayUnmap && (s.flags & RangeFlag.UNMAP) !== 0,
+              ),
+            ),
+          );
+        },
+        ok(),
+        true,
+      );
+    }
+    default:
+      // GET_LIFETIME, SECURE_ERASE and zoned requests belong to features never offered (§5.2.6.2).
+      return UNSUPP;
+  }
+}
+
+/**
+ * Write the outcome's status byte and return the used length: the in-data filled plus the status
+ * byte. A chain without room for a status byte gets nothing written and length 0.
+ */
+export function completeRequest(chain: DescriptorChain, outcome: RequestOutcome): number {
+  const status = ChainWriter.tail(chain, STATUS_SIZE);
+  if (status === undefined) return 0;
+  status[0] = outcome.status;
+  return outcome.dataWritten + STATUS_SIZE;
+}
+
+/** Whether the chain can carry an answer at all (a status byte); one without is completed with length 0. */
+function hasStatusByte(chain: DescriptorChain): boolean {
+  return ChainWriter.tail(chain, STATUS_SIZE) !== undefined;
+}
