@@ -1,0 +1,324 @@
+/**
+ * The driver side of a split virtqueue (§2.7): places buffers in the descriptor table, exposes
+ * them through the available ring, and collects them from the used ring.
+ *
+ * The driver owns the ring memory, but the device writes the used ring, so everything read from
+ * it is checked against driver-private state (which the device cannot reach): a used element
+ * naming a buffer not in flight, or a used index running ahead of what was made available,
+ * throws VirtqueueError and leaves the driver's bookkeeping intact.
+ */
+import { DESC_SIZE, DescFlag } from '../constants.ts';
+import type { GuestMemory } from '../memory.ts';
+import { VirtqueueError, type DriverQueue, type QueueConfig, type Segment, type UsedBuffer } from '../queue.ts';
+import {
+  AVAIL_F_NO_INTERRUPT,
+  AVAIL_RING,
+  RING_FLAGS,
+  RING_IDX,
+  USED_F_NO_NOTIFY,
+  availUsedEvent,
+  mapSplitRing,
+  needEvent,
+  usedAvailEvent,
+} from './layout.ts';
+
+const TWO_32 = 0x1_0000_0000;
+const U32_MAX = 0xffff_ffff;
+
+/** Where a driver keeps indirect descriptor tables (§2.7.5.3): one table per ring descriptor. */
+export interface IndirectTables {
+  /** Guest address of the area, a multiple of 16, indirectTablesBytes(size, maxSegments) long. */
+  readonly addr: number;
+  /** Entries per table: buffers with more segments than this use direct chains. */
+  readonly maxSegments: number;
+}
+
+export interface SplitDriverOptions {
+  /** Used when VIRTIO_F_INDIRECT_DESC is negotiated; without it every buffer is a direct chain. */
+  readonly indirectTables?: IndirectTables;
+}
+
+/**
+ * Bytes of the indirect table area for a ring of `size` entries. A buffer placed indirectly takes
+ * exactly one ring descriptor, so the table of the buffer headed by descriptor h is table h and
+ * never needs allocating or freeing.
+ */
+export function indirectTablesBytes(size: number, maxSegments: number): number {
+  return size * maxSegments * DESC_SIZE;
+}
+
+export class SplitDriverQueue<T> implements DriverQueue<T> {
+  readonly size: number;
+  private readonly mask: number;
+  private readonly desc: Uint32Array;
+  private readonly avail: Uint16Array;
+  private readonly used16: Uint16Array;
+  private readonly used32: Uint32Array;
+  private readonly usedEventAt: number;
+  private readonly availEventAt: number;
+  private readonly eventIdx: boolean;
+  private readonly inOrder: boolean;
+  /** The indirect table area as 32-bit words, and its guest address; maxIndirect 0 when unused. */
+  private readonly indirect32: Uint32Array;
+  private readonly indirectAddr: number;
+  private readonly maxIndirect: number;
+  /**
+   * Free descriptors, as a FIFO list linked through nextFree (driver-private, so a device
+   * scribbling on the table cannot corrupt it). Taking from the head and returning whole chains
+   * at the tail keeps the list in ring order when buffers come back in order, which is the
+   * allocation IN_ORDER requires (§2.7.5).
+   */
+  private readonly nextFree: Uint16Array;
+  private freeHead = 0;
+  private freeTail: number;
+  private freeCount: number;
+  /** Per head: ring descriptors the buffer holds (0 when not in flight), its last descriptor, token, writable bytes. */
+  private readonly chainDescs: Uint16Array;
+  private readonly chainTail: Uint16Array;
+  private readonly tokens: (T | undefined)[];
+  private readonly writableBytes: Float64Array;
+  /** Head of each available ring entry, by index: an IN_ORDER used element names the last of a batch. */
+  private readonly availHeads: Uint16Array;
+  /** Next available ring index to fill, and avail->idx as the device can see it. */
+  private availIdx = 0;
+  private publishedAvail = 0;
+  /** Next used ring index to collect, and used->idx as last read. */
+  private lastUsed = 0;
+  private shadowUsed = 0;
+  /** IN_ORDER: buffers still to hand out from the batch the last used element returned, and its len. */
+  private batchRemaining = 0;
+  private batchLen = 0;
+
+  /**
+   * The caller allocated the three areas at the config's addresses (see splitRingLayout); the
+   * driver initialises the rings, so construct it before the device reads them.
+   */
+  constructor(
+    memory: GuestMemory,
+    config: QueueConfig,
+    private readonly name: string,
+    options: SplitDriverOptions = {},
+  ) {
+    const views = mapSplitRing(memory, config, name);
+    const size = config.size;
+    this.size = size;
+    this.mask = size - 1;
+    this.desc = views.desc;
+    this.avail = views.avail;
+    this.used16 = views.used16;
+    this.used32 = views.used32;
+    this.usedEventAt = availUsedEvent(size);
+    this.availEventAt = usedAvailEvent(size);
+    this.eventIdx = config.eventIdx;
+    this.inOrder = config.inOrder;
+    const tables = config.indirect ? options.indirectTables : undefined;
+    if (tables === undefined) {
+      this.indirect32 = new Uint32Array(0);
+      this.indirectAddr = 0;
+      this.maxIndirect = 0;
+    } else {
+      this.indirect32 = mapIndirectTables(memory, tables, size, name);
+      this.indirectAddr = tables.addr;
+      this.maxIndirect = tables.maxSegments;
+    }
+    this.nextFree = new Uint16Array(size);
+    for (let i = 0; i < size; i++) this.nextFree[i] = (i + 1) & this.mask;
+    this.freeTail = size - 1;
+    this.freeCount = size;
+    this.chainDescs = new Uint16Array(size);
+    this.chainTail = new Uint16Array(size);
+    this.tokens = new Array<T | undefined>(size).fill(undefined);
+    this.writableBytes = new Float64Array(size);
+    this.availHeads = new Uint16Array(size);
+    // §2.7.10.1: the used ring's flags start at 0; both rings start with idx 0.
+    this.avail.fill(0);
+    this.used16.fill(0);
+  }
+
+  get freeDescriptors(): number {
+    return this.freeCount;
+  }
+
+  add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
+    const readable = out.length;
+    const n = readable + inSegs.length;
+    if (n === 0) throw new RangeError(`${this.name}: a buffer needs at least one segment`);
+    const indirect = n > 1 && n <= this.maxIndirect;
+    const needed = indirect ? 1 : n;
+    if (needed > this.size) {
+      throw new RangeError(`${this.name}: ${n} segments do not fit in a ring of ${this.size} descriptors`);
+    }
+    if (this.freeCount < needed) return false;
+    const head = this.freeHead;
+    // Direct chains follow the free list through the ring's table; an indirect table is filled
+    // from its entry 0 with sequential next fields (§2.7.5.3).
+    const table = indirect ? this.indirect32 : this.desc;
+    const tableBase = indirect ? head * this.maxIndirect * 4 : 0;
+    let i = indirect ? 0 : head;
+    let writable = 0;
+    for (let s = 0; s < n; s++) {
+      const seg = s < readable ? out[s] : inSegs[s - readable];
+      const addr = seg.addr;
+      const len = seg.len;
+      if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isInteger(len) || len < 0 || len > U32_MAX) {
+        throw new RangeError(`${this.name}: segment ${s} (${len} bytes at ${addr}) is not a 64-bit address and 32-bit length`);
+      }
+      let flags = s < readable ? 0 : DescFlag.WRITE;
+      if (s >= readable) writable += len;
+      const next = indirect ? s + 1 : this.nextFree[i];
+      if (s < n - 1) flags |= DescFlag.NEXT | (next << 16);
+      const w = tableBase + (i << 2);
+      table[w] = addr >>> 0;
+      table[w + 1] = (addr / TWO_32) >>> 0;
+      table[w + 2] = len;
+      table[w + 3] = flags;
+      if (s < n - 1) i = next;
+    }
+    let tail = head;
+    if (indirect) {
+      const w = head << 2;
+      const addr = this.indirectAddr + tableBase * 4;
+      this.desc[w] = addr >>> 0;
+      this.desc[w + 1] = (addr / TWO_32) >>> 0;
+      this.desc[w + 2] = n * DESC_SIZE;
+      this.desc[w + 3] = DescFlag.INDIRECT;
+    } else {
+      tail = i;
+    }
+    this.freeHead = this.nextFree[tail];
+    this.freeCount -= needed;
+    this.chainDescs[head] = needed;
+    this.chainTail[head] = tail;
+    this.tokens[head] = token;
+    this.writableBytes[head] = writable;
+    const slot = this.availIdx & this.mask;
+    this.avail[AVAIL_RING + slot] = head;
+    this.availHeads[slot] = head;
+    this.availIdx = (this.availIdx + 1) & 0xffff;
+    return true;
+  }
+
+  kick(): boolean {
+    const old = this.publishedAvail;
+    const now = this.availIdx;
+    if (now === old) return false;
+    // Release: descriptors and ring entries are written before idx (§2.7.13.3.1). Atomics are
+    // sequentially consistent, so this store and the load below are also the full fence
+    // §2.7.13.4.1 requires before reading the device's suppression fields.
+    Atomics.store(this.avail, RING_IDX, now);
+    this.publishedAvail = now;
+    if (this.eventIdx) return needEvent(Atomics.load(this.used16, this.availEventAt), now, old);
+    return (Atomics.load(this.used16, RING_FLAGS) & USED_F_NO_NOTIFY) === 0;
+  }
+
+  getUsed(): UsedBuffer<T> | null {
+    const last = this.lastUsed;
+    let head: number;
+    let len: number;
+    if (this.batchRemaining > 0) {
+      head = this.availHeads[last & this.mask];
+      // §2.7.9: buffers a batch skipped were used completely; the last one has the element's len.
+      len = --this.batchRemaining === 0 ? this.batchLen : this.writableBytes[head];
+    } else {
+      if (!this.usedPending()) return null;
+      const e = 1 + ((last & this.mask) << 1);
+      const id = this.used32[e];
+      len = this.used32[e + 1];
+      if (this.inOrder) {
+        const batch = this.batchEndingAt(id);
+        head = this.availHeads[last & this.mask];
+        if (batch > 1) {
+          this.batchRemaining = batch - 1;
+          this.batchLen = len;
+          len = this.writableBytes[head];
+        }
+      } else {
+        if (id >= this.size || this.chainDescs[id] === 0) {
+          throw new VirtqueueError('used id not in flight', `${this.name}: used element names descriptor ${id}`);
+        }
+        head = id;
+      }
+    }
+    const token = this.tokens[head] as T;
+    this.release(head);
+    this.lastUsed = (last + 1) & 0xffff;
+    return { token, len };
+  }
+
+  /** Whether used->idx is past the next element to collect, checking it against what is in flight. */
+  private usedPending(): boolean {
+    const last = this.lastUsed;
+    if (last !== this.shadowUsed) return true;
+    // Acquire: the elements behind idx are read after it.
+    const idx = Atomics.load(this.used16, RING_IDX);
+    if (idx === last) return false;
+    const outstanding = (this.publishedAvail - last) & 0xffff;
+    if (((idx - last) & 0xffff) > outstanding) {
+      throw new VirtqueueError(
+        'used index jump',
+        `${this.name}: used idx went from ${last} to ${idx}, with only ${outstanding} buffers available`,
+      );
+    }
+    this.shadowUsed = idx;
+    return true;
+  }
+
+  /**
+   * IN_ORDER (§2.7.9): the element at the next used index names the last buffer of a batch that
+   * starts with the oldest buffer in flight. Returns how many buffers the batch holds.
+   */
+  private batchEndingAt(id: number): number {
+    const last = this.lastUsed;
+    const published = (this.shadowUsed - last) & 0xffff;
+    for (let k = 0; k < published; k++) {
+      if (this.availHeads[(last + k) & this.mask] === id) return k + 1;
+    }
+    throw new VirtqueueError(
+      'used id out of order',
+      `${this.name}: used element names descriptor ${id}, not one of the next ${published} buffers in order`,
+    );
+  }
+
+  /** Return a buffer's descriptors to the tail of the free list. */
+  private release(head: number): void {
+    if (this.freeCount === 0) this.freeHead = head;
+    else this.nextFree[this.freeTail] = head;
+    this.freeTail = this.chainTail[head];
+    this.freeCount += this.chainDescs[head];
+    this.chainDescs[head] = 0;
+    this.tokens[head] = undefined;
+  }
+
+  enableInterrupts(): boolean {
+    // §2.7.7: ask for a notification when the device fills the next used entry to collect.
+    if (this.eventIdx) Atomics.store(this.avail, this.usedEventAt, this.lastUsed);
+    else Atomics.store(this.avail, RING_FLAGS, 0);
+    // Sequentially consistent store then load: a buffer used before the device could see the
+    // request is found here rather than lost.
+    return this.batchRemaining > 0 || Atomics.load(this.used16, RING_IDX) !== this.lastUsed;
+  }
+
+  disableInterrupts(): void {
+    // With EVENT_IDX flags must stay 0 (§2.7.7); a used_event one behind the next entry to
+    // collect is only reached after 65535 more buffers, more than can be in flight.
+    if (this.eventIdx) this.avail[this.usedEventAt] = (this.lastUsed - 1) & 0xffff;
+    else this.avail[RING_FLAGS] = AVAIL_F_NO_INTERRUPT;
+  }
+}
+
+function mapIndirectTables(memory: GuestMemory, tables: IndirectTables, size: number, name: string): Uint32Array {
+  const { addr, maxSegments } = tables;
+  if (!Number.isInteger(maxSegments) || maxSegments < 2 || maxSegments > size) {
+    throw new RangeError(`${name}: indirect tables of ${maxSegments} entries; 2 to the queue size ${size} are useful`);
+  }
+  if (!Number.isSafeInteger(addr) || addr < 0 || addr % DESC_SIZE !== 0) {
+    throw new RangeError(`${name}: indirect table area at ${addr} is not a multiple of ${DESC_SIZE}`);
+  }
+  const bytes = memory.trySlice(addr, indirectTablesBytes(size, maxSegments));
+  if (bytes === undefined || bytes.byteOffset % 4 !== 0) {
+    throw new RangeError(
+      `${name}: indirect table area (${indirectTablesBytes(size, maxSegments)} bytes at 0x${addr.toString(16)}) is not inside one guest memory region`,
+    );
+  }
+  return new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+}
