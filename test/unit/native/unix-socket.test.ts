@@ -1,0 +1,92 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { UnixListener, connectUnix, socketPair, type UnixSocket, type Received } from '../../../src/native/unix-socket.ts';
+import { createMemfd } from '../../../src/native/memfd.ts';
+import { Mapping, PAGE_SIZE } from '../../../src/native/mapping.ts';
+import { EventFd } from '../../../src/native/eventfd.ts';
+import { closeFd } from '../../../src/native/fd.ts';
+import { whenReadable } from '../../../src/native/readiness.ts';
+import { SyscallError } from '../../../src/native/syscall-error.ts';
+
+async function receiveNext(s: UnixSocket, maxFds?: number): Promise<Received> {
+  for (;;) {
+    const r = s.receive(undefined, maxFds);
+    if (r !== null) return r;
+    await whenReadable(s.fd);
+  }
+}
+
+test('a memfd passed with SCM_RIGHTS can be mapped by the receiver and shares its bytes', async () => {
+  const [a, b] = socketPair();
+  const fd = createMemfd('passed', PAGE_SIZE);
+  const mine = Mapping.shared(fd, PAGE_SIZE);
+  mine.bytes.set([9, 8, 7]);
+  assert.equal(a.send(new Uint8Array([1, 2, 3]), [fd]), 3);
+  const got = await receiveNext(b);
+  closeFd(fd);
+  assert.deepEqual([...got.bytes], [1, 2, 3]);
+  assert.equal(got.fds.length, 1);
+  assert.notEqual(got.fds[0], fd);
+  const theirs = Mapping.shared(got.fds[0], PAGE_SIZE);
+  assert.deepEqual([...theirs.bytes.subarray(0, 3)], [9, 8, 7]);
+  theirs.bytes[100] = 42;
+  assert.equal(mine.bytes[100], 42);
+  theirs.unmap();
+  mine.unmap();
+  closeFd(got.fds[0]);
+  a.close();
+  b.close();
+});
+
+test('descriptors beyond what the receiver wants are closed and counted', async () => {
+  const [a, b] = socketPair();
+  const events = [EventFd.create(), EventFd.create(), EventFd.create()];
+  a.send(new Uint8Array([0]), events.map((e) => e.fd));
+  const got = await receiveNext(b, 1);
+  assert.equal(got.fds.length, 1);
+  assert.equal(got.discardedFds, 2);
+  assert.equal(got.truncated, false);
+  // The kept descriptor is a working eventfd shared with the sender's.
+  const kept = EventFd.adopt(got.fds[0]);
+  events[0].signal(5n);
+  assert.equal(kept.take(), 5n);
+  kept.close();
+  for (const e of events) e.close();
+  a.close();
+  b.close();
+});
+
+test('EOF is an empty receive and sending to a closed peer is EPIPE, not a signal', async () => {
+  const [a, b] = socketPair();
+  a.close();
+  const got = await receiveNext(b);
+  assert.equal(got.bytes.length, 0);
+  assert.throws(
+    () => b.send(new Uint8Array([1])),
+    (e: unknown) => e instanceof SyscallError && e.syscall === 'sendmsg' && e.code === 'EPIPE',
+  );
+  b.close();
+});
+
+test('listen, connect and accept on a path; the listener removes its path when closed', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'paravirt-sock-'));
+  const path = join(dir, 'vhost.sock');
+  const listener = UnixListener.listen(path);
+  assert.throws(() => UnixListener.listen(path), (e: unknown) => e instanceof SyscallError && e.code === 'EADDRINUSE');
+  const [client, server] = await Promise.all([connectUnix(path), listener.accept()]);
+  client.send(new TextEncoder().encode('hello'));
+  const got = await receiveNext(server);
+  assert.equal(new TextDecoder().decode(got.bytes), 'hello');
+  client.close();
+  server.close();
+  listener.close();
+  await assert.rejects(connectUnix(path), (e: unknown) => e instanceof SyscallError && e.syscall === 'connect' && e.code === 'ENOENT');
+  rmSync(dir, { recursive: true });
+});
+
+test('socket paths that do not fit sockaddr_un are refused with a sentence naming them', () => {
+  assert.throws(() => UnixListener.listen('/tmp/' + 'x'.repeat(200)), /socket path "\/tmp\/x+" must be 1 to 107 bytes/);
+});
