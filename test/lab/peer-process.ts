@@ -1,0 +1,138 @@
+/**
+ * A peer program the tests run beside themselves (QEMU, qemu-storage-daemon, testpmd): spawned
+ * with its output collected, awaited by what it prints rather than by the clock, and always gone
+ * afterwards — stopped by its owner, or killed when the test process exits whatever the reason.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+
+/** Every peer still running; the exit hook below kills what a crashed test left behind. */
+const running = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+export interface PeerExit {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+}
+
+/** How long a peer may take to do what it was asked before the test fails instead of hanging. */
+export const PEER_DEADLINE_MS = 20_000;
+
+export interface SpawnOptions {
+  /** Collect stdout as text too (false when stdout carries a protocol the caller reads). */
+  readonly textStdout: boolean;
+}
+
+export class PeerProcess {
+  readonly child: ChildProcess;
+  readonly exited: Promise<PeerExit>;
+  private text = '';
+  private exit: PeerExit | undefined;
+  private readonly wake = new Set<() => void>();
+
+  constructor(
+    /** Short name for messages, e.g. "qemu-storage-daemon". */
+    readonly name: string,
+    argv: readonly string[],
+    options: SpawnOptions,
+  ) {
+    const [file, ...args] = argv;
+    this.child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    running.add(this.child);
+    const collect = (chunk: Buffer): void => {
+      this.text += chunk.toString('utf8');
+      for (const w of [...this.wake]) w();
+    };
+    this.child.stderr?.on('data', collect);
+    if (options.textStdout) this.child.stdout?.on('data', collect);
+    // A peer that dies makes writes to its stdin fail; the exit is what gets reported.
+    this.child.stdin?.on('error', () => {});
+    this.exited = new Promise((resolve) => {
+      const done = (exit: PeerExit): void => {
+        if (this.exit) return;
+        this.exit = exit;
+        running.delete(this.child);
+        for (const w of [...this.wake]) w();
+        resolve(exit);
+      };
+      // 'close' rather than 'exit': by then everything the peer printed has been collected.
+      this.child.on('close', (code, signal) => done({ code, signal }));
+      this.child.on('error', (error) => {
+        this.text += `\n${error.message}`;
+        done({ code: null, signal: null });
+      });
+    });
+  }
+
+  /** Everything the peer printed so far (stderr, and stdout when collected). */
+  get output(): string {
+    return this.text;
+  }
+
+  get running(): boolean {
+    return this.exit === undefined;
+  }
+
+  /** One sentence for a failure: what the peer was doing and how it ended, with its output. */
+  describe(what: string): string {
+    const how = this.exit ? `exited (${this.exit.signal ?? `code ${this.exit.code}`})` : 'still running';
+    const tail = this.text.trim().split('\n').slice(-15).join('\n');
+    return `${this.name} ${how} while ${what}${tail ? `; its last output:\n${tail}` : ''}`;
+  }
+
+  /**
+   * Resolves with the first match of `pattern` in the output from offset `from` on.
+   * Fails if the peer exits first or nothing matches within the deadline.
+   */
+  waitForOutput(pattern: RegExp, from = 0, what = `printing ${pattern}`): Promise<RegExpExecArray> {
+    return new Promise((resolve, reject) => {
+      const check = (): void => {
+        const match = pattern.exec(this.text.slice(from));
+        if (match) {
+          finish();
+          resolve(match);
+        } else if (this.exit) {
+          finish();
+          reject(new Error(this.describe(what)));
+        }
+      };
+      const timer = setTimeout(() => {
+        finish();
+        reject(new Error(this.describe(`${what} (gave up after ${PEER_DEADLINE_MS} ms)`)));
+      }, PEER_DEADLINE_MS);
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.wake.delete(check);
+      };
+      this.wake.add(check);
+      check();
+    });
+  }
+
+  /** Writes `text` to the peer's stdin. */
+  send(text: string): void {
+    this.child.stdin?.write(text);
+  }
+
+  /**
+   * Ends the peer: `ask` requests a clean exit (e.g. writes "quit"), then SIGTERM, then SIGKILL,
+   * each given its share of the deadline. Resolves once the process is gone.
+   */
+  async stop(ask?: () => void): Promise<PeerExit> {
+    if (this.exit) return this.exit;
+    const steps: (() => void)[] = [
+      ...(ask ? [ask] : []),
+      () => this.child.kill('SIGTERM'),
+      () => this.child.kill('SIGKILL'),
+    ];
+    for (const step of steps) {
+      if (this.exit) break;
+      step();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.exited, new Promise((resolve) => (timer = setTimeout(resolve, PEER_DEADLINE_MS / 4)))]);
+      clearTimeout(timer);
+    }
+    return this.exited;
+  }
+}
