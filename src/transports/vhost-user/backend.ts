@@ -1,0 +1,606 @@
+/**
+ * The vhost-user back-end state machine: one front-end session serving one VirtioDevice.
+ *
+ * This module speaks in protocol operations (setFeatures, setMemTable, setVringKick, ...), not
+ * in bytes; backend-connection.ts turns decoded messages into these calls and the results into
+ * replies. Every argument comes from the front-end and is checked here for meaning (the codec
+ * has already checked syntax): queue indexes, sizes, region layouts, ring placement. A refusal
+ * is a FrontEndError, which the connection turns into an error reply and one log line.
+ *
+ * The device is the same object the other transports drive; BackendContext adapts vhost-user's
+ * notions (eventfds, ring start/stop, the back-end request channel) to DeviceContext.
+ */
+import type { Logger } from 'pino';
+import { DeviceStatus, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
+import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
+import type { GuestMemory } from '../../virtio/memory.ts';
+import type { DeviceQueue, QueueConfig } from '../../virtio/queue.ts';
+import { VirtqueueError } from '../../virtio/queue.ts';
+import { createDeviceQueue, queueSizeError, ringLayout } from '../../virtio/ring.ts';
+import { GatedQueue } from './gated-queue.ts';
+import { MAX_MEM_SLOTS, MemoryTable, MemoryTableError } from './memory-table.ts';
+import type { MapRegion, RegionDescription, RegionMapping } from './memory-table.ts';
+
+/** The front-end asked for something the protocol or the device does not allow. */
+export class FrontEndError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FrontEndError';
+  }
+}
+
+/** Bit 30 of GET/SET_FEATURES: the back-end speaks GET/SET_PROTOCOL_FEATURES ("Communication"). */
+export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
+
+/** Protocol feature bits ("Protocol features" in vhost-user.rst) this back-end implements. */
+export const ProtocolFeature = {
+  MQ: 0,
+  REPLY_ACK: 3,
+  BACKEND_REQ: 5,
+  CONFIG: 9,
+  RESET_DEVICE: 13,
+  CONFIGURE_MEM_SLOTS: 15,
+  STATUS: 16,
+} as const;
+
+const OFFERED_PROTOCOL_FEATURES: bigint = Object.values(ProtocolFeature).reduce(
+  (mask, bit) => mask | featureBit(bit),
+  0n,
+);
+
+/** The largest configuration space access vhost-user allows (VHOST_USER_MAX_CONFIG_SIZE). */
+export const MAX_CONFIG_SIZE = 256;
+
+/** What the back-end needs from the operating system; backend-connection.ts supplies the real ones. */
+export interface BackendPorts {
+  readonly mapRegion: MapRegion;
+  /**
+   * Call `onKick` whenever eventfd `fd` becomes readable, after consuming its counter.
+   * Returns a function that stops watching.
+   */
+  watchKick(fd: number, onKick: () => void): () => void;
+  /** Add 1 to eventfd `fd` (a used-buffer or error notification). */
+  signal(fd: number): void;
+  /** Send VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the back-end request channel `fd`. */
+  sendConfigChange(fd: number): void;
+  close(fd: number): void;
+}
+
+/** The ring areas as the front-end's user addresses (SET_VRING_ADDR). */
+export interface VringAddresses {
+  readonly desc: bigint;
+  readonly driver: bigint;
+  readonly device: bigint;
+}
+
+/**
+ * One virtqueue's vhost-user state ("Ring states"): stopped until it has a kick fd, then
+ * started; enabled or disabled independently.
+ */
+interface Vring {
+  readonly index: number;
+  size: number;
+  addresses: VringAddresses | undefined;
+  base: number;
+  kickFd: number;
+  callFd: number;
+  errFd: number;
+  enabled: boolean;
+  /** The ring is started: a kick fd arrived and the ring was built. */
+  gate: GatedQueue | undefined;
+  unwatch: (() => void) | undefined;
+  /** The driver broke a ring rule: the ring stays closed until the device is reset. */
+  failed: boolean;
+}
+
+const NO_FD = -1;
+
+export class VhostUserBackend {
+  private acked = 0n;
+  private protocol = 0n;
+  private status = 0;
+  private active = false;
+  private backendReqFd = NO_FD;
+  private readonly table: MemoryTable;
+  private readonly vrings: Vring[];
+  private readonly context: DeviceContext;
+
+  constructor(
+    readonly device: VirtioDevice,
+    private readonly ports: BackendPorts,
+    readonly log: Logger,
+  ) {
+    this.table = new MemoryTable(ports.mapRegion);
+    this.vrings = Array.from({ length: device.numQueues }, (_, index) => ({
+      index,
+      size: 0,
+      addresses: undefined,
+      base: 0,
+      kickFd: NO_FD,
+      callFd: NO_FD,
+      errFd: NO_FD,
+      enabled: false,
+      gate: undefined,
+      unwatch: undefined,
+      failed: false,
+    }));
+    this.context = this.makeContext();
+  }
+
+  // ---- Feature negotiation -------------------------------------------------------------------
+
+  /** GET_FEATURES: the device's features, VERSION_1, and the protocol-features bit. */
+  get offeredFeatures(): bigint {
+    return (
+      this.device.features | featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES)
+    );
+  }
+
+  /** SET_FEATURES: the front-end may accept only what was offered (§2.2.1). */
+  setFeatures(features: bigint): void {
+    const extra = features & ~this.offeredFeatures;
+    if (extra !== 0n) throw new FrontEndError(`features 0x${extra.toString(16)} were not offered`);
+    if (this.anyStarted() && features !== this.acked) {
+      throw new FrontEndError('features cannot change while a ring is started');
+    }
+    this.acked = features;
+  }
+
+  get offeredProtocolFeatures(): bigint {
+    return OFFERED_PROTOCOL_FEATURES;
+  }
+
+  /** SET_PROTOCOL_FEATURES: legal once bit 30 was offered, which it always is here. */
+  setProtocolFeatures(features: bigint): void {
+    const extra = features & ~OFFERED_PROTOCOL_FEATURES;
+    if (extra !== 0n) throw new FrontEndError(`protocol features 0x${extra.toString(16)} were not offered`);
+    this.protocol = features;
+  }
+
+  hasProtocolFeature(bit: number): boolean {
+    return hasFeature(this.protocol, bit);
+  }
+
+  // ---- Ownership and reset -------------------------------------------------------------------
+
+  /** RESET_OWNER is deprecated; the spec recommends treating it as "disable all rings". */
+  async resetOwner(): Promise<void> {
+    await this.stopAllRings();
+    this.deactivate();
+  }
+
+  /** RESET_DEVICE: every ring stopped and the device back to its initial state, ownership kept. */
+  async resetDevice(): Promise<void> {
+    await this.stopAllRings();
+    this.deactivate();
+    this.acked = 0n;
+    this.status = 0;
+    for (const v of this.vrings) {
+      v.size = 0;
+      v.addresses = undefined;
+      v.base = 0;
+      v.enabled = false;
+      v.failed = false;
+    }
+  }
+
+  // ---- Memory ---------------------------------------------------------------------------------
+
+  get maxMemSlots(): number {
+    return MAX_MEM_SLOTS;
+  }
+
+  /** SET_MEM_TABLE: replace guest memory; running rings continue on the new mappings. */
+  async setMemTable(regions: readonly RegionDescription[], fds: readonly number[]): Promise<void> {
+    await this.changeMemory(() => this.table.replace(regions, fds));
+  }
+
+  /** ADD_MEM_REG (CONFIGURE_MEM_SLOTS). */
+  async addMemReg(region: RegionDescription, fd: number): Promise<void> {
+    await this.changeMemory(() => {
+      this.table.add(region, fd);
+      return [];
+    });
+  }
+
+  /** REM_MEM_REG (CONFIGURE_MEM_SLOTS); a ring living in the removed region fails. */
+  async remMemReg(region: RegionDescription): Promise<void> {
+    await this.changeMemory(() => [this.table.remove(region)]);
+  }
+
+  // ---- Rings ----------------------------------------------------------------------------------
+
+  /** GET_QUEUE_NUM. */
+  get queueCount(): number {
+    return this.device.numQueues;
+  }
+
+  setVringNum(index: number, size: number): void {
+    const v = this.stoppedVring(index, 'SET_VRING_NUM');
+    // The split/packed rule is applied when the ring starts, once features are final.
+    const error = queueSizeError(size, true, this.device.maxQueueSize);
+    if (error !== undefined) throw new FrontEndError(`ring ${index}: ${error}`);
+    v.size = size;
+  }
+
+  setVringAddr(index: number, addresses: VringAddresses): void {
+    const v = this.stoppedVring(index, 'SET_VRING_ADDR');
+    v.addresses = addresses;
+  }
+
+  setVringBase(index: number, base: number): void {
+    const v = this.stoppedVring(index, 'SET_VRING_BASE');
+    if (!Number.isInteger(base) || base < 0 || base > 0xffff_ffff) {
+      throw new FrontEndError(`ring ${index}: base ${base} is not a 32-bit value`);
+    }
+    v.base = base;
+  }
+
+  /** GET_VRING_BASE: stop the ring, wait for its chains in flight, and report where it stands. */
+  async getVringBase(index: number): Promise<number> {
+    const v = this.vring(index);
+    await this.stopRing(v);
+    if (this.vrings.every((r) => r.gate === undefined)) this.deactivate();
+    return v.base;
+  }
+
+  /** SET_VRING_KICK: `fd` undefined means the front-end asked for polling, which is refused. */
+  setVringKick(index: number, fd: number | undefined): void {
+    const v = this.vring(index);
+    if (fd === undefined) throw new FrontEndError(`ring ${index}: polling instead of a kick fd is not supported`);
+    if (v.gate !== undefined) {
+      // A new kick fd for a running ring: watch the new one, the ring keeps going.
+      v.unwatch?.();
+      v.unwatch = undefined;
+      this.replaceFd(v, 'kickFd', fd);
+      v.unwatch = this.watch(v);
+      return;
+    }
+    this.replaceFd(v, 'kickFd', fd);
+    this.startRing(v);
+  }
+
+  setVringCall(index: number, fd: number | undefined): void {
+    this.replaceFd(this.vring(index), 'callFd', fd ?? NO_FD);
+  }
+
+  setVringErr(index: number, fd: number | undefined): void {
+    this.replaceFd(this.vring(index), 'errFd', fd ?? NO_FD);
+  }
+
+  /** SET_VRING_ENABLE. A disabled ring is not processed; in-flight requests still complete. */
+  setVringEnable(index: number, enable: number): void {
+    const v = this.vring(index);
+    if (enable !== 0 && enable !== 1) throw new FrontEndError(`ring ${index}: enable value ${enable} is neither 0 nor 1`);
+    v.enabled = enable === 1;
+    if (v.gate === undefined || v.failed) return;
+    if (v.enabled) {
+      v.gate.reopen();
+      this.maybeActivate();
+      if (this.active) this.notify(index);
+    } else {
+      void v.gate.close();
+    }
+  }
+
+  // ---- Configuration space and status ---------------------------------------------------------
+
+  /** GET_CONFIG: bytes past the device's configuration space read as zero, as on virtio-pci. */
+  getConfig(offset: number, size: number): Uint8Array {
+    this.checkConfigRange(offset, size);
+    const out = new Uint8Array(size);
+    const config = this.device.config;
+    if (offset < config.length) out.set(config.subarray(offset, Math.min(config.length, offset + size)));
+    return out;
+  }
+
+  /** SET_CONFIG: stored, then handed to the device to act on (e.g. blk's writeback toggle). */
+  setConfig(offset: number, payload: Uint8Array): void {
+    this.checkConfigRange(offset, payload.length);
+    const config = this.device.config;
+    if (offset + payload.length > config.length) {
+      throw new FrontEndError(`config write of ${payload.length} bytes at ${offset} is past the device's ${config.length} bytes`);
+    }
+    config.set(payload, offset);
+    this.device.configWritten?.(offset, payload.length);
+  }
+
+  /** SET_STATUS (§2.1): 0 resets the device; DRIVER_OK starts serving. */
+  async setStatus(status: number): Promise<void> {
+    if (!Number.isInteger(status) || status < 0 || status > 0xff) {
+      throw new FrontEndError(`device status ${status} is not an 8-bit value`);
+    }
+    if (status === 0) {
+      await this.stopAllRings();
+      this.deactivate();
+      this.status = 0;
+      return;
+    }
+    this.status = (status & ~DeviceStatus.DEVICE_NEEDS_RESET) | (this.status & DeviceStatus.DEVICE_NEEDS_RESET);
+    this.maybeActivate();
+  }
+
+  getStatus(): number {
+    return this.status;
+  }
+
+  /** SET_BACKEND_REQ_FD: the channel for CONFIG_CHANGE_MSG. */
+  setBackendReqFd(fd: number): void {
+    if (!this.hasProtocolFeature(ProtocolFeature.BACKEND_REQ)) {
+      this.ports.close(fd);
+      throw new FrontEndError('SET_BACKEND_REQ_FD without the BACKEND_REQ protocol feature');
+    }
+    if (this.backendReqFd !== NO_FD) this.ports.close(this.backendReqFd);
+    this.backendReqFd = fd;
+  }
+
+  /**
+   * The front-end went away: stop every ring once its requests complete, reset the device and
+   * release every mapping and descriptor, leaving the device ready for the next session.
+   */
+  async close(): Promise<void> {
+    await this.stopAllRings();
+    this.deactivate();
+    for (const m of this.table.clear()) m.unmap();
+    for (const v of this.vrings) {
+      this.replaceFd(v, 'callFd', NO_FD);
+      this.replaceFd(v, 'errFd', NO_FD);
+    }
+    if (this.backendReqFd !== NO_FD) this.ports.close(this.backendReqFd);
+    this.backendReqFd = NO_FD;
+  }
+
+  // ---- Internals ------------------------------------------------------------------------------
+
+  private vring(index: number): Vring {
+    if (!Number.isInteger(index) || index < 0 || index >= this.vrings.length) {
+      throw new FrontEndError(`ring index ${index} is not below the ${this.vrings.length} queues of ${this.device.name}`);
+    }
+    return this.vrings[index];
+  }
+
+  private stoppedVring(index: number, what: string): Vring {
+    const v = this.vring(index);
+    if (v.gate !== undefined) throw new FrontEndError(`${what} for ring ${index} while it is started`);
+    return v;
+  }
+
+  private anyStarted(): boolean {
+    return this.vrings.some((v) => v.gate !== undefined);
+  }
+
+  private replaceFd(v: Vring, which: 'kickFd' | 'callFd' | 'errFd', fd: number): void {
+    if (v[which] !== NO_FD && v[which] !== fd) this.ports.close(v[which]);
+    v[which] = fd;
+  }
+
+  /** Whether PROTOCOL_FEATURES was negotiated, which makes rings start disabled ("Ring states"). */
+  private get protocolNegotiated(): boolean {
+    return hasFeature(this.acked, VHOST_USER_F_PROTOCOL_FEATURES);
+  }
+
+  /** The features the driver accepted, as the device understands them (bit 30 is vhost-user's). */
+  private get deviceFeatures(): bigint {
+    return this.acked & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+  }
+
+  private queueConfig(v: Vring, packed: boolean): QueueConfig {
+    if (v.size === 0) throw new FrontEndError(`ring ${v.index} started before SET_VRING_NUM`);
+    const sizeError = queueSizeError(v.size, packed, this.device.maxQueueSize);
+    if (sizeError !== undefined) throw new FrontEndError(`ring ${v.index}: ${sizeError}`);
+    if (v.addresses === undefined) throw new FrontEndError(`ring ${v.index} started before SET_VRING_ADDR`);
+    const layout = ringLayout(v.size, packed);
+    // Ring addresses are the front-end's own virtual addresses ("Memory access"): translate each
+    // area, whole, through the region table into guest-physical addresses.
+    const area = (name: 'desc' | 'driver' | 'device'): number => {
+      const gpa = this.table.userToGuest(v.addresses![name], layout[name].size);
+      if (gpa === undefined) {
+        throw new FrontEndError(`ring ${v.index}: ${name} area at 0x${v.addresses![name].toString(16)} is outside guest memory`);
+      }
+      return gpa;
+    };
+    return {
+      size: v.size,
+      desc: area('desc'),
+      driver: area('driver'),
+      device: area('device'),
+      eventIdx: hasFeature(this.acked, Feature.EVENT_IDX),
+      indirect: hasFeature(this.acked, Feature.INDIRECT_DESC),
+      inOrder: hasFeature(this.acked, Feature.IN_ORDER),
+    };
+  }
+
+  /** Build the DeviceQueue for `v` over the current memory; FrontEndError when it cannot exist. */
+  private buildQueue(v: Vring, base: number): DeviceQueue {
+    const memory = this.table.memory;
+    if (memory === undefined) throw new FrontEndError(`ring ${v.index} started before SET_MEM_TABLE`);
+    const packed = hasFeature(this.acked, Feature.RING_PACKED);
+    const config = this.queueConfig(v, packed);
+    try {
+      return createDeviceQueue(memory, config, packed, `${this.device.name}[${v.index}]`, base);
+    } catch (err) {
+      if (err instanceof VirtqueueError || err instanceof RangeError) throw new FrontEndError(err.message);
+      throw err;
+    }
+  }
+
+  /** A kick fd arrived for a stopped ring: the ring starts ("Ring states"). */
+  private startRing(v: Vring): void {
+    const queue = this.buildQueue(v, v.base);
+    v.unwatch = this.watch(v);
+    v.gate = new GatedQueue(queue);
+    v.failed = false;
+    if (!this.protocolNegotiated) v.enabled = true;
+    if (!v.enabled) void v.gate.close();
+    this.maybeActivate();
+    // Buffers may already be waiting (a restarted ring or a kick before the fd was watched).
+    if (this.active && v.enabled) this.notify(v.index);
+  }
+
+  /** Watch the ring's kick fd; a descriptor that cannot be watched (a regular file) is refused. */
+  private watch(v: Vring): () => void {
+    try {
+      return this.ports.watchKick(v.kickFd, () => this.kicked(v));
+    } catch (err) {
+      throw new FrontEndError(`ring ${v.index}: kick fd cannot be watched: ${(err as Error).message}`);
+    }
+  }
+
+  private kicked(v: Vring): void {
+    if (this.active && v.enabled && v.gate?.isOpen === true) this.notify(v.index);
+  }
+
+  /** Stop a ring: no more kicks, no more pops, and every chain in flight published. */
+  private async stopRing(v: Vring): Promise<void> {
+    if (v.gate === undefined) return;
+    v.unwatch?.();
+    v.unwatch = undefined;
+    const gate = v.gate;
+    // A failed ring's gate is already detached: nothing in flight to wait for.
+    await gate.close();
+    if (!v.failed) v.base = gate.base;
+    // The device may still hold the gate; detached, it can no longer reach guest memory.
+    gate.detach();
+    v.gate = undefined;
+    this.replaceFd(v, 'kickFd', NO_FD);
+  }
+
+  private async stopAllRings(): Promise<void> {
+    await Promise.all(this.vrings.map((v) => this.stopRing(v)));
+  }
+
+  /**
+   * Activate the device once it can serve: with the STATUS protocol feature, when the
+   * front-end sets DRIVER_OK (§3.1.1); without it, when the first ring is started and enabled.
+   */
+  private maybeActivate(): void {
+    if (this.active || this.table.memory === undefined) return;
+    const ready = this.hasProtocolFeature(ProtocolFeature.STATUS)
+      ? (this.status & DeviceStatus.DRIVER_OK) !== 0 && this.anyStarted()
+      : this.vrings.some((v) => v.gate !== undefined && v.enabled);
+    if (!ready) return;
+    try {
+      this.device.activate(this.context);
+    } catch (err) {
+      // A device bug, not the front-end's doing: report it like a broken device (§2.1.2).
+      this.status |= DeviceStatus.DEVICE_NEEDS_RESET;
+      this.log.error({ err: (err as Error).message }, `${this.device.name}: activation failed`);
+      return;
+    }
+    this.active = true;
+    for (const v of this.vrings) if (v.gate !== undefined && v.enabled) this.notify(v.index);
+  }
+
+  /** Hand a kick to the device. Runs from event-loop callbacks, so nothing may escape it. */
+  private notify(index: number): void {
+    try {
+      this.device.queueNotify(index);
+    } catch (err) {
+      this.log.error({ queue: index, err: (err as Error).message }, `${this.device.name}: queue notification failed`);
+    }
+  }
+
+  private deactivate(): void {
+    if (this.active) this.device.reset();
+    this.active = false;
+    this.status &= ~DeviceStatus.DEVICE_NEEDS_RESET;
+    for (const v of this.vrings) v.failed = false;
+  }
+
+  /**
+   * Change guest memory under running rings: close every ring and wait for its chains in flight
+   * (their buffers are views into the old mappings), apply the change, rebuild each ring at its
+   * position over the new memory, and only then unmap what the new table dropped.
+   */
+  private async changeMemory(change: () => RegionMapping[]): Promise<void> {
+    const running = this.vrings.filter((v) => v.gate !== undefined);
+    await Promise.all(running.map((v) => v.gate!.close()));
+    let dropped: RegionMapping[];
+    try {
+      dropped = change();
+    } catch (err) {
+      this.reopenAll(running);
+      if (err instanceof MemoryTableError) throw new FrontEndError(err.message);
+      throw err;
+    }
+    for (const v of running) {
+      const gate = v.gate!;
+      try {
+        gate.reopen(this.buildQueue(v, gate.base));
+      } catch (err) {
+        // The new layout no longer holds this ring: it fails, and must not touch the old mappings.
+        this.failRing(v.index, err as Error);
+      }
+    }
+    for (const m of dropped) m.unmap();
+    this.reopenAll(running);
+  }
+
+  private reopenAll(vrings: readonly Vring[]): void {
+    for (const v of vrings) {
+      if (v.gate === undefined || v.failed || !v.enabled) continue;
+      v.gate.reopen();
+      if (this.active) this.notify(v.index);
+    }
+  }
+
+  private makeContext(): DeviceContext {
+    // Getters of an object literal have their own `this`; these closures keep the back-end's.
+    const memory = (): GuestMemory => this.table.memory!;
+    const features = (): bigint => this.deviceFeatures;
+    const log = this.log;
+    return {
+      // Activation requires a memory table, and close() deactivates before clearing it.
+      get memory(): GuestMemory {
+        return memory();
+      },
+      get features(): bigint {
+        return features();
+      },
+      log,
+      // A disabled ring keeps its gate (closed): requests in flight must still complete into it.
+      queue: (index: number): DeviceQueue | undefined => {
+        const v = this.vrings[index];
+        return v !== undefined && !v.failed ? v.gate : undefined;
+      },
+      notifyQueue: (index: number): void => {
+        const v = this.vrings[index];
+        if (v !== undefined && v.callFd !== NO_FD) this.ports.signal(v.callFd);
+      },
+      configChanged: (): void => this.configChanged(),
+      fail: (index: number, err: Error): void => this.failRing(index, err),
+    };
+  }
+
+  private configChanged(): void {
+    if (this.backendReqFd !== NO_FD && this.hasProtocolFeature(ProtocolFeature.CONFIG)) {
+      this.ports.sendConfigChange(this.backendReqFd);
+    }
+  }
+
+  /**
+   * A ring broke (DeviceContext.fail, or a memory change that no longer holds it): it stops
+   * until the device is reset, the status says DEVICE_NEEDS_RESET (§2.1.2), and the front-end
+   * hears of it through the ring's error eventfd and a configuration change.
+   */
+  private failRing(index: number, err: Error): void {
+    const v = this.vrings[index];
+    if (v === undefined || v.failed) return;
+    v.failed = true;
+    if (v.gate !== undefined) {
+      v.base = v.gate.base;
+      // The device drops its chains in flight on a failed ring; nothing of it may touch memory now.
+      v.gate.detach();
+    }
+    this.status |= DeviceStatus.DEVICE_NEEDS_RESET;
+    this.log.warn({ queue: index, err: err.message }, 'ring stopped until the device is reset');
+    if (v.errFd !== NO_FD) this.ports.signal(v.errFd);
+    this.configChanged();
+  }
+
+  private checkConfigRange(offset: number, size: number): void {
+    if (!Number.isInteger(offset) || !Number.isInteger(size) || offset < 0 || size < 1 || offset + size > MAX_CONFIG_SIZE) {
+      throw new FrontEndError(`config access of ${size} bytes at offset ${offset} is outside the ${MAX_CONFIG_SIZE}-byte space`);
+    }
+  }
+}

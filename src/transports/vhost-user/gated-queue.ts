@@ -1,0 +1,107 @@
+/**
+ * The DeviceQueue a device sees behind vhost-user. The front-end can stop a ring (GET_VRING_BASE),
+ * swap guest memory under it (SET_MEM_TABLE, ADD/REM_MEM_REG) or reset the device at any moment,
+ * while the device may still hold chains it popped earlier. The gate lets the back-end close the
+ * ring to new work, wait until every chain already popped has been pushed and published, and then
+ * replace or drop the ring underneath without the device noticing: the device keeps the same
+ * object for its whole activation.
+ */
+import type { DescriptorChain, DeviceQueue } from '../../virtio/queue.ts';
+
+/** What a detached gate forwards to: an empty ring that never touches memory. */
+const DETACHED: DeviceQueue = {
+  size: 0,
+  base: 0,
+  inFlight: 0,
+  pop: () => null,
+  push: () => {},
+  publish: () => false,
+  enableNotifications: () => false,
+  disableNotifications: () => {},
+};
+
+export class GatedQueue implements DeviceQueue {
+  private inner: DeviceQueue;
+  private open = true;
+  private waiters: (() => void)[] = [];
+
+  constructor(inner: DeviceQueue) {
+    this.inner = inner;
+  }
+
+  get size(): number {
+    return this.inner.size;
+  }
+
+  get base(): number {
+    return this.inner.base;
+  }
+
+  get inFlight(): number {
+    return this.inner.inFlight;
+  }
+
+  /** Whether pop() may hand out chains. */
+  get isOpen(): boolean {
+    return this.open;
+  }
+
+  /** A closed gate pops nothing, so a device that drains in a loop simply finds the ring empty. */
+  pop(): DescriptorChain | null {
+    return this.open ? this.inner.pop() : null;
+  }
+
+  push(chain: DescriptorChain, written: number): void {
+    this.inner.push(chain, written);
+  }
+
+  publish(): boolean {
+    const notify = this.inner.publish();
+    // Completion is observed here, not in push(): a waiter may only proceed once the used
+    // entries are visible to the driver, because the next step may hand the ring back.
+    if (this.inner.inFlight === 0 && this.waiters.length > 0) {
+      const waiting = this.waiters;
+      this.waiters = [];
+      queueMicrotask(() => {
+        for (const w of waiting) w();
+      });
+    }
+    return notify;
+  }
+
+  enableNotifications(): boolean {
+    return this.open ? this.inner.enableNotifications() : false;
+  }
+
+  disableNotifications(): void {
+    this.inner.disableNotifications();
+  }
+
+  /** Stop handing out chains and resolve once every chain popped so far has been published. */
+  close(): Promise<void> {
+    this.open = false;
+    if (this.inner.inFlight === 0) return Promise.resolve();
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  /**
+   * Hand out chains again, from `inner` when given (the same ring rebuilt over new memory at
+   * the same position). Replacing the ring is only valid once close() has resolved.
+   */
+  reopen(inner?: DeviceQueue): void {
+    if (inner !== undefined) {
+      if (this.inner.inFlight !== 0) throw new Error('a gated queue was rebuilt with chains in flight');
+      this.inner = inner;
+    }
+    this.open = true;
+  }
+
+  /**
+   * Cut the gate from its ring for good, once close() has resolved: whatever the device still
+   * does with this object reaches no guest memory, so the mappings can go.
+   */
+  detach(): void {
+    this.open = false;
+    this.inner = DETACHED;
+  }
+}
