@@ -7,7 +7,7 @@
  * naming a buffer not in flight, or a used index running ahead of what was made available,
  * throws VirtqueueError and leaves the driver's bookkeeping intact.
  */
-import { DESC_SIZE, DescFlag } from '../constants.ts';
+import { DESC_SIZE, DescFlag, MAX_QUEUE_SIZE } from '../constants.ts';
 import type { GuestMemory } from '../memory.ts';
 import { VirtqueueError, type DriverQueue, type QueueConfig, type Segment, type UsedBuffer } from '../queue.ts';
 import {
@@ -29,7 +29,7 @@ const U32_MAX = 0xffff_ffff;
 export interface IndirectTables {
   /** Guest address of the area, a multiple of 16, indirectTablesBytes(size, maxSegments) long. */
   readonly addr: number;
-  /** Entries per table: buffers with more segments than this use direct chains. */
+  /** Entries per table: buffers with more segments than this (or than the queue size) use direct chains. */
   readonly maxSegments: number;
 }
 
@@ -58,9 +58,13 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   private readonly availEventAt: number;
   private readonly eventIdx: boolean;
   private readonly inOrder: boolean;
-  /** The indirect table area as 32-bit words, and its guest address; maxIndirect 0 when unused. */
+  /**
+   * The indirect table area as 32-bit words, its guest address, the words from one table to the
+   * next, and the most segments a table takes (0 when tables are not used).
+   */
   private readonly indirect32: Uint32Array;
   private readonly indirectAddr: number;
+  private readonly tableStride: number;
   private readonly maxIndirect: number;
   /**
    * Free descriptors, as a FIFO list linked through nextFree (driver-private, so a device
@@ -115,11 +119,14 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     if (tables === undefined) {
       this.indirect32 = new Uint32Array(0);
       this.indirectAddr = 0;
+      this.tableStride = 0;
       this.maxIndirect = 0;
     } else {
       this.indirect32 = mapIndirectTables(memory, tables, size, name);
       this.indirectAddr = tables.addr;
-      this.maxIndirect = tables.maxSegments;
+      this.tableStride = tables.maxSegments * 4;
+      // A chain, indirect or not, holds at most the queue size of descriptors (§2.7.5.3.1).
+      this.maxIndirect = Math.min(tables.maxSegments, size);
     }
     this.nextFree = new Uint16Array(size);
     for (let i = 0; i < size; i++) this.nextFree[i] = (i + 1) & this.mask;
@@ -153,7 +160,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     // Direct chains follow the free list through the ring's table; an indirect table is filled
     // from its entry 0 with sequential next fields (§2.7.5.3).
     const table = indirect ? this.indirect32 : this.desc;
-    const tableBase = indirect ? head * this.maxIndirect * 4 : 0;
+    const tableBase = indirect ? head * this.tableStride : 0;
     let i = indirect ? 0 : head;
     let writable = 0;
     for (let s = 0; s < n; s++) {
@@ -308,8 +315,8 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
 
 function mapIndirectTables(memory: GuestMemory, tables: IndirectTables, size: number, name: string): Uint32Array {
   const { addr, maxSegments } = tables;
-  if (!Number.isInteger(maxSegments) || maxSegments < 2 || maxSegments > size) {
-    throw new RangeError(`${name}: indirect tables of ${maxSegments} entries; 2 to the queue size ${size} are useful`);
+  if (!Number.isInteger(maxSegments) || maxSegments < 2 || maxSegments > MAX_QUEUE_SIZE) {
+    throw new RangeError(`${name}: indirect tables of ${maxSegments} entries; 2 to ${MAX_QUEUE_SIZE} are useful`);
   }
   if (!Number.isSafeInteger(addr) || addr < 0 || addr % DESC_SIZE !== 0) {
     throw new RangeError(`${name}: indirect table area at ${addr} is not a multiple of ${DESC_SIZE}`);
