@@ -3,8 +3,16 @@
  * a device reads a request from the device-readable part and writes its answer into the
  * device-writable part without caring where one descriptor ends and the next begins.
  * Nothing here can reach outside the chain: every segment was checked by ChainBuilder.
+ *
+ * A reader or writer may carry a liveness check: once it fails (the device was reset while the
+ * request was in flight), every access is dropped, so late completions never touch guest memory.
  */
 import type { DescriptorChain } from './queue.ts';
+
+/** Whether the request a reader or writer belongs to may still touch guest memory. */
+export type LivenessCheck = () => boolean;
+
+const ALWAYS_LIVE: LivenessCheck = () => true;
 
 /** Cursor over an ordered list of byte segments. */
 class Cursor {
@@ -15,6 +23,7 @@ class Cursor {
   constructor(
     private readonly segs: readonly Uint8Array[],
     total: number,
+    private readonly live: LivenessCheck,
   ) {
     this.left = total;
   }
@@ -26,6 +35,7 @@ class Cursor {
   /** Zero-copy views covering the next `n` bytes (n <= remaining), advancing past them. */
   take(n: number): Uint8Array[] {
     const out: Uint8Array[] = [];
+    if (!this.live()) return out;
     let want = Math.min(n, this.left);
     this.left -= want;
     while (want > 0) {
@@ -48,8 +58,8 @@ class Cursor {
 export class ChainReader {
   private readonly cursor: Cursor;
 
-  constructor(chain: DescriptorChain) {
-    this.cursor = new Cursor(chain.readable, chain.readableLength);
+  constructor(chain: DescriptorChain, live: LivenessCheck = ALWAYS_LIVE) {
+    this.cursor = new Cursor(chain.readable, chain.readableLength, live);
   }
 
   /** Device-readable bytes not consumed yet. */
@@ -67,12 +77,11 @@ export class ChainReader {
     return at;
   }
 
-  /** The next `n` bytes as a fresh copy, or undefined (consuming nothing) when fewer remain. */
+  /** The next `n` bytes as a fresh copy, or undefined when fewer remain (consuming nothing) or the request died. */
   readExact(n: number): Uint8Array | undefined {
     if (n > this.remaining) return undefined;
     const out = new Uint8Array(n);
-    this.read(out);
-    return out;
+    return this.read(out) === n ? out : undefined;
   }
 
   /** Zero-copy views of the next `n` bytes (fewer at the end), e.g. for a vectored file write. */
@@ -89,8 +98,8 @@ export class ChainWriter {
   private readonly cursor: Cursor;
   private count = 0;
 
-  constructor(chain: DescriptorChain) {
-    this.cursor = new Cursor(chain.writable, chain.writableLength);
+  constructor(chain: DescriptorChain, live: LivenessCheck = ALWAYS_LIVE) {
+    this.cursor = new Cursor(chain.writable, chain.writableLength, live);
   }
 
   /** Device-writable bytes still free. */

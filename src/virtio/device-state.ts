@@ -1,0 +1,395 @@
+/**
+ * The host-side state of one VirtioDevice that every transport shares: the device status
+ * machine (§2.1, §3.1.1), feature negotiation (§2.2), per-queue configuration, the
+ * configuration space and its generation (§2.5), and the device's activation on DRIVER_OK.
+ * A transport (mmio registers, pci capabilities, vfio-user regions) only maps its own register
+ * layout onto these calls and delivers the interrupts this state raises.
+ *
+ * Everything here is reached from the driver and so is hostile input: a bad write never throws,
+ * it is ignored or puts the device in DEVICE_NEEDS_RESET (§2.1.2) with one log line.
+ */
+import { pino } from 'pino';
+import type { Logger } from 'pino';
+import { DeviceStatus, Feature, featureBit, hasFeature } from './constants.ts';
+import type { DeviceContext, VirtioDevice } from './device.ts';
+import { checkImplementable, describeFeatures, refuseFeatures } from './features.ts';
+import type { GuestMemory } from './memory.ts';
+import { GuestMemoryError } from './memory.ts';
+import { VirtqueueError } from './queue.ts';
+import type { DeviceQueue, QueueAddresses, QueueConfig } from './queue.ts';
+import { createDeviceQueue, queueSizeError } from './ring.ts';
+
+/** Where the device's notifications go; the transport turns them into its interrupts. */
+export interface InterruptSink {
+  /** Used buffer notification for queue `queue` (§2.3.2). */
+  usedBuffer(queue: number): void;
+  /** Configuration change notification (§2.3.1), also sent on DEVICE_NEEDS_RESET. */
+  configChange(): void;
+}
+
+export type QueueArea = keyof QueueAddresses;
+
+interface QueueSlot {
+  size: number;
+  desc: number;
+  driver: number;
+  device: number;
+  /** What the driver last wrote to the queue's ready/enable register. */
+  ready: boolean;
+  /** The live queue, once the device runs it; cleared on failure, disable or reset. */
+  queue: DeviceQueue | undefined;
+}
+
+const U32 = 0x1_0000_0000;
+
+/** The feature word (32 bits) `sel` of a 64-bit feature set; words past 1 read as zero. */
+function featureWord(features: bigint, sel: number): number {
+  if (sel !== 0 && sel !== 1) return 0;
+  return Number((features >> BigInt(sel * 32)) & 0xffff_ffffn);
+}
+
+export class DeviceState {
+  /** Features offered: the device's bits and VERSION_1 (§6.1, this framework is modern only). */
+  readonly offeredFeatures: bigint;
+  readonly log: Logger;
+  private statusBits = 0;
+  private accepted = 0n;
+  /** The driver wrote a non-zero feature word past bit 63, which nothing offers. */
+  private acceptedBeyond64 = false;
+  private generation = 0;
+  private readonly slots: QueueSlot[];
+  /** The DeviceContext of the current activation; replaced (and the old one made inert) by reset. */
+  private active: ActiveContext | undefined;
+
+  constructor(
+    readonly device: VirtioDevice,
+    readonly memory: GuestMemory,
+    private readonly sink: InterruptSink,
+    log: Logger = pino({ name: 'paravirt' }),
+  ) {
+    const who = `device ${device.name}`;
+    if (!Number.isInteger(device.numQueues) || device.numQueues < 0) {
+      throw new RangeError(`${who}: queue count ${device.numQueues} is not a non-negative integer`);
+    }
+    const sizeError = queueSizeError(device.maxQueueSize, false);
+    if (sizeError !== undefined) throw new RangeError(`${who}: maximum ${sizeError}`);
+    this.offeredFeatures = device.features | featureBit(Feature.VERSION_1);
+    checkImplementable(this.offeredFeatures, who);
+    this.log = log.child({ device: device.name });
+    this.slots = Array.from({ length: device.numQueues }, () => this.freshSlot());
+  }
+
+  // --- status (§2.1) ---
+
+  get status(): number {
+    return this.statusBits;
+  }
+
+  /**
+   * The driver wrote the status register. Zero resets (§2.4). Otherwise the driver may only add
+   * bits (§2.1.1 "driver MUST NOT clear a device status bit"): bits it tries to clear stay set,
+   * DEVICE_NEEDS_RESET is the device's alone, and each newly set bit is checked in §3.1.1 order.
+   */
+  writeStatus(value: number): void {
+    value &= 0xff;
+    if (value === 0) {
+      this.reset();
+      return;
+    }
+    const added = value & ~this.statusBits & ~DeviceStatus.DEVICE_NEEDS_RESET;
+    this.statusBits |= added & (DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FAILED);
+    if (added & DeviceStatus.FEATURES_OK) this.featuresOk();
+    if (added & DeviceStatus.DRIVER_OK) this.driverOk();
+  }
+
+  /** §3.1.1 step 5-6: FEATURES_OK only sticks for a subset of the offer that includes VERSION_1. */
+  private featuresOk(): void {
+    const refusal = this.acceptedBeyond64
+      ? 'driver accepted feature bits beyond 63, which the device did not offer'
+      : refuseFeatures(this.offeredFeatures, this.accepted);
+    if (refusal !== undefined) {
+      this.log.info(`FEATURES_OK refused: ${refusal}`);
+      return;
+    }
+    this.statusBits |= DeviceStatus.FEATURES_OK;
+    this.log.debug(`features negotiated: ${describeFeatures(this.accepted)}`);
+  }
+
+  /** §3.1.1 step 8: build the queues the driver enabled and start the device. */
+  private driverOk(): void {
+    if (!(this.statusBits & DeviceStatus.FEATURES_OK)) {
+      this.log.info('DRIVER_OK ignored: features were not negotiated (FEATURES_OK is not set)');
+      return;
+    }
+    this.statusBits |= DeviceStatus.DRIVER_OK;
+    if (this.statusBits & DeviceStatus.DEVICE_NEEDS_RESET) return;
+    for (let i = 0; i < this.slots.length; i++) {
+      if (this.slots[i].ready && !this.startQueue(i)) return;
+    }
+    const ctx = new ActiveContext(this);
+    this.active = ctx;
+    try {
+      this.device.activate(ctx);
+    } catch (err) {
+      // A device bug, not the driver's: still contained to this device.
+      this.log.error({ err }, `${this.device.name}: activation failed`);
+      this.needsReset(this.device.name, 'activation failed', err instanceof Error ? err.message : String(err));
+    }
+  }
+
+  /** Device reset (§2.4): writing 0 to status, at any time. */
+  reset(): void {
+    // Make the old context inert first, so completions racing the reset see it (see serve.ts).
+    this.active?.retire();
+    this.active = undefined;
+    this.device.reset();
+    this.statusBits = 0;
+    this.accepted = 0n;
+    this.acceptedBeyond64 = false;
+    for (let i = 0; i < this.slots.length; i++) this.slots[i] = this.freshSlot();
+  }
+
+  /**
+   * Enter DEVICE_NEEDS_RESET (§2.1.2): log one line naming where and which rule, and tell a
+   * running driver through a configuration change notification. Later faults until the reset
+   * are only logged at debug level, so a hostile driver cannot flood the log.
+   */
+  needsReset(where: string, rule: string, detail: string): void {
+    if (this.statusBits & DeviceStatus.DEVICE_NEEDS_RESET) {
+      this.log.debug({ queue: where, rule }, `${detail} (device already needs reset)`);
+      return;
+    }
+    this.statusBits |= DeviceStatus.DEVICE_NEEDS_RESET;
+    this.log.warn({ queue: where, rule }, `${where}: ${detail}; device needs reset`);
+    if (this.statusBits & DeviceStatus.DRIVER_OK) this.sink.configChange();
+  }
+
+  // --- features (§2.2) ---
+
+  /** Feature word `sel` (bits sel*32 .. sel*32+31) of the offer. */
+  deviceFeatureWord(sel: number): number {
+    return featureWord(this.offeredFeatures, sel);
+  }
+
+  /** Feature word `sel` of what the driver accepted. */
+  driverFeatureWord(sel: number): number {
+    return featureWord(this.accepted, sel);
+  }
+
+  get driverFeatures(): bigint {
+    return this.accepted;
+  }
+
+  /** The driver wrote feature word `sel`. Ignored once FEATURES_OK is set (§3.1.1 step 5). */
+  writeDriverFeatureWord(sel: number, value: number): void {
+    if (this.statusBits & DeviceStatus.FEATURES_OK) return;
+    if (sel === 0 || sel === 1) {
+      const shift = BigInt(sel * 32);
+      this.accepted = (this.accepted & ~(0xffff_ffffn << shift)) | (BigInt(value >>> 0) << shift);
+    } else if (value !== 0) {
+      this.acceptedBeyond64 = true;
+    }
+  }
+
+  /** Transports that carry all 64 bits at once (vhost-user). */
+  writeDriverFeatures(features: bigint): void {
+    this.writeDriverFeatureWord(0, Number(features & 0xffff_ffffn));
+    this.writeDriverFeatureWord(1, Number((features >> 32n) & 0xffff_ffffn));
+    if (features >> 64n !== 0n) this.writeDriverFeatureWord(2, 1);
+  }
+
+  // --- queues ---
+
+  /** Queue count the device offers. */
+  get numQueues(): number {
+    return this.slots.length;
+  }
+
+  /** Largest size of queue `index`, 0 when there is no such queue (§4.2.2 QueueSizeMax). */
+  queueMaxSize(index: number): number {
+    return this.slots[index] === undefined ? 0 : this.device.maxQueueSize;
+  }
+
+  queueSize(index: number): number {
+    return this.slots[index]?.size ?? 0;
+  }
+
+  queueArea(index: number, area: QueueArea): number {
+    return this.slots[index]?.[area] ?? 0;
+  }
+
+  queueReady(index: number): boolean {
+    return this.slots[index]?.ready ?? false;
+  }
+
+  /** The driver chose a size. Checked when it enables the queue; ignored while enabled (§4.2.2.2). */
+  writeQueueSize(index: number, size: number): void {
+    const slot = this.slots[index];
+    if (slot !== undefined && !slot.ready) slot.size = size;
+  }
+
+  /** The driver placed one area of a queue. Ignored while the queue is enabled (§4.2.2.2). */
+  writeQueueArea(index: number, area: QueueArea, addr: number): void {
+    const slot = this.slots[index];
+    if (slot !== undefined && !slot.ready) slot[area] = addr;
+  }
+
+  /** Low (`high` false) or high 32 bits of a queue area address, as 32-bit registers carry them. */
+  writeQueueAreaHalf(index: number, area: QueueArea, high: boolean, value: number): void {
+    const addr = this.queueArea(index, area);
+    const lo = high ? addr % U32 : value >>> 0;
+    const hi = high ? value >>> 0 : Math.floor(addr / U32);
+    this.writeQueueArea(index, area, hi * U32 + lo);
+  }
+
+  /**
+   * The driver enabled (or disabled) queue `index`. A size the device cannot use (0, above the
+   * maximum, or not a power of two for a split ring) leaves the queue disabled — the driver
+   * reading back the ready register sees the refusal — and puts the device in
+   * DEVICE_NEEDS_RESET, since the driver broke §4.2.2.2 / §2.7.
+   */
+  writeQueueReady(index: number, ready: boolean): void {
+    const slot = this.slots[index];
+    if (slot === undefined || slot.ready === ready) return;
+    if (!ready) {
+      slot.ready = false;
+      slot.queue = undefined;
+      return;
+    }
+    const sizeError = queueSizeError(slot.size, this.packed, this.device.maxQueueSize);
+    if (sizeError !== undefined) {
+      this.needsReset(this.queueName(index), 'bad queue size', sizeError);
+      return;
+    }
+    slot.ready = true;
+    if (this.active !== undefined) this.startQueue(index);
+  }
+
+  /** The driver notified queue `index` (§2.3.3). The device hears of it only while it runs. */
+  notify(index: number): void {
+    if (this.active !== undefined && this.slots[index]?.queue !== undefined) this.device.queueNotify(index);
+  }
+
+  queueName(index: number): string {
+    return `${this.device.name}.q${index}`;
+  }
+
+  /** The live queue `index`, or undefined. */
+  liveQueue(index: number): DeviceQueue | undefined {
+    return this.slots[index]?.queue;
+  }
+
+  /** Stop queue `index` after the driver broke a ring rule on it (DeviceContext.fail). */
+  failQueue(index: number, err: Error): void {
+    const slot = this.slots[index];
+    if (slot !== undefined) slot.queue = undefined;
+    const rule = err instanceof VirtqueueError ? err.rule : err instanceof GuestMemoryError ? 'guest memory access' : err.name;
+    this.needsReset(this.queueName(index), rule, err.message);
+  }
+
+  private get packed(): boolean {
+    return hasFeature(this.accepted, Feature.RING_PACKED);
+  }
+
+  /** Build the ring for an enabled queue; a misplaced ring is the driver's fault (NEEDS_RESET). */
+  private startQueue(index: number): boolean {
+    const slot = this.slots[index];
+    const config: QueueConfig = {
+      size: slot.size,
+      desc: slot.desc,
+      driver: slot.driver,
+      device: slot.device,
+      eventIdx: hasFeature(this.accepted, Feature.EVENT_IDX),
+      indirect: hasFeature(this.accepted, Feature.INDIRECT_DESC),
+      inOrder: hasFeature(this.accepted, Feature.IN_ORDER),
+    };
+    try {
+      slot.queue = createDeviceQueue(this.memory, config, this.packed, this.queueName(index));
+      return true;
+    } catch (err) {
+      if (!(err instanceof VirtqueueError || err instanceof GuestMemoryError)) throw err;
+      this.failQueue(index, err);
+      return false;
+    }
+  }
+
+  private freshSlot(): QueueSlot {
+    // A queue's size starts at the maximum until the driver picks one (§4.1.4.3 queue_size).
+    return { size: this.device.maxQueueSize, desc: 0, driver: 0, device: 0, ready: false, queue: undefined };
+  }
+
+  // --- configuration space (§2.5) ---
+
+  get configGeneration(): number {
+    return this.generation;
+  }
+
+  get configSize(): number {
+    return this.device.config.length;
+  }
+
+  /** Bytes [offset, offset+length) of the configuration space; bytes past its end read as zero. */
+  readConfig(offset: number, length: number): Uint8Array {
+    const out = new Uint8Array(length);
+    const config = this.device.config;
+    if (offset >= 0 && offset < config.length) out.set(config.subarray(offset, Math.min(config.length, offset + length)));
+    return out;
+  }
+
+  /** The driver wrote configuration bytes; writes reaching outside the space are dropped whole. */
+  writeConfig(offset: number, data: Uint8Array): void {
+    const config = this.device.config;
+    if (!Number.isInteger(offset) || offset < 0 || offset + data.length > config.length || data.length === 0) return;
+    config.set(data, offset);
+    this.device.configWritten?.(offset, data.length);
+  }
+
+  /** The device changed its configuration: a new generation (§2.5.1), and a notification once running. */
+  configChanged(): void {
+    this.generation = (this.generation + 1) >>> 0;
+    if (this.statusBits & DeviceStatus.DRIVER_OK) this.sink.configChange();
+  }
+
+  /** Used buffer notification, from the running context only. */
+  usedBuffer(index: number): void {
+    this.sink.usedBuffer(index);
+  }
+}
+
+/**
+ * The DeviceContext of one activation. After a reset it is retired: it reports no queues and
+ * drops notifications, so work the device still had in flight cannot reach the new driver.
+ */
+class ActiveContext implements DeviceContext {
+  private retired = false;
+  readonly memory: GuestMemory;
+  readonly features: bigint;
+  readonly log: Logger;
+
+  constructor(private readonly state: DeviceState) {
+    this.memory = state.memory;
+    this.features = state.driverFeatures;
+    this.log = state.log;
+  }
+
+  retire(): void {
+    this.retired = true;
+  }
+
+  queue(index: number): DeviceQueue | undefined {
+    return this.retired ? undefined : this.state.liveQueue(index);
+  }
+
+  notifyQueue(index: number): void {
+    if (!this.retired && this.state.liveQueue(index) !== undefined) this.state.usedBuffer(index);
+  }
+
+  /** The configuration belongs to the device, not the activation: a change always counts. */
+  configChanged(): void {
+    this.state.configChanged();
+  }
+
+  fail(index: number, err: Error): void {
+    if (!this.retired && this.state.liveQueue(index) !== undefined) this.state.failQueue(index, err);
+  }
+}

@@ -1,0 +1,213 @@
+/**
+ * The generic guest-driver core over any DriverTransport: device initialization (§3.1.1),
+ * feature negotiation, ring allocation, configuration reads with the generation loop (§2.5.1),
+ * interrupt dispatch, and DEVICE_NEEDS_RESET handling. A device driver (rng, blk, ...) starts
+ * one, then talks to its queues through RequestQueue.
+ */
+import { pino } from 'pino';
+import type { Logger } from 'pino';
+import { DESC_SIZE, DeviceStatus, Feature, featureBit, hasFeature } from './constants.ts';
+import type { DriverTransport } from './driver.ts';
+import { checkImplementable, describeFeatures } from './features.ts';
+import { RequestQueue } from './request-queue.ts';
+import { allocateRing, createDriverQueue, queueSizeError } from './ring.ts';
+import type { IndirectTables } from './split-ring.ts';
+
+export interface DriverOptions {
+  /** Name for messages and logs, e.g. "rng". */
+  readonly name: string;
+  /** The §5 device ID this driver is for. */
+  readonly deviceId: number;
+  /**
+   * Every feature the driver implements: its device-specific bits and the ring features it wants
+   * when offered (any of features.ts FRAMEWORK_FEATURES). VERSION_1 is implied.
+   * A reserved bit the framework does not implement is refused with an error naming it.
+   */
+  readonly features: bigint;
+  /** Queues to set up, 0..n-1; default every queue the device has. */
+  readonly queues?: number;
+  /** Largest queue size to use (default 256); the device's maximum caps it further. */
+  readonly queueSize?: number;
+  /**
+   * Entries of the indirect table set aside per buffer when VIRTIO_F_INDIRECT_DESC is negotiated
+   * (default 0: every buffer is a direct chain). Drivers whose requests span several segments
+   * set it so that each request takes one ring slot.
+   */
+  readonly indirectSegments?: number;
+  readonly log?: Logger;
+}
+
+/** The device asked for a reset (§2.1.2): requests pending at that moment fail with this. */
+export class DeviceNeedsResetError extends Error {
+  constructor(name: string) {
+    super(`${name}: device needs reset (DEVICE_NEEDS_RESET); pending requests were failed`);
+    this.name = 'DeviceNeedsResetError';
+  }
+}
+
+const DEFAULT_QUEUE_SIZE = 256;
+/** Generation changes a configuration read tolerates before giving up on a device that never settles. */
+const MAX_CONFIG_RETRIES = 64;
+
+export class VirtioDriver {
+  private readonly configListeners: (() => void)[] = [];
+  private closed = false;
+
+  private constructor(
+    readonly transport: DriverTransport,
+    readonly name: string,
+    /** The negotiated features. */
+    readonly features: bigint,
+    private readonly queues: readonly RequestQueue[],
+    /** Guest memory the driver allocated for its queues, given back on close. */
+    private readonly owned: readonly number[],
+    readonly log: Logger,
+  ) {}
+
+  /** Initialize the device behind `transport` (§3.1.1) and return the running driver. */
+  static async start(transport: DriverTransport, options: DriverOptions): Promise<VirtioDriver> {
+    const { name } = options;
+    const supported = options.features | featureBit(Feature.VERSION_1);
+    checkImplementable(supported, `driver ${name}`);
+    const log = (options.log ?? pino({ name: 'paravirt' })).child({ driver: name });
+
+    // Steps 1-3: reset, ACKNOWLEDGE, DRIVER.
+    await transport.reset();
+    const id = await transport.deviceId();
+    if (id !== options.deviceId) {
+      throw new Error(`${name}: expected virtio device ID ${options.deviceId}, the device reports ${id}`);
+    }
+    await transport.setStatus(DeviceStatus.ACKNOWLEDGE);
+    let status: number = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER;
+    await transport.setStatus(status);
+
+    const owned: number[] = [];
+    try {
+      // Steps 4-6: accept only what both sides implement, then confirm FEATURES_OK stuck.
+      const offered = await transport.deviceFeatures();
+      if (!hasFeature(offered, Feature.VERSION_1)) {
+        throw new Error(`${name}: the device does not offer VERSION_1 (legacy devices are not supported)`);
+      }
+      const features = offered & supported;
+      await transport.setDriverFeatures(features);
+      status |= DeviceStatus.FEATURES_OK;
+      await transport.setStatus(status);
+      if (!((await transport.getStatus()) & DeviceStatus.FEATURES_OK)) {
+        throw new Error(`${name}: the device refused features ${describeFeatures(features)} (FEATURES_OK did not stick)`);
+      }
+
+      // Step 7: queues.
+      const packed = hasFeature(features, Feature.RING_PACKED);
+      const wanted = options.queueSize ?? DEFAULT_QUEUE_SIZE;
+      const sizeError = queueSizeError(wanted, packed);
+      if (sizeError !== undefined) throw new RangeError(`${name}: option queueSize: ${sizeError}`);
+      const indirect = hasFeature(features, Feature.INDIRECT_DESC);
+      const segments = indirect ? (options.indirectSegments ?? 0) : 0;
+      if (!Number.isSafeInteger(segments) || segments < 0) {
+        throw new RangeError(`${name}: option indirectSegments ${segments} is not a non-negative integer`);
+      }
+      const count = options.queues ?? (await transport.numQueues());
+      const queues: RequestQueue[] = [];
+      for (let index = 0; index < count; index++) {
+        const max = await transport.queueMaxSize(index);
+        if (max === 0) throw new Error(`${name}: the device has no queue ${index}`);
+        const size = usableSize(Math.min(max, wanted), packed);
+        const addrs = allocateRing(transport.dma, transport.memory, size, packed);
+        if (addrs === undefined) throw new Error(`${name}: DMA memory exhausted allocating queue ${index} of size ${size}`);
+        owned.push(addrs.desc, addrs.driver, addrs.device);
+        let tables: IndirectTables | undefined;
+        if (segments > 0) {
+          const addr = transport.dma.alloc(size * segments * DESC_SIZE, 16);
+          if (addr === undefined) throw new Error(`${name}: DMA memory exhausted allocating indirect tables of queue ${index}`);
+          owned.push(addr);
+          tables = { addr, maxSegments: segments };
+        }
+        const config = {
+          ...addrs,
+          size,
+          eventIdx: hasFeature(features, Feature.EVENT_IDX),
+          indirect,
+          inOrder: hasFeature(features, Feature.IN_ORDER),
+        };
+        const queueName = `${name}.q${index}`;
+        const ring = createDriverQueue<number>(transport.memory, config, packed, queueName, tables);
+        await transport.enableQueue(index, size, addrs);
+        queues.push(new RequestQueue(ring, queueName, () => transport.notify(index), log));
+      }
+
+      const driver = new VirtioDriver(transport, name, features, queues, owned, log);
+      transport.setInterruptHandlers({
+        queue: (index) => queues[index]?.collect(),
+        config: () => void driver.configInterrupt(),
+      });
+      // Step 8.
+      await transport.setStatus(status | DeviceStatus.DRIVER_OK);
+      return driver;
+    } catch (err) {
+      // §3.1.1: a driver that gives up sets FAILED.
+      await transport.setStatus(status | DeviceStatus.FAILED);
+      for (const addr of owned) transport.dma.free(addr);
+      throw err;
+    }
+  }
+
+  /** Queue `index` as a request/response API. */
+  queue(index: number): RequestQueue {
+    const q = this.queues[index];
+    if (q === undefined) throw new RangeError(`${this.name}: there is no queue ${index} (the driver set up ${this.queues.length})`);
+    return q;
+  }
+
+  /** Listen for configuration changes (not DEVICE_NEEDS_RESET, which fails the queues instead). */
+  onConfigChange(listener: () => void): void {
+    this.configListeners.push(listener);
+  }
+
+  /**
+   * Read [offset, offset+length) of the configuration space consistently: re-read until the
+   * generation is the same before and after (§2.5.1).
+   */
+  async readConfig(offset: number, length: number): Promise<Uint8Array> {
+    for (let attempt = 0; attempt < MAX_CONFIG_RETRIES; attempt++) {
+      const before = await this.transport.configGeneration();
+      const data = await this.transport.readConfig(offset, length);
+      if ((await this.transport.configGeneration()) === before) return data;
+    }
+    throw new Error(`${this.name}: the configuration generation kept changing over ${MAX_CONFIG_RETRIES} reads`);
+  }
+
+  async writeConfig(offset: number, data: Uint8Array): Promise<void> {
+    await this.transport.writeConfig(offset, data);
+  }
+
+  /** Reset the device, fail what is pending, and give back the ring memory. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.transport.reset();
+    this.failAll(new Error(`${this.name}: driver closed`));
+    for (const addr of this.owned) this.transport.dma.free(addr);
+    await this.transport.close();
+  }
+
+  private failAll(err: Error): void {
+    for (const q of this.queues) q.fail(err);
+  }
+
+  /** §2.1.2: DEVICE_NEEDS_RESET arrives as a configuration change notification. */
+  private async configInterrupt(): Promise<void> {
+    if (this.closed) return;
+    const status = await this.transport.getStatus();
+    if (status & DeviceStatus.DEVICE_NEEDS_RESET) {
+      this.log.warn(`${this.name}: device needs reset`);
+      this.failAll(new DeviceNeedsResetError(this.name));
+      return;
+    }
+    for (const listener of this.configListeners) listener();
+  }
+}
+
+/** The largest size <= `limit` a ring can use: any for packed, a power of two for split (§2.7). */
+function usableSize(limit: number, packed: boolean): number {
+  return packed ? limit : 2 ** Math.floor(Math.log2(limit));
+}
