@@ -1,0 +1,321 @@
+/**
+ * Device side of a packed virtqueue (§2.8): pops the chains a driver made available, writes used
+ * descriptors back into the same ring, and decides on used buffer notifications.
+ *
+ * The device polls one place, the descriptor at its next avail position (§2.8.2); a chain there
+ * is complete once its first descriptor is available, because the driver makes that one
+ * available last (§2.8.6, §2.8.21). Used descriptors are written at publish(), the batch's first
+ * one last, so the driver (which polls its next used position) never sees part of a batch.
+ *
+ * With VIRTIO_F_IN_ORDER the device must push chains in the order it popped them (§2.8.9), and
+ * publish() then writes one used descriptor per run of consecutive chains, carrying the id and
+ * length of the run's last chain: the driver takes the others as wholly used. A chain whose
+ * writable part was only partly written therefore ends its run.
+ */
+import { ChainBuilder, indirectTableEntries } from '../chain.ts';
+import { DESC_SIZE, DescFlag } from '../constants.ts';
+import type { GuestMemory } from '../memory.ts';
+import { addr64 as addr64Binding } from '../memory.ts';
+import { type DescriptorChain, type DeviceQueue, type QueueConfig, VirtqueueError } from '../queue.ts';
+import {
+  AVAIL_USED as AVAIL_USEDBinding,
+  PACKED_FRESH_BASE,
+  RingEventFlags,
+  availablePattern as availablePatternBinding,
+  eventWord,
+  extendedIndex,
+  hex,
+  mapPackedRing,
+  needsNotification,
+  offWrap,
+  usedPattern as usedPatternBinding,
+} from './ring.ts';
+
+// Per-chain paths use module-level copies of imported bindings and flag values: under a
+// transpiling loader (tsx) each use of an import can be a getter call, which showed in profiles.
+const { NEXT, WRITE, INDIRECT } = DescFlag;
+const AVAIL_USED = AVAIL_USEDBinding;
+const availablePattern = availablePatternBinding;
+const usedPattern = usedPatternBinding;
+const addr64 = addr64Binding;
+const U32_MAX = 0xffff_ffff;
+
+export class PackedDeviceQueue implements DeviceQueue {
+  readonly size: number;
+  private readonly words: Uint32Array;
+  private readonly halves: Uint16Array;
+  private readonly driverEvent: Uint32Array;
+  private readonly deviceEvent: Uint32Array;
+  private readonly builder: ChainBuilder;
+  private readonly eventIdx: boolean;
+  private readonly indirect: boolean;
+  private readonly inOrder: boolean;
+
+  /** Next descriptor to pop. */
+  private availPos: number;
+  private availWrap: boolean;
+  /** Where the next used descriptor goes (advanced at publish). */
+  private usedPos: number;
+  private usedWrap: boolean;
+  /** Ring slots between the used and avail positions not yet claimed by a push. */
+  private held: number;
+  /** Extended used index at the last publish, the "old" of the event suppression check. */
+  private signalled: number;
+
+  /** Buffer ids popped and not pushed: a driver may not reuse one before it comes back (§2.8.6). */
+  private readonly idInFlight: Uint8Array;
+  private chainsInFlight = 0;
+  /** With IN_ORDER: ids in the order popped, to hold push() to that order. */
+  private readonly popOrder: Uint16Array;
+  private popOrderHead = 0;
+  private popOrderCount = 0;
+
+  /** Pushed chains awaiting publish(): id, bytes written, whole writable length, ring slots. */
+  private readonly pendingId: Uint16Array;
+  private readonly pendingWritten: Uint32Array;
+  private readonly pendingFull: Float64Array;
+  private readonly pendingSlots: Uint16Array;
+  private pendingCount = 0;
+
+  /**
+   * `base` resumes a ring saved with the `base` getter or received as vhost-user VRING_BASE
+   * (bits 0-14 avail position, 15 avail wrap counter, 16-30 used position, 31 used wrap counter);
+   * the default is a fresh ring. Throws VirtqueueError when the driver's configuration or the base
+   * is invalid.
+   */
+  constructor(
+    private readonly memory: GuestMemory,
+    config: QueueConfig,
+    private readonly name: string,
+    base = PACKED_FRESH_BASE,
+  ) {
+    const views = mapPackedRing(memory, config, name);
+    const size = config.size;
+    this.size = size;
+    this.words = views.words;
+    this.halves = views.halves;
+    this.driverEvent = views.driverEvent;
+    this.deviceEvent = views.deviceEvent;
+    this.builder = new ChainBuilder(memory, name);
+    this.eventIdx = config.eventIdx;
+    this.indirect = config.indirect;
+    this.inOrder = config.inOrder;
+
+    if (!Number.isInteger(base) || base < 0 || base > U32_MAX) {
+      throw new VirtqueueError('bad ring base', `${name}: ${base} is not a 32-bit value`);
+    }
+    this.availPos = base & 0x7fff;
+    this.availWrap = (base & 0x8000) !== 0;
+    this.usedPos = (base >>> 16) & 0x7fff;
+    this.usedWrap = base >>> 31 === 1;
+    if (this.availPos >= size || this.usedPos >= size) {
+      throw new VirtqueueError('bad ring base', `${name}: base ${hex(base)} names a position beyond size ${size}`);
+    }
+    const availExt = extendedIndex(this.availPos, this.availWrap, size);
+    this.signalled = extendedIndex(this.usedPos, this.usedWrap, size);
+    // Slots popped before the save and not yet used: the avail position leads by at most a lap.
+    this.held = (availExt - this.signalled + 2 * size) % (2 * size);
+    if (this.held > size) {
+      throw new VirtqueueError('bad ring base', `${name}: base ${hex(base)} puts avail more than a lap ahead of used`);
+    }
+
+    this.idInFlight = new Uint8Array(size);
+    this.popOrder = new Uint16Array(config.inOrder ? size : 0);
+    this.pendingId = new Uint16Array(size);
+    this.pendingWritten = new Uint32Array(size);
+    this.pendingFull = new Float64Array(size);
+    this.pendingSlots = new Uint16Array(size);
+  }
+
+  get base(): number {
+    return (
+      (this.availPos | (this.availWrap ? 0x8000 : 0) | (this.usedPos << 16) | (this.usedWrap ? 0x8000_0000 : 0)) >>> 0
+    );
+  }
+
+  get inFlight(): number {
+    return this.chainsInFlight;
+  }
+
+  pop(): DescriptorChain | null {
+    const size = this.size;
+    const halves = this.halves;
+    const words = this.words;
+    let pos = this.availPos;
+    let wrap = this.availWrap;
+    // Acquire: the flags of the first descriptor are read before anything the driver wrote before them.
+    let flags = Atomics.load(halves, pos * 8 + 7);
+    const headState = flags & AVAIL_USED;
+    if (headState !== availablePattern(wrap)) {
+      if (headState === usedPattern(wrap)) throw this.badFlags(pos, flags);
+      return null;
+    }
+
+    const builder = this.builder;
+    builder.reset();
+    let slots = 0;
+    for (;;) {
+      const w = pos * 4;
+      const addr = addr64(words[w], words[w + 1]);
+      const len = words[w + 2];
+      if ((flags & INDIRECT) !== 0) {
+        // §2.8.7: an indirect descriptor is a whole buffer on its own, never part of a NEXT list.
+        if (slots !== 0 || (flags & NEXT) !== 0) {
+          throw new VirtqueueError('indirect in chain', `${this.name}: INDIRECT descriptor at ${pos} is part of a list`);
+        }
+        this.readIndirect(addr, len);
+      } else {
+        builder.add(addr, len, (flags & WRITE) !== 0, size);
+      }
+      slots++;
+      const id = halves[pos * 8 + 6];
+      if (++pos === size) {
+        pos = 0;
+        wrap = !wrap;
+      }
+      if ((flags & NEXT) === 0) return this.accept(builder.build(id, slots), pos, wrap);
+      flags = halves[pos * 8 + 7];
+      // §2.8.6: the driver makes the first descriptor available after the rest, so every later one must already be.
+      if ((flags & AVAIL_USED) !== availablePattern(wrap)) {
+        throw new VirtqueueError(
+          'chain not available',
+          `${this.name}: descriptor ${pos} continues a chain but is not available (flags ${hex(flags)})`,
+        );
+      }
+    }
+  }
+
+  /** Add the entries of an indirect table (§2.8.7) to the chain being built. */
+  private readIndirect(addr: number, len: number): void {
+    const entries = indirectTableEntries(this.name, len, this.indirect, false, this.size);
+    const table = this.memory.trySlice(addr, len);
+    if (table === undefined) {
+      throw new VirtqueueError('indirect table outside guest memory', `${this.name}: ${len} bytes at ${hex(addr)}`);
+    }
+    const view = new DataView(table.buffer, table.byteOffset, len);
+    for (let i = 0; i < entries; i++) {
+      const o = i * DESC_SIZE;
+      // Only WRITE is meaningful in a table entry; other flags and the id are reserved and ignored (§2.8.7).
+      const write = (view.getUint16(o + 14, true) & WRITE) !== 0;
+      this.builder.add(addr64(view.getUint32(o, true), view.getUint32(o + 4, true)), view.getUint32(o + 8, true), write, entries);
+    }
+  }
+
+  /** Last checks on a walked chain, then commit: nothing changes before a chain is known good. */
+  private accept(chain: DescriptorChain, pos: number, wrap: boolean): DescriptorChain {
+    const id = chain.id;
+    if (id >= this.size) {
+      throw new VirtqueueError('buffer id out of range', `${this.name}: id ${id}, queue size ${this.size}`);
+    }
+    if (this.idInFlight[id] !== 0) {
+      throw new VirtqueueError('buffer id in use', `${this.name}: id ${id} was made available again before it was used`);
+    }
+    if (this.held + chain.ringDescriptors > this.size) {
+      throw new VirtqueueError(
+        'ring overrun',
+        `${this.name}: the driver made available descriptors the device has not used yet`,
+      );
+    }
+    this.held += chain.ringDescriptors;
+    this.availPos = pos;
+    this.availWrap = wrap;
+    this.idInFlight[id] = 1;
+    this.chainsInFlight++;
+    if (this.inOrder) {
+      this.popOrder[(this.popOrderHead + this.popOrderCount) % this.size] = id;
+      this.popOrderCount++;
+    }
+    return chain;
+  }
+
+  private badFlags(pos: number, flags: number): VirtqueueError {
+    return new VirtqueueError(
+      'bad avail flags',
+      `${this.name}: descriptor ${pos} has AVAIL and USED both equal to the wrap counter (flags ${hex(flags)})`,
+    );
+  }
+
+  push(chain: DescriptorChain, written: number): void {
+    if (!Number.isInteger(written) || written < 0 || written > chain.writableLength) {
+      throw new RangeError(`${this.name}: written ${written} is not in 0..${chain.writableLength}`);
+    }
+    const id = chain.id;
+    if (chain.ringDescriptors > this.held) {
+      throw new RangeError(`${this.name}: push of buffer ${id}, which is not in flight`);
+    }
+    if (this.idInFlight[id] !== 0) {
+      if (this.inOrder) {
+        if (this.popOrder[this.popOrderHead] !== id) {
+          throw new RangeError(`${this.name}: with IN_ORDER buffers must be pushed in the order popped (got ${id})`);
+        }
+        this.popOrderHead = (this.popOrderHead + 1) % this.size;
+        this.popOrderCount--;
+      }
+      this.idInFlight[id] = 0;
+      this.chainsInFlight--;
+    }
+    this.held -= chain.ringDescriptors;
+    const n = this.pendingCount++;
+    this.pendingId[n] = id;
+    this.pendingWritten[n] = written;
+    this.pendingFull[n] = chain.writableLength;
+    this.pendingSlots[n] = chain.ringDescriptors;
+  }
+
+  publish(): boolean {
+    const count = this.pendingCount;
+    if (count === 0) return false;
+    const size = this.size;
+    const words = this.words;
+    const halves = this.halves;
+    const firstPos = this.usedPos;
+    let firstFlags = -1;
+    let pos = firstPos;
+    let wrap = this.usedWrap;
+    let slots = 0;
+    for (let i = 0; i < count; i++) {
+      slots += this.pendingSlots[i];
+      const written = this.pendingWritten[i];
+      // IN_ORDER: a chain wholly written may be covered by the used descriptor of a later one (§2.8.9).
+      if (this.inOrder && i + 1 < count && written === this.pendingFull[i]) continue;
+      words[pos * 4 + 2] = written;
+      halves[pos * 8 + 6] = this.pendingId[i];
+      // §2.8.4: WRITE in a used descriptor says whether len counts written bytes.
+      const flags = usedPattern(wrap) | (written !== 0 ? WRITE : 0);
+      if (firstFlags === -1) firstFlags = flags;
+      else halves[pos * 8 + 7] = flags;
+      pos += slots;
+      slots = 0;
+      if (pos >= size) {
+        pos -= size;
+        wrap = !wrap;
+      }
+    }
+    // §2.8.21: the batch becomes visible at once when its first descriptor's flags are released last.
+    Atomics.store(halves, firstPos * 8 + 7, firstFlags);
+    this.pendingCount = 0;
+    this.usedPos = pos;
+    this.usedWrap = wrap;
+    const now = extendedIndex(pos, wrap, size);
+    const before = this.signalled;
+    this.signalled = now;
+    // Atomics.store then Atomics.load are sequentially consistent: the driver's event word is read
+    // after the used flags are visible, as §2.8.21 "Sending Used Buffer Notifications" needs.
+    return needsNotification(Atomics.load(this.driverEvent, 0), this.eventIdx, before, now, size);
+  }
+
+  enableNotifications(): boolean {
+    const word = this.eventIdx
+      ? eventWord(RingEventFlags.DESC, offWrap(this.availPos, this.availWrap))
+      : eventWord(RingEventFlags.ENABLE);
+    Atomics.store(this.deviceEvent, 0, word);
+    // Re-check after the request is visible: a buffer made available meanwhile sent no notification.
+    // Malformed flags (USED matching the counter too) count as available so that pop() reports them.
+    // A descriptor whose AVAIL bit does not match the wrap counter is left from the previous lap.
+    return ((Atomics.load(this.halves, this.availPos * 8 + 7) & DescFlag.AVAIL) !== 0) === this.availWrap;
+  }
+
+  disableNotifications(): void {
+    Atomics.store(this.deviceEvent, 0, eventWord(RingEventFlags.DISABLE));
+  }
+}

@@ -1,0 +1,324 @@
+/**
+ * Driver side of a packed virtqueue (§2.8): writes buffers into the descriptor ring, collects the
+ * used descriptors the device writes back, and decides on available buffer notifications.
+ *
+ * Buffers added between two kick() calls form a batch whose first descriptor is made available
+ * last, at kick() (§2.8.21), so the device sees the batch whole. The device is not trusted: a
+ * used descriptor with malformed flags, an unknown buffer id or a length beyond the buffer is a
+ * VirtqueueError, raised before any state changes, so no token is ever returned twice.
+ */
+import { DESC_SIZE, DescFlag } from '../constants.ts';
+import type { GuestMemory } from '../memory.ts';
+import { type DriverQueue, type QueueConfig, type Segment, type UsedBuffer, VirtqueueError } from '../queue.ts';
+import {
+  AVAIL_USED as AVAIL_USEDBinding,
+  RingEventFlags,
+  availablePattern as availablePatternBinding,
+  eventWord,
+  extendedIndex,
+  hex,
+  mapPackedRing,
+  needsNotification,
+  offWrap,
+  usedPattern as usedPatternBinding,
+} from './ring.ts';
+
+// Per-chain paths use module-level copies of imported bindings and flag values: under a
+// transpiling loader (tsx) each use of an import can be a getter call, which showed in profiles.
+const { NEXT, WRITE, INDIRECT } = DescFlag;
+const AVAIL_USED = AVAIL_USEDBinding;
+const availablePattern = availablePatternBinding;
+const usedPattern = usedPatternBinding;
+const U32_MAX = 0xffff_ffff;
+
+/**
+ * Guest memory for indirect descriptor tables (§2.8.7): one table of `maxSegments` entries per
+ * buffer id, the table of buffer i at addr + i * maxSegments * 16, so tables never need
+ * allocating or freeing. The same shape as the split ring's option.
+ */
+export interface IndirectTables {
+  /** Guest address of the area, a multiple of 16, size * maxSegments * 16 bytes long. */
+  readonly addr: number;
+  /** Entries per table: buffers with more segments than this use direct chains. */
+  readonly maxSegments: number;
+}
+
+export interface PackedDriverOptions {
+  /** Used when VIRTIO_F_INDIRECT_DESC is negotiated; without it every buffer is a direct chain. */
+  readonly indirectTables?: IndirectTables;
+}
+
+export class PackedDriverQueue<T> implements DriverQueue<T> {
+  readonly size: number;
+  private readonly words: Uint32Array;
+  private readonly halves: Uint16Array;
+  private readonly driverEvent: Uint32Array;
+  private readonly deviceEvent: Uint32Array;
+  private readonly eventIdx: boolean;
+  /** Indirect table area as 32-bit words (empty without indirect descriptors) and its guest address. */
+  private readonly tables: Uint32Array;
+  private readonly tablesAddr: number;
+  private readonly maxIndirect: number;
+  private readonly inOrder: boolean;
+
+  /** Next descriptor to make available. */
+  private availPos = 0;
+  private availWrap = true;
+  /** Where the next used descriptor will appear. */
+  private usedPos = 0;
+  private usedWrap = true;
+  /** Ring slots made available and not yet used. */
+  private outstanding = 0;
+  /** Extended avail index at the last kick, the "old" of the event suppression check. */
+  private kicked: number;
+  /** Slot of the batch's first descriptor and its flags, stored at kick(); -1 when no batch is open. */
+  private batchHead = -1;
+  private batchHeadFlags = 0;
+
+  private readonly freeIds: Uint16Array;
+  private freeCount: number;
+  private readonly idInFlight: Uint8Array;
+  private readonly tokens: (T | undefined)[];
+  private readonly slotsOf: Uint16Array;
+  private readonly writableOf: Float64Array;
+  /** With IN_ORDER: ids in ring order, as one used descriptor may stand for several (§2.8.9). */
+  private readonly order: Uint16Array;
+  private orderHead = 0;
+  private orderCount = 0;
+  /** With IN_ORDER: the last id and length of a used batch still being handed out, or -1. */
+  private batchEndId = -1;
+  private batchEndLen = 0;
+
+  constructor(
+    memory: GuestMemory,
+    config: QueueConfig,
+    private readonly name: string,
+    options: PackedDriverOptions = {},
+  ) {
+    const views = mapPackedRing(memory, config, name);
+    const size = config.size;
+    this.size = size;
+    this.words = views.words;
+    this.halves = views.halves;
+    this.driverEvent = views.driverEvent;
+    this.deviceEvent = views.deviceEvent;
+    this.eventIdx = config.eventIdx;
+    const tables = config.indirect ? options.indirectTables : undefined;
+    this.tables = tables === undefined ? new Uint32Array(0) : mapIndirectTables(memory, tables, size, name);
+    this.tablesAddr = tables?.addr ?? 0;
+    this.maxIndirect = tables?.maxSegments ?? 0;
+    this.inOrder = config.inOrder;
+    this.kicked = extendedIndex(0, true, size);
+    this.freeIds = new Uint16Array(size);
+    // Hand out low ids first (a stack popped from the end).
+    for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
+    this.freeCount = size;
+    this.idInFlight = new Uint8Array(size);
+    this.tokens = new Array<T | undefined>(size).fill(undefined);
+    this.slotsOf = new Uint16Array(size);
+    this.writableOf = new Float64Array(size);
+    this.order = new Uint16Array(config.inOrder ? size : 0);
+  }
+
+  get freeDescriptors(): number {
+    return this.size - this.outstanding;
+  }
+
+  add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
+    const count = out.length + inSegs.length;
+    if (count === 0 || count > this.size) {
+      throw new RangeError(`${this.name}: a buffer has 1..${this.size} segments, not ${count}`);
+    }
+    let writable = 0;
+    for (const s of out) checkSegment(this.name, s);
+    for (const s of inSegs) writable += checkSegment(this.name, s);
+    const indirect = count > 1 && count <= this.maxIndirect;
+    const slots = indirect ? 1 : count;
+    if (this.freeCount === 0 || slots > this.size - this.outstanding) return false;
+
+    const id = this.freeIds[--this.freeCount];
+    this.idInFlight[id] = 1;
+    this.tokens[id] = token;
+    this.writableOf[id] = writable;
+    this.slotsOf[id] = slots;
+    this.outstanding += slots;
+    if (this.inOrder) {
+      this.order[(this.orderHead + this.orderCount) % this.size] = id;
+      this.orderCount++;
+    }
+    const head = this.availPos;
+    const headFlags = indirect ? this.writeIndirect(out, inSegs, count, id) : this.writeChain(out, inSegs, count, id);
+    // §2.8.6: the head is made available after the rest; a batch's first head waits for kick().
+    if (this.batchHead === -1) {
+      this.batchHead = head;
+      this.batchHeadFlags = headFlags;
+    } else {
+      this.halves[head * 8 + 7] = headFlags;
+    }
+    return true;
+  }
+
+  /** Write a buffer's segments as a NEXT-linked list of ring descriptors; returns the head's flags, not yet stored. */
+  private writeChain(out: readonly Segment[], inSegs: readonly Segment[], count: number, id: number): number {
+    let headFlags = 0;
+    for (let i = 0; i < count; i++) {
+      const write = i >= out.length;
+      const s = write ? inSegs[i - out.length] : out[i];
+      const pos = this.availPos;
+      const flags = this.writeDescriptor(s.addr, s.len, id, (write ? WRITE : 0) | (i + 1 < count ? NEXT : 0));
+      if (i === 0) headFlags = flags;
+      else this.halves[pos * 8 + 7] = flags;
+    }
+    return headFlags;
+  }
+
+  /**
+   * Fill the descriptor at the avail position, advance past it, and return its flags with the
+   * AVAIL/USED bits of the current lap; the caller stores them (a head's only once the rest of its
+   * buffer is written).
+   */
+  private writeDescriptor(addr: number, len: number, id: number, flags: number): number {
+    const pos = this.availPos;
+    const w = pos * 4;
+    this.words[w] = addr >>> 0;
+    this.words[w + 1] = Math.floor(addr / 0x1_0000_0000);
+    this.words[w + 2] = len;
+    this.halves[pos * 8 + 6] = id;
+    const full = flags | availablePattern(this.availWrap);
+    if (++this.availPos === this.size) {
+      this.availPos = 0;
+      this.availWrap = !this.availWrap;
+    }
+    return full;
+  }
+
+  /** Fill buffer `id`'s indirect table (§2.8.7) and the one ring descriptor pointing at it; returns that descriptor's flags. */
+  private writeIndirect(out: readonly Segment[], inSegs: readonly Segment[], count: number, id: number): number {
+    const tables = this.tables;
+    const first = id * this.maxIndirect;
+    for (let i = 0; i < count; i++) {
+      const write = i >= out.length;
+      const s = write ? inSegs[i - out.length] : out[i];
+      const w = (first + i) * 4;
+      tables[w] = s.addr >>> 0;
+      tables[w + 1] = Math.floor(s.addr / 0x1_0000_0000);
+      tables[w + 2] = s.len;
+      // WRITE is the only flag a table entry carries; its id is reserved (§2.8.7).
+      tables[w + 3] = write ? WRITE << 16 : 0;
+    }
+    return this.writeDescriptor(this.tablesAddr + first * DESC_SIZE, count * DESC_SIZE, id, INDIRECT);
+  }
+
+  kick(): boolean {
+    if (this.batchHead !== -1) {
+      // Release: every descriptor of the batch is written before its first one becomes available.
+      Atomics.store(this.halves, this.batchHead * 8 + 7, this.batchHeadFlags);
+      this.batchHead = -1;
+    }
+    const now = extendedIndex(this.availPos, this.availWrap, this.size);
+    const before = this.kicked;
+    if (now === before) return false;
+    this.kicked = now;
+    // The store above and this load are sequentially consistent: the device's event word is read
+    // after the new descriptors are visible (§2.8.21 "Sending Available Buffer Notifications").
+    return needsNotification(Atomics.load(this.deviceEvent, 0), this.eventIdx, before, now, this.size);
+  }
+
+  getUsed(): UsedBuffer<T> | null {
+    if (this.batchEndId !== -1) return this.retireOldest();
+    if (this.outstanding === 0) return null;
+    const pos = this.usedPos;
+    // Acquire: the used descriptor's id and len are read after its flags.
+    const flags = Atomics.load(this.halves, pos * 8 + 7);
+    const state = flags & AVAIL_USED;
+    if (state !== usedPattern(this.usedWrap)) {
+      // Still as the driver wrote it: not used yet. Anything else is the device's garbage.
+      if (state === availablePattern(this.usedWrap)) return null;
+      throw new VirtqueueError('bad used flags', `${this.name}: descriptor ${pos} has flags ${hex(flags)}`);
+    }
+    const id = this.halves[pos * 8 + 6];
+    if (id >= this.size || this.idInFlight[id] === 0) {
+      throw new VirtqueueError('used id not in flight', `${this.name}: the device used buffer id ${id}`);
+    }
+    // §2.8.4: without WRITE the length is reserved and nothing was written.
+    const len = (flags & WRITE) !== 0 ? this.words[pos * 4 + 2] : 0;
+    if (len > this.writableOf[id]) {
+      throw new VirtqueueError(
+        'used length beyond buffer',
+        `${this.name}: the device claims ${len} bytes written into buffer ${id} of ${this.writableOf[id]}`,
+      );
+    }
+    if (!this.inOrder) return this.retire(id, len);
+    this.batchEndId = id;
+    this.batchEndLen = len;
+    return this.retireOldest();
+  }
+
+  /**
+   * IN_ORDER (§2.8.9): the used descriptor of buffer batchEndId stands for every buffer made
+   * available before it; those were used completely.
+   */
+  private retireOldest(): UsedBuffer<T> {
+    const id = this.order[this.orderHead];
+    this.orderHead = (this.orderHead + 1) % this.size;
+    this.orderCount--;
+    if (id !== this.batchEndId) return this.retire(id, this.writableOf[id]);
+    this.batchEndId = -1;
+    return this.retire(id, this.batchEndLen);
+  }
+
+  /** Give buffer `id` back: skip its ring slots (§2.8.6) and free the id. */
+  private retire(id: number, len: number): UsedBuffer<T> {
+    const slots = this.slotsOf[id];
+    this.outstanding -= slots;
+    this.usedPos += slots;
+    if (this.usedPos >= this.size) {
+      this.usedPos -= this.size;
+      this.usedWrap = !this.usedWrap;
+    }
+    const token = this.tokens[id] as T;
+    this.tokens[id] = undefined;
+    this.idInFlight[id] = 0;
+    this.freeIds[this.freeCount++] = id;
+    return { token, len };
+  }
+
+  enableInterrupts(): boolean {
+    const word = this.eventIdx
+      ? eventWord(RingEventFlags.DESC, offWrap(this.usedPos, this.usedWrap))
+      : eventWord(RingEventFlags.ENABLE);
+    Atomics.store(this.driverEvent, 0, word);
+    if (this.batchEndId !== -1) return true;
+    if (this.outstanding === 0) return false;
+    // Re-check after the request is visible: a buffer used meanwhile sent no interrupt. Malformed
+    // flags count as pending so that getUsed() reports them.
+    return (Atomics.load(this.halves, this.usedPos * 8 + 7) & AVAIL_USED) !== availablePattern(this.usedWrap);
+  }
+
+  disableInterrupts(): void {
+    Atomics.store(this.driverEvent, 0, eventWord(RingEventFlags.DISABLE));
+  }
+}
+
+/** A driver's own segment, checked so that a bad one fails here rather than in the device; returns its length. */
+function checkSegment(name: string, s: Segment): number {
+  if (!Number.isSafeInteger(s.addr) || s.addr < 0 || !Number.isInteger(s.len) || s.len < 0 || s.len > U32_MAX) {
+    throw new RangeError(`${name}: segment of ${s.len} bytes at ${hex(s.addr)} is not a valid guest buffer`);
+  }
+  return s.len;
+}
+
+function mapIndirectTables(memory: GuestMemory, tables: IndirectTables, size: number, name: string): Uint32Array {
+  const { addr, maxSegments } = tables;
+  if (!Number.isInteger(maxSegments) || maxSegments < 2 || maxSegments > size) {
+    throw new RangeError(`${name}: indirect tables of ${maxSegments} entries; 2 to the queue size ${size} are useful`);
+  }
+  const bytes = size * maxSegments * DESC_SIZE;
+  const area = Number.isSafeInteger(addr) && addr % DESC_SIZE === 0 ? memory.trySlice(addr, bytes) : undefined;
+  if (area === undefined || area.byteOffset % 4 !== 0) {
+    throw new RangeError(
+      `${name}: indirect table area (${bytes} bytes at ${hex(addr)}) is not 16-byte aligned inside one guest memory region`,
+    );
+  }
+  return new Uint32Array(area.buffer, area.byteOffset, bytes / 4);
+}
