@@ -16,12 +16,9 @@ import { Mapping, PAGE_SIZE } from '../../native/mapping.ts';
 import { watch } from '../../native/readiness.ts';
 import { UnixSocket } from '../../native/unix-socket.ts';
 import type { BackendPorts } from './backend.ts';
+import { BackendRequest, HEADER_SIZE, HeaderFlag } from './constants.ts';
 import type { RegionMapping } from './memory-table.ts';
 
-/** VHOST_USER_BACKEND_CONFIG_CHANGE_MSG, a back-end message ("Back-end message types"). */
-const BACKEND_CONFIG_CHANGE_MSG = 2;
-/** Header flags: protocol version 1, no reply requested. */
-const VERSION_1_FLAGS = 0x1;
 
 /**
  * Map `size` bytes of `fd` from byte `offset`. mmap wants a page-aligned file offset, so the
@@ -75,10 +72,11 @@ export function createBackendPorts(log: Logger): BackendPorts {
       }
     },
     sendConfigChange(fd: number): void {
-      const message = new Uint8Array(12);
+      // A header alone: no payload, and no reply requested (the channel is never read back).
+      const message = new Uint8Array(HEADER_SIZE);
       const view = new DataView(message.buffer);
-      view.setUint32(0, BACKEND_CONFIG_CHANGE_MSG, true);
-      view.setUint32(4, VERSION_1_FLAGS, true);
+      view.setUint32(0, BackendRequest.CONFIG_CHANGE_MSG, true);
+      view.setUint32(4, HeaderFlag.VERSION, true);
       view.setUint32(8, 0, true);
       try {
         // Non-blocking: a front-end that stops reading its channel loses notifications, it

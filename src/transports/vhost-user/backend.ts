@@ -17,6 +17,7 @@ import type { GuestMemory } from '../../virtio/memory.ts';
 import type { DeviceQueue, QueueConfig } from '../../virtio/queue.ts';
 import { VirtqueueError } from '../../virtio/queue.ts';
 import { createDeviceQueue, queueSizeError, ringLayout } from '../../virtio/ring.ts';
+import { MAX_CONFIG_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from './constants.ts';
 import { GatedQueue } from './gated-queue.ts';
 import { MAX_MEM_SLOTS, MemoryTable, MemoryTableError } from './memory-table.ts';
 import type { MapRegion, RegionDescription, RegionMapping } from './memory-table.ts';
@@ -29,27 +30,16 @@ export class FrontEndError extends Error {
   }
 }
 
-/** Bit 30 of GET/SET_FEATURES: the back-end speaks GET/SET_PROTOCOL_FEATURES ("Communication"). */
-export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
-
-/** Protocol feature bits ("Protocol features" in vhost-user.rst) this back-end implements. */
-export const ProtocolFeature = {
-  MQ: 0,
-  REPLY_ACK: 3,
-  BACKEND_REQ: 5,
-  CONFIG: 9,
-  RESET_DEVICE: 13,
-  CONFIGURE_MEM_SLOTS: 15,
-  STATUS: 16,
-} as const;
-
-const OFFERED_PROTOCOL_FEATURES: bigint = Object.values(ProtocolFeature).reduce(
-  (mask, bit) => mask | featureBit(bit),
-  0n,
-);
-
-/** The largest configuration space access vhost-user allows (VHOST_USER_MAX_CONFIG_SIZE). */
-export const MAX_CONFIG_SIZE = 256;
+/** Protocol features ("Protocol features" in vhost-user.rst) this back-end implements. */
+const OFFERED_PROTOCOL_FEATURES: bigint = [
+  ProtocolFeature.MQ,
+  ProtocolFeature.REPLY_ACK,
+  ProtocolFeature.BACKEND_REQ,
+  ProtocolFeature.CONFIG,
+  ProtocolFeature.RESET_DEVICE,
+  ProtocolFeature.CONFIGURE_MEM_SLOTS,
+  ProtocolFeature.STATUS,
+].reduce((mask, bit) => mask | featureBit(bit), 0n);
 
 /** What the back-end needs from the operating system; backend-connection.ts supplies the real ones. */
 export interface BackendPorts {

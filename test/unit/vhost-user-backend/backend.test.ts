@@ -1,0 +1,310 @@
+/**
+ * The back-end state machine driven directly (no socket): ring lifecycle, activation, draining
+ * before stop and memory changes, and refusals of what a hostile front-end may ask.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { pino } from 'pino';
+import { DeviceId, DeviceStatus, Feature, featureBit } from '../../../src/virtio/constants.ts';
+import type { DeviceContext, VirtioDevice } from '../../../src/virtio/device.ts';
+import { GuestMemory } from '../../../src/virtio/memory.ts';
+import type { DescriptorChain, DriverQueue } from '../../../src/virtio/queue.ts';
+import { createDriverQueue } from '../../../src/virtio/ring.ts';
+import { FrontEndError, VhostUserBackend } from '../../../src/transports/vhost-user/backend.ts';
+import type { BackendPorts } from '../../../src/transports/vhost-user/backend.ts';
+import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
+
+const RAM_SIZE = 0x10_0000;
+/** Where the front-end maps guest RAM in its own address space. */
+const USER_BASE = 0x7f00_0000_0000n;
+const RAM_FD = 100;
+const KICK_FD = 200;
+const CALL_FD = 201;
+const QUEUE_SIZE = 16;
+const RING = { desc: 0x1000, driver: 0x2000, device: 0x3000 };
+
+/** A device that holds every chain it pops until the test completes it. */
+class HoldingDevice implements VirtioDevice {
+  readonly deviceId = DeviceId.RNG;
+  readonly name = 'holder';
+  readonly maxQueueSize = 256;
+  readonly features = featureBit(Feature.EVENT_IDX);
+  readonly config = new Uint8Array([1, 2, 3, 4]);
+  ctx: DeviceContext | undefined;
+  held: DescriptorChain[] = [];
+  activations = 0;
+  resets = 0;
+  configWrites: [number, number][] = [];
+
+  constructor(readonly numQueues = 1) {}
+
+  activate(ctx: DeviceContext): void {
+    this.ctx = ctx;
+    this.activations++;
+  }
+
+  queueNotify(index: number): void {
+    const q = this.ctx!.queue(index);
+    for (let c = q?.pop() ?? null; c !== null; c = q!.pop()) this.held.push(c);
+  }
+
+  /** Return every held chain, `n` bytes written each, and notify like a device would. */
+  completeAll(index = 0): void {
+    const q = this.ctx!.queue(index)!;
+    for (const c of this.held.splice(0)) q.push(c, 0);
+    if (q.publish()) this.ctx!.notifyQueue(index);
+  }
+
+  configWritten(offset: number, length: number): void {
+    this.configWrites.push([offset, length]);
+  }
+
+  reset(): void {
+    this.resets++;
+    this.ctx = undefined;
+  }
+}
+
+interface Harness {
+  backend: VhostUserBackend;
+  device: HoldingDevice;
+  driver: DriverQueue<number>;
+  kick(fd?: number): void;
+  signals: number[];
+  closed: number[];
+  ram: Uint8Array;
+}
+
+function harness(numQueues = 1): Harness {
+  const ram = new Uint8Array(RAM_SIZE);
+  const kicks = new Map<number, () => void>();
+  const signals: number[] = [];
+  const closed: number[] = [];
+  const ports: BackendPorts = {
+    mapRegion: (fd, offset, size) => {
+      assert.equal(fd, RAM_FD);
+      return { bytes: ram.subarray(offset, offset + size), unmap: () => {} };
+    },
+    watchKick: (fd, onKick) => {
+      kicks.set(fd, onKick);
+      return () => kicks.delete(fd);
+    },
+    signal: (fd) => signals.push(fd),
+    sendConfigChange: () => {},
+    close: (fd) => closed.push(fd),
+  };
+  const device = new HoldingDevice(numQueues);
+  const backend = new VhostUserBackend(device, ports, pino({ level: 'silent' }));
+  const driver = createDriverQueue<number>(
+    new GuestMemory([{ guestAddr: 0, bytes: ram }]),
+    { ...RING, size: QUEUE_SIZE, eventIdx: false, indirect: false, inOrder: false },
+    false,
+    'driver',
+  );
+  return { backend, device, driver, signals, closed, ram, kick: (fd = KICK_FD) => kicks.get(fd)?.() };
+}
+
+const userAddr = (gpa: number): bigint => USER_BASE + BigInt(gpa);
+
+/** The front-end's usual start sequence (QEMU's vhost_dev_start) for ring 0, up to but not including the kick fd. */
+async function setUpRing(h: Harness, features = featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES)): Promise<void> {
+  h.backend.setFeatures(features);
+  await h.backend.setMemTable([{ guestAddr: 0n, size: BigInt(RAM_SIZE), userAddr: USER_BASE, mmapOffset: 0n }], [RAM_FD]);
+  h.backend.setVringNum(0, QUEUE_SIZE);
+  h.backend.setVringBase(0, 0);
+  h.backend.setVringAddr(0, { desc: userAddr(RING.desc), driver: userAddr(RING.driver), device: userAddr(RING.device) });
+  h.backend.setVringCall(0, CALL_FD);
+}
+
+function offer(h: Harness, n: number): void {
+  for (let i = 0; i < n; i++) assert.ok(h.driver.add([], [{ addr: 0x8000 + i * 64, len: 64 }], i));
+  h.driver.kick();
+}
+
+test('GET_FEATURES offers the device features, VERSION_1 and the protocol-features bit', () => {
+  const { backend } = harness();
+  assert.equal(
+    backend.offeredFeatures,
+    featureBit(Feature.EVENT_IDX) | featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES),
+  );
+  assert.throws(() => backend.setFeatures(featureBit(Feature.RING_PACKED)), FrontEndError);
+  assert.throws(() => backend.setProtocolFeatures(1n << 14n), FrontEndError);
+});
+
+test('with PROTOCOL_FEATURES a ring starts disabled and serves only once enabled', async () => {
+  const h = harness();
+  await setUpRing(h);
+  offer(h, 2);
+  h.backend.setVringKick(0, KICK_FD);
+  assert.equal(h.device.activations, 0, 'a disabled ring does not activate the device');
+  h.kick();
+  assert.equal(h.device.held.length, 0);
+  h.backend.setVringEnable(0, 1);
+  assert.equal(h.device.activations, 1);
+  assert.equal(h.device.held.length, 2, 'buffers made available before enabling are served');
+  h.device.completeAll();
+  assert.deepEqual(h.signals, [CALL_FD]);
+  assert.equal(h.driver.getUsed()?.token, 0);
+});
+
+test('without PROTOCOL_FEATURES a ring is enabled as soon as it starts', async () => {
+  const h = harness();
+  await setUpRing(h, featureBit(Feature.VERSION_1));
+  h.backend.setVringKick(0, KICK_FD);
+  assert.equal(h.device.activations, 1);
+  offer(h, 1);
+  h.kick();
+  assert.equal(h.device.held.length, 1);
+});
+
+test('with the STATUS protocol feature the device activates on DRIVER_OK', async () => {
+  const h = harness();
+  h.backend.setProtocolFeatures(featureBit(ProtocolFeature.STATUS));
+  await setUpRing(h);
+  h.backend.setVringKick(0, KICK_FD);
+  h.backend.setVringEnable(0, 1);
+  assert.equal(h.device.activations, 0);
+  await h.backend.setStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK);
+  assert.equal(h.device.activations, 1);
+  assert.equal(h.backend.getStatus() & DeviceStatus.DRIVER_OK, DeviceStatus.DRIVER_OK);
+  await h.backend.setStatus(0);
+  assert.equal(h.device.resets, 1);
+  assert.equal(h.backend.getStatus(), 0);
+});
+
+test('GET_VRING_BASE waits for chains in flight, then reports the position and resets the device', async () => {
+  const h = harness();
+  await setUpRing(h);
+  h.backend.setVringKick(0, KICK_FD);
+  h.backend.setVringEnable(0, 1);
+  offer(h, 3);
+  h.kick();
+  assert.equal(h.device.held.length, 3);
+  let base: number | undefined;
+  const stopping = h.backend.getVringBase(0).then((b) => (base = b));
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  assert.equal(base, undefined, 'the ring is not handed back while requests are in flight');
+  offer(h, 1);
+  h.kick();
+  assert.equal(h.device.held.length, 3, 'a stopping ring hands out no new chains');
+  h.device.completeAll();
+  await stopping;
+  assert.equal(base, 3);
+  assert.equal(h.device.resets, 1);
+  assert.ok(h.closed.includes(KICK_FD), 'the kick fd is released with the ring');
+  // The ring restarts where it stopped: the fourth buffer is served next.
+  h.backend.setVringBase(0, base!);
+  h.backend.setVringKick(0, KICK_FD + 10);
+  h.backend.setVringEnable(0, 1);
+  assert.equal(h.device.held.length, 1);
+});
+
+test('a memory table change waits for chains in flight and moves running rings onto the new mapping', async () => {
+  const h = harness();
+  await setUpRing(h);
+  h.backend.setVringKick(0, KICK_FD);
+  h.backend.setVringEnable(0, 1);
+  offer(h, 2);
+  h.kick();
+  let done = false;
+  const change = h.backend
+    .setMemTable(
+      [
+        { guestAddr: 0n, size: 0x8_0000n, userAddr: USER_BASE, mmapOffset: 0n },
+        { guestAddr: 0x8_0000n, size: BigInt(RAM_SIZE - 0x8_0000), userAddr: USER_BASE + 0x8_0000n, mmapOffset: 0x8_0000n },
+      ],
+      [RAM_FD, RAM_FD],
+    )
+    .then(() => (done = true));
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  assert.equal(done, false);
+  h.device.completeAll();
+  await change;
+  offer(h, 1);
+  h.kick();
+  assert.equal(h.device.held.length, 1, 'the ring keeps serving after the change');
+});
+
+test('a memory change that drops a running ring fails that ring and flags DEVICE_NEEDS_RESET', async () => {
+  const h = harness();
+  await setUpRing(h);
+  h.backend.setVringKick(0, KICK_FD);
+  h.backend.setVringEnable(0, 1);
+  await h.backend.setMemTable([{ guestAddr: 0x100000n, size: 0x1000n, userAddr: USER_BASE, mmapOffset: 0n }], [RAM_FD]);
+  assert.equal(h.device.ctx!.queue(0), undefined);
+  assert.equal(h.backend.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, DeviceStatus.DEVICE_NEEDS_RESET);
+  assert.equal(await h.backend.getVringBase(0), 0, 'stopping a failed ring does not wait for dropped chains');
+});
+
+test('ring messages are refused for bad indexes, sizes and placements', async () => {
+  const h = harness(2);
+  assert.throws(() => h.backend.setVringNum(2, 16), /ring index 2 is not below the 2 queues/);
+  assert.throws(() => h.backend.setVringNum(0xffff_ffff, 16), FrontEndError);
+  assert.throws(() => h.backend.setVringNum(0, 0), /queue size 0/);
+  assert.throws(() => h.backend.setVringNum(0, 257), /exceeds the maximum 256/);
+  assert.throws(() => h.backend.setVringEnable(0, 2), /neither 0 nor 1/);
+  assert.throws(() => h.backend.setVringKick(0, undefined), /polling/);
+  await setUpRing(h);
+  h.backend.setVringNum(0, 12);
+  assert.throws(() => h.backend.setVringKick(0, KICK_FD), /not a power of two/);
+  h.backend.setVringNum(0, QUEUE_SIZE);
+  h.backend.setVringAddr(0, { desc: 0x1000n, driver: userAddr(RING.driver), device: userAddr(RING.device) });
+  assert.throws(() => h.backend.setVringKick(0, KICK_FD), /desc area at 0x1000 is outside guest memory/);
+  h.backend.setVringAddr(0, { desc: userAddr(RAM_SIZE - 8), driver: userAddr(RING.driver), device: userAddr(RING.device) });
+  assert.throws(() => h.backend.setVringKick(0, KICK_FD), /outside guest memory/);
+  h.backend.setVringAddr(0, { desc: userAddr(RING.desc + 8), driver: userAddr(RING.driver), device: userAddr(RING.device) });
+  assert.throws(() => h.backend.setVringKick(0, KICK_FD), /aligned/);
+  h.backend.setVringBase(0, 0x10000);
+  h.backend.setVringAddr(0, { desc: userAddr(RING.desc), driver: userAddr(RING.driver), device: userAddr(RING.device) });
+  assert.throws(() => h.backend.setVringKick(0, KICK_FD), /16-bit/);
+  h.backend.setVringBase(0, 0);
+  h.backend.setVringKick(0, KICK_FD);
+  assert.throws(() => h.backend.setVringNum(0, 8), /while it is started/);
+  assert.throws(() => h.backend.setFeatures(featureBit(Feature.VERSION_1)), /while a ring is started/);
+});
+
+test('a ring cannot start before the memory table, its size or its addresses', async () => {
+  const h = harness();
+  h.backend.setFeatures(featureBit(Feature.VERSION_1));
+  h.backend.setVringNum(0, QUEUE_SIZE);
+  assert.throws(() => h.backend.setVringKick(0, KICK_FD), /before SET_MEM_TABLE/);
+  await h.backend.setMemTable([{ guestAddr: 0n, size: BigInt(RAM_SIZE), userAddr: USER_BASE, mmapOffset: 0n }], [RAM_FD]);
+  assert.throws(() => h.backend.setVringKick(0, KICK_FD), /before SET_VRING_ADDR/);
+});
+
+test('configuration space: reads past the device config are zeros, writes are bounded and reported', () => {
+  const { backend, device } = harness();
+  assert.deepEqual([...backend.getConfig(2, 4)], [3, 4, 0, 0]);
+  assert.throws(() => backend.getConfig(250, 10), /outside the 256-byte space/);
+  assert.throws(() => backend.getConfig(0, 0), FrontEndError);
+  backend.setConfig(1, new Uint8Array([9, 9]));
+  assert.deepEqual([...device.config], [1, 9, 9, 4]);
+  assert.deepEqual(device.configWrites, [[1, 2]]);
+  assert.throws(() => backend.setConfig(3, new Uint8Array([7, 7])), /past the device's 4 bytes/);
+  assert.deepEqual([...device.config], [1, 9, 9, 4]);
+});
+
+test('a driver fault on a ring signals the error fd, flags DEVICE_NEEDS_RESET and stops only that ring', async () => {
+  const h = harness();
+  await setUpRing(h);
+  h.backend.setVringErr(0, 202);
+  h.backend.setVringKick(0, KICK_FD);
+  h.backend.setVringEnable(0, 1);
+  h.device.ctx!.fail(0, new Error('test fault'));
+  assert.deepEqual(h.signals, [202]);
+  assert.equal(h.device.ctx!.queue(0), undefined);
+  assert.equal(h.backend.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, DeviceStatus.DEVICE_NEEDS_RESET);
+  await h.backend.resetDevice();
+  assert.equal(h.backend.getStatus(), 0);
+});
+
+test('close() releases every descriptor the front-end sent', async () => {
+  const h = harness();
+  h.backend.setProtocolFeatures(featureBit(ProtocolFeature.BACKEND_REQ));
+  h.backend.setBackendReqFd(300);
+  await setUpRing(h);
+  h.backend.setVringErr(0, 202);
+  h.backend.setVringKick(0, KICK_FD);
+  await h.backend.close();
+  assert.deepEqual([...h.closed].sort(), [CALL_FD, 202, KICK_FD, 300].sort());
+});
