@@ -4,6 +4,7 @@
  * are vectored straight into and out of the request's guest buffers (no bounce copy).
  */
 import { open, type FileHandle } from 'node:fs/promises';
+import { punchHole, zeroRange } from '../../native/file-space.ts';
 import { type BlockBackend, DiskImageError } from './backend.ts';
 import { SECTOR_SIZE } from './wire.ts';
 
@@ -11,13 +12,19 @@ export interface FileBackendOptions {
   readonly readOnly?: boolean;
 }
 
-/** Zeroes for write-zeroes and discard; one buffer repeated in the iovec, never written to. */
+/** Zeroes for filesystems without fallocate modes; one buffer repeated in the iovec, never written to. */
 const ZEROES = new Uint8Array(64 * 1024);
 /** Most iovecs per call: libuv caps a vectored call at IOV_MAX (1024 on Linux) and returns short. */
 const MAX_IOVECS = 1024;
 
 function errnoCode(err: unknown): string | undefined {
   return err instanceof Error && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+}
+
+/** The filesystem (or kernel) has no such fallocate mode: fall back to writing zeroes. */
+function unsupported(err: unknown): boolean {
+  const code = errnoCode(err);
+  return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS';
 }
 
 function openError(path: string, readOnly: boolean, err: unknown): DiskImageError {
@@ -72,8 +79,10 @@ async function vectored(
 }
 
 export class FileBackend implements BlockBackend {
-  /** Without a native fallocate, nothing is deallocated: discarded ranges are overwritten with zeroes. */
-  readonly canUnmap = false;
+  /** Discard and unmapping write-zeroes punch holes where the filesystem can. */
+  readonly canUnmap = true;
+  /** Cleared the first time the filesystem refuses a fallocate mode, to stop asking. */
+  private fallocateWorks = true;
 
   private constructor(
     private readonly file: FileHandle,
@@ -132,18 +141,28 @@ export class FileBackend implements BlockBackend {
   }
 
   /**
-   * Discard may leave any contents (§5.2.6); writing zeroes is the portable choice until a native
-   * fallocate(PUNCH_HOLE) is available, and it makes discarded ranges read back as zeroes.
+   * Deallocate the range (FALLOC_FL_PUNCH_HOLE). Discard may leave any contents (§5.2.6), but a
+   * punched hole and the fallback alike read back as zeroes, which keeps behaviour predictable.
    */
   discard(offset: number, length: number): Promise<void> {
-    return this.writeZeroes(offset, length);
+    return this.writeZeroes(offset, length, true);
   }
 
-  /** `mayUnmap` is moot while nothing can be deallocated (canUnmap is false): zeroes are written. */
-  writeZeroes(offset: number, length: number): Promise<void> {
+  /** Punch a hole (mayUnmap) or zero the range in place (FALLOC_FL_ZERO_RANGE), else write zeroes. */
+  async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    if (length === 0) return;
+    if (this.fallocateWorks) {
+      try {
+        await (mayUnmap ? punchHole : zeroRange)(this.file.fd, offset, length);
+        return;
+      } catch (err) {
+        if (!unsupported(err)) throw err;
+        this.fallocateWorks = false;
+      }
+    }
     const iov: Uint8Array[] = [];
     for (let left = length; left > 0; left -= ZEROES.length) iov.push(ZEROES.subarray(0, Math.min(left, ZEROES.length)));
-    return this.write(offset, iov);
+    await this.write(offset, iov);
   }
 
   close(): Promise<void> {

@@ -55,7 +55,7 @@ export class MemoryBackend implements BlockBackend {
     return this.writeZeroes(offset, length);
   }
 
-  writeZeroes(offset: number, length: number): Promise<void> {
+  writeZeroes(offset: number, length: number, _mayUnmap = false): Promise<void> {
     this.bytes.fill(0, offset, offset + length);
     return Promise.resolve();
   }

@@ -7,10 +7,11 @@
  * A request is `struct virtio_blk_req`: a 16-byte header and any out-data in the device-readable
  * part; any in-data and then the status byte in the device-writable part. With VERSION_1 the
  * split into descriptors is arbitrary (§2.6.4 message framing), so parsing goes through the chain
- * reader/writer and the status byte is simply the last writable byte.
+ * reader/writer and the status byte is simply the last writable byte. Requests come from the
+ * queue server (virtio/serve.ts), whose reader and writer go inert once the device is reset.
  */
-import { ChainReader, ChainWriter } from '../../virtio/chain-io.ts';
-import type { DescriptorChain } from '../../virtio/queue.ts';
+import type { ChainReader } from '../../virtio/chain-io.ts';
+import type { Request } from '../../virtio/serve.ts';
 import type { BlockBackend } from './backend.ts';
 import {
   BlkStatus,
@@ -61,16 +62,11 @@ export interface RequestTarget {
   backendFailed(what: string, err: unknown): void;
 }
 
-/** The device's answer, before it is written into the chain. */
-export interface RequestOutcome {
-  readonly status: number;
-  /** In-data bytes the device filled (IN, GET_ID), counted in the used length. */
-  readonly dataWritten: number;
-}
+/** A status byte value (BlkStatus). */
+type RequestOutcome = number;
 
-const ok = (dataWritten = 0): RequestOutcome => ({ status: BlkStatus.OK, dataWritten });
-const IOERR: RequestOutcome = { status: BlkStatus.IOERR, dataWritten: 0 };
-const UNSUPP: RequestOutcome = { status: BlkStatus.UNSUPP, dataWritten: 0 };
+const IOERR: RequestOutcome = BlkStatus.IOERR;
+const UNSUPP: RequestOutcome = BlkStatus.UNSUPP;
 
 /** Whether `count` sectors from `sector` lie inside a disk of `capacity` sectors, overflow-safe. */
 function inRange(sector: number, count: number, capacity: number): boolean {
@@ -85,13 +81,12 @@ async function attempt(
   target: RequestTarget,
   what: string,
   io: () => Promise<void>,
-  done: RequestOutcome,
   changesDisk = false,
 ): Promise<RequestOutcome> {
   try {
     await io();
     if (changesDisk && target.writethrough()) await target.backend.flush();
-    return done;
+    return BlkStatus.OK;
   } catch (err) {
     target.backendFailed(what, err);
     return IOERR;
@@ -119,13 +114,9 @@ function rangeSegments(
   return segs;
 }
 
-/**
- * Parse and perform the request; never throws. A chain without room for the status byte is not
- * performed at all: nothing could tell the driver how it went (completeRequest gives it length 0).
- */
-export async function executeRequest(chain: DescriptorChain, target: RequestTarget): Promise<RequestOutcome> {
-  if (!hasStatusByte(chain)) return IOERR;
-  const reader = new ChainReader(chain);
+/** Parse and perform the request; never throws. The status byte is written by the caller. */
+async function execute(req: Request, target: RequestTarget): Promise<RequestOutcome> {
+  const { chain, reader, writer } = req;
   const raw = reader.readExact(REQUEST_HEADER_SIZE);
   if (raw === undefined) return IOERR;
   const header = decodeRequestHeader(raw);
@@ -134,11 +125,10 @@ export async function executeRequest(chain: DescriptorChain, target: RequestTarg
 
   switch (header.type) {
     case RequestType.IN: {
-      const sectors = inLen / SECTOR_SIZE;
       if (inLen % SECTOR_SIZE !== 0 || inLen > target.maxDataBytes) return IOERR;
-      if (!inRange(header.sector, sectors, target.capacity)) return IOERR;
-      const data = new ChainWriter(chain).segments(inLen);
-      return attempt(target, 'read', () => target.backend.read(header.sector * SECTOR_SIZE, data), ok(inLen));
+      if (!inRange(header.sector, inLen >>> SECTOR_SHIFT, target.capacity)) return IOERR;
+      const data = writer.segments(inLen);
+      return attempt(target, 'read', () => target.backend.read(header.sector * SECTOR_SIZE, data));
     }
     case RequestType.OUT: {
       if (target.readOnly) return IOERR;
@@ -146,16 +136,14 @@ export async function executeRequest(chain: DescriptorChain, target: RequestTarg
       if (outLen % SECTOR_SIZE !== 0 || outLen > target.maxDataBytes) return IOERR;
       if (!inRange(header.sector, outLen >>> SECTOR_SHIFT, target.capacity)) return IOERR;
       const data = reader.segments(outLen);
-      return attempt(target, 'write', () => target.backend.write(header.sector * SECTOR_SIZE, data), ok(), true);
+      return attempt(target, 'write', () => target.backend.write(header.sector * SECTOR_SIZE, data), true);
     }
     case RequestType.FLUSH:
       if (!target.flush) return UNSUPP;
-      return attempt(target, 'flush', () => target.backend.flush(), ok());
-    case RequestType.GET_ID: {
-      const n = Math.min(inLen, ID_SIZE);
-      new ChainWriter(chain).write(target.id.subarray(0, n));
-      return ok(n);
-    }
+      return attempt(target, 'flush', () => target.backend.flush());
+    case RequestType.GET_ID:
+      writer.write(target.id.subarray(0, Math.min(inLen, ID_SIZE)));
+      return BlkStatus.OK;
     case RequestType.DISCARD: {
       if (target.discard === undefined) return UNSUPP;
       if (target.readOnly) return IOERR;
@@ -168,7 +156,6 @@ export async function executeRequest(chain: DescriptorChain, target: RequestTarg
         async () => {
           await Promise.all(segs.map((s) => backend.discard(s.sector * SECTOR_SIZE, s.numSectors * SECTOR_SIZE)));
         },
-        ok(),
         true,
       );
     }
@@ -193,7 +180,6 @@ export async function executeRequest(chain: DescriptorChain, target: RequestTarg
             ),
           );
         },
-        ok(),
         true,
       );
     }
@@ -203,18 +189,21 @@ export async function executeRequest(chain: DescriptorChain, target: RequestTarg
   }
 }
 
-/**
- * Write the outcome's status byte and return the used length: the in-data filled plus the status
- * byte. A chain without room for a status byte gets nothing written and length 0.
- */
-export function completeRequest(chain: DescriptorChain, outcome: RequestOutcome): number {
-  const status = ChainWriter.tail(chain, STATUS_SIZE);
-  if (status === undefined) return 0;
-  status[0] = outcome.status;
-  return outcome.dataWritten + STATUS_SIZE;
-}
+/** One status byte per value, so completing a request allocates nothing. */
+const STATUS_BYTES = [BlkStatus.OK, BlkStatus.IOERR, BlkStatus.UNSUPP].map((s) => Uint8Array.of(s));
 
-/** Whether the chain can carry an answer at all (a status byte); one without is completed with length 0. */
-function hasStatusByte(chain: DescriptorChain): boolean {
-  return ChainWriter.tail(chain, STATUS_SIZE) !== undefined;
+/**
+ * Serve one request: perform it and write its status byte, the last byte of the writable part.
+ * The used length is then the whole writable part: the bytes between the in-data and the status
+ * byte that the device did not fill (a failed or short answer) are zeroed, because the used length
+ * promises that many bytes written from the start (§2.7.8.2). A chain without room for a status
+ * byte is not performed at all, since nothing could tell the driver how it went; it is returned
+ * with length 0.
+ */
+export async function serveRequest(req: Request, target: RequestTarget): Promise<void> {
+  if (req.chain.writableLength < STATUS_SIZE) return;
+  const status = await execute(req, target);
+  const { writer } = req;
+  for (const gap of writer.segments(writer.remaining - STATUS_SIZE)) gap.fill(0);
+  writer.write(STATUS_BYTES[status]);
 }

@@ -78,7 +78,7 @@ export interface RequestHeader {
   readonly sector: number;
 }
 
-export function encodeRequestHeader(h: RequestHeader, out = new Uint8Array(REQUEST_HEADER_SIZE)): Uint8Array {
+export function encodeRequestHeader(h: RequestHeader, out: Uint8Array = new Uint8Array(REQUEST_HEADER_SIZE)): Uint8Array {
   const v = viewOf(out);
   v.setUint32(0, h.type, true);
   v.setUint32(4, h.reserved, true);
@@ -195,7 +195,7 @@ export const ConfigOffset = {
 export const CONFIG_SIZE = 60;
 
 /** Encode into `out` (CONFIG_SIZE bytes); padding bytes are zeroed as §5.2.5.2 requires. */
-export function encodeConfig(c: BlkConfig, out = new Uint8Array(CONFIG_SIZE)): Uint8Array {
+export function encodeConfig(c: BlkConfig, out: Uint8Array = new Uint8Array(CONFIG_SIZE)): Uint8Array {
   out.fill(0, 0, CONFIG_SIZE);
   const v = viewOf(out);
   const o = ConfigOffset;

@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
-import { completeRequest, executeRequest, type RequestTarget } from '../../../src/devices/blk/request.ts';
+import { serveRequest, type RequestTarget } from '../../../src/devices/blk/request.ts';
+import { ChainReader, ChainWriter } from '../../../src/virtio/chain-io.ts';
 import {
   BlkStatus,
   RangeFlag,
@@ -54,9 +55,10 @@ const pattern = (n: number, seed: number): Uint8Array => Uint8Array.from({ lengt
 /** Run the request and return [status byte, used length, the chain]. */
 async function run(h: Harness, parts: readonly Part[]): Promise<{ status: number; len: number; chain: DescriptorChain }> {
   const chain = chainOf(parts);
-  const len = completeRequest(chain, await executeRequest(chain, h.target));
-  const last = chain.writable.at(-1);
-  return { status: last === undefined || last.length === 0 ? -1 : last[last.length - 1], len, chain };
+  const writer = new ChainWriter(chain);
+  await serveRequest({ chain, reader: new ChainReader(chain), writer }, h.target);
+  const last = chain.writable.filter((w) => w.length > 0).at(-1);
+  return { status: last === undefined ? -1 : last[last.length - 1], len: writer.written, chain };
 }
 
 test('IN fills the data buffers from the disk; used length counts data and status', async () => {
@@ -78,7 +80,7 @@ test('OUT stores the data wherever the descriptors split it, header and data sha
     { bytes: 1, writable: true },
   ]);
   assert.equal(r.status, BlkStatus.OK);
-  assert.equal(r.len, 1);
+  assert.equal(r.len, 1, 'only the status byte is written');
   assert.deepEqual(h.backend.bytes.subarray(5 * 512, 8 * 512), data);
 });
 
@@ -100,12 +102,15 @@ test('FLUSH flushes the backend; without FLUSH negotiated it is UNSUPP', async (
   assert.equal(off.flushes.count, 0);
 });
 
-test('GET_ID answers the 20-byte serial, or as much as fits', async () => {
+test('GET_ID answers the 20-byte serial, or as much as fits, zero-padding a longer buffer', async () => {
   const h = harness();
   const r = await run(h, [{ bytes: header(RequestType.GET_ID) }, { bytes: 21, writable: true }]);
   assert.equal(r.status, BlkStatus.OK);
   assert.equal(r.len, 21);
   assert.equal(new TextDecoder().decode(r.chain.writable[0].subarray(0, 20)), 'serial-0123456789abc');
+  const long = await run(h, [{ bytes: header(RequestType.GET_ID) }, { bytes: new Uint8Array(40).fill(0xcc), writable: true }]);
+  assert.equal(long.len, 40);
+  assert.ok(long.chain.writable[0].subarray(20, 39).every((b) => b === 0));
   const short = await run(h, [{ bytes: header(RequestType.GET_ID) }, { bytes: 8, writable: true }]);
   assert.equal(short.len, 8);
   assert.equal(new TextDecoder().decode(short.chain.writable[0].subarray(0, 7)), 'serial-');
@@ -167,7 +172,7 @@ test('a read-only disk refuses OUT, DISCARD and WRITE_ZEROES with IOERR and writ
   assert.equal((await run(h, [{ bytes: header(RequestType.IN, 0) }, { bytes: 513, writable: true }])).status, BlkStatus.OK);
 });
 
-test('malformed requests answer IOERR with length 1 and touch nothing', async () => {
+test('malformed requests answer IOERR, leave the disk alone and zero what precedes the status byte', async () => {
   const cases: [string, Part[]][] = [
     ['header shorter than 16 bytes', [{ bytes: header(RequestType.OUT).subarray(0, 15) }, { bytes: 1, writable: true }]],
     ['no readable part', [{ bytes: 513, writable: true }]],
@@ -180,11 +185,12 @@ test('malformed requests answer IOERR with length 1 and touch nothing', async ()
   for (const [what, parts] of cases) {
     const h = harness();
     h.backend.bytes.fill(0x5a);
-    const r = await run(h, parts);
+    const r = await run(h, parts.map((p) => (p.writable ? { bytes: new Uint8Array(Number(p.bytes)).fill(0xcc), writable: true } : p)));
     assert.equal(r.status, BlkStatus.IOERR, what);
-    assert.equal(r.len, 1, what);
+    assert.equal(r.len, r.chain.writableLength, `${what}: used length covers the writable part`);
     assert.ok(h.backend.bytes.every((b) => b === 0x5a), `${what}: disk untouched`);
-    assert.ok(r.chain.writable.slice(0, -1).every((w) => w.every((b) => b === 0)), `${what}: no data written`);
+    const data = r.chain.writable[0].subarray(0, r.chain.writableLength - 1);
+    assert.ok(data.every((b) => b === 0), `${what}: no disk data, only zeroes`);
   }
 });
 
@@ -216,7 +222,7 @@ test('a failing backend answers IOERR and reports what failed', async () => {
   h.backend.read = () => Promise.reject(new Error('medium error'));
   const r = await run(h, [{ bytes: header(RequestType.IN) }, { bytes: 513, writable: true }]);
   assert.equal(r.status, BlkStatus.IOERR);
-  assert.equal(r.len, 1);
+  assert.equal(r.len, 513);
   assert.deepEqual(h.failures, ['read']);
 });
 
@@ -237,4 +243,18 @@ test('any bytes in any chain shape are answered without throwing', async () => {
       },
     ),
   );
+});
+
+test('a request whose device was reset while in flight writes no status byte', async () => {
+  const h = harness();
+  let finishRead = (): void => {};
+  h.backend.read = () => new Promise<void>((resolve) => (finishRead = resolve));
+  const chain = chainOf([{ bytes: header(RequestType.IN) }, { bytes: new Uint8Array(513).fill(0xcc), writable: true }]);
+  let live = true;
+  const writer = new ChainWriter(chain, () => live);
+  const served = serveRequest({ chain, reader: new ChainReader(chain, () => live), writer }, h.target);
+  live = false;
+  finishRead();
+  await served;
+  assert.equal(chain.writable[0][512], 0xcc);
 });

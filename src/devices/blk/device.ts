@@ -1,0 +1,230 @@
+/**
+ * The virtio-blk device (§5.2): a disk (a BlockBackend) served on one or more request queues.
+ * Requests are parsed and performed by request.ts; this module owns what the device offers,
+ * the configuration space, the cache mode and one queue server per request queue.
+ */
+import { DeviceId, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
+import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
+import { queueSizeError } from '../../virtio/ring.ts';
+import { QueueServer, type Request } from '../../virtio/serve.ts';
+import type { BlockBackend } from './backend.ts';
+import { type RangeLimits, type RequestTarget, serveRequest } from './request.ts';
+import { BlkFeature, type BlkConfig, ConfigOffset, ID_SIZE, SECTOR_SIZE, encodeConfig } from './wire.ts';
+
+/** Optional features, each on by default where it makes sense. */
+export interface BlkFeatureOptions {
+  /** VIRTIO_BLK_F_FLUSH (default on: §5.2.5.2 says devices SHOULD always offer it). */
+  readonly flush?: boolean;
+  /** VIRTIO_BLK_F_CONFIG_WCE: the driver may switch the cache mode (default on; needs flush). */
+  readonly configWce?: boolean;
+  /** VIRTIO_BLK_F_DISCARD (default on for a writable disk). */
+  readonly discard?: boolean;
+  /** VIRTIO_BLK_F_WRITE_ZEROES (default on for a writable disk). */
+  readonly writeZeroes?: boolean;
+  /** Ring features offered (default: packed rings, event index, indirect descriptors). */
+  readonly packed?: boolean;
+  readonly eventIdx?: boolean;
+  readonly indirect?: boolean;
+}
+
+export interface BlkDeviceOptions {
+  readonly backend: BlockBackend;
+  /** Request queues (default 1); more than one offers VIRTIO_BLK_F_MQ. */
+  readonly queues?: number;
+  /** Largest queue size accepted (default 256). */
+  readonly queueSize?: number;
+  /** Offer VIRTIO_BLK_F_RO and refuse writes (default: whether the backend is read-only). */
+  readonly readOnly?: boolean;
+  /** The GET_ID string: ASCII, at most 20 bytes (default empty). */
+  readonly serial?: string;
+  /** The cache mode after reset: writeback (default) or writethrough. */
+  readonly writeback?: boolean;
+  /** Most data segments per request (VIRTIO_BLK_F_SEG_MAX; default queueSize - 2, as header and status take two). */
+  readonly segMax?: number;
+  /** Largest data segment in bytes (offers VIRTIO_BLK_F_SIZE_MAX when given). */
+  readonly sizeMax?: number;
+  /** Logical block size in bytes to advertise (VIRTIO_BLK_F_BLK_SIZE; default 512). */
+  readonly blkSize?: number;
+  /** Limits announced for discard and write-zeroes (defaults: 32 MiB per segment, 32 segments). */
+  readonly maxDiscardSectors?: number;
+  readonly maxDiscardSeg?: number;
+  readonly maxWriteZeroesSectors?: number;
+  readonly maxWriteZeroesSeg?: number;
+  readonly features?: BlkFeatureOptions;
+}
+
+const DEFAULT_QUEUE_SIZE = 256;
+const DEFAULT_RANGE_SECTORS = (32 * 1024 * 1024) / SECTOR_SIZE;
+const DEFAULT_RANGE_SEGMENTS = 32;
+const U32_MAX = 0xffff_ffff;
+
+function checkCount(what: string, value: number, min: number, max: number): number {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new RangeError(`virtio-blk ${what} ${value} is not an integer from ${min} to ${max}`);
+  }
+  return value;
+}
+
+/** The GET_ID answer: the serial NUL-padded to 20 bytes (§5.2.6). */
+function encodeSerial(serial: string): Uint8Array {
+  if (!/^[\x20-\x7e]*$/.test(serial) || serial.length > ID_SIZE) {
+    throw new RangeError(`virtio-blk serial "${serial}" is not printable ASCII of at most ${ID_SIZE} characters`);
+  }
+  const id = new Uint8Array(ID_SIZE);
+  id.set(new TextEncoder().encode(serial));
+  return id;
+}
+
+export class BlkDevice implements VirtioDevice {
+  readonly deviceId = DeviceId.BLOCK;
+  readonly name = 'blk';
+  readonly numQueues: number;
+  readonly maxQueueSize: number;
+  readonly features: bigint;
+  readonly config: Uint8Array;
+  readonly backend: BlockBackend;
+  readonly readOnly: boolean;
+
+  private readonly id: Uint8Array;
+  private readonly initialWriteback: number;
+  private readonly discardLimits: RangeLimits;
+  private readonly writeZeroesLimits: RangeLimits;
+  /** Current configuration; `writeback` is the one field the driver may change. */
+  private cfg: BlkConfig;
+  private servers: QueueServer[] = [];
+
+  constructor(options: BlkDeviceOptions) {
+    const backend = options.backend;
+    if (backend.size % SECTOR_SIZE !== 0) {
+      throw new RangeError(`virtio-blk backend size ${backend.size} is not a whole number of ${SECTOR_SIZE}-byte sectors`);
+    }
+    this.readOnly = options.readOnly ?? backend.readOnly;
+    if (!this.readOnly && backend.readOnly) {
+      throw new RangeError('virtio-blk device cannot be writable: its backend is read-only');
+    }
+    this.backend = backend;
+    this.numQueues = checkCount('queue count', options.queues ?? 1, 1, 0xffff);
+    this.maxQueueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
+    const sizeError = queueSizeError(this.maxQueueSize, false);
+    if (sizeError !== undefined) throw new RangeError(`virtio-blk ${sizeError}`);
+    this.id = encodeSerial(options.serial ?? '');
+
+    const f = options.features ?? {};
+    const flush = f.flush ?? true;
+    const configWce = f.configWce ?? flush;
+    if (configWce && !flush) throw new RangeError('virtio-blk CONFIG_WCE needs FLUSH (§5.2.5.2)');
+    const discard = f.discard ?? !this.readOnly;
+    const writeZeroes = f.writeZeroes ?? !this.readOnly;
+    const segMax = checkCount('seg_max', options.segMax ?? Math.max(1, this.maxQueueSize - 2), 1, U32_MAX);
+    const sizeMax = options.sizeMax === undefined ? 0 : checkCount('size_max', options.sizeMax, 1, U32_MAX);
+    const blkSize = options.blkSize ?? SECTOR_SIZE;
+    if (!Number.isInteger(blkSize) || blkSize < SECTOR_SIZE || (blkSize & (blkSize - 1)) !== 0) {
+      throw new RangeError(`virtio-blk block size ${blkSize} is not a power of two of at least ${SECTOR_SIZE}`);
+    }
+    this.discardLimits = {
+      maxSectors: checkCount('max_discard_sectors', options.maxDiscardSectors ?? DEFAULT_RANGE_SECTORS, 1, U32_MAX),
+      maxSegments: checkCount('max_discard_seg', options.maxDiscardSeg ?? DEFAULT_RANGE_SEGMENTS, 1, U32_MAX),
+    };
+    this.writeZeroesLimits = {
+      maxSectors: checkCount('max_write_zeroes_sectors', options.maxWriteZeroesSectors ?? DEFAULT_RANGE_SECTORS, 1, U32_MAX),
+      maxSegments: checkCount('max_write_zeroes_seg', options.maxWriteZeroesSeg ?? DEFAULT_RANGE_SEGMENTS, 1, U32_MAX),
+    };
+
+    const offer: [boolean, number][] = [
+      [true, BlkFeature.SEG_MAX],
+      [sizeMax > 0, BlkFeature.SIZE_MAX],
+      [this.readOnly, BlkFeature.RO],
+      [true, BlkFeature.BLK_SIZE],
+      [flush, BlkFeature.FLUSH],
+      [configWce, BlkFeature.CONFIG_WCE],
+      [this.numQueues > 1, BlkFeature.MQ],
+      [discard, BlkFeature.DISCARD],
+      [writeZeroes, BlkFeature.WRITE_ZEROES],
+      [f.packed ?? true, Feature.RING_PACKED],
+      [f.eventIdx ?? true, Feature.EVENT_IDX],
+      [f.indirect ?? true, Feature.INDIRECT_DESC],
+    ];
+    this.features = offer.reduce((acc, [on, bit]) => (on ? acc | featureBit(bit) : acc), 0n);
+
+    this.initialWriteback = (options.writeback ?? true) && flush ? 1 : 0;
+    this.cfg = {
+      capacity: backend.size / SECTOR_SIZE,
+      sizeMax,
+      segMax,
+      geometry: { cylinders: 0, heads: 0, sectors: 0 },
+      blkSize,
+      topology: { physicalBlockExp: 0, alignmentOffset: 0, minIoSize: 0, optIoSize: 0 },
+      writeback: this.initialWriteback,
+      numQueues: this.numQueues,
+      maxDiscardSectors: discard ? this.discardLimits.maxSectors : 0,
+      maxDiscardSeg: discard ? this.discardLimits.maxSegments : 0,
+      discardSectorAlignment: discard ? blkSize / SECTOR_SIZE : 0,
+      maxWriteZeroesSectors: writeZeroes ? this.writeZeroesLimits.maxSectors : 0,
+      maxWriteZeroesSeg: writeZeroes ? this.writeZeroesLimits.maxSegments : 0,
+      writeZeroesMayUnmap: writeZeroes && backend.canUnmap ? 1 : 0,
+    };
+    this.config = encodeConfig(this.cfg);
+  }
+
+  /** Disk size in sectors. */
+  get capacity(): number {
+    return this.cfg.capacity;
+  }
+
+  /** Whether the cache is currently in writeback mode (the `writeback` field). */
+  get writeback(): boolean {
+    return this.cfg.writeback !== 0;
+  }
+
+  /**
+   * The driver wrote configuration bytes. Only `writeback` is writable, and only with
+   * CONFIG_WCE offered (§5.2.5); any other byte the driver wrote is restored.
+   */
+  configWritten(offset: number, length: number): void {
+    const touched = offset <= ConfigOffset.writeback && ConfigOffset.writeback < offset + length;
+    if (touched && hasFeature(this.features, BlkFeature.CONFIG_WCE)) {
+      this.cfg = { ...this.cfg, writeback: this.config[ConfigOffset.writeback] !== 0 ? 1 : 0 };
+    }
+    encodeConfig(this.cfg, this.config);
+  }
+
+  activate(ctx: DeviceContext): void {
+    const has = (bit: number): boolean => hasFeature(ctx.features, bit);
+    // §5.2.5.2: with CONFIG_WCE but not FLUSH the cache starts writethrough.
+    if (has(BlkFeature.CONFIG_WCE) && !has(BlkFeature.FLUSH)) this.setWriteback(0);
+    const target: RequestTarget = {
+      backend: this.backend,
+      capacity: this.cfg.capacity,
+      readOnly: this.readOnly,
+      id: this.id,
+      maxDataBytes:
+        has(BlkFeature.SEG_MAX) && has(BlkFeature.SIZE_MAX) ? this.cfg.segMax * this.cfg.sizeMax : Infinity,
+      flush: has(BlkFeature.FLUSH),
+      discard: has(BlkFeature.DISCARD) ? this.discardLimits : undefined,
+      writeZeroes: has(BlkFeature.WRITE_ZEROES) ? this.writeZeroesLimits : undefined,
+      writeZeroesMayUnmap: this.cfg.writeZeroesMayUnmap !== 0,
+      // §5.2.6.2: writes are stable at completion unless FLUSH was negotiated and the cache is
+      // writeback (fixed by FLUSH alone, or chosen through `writeback` with CONFIG_WCE).
+      writethrough: () => !has(BlkFeature.FLUSH) || (has(BlkFeature.CONFIG_WCE) && this.cfg.writeback === 0),
+      backendFailed: (what, err) => ctx.log.warn({ err }, `${what} failed; request answered IOERR`),
+    };
+    const serve = (req: Request): Promise<void> => serveRequest(req, target);
+    this.servers = Array.from({ length: this.numQueues }, (_, i) => new QueueServer(ctx, i, serve));
+    for (const s of this.servers) s.kick();
+  }
+
+  queueNotify(index: number): void {
+    this.servers[index]?.kick();
+  }
+
+  /** §2.4: forget the activation; requests in flight finish without touching guest memory (serve.ts). */
+  reset(): void {
+    this.servers = [];
+    this.setWriteback(this.initialWriteback);
+  }
+
+  private setWriteback(value: number): void {
+    this.cfg = { ...this.cfg, writeback: value };
+    encodeConfig(this.cfg, this.config);
+  }
+}

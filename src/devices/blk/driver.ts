@@ -1,0 +1,367 @@
+/**
+ * The virtio-blk driver (§5.2): a typed, promise-based disk API over any DriverTransport. Each
+ * call becomes one or more requests (§5.2.6) in guest memory the driver allocates; many may be in
+ * flight at once, spread over the request queues, bounded by ring room and DMA memory.
+ *
+ * The device is not trusted: a status byte it never wrote or an unknown status is an error, and
+ * sizes it announces are checked before use.
+ */
+import type { Logger } from 'pino';
+import { DeviceId, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
+import { VirtioDriver } from '../../virtio/driver-core.ts';
+import type { DriverTransport } from '../../virtio/driver.ts';
+import type { RequestQueue } from '../../virtio/request-queue.ts';
+import type { Segment } from '../../virtio/queue.ts';
+import {
+  BlkFeature,
+  BlkStatus,
+  type BlkConfig,
+  CONFIG_SIZE,
+  ConfigOffset,
+  ID_SIZE,
+  REQUEST_HEADER_SIZE,
+  RangeFlag,
+  RequestType,
+  SECTOR_SIZE,
+  STATUS_SIZE,
+  decodeConfig,
+  encodeRangeSegments,
+  encodeRequestHeader,
+} from './wire.ts';
+
+/** Every virtio-blk feature this driver implements, and the ring features it can use. */
+export const BLK_DRIVER_FEATURES: bigint = [
+  BlkFeature.SIZE_MAX,
+  BlkFeature.SEG_MAX,
+  BlkFeature.GEOMETRY,
+  BlkFeature.RO,
+  BlkFeature.BLK_SIZE,
+  BlkFeature.FLUSH,
+  BlkFeature.TOPOLOGY,
+  BlkFeature.CONFIG_WCE,
+  BlkFeature.MQ,
+  BlkFeature.DISCARD,
+  BlkFeature.WRITE_ZEROES,
+  Feature.RING_PACKED,
+  Feature.EVENT_IDX,
+  Feature.INDIRECT_DESC,
+].reduce((acc, bit) => acc | featureBit(bit), 0n);
+
+export interface BlkDriverOptions {
+  /** Features to accept when offered (default BLK_DRIVER_FEATURES). */
+  readonly features?: bigint;
+  /** Use a packed ring when the device offers one (default true); false forces split rings. */
+  readonly packed?: boolean;
+  /** Request queues to use, at most what the device has (default all of them). */
+  readonly queues?: number;
+  /** Largest queue size (default 256). */
+  readonly queueSize?: number;
+  /** Largest data transfer per request in bytes (default 1 MiB); larger calls are split. */
+  readonly maxTransfer?: number;
+  readonly log?: Logger;
+}
+
+/** The device answered a request with IOERR or UNSUPP, or with no valid status at all. */
+export class BlkRequestError extends Error {
+  constructor(
+    /** What was asked, e.g. "read of 8 sectors at sector 100". */
+    readonly request: string,
+    /** The status byte (BlkStatus), or undefined when the device wrote none we recognise. */
+    readonly status: number | undefined,
+    detail: string,
+  ) {
+    super(`blk: ${request} failed: ${detail}`);
+    this.name = 'BlkRequestError';
+  }
+}
+
+const STATUS_NAMES: Readonly<Record<number, string>> = {
+  [BlkStatus.IOERR]: 'IOERR (device or driver error)',
+  [BlkStatus.UNSUPP]: 'UNSUPP (the device does not support this request)',
+};
+
+/** A status value no device writes: set before submitting, it tells "never written" apart. */
+const STATUS_UNWRITTEN = 0xff;
+const DEFAULT_MAX_TRANSFER = 1024 * 1024;
+const EMPTY = new Uint8Array(0);
+
+function sectorsText(n: number): string {
+  return n === 1 ? '1 sector' : `${n} sectors`;
+}
+
+/** Waiters for DMA memory: a request that finds the allocator exhausted waits for a free. */
+class DmaGate {
+  private readonly waiters: (() => void)[] = [];
+  inUse = 0;
+
+  wait(): Promise<void> {
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  released(): void {
+    this.waiters.shift()?.();
+  }
+}
+
+export class BlkDriver {
+  private cfg: BlkConfig;
+  private readonly gate = new DmaGate();
+  private nextQueue = 0;
+
+  private constructor(
+    private readonly core: VirtioDriver,
+    cfg: BlkConfig,
+    private readonly queueCount: number,
+    /** Largest data bytes per request. */
+    private readonly maxTransfer: number,
+    /** Largest data bytes per segment (size_max), Infinity when unbounded. */
+    private readonly maxSegment: number,
+  ) {
+    this.cfg = cfg;
+  }
+
+  /** Initialize the block device behind `transport` (§3.1.1, §5.2.5) and return the driver. */
+  static async open(transport: DriverTransport, options: BlkDriverOptions = {}): Promise<BlkDriver> {
+    // Set up every queue asked for (default all the device has); MQ decides below how many serve requests.
+    const queues = options.queues ?? (await transport.numQueues());
+    const core = await VirtioDriver.start(transport, {
+      name: 'blk',
+      deviceId: DeviceId.BLOCK,
+      features: (options.features ?? BLK_DRIVER_FEATURES) & ~(options.packed === false ? featureBit(Feature.RING_PACKED) : 0n),
+      queues,
+      queueSize: options.queueSize,
+      log: options.log,
+    });
+    try {
+      const cfg = decodeConfig(await core.readConfig(0, CONFIG_SIZE));
+      const has = (bit: number): boolean => hasFeature(core.features, bit);
+      const sizeMax = has(BlkFeature.SIZE_MAX) && cfg.sizeMax > 0 ? cfg.sizeMax : Infinity;
+      // Data descriptors per request: seg_max when announced, and never more than a ring holds
+      // besides the header and status descriptors.
+      const ringRoom = core.queue(0).size - 2;
+      if (ringRoom < 1) throw new Error(`blk: a queue of size ${core.queue(0).size} cannot hold a request`);
+      const segments = Math.min(has(BlkFeature.SEG_MAX) && cfg.segMax > 0 ? cfg.segMax : ringRoom, ringRoom);
+      const wanted = options.maxTransfer ?? DEFAULT_MAX_TRANSFER;
+      if (!Number.isSafeInteger(wanted) || wanted < SECTOR_SIZE) {
+        throw new RangeError(`blk: maxTransfer ${wanted} is not an integer of at least ${SECTOR_SIZE}`);
+      }
+      // Whole sectors per request, within seg_max × size_max.
+      const limit = Math.min(wanted, segments * sizeMax);
+      const maxTransfer = Math.floor(limit / SECTOR_SIZE) * SECTOR_SIZE;
+      if (maxTransfer < SECTOR_SIZE) throw new Error(`blk: the device's seg_max × size_max (${limit} bytes) is less than a sector`);
+      // §5.2.2: without MQ only requestq1 exists; with it, num_queues (which a device could overstate).
+      const queueCount = Math.min(queues, has(BlkFeature.MQ) ? Math.max(1, cfg.numQueues) : 1);
+      const driver = new BlkDriver(core, cfg, queueCount, maxTransfer, sizeMax);
+      core.onConfigChange(() => void driver.refreshConfig());
+      return driver;
+    } catch (err) {
+      await core.close();
+      throw err;
+    }
+  }
+
+  /** The negotiated features. */
+  get features(): bigint {
+    return this.core.features;
+  }
+
+  /** Disk size in 512-byte sectors; refreshed on a configuration change (§5.2.6.1). */
+  get capacity(): number {
+    return this.cfg.capacity;
+  }
+
+  get readOnly(): boolean {
+    return hasFeature(this.features, BlkFeature.RO);
+  }
+
+  /** The configuration space as last read. */
+  get config(): BlkConfig {
+    return this.cfg;
+  }
+
+  /** Request queues in use. */
+  get queues(): number {
+    return this.queueCount;
+  }
+
+  /** Read `length` bytes (or fill `buffer`) from `sector` on; the length is a multiple of 512. */
+  async read(sector: number, lengthOrBuffer: number | Uint8Array): Promise<Uint8Array> {
+    const out = typeof lengthOrBuffer === 'number' ? new Uint8Array(lengthOrBuffer) : lengthOrBuffer;
+    this.checkRange('read', sector, out.length);
+    await this.chunked(sector, out.length, (s, at, len) =>
+      this.submit(RequestType.IN, s, EMPTY, len, `read of ${sectorsText(len / SECTOR_SIZE)} at sector ${s}`, (dma) =>
+        out.set(dma, at),
+      ),
+    );
+    return out;
+  }
+
+  /** Write `data` (a multiple of 512 bytes) from `sector` on. */
+  async write(sector: number, data: Uint8Array): Promise<void> {
+    this.checkRange('write', sector, data.length);
+    await this.chunked(sector, data.length, (s, at, len) =>
+      this.submit(RequestType.OUT, s, data.subarray(at, at + len), 0, `write of ${sectorsText(len / SECTOR_SIZE)} at sector ${s}`),
+    );
+  }
+
+  /** Make every completed write durable (VIRTIO_BLK_T_FLUSH). */
+  async flush(): Promise<void> {
+    await this.submit(RequestType.FLUSH, 0, EMPTY, 0, 'flush');
+  }
+
+  /** Discard `count` sectors from `sector` (VIRTIO_BLK_T_DISCARD); their contents become unspecified. */
+  async discard(sector: number, count: number): Promise<void> {
+    await this.ranges(RequestType.DISCARD, 'discard', sector, count, 0);
+  }
+
+  /** Make `count` sectors from `sector` read as zeroes; `unmap` lets the device deallocate them. */
+  async writeZeroes(sector: number, count: number, unmap = false): Promise<void> {
+    await this.ranges(RequestType.WRITE_ZEROES, 'write zeroes', sector, count, unmap ? RangeFlag.UNMAP : 0);
+  }
+
+  /** The device ID string (VIRTIO_BLK_T_GET_ID), without its NUL padding. */
+  async getId(): Promise<string> {
+    let id = new Uint8Array(0);
+    await this.submit(RequestType.GET_ID, 0, EMPTY, ID_SIZE, 'get id', (dma) => (id = dma.slice()));
+    const end = id.indexOf(0);
+    return new TextDecoder('latin1').decode(end < 0 ? id : id.subarray(0, end));
+  }
+
+  /** Switch the cache between writeback and writethrough (needs VIRTIO_BLK_F_CONFIG_WCE, §5.2.5). */
+  async setWriteback(writeback: boolean): Promise<void> {
+    if (!hasFeature(this.features, BlkFeature.CONFIG_WCE)) {
+      throw new Error('blk: the cache mode cannot be changed: VIRTIO_BLK_F_CONFIG_WCE was not negotiated');
+    }
+    await this.core.writeConfig(ConfigOffset.writeback, Uint8Array.of(writeback ? 1 : 0));
+    await this.refreshConfig();
+  }
+
+  /** Reset the device and give back its memory; pending requests fail. */
+  close(): Promise<void> {
+    return this.core.close();
+  }
+
+  private async refreshConfig(): Promise<void> {
+    this.cfg = decodeConfig(await this.core.readConfig(0, CONFIG_SIZE));
+  }
+
+  /** §5.2.6.1: a driver MUST NOT address beyond capacity; lengths are whole sectors. */
+  private checkRange(what: string, sector: number, bytes: number): void {
+    if (bytes % SECTOR_SIZE !== 0) throw new RangeError(`blk: ${what} of ${bytes} bytes is not a multiple of ${SECTOR_SIZE}`);
+    this.checkSectors(what, sector, bytes / SECTOR_SIZE);
+  }
+
+  private checkSectors(what: string, sector: number, count: number): void {
+    if (!Number.isSafeInteger(sector) || sector < 0 || !Number.isSafeInteger(count) || count < 0) {
+      throw new RangeError(`blk: ${what} at sector ${sector} of ${count} sectors is not a valid range`);
+    }
+    if (sector + count > this.cfg.capacity) {
+      throw new RangeError(`blk: ${what} of ${sectorsText(count)} at sector ${sector} reaches past the capacity of ${this.cfg.capacity} sectors`);
+    }
+  }
+
+  /** Split a transfer into requests of at most maxTransfer bytes, all in flight together. */
+  private async chunked(sector: number, bytes: number, one: (sector: number, at: number, len: number) => Promise<void>): Promise<void> {
+    const parts: Promise<void>[] = [];
+    for (let at = 0; at < bytes || (at === 0 && parts.length === 0); at += this.maxTransfer) {
+      const len = Math.min(this.maxTransfer, bytes - at);
+      parts.push(one(sector + at / SECTOR_SIZE, at, len));
+    }
+    await Promise.all(parts);
+  }
+
+  /** DISCARD or WRITE_ZEROES over [sector, sector+count), in segments of at most the device's limits. */
+  private async ranges(type: number, what: string, sector: number, count: number, flags: number): Promise<void> {
+    this.checkSectors(what, sector, count);
+    const discard = type === RequestType.DISCARD;
+    const feature = discard ? BlkFeature.DISCARD : BlkFeature.WRITE_ZEROES;
+    if (!hasFeature(this.features, feature)) {
+      throw new BlkRequestError(`${what} of ${sectorsText(count)} at sector ${sector}`, undefined, `VIRTIO_BLK_F_${discard ? 'DISCARD' : 'WRITE_ZEROES'} was not negotiated`);
+    }
+    const maxSectors = Math.max(1, discard ? this.cfg.maxDiscardSectors : this.cfg.maxWriteZeroesSectors);
+    const maxSegs = Math.max(1, discard ? this.cfg.maxDiscardSeg : this.cfg.maxWriteZeroesSeg);
+    const segs = [];
+    for (let s = sector; s < sector + count; s += maxSectors) {
+      segs.push({ sector: s, numSectors: Math.min(maxSectors, sector + count - s), flags });
+    }
+    const requests: Promise<void>[] = [];
+    for (let i = 0; i < segs.length; i += maxSegs) {
+      const batch = segs.slice(i, i + maxSegs);
+      const n = batch.reduce((acc, s) => acc + s.numSectors, 0);
+      requests.push(this.submit(type, 0, encodeRangeSegments(batch), 0, `${what} of ${sectorsText(n)} at sector ${batch[0].sector}`));
+    }
+    await Promise.all(requests);
+  }
+
+  /**
+   * One request: header, `out` data, `inLen` bytes of in-data, status, laid out in one DMA
+   * block. `onData` sees the in-data (a view valid only during the call) when the status is OK.
+   */
+  private async submit(
+    type: number,
+    sector: number,
+    out: Uint8Array,
+    inLen: number,
+    what: string,
+    onData?: (data: Uint8Array) => void,
+  ): Promise<void> {
+    const total = REQUEST_HEADER_SIZE + out.length + inLen + STATUS_SIZE;
+    const transport = this.core.transport;
+    const addr = await this.allocate(total);
+    try {
+      const memory = transport.memory;
+      const block = memory.slice(addr, total);
+      encodeRequestHeader({ type, reserved: 0, sector }, block);
+      block.set(out, REQUEST_HEADER_SIZE);
+      const inAddr = addr + REQUEST_HEADER_SIZE + out.length;
+      const statusAddr = inAddr + inLen;
+      block[total - 1] = STATUS_UNWRITTEN;
+      const readable: Segment[] = [{ addr, len: REQUEST_HEADER_SIZE }, ...this.split(addr + REQUEST_HEADER_SIZE, out.length)];
+      const writable: Segment[] = [...this.split(inAddr, inLen), { addr: statusAddr, len: STATUS_SIZE }];
+      await this.pickQueue().submit(readable, writable);
+      const status = block[total - 1];
+      if (status !== BlkStatus.OK) {
+        const detail =
+          STATUS_NAMES[status] ?? (status === STATUS_UNWRITTEN ? 'the device wrote no status' : `unknown status ${status}`);
+        const ro = status === BlkStatus.IOERR && this.readOnly && type !== RequestType.IN ? ' (the device is read-only)' : '';
+        throw new BlkRequestError(what, STATUS_NAMES[status] === undefined ? undefined : status, detail + ro);
+      }
+      onData?.(block.subarray(REQUEST_HEADER_SIZE + out.length, REQUEST_HEADER_SIZE + out.length + inLen));
+    } finally {
+      transport.dma.free(addr);
+      this.gate.inUse--;
+      this.gate.released();
+    }
+  }
+
+  /** Guest memory for a request; waits for other requests to give some back when exhausted. */
+  private async allocate(bytes: number): Promise<number> {
+    for (;;) {
+      const addr = this.core.transport.dma.alloc(bytes, 16);
+      if (addr !== undefined) {
+        this.gate.inUse++;
+        return addr;
+      }
+      if (this.gate.inUse === 0) throw new Error(`blk: DMA memory exhausted: no room for a request of ${bytes} bytes`);
+      await this.gate.wait();
+    }
+  }
+
+  /** Descriptors for [addr, addr+len), each at most size_max bytes; none for an empty range. */
+  private split(addr: number, len: number): Segment[] {
+    const segs: Segment[] = [];
+    for (let at = 0; at < len; at += this.maxSegment) segs.push({ addr: addr + at, len: Math.min(this.maxSegment, len - at) });
+    return segs;
+  }
+
+  /** The queue with the fewest outstanding requests (round-robin among equals). */
+  private pickQueue(): RequestQueue {
+    let best = this.core.queue(this.nextQueue);
+    for (let i = 1; i < this.queueCount; i++) {
+      const q = this.core.queue((this.nextQueue + i) % this.queueCount);
+      if (q.outstanding < best.outstanding) best = q;
+    }
+    this.nextQueue = (this.nextQueue + 1) % this.queueCount;
+    return best;
+  }
+}

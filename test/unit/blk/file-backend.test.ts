@@ -1,0 +1,111 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile, chmod, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DiskImageError } from '../../../src/devices/blk/backend.ts';
+import { FileBackend } from '../../../src/devices/blk/file-backend.ts';
+
+async function withDir(body: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'paravirt-blk-'));
+  try {
+    await body(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const pattern = (n: number, seed: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 13 + seed) & 0xff);
+
+test('reads and writes go through scattered segments at any offset', () =>
+  withDir(async (dir) => {
+    const path = join(dir, 'disk.img');
+    await writeFile(path, new Uint8Array(8192));
+    const disk = await FileBackend.open(path);
+    try {
+      assert.equal(disk.size, 8192);
+      const data = pattern(1536, 1);
+      await disk.write(1024, [data.subarray(0, 100), data.subarray(100, 1000), data.subarray(1000)]);
+      const a = new Uint8Array(7);
+      const b = new Uint8Array(1529);
+      await disk.read(1024, [a, b]);
+      assert.deepEqual(new Uint8Array([...a, ...b]), data);
+      await disk.flush();
+    } finally {
+      await disk.close();
+    }
+    assert.deepEqual((await readFile(path)).subarray(1024, 2560), Buffer.from(pattern(1536, 1)));
+  }));
+
+test('more segments than one vectored call takes are all transferred', () =>
+  withDir(async (dir) => {
+    const path = join(dir, 'disk.img');
+    await writeFile(path, new Uint8Array(4096 * 2));
+    const disk = await FileBackend.open(path);
+    try {
+      const data = pattern(4096, 5);
+      const segs = Array.from({ length: 2048 }, (_, i) => data.subarray(i * 2, i * 2 + 2));
+      await disk.write(4096, segs);
+      const back = new Uint8Array(4096);
+      await disk.read(4096, Array.from({ length: 4096 }, (_, i) => back.subarray(i, i + 1)));
+      assert.deepEqual(back, data);
+    } finally {
+      await disk.close();
+    }
+  }));
+
+test('discard and write-zeroes make the range read back as zeroes, and only that range', () =>
+  withDir(async (dir) => {
+    const path = join(dir, 'disk.img');
+    await writeFile(path, new Uint8Array(300 * 1024).fill(0x77));
+    const disk = await FileBackend.open(path);
+    try {
+      await disk.discard(512, 1024);
+      await disk.writeZeroes(4096, 200 * 1024, true);
+    } finally {
+      await disk.close();
+    }
+    const bytes = await readFile(path);
+    const zero = (from: number, to: number): boolean => bytes.subarray(from, to).every((b) => b === 0);
+    const kept = (from: number, to: number): boolean => bytes.subarray(from, to).every((b) => b === 0x77);
+    assert.ok(kept(0, 512) && zero(512, 1536) && kept(1536, 4096));
+    assert.ok(zero(4096, 4096 + 200 * 1024) && kept(4096 + 200 * 1024, bytes.length));
+  }));
+
+test('a read-only image opens without write access', () =>
+  withDir(async (dir) => {
+    const path = join(dir, 'ro.img');
+    await writeFile(path, pattern(1024, 2));
+    await chmod(path, 0o444);
+    const disk = await FileBackend.open(path, { readOnly: true });
+    try {
+      assert.equal(disk.readOnly, true);
+      const out = new Uint8Array(1024);
+      await disk.read(0, [out]);
+      assert.deepEqual(out, pattern(1024, 2));
+    } finally {
+      await disk.close();
+    }
+  }));
+
+async function openError(path: string): Promise<DiskImageError> {
+  try {
+    await FileBackend.open(path);
+  } catch (err) {
+    assert.ok(err instanceof DiskImageError);
+    return err;
+  }
+  assert.fail(`opening ${path} succeeded`);
+}
+
+test('unusable images are refused with one sentence naming the path', () =>
+  withDir(async (dir) => {
+    const missing = join(dir, 'missing.img');
+    assert.equal((await openError(missing)).message, `disk image ${missing} does not exist`);
+    assert.equal((await openError(dir)).message, `disk image ${dir} is a directory, not a file`);
+    const odd = join(dir, 'odd.img');
+    await writeFile(odd, new Uint8Array(1000));
+    const err = await openError(odd);
+    assert.equal(err.path, odd);
+    assert.equal(err.message, `disk image ${odd} is 1000 bytes, not a whole number of 512-byte sectors`);
+  }));
