@@ -218,14 +218,24 @@ function address(path: string): { addr: SockaddrUn; len: number } {
   return { addr: { sun_family: AF_UNIX, sun_path: sunPath }, len: koffi.offsetof(sockaddrUn, 'sun_path') + encoded.length + 1 };
 }
 
-/** A listening Unix socket bound to a path, which it removes when closed. */
+/** A listening Unix socket; one it bound to a path removes the path when closed. */
 export class UnixListener {
   #closed = false;
 
   private constructor(
     readonly fd: number,
-    readonly path: string,
+    /** The path this listener bound, or null for one adopted with fromFd. */
+    readonly path: string | null,
   ) {}
+
+  /**
+   * Adopt a socket that is already listening, e.g. one handed over by a service manager
+   * (the back-end conventions' --fd). It is made non-blocking; its path, if any, is left alone.
+   */
+  static fromFd(fd: number): UnixListener {
+    setNonBlocking(fd);
+    return new UnixListener(fd, null);
+  }
 
   /** Bind and listen on `path`; a path that already exists is EADDRINUSE (remove stale ones first). */
   static listen(path: string, backlog = 16): UnixListener {
@@ -247,7 +257,7 @@ export class UnixListener {
     if (fd < 0) {
       const errno = lastErrno();
       if (errno === Errno.EAGAIN || errno === Errno.EINTR || errno === Errno.ECONNABORTED) return null;
-      throw new SyscallError('accept4', errno, `accepting on ${this.path}`);
+      throw new SyscallError('accept4', errno, `accepting on ${this.path ?? `fd ${this.fd}`}`);
     }
     return new UnixSocket(fd);
   }
@@ -265,7 +275,7 @@ export class UnixListener {
     if (this.#closed) return;
     this.#closed = true;
     closeFd(this.fd);
-    unlink(this.path);
+    if (this.path !== null) unlink(this.path);
   }
 }
 

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { UnixListener, connectUnix, socketPair, type UnixSocket, type Received } from '../../../src/native/unix-socket.ts';
@@ -89,4 +89,20 @@ test('listen, connect and accept on a path; the listener removes its path when c
 
 test('socket paths that do not fit sockaddr_un are refused with a sentence naming them', () => {
   assert.throws(() => UnixListener.listen('/tmp/' + 'x'.repeat(200)), /socket path "\/tmp\/x+" must be 1 to 107 bytes/);
+});
+
+test('a listening socket adopted by descriptor accepts connections and leaves its path alone', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'paravirt-sock-'));
+  const path = join(dir, 'adopted.sock');
+  const bound = UnixListener.listen(path);
+  const adopted = UnixListener.fromFd(bound.fd);
+  assert.equal(adopted.path, null);
+  const [client, server] = await Promise.all([connectUnix(path), adopted.accept()]);
+  client.send(new Uint8Array([7]));
+  assert.deepEqual([...(await receiveNext(server)).bytes], [7]);
+  client.close();
+  server.close();
+  adopted.close(); // closes the shared descriptor; the path stays
+  assert.ok(existsSync(path));
+  rmSync(dir, { recursive: true });
 });
