@@ -28,6 +28,7 @@ export class PeerProcess {
   readonly child: ChildProcess;
   readonly exited: Promise<PeerExit>;
   private text = '';
+  private stdoutText = '';
   private exit: PeerExit | undefined;
   private readonly wake = new Set<() => void>();
 
@@ -40,12 +41,14 @@ export class PeerProcess {
     const [file, ...args] = argv;
     this.child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
     running.add(this.child);
-    const collect = (chunk: Buffer): void => {
-      this.text += chunk.toString('utf8');
+    const collect = (chunk: Buffer, fromStdout: boolean): void => {
+      const text = chunk.toString('utf8');
+      this.text += text;
+      if (fromStdout) this.stdoutText += text;
       for (const w of [...this.wake]) w();
     };
-    this.child.stderr?.on('data', collect);
-    if (options.textStdout) this.child.stdout?.on('data', collect);
+    this.child.stderr?.on('data', (chunk: Buffer) => collect(chunk, false));
+    if (options.textStdout) this.child.stdout?.on('data', (chunk: Buffer) => collect(chunk, true));
     // A peer that dies makes writes to its stdin fail; the exit is what gets reported.
     this.child.stdin?.on('error', () => {});
     this.exited = new Promise((resolve) => {
@@ -65,9 +68,14 @@ export class PeerProcess {
     });
   }
 
-  /** Everything the peer printed so far (stderr, and stdout when collected). */
+  /** Everything the peer printed so far (stderr, and stdout when collected), interleaved as it came. */
   get output(): string {
     return this.text;
+  }
+
+  /** What the peer printed on stdout so far (when collected): its answers, free of stderr's logging. */
+  get stdout(): string {
+    return this.stdoutText;
   }
 
   get running(): boolean {
@@ -82,13 +90,13 @@ export class PeerProcess {
   }
 
   /**
-   * Resolves with the first match of `pattern` in the output from offset `from` on.
+   * Resolves with the first match of `pattern` in stdout from offset `from` on.
    * Fails if the peer exits first or nothing matches within the deadline.
    */
   waitForOutput(pattern: RegExp, from = 0, what = `printing ${pattern}`): Promise<RegExpExecArray> {
     return new Promise((resolve, reject) => {
       const check = (): void => {
-        const match = pattern.exec(this.text.slice(from));
+        const match = pattern.exec(this.stdoutText.slice(from));
         if (match) {
           finish();
           resolve(match);
