@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
 import { RngDriver } from '../../../src/devices/rng/driver.ts';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
-import { Feature, hasFeature } from '../../../src/virtio/constants.ts';
+import { DescFlag, DeviceStatus, Feature, hasFeature } from '../../../src/virtio/constants.ts';
+import { DeviceNeedsResetError } from '../../../src/virtio/driver-core.ts';
+import { WARN, captureLog } from '../virtio/framework-fixture.ts';
 
 for (const packed of [false, true]) {
   const ring = packed ? 'packed' : 'split';
@@ -48,4 +50,35 @@ test('rng read lengths that are not non-negative integers are refused', async ()
   await assert.rejects(rng.read(-1), /read length -1/);
   await assert.rejects(rng.read(1.5), /read length 1.5/);
   await rng.close();
+});
+
+test('a malicious descriptor puts the device in DEVICE_NEEDS_RESET with one log line; a reset recovers it', async () => {
+  const device = captureLog();
+  const { transport, host, memory } = createLoopback(new RngDevice(), { memoryBytes: 1 << 20, log: device.log });
+  const driverLog = captureLog().log;
+  const rng = await RngDriver.open(transport, { packed: false, log: driverLog });
+  assert.equal((await rng.read(32)).length, 32);
+
+  // Behind the driver's back, make descriptor 5 point far outside guest memory and offer it (§2.7.5, §2.7.6).
+  const desc = host.state.queueArea(0, 'desc');
+  const avail = host.state.queueArea(0, 'driver');
+  memory.writeU64(desc + 5 * 16, 0x7fff_0000_0000n);
+  memory.writeU32(desc + 5 * 16 + 8, 64);
+  memory.writeU16(desc + 5 * 16 + 12, DescFlag.WRITE);
+  const idx = memory.readU16(avail + 2);
+  memory.writeU16(avail + 4 + 2 * (idx % 256), 5);
+  memory.writeU16(avail + 2, idx + 1);
+  transport.notify(0);
+
+  assert.equal(host.state.status & DeviceStatus.DEVICE_NEEDS_RESET, DeviceStatus.DEVICE_NEEDS_RESET);
+  await assert.rejects(rng.read(16), DeviceNeedsResetError);
+  const warnings = device.lines.filter((l) => l.level === WARN);
+  assert.equal(warnings.length, 1);
+  assert.equal(warnings[0].queue, 'rng.q0');
+  assert.equal(warnings[0].rule, 'buffer outside guest memory');
+
+  const again = await RngDriver.open(transport, { packed: false, log: driverLog });
+  assert.equal((await again.read(64)).length, 64);
+  assert.equal(host.state.status & DeviceStatus.DEVICE_NEEDS_RESET, 0);
+  await again.close();
 });

@@ -1,0 +1,238 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { DeviceStatus, Feature, featureBit } from '../../../src/virtio/constants.ts';
+import { DeviceState } from '../../../src/virtio/device-state.ts';
+import { GuestMemory } from '../../../src/virtio/memory.ts';
+import { VirtqueueError } from '../../../src/virtio/queue.ts';
+import { placeSplitRing } from '../../../src/virtio/split-ring.ts';
+import { ScriptedDevice, WARN, captureLog } from './framework-fixture.ts';
+
+const { ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK, DEVICE_NEEDS_RESET, FAILED } = DeviceStatus;
+const V1 = featureBit(Feature.VERSION_1);
+
+function setup(device = new ScriptedDevice()) {
+  const memory = GuestMemory.allocate(0x10000);
+  const events: string[] = [];
+  const { log, lines } = captureLog();
+  const state = new DeviceState(
+    device,
+    memory,
+    { usedBuffer: (q) => events.push(`used ${q}`), configChange: () => events.push('config') },
+    log,
+  );
+  return { state, device, memory, events, lines };
+}
+
+function negotiate(state: DeviceState, features = V1): void {
+  state.writeStatus(ACKNOWLEDGE);
+  state.writeStatus(ACKNOWLEDGE | DRIVER);
+  state.writeDriverFeatures(features);
+  state.writeStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK);
+}
+
+/** Lay out and enable split queue `index` of `size` entries at `at`. */
+function placeQueue(state: DeviceState, index: number, size: number, at: number): void {
+  const ring = placeSplitRing(at, size);
+  state.writeQueueSize(index, size);
+  state.writeQueueArea(index, 'desc', ring.desc);
+  state.writeQueueArea(index, 'driver', ring.driver);
+  state.writeQueueArea(index, 'device', ring.device);
+  state.writeQueueReady(index, true);
+}
+
+function start(state: DeviceState): void {
+  negotiate(state);
+  placeQueue(state, 0, 8, 0x1000);
+  placeQueue(state, 1, 8, 0x2000);
+  state.writeStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+}
+
+test('initialization walks ACKNOWLEDGE, DRIVER, FEATURES_OK, DRIVER_OK and activates the device once', () => {
+  const { state, device } = setup();
+  negotiate(state);
+  assert.equal(state.status, ACKNOWLEDGE | DRIVER | FEATURES_OK);
+  assert.equal(state.driverFeatures, V1);
+  placeQueue(state, 0, 8, 0x1000);
+  assert.equal(device.activations, 0, 'nothing runs before DRIVER_OK');
+  state.writeStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+  assert.equal(state.status, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+  assert.equal(device.activations, 1);
+  assert.ok(device.ctx?.queue(0), 'the enabled queue is live');
+  assert.equal(device.ctx?.queue(1), undefined, 'a queue the driver did not enable is not');
+  assert.equal(device.ctx?.features, V1);
+});
+
+test('FEATURES_OK does not stick without VERSION_1 or with features the device did not offer', () => {
+  const { state } = setup(new ScriptedDevice(undefined, 1, 16, featureBit(3)));
+  negotiate(state, featureBit(3));
+  assert.equal(state.status & FEATURES_OK, 0, 'VERSION_1 missing');
+
+  state.writeStatus(0);
+  negotiate(state, V1 | featureBit(4));
+  assert.equal(state.status & FEATURES_OK, 0, 'bit 4 was not offered');
+
+  state.writeStatus(0);
+  state.writeStatus(ACKNOWLEDGE | DRIVER);
+  state.writeDriverFeatureWord(0, 1 << 3);
+  state.writeDriverFeatureWord(1, 1);
+  state.writeDriverFeatureWord(2, 1);
+  state.writeStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK);
+  assert.equal(state.status & FEATURES_OK, 0, 'a bit beyond 63 was accepted');
+
+  state.writeStatus(0);
+  negotiate(state, V1 | featureBit(3));
+  assert.equal(state.status & FEATURES_OK, FEATURES_OK, 'an offered subset with VERSION_1 is accepted');
+});
+
+test('feature words are offered through a select index and cannot change after FEATURES_OK', () => {
+  const { state } = setup(new ScriptedDevice(undefined, 1, 16, featureBit(0) | featureBit(Feature.EVENT_IDX)));
+  assert.equal(state.deviceFeatureWord(0), (1 | (1 << Feature.EVENT_IDX)) >>> 0);
+  assert.equal(state.deviceFeatureWord(1), 1, 'VERSION_1 is bit 32, always offered');
+  assert.equal(state.deviceFeatureWord(2), 0);
+  negotiate(state, V1 | featureBit(0));
+  state.writeDriverFeatureWord(0, 1 << Feature.EVENT_IDX);
+  state.writeDriverFeatures(V1);
+  assert.equal(state.driverFeatures, V1 | featureBit(0), 'writes after FEATURES_OK are ignored');
+  assert.equal(state.driverFeatureWord(0), 1);
+});
+
+test('DRIVER_OK without FEATURES_OK is ignored; the driver cannot clear bits or set DEVICE_NEEDS_RESET', () => {
+  const { state, device } = setup();
+  state.writeStatus(ACKNOWLEDGE | DRIVER | DRIVER_OK);
+  assert.equal(state.status, ACKNOWLEDGE | DRIVER);
+  assert.equal(device.activations, 0);
+  state.writeStatus(ACKNOWLEDGE | DEVICE_NEEDS_RESET);
+  assert.equal(state.status, ACKNOWLEDGE | DRIVER, 'DRIVER stays, NEEDS_RESET is not the driver\'s to set');
+  state.writeStatus(ACKNOWLEDGE | DRIVER | FAILED);
+  assert.equal(state.status & FAILED, FAILED);
+});
+
+test('writing 0 resets at any time: the device is reset, queues and features are dropped', () => {
+  const { state, device } = setup();
+  start(state);
+  const ctx = device.ctx;
+  assert.ok(ctx?.queue(0));
+  state.writeStatus(0);
+  assert.equal(state.status, 0);
+  assert.equal(device.resets, 1);
+  assert.equal(state.driverFeatures, 0n);
+  assert.equal(state.queueReady(0), false);
+  assert.equal(state.queueSize(0), 16, 'size reads as the maximum again');
+  assert.equal(ctx?.queue(0), undefined, 'the old context no longer reaches a queue');
+  start(state);
+  assert.equal(device.activations, 2);
+});
+
+test('queue sizes of 0, above the maximum or (split) not a power of two are refused with DEVICE_NEEDS_RESET', () => {
+  for (const size of [0, 12, 32]) {
+    const { state, lines, events } = setup();
+    negotiate(state);
+    state.writeQueueSize(0, size);
+    state.writeQueueReady(0, true);
+    assert.equal(state.queueReady(0), false, `size ${size}: the queue stays disabled`);
+    assert.equal(state.status & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
+    const warnings = lines.filter((l) => l.level === WARN);
+    assert.equal(warnings.length, 1);
+    assert.equal(warnings[0].queue, 'test.q0');
+    assert.equal(warnings[0].rule, 'bad queue size');
+    assert.deepEqual(events, [], 'no notification before DRIVER_OK');
+  }
+});
+
+test('a packed ring accepts a size that is not a power of two', () => {
+  const { state } = setup(new ScriptedDevice(undefined, 1, 16, featureBit(Feature.RING_PACKED)));
+  negotiate(state, V1 | featureBit(Feature.RING_PACKED));
+  state.writeQueueSize(0, 12);
+  state.writeQueueReady(0, true);
+  assert.equal(state.queueReady(0), true);
+  assert.equal(state.status & DEVICE_NEEDS_RESET, 0);
+});
+
+test('a queue placed outside guest memory or misaligned puts the device in DEVICE_NEEDS_RESET at DRIVER_OK', () => {
+  for (const [area, addr, rule] of [
+    ['desc', 0x20000, /outside guest memory/],
+    ['device', 0x3002, /misaligned/],
+  ] as const) {
+    const { state, device, lines } = setup();
+    negotiate(state);
+    const ring = placeSplitRing(0x3000, 8);
+    state.writeQueueSize(0, 8);
+    state.writeQueueArea(0, 'desc', ring.desc);
+    state.writeQueueArea(0, 'driver', ring.driver);
+    state.writeQueueArea(0, 'device', ring.device);
+    state.writeQueueArea(0, area, addr);
+    state.writeQueueReady(0, true);
+    state.writeStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+    assert.equal(state.status & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET, area);
+    assert.equal(device.activations, 0, 'a device with a broken queue is not started');
+    const warnings = lines.filter((l) => l.level === WARN);
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0].rule ?? '', rule);
+    assert.equal(warnings[0].queue, 'test.q0');
+  }
+});
+
+test('queue registers ignore writes while the queue is enabled, and high/low halves combine', () => {
+  const { state } = setup();
+  negotiate(state);
+  state.writeQueueAreaHalf(0, 'desc', false, 0x1000);
+  state.writeQueueAreaHalf(0, 'desc', true, 0x2);
+  assert.equal(state.queueArea(0, 'desc'), 0x2_0000_1000);
+  placeQueue(state, 0, 8, 0x1000);
+  state.writeQueueSize(0, 4);
+  state.writeQueueArea(0, 'desc', 0x5000);
+  assert.equal(state.queueSize(0), 8);
+  assert.equal(state.queueArea(0, 'desc'), 0x1000);
+  assert.equal(state.queueMaxSize(0), 16);
+  assert.equal(state.queueMaxSize(2), 0, 'no such queue');
+  state.writeQueueReady(7, true);
+  assert.equal(state.status & DEVICE_NEEDS_RESET, 0, 'writes to a queue that does not exist do nothing');
+});
+
+test('DeviceContext.fail enters DEVICE_NEEDS_RESET, notifies, stops that queue only, and logs one line', () => {
+  const { state, device, events, lines } = setup();
+  start(state);
+  const ctx = device.ctx!;
+  ctx.fail(0, new VirtqueueError('chain too long', 'test.q0: more than 8 descriptors (loop?)'));
+  ctx.fail(0, new VirtqueueError('chain too long', 'again'));
+  ctx.fail(1, new VirtqueueError('nested indirect', 'later fault on another queue'));
+  assert.equal(state.status & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
+  assert.deepEqual(events, ['config']);
+  assert.equal(ctx.queue(0), undefined);
+  assert.equal(ctx.queue(1), undefined, 'the later fault stopped queue 1 too');
+  const warnings = lines.filter((l) => l.level === WARN);
+  assert.equal(warnings.length, 1);
+  assert.equal(warnings[0].queue, 'test.q0');
+  assert.equal(warnings[0].rule, 'chain too long');
+  state.writeStatus(0);
+  start(state);
+  assert.equal(state.status & DEVICE_NEEDS_RESET, 0, 'reset clears it');
+});
+
+test('the configuration space: reads past the end are zero, writes past it are dropped, changes bump the generation', () => {
+  const device = new ScriptedDevice(undefined, 1, 16, 0n, 4);
+  device.config.set([1, 2, 3, 4]);
+  const { state, events } = setup(device);
+  assert.deepEqual([...state.readConfig(2, 4)], [3, 4, 0, 0]);
+  state.writeConfig(3, new Uint8Array([9, 9]));
+  assert.deepEqual([...device.config], [1, 2, 3, 4]);
+  state.writeConfig(1, new Uint8Array([7]));
+  assert.deepEqual([...device.config], [1, 7, 3, 4]);
+  const g = state.configGeneration;
+  state.configChanged();
+  assert.equal(state.configGeneration, g + 1);
+  assert.deepEqual(events, [], 'no configuration notification before DRIVER_OK');
+  negotiate(state);
+  state.writeStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+  device.ctx!.configChanged();
+  assert.equal(state.configGeneration, g + 2);
+  assert.deepEqual(events, ['config']);
+});
+
+test('a device offering a reserved feature the framework does not implement is refused by name', () => {
+  assert.throws(
+    () => setup(new ScriptedDevice(undefined, 1, 16, featureBit(Feature.NOTIFICATION_DATA))),
+    /device test: feature NOTIFICATION_DATA is not implemented/,
+  );
+  assert.throws(() => setup(new ScriptedDevice(undefined, 1, 100)), /device test: maximum queue size 100 is not a power of two/);
+});

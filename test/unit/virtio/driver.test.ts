@@ -1,0 +1,217 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { MmioDriverTransport } from '../../../src/transports/mmio/driver.ts';
+import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
+import { MmioReg } from '../../../src/transports/mmio/registers.ts';
+import type { AccessWidth, MmioRegisterAccess } from '../../../src/transports/mmio/registers.ts';
+import { DeviceStatus, Feature, featureBit } from '../../../src/virtio/constants.ts';
+import { DeviceNeedsResetError, VirtioDriver } from '../../../src/virtio/driver-core.ts';
+import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
+import { VirtqueueError } from '../../../src/virtio/queue.ts';
+import type { DriverQueue, Segment, UsedBuffer } from '../../../src/virtio/queue.ts';
+import { RequestQueue } from '../../../src/virtio/request-queue.ts';
+import { ScriptedDevice, WARN, captureLog, deferred } from './framework-fixture.ts';
+
+const V1 = featureBit(Feature.VERSION_1);
+const PACKED = featureBit(Feature.RING_PACKED);
+const EVENT_IDX = featureBit(Feature.EVENT_IDX);
+
+function loopback(device = new ScriptedDevice(undefined, 1)) {
+  return { device, ...createLoopback(device, { memoryBytes: 1 << 16 }) };
+}
+
+/**
+ * A transport whose register reads may be falsified by `override`, to play a hostile or
+ * broken device; `sel` tracks DeviceFeaturesSel so overrides can answer per feature word.
+ */
+function tampered(regs: MmioRegisterAccess, t: MmioDriverTransport, override: (offset: number, sel: number) => number | undefined) {
+  let sel = 0;
+  const access: MmioRegisterAccess = {
+    read: (offset: number, width: AccessWidth) => override(offset, sel) ?? regs.read(offset, width),
+    write: (offset: number, width: AccessWidth, value: number) => {
+      if (offset === MmioReg.DEVICE_FEATURES_SEL) sel = value;
+      regs.write(offset, width, value);
+    },
+  };
+  return new MmioDriverTransport(access, t.memory, t.dma);
+}
+
+test('negotiation accepts only the features both sides implement, VERSION_1 included', async () => {
+  const device = new ScriptedDevice(undefined, 1, 16, 0b111n | featureBit(50) | EVENT_IDX | PACKED);
+  const { transport, host } = loopback(device);
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0b010n | EVENT_IDX });
+  assert.equal(driver.features, V1 | 0b010n | EVENT_IDX, 'bits 0, 2, 50 and RING_PACKED offered but not implemented');
+  assert.equal(host.state.driverFeatures, driver.features);
+  assert.equal(host.state.status, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK);
+  await driver.close();
+  assert.equal(host.state.status, 0, 'close resets the device');
+});
+
+test('a device without VERSION_1 is refused and marked FAILED', async () => {
+  const { transport, host } = loopback();
+  const legacy = tampered(host, transport, (o, sel) => (o === MmioReg.DEVICE_FEATURES && sel === 1 ? 0 : undefined));
+  await assert.rejects(
+    VirtioDriver.start(legacy, { name: 'test', deviceId: 0x7f, features: 0n }),
+    /test: the device does not offer VERSION_1/,
+  );
+  assert.equal(host.state.status & DeviceStatus.FAILED, DeviceStatus.FAILED);
+});
+
+test('a device that clears FEATURES_OK makes start fail with the features named', async () => {
+  const { transport, host } = loopback();
+  // The "device" advertises bit 7 but its state machine never offered it, so it refuses FEATURES_OK.
+  const liar = tampered(host, transport, (o, sel) => (o === MmioReg.DEVICE_FEATURES && sel === 0 ? 0x80 : undefined));
+  await assert.rejects(
+    VirtioDriver.start(liar, { name: 'test', deviceId: 0x7f, features: 0x80n }),
+    /test: the device refused features bit 7, VERSION_1 \(FEATURES_OK did not stick\)/,
+  );
+  assert.equal(host.state.status & DeviceStatus.FAILED, DeviceStatus.FAILED);
+});
+
+test('options a driver cannot honour are refused by name', async () => {
+  const { transport } = loopback();
+  await assert.rejects(
+    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: featureBit(Feature.NOTIFICATION_DATA) }),
+    /driver test: feature NOTIFICATION_DATA is not implemented by the virtio framework/,
+  );
+  await assert.rejects(
+    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queueSize: 100 }),
+    /test: option queueSize: queue size 100 is not a power of two \(split ring\)/,
+  );
+  await assert.rejects(
+    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queueSize: 0 }),
+    /option queueSize: queue size 0 is not a positive integer/,
+  );
+  await assert.rejects(
+    VirtioDriver.start(transport, { name: 'test', deviceId: 4, features: 0n }),
+    /test: expected virtio device ID 4, the device reports 127/,
+  );
+  await assert.rejects(
+    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queues: 2 }),
+    /test: the device has no queue 1/,
+  );
+});
+
+test('a packed ring may use a size that is not a power of two', async () => {
+  const { transport, host } = loopback(new ScriptedDevice(undefined, 1, 16, PACKED));
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: PACKED, queueSize: 12 });
+  assert.equal(driver.queue(0).size, 12);
+  assert.equal(host.state.queueSize(0), 12);
+  await driver.close();
+});
+
+test('configuration reads repeat until the generation is the same before and after', async () => {
+  const { transport, host, device } = loopback();
+  device.config.set([1, 2, 3, 4]);
+  let generationReads = 0;
+  let configReads = 0;
+  const racy = tampered(host, transport, (o) => {
+    if (o === MmioReg.CONFIG_GENERATION && ++generationReads === 2) return 99;
+    if (o === MmioReg.CONFIG) configReads++;
+    return undefined;
+  });
+  const driver = await VirtioDriver.start(racy, { name: 'test', deviceId: 0x7f, features: 0n });
+  assert.deepEqual([...(await driver.readConfig(0, 4))], [1, 2, 3, 4]);
+  assert.equal(configReads, 2, 'the first read was torn and repeated');
+
+  const neverStable = tampered(host, transport, (o) => (o === MmioReg.CONFIG_GENERATION ? ++generationReads : undefined));
+  const unstable = await VirtioDriver.start(neverStable, { name: 'test', deviceId: 0x7f, features: 0n });
+  await assert.rejects(unstable.readConfig(0, 4), /test: the configuration generation kept changing/);
+});
+
+test('DEVICE_NEEDS_RESET fails pending and later requests with a clear error', async () => {
+  const gate = deferred();
+  const { transport, device } = loopback(new ScriptedDevice(() => gate.promise, 1));
+  const { log } = captureLog();
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: FRAMEWORK_FEATURES, log });
+  const buf = transport.dma.alloc(16, 8)!;
+  const pending = driver.queue(0).submit([], [{ addr: buf, len: 16 }]);
+  await new Promise((r) => setImmediate(r));
+  device.ctx!.fail(0, new VirtqueueError('chain too long', 'a rule was broken'));
+  await assert.rejects(pending, DeviceNeedsResetError);
+  await assert.rejects(driver.queue(0).submit([], [{ addr: buf, len: 16 }]), /test: device needs reset/);
+  gate.resolve();
+});
+
+/** A driver queue that holds `capacity` buffers and returns them when the test says. */
+class ManualRing implements DriverQueue<number> {
+  readonly tokens: number[] = [];
+  private readonly used: UsedBuffer<number>[] = [];
+  kicks = 0;
+  constructor(
+    readonly size: number,
+    private readonly capacity = size,
+  ) {}
+  get freeDescriptors(): number {
+    return this.capacity - this.tokens.length;
+  }
+  add(out: readonly Segment[], inSegs: readonly Segment[], token: number): boolean {
+    if (this.tokens.length >= this.capacity || out.length + inSegs.length > this.size) return false;
+    this.tokens.push(token);
+    return true;
+  }
+  kick(): boolean {
+    this.kicks++;
+    return true;
+  }
+  getUsed(): UsedBuffer<number> | null {
+    return this.used.shift() ?? null;
+  }
+  enableInterrupts(): boolean {
+    return false;
+  }
+  disableInterrupts(): void {}
+  /** The device returns the buffer with token `token` claiming `len` bytes written. */
+  use(token: number, len: number): void {
+    this.tokens.splice(this.tokens.indexOf(token), 1);
+    this.used.push({ token, len });
+  }
+}
+
+const seg = (len: number): Segment => ({ addr: 0x1000, len });
+
+test('requests wait in order for ring space and are kicked once per batch', async () => {
+  const ring = new ManualRing(4, 1);
+  const notified: number[] = [];
+  const q = new RequestQueue(ring, 'test.q0', () => notified.push(0), captureLog().log);
+  const done: number[] = [];
+  const all = [1, 2, 3].map((n) => q.submit([], [seg(8)]).then(() => done.push(n)));
+  await Promise.resolve();
+  assert.deepEqual(ring.tokens, [0], 'one fits, two wait');
+  assert.equal(ring.kicks, 1);
+  assert.equal(q.outstanding, 3);
+  ring.use(0, 8);
+  q.collect();
+  assert.deepEqual(ring.tokens, [1]);
+  ring.use(1, 8);
+  q.collect();
+  ring.use(2, 8);
+  q.collect();
+  await Promise.all(all);
+  assert.deepEqual(done, [1, 2, 3]);
+  assert.equal(notified.length, 2, 'the two requests placed in the same tick shared one kick');
+});
+
+test('a hostile used length is clamped to the writable bytes; unknown tokens are ignored; both are logged', async () => {
+  const ring = new ManualRing(4);
+  const { log, lines } = captureLog();
+  const q = new RequestQueue(ring, 'test.q0', () => {}, log);
+  const r = q.submit([seg(4)], [seg(8), seg(8)]);
+  ring.use(0, 0xffff_ffff);
+  ring.use(42, 1);
+  q.collect();
+  assert.equal(await r, 16);
+  assert.deepEqual(
+    lines.filter((l) => l.level === WARN).map((l) => l.msg),
+    [
+      'test.q0: device claimed 4294967295 bytes written into 16; clamped',
+      'test.q0: device returned a buffer that is not in flight (token 42)',
+    ],
+  );
+});
+
+test('a request that can never fit the ring is refused; so is an empty one', async () => {
+  const q = new RequestQueue(new ManualRing(2), 'test.q0', () => {}, captureLog().log);
+  await assert.rejects(q.submit([seg(1)], [seg(1), seg(1)]), /test.q0: a request of 3 segments does not fit a queue of size 2/);
+  await assert.rejects(q.submit([], []), /test.q0: a request needs at least one buffer segment/);
+});

@@ -1,0 +1,192 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
+import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
+import type { DeviceContext } from '../../../src/virtio/device.ts';
+import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
+import { GuestMemory } from '../../../src/virtio/memory.ts';
+import { DescriptorChain, VirtqueueError } from '../../../src/virtio/queue.ts';
+import type { DeviceQueue } from '../../../src/virtio/queue.ts';
+import { QueueServer } from '../../../src/virtio/serve.ts';
+import type { Request } from '../../../src/virtio/serve.ts';
+import { ScriptedDevice, captureLog, deferred } from './framework-fixture.ts';
+
+/** A device queue over a script of chains, recording what the server does with it. */
+class ScriptQueue implements DeviceQueue {
+  readonly size = 16;
+  readonly base = 0;
+  readonly calls: string[] = [];
+  readonly used: [number, number][] = [];
+  notificationsOn = true;
+  /** What publish() answers: did the driver ask to be notified. */
+  driverWantsNotify = true;
+  /** Chains that "arrive" while notifications are being re-enabled (the §2.7.10 race). */
+  lateArrivals: DescriptorChain[] = [];
+  inFlight = 0;
+
+  constructor(public available: DescriptorChain[]) {}
+
+  pop(): DescriptorChain | null {
+    this.calls.push('pop');
+    const c = this.available.shift() ?? null;
+    if (c !== null) this.inFlight++;
+    return c;
+  }
+
+  push(chain: DescriptorChain, written: number): void {
+    this.calls.push(`push ${chain.id}`);
+    this.used.push([chain.id, written]);
+    this.inFlight--;
+  }
+
+  publish(): boolean {
+    this.calls.push('publish');
+    return this.driverWantsNotify;
+  }
+
+  enableNotifications(): boolean {
+    this.calls.push('enable');
+    this.notificationsOn = true;
+    const late = this.lateArrivals.splice(0);
+    this.available.push(...late);
+    return late.length > 0;
+  }
+
+  disableNotifications(): void {
+    this.calls.push('disable');
+    this.notificationsOn = false;
+  }
+}
+
+function chain(id: number, writable = 4): DescriptorChain {
+  return new DescriptorChain(id, 1, [], [new Uint8Array(writable)], 0, writable);
+}
+
+/** A context serving `queue` as queue 0 until `live` is cleared (as a reset does). */
+function context(queue: DeviceQueue) {
+  const notified: number[] = [];
+  const failed: Error[] = [];
+  const { log, lines } = captureLog();
+  const ctl = { live: true };
+  const ctx: DeviceContext = {
+    memory: GuestMemory.allocate(16),
+    features: 0n,
+    queue: (i) => (ctl.live && i === 0 ? queue : undefined),
+    notifyQueue: (i) => notified.push(i),
+    configChanged: () => {},
+    fail: (_i, err) => {
+      failed.push(err);
+      ctl.live = false;
+    },
+    log,
+  };
+  return { ctx, notified, failed, lines, ctl };
+}
+
+test('notifications are off while the queue drains and back on at the end; a buffer that slipped in is served', () => {
+  const q = new ScriptQueue([chain(0), chain(1)]);
+  q.lateArrivals = [chain(2)];
+  const { ctx, notified } = context(q);
+  const seenOn: boolean[] = [];
+  new QueueServer(ctx, 0, () => void seenOn.push(q.notificationsOn)).kick();
+  assert.deepEqual(seenOn, [false, false, false], 'every request ran with notifications off');
+  assert.deepEqual(q.calls, [
+    'disable', 'pop', 'push 0', 'pop', 'push 1', 'pop', 'publish', 'enable',
+    'disable', 'pop', 'push 2', 'pop', 'publish', 'enable',
+  ]);
+  assert.equal(q.notificationsOn, true);
+  assert.deepEqual(notified, [0, 0]);
+});
+
+test('synchronous completions share one publish, and the driver is notified only when publish says so', () => {
+  const q = new ScriptQueue([chain(0), chain(1), chain(2)]);
+  q.driverWantsNotify = false;
+  const { ctx, notified } = context(q);
+  new QueueServer(ctx, 0, (req) => void req.writer.write(new Uint8Array([1, 2]))).kick();
+  assert.equal(q.calls.filter((c) => c === 'publish').length, 1);
+  assert.deepEqual(q.used, [[0, 2], [1, 2], [2, 2]], 'the used length is what the handler wrote');
+  assert.deepEqual(notified, []);
+});
+
+test('asynchronous completions: many in flight, finished out of order, each pushed once, one publish per tick', async () => {
+  const q = new ScriptQueue([chain(0), chain(1), chain(2)]);
+  const { ctx, notified } = context(q);
+  const gates = [deferred(), deferred(), deferred()];
+  const server = new QueueServer(ctx, 0, (req) => gates[req.chain.id].promise);
+  server.kick();
+  assert.equal(server.inFlight, 3);
+  assert.equal(q.used.length, 0);
+  gates[2].resolve();
+  gates[0].resolve();
+  await gates[0].promise;
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(q.used.map(([id]) => id), [2, 0]);
+  assert.equal(q.calls.filter((c) => c === 'publish').length, 1, 'two completions in one tick, one publish');
+  gates[1].resolve();
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(q.used.map(([id]) => id), [2, 0, 1]);
+  assert.equal(server.inFlight, 0);
+  assert.deepEqual(notified, [0, 0]);
+});
+
+test('a completion after a reset writes neither the buffer nor the ring', async () => {
+  const buffer = new Uint8Array(4);
+  const q = new ScriptQueue([new DescriptorChain(0, 1, [], [buffer], 0, 4)]);
+  const { ctx, ctl } = context(q);
+  const gate = deferred();
+  new QueueServer(ctx, 0, async (req: Request) => {
+    await gate.promise;
+    req.writer.write(new Uint8Array([9, 9, 9, 9]));
+  }).kick();
+  ctl.live = false;
+  gate.resolve();
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual([...buffer], [0, 0, 0, 0]);
+  assert.deepEqual(q.used, []);
+});
+
+test('a ring fault while popping fails the queue and ends the loop', () => {
+  const q = new ScriptQueue([chain(0)]);
+  const fault = new VirtqueueError('chain too long', 'loop');
+  q.pop = () => {
+    throw fault;
+  };
+  const { ctx, failed } = context(q);
+  new QueueServer(ctx, 0, () => {}).kick();
+  assert.deepEqual(failed, [fault]);
+});
+
+test('a handler that throws is logged and its chain still goes back to the driver', () => {
+  const q = new ScriptQueue([chain(0)]);
+  const { ctx, lines } = context(q);
+  new QueueServer(ctx, 0, () => {
+    throw new Error('boom');
+  }).kick();
+  assert.deepEqual(q.used, [[0, 0]]);
+  assert.equal(lines.length, 1);
+  assert.match(lines[0].msg, /request handler failed/);
+});
+
+test('over a real ring: a request completing after the device was reset leaves guest memory alone', async () => {
+  let pending: { req: Request; gate: ReturnType<typeof deferred> } | undefined;
+  const device = new ScriptedDevice((req) => {
+    pending = { req, gate: deferred() };
+    return pending.gate.promise;
+  }, 1);
+  const { transport, host, memory } = createLoopback(device, { memoryBytes: 1 << 16 });
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: device.deviceId, features: FRAMEWORK_FEATURES });
+  const buf = transport.dma.alloc(8, 8)!;
+  memory.slice(buf, 8).fill(0x55);
+  void driver.queue(0).submit([], [{ addr: buf, len: 8 }]);
+  await new Promise((r) => setImmediate(r));
+  assert.ok(pending, 'the device has the request');
+  const usedArea = host.state.queueArea(0, 'device');
+  const before = memory.slice(usedArea, 64).slice();
+
+  await transport.reset();
+  pending.req.writer.write(new Uint8Array(8).fill(0xaa));
+  pending.gate.resolve();
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual([...memory.slice(buf, 8)], new Array(8).fill(0x55), 'the buffer is untouched');
+  assert.deepEqual(memory.slice(usedArea, 64), before, 'the used ring is untouched');
+});
