@@ -129,9 +129,14 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     if (count === 0 || count > this.size) {
       throw new RangeError(`${this.name}: a buffer has 1..${this.size} segments, not ${count}`);
     }
+    let readable = 0;
     let writable = 0;
-    for (const s of out) checkSegment(this.name, s);
+    for (const s of out) readable += checkSegment(this.name, s);
     for (const s of inSegs) writable += checkSegment(this.name, s);
+    if (readable > U32_MAX || writable > U32_MAX) {
+      // The device would refuse the chain (a used length is 32 bits): refuse it here instead.
+      throw new RangeError(`${this.name}: a buffer's readable or writable part exceeds 4 GiB`);
+    }
     const indirect = count > 1 && count <= this.maxIndirect;
     const slots = indirect ? 1 : count;
     if (this.freeCount === 0 || slots > this.size - this.outstanding) return false;
@@ -226,8 +231,9 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
 
   getUsed(): UsedBuffer<T> | null {
     if (this.batchEndId !== -1) return this.retireOldest();
-    if (this.outstanding === 0) return null;
     const pos = this.usedPos;
+    // Nothing in flight, or everything before a batch not yet kicked has come back.
+    if (this.outstanding === 0 || pos === this.batchHead) return null;
     // Acquire: the used descriptor's id and len are read after its flags.
     const flags = Atomics.load(this.halves, pos * 8 + 7);
     const state = flags & AVAIL_USED;
@@ -289,7 +295,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       : eventWord(RingEventFlags.ENABLE);
     Atomics.store(this.driverEvent, 0, word);
     if (this.batchEndId !== -1) return true;
-    if (this.outstanding === 0) return false;
+    if (this.outstanding === 0 || this.usedPos === this.batchHead) return false;
     // Re-check after the request is visible: a buffer used meanwhile sent no interrupt. Malformed
     // flags count as pending so that getUsed() reports them.
     return (Atomics.load(this.halves, this.usedPos * 8 + 7) & AVAIL_USED) !== availablePattern(this.usedWrap);

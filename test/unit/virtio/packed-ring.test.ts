@@ -707,3 +707,21 @@ test('both sides go round rings of 5, 7 and 256 entries lap after lap', () => {
     }
   }
 });
+
+test('driver: looking for used buffers before kick finds none, even where last lap\'s used descriptor lies', () => {
+  const { mem, config } = setup(2);
+  const drv = new PackedDriverQueue<number>(mem, config, 'q');
+  const dev = new PackedDeviceQueue(mem, config, 'q');
+  for (let lap = 0; lap < 3; lap++) {
+    drv.add([{ addr: DATA, len: 1 }], [], 1);
+    drv.add([{ addr: DATA, len: 1 }], [], 2);
+    assert.equal(drv.getUsed(), null, `lap ${lap}: not kicked yet`);
+    assert.equal(drv.enableInterrupts(), false);
+    drv.kick();
+    dev.push(dev.pop()!, 0);
+    dev.push(dev.pop()!, 0);
+    dev.publish();
+    assert.equal(drv.getUsed()?.token, 1);
+    assert.equal(drv.getUsed()?.token, 2);
+  }
+});
