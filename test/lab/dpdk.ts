@@ -149,14 +149,13 @@ export async function startTestpmd(options: TestpmdOptions, t?: TestContext): Pr
     `--forward-mode=${options.forwardMode}`,
     ...(options.txPacketBytes === undefined ? [] : [`--txpkts=${positive(options.txPacketBytes, 'txPacketBytes', 9000)}`]),
   ];
-  const peer = new PeerProcess(`testpmd ${options.name}`, argv, { textStdout: true });
-
-  let closing: Promise<void> | undefined;
-  const close = (): Promise<void> =>
-    (closing ??= (async () => {
-      await peer.stop(() => peer.send('quit\n'));
-      rmSync(`${RUNTIME_ROOT}/${prefix}`, { recursive: true, force: true });
-    })());
+  const peer = new PeerProcess(`testpmd ${options.name}`, argv, {
+    textStdout: true,
+    cleanup: () => rmSync(`${RUNTIME_ROOT}/${prefix}`, { recursive: true, force: true }),
+  });
+  const close = async (): Promise<void> => {
+    await peer.stop(() => peer.send('quit\n'));
+  };
 
   try {
     await peer.waitForOutput(/testpmd> /, 0, 'starting up to its first prompt');

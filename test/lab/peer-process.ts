@@ -6,10 +6,18 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 
 /** Every peer still running; the exit hook below kills what a crashed test left behind. */
-const running = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of running) child.kill('SIGKILL');
-});
+const running = new Set<PeerProcess>();
+const killAll = (): void => {
+  for (const peer of running) peer.kill();
+};
+process.on('exit', killAll);
+// An interrupted run must not leave busy pollers behind: kill them, then let the signal do what it would have.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    killAll();
+    process.kill(process.pid, signal);
+  });
+}
 
 export interface PeerExit {
   readonly code: number | null;
@@ -22,6 +30,8 @@ export const PEER_DEADLINE_MS = 20_000;
 export interface SpawnOptions {
   /** Collect stdout as text too (false when stdout carries a protocol the caller reads). */
   readonly textStdout: boolean;
+  /** Removes what the peer leaves behind (sockets, runtime files); runs once, when it is gone. */
+  readonly cleanup?: () => void;
 }
 
 export class PeerProcess {
@@ -31,6 +41,7 @@ export class PeerProcess {
   private stdoutText = '';
   private exit: PeerExit | undefined;
   private readonly wake = new Set<() => void>();
+  private cleanup: (() => void) | undefined;
 
   constructor(
     /** Short name for messages, e.g. "qemu-storage-daemon". */
@@ -40,7 +51,8 @@ export class PeerProcess {
   ) {
     const [file, ...args] = argv;
     this.child = spawn(file, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    running.add(this.child);
+    this.cleanup = options.cleanup;
+    running.add(this);
     const collect = (chunk: Buffer, fromStdout: boolean): void => {
       const text = chunk.toString('utf8');
       this.text += text;
@@ -55,7 +67,8 @@ export class PeerProcess {
       const done = (exit: PeerExit): void => {
         if (this.exit) return;
         this.exit = exit;
-        running.delete(this.child);
+        running.delete(this);
+        this.runCleanup();
         for (const w of [...this.wake]) w();
         resolve(exit);
       };
@@ -116,6 +129,18 @@ export class PeerProcess {
       this.wake.add(check);
       check();
     });
+  }
+
+  /** SIGKILL now, and clean up at once: for a test process on its way out, which cannot wait. */
+  kill(): void {
+    this.child.kill('SIGKILL');
+    this.runCleanup();
+  }
+
+  private runCleanup(): void {
+    const cleanup = this.cleanup;
+    this.cleanup = undefined;
+    cleanup?.();
   }
 
   /** Writes `text` to the peer's stdin. */

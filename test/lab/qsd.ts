@@ -75,10 +75,12 @@ export async function startStorageDaemon(options: StorageDaemonOptions, t?: Test
       `num-queues=${numQueues}`,
     ].join(','),
   ];
-  const peer = new PeerProcess(`qemu-storage-daemon ${qemu.version}`, argv, { textStdout: true });
+  const peer = new PeerProcess(`qemu-storage-daemon ${qemu.version}`, argv, {
+    textStdout: true,
+    cleanup: () => rmSync(socketPath, { force: true }),
+  });
   const stop = async (): Promise<void> => {
     await peer.stop();
-    rmSync(socketPath, { force: true });
   };
   try {
     await waitForListening(socketPath, peer);

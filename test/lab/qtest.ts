@@ -49,7 +49,10 @@ export interface QtestMachine {
   readonly qemu: QemuCommand;
   /** Whether QEMU runs under the qtest accelerator (clockStep/clockSet work) or a stopped TCG. */
   readonly accelerator: 'qtest' | 'tcg';
-  /** Host path of the file backing guest RAM (offset = guest-physical address below 2 GiB), with sharedRam. */
+  /**
+   * Host path of the file backing guest RAM, with sharedRam. File offset = guest-physical address
+   * while memoryMiB < 2816; q35 puts the part of larger RAM above 2 GiB at 4 GiB instead.
+   */
   readonly ramFile: string | undefined;
   /** A host directory QEMU can see, removed on close: for sockets and images the test makes. */
   readonly workDir: string;
@@ -99,49 +102,42 @@ function machineArgs(options: QtestOptions, qemu: QemuCommand, accel: 'qtest' | 
 /** Starts QEMU and waits until it answers over qtest; if `t` is given, the machine closes when the test ends. */
 export async function startQtest(options: QtestOptions, t?: TestContext): Promise<QtestMachine> {
   const qemu = commandFor(options.qemu ?? 'lab');
-  const workDir = mkdtempSync(join(existsSync(qemu.shareDir) ? qemu.shareDir : tmpdir(), 'qtest-'));
-  const ramFile = options.sharedRam ? join(workDir, 'ram') : undefined;
   const key = qemu.argv.join(' ');
-  try {
-    let machine: QtestMachine | undefined;
-    if (qtestAccel.get(key) !== false) {
-      machine = await launch(options, qemu, 'qtest', workDir, ramFile).catch((error: Error) => {
-        if (!/invalid accelerator qtest/.test(error.message)) throw error;
-        return undefined;
-      });
-      qtestAccel.set(key, machine !== undefined);
-    }
-    machine ??= await launch(options, qemu, 'tcg', workDir, ramFile);
-    const ready = machine;
-    t?.after(() => ready.close());
-    return ready;
-  } catch (error) {
-    rmSync(workDir, { recursive: true, force: true });
-    throw error;
+  let machine: QtestMachine | undefined;
+  if (qtestAccel.get(key) !== false) {
+    machine = await launch(options, qemu, 'qtest').catch((error: Error) => {
+      if (!/invalid accelerator qtest/.test(error.message)) throw error;
+      return undefined;
+    });
+    qtestAccel.set(key, machine !== undefined);
   }
+  machine ??= await launch(options, qemu, 'tcg');
+  const ready = machine;
+  t?.after(() => ready.close());
+  return ready;
 }
 
-async function launch(
-  options: QtestOptions,
-  qemu: QemuCommand,
-  accelerator: 'qtest' | 'tcg',
-  workDir: string,
-  ramFile: string | undefined,
-): Promise<QtestMachine> {
-  const peer = new PeerProcess(`QEMU ${qemu.version}`, machineArgs(options, qemu, accelerator, ramFile), { textStdout: false });
+async function launch(options: QtestOptions, qemu: QemuCommand, accelerator: 'qtest' | 'tcg'): Promise<QtestMachine> {
+  const workDir = mkdtempSync(join(existsSync(qemu.shareDir) ? qemu.shareDir : tmpdir(), 'qtest-'));
+  const ramFile = options.sharedRam ? join(workDir, 'ram') : undefined;
+  const cleanup = (): void => rmSync(workDir, { recursive: true, force: true });
+  let peer: PeerProcess;
+  try {
+    peer = new PeerProcess(`QEMU ${qemu.version}`, machineArgs(options, qemu, accelerator, ramFile), { textStdout: false, cleanup });
+  } catch (error) {
+    cleanup();
+    throw error;
+  }
   const stdout = peer.child.stdout;
   const stdin = peer.child.stdin;
   if (!stdout || !stdin) throw new Error('QEMU was spawned without pipes');
   const bus = new QtestClient(stdout, stdin);
 
-  let closing: Promise<void> | undefined;
-  const close = (): Promise<void> =>
-    (closing ??= (async () => {
-      bus.close();
-      stdin.end();
-      await peer.stop();
-      rmSync(workDir, { recursive: true, force: true });
-    })());
+  const close = async (): Promise<void> => {
+    bus.close();
+    stdin.end();
+    await peer.stop();
+  };
 
   try {
     // The first answer proves QEMU is up and the protocol works; the accesses below assume x86's order.
