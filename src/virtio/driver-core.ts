@@ -138,14 +138,16 @@ export class VirtioDriver {
       const driver = new VirtioDriver(transport, name, features, queues, owned, log);
       transport.setInterruptHandlers({
         queue: (index) => queues[index]?.collect(),
-        config: () => void driver.configInterrupt(),
+        config: () => {
+          driver.configInterrupt().catch((err: unknown) => log.error({ err }, `${name}: configuration interrupt failed`));
+        },
       });
       // Step 8.
       await transport.setStatus(status | DeviceStatus.DRIVER_OK);
       return driver;
     } catch (err) {
-      // §3.1.1: a driver that gives up sets FAILED.
-      await transport.setStatus(status | DeviceStatus.FAILED);
+      // §3.1.1: a driver that gives up sets FAILED; the error that made it give up is the one to report.
+      await transport.setStatus(status | DeviceStatus.FAILED).catch(() => {});
       for (const addr of owned) transport.dma.free(addr);
       throw err;
     }

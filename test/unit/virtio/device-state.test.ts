@@ -108,7 +108,7 @@ test('DRIVER_OK without FEATURES_OK is ignored; the driver cannot clear bits or 
 });
 
 test('writing 0 resets at any time: the device is reset, queues and features are dropped', () => {
-  const { state, device } = setup();
+  const { state, device, events } = setup();
   start(state);
   const ctx = device.ctx;
   assert.ok(ctx?.queue(0));
@@ -119,6 +119,10 @@ test('writing 0 resets at any time: the device is reset, queues and features are
   assert.equal(state.queueReady(0), false);
   assert.equal(state.queueSize(0), 16, 'size reads as the maximum again');
   assert.equal(ctx?.queue(0), undefined, 'the old context no longer reaches a queue');
+  ctx?.notifyQueue(0);
+  ctx?.fail(0, new VirtqueueError('chain too long', 'late'));
+  assert.deepEqual(events, [], 'the old context can neither notify nor fail the new driver');
+  assert.equal(state.status, 0);
   start(state);
   assert.equal(device.activations, 2);
 });
