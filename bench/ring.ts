@@ -3,10 +3,18 @@
  * one-descriptor chains in batches of 32 (the driver adds 32 and kicks, the device pops 32,
  * pushes them and publishes, the driver collects 32). Reports chains per second per ring layout.
  */
+import { loadavg } from 'node:os';
 import { report } from './_report.ts';
 import { GuestMemory } from '../src/virtio/memory.ts';
 import type { DeviceQueue, DriverQueue, QueueConfig, Segment } from '../src/virtio/queue.ts';
-import { SplitDeviceQueue, SplitDriverQueue, splitRingLayout, type SplitRingLayout } from '../src/virtio/split-ring.ts';
+import { PackedDeviceQueue, PackedDriverQueue, packedRingLayout } from '../src/virtio/packed-ring.ts';
+import {
+  SplitDeviceQueue,
+  SplitDriverQueue,
+  placeRingAreas,
+  splitRingLayout,
+  type SplitRingLayout,
+} from '../src/virtio/split-ring.ts';
 
 const SIZE = 256;
 const BATCH = 32;
@@ -21,19 +29,11 @@ type MakeDriver = (memory: GuestMemory, config: QueueConfig, name: string) => Dr
 /** The ring layouts measured: one entry each. */
 const RINGS: [name: string, layout: Layout, makeDevice: MakeDevice, makeDriver: MakeDriver][] = [
   ['split', splitRingLayout, (m, c, n) => new SplitDeviceQueue(m, c, n), (m, c, n) => new SplitDriverQueue<number>(m, c, n)],
+  ['packed', packedRingLayout, (m, c, n) => new PackedDeviceQueue(m, c, n), (m, c, n) => new PackedDriverQueue<number>(m, c, n)],
 ];
 
 function median(values: number[]): number {
   return Math.round([...values].sort((a, b) => a - b)[values.length >> 1]);
-}
-
-/** Place the three areas one after another, each at its alignment. */
-function place(layout: SplitRingLayout, start: number): { desc: number; driver: number; device: number; end: number } {
-  const up = (addr: number, align: number) => Math.ceil(addr / align) * align;
-  const desc = up(start, layout.desc.align);
-  const driver = up(desc + layout.desc.size, layout.driver.align);
-  const device = up(driver + layout.driver.size, layout.device.align);
-  return { desc, driver, device, end: device + layout.device.size };
 }
 
 /** Move `batches` batches through the queue; returns the chains moved. */
@@ -58,7 +58,7 @@ function run(dev: DeviceQueue, drv: DriverQueue<number>, buffers: readonly Segme
 export async function main(): Promise<void> {
   for (const [name, layout, makeDevice, makeDriver] of RINGS) {
     const memory = GuestMemory.allocate(1 << 20);
-    const at = place(layout(SIZE), 0x1000);
+    const at = placeRingAreas(layout(SIZE), 0x1000);
     const config: QueueConfig = { ...at, size: SIZE, eventIdx: true, indirect: false, inOrder: false };
     const drv = makeDriver(memory, config, `${name}-bench`);
     const dev = makeDevice(memory, config, `${name}-bench`);
@@ -87,6 +87,7 @@ export async function main(): Promise<void> {
       batch: BATCH,
       eventIdx: true,
       rounds: ROUNDS,
+      loadAverage: loadavg()[0],
     });
   }
 }

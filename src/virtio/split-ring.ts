@@ -3,4 +3,11 @@
  */
 export { SplitDeviceQueue } from './split/device.ts';
 export { SplitDriverQueue, indirectTablesBytes, type IndirectTables, type SplitDriverOptions } from './split/driver.ts';
-export { needEvent, placeSplitRing, splitRingLayout, type RingArea, type SplitRingLayout } from './split/layout.ts';
+export {
+  needEvent,
+  placeRingAreas,
+  placeSplitRing,
+  splitRingLayout,
+  type RingArea,
+  type SplitRingLayout,
+} from './split/layout.ts';

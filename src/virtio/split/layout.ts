@@ -46,7 +46,11 @@ export function splitRingLayout(size: number): SplitRingLayout {
  * addresses to put in a QueueConfig, and `end`, the first byte after the ring.
  */
 export function placeSplitRing(start: number, size: number): QueueAddresses & { readonly end: number } {
-  const layout = splitRingLayout(size);
+  return placeRingAreas(splitRingLayout(size), start);
+}
+
+/** Lay any ring's three areas (split or packed, same shape) out one after another from `start`. */
+export function placeRingAreas(layout: SplitRingLayout, start: number): QueueAddresses & { readonly end: number } {
   const desc = alignUp(start, layout.desc.align);
   const driver = alignUp(desc + layout.desc.size, layout.driver.align);
   const device = alignUp(driver + layout.driver.size, layout.device.align);
