@@ -17,7 +17,7 @@ import { MIN_QEMU, compareVersions, labPaths, qemuVersion, type LabManifest, typ
 import { buildInitramfs, initramfsKey } from './initramfs.ts';
 
 const HOST_PACKAGES = [
-  'qemu-system-x86', 'qemu-system-common', 'qemu-utils', 'dpdk', 'busybox-static',
+  'qemu-system-x86', 'qemu-system-common', 'qemu-utils', 'dpdk', 'dpdk-dev', 'busybox-static',
   'debootstrap', 'xz-utils', 'zstd', 'cpio', 'fio', 'gzip', 'kmod', 'ca-certificates',
 ];
 const SUITE = 'trixie';
