@@ -9,7 +9,7 @@
 import type { Logger } from 'pino';
 import { DeviceId, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
 import { VirtioDriver } from '../../virtio/driver-core.ts';
-import type { DriverTransport } from '../../virtio/driver.ts';
+import type { DmaAllocator, DriverTransport } from '../../virtio/driver.ts';
 import type { RequestQueue } from '../../virtio/request-queue.ts';
 import type { Segment } from '../../virtio/queue.ts';
 import {
@@ -89,23 +89,69 @@ function sectorsText(n: number): string {
   return n === 1 ? '1 sector' : `${n} sectors`;
 }
 
-/** Waiters for DMA memory: a request that finds the allocator exhausted waits for a free. */
-class DmaGate {
-  private readonly waiters: (() => void)[] = [];
-  inUse = 0;
+/** Most bytes of request memory kept for reuse rather than returned to the allocator. */
+const SPARE_BYTES_LIMIT = 2 * 1024 * 1024;
 
-  wait(): Promise<void> {
-    return new Promise((resolve) => this.waiters.push(resolve));
+/**
+ * Guest memory for requests. Requests of one size tend to repeat (a 4 KiB read is always 4113
+ * bytes with header and status), so freed blocks are kept by size and reused, which takes the
+ * allocator off the per-request path. When the allocator is exhausted a request waits for
+ * another to finish; with nothing in flight to wait for, it fails.
+ */
+class RequestMemory {
+  private readonly spare = new Map<number, number[]>();
+  private spareBytes = 0;
+  private readonly waiters: (() => void)[] = [];
+  private inUse = 0;
+
+  constructor(private readonly dma: DmaAllocator) {}
+
+  async get(bytes: number): Promise<number> {
+    const reused = this.spare.get(bytes)?.pop();
+    if (reused !== undefined) {
+      this.spareBytes -= bytes;
+      this.inUse++;
+      return reused;
+    }
+    for (;;) {
+      let addr = this.dma.alloc(bytes, 16);
+      if (addr === undefined && this.spareBytes > 0) {
+        this.release();
+        addr = this.dma.alloc(bytes, 16);
+      }
+      if (addr !== undefined) {
+        this.inUse++;
+        return addr;
+      }
+      if (this.inUse === 0) throw new Error(`blk: DMA memory exhausted: no room for a request of ${bytes} bytes`);
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
   }
 
-  released(): void {
+  put(addr: number, bytes: number): void {
+    this.inUse--;
+    if (this.spareBytes + bytes <= SPARE_BYTES_LIMIT) {
+      let list = this.spare.get(bytes);
+      if (list === undefined) this.spare.set(bytes, (list = []));
+      list.push(addr);
+      this.spareBytes += bytes;
+    } else {
+      this.dma.free(addr);
+    }
     this.waiters.shift()?.();
+  }
+
+  /** Give every kept block back to the allocator. */
+  release(): void {
+    for (const list of this.spare.values()) for (const addr of list) this.dma.free(addr);
+    this.spare.clear();
+    this.spareBytes = 0;
   }
 }
 
 export class BlkDriver {
   private cfg: BlkConfig;
-  private readonly gate = new DmaGate();
+  private readonly requestMemory: RequestMemory;
   private nextQueue = 0;
 
   private constructor(
@@ -118,6 +164,7 @@ export class BlkDriver {
     private readonly maxSegment: number,
   ) {
     this.cfg = cfg;
+    this.requestMemory = new RequestMemory(core.transport.dma);
   }
 
   /** Initialize the block device behind `transport` (§3.1.1, §5.2.5) and return the driver. */
@@ -237,8 +284,9 @@ export class BlkDriver {
   }
 
   /** Reset the device and give back its memory; pending requests fail. */
-  close(): Promise<void> {
-    return this.core.close();
+  async close(): Promise<void> {
+    await this.core.close();
+    this.requestMemory.release();
   }
 
   private async refreshConfig(): Promise<void> {
@@ -262,6 +310,7 @@ export class BlkDriver {
 
   /** Split a transfer into requests of at most maxTransfer bytes, all in flight together. */
   private async chunked(sector: number, bytes: number, one: (sector: number, at: number, len: number) => Promise<void>): Promise<void> {
+    if (bytes <= this.maxTransfer) return one(sector, 0, bytes);
     const parts: Promise<void>[] = [];
     for (let at = 0; at < bytes || (at === 0 && parts.length === 0); at += this.maxTransfer) {
       const len = Math.min(this.maxTransfer, bytes - at);
@@ -307,7 +356,7 @@ export class BlkDriver {
   ): Promise<void> {
     const total = REQUEST_HEADER_SIZE + out.length + inLen + STATUS_SIZE;
     const transport = this.core.transport;
-    const addr = await this.allocate(total);
+    const addr = await this.requestMemory.get(total);
     try {
       const memory = transport.memory;
       const block = memory.slice(addr, total);
@@ -316,8 +365,11 @@ export class BlkDriver {
       const inAddr = addr + REQUEST_HEADER_SIZE + out.length;
       const statusAddr = inAddr + inLen;
       block[total - 1] = STATUS_UNWRITTEN;
-      const readable: Segment[] = [{ addr, len: REQUEST_HEADER_SIZE }, ...this.split(addr + REQUEST_HEADER_SIZE, out.length)];
-      const writable: Segment[] = [...this.split(inAddr, inLen), { addr: statusAddr, len: STATUS_SIZE }];
+      const readable: Segment[] = [{ addr, len: REQUEST_HEADER_SIZE }];
+      this.split(readable, addr + REQUEST_HEADER_SIZE, out.length);
+      const writable: Segment[] = [];
+      this.split(writable, inAddr, inLen);
+      writable.push({ addr: statusAddr, len: STATUS_SIZE });
       await this.pickQueue().submit(readable, writable);
       const status = block[total - 1];
       if (status !== BlkStatus.OK) {
@@ -328,30 +380,13 @@ export class BlkDriver {
       }
       onData?.(block.subarray(REQUEST_HEADER_SIZE + out.length, REQUEST_HEADER_SIZE + out.length + inLen));
     } finally {
-      transport.dma.free(addr);
-      this.gate.inUse--;
-      this.gate.released();
+      this.requestMemory.put(addr, total);
     }
   }
 
-  /** Guest memory for a request; waits for other requests to give some back when exhausted. */
-  private async allocate(bytes: number): Promise<number> {
-    for (;;) {
-      const addr = this.core.transport.dma.alloc(bytes, 16);
-      if (addr !== undefined) {
-        this.gate.inUse++;
-        return addr;
-      }
-      if (this.gate.inUse === 0) throw new Error(`blk: DMA memory exhausted: no room for a request of ${bytes} bytes`);
-      await this.gate.wait();
-    }
-  }
-
-  /** Descriptors for [addr, addr+len), each at most size_max bytes; none for an empty range. */
-  private split(addr: number, len: number): Segment[] {
-    const segs: Segment[] = [];
+  /** Append descriptors for [addr, addr+len) to `segs`, each at most size_max bytes; none for an empty range. */
+  private split(segs: Segment[], addr: number, len: number): void {
     for (let at = 0; at < len; at += this.maxSegment) segs.push({ addr: addr + at, len: Math.min(this.maxSegment, len - at) });
-    return segs;
   }
 
   /** The queue with the fewest outstanding requests (round-robin among equals). */

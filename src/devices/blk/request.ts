@@ -114,12 +114,14 @@ function rangeSegments(
   return segs;
 }
 
+/** Where headers are copied to be decoded; decoding is synchronous, so one buffer serves all requests. */
+const headerBytes = new Uint8Array(REQUEST_HEADER_SIZE);
+
 /** Parse and perform the request; never throws. The status byte is written by the caller. */
 async function execute(req: Request, target: RequestTarget): Promise<RequestOutcome> {
   const { chain, reader, writer } = req;
-  const raw = reader.readExact(REQUEST_HEADER_SIZE);
-  if (raw === undefined) return IOERR;
-  const header = decodeRequestHeader(raw);
+  if (reader.read(headerBytes) < REQUEST_HEADER_SIZE) return IOERR;
+  const header = decodeRequestHeader(headerBytes);
   // In-data is everything writable before the status byte.
   const inLen = chain.writableLength - STATUS_SIZE;
 

@@ -78,18 +78,31 @@ export interface RequestHeader {
   readonly sector: number;
 }
 
+// The request header is on every request's path, so it is encoded byte by byte rather than
+// through a DataView created per call.
+
+function putU32(b: Uint8Array, at: number, v: number): void {
+  b[at] = v;
+  b[at + 1] = v >>> 8;
+  b[at + 2] = v >>> 16;
+  b[at + 3] = v >>> 24;
+}
+
+function takeU32(b: Uint8Array, at: number): number {
+  return (b[at] | (b[at + 1] << 8) | (b[at + 2] << 16) | (b[at + 3] << 24)) >>> 0;
+}
+
 export function encodeRequestHeader(h: RequestHeader, out: Uint8Array = new Uint8Array(REQUEST_HEADER_SIZE)): Uint8Array {
-  const v = viewOf(out);
-  v.setUint32(0, h.type, true);
-  v.setUint32(4, h.reserved, true);
-  setU64(v, 8, h.sector);
+  putU32(out, 0, h.type);
+  putU32(out, 4, h.reserved);
+  putU32(out, 8, h.sector % U32);
+  putU32(out, 12, Math.floor(h.sector / U32));
   return out;
 }
 
 /** Decode the first REQUEST_HEADER_SIZE bytes of `bytes` (the caller checked the length). */
 export function decodeRequestHeader(bytes: Uint8Array): RequestHeader {
-  const v = viewOf(bytes);
-  return { type: v.getUint32(0, true), reserved: v.getUint32(4, true), sector: getU64(v, 8) };
+  return { type: takeU32(bytes, 0), reserved: takeU32(bytes, 4), sector: takeU32(bytes, 12) * U32 + takeU32(bytes, 8) };
 }
 
 /** `struct virtio_blk_discard_write_zeroes` (§5.2.6): one range of a DISCARD or WRITE_ZEROES request. */

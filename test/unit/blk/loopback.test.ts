@@ -240,3 +240,18 @@ test('write-zeroes and discard on a file backend read back as zeroes through the
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('requests that outgrow the DMA memory wait for others to finish; one that can never fit fails', async () => {
+  const disk = new MemoryBackend(SECTORS * 512);
+  const { transport } = createLoopback(new BlkDevice({ backend: disk }), { memoryBytes: 128 * 1024 });
+  const blk = await BlkDriver.open(transport, { queueSize: 64, maxTransfer: 128 * 1024 });
+  try {
+    // 48 requests of 8 KiB: more than the memory left after the rings holds at once.
+    await Promise.all(Array.from({ length: 48 }, (_, i) => blk.write((i * 16) % SECTORS, pattern(8192, i))));
+    const reads = await Promise.all(Array.from({ length: 16 }, (_, i) => blk.read(i * 16, 8192)));
+    reads.forEach((r, i) => assert.deepEqual(r, pattern(8192, i + 32)));
+    await assert.rejects(blk.read(0, 128 * 1024), /DMA memory exhausted: no room for a request of 131089 bytes/);
+  } finally {
+    await blk.close();
+  }
+});
