@@ -1,0 +1,29 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startGuest } from '../lab/guest.ts';
+import { requireLab } from '../lab/require.ts';
+
+test('the agent runs scripts in a stock Linux guest and returns exit code, stdout and stderr', async (t) => {
+  if (!requireLab(t)) return;
+  const guest = await startGuest(t, { name: 'agent' });
+
+  const r = await guest.run('echo out; echo err >&2; exit 7');
+  assert.deepEqual([r.code, r.stdout, r.stderr], [7, 'out\n', 'err\n']);
+
+  // Every byte value survives the serial line, including NUL, CR, LF and the framing's own characters.
+  const all = await guest.run("i=0; while [ $i -lt 256 ]; do printf \"\\\\$(printf %o $i)\"; i=$((i+1)); done");
+  assert.deepEqual([...all.stdoutBytes], Array.from({ length: 256 }, (_, i) => i));
+
+  assert.equal((await guest.check('uname -r')).trim(), guest.release);
+  assert.equal((await guest.check('cat /proc/1/comm')).trim(), 'init');
+  assert.match(guest.log(), /paravirt: modules:/, 'the console log holds what init printed');
+  assert.equal((await guest.qmp('query-status') as { status: string }).status, 'running');
+});
+
+test('several guests run at once, each with its own agent', async (t) => {
+  if (!requireLab(t)) return;
+  const [a, b] = await Promise.all([startGuest(t, { name: 'twin-a' }), startGuest(t, { name: 'twin-b' })]);
+  assert.notEqual(a.dir, b.dir);
+  await Promise.all([a.check('echo a > /tmp/who'), b.check('echo b > /tmp/who')]);
+  assert.deepEqual([await a.check('cat /tmp/who'), await b.check('cat /tmp/who')], ['a\n', 'b\n']);
+});

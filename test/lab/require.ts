@@ -1,0 +1,31 @@
+/**
+ * The gate every peer and guest test passes first. In CI (CI=true) a tier that cannot run is a
+ * failure; elsewhere, e.g. a laptop without root, the test is skipped with one loud line.
+ */
+import type { TestContext } from 'node:test';
+import { LabMissingError, readManifest } from './qemu.ts';
+
+/** Why the lab cannot run here, or undefined when it can. */
+export function labUnavailable(): string | undefined {
+  if (process.getuid?.() !== 0) return 'the lab needs root (QEMU runs in a chroot and opens host devices); run the tests as root';
+  try {
+    readManifest();
+  } catch (err) {
+    if (err instanceof LabMissingError) return err.message;
+    throw err;
+  }
+  return undefined;
+}
+
+/**
+ * Returns true when the test may use the lab. Otherwise throws in CI, or skips the test and
+ * returns false: `if (!requireLab(t)) return;`
+ */
+export function requireLab(t: TestContext): boolean {
+  const reason = labUnavailable();
+  if (reason === undefined) return true;
+  if (process.env.CI === 'true') throw new Error(`CI=true and the lab cannot run: ${reason}`);
+  process.stderr.write(`\n*** SKIPPING "${t.name}": ${reason} ***\n`);
+  t.skip(reason);
+  return false;
+}
