@@ -7,11 +7,13 @@
  * but stopped (-S) from the start, so firmware never runs and the test still owns every register;
  * the only loss is the virtual clock, which qtest can step only under its own accelerator.
  */
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
+import { Mapping } from '../../src/native/mapping.ts';
 import { QtestClient } from '../../src/transports/qtest/client.ts';
+import { GuestMemory } from '../../src/virtio/memory.ts';
 import { PeerProcess } from './peer-process.ts';
 import { qemuCommand, systemQemuCommand, type QemuCommand } from './qemu.ts';
 
@@ -31,8 +33,9 @@ export interface QtestOptions {
   readonly qemu?: 'lab' | 'system';
   readonly memoryMiB?: number;
   /**
-   * Back guest RAM with a shared file (`ramFile` in the result), so this process can map the
-   * guest's memory directly while QEMU's devices use it.
+   * Back guest RAM with a shared file (`ramFile` in the result) and map it here (`memory`), so
+   * rings and buffers are plain memory to this process while QEMU's devices use them.
+   * Needs memoryMiB below 2816, where q35 keeps all RAM in one range from address 0.
    */
   readonly sharedRam?: boolean;
 }
@@ -49,11 +52,13 @@ export interface QtestMachine {
   readonly qemu: QemuCommand;
   /** Whether QEMU runs under the qtest accelerator (clockStep/clockSet work) or a stopped TCG. */
   readonly accelerator: 'qtest' | 'tcg';
-  /**
-   * Host path of the file backing guest RAM, with sharedRam. File offset = guest-physical address
-   * while memoryMiB < 2816; q35 puts the part of larger RAM above 2 GiB at 4 GiB instead.
-   */
+  /** Host path of the file backing guest RAM, with sharedRam; file offset = guest-physical address. */
   readonly ramFile: string | undefined;
+  /**
+   * Guest RAM mapped into this process, with sharedRam. Below 1 MiB the guest sees ROM and VGA
+   * windows over parts of it, so buffers for devices belong above 1 MiB.
+   */
+  readonly memory: GuestMemory | undefined;
   /** A host directory QEMU can see, removed on close: for sockets and images the test makes. */
   readonly workDir: string;
   pciConfigRead(bdf: number, offset: number, size: 1 | 2 | 4): Promise<number>;
@@ -77,9 +82,20 @@ function commandFor(which: 'lab' | 'system'): QemuCommand {
   return which === 'lab' ? qemuCommand() : systemQemuCommand();
 }
 
-function machineArgs(options: QtestOptions, qemu: QemuCommand, accel: 'qtest' | 'tcg', ramFile: string | undefined): string[] {
+/** q35 splits RAM of 0xb0000000 bytes or more at 2 GiB and moves the rest above 4 GiB. */
+const Q35_SPLIT_MIB = 0xb000_0000 / 2 ** 20;
+
+function ramMiB(options: QtestOptions): number {
   const memoryMiB = options.memoryMiB ?? 64;
   if (!Number.isInteger(memoryMiB) || memoryMiB < 1) throw new RangeError(`memoryMiB ${memoryMiB} is not a positive integer`);
+  if (options.sharedRam && memoryMiB >= Q35_SPLIT_MIB) {
+    throw new RangeError(`memoryMiB ${memoryMiB} with sharedRam must be below ${Q35_SPLIT_MIB}, where guest RAM is one range from 0`);
+  }
+  return memoryMiB;
+}
+
+function machineArgs(options: QtestOptions, qemu: QemuCommand, accel: 'qtest' | 'tcg', ramFile: string | undefined): string[] {
+  const memoryMiB = ramMiB(options);
   const machine = [options.machine ?? 'q35', ...(ramFile ? ['memory-backend=ram'] : [])].join(',');
   return [
     ...qemu.argv,
@@ -117,6 +133,15 @@ export async function startQtest(options: QtestOptions, t?: TestContext): Promis
   return ready;
 }
 
+function mapFile(path: string, size: number): Mapping {
+  const fd = openSync(path, 'r+');
+  try {
+    return Mapping.shared(fd, size);
+  } finally {
+    closeSync(fd);
+  }
+}
+
 async function launch(options: QtestOptions, qemu: QemuCommand, accelerator: 'qtest' | 'tcg'): Promise<QtestMachine> {
   const workDir = mkdtempSync(join(existsSync(qemu.shareDir) ? qemu.shareDir : tmpdir(), 'qtest-'));
   const ramFile = options.sharedRam ? join(workDir, 'ram') : undefined;
@@ -133,7 +158,9 @@ async function launch(options: QtestOptions, qemu: QemuCommand, accelerator: 'qt
   if (!stdout || !stdin) throw new Error('QEMU was spawned without pipes');
   const bus = new QtestClient(stdout, stdin);
 
+  let mapping: Mapping | undefined;
   const close = async (): Promise<void> => {
+    mapping?.unmap();
     bus.close();
     stdin.end();
     await peer.stop();
@@ -143,6 +170,7 @@ async function launch(options: QtestOptions, qemu: QemuCommand, accelerator: 'qt
     // The first answer proves QEMU is up and the protocol works; the accesses below assume x86's order.
     const order = await bus.endianness();
     if (order !== 'little') throw new Error(`QEMU reports a ${order}-endian target; the qtest machine must be x86`);
+    if (ramFile) mapping = mapFile(ramFile, ramMiB(options) * 2 ** 20);
   } catch (error) {
     await peer.stop();
     throw new Error(peer.describe(`starting under qtest (${(error as Error).message})`), { cause: error });
@@ -174,6 +202,7 @@ async function launch(options: QtestOptions, qemu: QemuCommand, accelerator: 'qt
     qemu,
     accelerator,
     ramFile,
+    memory: mapping && new GuestMemory([{ guestAddr: 0, bytes: mapping.bytes }]),
     workDir,
     pciConfigRead,
     pciConfigWrite,

@@ -64,9 +64,12 @@ for (const qemu of ['lab', 'system'] as const) {
     assert.deepEqual(await m.bus.read(0x10_0000, data.length), data);
     await m.bus.writeU64(0x20_0000, 0x1122334455667788n);
     assert.equal(await m.bus.readU32(0x20_0004), 0x11223344);
-    assert.ok(m.ramFile);
+    assert.ok(m.ramFile && m.memory);
     const ram = readFileSync(m.ramFile);
     assert.deepEqual(new Uint8Array(ram.subarray(0x10_0000, 0x10_0000 + data.length)), data, 'the shared RAM file is guest RAM');
+    assert.deepEqual(m.memory.slice(0x10_0000, data.length), data, 'and so is the mapping');
+    m.memory.writeU32(0x30_0000, 0xcafef00d);
+    assert.equal(await m.bus.readU32(0x30_0000), 0xcafef00d, 'what this process writes, QEMU sees');
   });
 
   test(`${qemu} QEMU over qtest: intercepted IOAPIC lines arrive as interrupt events; refusals are typed`, async (t) => {
