@@ -51,7 +51,8 @@ export class SplitDeviceQueue implements DeviceQueue {
   private publishedUsed: number;
   /**
    * IN_ORDER (§2.7.9): heads in the order they were popped (a device that negotiated IN_ORDER
-   * must push in that order), and the batch of pushed buffers not yet written to the used ring.
+   * must push in that order) with the slots of the next pop and push, and the batch of pushed
+   * buffers not yet written to the used ring.
    */
   private readonly popOrder: Uint16Array | undefined;
   private popSeq = 0;
@@ -128,7 +129,10 @@ export class SplitDeviceQueue implements DeviceQueue {
     this.lastAvail = (last + 1) & 0xffff;
     this.popped[head] = 1;
     this.inFlightCount++;
-    if (this.popOrder !== undefined) this.popOrder[this.popSeq++ & this.mask] = head;
+    if (this.popOrder !== undefined) {
+      this.popOrder[this.popSeq] = head;
+      this.popSeq = (this.popSeq + 1) & this.mask;
+    }
     return chain;
   }
 
@@ -208,11 +212,11 @@ export class SplitDeviceQueue implements DeviceQueue {
       );
     }
     if (this.popOrder !== undefined) {
-      const expected = this.popOrder[this.pushSeq & this.mask];
+      const expected = this.popOrder[this.pushSeq];
       if (id !== expected) {
         throw new RangeError(`${this.name}: IN_ORDER queue pushed chain ${id} before chain ${expected}`);
       }
-      this.pushSeq++;
+      this.pushSeq = (this.pushSeq + 1) & this.mask;
     }
     this.popped[id] = 0;
     this.inFlightCount--;

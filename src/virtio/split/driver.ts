@@ -174,21 +174,12 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
       if (s >= readable) writable += len;
       const next = indirect ? s + 1 : this.nextFree[i];
       if (s < n - 1) flags |= DescFlag.NEXT | (next << 16);
-      const w = tableBase + (i << 2);
-      table[w] = addr >>> 0;
-      table[w + 1] = (addr / TWO_32) >>> 0;
-      table[w + 2] = len;
-      table[w + 3] = flags;
+      writeDescriptor(table, tableBase + (i << 2), addr, len, flags);
       if (s < n - 1) i = next;
     }
     let tail = head;
     if (indirect) {
-      const w = head << 2;
-      const addr = this.indirectAddr + tableBase * 4;
-      this.desc[w] = addr >>> 0;
-      this.desc[w + 1] = (addr / TWO_32) >>> 0;
-      this.desc[w + 2] = n * DESC_SIZE;
-      this.desc[w + 3] = DescFlag.INDIRECT;
+      writeDescriptor(this.desc, head << 2, this.indirectAddr + tableBase * 4, n * DESC_SIZE, DescFlag.INDIRECT);
     } else {
       tail = i;
     }
@@ -311,6 +302,14 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     if (this.eventIdx) this.avail[this.usedEventAt] = (this.lastUsed - 1) & 0xffff;
     else this.avail[RING_FLAGS] = AVAIL_F_NO_INTERRUPT;
   }
+}
+
+/** Write one descriptor (§2.7.5) at word `w` of a table; `flagsNext` is flags | next << 16. */
+function writeDescriptor(table: Uint32Array, w: number, addr: number, len: number, flagsNext: number): void {
+  table[w] = addr >>> 0;
+  table[w + 1] = (addr / TWO_32) >>> 0;
+  table[w + 2] = len;
+  table[w + 3] = flagsNext;
 }
 
 function mapIndirectTables(memory: GuestMemory, tables: IndirectTables, size: number, name: string): Uint32Array {
