@@ -17,7 +17,7 @@ import {
   type Stream,
 } from '../../../src/transports/vhost-user/messages.ts';
 import { MessageReader } from '../../../src/transports/vhost-user/reader.ts';
-import { payload } from './samples.ts';
+import { payload, withoutReservedBits } from './samples.ts';
 
 /** Decode one whole encoded message on `stream`. */
 function decodeOne(stream: Stream, bytes: Uint8Array, fds: readonly number[] = [], xenMmap = false) {
@@ -27,12 +27,6 @@ function decodeOne(stream: Stream, bytes: Uint8Array, fds: readonly number[] = [
   const r = reader.next();
   assert.deepEqual(reader.next(), { type: 'need-more' });
   return r;
-}
-
-/** Kick, call and err define only bits 0-8 of their u64 (index and no-fd flag). */
-function withoutReservedBits(stream: Stream, request: number, p: Payload): Payload {
-  const vringFile: number[] = [FrontendRequest.SET_VRING_KICK, FrontendRequest.SET_VRING_CALL, FrontendRequest.SET_VRING_ERR];
-  return stream === 'frontend-requests' && vringFile.includes(request) && p.kind === 'u64' ? { kind: 'u64', value: p.value & 0x1ffn } : p;
 }
 
 const STREAMS: readonly [Stream, Record<string, number>][] = [

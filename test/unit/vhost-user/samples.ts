@@ -1,7 +1,7 @@
-/** Payload generators shared by the codec tests: one arbitrary per payload layout. */
+/** Generators shared by the codec tests: one arbitrary per payload layout, and whole valid messages. */
 import fc from 'fast-check';
-import { MAX_CONFIG_SIZE, MAX_MEMORY_REGIONS } from '../../../src/transports/vhost-user/constants.ts';
-import type { MemoryRegionDescription, Payload, PayloadKind } from '../../../src/transports/vhost-user/messages.ts';
+import { BackendRequest, FrontendRequest, MAX_CONFIG_SIZE, MAX_MEMORY_REGIONS } from '../../../src/transports/vhost-user/constants.ts';
+import { messageRules, type MemoryRegionDescription, type Payload, type PayloadKind, type Stream } from '../../../src/transports/vhost-user/messages.ts';
 
 const u64 = fc.bigInt({ min: 0n, max: 2n ** 64n - 1n });
 const u32 = fc.nat({ max: 0xffff_ffff });
@@ -56,4 +56,31 @@ export function payload(kind: PayloadKind, xenMmap = false): fc.Arbitrary<Payloa
     case 'opaque':
       return fc.uint8Array({ minLength: 1, maxLength: 600 }).map((bytes) => ({ kind, bytes }));
   }
+}
+
+/** Kick, call and err define only bits 0-8 of their u64 (index and no-fd flag). */
+export function withoutReservedBits(stream: Stream, request: number, p: Payload): Payload {
+  const vringFile: number[] = [FrontendRequest.SET_VRING_KICK, FrontendRequest.SET_VRING_CALL, FrontendRequest.SET_VRING_ERR];
+  return stream === 'frontend-requests' && vringFile.includes(request) && p.kind === 'u64' ? { kind: 'u64', value: p.value & 0x1ffn } : p;
+}
+
+/** A valid request of `stream` with as many (made-up) descriptors as it needs. */
+export function validMessage(stream: Stream): fc.Arbitrary<{ request: number; payload: Payload; fds: number[]; needReply: boolean }> {
+  const requests = Object.values(stream.startsWith('frontend') ? FrontendRequest : BackendRequest);
+  return fc.constantFrom(...requests).chain((request) => {
+    const rules = messageRules(stream, request);
+    if (rules === undefined) throw new Error(`no rules for ${request}`);
+    return fc
+      .constantFrom(...rules.kinds)
+      .chain((kind) => payload(kind))
+      .map((p) => withoutReservedBits(stream, request, p))
+      .chain((p) =>
+        fc.record({
+          request: fc.constant(request),
+          payload: fc.constant(p),
+          fds: fc.constant(Array.from({ length: rules.fds(p)[0] }, (_, i) => 1000 + i)),
+          needReply: stream.endsWith('replies') ? fc.constant(false) : fc.boolean(),
+        }),
+      );
+  });
 }
