@@ -18,11 +18,11 @@ export function labUnavailable(): string | undefined {
 }
 
 /**
- * Returns true when the test may use the lab. Otherwise throws in CI, or skips the test and
+ * Returns true when the test may use the lab (or, given `reason`, when that is undefined: for a
+ * test that needs something else of the machine). Otherwise throws in CI, or skips the test and
  * returns false: `if (!requireLab(t)) return;`
  */
-export function requireLab(t: TestContext): boolean {
-  const reason = labUnavailable();
+export function requireLab(t: TestContext, reason: string | undefined = labUnavailable()): boolean {
   if (reason === undefined) return true;
   if (process.env.CI === 'true') throw new Error(`CI=true and the lab cannot run: ${reason}`);
   process.stderr.write(`\n*** SKIPPING "${t.name}": ${reason} ***\n`);

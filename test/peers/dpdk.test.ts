@@ -5,7 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Feature, hasFeature } from '../../src/virtio/constants.ts';
 import { startTestpmd, type Testpmd, type TestpmdPort } from '../lab/dpdk.ts';
-import { missingProgram, requirePeer } from '../lab/peers-env.ts';
+import { missingProgram } from '../lab/peers-env.ts';
+import { requireLab } from '../lab/require.ts';
 
 /** Packets the back-end must have seen before the sender is stopped: enough to go round every ring many times. */
 const ENOUGH_PACKETS = 20_000;
@@ -23,7 +24,7 @@ async function receivedAtLeast(receiver: Testpmd, count: number): Promise<number
 }
 
 async function txonlyToRxonly(t: TestContext, guestPort: Omit<Extract<TestpmdPort, { kind: 'virtio-user' }>, 'kind' | 'socketPath'>): Promise<void> {
-  if (!requirePeer(t, missingProgram('dpdk-testpmd', 'dpdk-dev'))) return;
+  if (!requireLab(t, missingProgram('dpdk-testpmd', 'dpdk-dev'))) return;
   const dir = mkdtempSync(join(tmpdir(), 'dpdk-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const socketPath = join(dir, 'vhu.sock');

@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Feature, hasFeature } from '../../src/virtio/constants.ts';
 import { startStorageDaemon } from '../lab/qsd.ts';
-import { missingProgram, requirePeer } from '../lab/peers-env.ts';
+import { missingProgram } from '../lab/peers-env.ts';
+import { requireLab } from '../lab/require.ts';
 import { qemuCommand } from '../lab/qemu.ts';
 
 // docs/interop/vhost-user.rst: a 12-byte header (request, flags, size) then the payload.
@@ -61,18 +62,9 @@ function scratch(t: TestContext, which: 'lab' | 'system'): string {
   return dir;
 }
 
-function labProblem(): string | undefined {
-  try {
-    qemuCommand();
-    return undefined;
-  } catch (error) {
-    return (error as Error).message;
-  }
-}
-
 for (const qemu of ['lab', 'system'] as const) {
   test(`${qemu} qemu-storage-daemon exports vhost-user-blk and answers feature and queue queries`, async (t) => {
-    if (!requirePeer(t, qemu === 'lab' ? labProblem() : missingProgram('qemu-storage-daemon', 'qemu-system-common'))) return;
+    if (!(qemu === 'lab' ? requireLab(t) : requireLab(t, missingProgram('qemu-storage-daemon', 'qemu-system-common')))) return;
     const dir = scratch(t, qemu);
     const image = join(dir, 'disk.img');
     writeFileSync(image, Buffer.alloc(1 << 20));

@@ -4,18 +4,8 @@ import { readFileSync } from 'node:fs';
 import { QtestCommandError } from '../../src/transports/qtest/client.ts';
 import { DeviceId } from '../../src/virtio/constants.ts';
 import { bdf, startQtest, type QtestMachine } from '../lab/qtest.ts';
-import { requirePeer } from '../lab/peers-env.ts';
-import { qemuCommand, systemQemuCommand } from '../lab/qemu.ts';
-
-/** The problem sentence when `which` QEMU cannot be run here, else undefined. */
-function qemuProblem(which: 'lab' | 'system'): string | undefined {
-  try {
-    (which === 'lab' ? qemuCommand : systemQemuCommand)();
-    return undefined;
-  } catch (error) {
-    return (error as Error).message;
-  }
-}
+import { missingProgram } from '../lab/peers-env.ts';
+import { requireLab } from '../lab/require.ts';
 
 // One modern-only and one transitional virtio-blk at fixed slots, on a null disk.
 const BLK_DEVICES = [
@@ -26,7 +16,7 @@ const BLK_DEVICES = [
 ];
 
 async function machine(t: TestContext, qemu: 'lab' | 'system', extra: { sharedRam?: boolean } = {}): Promise<QtestMachine | undefined> {
-  if (!requirePeer(t, qemuProblem(qemu))) return undefined;
+  if (!(qemu === 'lab' ? requireLab(t) : requireLab(t, missingProgram('qemu-system-x86_64', 'qemu-system-x86')))) return undefined;
   return startQtest({ devices: BLK_DEVICES, qemu, ...extra }, t);
 }
 
