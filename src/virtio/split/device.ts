@@ -8,7 +8,7 @@
  */
 import { DescFlag } from '../constants.ts';
 import { ChainBuilder, indirectTableEntries } from '../chain.ts';
-import type { GuestMemory } from '../memory.ts';
+import { addr64, type GuestMemory } from '../memory.ts';
 import { VirtqueueError, type DescriptorChain, type DeviceQueue, type QueueConfig } from '../queue.ts';
 import {
   AVAIL_F_NO_INTERRUPT,
@@ -21,8 +21,6 @@ import {
   needEvent,
   usedAvailEvent,
 } from './layout.ts';
-
-const TWO_32 = 0x1_0000_0000;
 
 export class SplitDeviceQueue implements DeviceQueue {
   readonly size: number;
@@ -153,7 +151,7 @@ export class SplitDeviceQueue implements DeviceQueue {
     let i = head;
     for (;;) {
       const w = i << 2;
-      const addr = table[w] + table[w + 1] * TWO_32;
+      const addr = addr64(table[w], table[w + 1]);
       const len = table[w + 2];
       const flagsNext = table[w + 3];
       if ((flagsNext & DescFlag.INDIRECT) !== 0) {
