@@ -122,7 +122,11 @@ export class DeviceState {
       return;
     }
     this.statusBits |= DeviceStatus.DRIVER_OK;
-    if (this.statusBits & DeviceStatus.DEVICE_NEEDS_RESET) return;
+    if (this.statusBits & DeviceStatus.DEVICE_NEEDS_RESET) {
+      // The driver went on despite an earlier fault (a refused queue): tell it now (§2.1.2).
+      this.sink.configChange();
+      return;
+    }
     for (let i = 0; i < this.slots.length; i++) {
       if (this.slots[i].ready && !this.startQueue(i)) return;
     }
