@@ -234,9 +234,12 @@ export class VhostUserBackend {
     return v.base;
   }
 
-  /** SET_VRING_KICK: `fd` undefined means the front-end asked for polling, which is refused. */
+  /**
+   * SET_VRING_KICK: `fd` undefined means the front-end asked for polling, which is refused.
+   * Like SET_VRING_CALL and SET_VRING_ERR, this takes ownership of `fd` even when it refuses.
+   */
   setVringKick(index: number, fd: number | undefined): void {
-    const v = this.vring(index);
+    const v = this.vringOwning(index, fd);
     if (fd === undefined) throw new FrontEndError(`ring ${index}: polling instead of a kick fd is not supported`);
     if (v.gate !== undefined) {
       // A new kick fd for a running ring: watch the new one, the ring keeps going.
@@ -251,11 +254,11 @@ export class VhostUserBackend {
   }
 
   setVringCall(index: number, fd: number | undefined): void {
-    this.replaceFd(this.vring(index), 'callFd', fd ?? NO_FD);
+    this.replaceFd(this.vringOwning(index, fd), 'callFd', fd ?? NO_FD);
   }
 
   setVringErr(index: number, fd: number | undefined): void {
-    this.replaceFd(this.vring(index), 'errFd', fd ?? NO_FD);
+    this.replaceFd(this.vringOwning(index, fd), 'errFd', fd ?? NO_FD);
   }
 
   /** SET_VRING_ENABLE. A disabled ring is not processed; in-flight requests still complete. */
@@ -333,6 +336,8 @@ export class VhostUserBackend {
     this.deactivate();
     for (const m of this.table.clear()) m.unmap();
     for (const v of this.vrings) {
+      // A kick fd of a ring that never started (it was refused) is still held here.
+      this.replaceFd(v, 'kickFd', NO_FD);
       this.replaceFd(v, 'callFd', NO_FD);
       this.replaceFd(v, 'errFd', NO_FD);
     }
@@ -347,6 +352,16 @@ export class VhostUserBackend {
       throw new FrontEndError(`ring index ${index} is not below the ${this.vrings.length} queues of ${this.device.name}`);
     }
     return this.vrings[index];
+  }
+
+  /** vring(index), closing `fd` when the index is refused: the caller handed it over either way. */
+  private vringOwning(index: number, fd: number | undefined): Vring {
+    try {
+      return this.vring(index);
+    } catch (err) {
+      if (fd !== undefined) this.ports.close(fd);
+      throw err;
+    }
   }
 
   private stoppedVring(index: number, what: string): Vring {

@@ -1,0 +1,29 @@
+/**
+ * The `paravirt` command. Today it serves devices to vhost-user front-ends:
+ *
+ *   paravirt serve blk --socket-path S --image F [--read-only] [--queues N]
+ *   paravirt serve rng --socket-path S
+ *
+ * Each back-end follows vhost-user.rst "Backend program conventions": --socket-path or an
+ * inherited --fd, --print-capabilities, no daemonizing, prompt exit on SIGTERM.
+ */
+import { Command, CommanderError } from 'commander';
+import { addServeCommand } from './serve.ts';
+
+/** Run the command line `argv` (as process.argv: node, script, args...); resolves to the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const program = new Command('paravirt')
+    .description('virtio paravirtualized devices: serve them to virtual machines')
+    .exitOverride()
+    .configureOutput({ outputError: (text, write) => write(text) });
+  addServeCommand(program);
+  try {
+    await program.parseAsync([...argv]);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 1;
+    // Anything else is a failure to start (bad image, socket in use): one sentence on stderr.
+    process.stderr.write(`paravirt: ${err instanceof Error ? err.message : String(err)}\n`);
+    return 1;
+  }
+}
