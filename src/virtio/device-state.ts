@@ -108,7 +108,8 @@ export class DeviceState {
       ? 'driver accepted feature bits beyond 63, which the device did not offer'
       : refuseFeatures(this.offeredFeatures, this.accepted);
     if (refusal !== undefined) {
-      this.log.info(`FEATURES_OK refused: ${refusal}`);
+      // Debug, not info: a driver may retry without limit, and the driver itself sees the refusal.
+      this.log.debug(`FEATURES_OK refused: ${refusal}`);
       return;
     }
     this.statusBits |= DeviceStatus.FEATURES_OK;
@@ -118,7 +119,7 @@ export class DeviceState {
   /** §3.1.1 step 8: build the queues the driver enabled and start the device. */
   private driverOk(): void {
     if (!(this.statusBits & DeviceStatus.FEATURES_OK)) {
-      this.log.info('DRIVER_OK ignored: features were not negotiated (FEATURES_OK is not set)');
+      this.log.debug('DRIVER_OK ignored: features were not negotiated (FEATURES_OK is not set)');
       return;
     }
     this.statusBits |= DeviceStatus.DRIVER_OK;

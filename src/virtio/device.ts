@@ -1,7 +1,9 @@
 /**
  * The host half of a device, as an ops table in the manner of kvmtool: a device type implements
  * VirtioDevice; transports (mmio, pci, vfio-user, vhost-user) drive it through the same calls,
- * so a device never knows which transport serves it.
+ * so a device never knows which transport serves it. DeviceState (device-state.ts) holds what
+ * every transport shares (status, features, queue set-up, configuration generation) and calls
+ * these; a device serves each queue with a QueueServer (serve.ts).
  */
 import type { Logger } from 'pino';
 import type { GuestMemory } from './memory.ts';
@@ -47,8 +49,9 @@ export interface VirtioDevice {
   /** The driver notified queue `index` (§2.3.3 / a kick). */
   queueNotify(index: number): void;
   /**
-   * Device reset (§2.4): forget queues and context; requests still in flight must complete
-   * without touching guest memory again.
+   * Device reset (§2.4): forget queues and context. Requests still in flight must complete
+   * without touching guest memory again; QueueServer and the retired DeviceContext see to that
+   * for requests it served.
    */
   reset(): void;
 }
