@@ -3,7 +3,7 @@
  * PackedDriverQueue for a driver, and the layout of the ring's three areas.
  */
 export { PackedDeviceQueue } from './packed/device-queue.ts';
-export { PackedDriverQueue, type IndirectTables, type PackedDriverOptions } from './packed/driver-queue.ts';
+export { PackedDriverQueue, type PackedDriverOptions } from './packed/driver-queue.ts';
 export {
   PACKED_FRESH_BASE,
   RingEventFlags,

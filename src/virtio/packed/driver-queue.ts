@@ -9,6 +9,7 @@
  */
 import { DESC_SIZE, DescFlag } from '../constants.ts';
 import type { GuestMemory } from '../memory.ts';
+import { type IndirectTables, indirectTablesBytes } from '../split-ring.ts';
 import { type DriverQueue, type QueueConfig, type Segment, type UsedBuffer, VirtqueueError } from '../queue.ts';
 import {
   AVAIL_USED as AVAIL_USEDBinding,
@@ -31,20 +32,12 @@ const availablePattern = availablePatternBinding;
 const usedPattern = usedPatternBinding;
 const U32_MAX = 0xffff_ffff;
 
-/**
- * Guest memory for indirect descriptor tables (§2.8.7): one table of `maxSegments` entries per
- * buffer id, the table of buffer i at addr + i * maxSegments * 16, so tables never need
- * allocating or freeing. The same shape as the split ring's option.
- */
-export interface IndirectTables {
-  /** Guest address of the area, a multiple of 16, size * maxSegments * 16 bytes long. */
-  readonly addr: number;
-  /** Entries per table: buffers with more segments than this use direct chains. */
-  readonly maxSegments: number;
-}
-
 export interface PackedDriverOptions {
-  /** Used when VIRTIO_F_INDIRECT_DESC is negotiated; without it every buffer is a direct chain. */
+  /**
+   * Used when VIRTIO_F_INDIRECT_DESC is negotiated; without it every buffer is a direct chain.
+   * The split ring's shape: the table of buffer id i lies at addr + i * maxSegments * 16, so
+   * tables are never allocated or freed.
+   */
   readonly indirectTables?: IndirectTables;
 }
 
@@ -319,7 +312,7 @@ function mapIndirectTables(memory: GuestMemory, tables: IndirectTables, size: nu
   if (!Number.isInteger(maxSegments) || maxSegments < 2 || maxSegments > size) {
     throw new RangeError(`${name}: indirect tables of ${maxSegments} entries; 2 to the queue size ${size} are useful`);
   }
-  const bytes = size * maxSegments * DESC_SIZE;
+  const bytes = indirectTablesBytes(size, maxSegments);
   const area = Number.isSafeInteger(addr) && addr % DESC_SIZE === 0 ? memory.trySlice(addr, bytes) : undefined;
   if (area === undefined || area.byteOffset % 4 !== 0) {
     throw new RangeError(

@@ -167,9 +167,3 @@ function area(memory: GuestMemory, name: string, what: string, addr: number, lay
 export function hex(n: number): string {
   return Number.isFinite(n) ? `0x${n.toString(16)}` : String(n);
 }
-
-/** Ring position after `pos` moves on by `n` (n <= size) descriptors: [pos, wrap]. */
-export function advance(pos: number, wrap: boolean, n: number, size: number): [number, boolean] {
-  const next = pos + n;
-  return next >= size ? [next - size, !wrap] : [next, wrap];
-}
