@@ -236,9 +236,7 @@ export class BlkDriver {
     const out = typeof lengthOrBuffer === 'number' ? new Uint8Array(lengthOrBuffer) : lengthOrBuffer;
     this.checkRange('read', sector, out.length);
     await this.chunked(sector, out.length, (s, at, len) =>
-      this.submit(RequestType.IN, s, EMPTY, len, `read of ${sectorsText(len / SECTOR_SIZE)} at sector ${s}`, (dma) =>
-        out.set(dma, at),
-      ),
+      this.submit(RequestType.IN, s, EMPTY, len, undefined, (dma) => out.set(dma, at)),
     );
     return out;
   }
@@ -247,7 +245,7 @@ export class BlkDriver {
   async write(sector: number, data: Uint8Array): Promise<void> {
     this.checkRange('write', sector, data.length);
     await this.chunked(sector, data.length, (s, at, len) =>
-      this.submit(RequestType.OUT, s, data.subarray(at, at + len), 0, `write of ${sectorsText(len / SECTOR_SIZE)} at sector ${s}`),
+      this.submit(RequestType.OUT, s, data.subarray(at, at + len), 0),
     );
   }
 
@@ -312,7 +310,7 @@ export class BlkDriver {
   private async chunked(sector: number, bytes: number, one: (sector: number, at: number, len: number) => Promise<void>): Promise<void> {
     if (bytes <= this.maxTransfer) return one(sector, 0, bytes);
     const parts: Promise<void>[] = [];
-    for (let at = 0; at < bytes || (at === 0 && parts.length === 0); at += this.maxTransfer) {
+    for (let at = 0; at < bytes; at += this.maxTransfer) {
       const len = Math.min(this.maxTransfer, bytes - at);
       parts.push(one(sector + at / SECTOR_SIZE, at, len));
     }
@@ -345,13 +343,15 @@ export class BlkDriver {
   /**
    * One request: header, `out` data, `inLen` bytes of in-data, status, laid out in one DMA
    * block. `onData` sees the in-data (a view valid only during the call) when the status is OK.
+   * `what` names the request in errors; reads and writes are named only when they fail, to keep
+   * string building off their path.
    */
   private async submit(
     type: number,
     sector: number,
     out: Uint8Array,
     inLen: number,
-    what: string,
+    what?: string,
     onData?: (data: Uint8Array) => void,
   ): Promise<void> {
     const total = REQUEST_HEADER_SIZE + out.length + inLen + STATUS_SIZE;
@@ -376,7 +376,8 @@ export class BlkDriver {
         const detail =
           STATUS_NAMES[status] ?? (status === STATUS_UNWRITTEN ? 'the device wrote no status' : `unknown status ${status}`);
         const ro = status === BlkStatus.IOERR && this.readOnly && type !== RequestType.IN ? ' (the device is read-only)' : '';
-        throw new BlkRequestError(what, STATUS_NAMES[status] === undefined ? undefined : status, detail + ro);
+        const name = what ?? `${type === RequestType.IN ? 'read' : 'write'} of ${sectorsText((out.length + inLen) / SECTOR_SIZE)} at sector ${sector}`;
+        throw new BlkRequestError(name, STATUS_NAMES[status] === undefined ? undefined : status, detail + ro);
       }
       onData?.(block.subarray(REQUEST_HEADER_SIZE + out.length, REQUEST_HEADER_SIZE + out.length + inLen));
     } finally {

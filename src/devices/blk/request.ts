@@ -63,10 +63,10 @@ export interface RequestTarget {
 }
 
 /** A status byte value (BlkStatus). */
-type RequestOutcome = number;
+type Status = number;
 
-const IOERR: RequestOutcome = BlkStatus.IOERR;
-const UNSUPP: RequestOutcome = BlkStatus.UNSUPP;
+const IOERR: Status = BlkStatus.IOERR;
+const UNSUPP: Status = BlkStatus.UNSUPP;
 
 /** Whether `count` sectors from `sector` lie inside a disk of `capacity` sectors, overflow-safe. */
 function inRange(sector: number, count: number, capacity: number): boolean {
@@ -82,7 +82,7 @@ async function attempt(
   what: string,
   io: () => Promise<void>,
   changesDisk = false,
-): Promise<RequestOutcome> {
+): Promise<Status> {
   try {
     await io();
     if (changesDisk && target.writethrough()) await target.backend.flush();
@@ -96,17 +96,19 @@ async function attempt(
 /**
  * Check a DISCARD or WRITE_ZEROES payload (§5.2.6.2): a non-empty whole number of segments, at
  * most max_*_seg of them, no reserved flag (UNSUPP), no unmap on discard (UNSUPP), each at most
- * max_*_sectors and inside the disk (IOERR). Returns the segments or the error outcome.
+ * max_*_sectors and inside the disk (IOERR). Returns the segments or the error status.
  */
 function rangeSegments(
   reader: ChainReader,
   limits: RangeLimits,
   capacity: number,
   allowedFlags: number,
-): RangeSegment[] | RequestOutcome {
+): RangeSegment[] | Status {
   const len = reader.remaining;
   if (len === 0 || len % RANGE_SEGMENT_SIZE !== 0 || len / RANGE_SEGMENT_SIZE > limits.maxSegments) return IOERR;
-  const segs = decodeRangeSegments(reader.readExact(len) ?? new Uint8Array(0));
+  const payload = reader.readExact(len);
+  if (payload === undefined) return IOERR;
+  const segs = decodeRangeSegments(payload);
   if (segs.some((s) => (s.flags & ~allowedFlags) !== 0)) return UNSUPP;
   for (const s of segs) {
     if (s.numSectors > limits.maxSectors || !inRange(s.sector, s.numSectors, capacity)) return IOERR;
@@ -118,7 +120,7 @@ function rangeSegments(
 const headerBytes = new Uint8Array(REQUEST_HEADER_SIZE);
 
 /** Parse and perform the request; never throws. The status byte is written by the caller. */
-async function execute(req: Request, target: RequestTarget): Promise<RequestOutcome> {
+async function execute(req: Request, target: RequestTarget): Promise<Status> {
   const { chain, reader, writer } = req;
   if (reader.read(headerBytes) < REQUEST_HEADER_SIZE) return IOERR;
   const header = decodeRequestHeader(headerBytes);
@@ -146,41 +148,28 @@ async function execute(req: Request, target: RequestTarget): Promise<RequestOutc
     case RequestType.GET_ID:
       writer.write(target.id.subarray(0, Math.min(inLen, ID_SIZE)));
       return BlkStatus.OK;
-    case RequestType.DISCARD: {
-      if (target.discard === undefined) return UNSUPP;
-      if (target.readOnly) return IOERR;
-      const segs = rangeSegments(reader, target.discard, target.capacity, 0);
-      if (!Array.isArray(segs)) return segs;
-      const backend = target.backend;
-      return attempt(
-        target,
-        'discard',
-        async () => {
-          await Promise.all(segs.map((s) => backend.discard(s.sector * SECTOR_SIZE, s.numSectors * SECTOR_SIZE)));
-        },
-        true,
-      );
-    }
+    case RequestType.DISCARD:
     case RequestType.WRITE_ZEROES: {
-      if (target.writeZeroes === undefined) return UNSUPP;
+      const discard = header.type === RequestType.DISCARD;
+      const limits = discard ? target.discard : target.writeZeroes;
+      if (limits === undefined) return UNSUPP;
       if (target.readOnly) return IOERR;
-      const segs = rangeSegments(reader, target.writeZeroes, target.capacity, RangeFlag.UNMAP);
+      // The unmap flag belongs to write zeroes; on a discard it is UNSUPP like a reserved bit.
+      const segs = rangeSegments(reader, limits, target.capacity, discard ? 0 : RangeFlag.UNMAP);
       if (!Array.isArray(segs)) return segs;
-      const backend = target.backend;
-      const mayUnmap = target.writeZeroesMayUnmap;
+      const { backend, writeZeroesMayUnmap } = target;
+      const one = (s: RangeSegment): Promise<void> => {
+        const offset = s.sector * SECTOR_SIZE;
+        const length = s.numSectors * SECTOR_SIZE;
+        return discard
+          ? backend.discard(offset, length)
+          : backend.writeZeroes(offset, length, writeZeroesMayUnmap && (s.flags & RangeFlag.UNMAP) !== 0);
+      };
       return attempt(
         target,
-        'write zeroes',
+        discard ? 'discard' : 'write zeroes',
         async () => {
-          await Promise.all(
-            segs.map((s) =>
-              backend.writeZeroes(
-                s.sector * SECTOR_SIZE,
-                s.numSectors * SECTOR_SIZE,
-                mayUnmap && (s.flags & RangeFlag.UNMAP) !== 0,
-              ),
-            ),
-          );
+          await Promise.all(segs.map(one));
         },
         true,
       );
