@@ -22,6 +22,11 @@ import {
   usedAvailEvent,
 } from './layout.ts';
 
+/**
+ * One split virtqueue as the device sees it. Not safe for concurrent use from several threads;
+ * the driver may run anywhere that shares the memory (the ring fields it races on are accessed
+ * with Atomics).
+ */
 export class SplitDeviceQueue implements DeviceQueue {
   readonly size: number;
   private readonly mask: number;

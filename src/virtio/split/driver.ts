@@ -47,6 +47,10 @@ export function indirectTablesBytes(size: number, maxSegments: number): number {
   return size * maxSegments * DESC_SIZE;
 }
 
+/**
+ * One split virtqueue as the driver sees it; `T` is what the caller gets back with each used
+ * buffer. Like the device side, one thread uses it while the device may run anywhere.
+ */
 export class SplitDriverQueue<T> implements DriverQueue<T> {
   readonly size: number;
   private readonly mask: number;

@@ -107,6 +107,13 @@ test('pop rejects heads and next indices outside the table, loops, and avail ind
     assertViolation(dev, 'avail index jump');
   }
   {
+    // A full ring is no jump: exactly `size` entries may be available at once.
+    const { ring, dev } = device(4);
+    for (let i = 0; i < 4; i++) ring.writeDesc(i, DATA, 1, 0);
+    ring.makeAvailable([3, 2, 1, 0]);
+    assert.deepEqual([dev.pop()?.id, dev.pop()?.id, dev.pop()?.id, dev.pop()?.id, dev.pop()], [3, 2, 1, 0, null]);
+  }
+  {
     // Wrapping 16-bit arithmetic: from 65534 to 2 is 4 entries, not a jump.
     const { ring, dev } = device(8, {}, 65534);
     for (let i = 0; i < 4; i++) ring.writeDesc(i, DATA, 1, 0);
