@@ -107,6 +107,7 @@ export class VirtioDriver {
         throw new RangeError(`${name}: option indirectSegments ${segments} is not a non-negative integer`);
       }
       const count = options.queues ?? (await transport.numQueues());
+      if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`${name}: option queues ${count} is not a positive integer`);
       const queues: RequestQueue[] = [];
       for (let index = 0; index < count; index++) {
         const max = await transport.queueMaxSize(index);
@@ -186,10 +187,14 @@ export class VirtioDriver {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.transport.reset();
-    this.failAll(new Error(`${this.name}: driver closed`));
-    for (const addr of this.owned) this.transport.dma.free(addr);
-    await this.transport.close();
+    try {
+      // Reset first: once it is done the device no longer writes the buffers of pending requests.
+      await this.transport.reset();
+    } finally {
+      this.failAll(new Error(`${this.name}: driver closed`));
+      for (const addr of this.owned) this.transport.dma.free(addr);
+      await this.transport.close();
+    }
   }
 
   private failAll(err: Error): void {

@@ -90,6 +90,10 @@ test('options a driver cannot honour are refused by name', async () => {
     VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queues: 2 }),
     /test: the device has no queue 1/,
   );
+  await assert.rejects(
+    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queues: 0 }),
+    /test: option queues 0 is not a positive integer/,
+  );
 });
 
 test('a packed ring may use a size that is not a power of two', async () => {
