@@ -24,7 +24,10 @@ export interface Request {
   /**
    * The device-writable part; `writer.written` becomes the used length. Writes after a reset
    * are dropped. Views taken with `writer.segments()` are raw guest memory: fill them before
-   * the handler's promise settles and do not keep them.
+   * the handler's promise settles and do not keep them. Zero-copy I/O already writing into
+   * them when the device is reset is beyond any check here; such a device either bounces the
+   * data through `writer.write()` or relies on a transport whose reset waits (§2.4: status
+   * reads 0 only once the device is done with the queues).
    */
   readonly writer: ChainWriter;
 }
