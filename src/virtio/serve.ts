@@ -25,9 +25,9 @@ export interface Request {
    * The device-writable part; `writer.written` becomes the used length. Writes after a reset
    * are dropped. Views taken with `writer.segments()` are raw guest memory: fill them before
    * the handler's promise settles and do not keep them. Zero-copy I/O already writing into
-   * them when the device is reset is beyond any check here; such a device either bounces the
-   * data through `writer.write()` or relies on a transport whose reset waits (§2.4: status
-   * reads 0 only once the device is done with the queues).
+   * them when the device is reset is beyond any check here: a status register write cannot wait
+   * for it in an event loop, and virtio-mmio drivers do not wait for status to read 0 (§2.4).
+   * A device that must never write after a reset bounces such data through `writer.write()`.
    */
   readonly writer: ChainWriter;
 }
