@@ -4,13 +4,19 @@
  *   - uv_poll on an eventfd (koffi.node.poll; what readiness.ts uses),
  *   - uv_poll on a Unix socket,
  *   - Node's own net.Socket over the same kind of Unix socket (works for sockets only:
- *     libuv cannot wrap an eventfd in a stream handle, so it cannot be the general answer).
+ *     libuv cannot wrap an eventfd in a stream handle, so it cannot be the general answer),
+ *   - a libuv thread-pool round trip (fdatasync of a memfd, which returns at once): the floor
+ *     under any design that waits in epoll_wait on a pool worker, which pays this hand-off
+ *     plus the worker's own wake-up.
  */
 import { Socket } from 'node:net';
 import { report } from './_report.ts';
 import { EventFd } from '../src/native/eventfd.ts';
 import { watch } from '../src/native/readiness.ts';
 import { socketPair } from '../src/native/unix-socket.ts';
+import { createMemfd } from '../src/native/memfd.ts';
+import { fdatasync } from '../src/native/file-space.ts';
+import { closeFd } from '../src/native/fd.ts';
 
 const ROUNDS = 2000;
 
@@ -79,5 +85,18 @@ export async function main(): Promise<void> {
     );
     stream.destroy(); // closes b's descriptor
     a.close();
+  }
+  {
+    const fd = createMemfd('bench', 4096);
+    let settled: () => void = () => undefined;
+    await measure(
+      'thread-pool round trip',
+      (woken) => {
+        settled = woken;
+        return () => undefined;
+      },
+      () => void fdatasync(fd).then(() => settled()),
+    );
+    closeFd(fd);
   }
 }

@@ -8,10 +8,12 @@
  * thread-pool worker is held. Node's own stream handles (net.Socket over an fd) are no general
  * answer: libuv cannot wrap an eventfd in one. epoll_wait called through koffi's async calls
  * would park one of the four pool workers per waiter (starving node:fs/promises, which shares
- * the pool) and add a cross-thread hand-off to every wake-up, so it was not pursued.
- * Measured with `npm run bench -- readiness` (write -> JavaScript callback, 2000 rounds, 2-core
- * VM): eventfd via uv_poll median 6.5 us, p99 29 us; Unix socket via uv_poll median 25 us,
- * p99 67 us, against net.Socket on the same socket median 28 us, p99 143 us.
+ * the pool) and pay a cross-thread hand-off on every wake-up.
+ * Measured with `npm run bench -- readiness` (write -> JavaScript callback, 2000 sequential
+ * rounds, 2-core VM, two runs): eventfd via uv_poll median 4.5-7 us, p99 17-34 us; Unix socket
+ * via uv_poll median 15 us, p99 58-78 us, net.Socket on the same socket median 14 us, p99
+ * 112-138 us; a bare thread-pool round trip, the floor of the epoll-on-the-pool design,
+ * already costs 17 us median.
  *
  * Rules the loop imposes: one watcher per descriptor (two uv_poll_t on one fd corrupt libuv's
  * bookkeeping, so a second watch() throws), and a watcher must be closed before its descriptor.
