@@ -117,17 +117,24 @@ for (const packed of [false, true]) {
     );
   });
 
-  test(`blk over mmio (${ring}): multiqueue: many requests over four queues all complete correctly`, async () => {
+  test(`blk over mmio (${ring}): multiqueue: requests spread over all four queues and complete correctly`, async () => {
     const { disk, blk, dev } = await connect({ queues: 4, queueSize: 8 }, { packed });
     try {
       assert.ok(hasFeature(blk.features, BlkFeature.MQ));
       assert.equal(blk.queues, 4);
       assert.equal(dev.numQueues, 4);
+      const notified = new Set<number>();
+      const queueNotify = dev.queueNotify.bind(dev);
+      dev.queueNotify = (index) => {
+        notified.add(index);
+        queueNotify(index);
+      };
       const writes = Array.from({ length: 64 }, (_, i) => blk.write(i * 4, pattern(2048, i)));
       await Promise.all(writes);
       for (let i = 0; i < 64; i++) assert.deepEqual(disk.bytes.subarray(i * 2048, (i + 1) * 2048), pattern(2048, i));
       const reads = await Promise.all(Array.from({ length: 64 }, (_, i) => blk.read(i * 4, 2048)));
       reads.forEach((r, i) => assert.deepEqual(r, pattern(2048, i)));
+      assert.deepEqual([...notified].sort(), [0, 1, 2, 3], 'every queue carried requests');
     } finally {
       await blk.close();
     }
