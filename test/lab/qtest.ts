@@ -15,15 +15,8 @@ import { Mapping } from '../../src/native/mapping.ts';
 import { QtestClient } from '../../src/transports/qtest/client.ts';
 import { GuestMemory } from '../../src/virtio/memory.ts';
 import { PeerProcess } from './peer-process.ts';
+import { PciConfig } from './qtest-pci.ts';
 import { qemuCommand, systemQemuCommand, type QemuCommand } from './qemu.ts';
-
-/** Bus/device/function of a PCI function, packed as in a configuration address: bus<<8 | dev<<3 | fn. */
-export function bdf(bus: number, device: number, fn: number): number {
-  if (!Number.isInteger(bus) || bus < 0 || bus > 255) throw new RangeError(`PCI bus ${bus} is outside 0..255`);
-  if (!Number.isInteger(device) || device < 0 || device > 31) throw new RangeError(`PCI device ${device} is outside 0..31`);
-  if (!Number.isInteger(fn) || fn < 0 || fn > 7) throw new RangeError(`PCI function ${fn} is outside 0..7`);
-  return (bus << 8) | (device << 3) | fn;
-}
 
 export interface QtestOptions {
   /** QEMU arguments adding devices, e.g. ['-device', 'virtio-blk-pci,...', '-blockdev', '...']. */
@@ -38,12 +31,6 @@ export interface QtestOptions {
    * Needs memoryMiB below 2816, where q35 keeps all RAM in one range from address 0.
    */
   readonly sharedRam?: boolean;
-}
-
-export interface PciFunction {
-  readonly bdf: number;
-  readonly vendorId: number;
-  readonly deviceId: number;
 }
 
 export interface QtestMachine {
@@ -61,19 +48,15 @@ export interface QtestMachine {
   readonly memory: GuestMemory | undefined;
   /** A host directory QEMU can see, removed on close: for sockets and images the test makes. */
   readonly workDir: string;
+  /** Configuration space, enumeration and BAR assignment: what firmware would have done. */
+  readonly pci: PciConfig;
   pciConfigRead(bdf: number, offset: number, size: 1 | 2 | 4): Promise<number>;
   pciConfigWrite(bdf: number, offset: number, size: 1 | 2 | 4, value: number): Promise<void>;
-  /** Functions present on bus 0 (vendor id not 0xffff), in slot order. */
-  pciFunctions(): Promise<PciFunction[]>;
   /** Routes the inbound interrupt pins of `qomPath` (on q35, "ioapic") to bus.onInterrupt. */
   irqInterceptIn(qomPath: string): Promise<void>;
   /** Stops QEMU and removes the work directory; safe to call twice. */
   close(): Promise<void>;
 }
-
-/** PCI configuration mechanism #1: an address register and a data window in x86 port space. */
-const CONFIG_ADDRESS = 0xcf8;
-const CONFIG_DATA = 0xcfc;
 
 /** Per QEMU binary: whether it accepts -accel qtest (learned from the first start). */
 const qtestAccel = new Map<string, boolean>();
@@ -176,27 +159,7 @@ async function launch(options: QtestOptions, qemu: QemuCommand, accelerator: 'qt
     throw new Error(peer.describe(`starting under qtest (${(error as Error).message})`), { cause: error });
   }
 
-  /** Selects a dword of configuration space; the caller issues its data access before awaiting, so the pair stays adjacent. */
-  const select = (target: number, offset: number, size: number): Promise<void> => {
-    if (!Number.isInteger(target) || target < 0 || target > 0xffff) throw new RangeError(`PCI address ${target} is not a bus/device/function`);
-    if (!Number.isInteger(offset) || offset < 0 || offset + size > 256 || offset % size !== 0) {
-      throw new RangeError(`PCI configuration offset ${offset} is not a ${size}-byte aligned offset below 256`);
-    }
-    return bus.outU32(CONFIG_ADDRESS, (0x8000_0000 | (target << 8) | (offset & 0xfc)) >>> 0);
-  };
-  const port = (offset: number): number => CONFIG_DATA + (offset & 3);
-
-  const pciConfigRead = async (target: number, offset: number, size: 1 | 2 | 4): Promise<number> => {
-    const selected = select(target, offset, size);
-    const value = size === 1 ? bus.inU8(port(offset)) : size === 2 ? bus.inU16(port(offset)) : bus.inU32(port(offset));
-    return (await Promise.all([selected, value]))[1];
-  };
-  const pciConfigWrite = async (target: number, offset: number, size: 1 | 2 | 4, value: number): Promise<void> => {
-    const selected = select(target, offset, size);
-    const written = size === 1 ? bus.outU8(port(offset), value) : size === 2 ? bus.outU16(port(offset), value) : bus.outU32(port(offset), value);
-    await Promise.all([selected, written]);
-  };
-
+  const pci = new PciConfig(bus);
   return {
     bus,
     qemu,
@@ -204,22 +167,9 @@ async function launch(options: QtestOptions, qemu: QemuCommand, accelerator: 'qt
     ramFile,
     memory: mapping && new GuestMemory([{ guestAddr: 0, bytes: mapping.bytes }]),
     workDir,
-    pciConfigRead,
-    pciConfigWrite,
-    async pciFunctions() {
-      const found: PciFunction[] = [];
-      for (let device = 0; device < 32; device++) {
-        const fn0 = await pciConfigRead(bdf(0, device, 0), 0, 4);
-        if ((fn0 & 0xffff) === 0xffff) continue;
-        // Header type bit 7: a multi-function device, whose other functions may be present too.
-        const multi = ((await pciConfigRead(bdf(0, device, 0), 0x0e, 1)) & 0x80) !== 0;
-        for (let fn = 0; fn < (multi ? 8 : 1); fn++) {
-          const id = fn === 0 ? fn0 : await pciConfigRead(bdf(0, device, fn), 0, 4);
-          if ((id & 0xffff) !== 0xffff) found.push({ bdf: bdf(0, device, fn), vendorId: id & 0xffff, deviceId: id >>> 16 });
-        }
-      }
-      return found;
-    },
+    pci,
+    pciConfigRead: (target, offset, size) => pci.read(target, offset, size),
+    pciConfigWrite: (target, offset, size, value) => pci.write(target, offset, size, value),
     irqInterceptIn: (qomPath) => bus.interceptIrqIn(qomPath),
     close,
   };

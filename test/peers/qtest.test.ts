@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { QtestCommandError } from '../../src/transports/qtest/client.ts';
 import { DeviceId } from '../../src/virtio/constants.ts';
-import { bdf, startQtest, type QtestMachine } from '../lab/qtest.ts';
+import { startQtest, type QtestMachine } from '../lab/qtest.ts';
+import { bdf } from '../lab/qtest-pci.ts';
 import { missingProgram } from '../lab/peers-env.ts';
 import { requireLab } from '../lab/require.ts';
 
@@ -27,7 +28,7 @@ for (const qemu of ['lab', 'system'] as const) {
   test(`${qemu} QEMU over qtest: PCI enumeration finds virtio-blk with the ids of §4.1.2`, async (t) => {
     const m = await machine(t, qemu);
     if (!m) return;
-    const functions = await m.pciFunctions();
+    const functions = await m.pci.functions();
     const at = (slot: number) => functions.find((f) => f.bdf === bdf(0, slot, 0));
     assert.deepEqual(at(0), { bdf: 0, vendorId: 0x8086, deviceId: 0x29c0 }, 'the q35 host bridge');
     // §4.1.2.1: a modern-only device uses 0x1040 + device id (2, block); a transitional one the legacy 0x1001.
@@ -60,6 +61,36 @@ for (const qemu of ['lab', 'system'] as const) {
     assert.deepEqual(m.memory.slice(0x10_0000, data.length), data, 'and so is the mapping');
     m.memory.writeU32(0x30_0000, 0xcafef00d);
     assert.equal(await m.bus.readU32(0x30_0000), 0xcafef00d, 'what this process writes, QEMU sees');
+  });
+
+  test(`${qemu} QEMU over qtest: with BARs assigned, the virtio common configuration answers over MMIO (§4.1.4.3)`, async (t) => {
+    const m = await machine(t, qemu);
+    if (!m) return;
+    const blk = bdf(0, 4, 0);
+    const bars = await m.pci.assignBars(blk);
+    // Find the common configuration capability (§4.1.4: vendor-specific capability, cfg_type 1).
+    let common: { bar: number; offset: number } | undefined;
+    for (let cap = await m.pciConfigRead(blk, 0x34, 1); cap !== 0; cap = await m.pciConfigRead(blk, cap + 1, 1)) {
+      if ((await m.pciConfigRead(blk, cap, 1)) === 0x09 && (await m.pciConfigRead(blk, cap + 3, 1)) === 1) {
+        common = { bar: await m.pciConfigRead(blk, cap + 4, 1), offset: await m.pciConfigRead(blk, cap + 8, 4) };
+        break;
+      }
+    }
+    assert.ok(common, 'a modern device has a common configuration capability');
+    const bar = bars.find((b) => b.index === common.bar);
+    assert.ok(bar && bar.kind === 'memory', `the capability's BAR ${common.bar} was assigned`);
+    const base = bar.addr + common.offset;
+    await m.bus.writeU32(base + 0x00, 1); // device_feature_select: bits 32..63
+    assert.equal((await m.bus.readU32(base + 0x04)) & 1, 1, 'VIRTIO_F_VERSION_1 is offered');
+    assert.equal(await m.bus.readU16(base + 0x12), 1, 'num_queues: one request queue');
+    assert.equal(await m.bus.readU8(base + 0x14), 0, 'device_status starts at 0 (reset)');
+    // The transitional device also has the legacy I/O BAR 0 (§4.1.4.10): its status register (offset 18) reads 0 after reset.
+    const legacyBars = await m.pci.assignBars(bdf(0, 5, 0));
+    const io = legacyBars.find((b) => b.index === 0);
+    assert.ok(io && io.kind === 'io');
+    assert.equal(await m.bus.inU8(io.addr + 18), 0);
+    const show = (list: typeof bars): string => list.map((b) => `${b.index} ${b.kind} 0x${b.addr.toString(16)}+0x${b.size.toString(16)}`).join(', ');
+    t.diagnostic(`BARs of 00:04.0: ${show(bars)}; of 00:05.0: ${show(legacyBars)}`);
   });
 
   test(`${qemu} QEMU over qtest: intercepted IOAPIC lines arrive as interrupt events; refusals are typed`, async (t) => {
