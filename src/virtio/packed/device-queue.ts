@@ -7,7 +7,7 @@
  * available last (§2.8.6, §2.8.21). Used descriptors are written at publish(), the batch's first
  * one last, so the driver (which polls its next used position) never sees part of a batch.
  *
- * With VIRTIO_F_IN_ORDER the device must push chains in the order it popped them (§2.8.9), and
+ * With VIRTIO_F_IN_ORDER the device must push chains in the order it popped them (§2.8.8), and
  * publish() then writes one used descriptor per run of consecutive chains, carrying the id and
  * length of the run's last chain: the driver takes the others as wholly used. A chain whose
  * writable part was only partly written therefore ends its run.
@@ -62,7 +62,7 @@ export class PackedDeviceQueue implements DeviceQueue {
   /** Extended used index at the last publish, the "old" of the event suppression check. */
   private signalled: number;
 
-  /** Buffer ids popped and not pushed: a driver may not reuse one before it comes back (§2.8.6). */
+  /** Buffer ids popped and not pushed: an id names one buffer in flight (§2.8.13), so none may be reused before it comes back. */
   private readonly idInFlight: Uint8Array;
   private chainsInFlight = 0;
   /** With IN_ORDER: ids in the order popped, to hold push() to that order. */
@@ -80,7 +80,7 @@ export class PackedDeviceQueue implements DeviceQueue {
   /**
    * `base` resumes a ring saved with the `base` getter or received as vhost-user VRING_BASE
    * (bits 0-14 avail position, 15 avail wrap counter, 16-30 used position, 31 used wrap counter);
-   * the default is a fresh ring. Throws VirtqueueError when the driver's configuration or the base
+   * the default is a fresh ring, PACKED_FRESH_BASE (0 is not fresh: see there). Throws VirtqueueError when the driver's configuration or the base
    * is invalid.
    */
   constructor(
@@ -127,6 +127,7 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.pendingSlots = new Uint16Array(size);
   }
 
+  /** The ring position as published (see DeviceQueue.base): publish() pushed chains before saving it. */
   get base(): number {
     return (
       (this.availPos | (this.availWrap ? 0x8000 : 0) | (this.usedPos << 16) | (this.usedWrap ? 0x8000_0000 : 0)) >>> 0
@@ -276,11 +277,11 @@ export class PackedDeviceQueue implements DeviceQueue {
     for (let i = 0; i < count; i++) {
       slots += this.pendingSlots[i];
       const written = this.pendingWritten[i];
-      // IN_ORDER: a chain wholly written may be covered by the used descriptor of a later one (§2.8.9).
+      // IN_ORDER: a chain wholly written may be covered by the used descriptor of a later one (§2.8.8).
       if (this.inOrder && i + 1 < count && written === this.pendingFull[i]) continue;
       words[pos * 4 + 2] = written;
       halves[pos * 8 + 6] = this.pendingId[i];
-      // §2.8.4: WRITE in a used descriptor says whether len counts written bytes.
+      // §2.8.3, §2.8.4: WRITE in a used descriptor says whether len counts written bytes.
       const flags = usedPattern(wrap) | (written !== 0 ? WRITE : 0);
       if (firstFlags === -1) firstFlags = flags;
       else halves[pos * 8 + 7] = flags;
@@ -300,7 +301,8 @@ export class PackedDeviceQueue implements DeviceQueue {
     const before = this.signalled;
     this.signalled = now;
     // Atomics.store then Atomics.load are sequentially consistent: the driver's event word is read
-    // after the used flags are visible, as §2.8.21 "Sending Used Buffer Notifications" needs.
+    // after the used flags are visible, the device's half of the race the driver closes by
+    // re-checking after it enables notifications (§2.8.22).
     return needsNotification(Atomics.load(this.driverEvent, 0), this.eventIdx, before, now, size);
   }
 

@@ -74,7 +74,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   private readonly tokens: (T | undefined)[];
   private readonly slotsOf: Uint16Array;
   private readonly writableOf: Float64Array;
-  /** With IN_ORDER: ids in ring order, as one used descriptor may stand for several (§2.8.9). */
+  /** With IN_ORDER: ids in ring order, as one used descriptor may stand for several (§2.8.8). */
   private readonly order: Uint16Array;
   private orderHead = 0;
   private orderCount = 0;
@@ -239,7 +239,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     if (id >= this.size || this.idInFlight[id] === 0) {
       throw new VirtqueueError('used id not in flight', `${this.name}: the device used buffer id ${id}`);
     }
-    // §2.8.4: without WRITE the length is reserved and nothing was written.
+    // §2.8.3, §2.8.4: without WRITE the length is reserved and nothing was written.
     const len = (flags & WRITE) !== 0 ? this.words[pos * 4 + 2] : 0;
     if (len > this.writableOf[id]) {
       throw new VirtqueueError(
@@ -254,7 +254,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   }
 
   /**
-   * IN_ORDER (§2.8.9): the used descriptor of buffer batchEndId stands for every buffer made
+   * IN_ORDER (§2.8.8): the used descriptor of buffer batchEndId stands for every buffer made
    * available before it; those were used completely.
    */
   private retireOldest(): UsedBuffer<T> {
