@@ -71,71 +71,22 @@ export class VirtioDriver {
     checkImplementable(supported, `driver ${name}`);
     const log = (options.log ?? pino({ name: 'paravirt' })).child({ driver: name });
 
-    // Steps 1-3: reset, ACKNOWLEDGE, DRIVER.
-    await transport.reset();
+    // §4.2.3.1.1: identify the device before touching anything else; a device that is not ours is left alone.
     const id = await transport.deviceId();
     if (id !== options.deviceId) {
       throw new Error(`${name}: expected virtio device ID ${options.deviceId}, the device reports ${id}`);
     }
+    // Steps 1-3: reset, ACKNOWLEDGE, DRIVER.
+    await transport.reset();
     await transport.setStatus(DeviceStatus.ACKNOWLEDGE);
     let status: number = DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER;
     await transport.setStatus(status);
 
     const owned: number[] = [];
     try {
-      // Steps 4-6: accept only what both sides implement, then confirm FEATURES_OK stuck.
-      const offered = await transport.deviceFeatures();
-      if (!hasFeature(offered, Feature.VERSION_1)) {
-        throw new Error(`${name}: the device does not offer VERSION_1 (legacy devices are not supported)`);
-      }
-      const features = offered & supported;
-      await transport.setDriverFeatures(features);
+      const features = await negotiate(transport, supported, name);
       status |= DeviceStatus.FEATURES_OK;
-      await transport.setStatus(status);
-      if (!((await transport.getStatus()) & DeviceStatus.FEATURES_OK)) {
-        throw new Error(`${name}: the device refused features ${describeFeatures(features)} (FEATURES_OK did not stick)`);
-      }
-
-      // Step 7: queues.
-      const packed = hasFeature(features, Feature.RING_PACKED);
-      const wanted = options.queueSize ?? DEFAULT_QUEUE_SIZE;
-      const sizeError = queueSizeError(wanted, packed);
-      if (sizeError !== undefined) throw new RangeError(`${name}: option queueSize: ${sizeError}`);
-      const indirect = hasFeature(features, Feature.INDIRECT_DESC);
-      const segments = indirect ? (options.indirectSegments ?? 0) : 0;
-      if (!Number.isSafeInteger(segments) || segments < 0) {
-        throw new RangeError(`${name}: option indirectSegments ${segments} is not a non-negative integer`);
-      }
-      const count = options.queues ?? (await transport.numQueues());
-      if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`${name}: option queues ${count} is not a positive integer`);
-      const queues: RequestQueue[] = [];
-      for (let index = 0; index < count; index++) {
-        const max = await transport.queueMaxSize(index);
-        if (max === 0) throw new Error(`${name}: the device has no queue ${index}`);
-        const size = usableSize(Math.min(max, wanted), packed);
-        const addrs = allocateRing(transport.dma, transport.memory, size, packed);
-        if (addrs === undefined) throw new Error(`${name}: DMA memory exhausted allocating queue ${index} of size ${size}`);
-        owned.push(addrs.desc, addrs.driver, addrs.device);
-        let tables: IndirectTables | undefined;
-        if (segments > 0) {
-          const addr = transport.dma.alloc(size * segments * DESC_SIZE, 16);
-          if (addr === undefined) throw new Error(`${name}: DMA memory exhausted allocating indirect tables of queue ${index}`);
-          owned.push(addr);
-          tables = { addr, maxSegments: segments };
-        }
-        const config = {
-          ...addrs,
-          size,
-          eventIdx: hasFeature(features, Feature.EVENT_IDX),
-          indirect,
-          inOrder: hasFeature(features, Feature.IN_ORDER),
-        };
-        const queueName = `${name}.q${index}`;
-        const ring = createDriverQueue<number>(transport.memory, config, packed, queueName, tables);
-        await transport.enableQueue(index, size, addrs);
-        queues.push(new RequestQueue(ring, queueName, () => transport.notify(index), log));
-      }
-
+      const queues = await setUpQueues(transport, options, features, log, owned);
       const driver = new VirtioDriver(transport, name, features, queues, owned, log);
       transport.setInterruptHandlers({
         queue: (index) => queues[index]?.collect(),
@@ -217,4 +168,76 @@ export class VirtioDriver {
 /** The largest size <= `limit` a ring can use: any for packed, a power of two for split (§2.7). */
 function usableSize(limit: number, packed: boolean): number {
   return packed ? limit : 2 ** Math.floor(Math.log2(limit));
+}
+
+/**
+ * §3.1.1 steps 4-6: accept only what both sides implement, set FEATURES_OK and check that it
+ * stuck. Returns the negotiated features.
+ */
+async function negotiate(transport: DriverTransport, supported: bigint, name: string): Promise<bigint> {
+  const offered = await transport.deviceFeatures();
+  if (!hasFeature(offered, Feature.VERSION_1)) {
+    throw new Error(`${name}: the device does not offer VERSION_1 (legacy devices are not supported)`);
+  }
+  const features = offered & supported;
+  await transport.setDriverFeatures(features);
+  await transport.setStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK);
+  if (!((await transport.getStatus()) & DeviceStatus.FEATURES_OK)) {
+    throw new Error(`${name}: the device refused features ${describeFeatures(features)} (FEATURES_OK did not stick)`);
+  }
+  return features;
+}
+
+/**
+ * §3.1.1 step 7 / §4.2.3.2: allocate, place and enable each queue. Every DMA allocation is
+ * recorded in `owned` as it is made, so a failure part-way can give it all back.
+ */
+async function setUpQueues(
+  transport: DriverTransport,
+  options: DriverOptions,
+  features: bigint,
+  log: Logger,
+  owned: number[],
+): Promise<RequestQueue[]> {
+  const { name } = options;
+  const packed = hasFeature(features, Feature.RING_PACKED);
+  const wanted = options.queueSize ?? DEFAULT_QUEUE_SIZE;
+  const sizeError = queueSizeError(wanted, packed);
+  if (sizeError !== undefined) throw new RangeError(`${name}: option queueSize: ${sizeError}`);
+  const indirect = hasFeature(features, Feature.INDIRECT_DESC);
+  const segments = indirect ? (options.indirectSegments ?? 0) : 0;
+  if (!Number.isSafeInteger(segments) || segments < 0) {
+    throw new RangeError(`${name}: option indirectSegments ${segments} is not a non-negative integer`);
+  }
+  const count = options.queues ?? (await transport.numQueues());
+  if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`${name}: option queues ${count} is not a positive integer`);
+
+  const queues: RequestQueue[] = [];
+  for (let index = 0; index < count; index++) {
+    const max = await transport.queueMaxSize(index);
+    if (max === 0) throw new Error(`${name}: the device has no queue ${index}`);
+    const size = usableSize(Math.min(max, wanted), packed);
+    const addrs = allocateRing(transport.dma, transport.memory, size, packed);
+    if (addrs === undefined) throw new Error(`${name}: DMA memory exhausted allocating queue ${index} of size ${size}`);
+    owned.push(addrs.desc, addrs.driver, addrs.device);
+    let tables: IndirectTables | undefined;
+    if (segments > 0) {
+      const addr = transport.dma.alloc(size * segments * DESC_SIZE, 16);
+      if (addr === undefined) throw new Error(`${name}: DMA memory exhausted allocating indirect tables of queue ${index}`);
+      owned.push(addr);
+      tables = { addr, maxSegments: segments };
+    }
+    const config = {
+      ...addrs,
+      size,
+      eventIdx: hasFeature(features, Feature.EVENT_IDX),
+      indirect,
+      inOrder: hasFeature(features, Feature.IN_ORDER),
+    };
+    const queueName = `${name}.q${index}`;
+    const ring = createDriverQueue<number>(transport.memory, config, packed, queueName, tables);
+    await transport.enableQueue(index, size, addrs);
+    queues.push(new RequestQueue(ring, queueName, () => transport.notify(index), log));
+  }
+  return queues;
 }
