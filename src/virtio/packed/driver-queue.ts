@@ -124,8 +124,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     }
     let readable = 0;
     let writable = 0;
-    for (const s of out) readable += checkSegment(this.name, s);
-    for (const s of inSegs) writable += checkSegment(this.name, s);
+    for (let i = 0; i < out.length; i++) readable += checkSegment(this.name, out[i]);
+    for (let i = 0; i < inSegs.length; i++) writable += checkSegment(this.name, inSegs[i]);
     if (readable > U32_MAX || writable > U32_MAX) {
       // The device would refuse the chain (a used length is 32 bits): refuse it here instead.
       throw new RangeError(`${this.name}: a buffer's readable or writable part exceeds 4 GiB`);
@@ -158,36 +158,26 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
 
   /** Write a buffer's segments as a NEXT-linked list of ring descriptors; returns the head's flags, not yet stored. */
   private writeChain(out: readonly Segment[], inSegs: readonly Segment[], count: number, id: number): number {
+    const halves = this.halves;
+    const nOut = out.length;
+    let pos = this.availPos;
+    let wrap = this.availWrap;
     let headFlags = 0;
     for (let i = 0; i < count; i++) {
-      const write = i >= out.length;
-      const s = write ? inSegs[i - out.length] : out[i];
-      const pos = this.availPos;
-      const flags = this.writeDescriptor(s.addr, s.len, id, (write ? WRITE : 0) | (i + 1 < count ? NEXT : 0));
+      const write = i >= nOut;
+      const s = write ? inSegs[i - nOut] : out[i];
+      putDescriptor(this.words, halves, pos, s.addr, s.len, id);
+      const flags = availablePattern(wrap) | (write ? WRITE : 0) | (i + 1 < count ? NEXT : 0);
       if (i === 0) headFlags = flags;
-      else this.halves[pos * 8 + 7] = flags;
+      else halves[pos * 8 + 7] = flags;
+      if (++pos === this.size) {
+        pos = 0;
+        wrap = !wrap;
+      }
     }
+    this.availPos = pos;
+    this.availWrap = wrap;
     return headFlags;
-  }
-
-  /**
-   * Fill the descriptor at the avail position, advance past it, and return its flags with the
-   * AVAIL/USED bits of the current lap; the caller stores them (a head's only once the rest of its
-   * buffer is written).
-   */
-  private writeDescriptor(addr: number, len: number, id: number, flags: number): number {
-    const pos = this.availPos;
-    const w = pos * 4;
-    this.words[w] = addr >>> 0;
-    this.words[w + 1] = Math.floor(addr / 0x1_0000_0000);
-    this.words[w + 2] = len;
-    this.halves[pos * 8 + 6] = id;
-    const full = flags | availablePattern(this.availWrap);
-    if (++this.availPos === this.size) {
-      this.availPos = 0;
-      this.availWrap = !this.availWrap;
-    }
-    return full;
   }
 
   /** Fill buffer `id`'s indirect table (§2.8.7) and the one ring descriptor pointing at it; returns that descriptor's flags. */
@@ -204,7 +194,14 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       // WRITE is the only flag a table entry carries; its id is reserved (§2.8.7).
       tables[w + 3] = write ? WRITE << 16 : 0;
     }
-    return this.writeDescriptor(this.tablesAddr + first * DESC_SIZE, count * DESC_SIZE, id, INDIRECT);
+    const pos = this.availPos;
+    putDescriptor(this.words, this.halves, pos, this.tablesAddr + first * DESC_SIZE, count * DESC_SIZE, id);
+    const flags = availablePattern(this.availWrap) | INDIRECT;
+    if (++this.availPos === this.size) {
+      this.availPos = 0;
+      this.availWrap = !this.availWrap;
+    }
+    return flags;
   }
 
   kick(): boolean {
@@ -297,6 +294,15 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   disableInterrupts(): void {
     Atomics.store(this.driverEvent, 0, eventWord(RingEventFlags.DISABLE));
   }
+}
+
+/** Everything of descriptor `pos` but its flags, which the caller stores when the buffer may be seen. */
+function putDescriptor(words: Uint32Array, halves: Uint16Array, pos: number, addr: number, len: number, id: number): void {
+  const w = pos * 4;
+  words[w] = addr >>> 0;
+  words[w + 1] = Math.floor(addr / 0x1_0000_0000);
+  words[w + 2] = len;
+  halves[pos * 8 + 6] = id;
 }
 
 /** A driver's own segment, checked so that a bad one fails here rather than in the device; returns its length. */
