@@ -4,6 +4,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
+import { pino } from 'pino';
 import { BlkDevice, type BlkDeviceOptions } from '../../../src/devices/blk/device.ts';
 import { BLK_DRIVER_FEATURES, BlkDriver, BlkRequestError, type BlkDriverOptions } from '../../../src/devices/blk/driver.ts';
 import { FileBackend } from '../../../src/devices/blk/file-backend.ts';
@@ -11,9 +12,15 @@ import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
 import { BlkFeature, BlkStatus } from '../../../src/devices/blk/wire.ts';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
 import { Feature, featureBit, hasFeature } from '../../../src/virtio/constants.ts';
+import type { DeviceContext } from '../../../src/virtio/device.ts';
+import { QueueServer, type Request } from '../../../src/virtio/serve.ts';
 
 const SECTORS = 256;
 const pattern = (n: number, seed: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
+
+/** Log lines the device wrote, as JSON text. */
+const logged: string[] = [];
+const log = pino({ level: 'warn' }, { write: (line: string) => void logged.push(line) });
 
 async function connect(
   device: Partial<BlkDeviceOptions> = {},
@@ -21,7 +28,7 @@ async function connect(
 ): Promise<{ disk: MemoryBackend; blk: BlkDriver; dev: BlkDevice }> {
   const disk = device.backend instanceof MemoryBackend ? device.backend : new MemoryBackend(SECTORS * 512);
   const dev = new BlkDevice({ backend: disk, serial: 'paravirt-disk-0', ...device });
-  const { transport } = createLoopback(dev, { memoryBytes: 4 << 20 });
+  const { transport } = createLoopback(dev, { memoryBytes: 4 << 20, log });
   const blk = await BlkDriver.open(transport, driver);
   return { disk, blk, dev };
 }
@@ -258,6 +265,49 @@ test('requests that outgrow the DMA memory wait for others to finish; one that c
     const reads = await Promise.all(Array.from({ length: 16 }, (_, i) => blk.read(i * 16, 8192)));
     reads.forEach((r, i) => assert.deepEqual(r, pattern(8192, i + 32)));
     await assert.rejects(blk.read(0, 128 * 1024), /DMA memory exhausted: no room for a request of 131089 bytes/);
+  } finally {
+    await blk.close();
+  }
+});
+
+/** A BlkDevice whose every request is answered by `answer` instead of the real request logic. */
+class ScriptedDevice extends BlkDevice {
+  constructor(private readonly answer: (req: Request) => void) {
+    super({ backend: new MemoryBackend(SECTORS * 512) });
+  }
+
+  override activate(ctx: DeviceContext): void {
+    const server = new QueueServer(ctx, 0, this.answer);
+    this.queueNotify = () => server.kick();
+  }
+}
+
+test('the driver distrusts the status: unknown values and a missing status byte are errors', async () => {
+  const cases: [(req: Request) => void, RegExp][] = [
+    [(req) => void req.writer.write(new Uint8Array(req.writer.remaining).fill(9)), /read of 1 sector at sector 0 failed: unknown status 9/],
+    [() => {}, /read of 1 sector at sector 0 failed: the device wrote no status/],
+  ];
+  for (const [answer, message] of cases) {
+    const { transport } = createLoopback(new ScriptedDevice(answer), { memoryBytes: 1 << 20 });
+    const blk = await BlkDriver.open(transport);
+    try {
+      await assert.rejects(blk.read(0, 512), (e: unknown) => e instanceof BlkRequestError && e.status === undefined && message.test(e.message));
+    } finally {
+      await blk.close();
+    }
+  }
+});
+
+test('a backend failure reaches the driver as IOERR naming the request', async () => {
+  const backend = new MemoryBackend(SECTORS * 512);
+  backend.read = () => Promise.reject(new Error('medium error'));
+  const { blk } = await connect({ backend });
+  try {
+    logged.length = 0;
+    await assert.rejects(blk.read(8, 1024), /^BlkRequestError: blk: read of 2 sectors at sector 8 failed: IOERR \(device or driver error\)$/);
+    assert.equal(logged.length, 1);
+    assert.match(logged[0], /"msg":"read failed; request answered IOERR"/);
+    assert.match(logged[0], /medium error/);
   } finally {
     await blk.close();
   }
