@@ -240,3 +240,19 @@ test('a device offering a reserved feature the framework does not implement is r
   );
   assert.throws(() => setup(new ScriptedDevice(undefined, 1, 100)), /device test: maximum queue size 100 is not a power of two/);
 });
+
+test('notifications reach the device only for live queues of a running device', () => {
+  const notified: number[] = [];
+  const device = new ScriptedDevice();
+  device.queueNotify = (i) => void notified.push(i);
+  const { state } = setup(device);
+  negotiate(state);
+  placeQueue(state, 0, 8, 0x1000);
+  state.notify(0);
+  assert.deepEqual(notified, [], 'before DRIVER_OK');
+  state.writeStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
+  state.notify(0);
+  state.notify(1);
+  state.notify(99);
+  assert.deepEqual(notified, [0], 'queue 1 was never enabled, 99 does not exist');
+});

@@ -219,3 +219,13 @@ test('a request that can never fit the ring is refused; so is an empty one', asy
   await assert.rejects(q.submit([seg(1)], [seg(1), seg(1)]), /test.q0: a request of 3 segments does not fit a queue of size 2/);
   await assert.rejects(q.submit([], []), /test.q0: a request needs at least one buffer segment/);
 });
+
+test('a configuration change reaches the driver\'s listeners, and reads see the new generation\'s bytes', async () => {
+  const { transport, device } = loopback();
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n });
+  const changed = new Promise<Uint8Array>((resolve) => driver.onConfigChange(() => resolve(driver.readConfig(0, 2))));
+  device.config.set([5, 6]);
+  device.ctx!.configChanged();
+  assert.deepEqual([...(await changed)], [5, 6]);
+  await driver.close();
+});
