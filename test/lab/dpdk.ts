@@ -151,7 +151,11 @@ export async function startTestpmd(options: TestpmdOptions, t?: TestContext): Pr
   ];
   const peer = new PeerProcess(`testpmd ${options.name}`, argv, {
     textStdout: true,
-    cleanup: () => rmSync(`${RUNTIME_ROOT}/${prefix}`, { recursive: true, force: true }),
+    cleanup: () => {
+      rmSync(`${RUNTIME_ROOT}/${prefix}`, { recursive: true, force: true });
+      // A back-end owns its listening socket; a driver's socket belongs to its back-end.
+      if (options.port.kind === 'vhost') rmSync(options.port.socketPath, { force: true });
+    },
   });
   const close = async (): Promise<void> => {
     await peer.stop(() => peer.send('quit\n'));
