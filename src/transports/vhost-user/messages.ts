@@ -307,15 +307,20 @@ export function encodeMessage(stream: Stream, message: Outgoing, layout: LayoutO
     throw new RangeError(`${name} carries ${min === max ? min : `${min} to ${max}`} descriptors, not ${fds.length}`);
   }
   if (replying && message.needReply === true) throw new RangeError(`a ${name} reply cannot ask for a reply`);
-  const size = payloadLength(message.payload, layout);
+  const flags = HeaderFlag.VERSION | (replying ? HeaderFlag.REPLY : 0) | (message.needReply === true ? HeaderFlag.NEED_REPLY : 0);
+  return { bytes: frame(message.request, flags, message.payload, layout), fds };
+}
+
+/** Header and payload bytes; the payload has been checked against the table. */
+function frame(request: number, flags: number, payload: Payload, layout: LayoutOptions): Uint8Array {
+  const size = payloadLength(payload, layout);
   const bytes = new Uint8Array(HEADER_SIZE + size);
   const view = new DataView(bytes.buffer);
-  const flags = HeaderFlag.VERSION | (replying ? HeaderFlag.REPLY : 0) | (message.needReply === true ? HeaderFlag.NEED_REPLY : 0);
-  view.setUint32(0, message.request, true);
+  view.setUint32(0, request, true);
   view.setUint32(4, flags, true);
   view.setUint32(8, size, true);
-  encodePayload(message.payload, new DataView(bytes.buffer, HEADER_SIZE, size), layout);
-  return { bytes, fds };
+  encodePayload(payload, new DataView(bytes.buffer, HEADER_SIZE, size), layout);
+  return bytes;
 }
 
 /** Encode the reply to `request` (received on the stream whose replies are `stream`). */
@@ -331,10 +336,15 @@ export function encodeReply(
 
 /**
  * The REPLY_ACK answer to `request`: u64 zero for success, `code` (non-zero) for failure.
- * Requests that already have a reply body are answered with that body, not an ack.
+ * NEED_REPLY may be set on any request, one of a type this codec does not know included, so
+ * any request code can be acknowledged; a type with an explicit reply body gets that body
+ * instead ("VHOST_USER_PROTOCOL_F_REPLY_ACK"), and asking to ack it is a RangeError.
  */
 export function encodeAck(stream: 'frontend-replies' | 'backend-replies', request: number, code: bigint = 0n): Encoded {
-  return encodeMessage(stream, { request, payload: { kind: 'u64', value: code } });
+  const payload: Payload = { kind: 'u64', value: code };
+  if (specsOf(stream)[request] !== undefined) return encodeMessage(stream, { request, payload });
+  if (!Number.isInteger(request) || request < 0 || request > 0xffff_ffff) throw new RangeError(`request type ${request} does not fit 32 bits`);
+  return { bytes: frame(request, HeaderFlag.VERSION | HeaderFlag.REPLY, payload, { xenMmap: false }), fds: [] };
 }
 
 /**
@@ -350,10 +360,13 @@ export function messageRules(
   return isReplyStream(stream) ? { kinds: spec.reply, fds: spec.replyFds } : { kinds: spec.request, fds: spec.requestFds };
 }
 
-/** Whether answering `request` with a reply is an acknowledgement (u64) rather than a body. */
+/**
+ * Whether the reply to `request` is an acknowledgement (u64) rather than a body; true for
+ * request types this codec does not know, which can only be acknowledged.
+ */
 export function repliesWithAck(stream: 'frontend-requests' | 'backend-requests', request: number): boolean {
   const spec = specsOf(stream)[request];
-  return spec !== undefined && spec.reply.length === 1 && spec.reply[0] === 'u64';
+  return spec === undefined || (spec.reply.length === 1 && spec.reply[0] === 'u64');
 }
 
 export type { Payload, PayloadKind, PayloadOf, MemoryRegionDescription, LayoutOptions } from './payloads.ts';

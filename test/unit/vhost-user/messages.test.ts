@@ -104,7 +104,10 @@ test('replies: explicit bodies where the table has them, u64 acknowledgements el
   assert.equal(repliesWithAck('frontend-requests', FrontendRequest.SET_VRING_ADDR), true);
   assert.equal(repliesWithAck('frontend-requests', FrontendRequest.GET_VRING_BASE), false);
   assert.equal(repliesWithAck('frontend-requests', FrontendRequest.GET_CONFIG), false);
-  assert.equal(repliesWithAck('frontend-requests', 999), false);
+  assert.equal(repliesWithAck('frontend-requests', 999), true, 'an unknown request can only be acknowledged');
+  const unknown = decodeOne('frontend-replies', encodeAck('frontend-replies', 999, 1n).bytes);
+  assert.ok(unknown.type === 'error' && unknown.error.rule === 'unknown-request' && !unknown.error.fatal);
+  assert.deepEqual([...encodeAck('frontend-replies', 999, 1n).bytes.subarray(0, 8)], [0xe7, 3, 0, 0, 5, 0, 0, 0]);
   const base = encodeReply('frontend-replies', FrontendRequest.GET_VRING_BASE, { kind: 'vring-state', index: 0, num: 42 });
   const r = decodeOne('frontend-replies', base.bytes);
   assert.ok(r.type === 'message');
