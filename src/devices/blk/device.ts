@@ -190,8 +190,10 @@ export class BlkDevice implements VirtioDevice {
 
   activate(ctx: DeviceContext): void {
     const has = (bit: number): boolean => hasFeature(ctx.features, bit);
+    const flush = has(BlkFeature.FLUSH);
+    const configWce = has(BlkFeature.CONFIG_WCE);
     // §5.2.5.2: with CONFIG_WCE but not FLUSH the cache starts writethrough.
-    if (has(BlkFeature.CONFIG_WCE) && !has(BlkFeature.FLUSH)) this.setWriteback(0);
+    if (configWce && !flush) this.setWriteback(0);
     const target: RequestTarget = {
       backend: this.backend,
       capacity: this.cfg.capacity,
@@ -199,13 +201,13 @@ export class BlkDevice implements VirtioDevice {
       id: this.id,
       maxDataBytes:
         has(BlkFeature.SEG_MAX) && has(BlkFeature.SIZE_MAX) ? this.cfg.segMax * this.cfg.sizeMax : Infinity,
-      flush: has(BlkFeature.FLUSH),
+      flush,
       discard: has(BlkFeature.DISCARD) ? this.discardLimits : undefined,
       writeZeroes: has(BlkFeature.WRITE_ZEROES) ? this.writeZeroesLimits : undefined,
       writeZeroesMayUnmap: this.cfg.writeZeroesMayUnmap !== 0,
       // §5.2.6.2: writes are stable at completion unless FLUSH was negotiated and the cache is
       // writeback (fixed by FLUSH alone, or chosen through `writeback` with CONFIG_WCE).
-      writethrough: () => !has(BlkFeature.FLUSH) || (has(BlkFeature.CONFIG_WCE) && this.cfg.writeback === 0),
+      writethrough: () => !flush || (configWce && this.cfg.writeback === 0),
       backendFailed: (what, err) => ctx.log.warn({ err }, `${what} failed; request answered IOERR`),
     };
     const serve = (req: Request): Promise<void> => serveRequest(req, target);
