@@ -17,10 +17,39 @@
  *
  * Rules the loop imposes: one watcher per descriptor (two uv_poll_t on one fd corrupt libuv's
  * bookkeeping, so a second watch() throws), and a watcher must be closed before its descriptor.
+ * A descriptor epoll cannot watch (a regular file or directory, a closed number) must never
+ * reach koffi.node.poll, whose failure path aborts the whole process; watch() first tries the
+ * descriptor on a private epoll instance, as libuv itself would, and throws a SyscallError.
  * Readiness is level-triggered: a callback that does not drain the descriptor runs again.
  */
 import koffi, { type node } from 'koffi';
-import { SyscallError } from './syscall-error.ts';
+import { declare } from './libc.ts';
+import { SyscallError, check, lastErrno } from './syscall-error.ts';
+
+// Registers the struct named in epoll_ctl's prototype; x86-64 packs it (12 bytes).
+koffi.pack('paravirt_epoll_event', { events: 'uint32_t', data: 'uint64_t' });
+const epollCreate1 = declare<(flags: number) => number>('int epoll_create1(int flags)');
+const epollCtl = declare<(epfd: number, op: number, fd: number, event: { events: number; data: bigint } | null) => number>(
+  'int epoll_ctl(int epfd, int op, int fd, paravirt_epoll_event *event)',
+);
+const EPOLL_CLOEXEC = 0o2000000;
+const EPOLL_CTL_ADD = 1;
+const EPOLL_CTL_DEL = 2;
+const EPOLLIN = 0x1;
+
+/** A private epoll instance used only to test descriptors; created on first use. */
+let probe = -1;
+
+/** Throw a SyscallError unless epoll (hence libuv) can watch `fd`. */
+function checkPollable(fd: number): void {
+  if (probe < 0) probe = check('epoll_create1', epollCreate1(EPOLL_CLOEXEC), 'creating the descriptor probe');
+  if (epollCtl(probe, EPOLL_CTL_ADD, fd, { events: EPOLLIN, data: 0n }) < 0) {
+    throw new SyscallError('epoll_ctl', lastErrno(), `checking that fd ${fd} can be watched`);
+  }
+  if (epollCtl(probe, EPOLL_CTL_DEL, fd, null) < 0) {
+    throw new SyscallError('epoll_ctl', lastErrno(), `releasing fd ${fd} from the descriptor probe`);
+  }
+}
 
 export interface ReadinessHandlers {
   /** Runs while the descriptor is readable (data, EOF, or a pending connection). */
@@ -49,6 +78,7 @@ export class Watcher {
   ) {
     if (!Number.isInteger(fd) || fd < 0) throw new RangeError(`cannot watch fd ${fd}: not a descriptor number`);
     if (watched.has(fd)) throw new Error(`fd ${fd} already has a readiness watcher`);
+    checkPollable(fd);
     this.handlers = handlers;
     // koffi calls back with (status, events): status is 0 or a negative errno from libuv.
     const onPoll = (status: number, events: PollEvents): void => this.dispatch(status, events);

@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { closeSync, openSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { EventFd } from '../../../src/native/eventfd.ts';
+import { SyscallError } from '../../../src/native/syscall-error.ts';
 import { watch, whenReadable } from '../../../src/native/readiness.ts';
 
 test('an eventfd counts signals and resets when taken', () => {
@@ -63,5 +66,20 @@ test('bad increments are refused', () => {
   const e = EventFd.create();
   assert.throws(() => e.signal(0n), RangeError);
   assert.throws(() => e.signal(2n ** 64n - 1n), RangeError);
+  e.close();
+});
+
+test('descriptors epoll cannot watch are refused with a SyscallError, not a crash', () => {
+  const file = openSync(fileURLToPath(import.meta.url), 'r');
+  assert.throws(
+    () => watch(file, { readable: () => undefined }),
+    (e: unknown) => e instanceof SyscallError && e.syscall === 'epoll_ctl' && e.code === 'EPERM' && /checking that fd \d+ can be watched/.test(e.message),
+  );
+  closeSync(file);
+  assert.throws(() => watch(999_999, { readable: () => undefined }), (e: unknown) => e instanceof SyscallError && e.code === 'EBADF');
+  // The refused number is not left registered: an eventfd that reuses it can be watched.
+  const e = EventFd.create();
+  assert.equal(e.fd, file, 'Linux hands out the lowest free descriptor');
+  watch(e.fd, { readable: () => undefined }).close();
   e.close();
 });
