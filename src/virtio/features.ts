@@ -14,7 +14,8 @@ export const FRAMEWORK_FEATURES: bigint =
   featureBit(Feature.VERSION_1) |
   featureBit(Feature.RING_PACKED) |
   featureBit(Feature.EVENT_IDX) |
-  featureBit(Feature.INDIRECT_DESC);
+  featureBit(Feature.INDIRECT_DESC) |
+  featureBit(Feature.IN_ORDER);
 
 /** §6: the reserved range 24..49; everything else in 0..63 is device-type specific. */
 const RESERVED_MASK: bigint = ((1n << 50n) - 1n) & ~((1n << 24n) - 1n);

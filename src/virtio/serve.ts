@@ -4,7 +4,8 @@
  * care of the parts that are easy to get wrong:
  *
  * - a driver's ring fault (VirtqueueError) stops the queue through DeviceContext.fail;
- * - handlers may finish synchronously or later, with many requests in flight;
+ * - handlers may finish synchronously or later, with many requests in flight; with
+ *   VIRTIO_F_IN_ORDER the buffers still go back in the order they were popped (§2.7.9, §2.8.20);
  * - used buffers are published in batches and the driver is notified only when publish() says
  *   it asked to be (§2.7.10 / §2.8.10);
  * - notifications are off while the queue is drained and re-enabled at the end, popping again
@@ -13,6 +14,7 @@
  *   buffers nor the ring: the queue it came from is no longer the context's queue.
  */
 import { ChainReader, ChainWriter } from './chain-io.ts';
+import { Feature, hasFeature } from './constants.ts';
 import type { DeviceContext } from './device.ts';
 import type { DescriptorChain, DeviceQueue } from './queue.ts';
 
@@ -35,6 +37,12 @@ export interface Request {
 /** Serve one request, synchronously or by returning a promise that settles when it is done. */
 export type RequestHandler = (req: Request) => void | Promise<void>;
 
+/** A popped request and whether its handler has finished. */
+interface Slot {
+  readonly req: Request;
+  done: boolean;
+}
+
 function asError(err: unknown): Error {
   return err instanceof Error ? err : new Error(String(err));
 }
@@ -45,12 +53,17 @@ export class QueueServer {
   private unpublished = 0;
   private publishScheduled = false;
   private pending = 0;
+  private readonly inOrder: boolean;
+  /** With IN_ORDER: popped requests not yet returned, oldest first. */
+  private readonly unreturned: Slot[] = [];
 
   constructor(
     private readonly ctx: DeviceContext,
     readonly index: number,
     private readonly handler: RequestHandler,
-  ) {}
+  ) {
+    this.inOrder = hasFeature(ctx.features, Feature.IN_ORDER);
+  }
 
   /** Requests handed to the handler whose promise has not settled. */
   get inFlight(): number {
@@ -85,10 +98,11 @@ export class QueueServer {
 
   private start(queue: DeviceQueue, chain: DescriptorChain): void {
     const live = (): boolean => this.isLive(queue);
-    const req: Request = { chain, reader: new ChainReader(chain, live), writer: new ChainWriter(chain, live) };
+    const slot: Slot = { req: { chain, reader: new ChainReader(chain, live), writer: new ChainWriter(chain, live) }, done: false };
+    if (this.inOrder) this.unreturned.push(slot);
     let result: void | Promise<void>;
     try {
-      result = this.handler(req);
+      result = this.handler(slot.req);
     } catch (err) {
       this.handlerFailed(err);
       result = undefined;
@@ -99,11 +113,18 @@ export class QueueServer {
         .catch((err: unknown) => this.handlerFailed(err))
         .then(() => {
           this.pending--;
-          this.complete(queue, req);
+          this.finished(queue, slot);
         });
     } else {
-      this.complete(queue, req);
+      this.finished(queue, slot);
     }
+  }
+
+  /** Return a finished request, or with IN_ORDER every finished one no earlier request holds back. */
+  private finished(queue: DeviceQueue, slot: Slot): void {
+    slot.done = true;
+    if (!this.inOrder) this.complete(queue, slot.req);
+    else while (this.unreturned.length > 0 && this.unreturned[0].done) this.complete(queue, this.unreturned.shift()!.req);
   }
 
   /**

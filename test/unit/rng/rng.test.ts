@@ -14,6 +14,7 @@ for (const packed of [false, true]) {
     const { transport } = createLoopback(new RngDevice(), { memoryBytes: 1 << 20 });
     const rng = await RngDriver.open(transport, { packed });
     assert.equal(hasFeature(rng.core.features, Feature.RING_PACKED), packed);
+    assert.ok(hasFeature(rng.core.features, Feature.IN_ORDER), 'every ring feature of the framework is in use');
     const a = await rng.read(100);
     const b = await rng.read(100);
     assert.equal(a.length, 100);

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
+import { Feature, featureBit } from '../../../src/virtio/constants.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import type { DeviceContext } from '../../../src/virtio/device.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
@@ -63,14 +64,14 @@ function chain(id: number, writable = 4): DescriptorChain {
 }
 
 /** A context serving `queue` as queue 0 until `live` is cleared (as a reset does). */
-function context(queue: DeviceQueue) {
+function context(queue: DeviceQueue, features = 0n) {
   const notified: number[] = [];
   const failed: Error[] = [];
   const { log, lines } = captureLog();
   const ctl = { live: true };
   const ctx: DeviceContext = {
     memory: GuestMemory.allocate(16),
-    features: 0n,
+    features,
     queue: (i) => (ctl.live && i === 0 ? queue : undefined),
     notifyQueue: (i) => notified.push(i),
     configChanged: () => {},
@@ -127,6 +128,20 @@ test('asynchronous completions: many in flight, finished out of order, each push
   assert.deepEqual(q.used.map(([id]) => id), [2, 0, 1]);
   assert.equal(server.inFlight, 0);
   assert.deepEqual(notified, [0, 0]);
+});
+
+test('with IN_ORDER, buffers finished out of order still go back in the order they were popped', async () => {
+  const q = new ScriptQueue([chain(0), chain(1), chain(2)]);
+  const { ctx } = context(q, featureBit(Feature.IN_ORDER));
+  const gates = [deferred(), deferred(), deferred()];
+  new QueueServer(ctx, 0, (req) => gates[req.chain.id].promise).kick();
+  gates[2].resolve();
+  gates[1].resolve();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(q.used.length, 0, 'buffer 0 holds the others back');
+  gates[0].resolve();
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(q.used.map(([id]) => id), [0, 1, 2]);
 });
 
 test('a completion after a reset writes neither the buffer nor the ring', async () => {
