@@ -92,7 +92,7 @@ const RUNTIME_ROOT = '/var/run/dpdk';
 
 let instances = 0;
 
-/** QEMU-style device arguments: a value may not contain the separator. */
+/** DPDK device arguments are comma-separated key=value pairs with no escaping: a value may not contain a comma. */
 function devargValue(value: string, what: string): string {
   if (/[,\s]/.test(value)) throw new RangeError(`${what} ${JSON.stringify(value)} may not contain commas or spaces (DPDK device arguments)`);
   return value;
