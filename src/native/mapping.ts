@@ -9,7 +9,13 @@
  * memory that nobody else sees. The address range itself is munmapped only when the ArrayBuffer
  * is garbage collected (a typed array keeps its buffer alive, so by then no view exists).
  * After unmap(), `bytes` throws, so code that asks the Mapping learns the truth.
+ *
+ * Touching a mapped page past the end of its file raises SIGBUS, which kills the process, so a
+ * mapping that would reach past the end of a regular file is refused. A peer that shrinks the
+ * file afterwards can still cause that; only its seals (F_SEAL_SHRINK, which QEMU's memfd
+ * backends set) rule it out.
  */
+import { fstatSync } from 'node:fs';
 import koffi from 'koffi';
 import { MAP_FAILED, declare, type Pointer } from './libc.ts';
 import { SyscallError, check, lastErrno } from './syscall-error.ts';
@@ -53,6 +59,16 @@ export interface MapOptions {
   readonly readOnly?: boolean;
 }
 
+/** The size of the regular file behind `fd`; undefined for other kinds (and bad descriptors, which mmap reports). */
+function regularFileSize(fd: number): number | undefined {
+  try {
+    const st = fstatSync(fd);
+    return st.isFile() ? st.size : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export class Mapping {
   #bytes: Uint8Array | null;
 
@@ -71,6 +87,10 @@ export class Mapping {
     if (!Number.isSafeInteger(size) || size <= 0) throw new RangeError(`mapping size ${size} is not a positive integer`);
     if (!Number.isSafeInteger(offset) || offset < 0 || offset % PAGE_SIZE !== 0) {
       throw new RangeError(`mapping offset ${offset} is not a non-negative multiple of the page size ${PAGE_SIZE}`);
+    }
+    const fileSize = regularFileSize(fd);
+    if (fileSize !== undefined && fileSize < offset + size) {
+      throw new RangeError(`the file behind fd ${fd} has ${fileSize} bytes, fewer than the mapping's end at ${offset + size}`);
     }
     const prot = options.readOnly === true ? PROT_READ : PROT_READ | PROT_WRITE;
     const addr = mmap(null, size, prot, MAP_SHARED, fd, offset);

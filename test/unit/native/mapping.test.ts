@@ -70,3 +70,10 @@ test('bad sizes and offsets are refused before any call', () => {
   assert.throws(() => Mapping.shared(0, PAGE_SIZE, { offset: 100 }), /offset 100/);
   assert.throws(() => createMemfd('x', -1), /file size -1/);
 });
+
+test('a mapping reaching past the end of its file is refused, since touching it would kill the process', () => {
+  const fd = createMemfd('short', PAGE_SIZE);
+  assert.throws(() => Mapping.shared(fd, 2 * PAGE_SIZE), new RegExp(`the file behind fd \\d+ has ${PAGE_SIZE} bytes, fewer than the mapping's end at ${2 * PAGE_SIZE}`));
+  assert.throws(() => Mapping.shared(fd, PAGE_SIZE, { offset: PAGE_SIZE }), /fewer than the mapping's end/);
+  closeFd(fd);
+});
