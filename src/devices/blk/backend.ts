@@ -33,10 +33,3 @@ export class DiskImageError extends Error {
     this.name = 'DiskImageError';
   }
 }
-
-/** Total length of a segment list. */
-export function segmentsLength(segments: readonly Uint8Array[]): number {
-  let n = 0;
-  for (const s of segments) n += s.length;
-  return n;
-}

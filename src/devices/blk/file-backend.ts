@@ -27,6 +27,8 @@ function unsupported(err: unknown): boolean {
   return code === 'EOPNOTSUPP' || code === 'ENOTSUP' || code === 'ENOSYS';
 }
 
+const isDirectory = (path: string): DiskImageError => new DiskImageError(path, `disk image ${path} is a directory, not a file`);
+
 function openError(path: string, readOnly: boolean, err: unknown): DiskImageError {
   switch (errnoCode(err)) {
     case 'ENOENT':
@@ -40,7 +42,7 @@ function openError(path: string, readOnly: boolean, err: unknown): DiskImageErro
           (readOnly ? '' : ' (open it read-only to serve it as a read-only disk)'),
       );
     case 'EISDIR':
-      return new DiskImageError(path, `disk image ${path} is a directory, not a file`);
+      return isDirectory(path);
     default:
       return new DiskImageError(path, `cannot open disk image ${path}: ${err instanceof Error ? err.message : String(err)}`);
   }
@@ -102,7 +104,7 @@ export class FileBackend implements BlockBackend {
     }
     try {
       const st = await file.stat();
-      if (st.isDirectory()) throw new DiskImageError(path, `disk image ${path} is a directory, not a file`);
+      if (st.isDirectory()) throw isDirectory(path);
       if (!st.isFile()) throw new DiskImageError(path, `disk image ${path} is not a regular file`);
       if (st.size % SECTOR_SIZE !== 0) {
         throw new DiskImageError(
