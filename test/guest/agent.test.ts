@@ -27,3 +27,13 @@ test('several guests run at once, each with its own agent', async (t) => {
   await Promise.all([a.check('echo a > /tmp/who'), b.check('echo b > /tmp/who')]);
   assert.deepEqual([await a.check('cat /tmp/who'), await b.check('cat /tmp/who')], ['a\n', 'b\n']);
 });
+
+test('a hot-plugged device gets its driver from the guest\'s uevent listener', async (t) => {
+  if (!requireLab(t)) return;
+  const guest = await startGuest(t, { name: 'hotplug', devices: ['-device', 'pcie-root-port,id=slot1,chassis=1'] });
+  assert.equal(await guest.check('cat /sys/class/misc/hw_random/rng_current'), 'none\n', 'no hardware RNG before the plug');
+  await guest.qmp('device_add', { driver: 'virtio-rng-pci', id: 'hot-rng', bus: 'slot1' });
+  // The guest finishes probing on its own schedule: wait there, for the driver, not for a time.
+  await guest.check('until grep -q virtio_rng /sys/class/misc/hw_random/rng_current 2>/dev/null; do usleep 20000; done', { timeoutMs: 30_000 });
+  assert.match(await guest.check('cut -d" " -f1 /proc/modules'), /^virtio_rng$/m);
+});
