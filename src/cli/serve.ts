@@ -38,7 +38,7 @@ function withCommonOptions(cmd: Command): Command {
         .conflicts('socketPath'),
     )
     .option('--print-capabilities', 'print the back-end capabilities as JSON and exit')
-    .addOption(new Option('--log-level <level>', 'least severe log level written to stderr').argParser(logLevel).default('info'));
+    .addOption(new Option('--log-level <level>', 'least severe level of the JSON log lines written to stdout').argParser(logLevel).default('info'));
 }
 
 /** Where to listen, or a one-sentence error when neither or both were given. */
@@ -49,8 +49,8 @@ function listenTarget(options: CommonOptions, cmd: Command): Listen {
 }
 
 function logger(level: LogLevel): Logger {
-  // stdout belongs to --print-capabilities and the management layer; logs go to stderr.
-  return pino({ name: 'paravirt', level }, pino.destination(2));
+  // JSON lines on stdout, where a service manager collects them (one-sentence errors go to stderr).
+  return pino({ name: 'paravirt', level });
 }
 
 /** Serve `device` until a termination signal, then shut down cleanly. */

@@ -25,6 +25,8 @@ const RING_PACKED = 34;
 interface Disk {
   readonly image: string;
   readonly devices: string[];
+  /** Kicks the device received, per queue. */
+  readonly kicks: number[];
 }
 
 interface DiskOptions {
@@ -47,6 +49,12 @@ async function serveDisk(t: TestContext, options: DiskOptions = {}): Promise<Dis
   const socketPath = join(dir, 'blk.sock');
   const backend = await FileBackend.open(image, { readOnly: options.readOnly === true });
   const device = vhostUserBlkDevice(backend, options);
+  const kicks = new Array<number>(device.numQueues).fill(0);
+  const notify = device.queueNotify.bind(device);
+  device.queueNotify = (index: number): void => {
+    kicks[index]++;
+    notify(index);
+  };
   const server = BackendServer.listen(device, { socketPath }, pino({ level: process.env.PARAVIRT_LOG ?? 'warn' }));
   t.after(async () => {
     await server.close();
@@ -56,6 +64,7 @@ async function serveDisk(t: TestContext, options: DiskOptions = {}): Promise<Dis
   const props = [`chardev=vublk`, `num-queues=${options.queues ?? 1}`, ...(options.packed === true ? ['packed=on'] : [])];
   return {
     image,
+    kicks,
     devices: ['-chardev', `socket,id=vublk,path=${qemu.toQemuPath(socketPath)}`, '-device', `vhost-user-blk-pci,${props.join(',')}`],
   };
 }
@@ -117,6 +126,7 @@ test('vhost-user-blk with two queues: both serve I/O', async (t) => {
     'taskset 1 dd if=/dev/urandom of=/dev/vda bs=1M count=8 oflag=direct 2>/dev/null & ' +
       'taskset 2 dd if=/dev/urandom of=/dev/vda bs=1M count=8 seek=16 oflag=direct 2>/dev/null; wait',
   );
+  assert.ok(disk.kicks[0] > 0 && disk.kicks[1] > 0, `kicks per queue: ${disk.kicks.join(', ')}`);
   const sums = await guest.check('for c in 1 2; do taskset $c dd if=/dev/vda bs=1M count=24 iflag=direct 2>/dev/null | sha256sum; done');
   const [a, b] = sums.trim().split('\n').map((l) => l.split(' ')[0]);
   assert.equal(a, b, 'both queues read the same disk contents');

@@ -166,6 +166,9 @@ export class BackendConnection {
 
   /** Handle one request and reply as the policy above says. Returns whether the connection goes on. */
   private async dispatch(m: FrontendRequestMessage): Promise<boolean> {
+    if (this.log.isLevelEnabled('debug')) {
+      this.log.debug({ request: frontendRequestName(m.request), payload: m.payload, fds: m.fds.length }, 'front-end request');
+    }
     let outcome: Outcome;
     try {
       outcome = await this.handle(m);

@@ -136,13 +136,14 @@ export class VhostUserBackend {
     this.acked = features;
   }
 
+  /** GET_PROTOCOL_FEATURES: CONFIG only for a device that has a configuration space. */
   get offeredProtocolFeatures(): bigint {
-    return OFFERED_PROTOCOL_FEATURES;
+    return this.device.config.length > 0 ? OFFERED_PROTOCOL_FEATURES : OFFERED_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
   }
 
   /** SET_PROTOCOL_FEATURES: legal once bit 30 was offered, which it always is here. */
   setProtocolFeatures(features: bigint): void {
-    const extra = features & ~OFFERED_PROTOCOL_FEATURES;
+    const extra = features & ~this.offeredProtocolFeatures;
     if (extra !== 0n) throw new FrontEndError(`protocol features 0x${extra.toString(16)} were not offered`);
     this.protocol = features;
   }
@@ -298,7 +299,7 @@ export class VhostUserBackend {
     this.device.configWritten?.(offset, payload.length);
   }
 
-  /** SET_STATUS (§2.1): 0 resets the device; DRIVER_OK starts serving. */
+  /** SET_STATUS (§2.1): 0 resets the device; otherwise recorded for GET_STATUS. */
   async setStatus(status: number): Promise<void> {
     if (!Number.isInteger(status) || status < 0 || status > 0xff) {
       throw new FrontEndError(`device status ${status} is not an 8-bit value`);
@@ -475,15 +476,14 @@ export class VhostUserBackend {
   }
 
   /**
-   * Activate the device once it can serve: with the STATUS protocol feature, when the
-   * front-end sets DRIVER_OK (§3.1.1); without it, when the first ring is started and enabled.
+   * Activate the device once it can serve: when a ring is started and enabled. DRIVER_OK
+   * (SET_STATUS) is not waited for: front-ends send it inconsistently (QEMU's generic
+   * vhost-user devices never do), and a started, enabled ring already means the driver set
+   * the device up (§3.1.1) and the front-end handed the ring over.
    */
   private maybeActivate(): void {
     if (this.active || this.table.memory === undefined) return;
-    const ready = this.hasProtocolFeature(ProtocolFeature.STATUS)
-      ? (this.status & DeviceStatus.DRIVER_OK) !== 0 && this.anyStarted()
-      : this.vrings.some((v) => v.gate !== undefined && v.enabled);
-    if (!ready) return;
+    if (!this.vrings.some((v) => v.gate !== undefined && v.enabled && !v.failed)) return;
     try {
       this.device.activate(this.context);
     } catch (err) {

@@ -157,19 +157,26 @@ test('without PROTOCOL_FEATURES a ring is enabled as soon as it starts', async (
   assert.equal(h.device.held.length, 1);
 });
 
-test('with the STATUS protocol feature the device activates on DRIVER_OK', async () => {
+test('SET_STATUS is recorded for GET_STATUS, and status 0 resets the device', async () => {
   const h = harness();
   h.backend.setProtocolFeatures(featureBit(ProtocolFeature.STATUS));
   await setUpRing(h);
+  await h.backend.setStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK);
   h.backend.setVringKick(0, KICK_FD);
   h.backend.setVringEnable(0, 1);
-  assert.equal(h.device.activations, 0);
+  assert.equal(h.device.activations, 1, 'a started, enabled ring activates the device without DRIVER_OK');
   await h.backend.setStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK);
   assert.equal(h.device.activations, 1);
   assert.equal(h.backend.getStatus() & DeviceStatus.DRIVER_OK, DeviceStatus.DRIVER_OK);
+  await assert.rejects(h.backend.setStatus(0x100), FrontEndError);
   await h.backend.setStatus(0);
   assert.equal(h.device.resets, 1);
   assert.equal(h.backend.getStatus(), 0);
+});
+
+test('CONFIG is offered only to a device with a configuration space', () => {
+  const { backend } = harness();
+  assert.ok((backend.offeredProtocolFeatures & featureBit(ProtocolFeature.CONFIG)) !== 0n);
 });
 
 test('GET_VRING_BASE waits for chains in flight, then reports the position and resets the device', async () => {
