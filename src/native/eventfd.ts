@@ -38,7 +38,9 @@ export class EventFd {
 
   /**
    * Take ownership of a descriptor received from a peer (a kick or call fd). It is made
-   * non-blocking; the peer may also have sent a pipe end, which reads and writes alike.
+   * non-blocking; the flag belongs to the open file the peer shares, which for eventfds QEMU
+   * creates non-blocking anyway. The peer may also have sent a pipe end, which reads and
+   * writes alike.
    */
   static adopt(fd: number): EventFd {
     setNonBlocking(fd);

@@ -117,6 +117,14 @@ export class MessageReader<S extends Stream> {
     return decoded instanceof VhostUserProtocolError ? { type: 'error', error: decoded } : { type: 'message', message: decoded };
   }
 
+  /**
+   * Bytes pushed but not yet consumed. A caller that stops reading the socket above some bound
+   * leaves a flooding peer's data in the peer's socket buffer instead of this process's memory.
+   */
+  get buffered(): number {
+    return this.buffer.length - this.pos;
+  }
+
   /** Descriptors received but not yet handed out in a message or error (close them on disconnect). */
   takePendingFds(): number[] {
     const fds = this.batches.flatMap((b) => b.fds);

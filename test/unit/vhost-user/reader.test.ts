@@ -97,8 +97,13 @@ test('a message fed one byte at a time asks for more until its last byte', () =>
   for (let i = 0; i < bytes.length; i++) {
     reader.push(bytes.subarray(i, i + 1), i === 0 ? fds : []);
     const r = reader.next();
-    if (i < bytes.length - 1) assert.deepEqual(r, { type: 'need-more' });
-    else assert.ok(r.type === 'message' && r.message.fds[0] === 3);
+    if (i < bytes.length - 1) {
+      assert.deepEqual(r, { type: 'need-more' });
+      assert.equal(reader.buffered, i + 1);
+    } else {
+      assert.ok(r.type === 'message' && r.message.fds[0] === 3);
+      assert.equal(reader.buffered, 0);
+    }
   }
 });
 
