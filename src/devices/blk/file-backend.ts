@@ -33,6 +33,8 @@ function openError(path: string, readOnly: boolean, err: unknown): DiskImageErro
   switch (errnoCode(err)) {
     case 'ENOENT':
       return new DiskImageError(path, `disk image ${path} does not exist`);
+    case 'ENOTDIR':
+      return new DiskImageError(path, `disk image ${path} does not exist: part of its directory path is a file`);
     case 'EACCES':
     case 'EPERM':
     case 'EROFS':

@@ -103,6 +103,10 @@ test('unusable images are refused with one sentence naming the path', () =>
     const missing = join(dir, 'missing.img');
     assert.equal((await openError(missing)).message, `disk image ${missing} does not exist`);
     assert.equal((await openError(dir)).message, `disk image ${dir} is a directory, not a file`);
+    const file = join(dir, 'plain');
+    await writeFile(file, '');
+    const under = join(file, 'disk.img');
+    assert.equal((await openError(under)).message, `disk image ${under} does not exist: part of its directory path is a file`);
     const odd = join(dir, 'odd.img');
     await writeFile(odd, new Uint8Array(1000));
     const err = await openError(odd);
