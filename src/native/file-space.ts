@@ -20,7 +20,8 @@ const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
 
 function checkRange(what: string, offset: number, length: number): void {
-  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length <= 0 || offset + length > Number.MAX_SAFE_INTEGER) {
+  const valid = Number.isSafeInteger(offset) && offset >= 0 && Number.isSafeInteger(length) && length > 0;
+  if (!valid || offset + length > Number.MAX_SAFE_INTEGER) {
     throw new RangeError(`${what} range of ${length} bytes at offset ${offset} is not a valid file range`);
   }
 }

@@ -47,12 +47,16 @@ const socketFn = declare<(domain: number, type: number, protocol: number) => num
 const socketpair = declare<(domain: number, type: number, protocol: number, sv: Int32Array) => number>(
   'int socketpair(int domain, int type, int protocol, _Out_ int *sv)',
 );
-const bind = declare<(fd: number, addr: SockaddrUn, len: number) => number>('int bind(int fd, const paravirt_sockaddr_un *addr, uint32_t len)');
+const bind = declare<(fd: number, addr: SockaddrUn, len: number) => number>(
+  'int bind(int fd, const paravirt_sockaddr_un *addr, uint32_t len)',
+);
 const connect = declare<(fd: number, addr: SockaddrUn, len: number) => number>(
   'int connect(int fd, const paravirt_sockaddr_un *addr, uint32_t len)',
 );
 const listenFn = declare<(fd: number, backlog: number) => number>('int listen(int fd, int backlog)');
-const accept4 = declare<(fd: number, addr: null, len: null, flags: number) => number>('int accept4(int fd, void *addr, void *len, int flags)');
+const accept4 = declare<(fd: number, addr: null, len: null, flags: number) => number>(
+  'int accept4(int fd, void *addr, void *len, int flags)',
+);
 const sendmsg = declare<(fd: number, msg: Pointer, flags: number) => number>('intptr_t sendmsg(int fd, void *msg, int flags)');
 const recvmsg = declare<(fd: number, msg: Pointer, flags: number) => number>('intptr_t recvmsg(int fd, void *msg, int flags)');
 const unlink = declare<(path: string) => number>('int unlink(const char *path)');
@@ -136,14 +140,17 @@ export class UnixSocket {
    */
   send(data: Uint8Array, fds: readonly number[] = []): number {
     if (data.length === 0) throw new RangeError('a stream socket cannot carry descriptors without at least one byte');
-    if (fds.length > MAX_FDS_PER_MESSAGE) throw new RangeError(`${fds.length} descriptors exceed the ${MAX_FDS_PER_MESSAGE} one message can carry`);
+    if (fds.length > MAX_FDS_PER_MESSAGE) {
+      throw new RangeError(`${fds.length} descriptors exceed the ${MAX_FDS_PER_MESSAGE} one message can carry`);
+    }
     const len = Math.min(data.length, MAX_TRANSFER);
     scratchBytes.set(data.subarray(0, len), DATA_AT);
     let controlLen = 0;
     if (fds.length > 0) {
       controlLen = cmsgSpace(fds.length * FD_BYTES);
       scratchBytes.fill(0, CONTROL_AT, CONTROL_AT + controlLen);
-      koffi.encode(scratch, CONTROL_AT, cmsghdr, { cmsg_len: cmsgLen(fds.length * FD_BYTES), cmsg_level: SOL_SOCKET, cmsg_type: SCM_RIGHTS });
+      const header = { cmsg_len: cmsgLen(fds.length * FD_BYTES), cmsg_level: SOL_SOCKET, cmsg_type: SCM_RIGHTS };
+      koffi.encode(scratch, CONTROL_AT, cmsghdr, header);
       fds.forEach((fd, i) => scratchView.setInt32(CONTROL_AT + CMSG_HEADER + i * FD_BYTES, fd, true));
     }
     prepare(len, controlLen);

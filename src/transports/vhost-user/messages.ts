@@ -343,7 +343,9 @@ export function encodeReply(
 export function encodeAck(stream: 'frontend-replies' | 'backend-replies', request: number, code: bigint = 0n): Encoded {
   const payload: Payload = { kind: 'u64', value: code };
   if (specsOf(stream)[request] !== undefined) return encodeMessage(stream, { request, payload });
-  if (!Number.isInteger(request) || request < 0 || request > 0xffff_ffff) throw new RangeError(`request type ${request} does not fit 32 bits`);
+  if (!Number.isInteger(request) || request < 0 || request > 0xffff_ffff) {
+    throw new RangeError(`request type ${request} does not fit 32 bits`);
+  }
   return { bytes: frame(request, HeaderFlag.VERSION | HeaderFlag.REPLY, payload, { xenMmap: false }), fds: [] };
 }
 

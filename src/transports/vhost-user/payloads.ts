@@ -292,7 +292,13 @@ const LAYOUTS: { readonly [K in PayloadKind]: Layout<K> } = {
   // Two u64 and two u16, padded to 24 bytes as QEMU's (unpacked) VhostUserInflight.
   inflight: fixed(
     24,
-    (v) => ({ kind: 'inflight', mmapSize: u64(v, 0), mmapOffset: u64(v, 8), numQueues: v.getUint16(16, true), queueSize: v.getUint16(18, true) }),
+    (v) => ({
+      kind: 'inflight',
+      mmapSize: u64(v, 0),
+      mmapOffset: u64(v, 8),
+      numQueues: v.getUint16(16, true),
+      queueSize: v.getUint16(18, true),
+    }),
     (p, v) => {
       const f = p;
       setU64(v, 0, f.mmapSize, 'inflight mmap size');
@@ -326,7 +332,9 @@ const LAYOUTS: { readonly [K in PayloadKind]: Layout<K> } = {
     length: (p) => p.bytes.length,
     encode(p, v) {
       const { bytes } = p;
-      if (bytes.length === 0 || bytes.length > MAX_PAYLOAD_SIZE) throw new RangeError(`opaque payload of ${bytes.length} bytes is outside 1..${MAX_PAYLOAD_SIZE}`);
+      if (bytes.length === 0 || bytes.length > MAX_PAYLOAD_SIZE) {
+        throw new RangeError(`opaque payload of ${bytes.length} bytes is outside 1..${MAX_PAYLOAD_SIZE}`);
+      }
       new Uint8Array(v.buffer, v.byteOffset, bytes.length).set(bytes);
     },
   },
