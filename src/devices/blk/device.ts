@@ -25,6 +25,11 @@ export interface BlkFeatureOptions {
   readonly packed?: boolean;
   readonly eventIdx?: boolean;
   readonly indirect?: boolean;
+  /**
+   * VIRTIO_F_IN_ORDER (default off): requests then complete in submission order, so a slow one
+   * holds back those behind it; a disk gains little from it.
+   */
+  readonly inOrder?: boolean;
 }
 
 export interface BlkDeviceOptions {
@@ -143,6 +148,7 @@ export class BlkDevice implements VirtioDevice {
       [f.packed ?? true, Feature.RING_PACKED],
       [f.eventIdx ?? true, Feature.EVENT_IDX],
       [f.indirect ?? true, Feature.INDIRECT_DESC],
+      [f.inOrder ?? false, Feature.IN_ORDER],
     ];
     this.features = offer.reduce((acc, [on, bit]) => (on ? acc | featureBit(bit) : acc), 0n);
 

@@ -45,6 +45,7 @@ export const BLK_DRIVER_FEATURES: bigint = [
   Feature.RING_PACKED,
   Feature.EVENT_IDX,
   Feature.INDIRECT_DESC,
+  Feature.IN_ORDER,
 ].reduce((acc, bit) => acc | featureBit(bit), 0n);
 
 export interface BlkDriverOptions {

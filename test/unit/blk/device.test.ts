@@ -22,7 +22,7 @@ test('the offer follows the options: RO, MQ, SIZE_MAX, discard and ring features
   for (const bit of [BlkFeature.FLUSH, BlkFeature.CONFIG_WCE, BlkFeature.DISCARD, BlkFeature.WRITE_ZEROES, BlkFeature.SEG_MAX, BlkFeature.BLK_SIZE, Feature.RING_PACKED]) {
     assert.ok(hasFeature(plain.features, bit), `bit ${bit} offered`);
   }
-  for (const bit of [BlkFeature.RO, BlkFeature.MQ, BlkFeature.SIZE_MAX]) assert.equal(hasFeature(plain.features, bit), false);
+  for (const bit of [BlkFeature.RO, BlkFeature.MQ, BlkFeature.SIZE_MAX, Feature.IN_ORDER]) assert.equal(hasFeature(plain.features, bit), false);
 
   const ro = new BlkDevice({ backend: disk(), readOnly: true, queues: 2, sizeMax: 4096, features: { packed: false } });
   assert.ok(hasFeature(ro.features, BlkFeature.RO) && hasFeature(ro.features, BlkFeature.MQ) && hasFeature(ro.features, BlkFeature.SIZE_MAX));

@@ -66,8 +66,13 @@ for (const packed of [false, true]) {
           ),
           { maxLength: 40 },
         ),
-        async (ops) => {
-          const { disk, blk } = await connect({ queueSize: 16, maxDiscardSectors: 4, maxDiscardSeg: 2 }, { packed });
+        fc.boolean(),
+        async (ops, inOrder) => {
+          const { disk, blk } = await connect(
+            { queueSize: 16, maxDiscardSectors: 4, maxDiscardSeg: 2, features: { inOrder } },
+            { packed },
+          );
+          assert.equal(hasFeature(blk.features, Feature.IN_ORDER), inOrder);
           const model = new Uint8Array(SECTORS * 512);
           try {
             // Each batch runs concurrently; batches run in order, so overlapping requests in one
