@@ -45,6 +45,15 @@ const REQUIRED_PROTOCOL_FEATURE: ReadonlyMap<number, number> = new Map([
 /** What handling one request produced: a reply body, or nothing beyond a possible ack. */
 type Outcome = Payload | undefined;
 
+/**
+ * Whether a refusal of `request` can be told as a non-zero acknowledgement. The memory table
+ * requests reply with a region list only in postcopy mode, which this back-end never enters;
+ * otherwise they are acknowledged like any request without a reply body.
+ */
+function answersWithAck(request: number): boolean {
+  return repliesWithAck('frontend-requests', request) || request === F.SET_MEM_TABLE || request === F.ADD_MEM_REG || request === F.REM_MEM_REG;
+}
+
 const u64 = (value: bigint | number): Payload => ({ kind: 'u64', value: BigInt(value) });
 
 /** Ring index and no-fd flag of SET_VRING_KICK/CALL/ERR's payload. */
@@ -186,7 +195,7 @@ export class BackendConnection {
 
   /** Answer a refused request with a non-zero ack when one was asked for; otherwise end the session. */
   private sendFailureAck(request: number, needReply: boolean): boolean {
-    if (needReply && this.backend.hasProtocolFeature(ProtocolFeature.REPLY_ACK) && repliesWithAck('frontend-requests', request)) {
+    if (needReply && this.backend.hasProtocolFeature(ProtocolFeature.REPLY_ACK) && answersWithAck(request)) {
       return this.send(encodeAck('frontend-replies', request, 1n));
     }
     if (request === F.GET_CONFIG) {
