@@ -225,7 +225,12 @@ export class BlkDevice implements VirtioDevice {
     this.servers[index]?.kick();
   }
 
-  /** §2.4: forget the activation; requests in flight finish without touching guest memory (serve.ts). */
+  /**
+   * §2.4: forget the activation. Requests in flight complete without writing a status or a used
+   * element (serve.ts), but a backend read already running still fills the guest buffers it was
+   * given: thread-pool I/O cannot be cancelled. A transport that must rule that out waits for its
+   * queues' in-flight count to reach zero first, as vhost-user does before stopping a ring.
+   */
   reset(): void {
     this.servers = [];
     this.setWriteback(this.initialWriteback);
