@@ -73,24 +73,10 @@ function inRange(sector: number, count: number, capacity: number): boolean {
   return count <= capacity && sector <= capacity - count;
 }
 
-/**
- * Run a backend call; a failure becomes IOERR (logged through the target). A call that changes
- * the disk is made durable before completing when the cache is writethrough.
- */
-async function attempt(
-  target: RequestTarget,
-  what: string,
-  io: () => Promise<void>,
-  changesDisk = false,
-): Promise<Status> {
-  try {
-    await io();
-    if (changesDisk && target.writethrough()) await target.backend.flush();
-    return BlkStatus.OK;
-  } catch (err) {
-    target.backendFailed(what, err);
-    return IOERR;
-  }
+/** A write completed: make it durable first when the cache is writethrough (§5.2.6.2). */
+async function settle(target: RequestTarget): Promise<Status> {
+  if (target.writethrough()) await target.backend.flush();
+  return BlkStatus.OK;
 }
 
 /**
@@ -119,64 +105,73 @@ function rangeSegments(
 /** Where headers are copied to be decoded; decoding is synchronous, so one buffer serves all requests. */
 const headerBytes = new Uint8Array(REQUEST_HEADER_SIZE);
 
-/** Parse and perform the request; never throws. The status byte is written by the caller. */
+/**
+ * Parse and perform the request; never throws. The status byte is written by the caller. Only
+ * backend calls can fail in here: a failure is logged and answered IOERR.
+ */
 async function execute(req: Request, target: RequestTarget): Promise<Status> {
   const { chain, reader, writer } = req;
   if (reader.read(headerBytes) < REQUEST_HEADER_SIZE) return IOERR;
   const header = decodeRequestHeader(headerBytes);
   // In-data is everything writable before the status byte.
   const inLen = chain.writableLength - STATUS_SIZE;
-
-  switch (header.type) {
-    case RequestType.IN: {
-      if (inLen % SECTOR_SIZE !== 0 || inLen > target.maxDataBytes) return IOERR;
-      if (!inRange(header.sector, inLen >>> SECTOR_SHIFT, target.capacity)) return IOERR;
-      const data = writer.segments(inLen);
-      return attempt(target, 'read', () => target.backend.read(header.sector * SECTOR_SIZE, data));
+  const { backend } = target;
+  let what = 'request';
+  try {
+    switch (header.type) {
+      case RequestType.IN: {
+        if (inLen % SECTOR_SIZE !== 0 || inLen > target.maxDataBytes) return IOERR;
+        if (!inRange(header.sector, inLen >>> SECTOR_SHIFT, target.capacity)) return IOERR;
+        what = 'read';
+        await backend.read(header.sector * SECTOR_SIZE, writer.segments(inLen));
+        return BlkStatus.OK;
+      }
+      case RequestType.OUT: {
+        if (target.readOnly) return IOERR;
+        const outLen = reader.remaining;
+        if (outLen % SECTOR_SIZE !== 0 || outLen > target.maxDataBytes) return IOERR;
+        if (!inRange(header.sector, outLen >>> SECTOR_SHIFT, target.capacity)) return IOERR;
+        what = 'write';
+        await backend.write(header.sector * SECTOR_SIZE, reader.segments(outLen));
+        return await settle(target);
+      }
+      case RequestType.FLUSH:
+        if (!target.flush) return UNSUPP;
+        what = 'flush';
+        await backend.flush();
+        return BlkStatus.OK;
+      case RequestType.GET_ID:
+        writer.write(target.id.subarray(0, Math.min(inLen, ID_SIZE)));
+        return BlkStatus.OK;
+      case RequestType.DISCARD:
+      case RequestType.WRITE_ZEROES: {
+        const discard = header.type === RequestType.DISCARD;
+        const limits = discard ? target.discard : target.writeZeroes;
+        if (limits === undefined) return UNSUPP;
+        if (target.readOnly) return IOERR;
+        // The unmap flag belongs to write zeroes; on a discard it is UNSUPP like a reserved bit.
+        const segs = rangeSegments(reader, limits, target.capacity, discard ? 0 : RangeFlag.UNMAP);
+        if (!Array.isArray(segs)) return segs;
+        const mayUnmap = target.writeZeroesMayUnmap;
+        what = discard ? 'discard' : 'write zeroes';
+        await Promise.all(
+          segs.map((s) => {
+            const offset = s.sector * SECTOR_SIZE;
+            const length = s.numSectors * SECTOR_SIZE;
+            return discard
+              ? backend.discard(offset, length)
+              : backend.writeZeroes(offset, length, mayUnmap && (s.flags & RangeFlag.UNMAP) !== 0);
+          }),
+        );
+        return await settle(target);
+      }
+      default:
+        // GET_LIFETIME, SECURE_ERASE and zoned requests belong to features never offered (§5.2.6.2).
+        return UNSUPP;
     }
-    case RequestType.OUT: {
-      if (target.readOnly) return IOERR;
-      const outLen = reader.remaining;
-      if (outLen % SECTOR_SIZE !== 0 || outLen > target.maxDataBytes) return IOERR;
-      if (!inRange(header.sector, outLen >>> SECTOR_SHIFT, target.capacity)) return IOERR;
-      const data = reader.segments(outLen);
-      return attempt(target, 'write', () => target.backend.write(header.sector * SECTOR_SIZE, data), true);
-    }
-    case RequestType.FLUSH:
-      if (!target.flush) return UNSUPP;
-      return attempt(target, 'flush', () => target.backend.flush());
-    case RequestType.GET_ID:
-      writer.write(target.id.subarray(0, Math.min(inLen, ID_SIZE)));
-      return BlkStatus.OK;
-    case RequestType.DISCARD:
-    case RequestType.WRITE_ZEROES: {
-      const discard = header.type === RequestType.DISCARD;
-      const limits = discard ? target.discard : target.writeZeroes;
-      if (limits === undefined) return UNSUPP;
-      if (target.readOnly) return IOERR;
-      // The unmap flag belongs to write zeroes; on a discard it is UNSUPP like a reserved bit.
-      const segs = rangeSegments(reader, limits, target.capacity, discard ? 0 : RangeFlag.UNMAP);
-      if (!Array.isArray(segs)) return segs;
-      const { backend, writeZeroesMayUnmap } = target;
-      const one = (s: RangeSegment): Promise<void> => {
-        const offset = s.sector * SECTOR_SIZE;
-        const length = s.numSectors * SECTOR_SIZE;
-        return discard
-          ? backend.discard(offset, length)
-          : backend.writeZeroes(offset, length, writeZeroesMayUnmap && (s.flags & RangeFlag.UNMAP) !== 0);
-      };
-      return attempt(
-        target,
-        discard ? 'discard' : 'write zeroes',
-        async () => {
-          await Promise.all(segs.map(one));
-        },
-        true,
-      );
-    }
-    default:
-      // GET_LIFETIME, SECURE_ERASE and zoned requests belong to features never offered (§5.2.6.2).
-      return UNSUPP;
+  } catch (err) {
+    target.backendFailed(what, err);
+    return IOERR;
   }
 }
 
