@@ -211,7 +211,7 @@ function extractVmlinux(bzImage: string): Buffer {
 async function main(): Promise<void> {
   const refresh = process.argv.includes('--refresh');
   if (process.getuid?.() !== 0) {
-    throw new SetupError('lab:setup must run as root, because it installs packages and builds a chroot; run `sudo npm run lab:setup`');
+    throw new SetupError('this must run as root, because it installs packages and builds a chroot; run `sudo npm run lab:setup`');
   }
   const paths = labPaths();
   step(`lab directory ${paths.dir}${process.env.PARAVIRT_LAB_DIR ? '' : ' (set PARAVIRT_LAB_DIR to move it)'}`);
