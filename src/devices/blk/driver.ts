@@ -107,25 +107,30 @@ class RequestMemory {
 
   constructor(private readonly dma: DmaAllocator) {}
 
-  async get(bytes: number): Promise<number> {
+  /** A block of `bytes`, or undefined when there is no room now (then wait with `whenRoom`). */
+  take(bytes: number): number | undefined {
     const reused = this.spare.get(bytes)?.pop();
     if (reused !== undefined) {
       this.spareBytes -= bytes;
       this.inUse++;
       return reused;
     }
+    let addr = this.dma.alloc(bytes, 16);
+    if (addr === undefined && this.spareBytes > 0) {
+      this.release();
+      addr = this.dma.alloc(bytes, 16);
+    }
+    if (addr !== undefined) this.inUse++;
+    return addr;
+  }
+
+  /** A block of `bytes` once other requests have given back enough; fails when none is in flight. */
+  async whenRoom(bytes: number): Promise<number> {
     for (;;) {
-      let addr = this.dma.alloc(bytes, 16);
-      if (addr === undefined && this.spareBytes > 0) {
-        this.release();
-        addr = this.dma.alloc(bytes, 16);
-      }
-      if (addr !== undefined) {
-        this.inUse++;
-        return addr;
-      }
       if (this.inUse === 0) throw new Error(`blk: DMA memory exhausted: no room for a request of ${bytes} bytes`);
       await new Promise<void>((resolve) => this.waiters.push(resolve));
+      const addr = this.take(bytes);
+      if (addr !== undefined) return addr;
     }
   }
 
@@ -309,7 +314,10 @@ export class BlkDriver {
 
   /** Split a transfer into requests of at most maxTransfer bytes, all in flight together. */
   private async chunked(sector: number, bytes: number, one: (sector: number, at: number, len: number) => Promise<void>): Promise<void> {
-    if (bytes <= this.maxTransfer) return one(sector, 0, bytes);
+    if (bytes <= this.maxTransfer) {
+      await one(sector, 0, bytes);
+      return;
+    }
     const parts: Promise<void>[] = [];
     for (let at = 0; at < bytes; at += this.maxTransfer) {
       const len = Math.min(this.maxTransfer, bytes - at);
@@ -357,7 +365,8 @@ export class BlkDriver {
   ): Promise<void> {
     const total = REQUEST_HEADER_SIZE + out.length + inLen + STATUS_SIZE;
     const transport = this.core.transport;
-    const addr = await this.requestMemory.get(total);
+    // The common case takes memory without a detour through the microtask queue.
+    const addr = this.requestMemory.take(total) ?? (await this.requestMemory.whenRoom(total));
     try {
       const memory = transport.memory;
       const block = memory.slice(addr, total);
