@@ -12,10 +12,10 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { MIN_QEMU, compareVersions, labPaths, qemuVersion, type LabManifest, type LabPaths } from '../../test/lab/qemu.ts';
 import { buildInitramfs, initramfsKey } from './initramfs.ts';
 
+/** QEMU 7.2 and qemu-storage-daemon for the peers, DPDK, and what building the lab itself takes. */
 const HOST_PACKAGES = [
   'qemu-system-x86', 'qemu-system-common', 'qemu-utils', 'dpdk', 'dpdk-dev', 'busybox-static',
   'debootstrap', 'xz-utils', 'zstd', 'cpio', 'fio', 'gzip', 'kmod', 'ca-certificates',
@@ -46,11 +46,14 @@ function inRoot(root: string, script: string, what: string): string {
   return run(['chroot', root, 'sh', '-c', script], what);
 }
 
-function ensureHostPackages(): void {
-  const missing = HOST_PACKAGES.filter((p) => {
+function missingHostPackages(): string[] {
+  return HOST_PACKAGES.filter((p) => {
     const res = spawnSync('dpkg-query', ['-W', '-f', '${db:Status-Status}', p], { encoding: 'utf8' });
     return res.stdout.trim() !== 'installed';
   });
+}
+
+function installHostPackages(missing: string[]): void {
   if (missing.length === 0) {
     step('host packages present');
     return;
@@ -183,6 +186,10 @@ function ensureKernel(paths: LabPaths, refresh: boolean): Kernel {
   }
   const kernel: Kernel = { release, package: pkgVersion, dir };
   writeFileSync(current, JSON.stringify(kernel, null, 2) + '\n');
+  // A kernel replaced by --refresh is no longer referenced by anything.
+  for (const f of readdirSync(paths.guestDir)) {
+    if (f.startsWith('linux-') && join(paths.guestDir, f) !== dir) rmSync(join(paths.guestDir, f), { recursive: true, force: true });
+  }
   return kernel;
 }
 
@@ -216,11 +223,12 @@ async function main(): Promise<void> {
   const paths = labPaths();
   step(`lab directory ${paths.dir}${process.env.PARAVIRT_LAB_DIR ? '' : ' (set PARAVIRT_LAB_DIR to move it)'}`);
   mkdirSync(paths.dir, { recursive: true });
-  ensureHostPackages();
 
   const mirror = debianMirror();
-  const needMirror = refresh || !existsSync(join(paths.rootfs, ROOTFS_STAMP)) || !existsSync(join(paths.guestDir, 'kernel.json'));
+  const missing = missingHostPackages();
+  const needMirror = refresh || missing.length > 0 || !existsSync(join(paths.rootfs, ROOTFS_STAMP)) || !existsSync(join(paths.guestDir, 'kernel.json'));
   if (needMirror) await checkMirror(mirror);
+  installHostPackages(missing);
   const rootfs = ensureRootfs(paths, mirror, refresh);
   mkdirSync(paths.guestDir, { recursive: true });
   mkdirSync(paths.shareDir, { recursive: true });
@@ -259,10 +267,7 @@ async function main(): Promise<void> {
   step(`ready: QEMU ${qemu.version}, Linux ${kernel.release} (${kernel.package}), ${modules.length} modules; host qemu-storage-daemon: ${qsd}`);
 }
 
-const isMain = process.argv[1] === fileURLToPath(import.meta.url);
-if (isMain) {
-  main().catch((err: unknown) => {
-    console.error(`lab:setup: ${err instanceof SetupError ? err.message : String((err as Error).stack ?? err)}`);
-    process.exit(1);
-  });
-}
+main().catch((err: unknown) => {
+  console.error(`lab:setup: ${err instanceof SetupError ? err.message : String((err as Error).stack ?? err)}`);
+  process.exit(1);
+});
