@@ -55,9 +55,10 @@ export function initramfsKey(kernelDir: string): string {
 }
 
 /**
- * Builds `out`, an uncompressed newc cpio: QEMU copies it into guest RAM in one go, whereas
- * decompressing it in the guest costs a second of emulated CPU.
- * Builds it for kernel `release` whose modules are in kernelDir/lib/modules/release; returns the module names packed. */
+ * Builds `out` for kernel `release`, whose modules are in kernelDir/lib/modules/RELEASE, and
+ * returns the names of the modules packed. The cpio is left uncompressed: QEMU copies it into
+ * guest RAM in one go, whereas decompressing it in the guest costs a second of emulated CPU.
+ */
 export function buildInitramfs(kernelDir: string, release: string, out: string, log: (m: string) => void): string[] {
   const modulesDir = join(kernelDir, 'lib/modules', release);
   const deps = readModulesDep(modulesDir);
