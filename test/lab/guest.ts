@@ -110,6 +110,8 @@ function acceptOne(path: string): { server: Server; connection: Promise<Socket> 
     server.once('connection', resolve);
     server.once('error', reject);
   });
+  // Awaited only once QEMU is running; a listen error before that must not go unhandled.
+  connection.catch(() => undefined);
   server.listen(path);
   return { server, connection };
 }
@@ -120,7 +122,8 @@ function tail(text: string, lines = 40): string {
 
 function pruneLogs(dir: string): void {
   const logs = readdirSync(dir).filter((f) => f.endsWith('.log'))
-    .map((f) => ({ f, t: statSync(join(dir, f)).mtimeMs }))
+    // Other test processes prune the same directory: a log may vanish between listing and stat.
+    .map((f) => ({ f, t: statSync(join(dir, f), { throwIfNoEntry: false })?.mtimeMs ?? 0 }))
     .sort((a, b) => b.t - a.t);
   for (const { f } of logs.slice(KEPT_LOGS)) rmSync(join(dir, f), { force: true });
 }
