@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startGuest } from '../lab/guest.ts';
+import { readdirSync } from 'node:fs';
+import { bootGuest, startGuest } from '../lab/guest.ts';
+import { qemuCommand } from '../lab/qemu.ts';
 import { requireLab } from '../lab/require.ts';
 
 test('the agent runs scripts in a stock Linux guest and returns exit code, stdout and stderr', async (t) => {
@@ -18,6 +20,27 @@ test('the agent runs scripts in a stock Linux guest and returns exit code, stdou
   assert.equal((await guest.check('cat /proc/1/comm')).trim(), 'init');
   assert.match(guest.log(), /paravirt: modules:/, 'the console log holds what init printed');
   assert.equal((await guest.qmp('query-status') as { status: string }).status, 'running');
+
+  // A script that outlives its deadline fails alone: its late answer is not taken for the next one's.
+  await assert.rejects(guest.run('sleep 3; echo late', { timeoutMs: 200 }), /did not answer within 200 ms/);
+  assert.equal(await guest.check('echo next'), 'next\n');
+});
+
+test('a guest that cannot boot is reported with QEMU\'s or the kernel\'s own words, and leaves nothing behind', async (t) => {
+  if (!requireLab(t)) return;
+  const noDevice = bootGuest({ name: 'bad-device', devices: ['-device', 'no-such-device'] });
+  await assert.rejects(noDevice, (err: Error) => {
+    assert.match(err.message, /QEMU exited \(code 1\) before the guest agent was ready/);
+    assert.match(err.message, /qemu: .*no-such-device/);
+    return true;
+  });
+  const noInit = bootGuest({ name: 'no-init', append: 'rdinit=/no-such-init' });
+  await assert.rejects(noInit, (err: Error) => {
+    assert.match(err.message, /Kernel panic/);
+    return true;
+  });
+  const leftovers = readdirSync(qemuCommand().shareDir).filter((d) => d.startsWith('bad-device-') || d.startsWith('no-init-'));
+  assert.deepEqual(leftovers, []);
 });
 
 test('several guests run at once, each with its own agent', async (t) => {

@@ -156,18 +156,24 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
   ];
 
   let qemuProcess: ChildProcess | undefined;
+  /** Resolves once QEMU has exited and its output is drained (or it never started). */
+  let qemuGone: Promise<unknown> = Promise.resolve();
+  /** Why QEMU ended, when it ended without being asked to. */
+  let ownExit: string | undefined;
+  let stopping = false;
   let stopped: Promise<void> | undefined;
   const sockets: Socket[] = [];
   const shutdown = (): Promise<void> => {
     stopped ??= (async () => {
+      stopping = true;
       const p = qemuProcess;
       if (p && p.exitCode === null && p.signalCode === null) {
-        const exited = new Promise<void>((resolve) => p.once('exit', () => resolve()));
         p.kill('SIGTERM');
         const timer = setTimeout(() => p.kill('SIGKILL'), 5000);
-        await exited;
+        await qemuGone;
         clearTimeout(timer);
       }
+      await qemuGone;
       if (p) live.delete(p);
       for (const s of sockets) s.destroy();
       agentListener.server.close();
@@ -184,6 +190,10 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
     const p = spawn(qemu.argv[0], [...qemu.argv.slice(1), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     qemuProcess = p;
     live.add(p);
+    qemuGone = new Promise((resolve) => {
+      p.once('close', resolve);
+      p.once('error', resolve);
+    });
     p.stdout?.setEncoding('utf8').on('data', (d: string) => (consoleText += d));
     let stderrLine = '';
     p.stderr?.setEncoding('utf8').on('data', (d: string) => {
@@ -192,8 +202,15 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
       for (const l of lines) consoleText += `qemu: ${l}\n`;
     });
     const exited = new Promise<never>((_, reject) => {
-      p.once('exit', (code, signal) => reject(new Error(`QEMU exited (${signal ?? `code ${code}`}) before the guest agent was ready`)));
-      p.once('error', (err) => reject(new Error(`cannot start ${qemu.argv[0]}: ${err.message}`)));
+      p.once('exit', (code, signal) => {
+        // Stopped by us, QEMU ends with code 0 or our signal; a failure code is its own doing even if we were stopping it.
+        if (!stopping || (code !== null && code !== 0)) ownExit = `QEMU exited (${signal ?? `code ${code}`}) before the guest agent was ready`;
+        reject(new Error(ownExit ?? 'QEMU was stopped'));
+      });
+      p.once('error', (err) => {
+        ownExit = `cannot start ${qemu.argv[0]}: ${err.message}`;
+        reject(new Error(ownExit));
+      });
     });
     exited.catch(() => undefined);
     let timer: NodeJS.Timeout | undefined;
@@ -239,7 +256,9 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
     };
   } catch (err) {
     await shutdown();
-    throw new Error(`guest ${name} did not boot: ${(err as Error).message}\n--- console (${logFile}) ---\n${tail(consoleText)}`, { cause: err });
+    // QEMU closing its sockets as it dies can reach us before its exit does; its exit is the real reason.
+    const reason = ownExit ?? (err as Error).message;
+    throw new Error(`guest ${name} did not boot: ${reason}\n--- console (${logFile}) ---\n${tail(consoleText)}`, { cause: err });
   }
 }
 
