@@ -83,10 +83,6 @@ export class QmpClient {
     return new Promise((resolve) => this.eventWaiters.push({ name, resolve }));
   }
 
-  close(): void {
-    this.socket.destroy();
-  }
-
   private dispatch(msg: QmpMessage, greet: () => void): void {
     if (msg.QMP !== undefined) {
       greet();
