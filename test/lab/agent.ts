@@ -88,7 +88,6 @@ export class AgentClient {
         resolve: (r) => { clearTimeout(timer); resolve(r); },
         reject: (e) => { clearTimeout(timer); reject(e); },
       };
-      this.answer = [];
       this.socket.write(`${seq} ${encoded}\n`);
     });
   }
