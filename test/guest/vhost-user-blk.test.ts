@@ -146,3 +146,22 @@ test('vhost-user-blk read-only: the guest sees a read-only disk and cannot chang
   assert.match(firstBytes, /^(a5 ){15}a5$/);
   assert.deepEqual(readFileSync(disk.image).subarray(0, MiB), Buffer.from(contents), 'the image is unchanged');
 });
+
+test('vhost-user-blk survives the guest driver resetting the device: unbind, bind, and the disk still works', async (t) => {
+  if (!requireLab(t)) return;
+  const disk = await serveDisk(t, { contents: new Uint8Array(4096).fill(0x3c) });
+  const guest = await startGuest(t, { name: 'vu-blk-rebind', devices: disk.devices });
+  // Unbinding resets the virtio device: QEMU stops the vhost-user rings (GET_VRING_BASE) and
+  // starts them again when the driver binds.
+  await guest.check(
+    'dev=$(basename $(readlink /sys/block/vda/device)); ' +
+      'echo $dev > /sys/bus/virtio/drivers/virtio_blk/unbind && echo $dev > /sys/bus/virtio/drivers/virtio_blk/bind',
+  );
+  await guest.check('for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done; [ -b /dev/vda ]');
+  await guest.check('dd if=/dev/urandom of=/dev/vda bs=4k count=256 seek=1 oflag=direct 2>/dev/null');
+  const first = (await guest.check('dd if=/dev/vda bs=16 count=1 iflag=direct 2>/dev/null | od -An -tx1')).trim();
+  assert.match(first, /^(3c ){15}3c$/, 'the disk reads its image after the restart');
+  const guestSum = (await guest.check('dd if=/dev/vda bs=4k skip=1 count=256 iflag=direct 2>/dev/null | sha256sum')).split(' ')[0];
+  const hostSum = createHash('sha256').update(readFileSync(disk.image).subarray(4096, 4096 + 256 * 4096)).digest('hex');
+  assert.equal(guestSum, hostSum, 'writes after the restart reach the image');
+});
