@@ -100,16 +100,17 @@ export class MessageReader<S extends Stream> {
 
     const end = start + length;
     let fds: readonly number[] = [];
-    const first = this.batches[0];
-    if (first !== undefined && first.start < end) {
-      if (first.start > start && first.end <= end) {
-        return this.fatal('fds-without-message', 'descriptors arrived in the middle of a message', header);
-      }
-      // The read that holds this message's first byte, if it ends inside this message.
-      if (first.start <= start && first.end <= end) {
-        fds = first.fds;
-        this.batches.shift();
-      }
+    const [first, second] = this.batches;
+    // Batches are disjoint and in stream order, so looking at two is enough.
+    const inside = (b: FdBatch | undefined): boolean => b !== undefined && b.start > start && b.end <= end;
+    // The read that holds this message's first byte owns it when it ends inside this message.
+    const owned = first !== undefined && first.start <= start && first.end <= end;
+    if (inside(first) || (owned && inside(second))) {
+      return this.fatal('fds-without-message', 'descriptors arrived in the middle of a message', header);
+    }
+    if (owned) {
+      fds = first.fds;
+      this.batches.shift();
     }
     this.pos += length;
     const payload = new DataView(this.buffer.buffer, this.buffer.byteOffset + this.pos - header.size, header.size);

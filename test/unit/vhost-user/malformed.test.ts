@@ -140,6 +140,14 @@ test('descriptors must arrive with the first byte of their message', () => {
   const r = mid.next();
   assert.ok(r.type === 'error' && r.error.rule === 'fds-without-message' && r.error.fatal);
   assert.deepEqual(r.error.fds, [5]);
+  // A second batch of descriptors inside a message that already had its own.
+  const twice = new MessageReader('frontend-requests');
+  twice.push(msg.bytes.subarray(0, 4), [5]);
+  twice.push(msg.bytes.subarray(4, 10), [8]);
+  twice.push(msg.bytes.subarray(10));
+  const t = twice.next();
+  assert.ok(t.type === 'error' && t.error.rule === 'fds-without-message');
+  assert.deepEqual(t.error.fds, [5, 8]);
   // Descriptors with no bytes at all.
   const empty = new MessageReader('frontend-requests');
   empty.push(new Uint8Array(0), [6]);
