@@ -116,3 +116,25 @@ export function concat(parts: readonly Uint8Array[]): Uint8Array {
   }
   return out;
 }
+
+/** Words of the doorbell array two threads share: notification counters and a stop flag. */
+export const Doorbell = {
+  /** Available buffer notifications (driver to device). */
+  KICK: 0,
+  /** Used buffer notifications (device to driver). */
+  INTERRUPT: 1,
+  STOP: 2,
+} as const;
+
+/** Send a notification: count it and wake a thread waiting on the word. */
+export function ring(doorbells: Int32Array, which: number): void {
+  Atomics.add(doorbells, which, 1);
+  Atomics.notify(doorbells, which);
+}
+
+/** What split-ring-echo-device.ts is started with. */
+export interface EchoDeviceData {
+  readonly memory: SharedArrayBuffer;
+  readonly doorbells: SharedArrayBuffer;
+  readonly config: QueueConfig;
+}
