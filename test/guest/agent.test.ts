@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { bootGuest, startGuest } from '../lab/guest.ts';
-import { qemuCommand } from '../lab/qemu.ts';
+import { qemuCommand, systemQemuCommand } from '../lab/qemu.ts';
 import { requireLab } from '../lab/require.ts';
 
 test('the agent runs scripts in a stock Linux guest and returns exit code, stdout and stderr', async (t) => {
@@ -59,4 +59,13 @@ test('a hot-plugged device gets its driver from the guest\'s uevent listener', a
   // The guest finishes probing on its own schedule: wait there, for the driver, not for a time.
   await guest.check('until grep -q virtio_rng /sys/class/misc/hw_random/rng_current 2>/dev/null; do usleep 20000; done', { timeoutMs: 30_000 });
   assert.match(await guest.check('cut -d" " -f1 /proc/modules'), /^virtio_rng$/m);
+});
+
+test('the same guest boots under the distribution\'s QEMU', async (t) => {
+  if (!requireLab(t)) return;
+  const qemu = systemQemuCommand();
+  const guest = await startGuest(t, { name: 'system-qemu', qemu, devices: ['-device', 'virtio-rng-pci'] });
+  const { qemu: v } = (await guest.qmp('query-version')) as { qemu: { major: number; minor: number; micro: number } };
+  assert.equal(`${v.major}.${v.minor}.${v.micro}`, qemu.version);
+  assert.match(await guest.check('cat /sys/class/misc/hw_random/rng_current'), /^virtio_rng\.\d+$/m);
 });
