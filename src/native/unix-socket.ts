@@ -168,7 +168,8 @@ export class UnixSocket {
    * nothing is available yet. Descriptors beyond `maxFds` are closed and counted.
    */
   receive(maxBytes: number = MAX_TRANSFER, maxFds: number = MAX_FDS_PER_MESSAGE): Received | null {
-    const len = Math.min(Math.max(1, Math.trunc(maxBytes)), MAX_TRANSFER);
+    if (!Number.isInteger(maxBytes) || maxBytes < 1) throw new RangeError(`receive size ${maxBytes} is not a positive integer`);
+    const len = Math.min(maxBytes, MAX_TRANSFER);
     prepare(len, CONTROL_SIZE);
     const n = recvmsg(this.fd, scratch, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
     if (n < 0) {
