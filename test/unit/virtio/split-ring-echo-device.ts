@@ -4,6 +4,7 @@
  * a device would wait for available buffer notifications.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { ChainWriter } from '../../../src/virtio/chain-io.ts';
 import { GuestMemory } from '../../../src/virtio/memory.ts';
 import type { QueueConfig } from '../../../src/virtio/queue.ts';
 import { SplitDeviceQueue } from '../../../src/virtio/split-ring.ts';
@@ -19,9 +20,9 @@ for (;;) {
   const seen = Atomics.load(doorbells, Doorbell.KICK);
   let chain;
   while ((chain = dev.pop()) !== null) {
-    let written = 0;
-    for (const src of chain.readable) written += copyInto(chain.writable, written, src);
-    dev.push(chain, written);
+    const writer = new ChainWriter(chain);
+    for (const src of chain.readable) writer.write(src);
+    dev.push(chain, writer.written);
   }
   if (dev.publish()) ring(doorbells, Doorbell.INTERRUPT);
   if (Atomics.load(doorbells, Doorbell.STOP) !== 0) break;
@@ -32,21 +33,3 @@ for (;;) {
   dev.disableNotifications();
 }
 parentPort?.postMessage({ inFlight: dev.inFlight });
-
-/** Copy `src` into the views `dst` from byte `at` of their concatenation; returns bytes copied. */
-function copyInto(dst: readonly Uint8Array[], at: number, src: Uint8Array): number {
-  let copied = 0;
-  let skip = at;
-  for (const d of dst) {
-    if (skip >= d.length) {
-      skip -= d.length;
-      continue;
-    }
-    const n = Math.min(d.length - skip, src.length - copied);
-    d.set(src.subarray(copied, copied + n), skip);
-    copied += n;
-    skip = 0;
-    if (copied === src.length) break;
-  }
-  return copied;
-}
