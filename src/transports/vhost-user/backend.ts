@@ -529,6 +529,8 @@ export class VhostUserBackend {
       throw err;
     }
     for (const v of running) {
+      // A ring that failed while draining stays failed: its gate is already detached.
+      if (v.failed) continue;
       const gate = v.gate!;
       try {
         gate.reopen(this.buildQueue(v, gate.base));
