@@ -32,6 +32,11 @@ const availablePattern = availablePatternBinding;
 const usedPattern = usedPatternBinding;
 const U32_MAX = 0xffff_ffff;
 
+/** What a buffer id is doing: free, added but not yet kicked (invisible to the device), or available. */
+const ID_FREE = 0;
+const ID_ADDED = 1;
+const ID_AVAILABLE = 2;
+
 export interface PackedDriverOptions {
   /**
    * Used when VIRTIO_F_INDIRECT_DESC is negotiated; without it every buffer is a direct chain.
@@ -70,7 +75,11 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
 
   private readonly freeIds: Uint16Array;
   private freeCount: number;
-  private readonly idInFlight: Uint8Array;
+  /** ID_FREE, ID_ADDED or ID_AVAILABLE per buffer id. */
+  private readonly idState: Uint8Array;
+  /** Ids added since the last kick, to become ID_AVAILABLE at kick(). */
+  private readonly addedIds: Uint16Array;
+  private addedCount = 0;
   private readonly tokens: (T | undefined)[];
   private readonly slotsOf: Uint16Array;
   private readonly writableOf: Float64Array;
@@ -106,7 +115,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     // Hand out low ids first (a stack popped from the end).
     for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
     this.freeCount = size;
-    this.idInFlight = new Uint8Array(size);
+    this.idState = new Uint8Array(size);
+    this.addedIds = new Uint16Array(size);
     this.tokens = new Array<T | undefined>(size).fill(undefined);
     this.slotsOf = new Uint16Array(size);
     this.writableOf = new Float64Array(size);
@@ -135,7 +145,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     if (this.freeCount === 0 || slots > this.size - this.outstanding) return false;
 
     const id = this.freeIds[--this.freeCount];
-    this.idInFlight[id] = 1;
+    this.idState[id] = ID_ADDED;
+    this.addedIds[this.addedCount++] = id;
     this.tokens[id] = token;
     this.writableOf[id] = writable;
     this.slotsOf[id] = slots;
@@ -210,6 +221,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       Atomics.store(this.halves, this.batchHead * 8 + 7, this.batchHeadFlags);
       this.batchHead = -1;
     }
+    for (let i = 0; i < this.addedCount; i++) this.idState[this.addedIds[i]] = ID_AVAILABLE;
+    this.addedCount = 0;
     const now = extendedIndex(this.availPos, this.availWrap, this.size);
     const before = this.kicked;
     if (now === before) return false;
@@ -233,8 +246,9 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       throw new VirtqueueError('bad used flags', `${this.name}: descriptor ${pos} has flags ${hex(flags)}`);
     }
     const id = this.halves[pos * 8 + 6];
-    if (id >= this.size || this.idInFlight[id] === 0) {
-      throw new VirtqueueError('used id not in flight', `${this.name}: the device used buffer id ${id}`);
+    // A buffer not yet kicked is one the device cannot have seen (§2.8.12: it processes in ring order).
+    if (id >= this.size || this.idState[id] !== ID_AVAILABLE) {
+      throw new VirtqueueError('used id not in flight', `${this.name}: the device used buffer id ${id}, not available to it`);
     }
     // §2.8.3, §2.8.4: without WRITE the length is reserved and nothing was written.
     const len = (flags & WRITE) !== 0 ? this.words[pos * 4 + 2] : 0;
@@ -274,7 +288,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     }
     const token = this.tokens[id] as T;
     this.tokens[id] = undefined;
-    this.idInFlight[id] = 0;
+    this.idState[id] = ID_FREE;
     this.freeIds[this.freeCount++] = id;
     return { token, len };
   }

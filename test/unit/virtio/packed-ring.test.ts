@@ -725,3 +725,16 @@ test('driver: looking for used buffers before kick finds none, even where last l
     assert.equal(drv.getUsed()?.token, 2);
   }
 });
+
+test('driver: a device cannot use a buffer added after the last kick', () => {
+  const { mem, config, put } = setup(4);
+  const drv = new PackedDriverQueue<string>(mem, config, 'q');
+  drv.add([{ addr: DATA, len: 4 }], [], 'kicked');
+  drv.kick();
+  drv.add([{ addr: DATA, len: 4 }], [], 'not kicked');
+  // The second buffer's descriptor (id 1) is in the ring already; a device reading ahead knows it.
+  put(0, { addr: 0, len: 0, id: 1, flags: used(1) });
+  assert.throws(() => drv.getUsed(), violates('used id not in flight'));
+  drv.kick();
+  assert.deepEqual(drv.getUsed(), { token: 'not kicked', len: 0 }, 'after kick the same answer is fine');
+});
