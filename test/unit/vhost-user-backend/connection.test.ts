@@ -16,11 +16,20 @@ import { createMemfd } from '../../../src/native/memfd.ts';
 import { whenReadable } from '../../../src/native/readiness.ts';
 import { socketPair, type UnixSocket } from '../../../src/native/unix-socket.ts';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
-import { Feature, featureBit } from '../../../src/virtio/constants.ts';
+import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
+import { vhostUserBlkDevice } from '../../../src/cli/devices.ts';
+import type { VirtioDevice } from '../../../src/virtio/device.ts';
+import { DeviceStatus, Feature, featureBit } from '../../../src/virtio/constants.ts';
 import { GuestMemory } from '../../../src/virtio/memory.ts';
 import { createDriverQueue } from '../../../src/virtio/ring.ts';
+import type { DriverQueue } from '../../../src/virtio/queue.ts';
 import { BackendConnection } from '../../../src/transports/vhost-user/backend-connection.ts';
-import { FrontendRequest as F, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
+import {
+  BackendRequest,
+  FrontendRequest as F,
+  ProtocolFeature,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+} from '../../../src/transports/vhost-user/constants.ts';
 import { encodeMessage, type FrontendReplyMessage, type Payload } from '../../../src/transports/vhost-user/messages.ts';
 import { MessageReader } from '../../../src/transports/vhost-user/reader.ts';
 
@@ -37,8 +46,9 @@ class FrontEnd {
   constructor(
     readonly socket: UnixSocket,
     backSocket: UnixSocket,
+    device: VirtioDevice = new RngDevice(),
   ) {
-    this.connection = new BackendConnection(backSocket, new RngDevice(), pino({ level: process.env.PARAVIRT_LOG ?? 'silent' }));
+    this.connection = new BackendConnection(backSocket, device, pino({ level: process.env.PARAVIRT_LOG ?? 'silent' }));
   }
 
   send(request: number, payload: Payload = { kind: 'empty' }, fds: readonly number[] = [], needReply = false): void {
@@ -94,14 +104,56 @@ class FrontEnd {
   }
 }
 
-function session(t: TestContext): FrontEnd {
+function session(t: TestContext, device?: VirtioDevice): FrontEnd {
   const [front, back] = socketPair();
-  const fe = new FrontEnd(front, back);
+  const fe = new FrontEnd(front, back, device);
   t.after(async () => {
     front.close();
     await fe.connection.ended;
   });
   return fe;
+}
+
+
+interface Ring {
+  ram: Mapping;
+  ramFd: number;
+  driver: DriverQueue<string>;
+  kick: EventFd;
+  call: EventFd;
+}
+
+/** Share a memfd as guest RAM and start ring 0 of 8 entries in it, the way QEMU does. */
+async function startRing(t: TestContext, fe: FrontEnd, err?: EventFd): Promise<Ring> {
+  const ramFd = createMemfd('guest-ram', RAM_SIZE);
+  const ram = Mapping.shared(ramFd, RAM_SIZE);
+  t.after(() => ram.unmap());
+  const memory = new GuestMemory([{ guestAddr: 0, bytes: ram.bytes }]);
+  const ring = { desc: 0x1000, driver: 0x2000, device: 0x3000 };
+  const driver = createDriverQueue<string>(memory, { ...ring, size: 8, eventIdx: false, indirect: false, inOrder: false }, false, 'drv');
+  const kick = EventFd.create();
+  const call = EventFd.create();
+
+  fe.send(F.SET_FEATURES, { kind: 'u64', value: featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES) });
+  const region = { guestAddr: 0n, size: BigInt(RAM_SIZE), userAddr: USER_BASE, mmapOffset: 0n };
+  assert.equal(await fe.acked(F.SET_MEM_TABLE, { kind: 'memory-table', regions: [region] }, [ramFd]), 0n);
+  fe.send(F.SET_VRING_NUM, { kind: 'vring-state', index: 0, num: 8 });
+  fe.send(F.SET_VRING_BASE, { kind: 'vring-state', index: 0, num: 0 });
+  const user = (gpa: number): bigint => USER_BASE + BigInt(gpa);
+  fe.send(F.SET_VRING_ADDR, {
+    kind: 'vring-address',
+    index: 0,
+    flags: 0,
+    descUser: user(ring.desc),
+    availUser: user(ring.driver),
+    usedUser: user(ring.device),
+    logGuest: 0n,
+  });
+  fe.send(F.SET_VRING_CALL, { kind: 'u64', value: 0n }, [call.fd]);
+  if (err !== undefined) fe.send(F.SET_VRING_ERR, { kind: 'u64', value: 0n }, [err.fd]);
+  fe.send(F.SET_VRING_KICK, { kind: 'u64', value: 0n }, [kick.fd]);
+  assert.equal(await fe.acked(F.SET_VRING_ENABLE, { kind: 'vring-state', index: 0, num: 1 }), 0n);
+  return { ram, ramFd, driver, kick, call };
 }
 
 test('handshake: features with bit 30, protocol features, queue count and slots', async (t) => {
@@ -122,35 +174,8 @@ test('handshake: features with bit 30, protocol features, queue count and slots'
 test('a request goes from the driver ring through the back-end and back, with kick and call eventfds', async (t) => {
   const before = openFds();
   const fe = session(t);
-  await fe.handshake(featureBit(ProtocolFeature.REPLY_ACK) | featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS));
-  const ramFd = createMemfd('guest-ram', RAM_SIZE);
-  const ram = Mapping.shared(ramFd, RAM_SIZE);
-  t.after(() => ram.unmap());
-  const memory = new GuestMemory([{ guestAddr: 0, bytes: ram.bytes }]);
-  const ring = { desc: 0x1000, driver: 0x2000, device: 0x3000 };
-  const driver = createDriverQueue<string>(memory, { ...ring, size: 8, eventIdx: false, indirect: false, inOrder: false }, false, 'drv');
-  const kick = EventFd.create();
-  const call = EventFd.create();
-
-  fe.send(F.SET_FEATURES, { kind: 'u64', value: featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES) });
-  const region = { guestAddr: 0n, size: BigInt(RAM_SIZE), userAddr: USER_BASE, mmapOffset: 0n };
-  assert.equal(await fe.acked(F.ADD_MEM_REG, { kind: 'memory-region', region }, [ramFd]), 0n);
-  fe.send(F.SET_VRING_NUM, { kind: 'vring-state', index: 0, num: 8 });
-  fe.send(F.SET_VRING_BASE, { kind: 'vring-state', index: 0, num: 0 });
-  const user = (gpa: number): bigint => USER_BASE + BigInt(gpa);
-  fe.send(F.SET_VRING_ADDR, {
-    kind: 'vring-address',
-    index: 0,
-    flags: 0,
-    descUser: user(ring.desc),
-    availUser: user(ring.driver),
-    usedUser: user(ring.device),
-    logGuest: 0n,
-  });
-  fe.send(F.SET_VRING_CALL, { kind: 'u64', value: 0n }, [call.fd]);
-  fe.send(F.SET_VRING_KICK, { kind: 'u64', value: 0n }, [kick.fd]);
-  assert.equal(await fe.acked(F.SET_VRING_ENABLE, { kind: 'vring-state', index: 0, num: 1 }), 0n);
-
+  await fe.handshake();
+  const { ram, driver, kick, call, ramFd } = await startRing(t, fe);
   driver.add([], [{ addr: 0x8000, len: 32 }], 'buffer');
   driver.kick();
   kick.signal();
@@ -349,4 +374,31 @@ test('property: arbitrary messages with valid headers never escape the session',
     { numRuns: 60 },
   );
   assert.equal(openFds(), before, 'no descriptor leaked');
+});
+
+test('a guest driver breaking a ring rule: the error eventfd, DEVICE_NEEDS_RESET and a configuration change reach the front-end', async (t) => {
+  const fe = session(t, vhostUserBlkDevice(new MemoryBackend(1024 * 1024), { queueSize: 8 }));
+  const protocol = [ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIG, ProtocolFeature.BACKEND_REQ, ProtocolFeature.STATUS];
+  await fe.handshake(protocol.reduce((m, b) => m | featureBit(b), 0n));
+  const [channel, backendEnd] = socketPair();
+  t.after(() => channel.close());
+  assert.equal(await fe.acked(F.SET_BACKEND_REQ_FD, { kind: 'empty' }, [backendEnd.fd]), 0n);
+  backendEnd.close();
+  const err = EventFd.create();
+  t.after(() => err.close());
+  const { ram, kick, ramFd } = await startRing(t, fe, err);
+  t.after(() => closeFd(ramFd));
+  // The driver publishes avail idx 200 on a ring of 8 entries: more buffers than the ring holds.
+  new DataView(ram.bytes.buffer, ram.bytes.byteOffset + 0x2000).setUint16(2, 200, true);
+  kick.signal();
+  await whenReadable(err.fd);
+  assert.equal(err.take(), 1n);
+  await whenReadable(channel.fd);
+  const message = channel.receive();
+  assert.ok(message !== null);
+  const header = new DataView(message.bytes.buffer, message.bytes.byteOffset, 12);
+  assert.deepEqual([header.getUint32(0, true), header.getUint32(8, true)], [BackendRequest.CONFIG_CHANGE_MSG, 0]);
+  const status = await fe.u64(F.GET_STATUS);
+  assert.equal(status & BigInt(DeviceStatus.DEVICE_NEEDS_RESET), BigInt(DeviceStatus.DEVICE_NEEDS_RESET));
+  assert.equal(await fe.u64(F.GET_QUEUE_NUM), 1n, 'the session goes on');
 });
