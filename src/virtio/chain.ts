@@ -9,10 +9,16 @@ import { DescriptorChain, VirtqueueError } from './queue.ts';
 import type { GuestMemory } from './memory.ts';
 
 const U32_MAX = 0xffff_ffff;
+/**
+ * The part of a chain that has no descriptors, shared by every such chain. A part starts as this
+ * and becomes an array sized to its first buffer, which saves allocating (and growing) two arrays
+ * per chain on the per-chain path.
+ */
+const NONE: Uint8Array[] = [];
 
 export class ChainBuilder {
-  private readable: Uint8Array[] = [];
-  private writable: Uint8Array[] = [];
+  private readable = NONE;
+  private writable = NONE;
   private readableLength = 0;
   private writableLength = 0;
   private count = 0;
@@ -24,8 +30,8 @@ export class ChainBuilder {
 
   /** Start a new chain (the builder is reused to keep the per-chain path allocation-light). */
   reset(): void {
-    this.readable = [];
-    this.writable = [];
+    this.readable = NONE;
+    this.writable = NONE;
     this.readableLength = 0;
     this.writableLength = 0;
     this.count = 0;
@@ -51,7 +57,8 @@ export class ChainBuilder {
       if (this.writableLength > U32_MAX) {
         throw new VirtqueueError('chain length overflow', `${this.queueName}: writable part exceeds 4 GiB`);
       }
-      this.writable.push(buf);
+      if (this.writable === NONE) this.writable = [buf];
+      else this.writable.push(buf);
     } else {
       if (this.writable.length > 0) {
         throw new VirtqueueError(
@@ -63,7 +70,8 @@ export class ChainBuilder {
       if (this.readableLength > U32_MAX) {
         throw new VirtqueueError('chain length overflow', `${this.queueName}: readable part exceeds 4 GiB`);
       }
-      this.readable.push(buf);
+      if (this.readable === NONE) this.readable = [buf];
+      else this.readable.push(buf);
     }
   }
 
