@@ -7,8 +7,9 @@
  * has already checked syntax): queue indexes, sizes, region layouts, ring placement. A refusal
  * is a FrontEndError, which the connection turns into an error reply and one log line.
  *
- * The device is the same object the other transports drive; BackendContext adapts vhost-user's
- * notions (eventfds, ring start/stop, the back-end request channel) to DeviceContext.
+ * The device is the same object the other transports drive; the DeviceContext it is given
+ * (makeContext) maps vhost-user's notions onto it: rings behind GatedQueues, notifications as
+ * eventfd writes, configuration changes as messages on the back-end request channel.
  */
 import type { Logger } from 'pino';
 import { DeviceStatus, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
@@ -506,7 +507,13 @@ export class VhostUserBackend {
   }
 
   private deactivate(): void {
-    if (this.active) this.device.reset();
+    if (this.active) {
+      try {
+        this.device.reset();
+      } catch (err) {
+        this.log.error({ err: (err as Error).message }, `${this.device.name}: reset failed`);
+      }
+    }
     this.active = false;
     this.status &= ~DeviceStatus.DEVICE_NEEDS_RESET;
     for (const v of this.vrings) v.failed = false;

@@ -97,11 +97,16 @@ export class GatedQueue implements DeviceQueue {
   }
 
   /**
-   * Cut the gate from its ring for good, once close() has resolved: whatever the device still
-   * does with this object reaches no guest memory, so the mappings can go.
+   * Cut the gate from its ring for good: whatever the device still does with this object
+   * reaches no guest memory, so the mappings can go. Normally after close() resolved; a ring
+   * that fails is detached at once, and anyone waiting in close() is released.
    */
   detach(): void {
     this.open = false;
     this.inner = DETACHED;
+    // Chains still out will never come back through this gate: nobody may wait for them.
+    const waiting = this.waiters;
+    this.waiters = [];
+    for (const w of waiting) w();
   }
 }

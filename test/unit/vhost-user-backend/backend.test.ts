@@ -315,3 +315,17 @@ test('close() releases every descriptor the front-end sent', async () => {
   await h.backend.close();
   assert.deepEqual([...h.closed].sort(), [CALL_FD, 202, KICK_FD, 300].sort());
 });
+
+test('a ring that fails while GET_VRING_BASE waits for it does not hang the stop', async () => {
+  const h = harness();
+  await setUpRing(h);
+  h.backend.setVringKick(0, KICK_FD);
+  h.backend.setVringEnable(0, 1);
+  offer(h, 1);
+  h.kick();
+  assert.equal(h.device.held.length, 1);
+  const stopping = h.backend.getVringBase(0);
+  const ctx = h.device.ctx!;
+  ctx.fail(0, new Error('push failed'));
+  assert.equal(await stopping, 1, 'the position the ring had reached when it failed');
+});
