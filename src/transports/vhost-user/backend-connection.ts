@@ -54,6 +54,9 @@ function answersWithAck(request: number): boolean {
   return repliesWithAck('frontend-requests', request) || request === F.SET_MEM_TABLE || request === F.ADD_MEM_REG || request === F.REM_MEM_REG;
 }
 
+/** Socket reads per readiness callback: at most 1 MiB buffered before the messages are handled. */
+const READS_PER_WAKEUP = 16;
+
 const u64 = (value: bigint | number): Payload => ({ kind: 'u64', value: BigInt(value) });
 
 /** Ring index and no-fd flag of SET_VRING_KICK/CALL/ERR's payload. */
@@ -103,7 +106,8 @@ export class BackendConnection {
       this.watcher.update({});
       return;
     }
-    for (;;) {
+    // Bounded per wake-up: polling is level-triggered, so what stays in the socket comes next time.
+    for (let reads = 0; reads < READS_PER_WAKEUP; reads++) {
       let got;
       try {
         got = this.socket.receive(MAX_TRANSFER, MAX_FDS);
