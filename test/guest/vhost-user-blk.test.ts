@@ -165,3 +165,21 @@ test('vhost-user-blk survives the guest driver resetting the device: unbind, bin
   const hostSum = createHash('sha256').update(readFileSync(disk.image).subarray(4096, 4096 + 256 * 4096)).digest('hex');
   assert.equal(guestSum, hostSum, 'writes after the restart reach the image');
 });
+
+test('vhost-user-blk keeps serving while QEMU adds guest memory (ADD_MEM_REG under running rings)', async (t) => {
+  if (!requireLab(t)) return;
+  const disk = await serveDisk(t);
+  const guest = await startGuest(t, {
+    name: 'vu-blk-hotplug',
+    // The later -m wins: room for one more DIMM.
+    devices: [...disk.devices, '-m', '512M,slots=2,maxmem=1G'],
+  });
+  await guest.check('dd if=/dev/urandom of=/tmp/a bs=1M count=8 2>/dev/null && dd if=/tmp/a of=/dev/vda bs=1M oflag=direct 2>/dev/null');
+  await guest.qmp('object-add', { 'qom-type': 'memory-backend-memfd', id: 'hot0', size: 128 * MiB, share: true });
+  await guest.qmp('device_add', { driver: 'pc-dimm', id: 'dimm0', memdev: 'hot0' });
+  // I/O after the change: the rings were rebuilt over the new memory table.
+  const written = (await guest.check('sha256sum /tmp/a')).split(' ')[0];
+  const readBack = (await guest.check('dd if=/dev/vda bs=1M count=8 iflag=direct 2>/dev/null | sha256sum')).split(' ')[0];
+  assert.equal(readBack, written);
+  await guest.check('dd if=/dev/urandom of=/dev/vda bs=1M count=8 seek=8 oflag=direct 2>/dev/null');
+});
