@@ -1,0 +1,377 @@
+/**
+ * The adversarial-driver harness: plays one Scenario (scenario.ts) against a real device — a
+ * virtio-blk device on an in-memory disk or a virtio-rng device — through the real virtio-mmio
+ * register file and DeviceState, and checks what the device promises a hostile driver:
+ *
+ * - nothing escapes as an exception from a register access, and nothing is rejected unhandled;
+ * - every driver action ends within a step budget (guest memory translations, see CountingMemory),
+ *   and asynchronous completions within a bounded number of microtask turns: no timers;
+ * - no byte outside guest memory changes (the canaries of GuardedMemory);
+ * - no request handler fails (a device bug logged at error level) and a disk backend is only
+ *   called with ranges inside the disk;
+ * - after the garbage the device either still serves a well-formed request correctly, or sits in
+ *   DEVICE_NEEDS_RESET; and after a reset and a clean set-up it serves again.
+ *
+ * A broken promise throws a Finding; fast-check (property()) shrinks the scenario and prints the
+ * seed and path that reproduce it.
+ */
+import fc from 'fast-check';
+import { pino } from 'pino';
+import { BlkDevice } from '../../src/devices/blk/device.ts';
+import { MemoryBackend } from '../../src/devices/blk/memory-backend.ts';
+import type { BlockBackend } from '../../src/devices/blk/backend.ts';
+import { BlkStatus, ID_SIZE, RequestType, SECTOR_SIZE, encodeRequestHeader } from '../../src/devices/blk/wire.ts';
+import { RngDevice } from '../../src/devices/rng/device.ts';
+import { MmioDevice } from '../../src/transports/mmio/device.ts';
+import { DescFlag } from '../../src/virtio/constants.ts';
+import type { VirtioDevice } from '../../src/virtio/device.ts';
+import { DATA_BASE, GuardedMemory } from './guarded-memory.ts';
+import { type DescWords, Finding, HostileDriver, tableAddress } from './hostile-driver.ts';
+import { type Action, type Scenario, scenario, type Target, type ValidRequest } from './scenario.ts';
+
+const DISK_SECTORS = 16;
+/** Largest queue the devices accept; the step budget is sized for it. */
+const MAX_QUEUE = 256;
+/**
+ * Translations one driver action may cost: one notification pops at most a ring's worth of chains
+ * (§2.7.13: the avail index may lead by at most the queue size; §2.8: one lap of a packed ring),
+ * each at most a ring's worth of direct descriptors plus an indirect table as long.
+ */
+const STEP_BUDGET = MAX_QUEUE * (2 * MAX_QUEUE + 2) + 64;
+/** Microtask turns an asynchronous completion may take before it counts as hung. */
+const MAX_TURNS = 2000;
+
+/** Where well-formed requests keep their buffers: readable part, then writable part. */
+const VALID_READABLE = DATA_BASE;
+const VALID_WRITABLE = DATA_BASE + 0x800;
+const UNWRITTEN = 0xee;
+
+/** What one case saw, for the run's summary. */
+export interface Outcome {
+  /** Well-formed requests checked to complete while garbage was about (not counting the one after reset). */
+  readonly servedAmidGarbage: number;
+  /** The device ended the garbage in DEVICE_NEEDS_RESET. */
+  readonly neededReset: boolean;
+  /** Most guest memory translations one action took. */
+  readonly maxSteps: number;
+}
+
+// Device log lines at error level (a failed request handler, a failed activation) are device bugs.
+const errorLines: string[] = [];
+const log = pino({ level: 'error' }, { write: (line: string) => void errorLines.push(line) });
+
+const escaped: unknown[] = [];
+let watching = false;
+
+/** Record unhandled rejections and uncaught exceptions, to fail the case that caused them. */
+function watchProcess(): void {
+  if (watching) return;
+  watching = true;
+  process.on('unhandledRejection', (reason) => escaped.push(reason));
+  process.on('uncaughtException', (err) => escaped.push(err));
+}
+
+/** A backend that also checks the device only asks for ranges inside the disk (§5.2.6.2 request checks). */
+class CheckedBackend implements BlockBackend {
+  readonly inner: MemoryBackend;
+  readonly outOfRange: string[] = [];
+
+  constructor(sectors: number) {
+    this.inner = new MemoryBackend(sectors * SECTOR_SIZE);
+  }
+
+  get size(): number {
+    return this.inner.size;
+  }
+  get readOnly(): boolean {
+    return this.inner.readOnly;
+  }
+  get canUnmap(): boolean {
+    return this.inner.canUnmap;
+  }
+
+  private check(what: string, offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || offset < 0 || length < 0 || offset + length > this.size) {
+      this.outOfRange.push(`${what} of ${length} bytes at ${offset}`);
+    }
+  }
+
+  private static total(segs: readonly Uint8Array[]): number {
+    return segs.reduce((n, s) => n + s.length, 0);
+  }
+
+  read(offset: number, segs: readonly Uint8Array[]): Promise<void> {
+    this.check('read', offset, CheckedBackend.total(segs));
+    return this.inner.read(offset, segs);
+  }
+  write(offset: number, segs: readonly Uint8Array[]): Promise<void> {
+    this.check('write', offset, CheckedBackend.total(segs));
+    return this.inner.write(offset, segs);
+  }
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+  discard(offset: number, length: number): Promise<void> {
+    this.check('discard', offset, length);
+    return this.inner.discard(offset, length);
+  }
+  writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    this.check('write zeroes', offset, length);
+    return this.inner.writeZeroes(offset, length, mayUnmap);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/** One case: the device, its memory and the driver attacking it. */
+class Case {
+  readonly memory = new GuardedMemory();
+  readonly backend: CheckedBackend | undefined;
+  readonly device: VirtioDevice;
+  readonly regs: MmioDevice;
+  readonly driver: HostileDriver;
+  servedAmidGarbage = 0;
+
+  constructor(readonly target: Target) {
+    if (target.device === 'blk') {
+      this.backend = new CheckedBackend(DISK_SECTORS);
+      this.device = new BlkDevice({
+        backend: this.backend,
+        queueSize: MAX_QUEUE,
+        features: { packed: true, eventIdx: true, indirect: true, inOrder: true },
+      });
+    } else {
+      this.device = new RngDevice({ maxQueueSize: MAX_QUEUE });
+    }
+    this.regs = new MmioDevice(this.device, this.memory.device, { log });
+    this.driver = new HostileDriver(target, this.regs, this.memory.driver);
+  }
+
+  /** Run one synchronous driver action under the step budget; nothing may escape it. */
+  act(what: string, fn: () => void): void {
+    this.memory.device.startAction(STEP_BUDGET);
+    try {
+      fn();
+    } catch (err) {
+      if (err instanceof Finding) throw err;
+      throw new Finding(`${what} threw ${err instanceof Error ? `${err.name}: ${err.message}` : String(err)}`);
+    }
+    this.checkInvariants(what);
+  }
+
+  checkInvariants(what: string): void {
+    const overrun = this.memory.device.overrun;
+    if (overrun !== undefined) throw new Finding(`${what}: ${overrun.message}`);
+    const guard = this.memory.firstDamagedGuard();
+    if (guard !== undefined) throw new Finding(`${what}: host byte ${guard} outside guest memory changed`);
+    if (errorLines.length > 0) throw new Finding(`${what}: the device logged an error: ${errorLines[0]}`);
+    const bad = this.backend?.outOfRange[0];
+    if (bad !== undefined) throw new Finding(`${what}: the disk backend was asked for a ${bad}, outside the disk`);
+    if (escaped.length > 0) throw new Finding(`${what}: escaped ${String(escaped[0])}`);
+  }
+
+  /** The queue's popped-but-unreturned chains (0 when there is no live queue). */
+  private inFlight(): number {
+    return this.regs.state.liveQueue(0)?.inFlight ?? 0;
+  }
+
+  /** Let asynchronous completions run until nothing is in flight, within MAX_TURNS microtask turns. */
+  async drain(what: string): Promise<void> {
+    let quiet = 0;
+    for (let turn = 0; turn < MAX_TURNS; turn++) {
+      await null;
+      // A few turns past the last completion let a scheduled publish run.
+      quiet = this.inFlight() === 0 ? quiet + 1 : 0;
+      if (quiet > 4) {
+        this.checkInvariants(what);
+        return;
+      }
+    }
+    throw new Finding(`${what}: ${this.inFlight()} requests still in flight after ${MAX_TURNS} microtask turns`);
+  }
+
+  async perform(a: Action, i: number): Promise<void> {
+    const d = this.driver;
+    const what = `action ${i} (${a.op})`;
+    switch (a.op) {
+      case 'chain':
+        this.act(what, () => d.chain(a.start, a.descs.map(HostileDriver.words), a.publish));
+        if (a.kick) this.act(what, () => d.notify());
+        return;
+      case 'indirect': {
+        const addr = tableAddress(a.index);
+        d.writeTable(addr, a.entries.map(HostileDriver.words));
+        const head: DescWords = { addr, len: a.len ?? a.entries.length * 16, flags: a.extraFlags | DescFlag.INDIRECT, idOrNext: 0 };
+        this.act(what, () => d.chain(a.index, [head], a.publish));
+        if (a.kick) this.act(what, () => d.notify());
+        return;
+      }
+      case 'loop': {
+        // A circle of `length` descriptors (split); on a packed ring, NEXT on every descriptor of a whole lap.
+        const n = d.target.packed ? d.size : Math.min(a.length, d.size);
+        const descs = Array.from({ length: n }, (_, k): DescWords => ({
+          addr: DATA_BASE + 0x1000 + 16 * k,
+          len: 16,
+          flags: DescFlag.NEXT,
+          idOrNext: (a.start + ((k + 1) % n)) % d.size,
+        }));
+        this.act(what, () => d.chain(a.start, descs, { entry: undefined, advance: 1, lie: undefined }));
+        if (a.kick) this.act(what, () => d.notify());
+        return;
+      }
+      case 'scribble':
+        this.act(what, () => d.scribble(a.area, a.offset, a.bytes));
+        return;
+      case 'reg':
+        this.act(what, () => d.writeRaw(a.offset, a.width, a.value));
+        return;
+      case 'notify':
+        this.act(what, () => d.notify(a.queue));
+        return;
+      case 'drain':
+        await this.drain(what);
+        return;
+      case 'valid':
+        if (await this.serve(a.request, what)) this.servedAmidGarbage++;
+        return;
+      case 'reset':
+        this.act(what, () => d.init());
+        return;
+      case 'scrambledInit':
+        this.act(what, () => a.steps.forEach((s) => d.initStep(s)));
+        return;
+    }
+  }
+
+  /**
+   * Submit a well-formed request where the device looks next and check its answer. Returns false
+   * when the device is not running the queue as configured (garbage stopped or reconfigured it),
+   * so no answer can be expected. Otherwise the request must complete correctly: nothing else is
+   * available, so entering DEVICE_NEEDS_RESET over it would be refusing a well-formed chain.
+   */
+  async serve(req: ValidRequest, what: string): Promise<boolean> {
+    const d = this.driver;
+    // Let the device take whatever garbage is still pending, first.
+    this.act(what, () => d.notify());
+    await this.drain(what);
+    if (!d.running()) return false;
+    const inFlight = this.inFlight();
+    if (inFlight !== 0) throw new Finding(`${what}: ${inFlight} chains popped and never returned`);
+
+    const request = this.layOut(req);
+    const useIndirect = req.indirect && this.target.indirect;
+    // No chain may be longer than the queue size, indirect or not (§2.7.5.3.1, §2.8.7).
+    const descs = request.descs.length <= d.size ? request.descs : request.merged;
+    let completion: () => { id: number; len: number } | undefined = () => undefined;
+    this.act(what, () => {
+      completion = d.placeValid(descs, useIndirect);
+      d.notify();
+    });
+    await this.drain(what);
+    const used = completion();
+    if (used === undefined) {
+      throw new Finding(
+        `${what}: a well-formed ${req.type} request was not completed; device status 0x${d.status.toString(16)}`,
+      );
+    }
+    if (used.id !== 0) throw new Finding(`${what}: completion names buffer ${used.id}, not 0`);
+    request.check(used.len, `${what}: ${this.target.device} ${req.type}`);
+    d.resync();
+    return true;
+  }
+
+  /** The buffers of a well-formed request, written to guest memory, and how to check its answer. */
+  private layOut(req: ValidRequest): {
+    descs: DescWords[];
+    merged: DescWords[];
+    check: (len: number, what: string) => void;
+  } {
+    const mem = this.memory.driver;
+    let readable = new Uint8Array(0);
+    let writableLen: number;
+    let check: (len: number, what: string) => void;
+    if (this.backend === undefined) {
+      writableLen = req.fill;
+      check = (len, what) => {
+        if (len < 1 || len > writableLen) throw new Finding(`${what}: used length ${len} for a ${writableLen}-byte buffer`);
+      };
+    } else {
+      const disk = this.backend.inner.bytes;
+      const dataLen = req.sectors * SECTOR_SIZE;
+      const offset = req.sector * SECTOR_SIZE;
+      const type = { in: RequestType.IN, out: RequestType.OUT, flush: RequestType.FLUSH, getid: RequestType.GET_ID }[req.type];
+      const header = encodeRequestHeader({ type, reserved: 0, sector: req.sector });
+      const data = new Uint8Array(req.type === 'out' ? dataLen : 0).fill(req.fill);
+      readable = new Uint8Array(header.length + data.length);
+      readable.set(header);
+      readable.set(data, header.length);
+      const inLen = req.type === 'in' ? dataLen : req.type === 'getid' ? ID_SIZE : 0;
+      writableLen = inLen + 1;
+      check = (len, what) => {
+        const answer = mem.slice(VALID_WRITABLE, writableLen);
+        const status = answer[inLen];
+        if (status !== BlkStatus.OK) throw new Finding(`${what}: status ${status}`);
+        if (len !== writableLen) throw new Finding(`${what}: used length ${len}, expected ${writableLen}`);
+        if (req.type === 'in' && !equal(answer.subarray(0, inLen), disk.subarray(offset, offset + dataLen))) {
+          throw new Finding(`${what}: data read differs from the disk`);
+        }
+        if (req.type === 'out' && !equal(disk.subarray(offset, offset + dataLen), data)) {
+          throw new Finding(`${what}: the disk does not hold the data written`);
+        }
+      };
+    }
+    mem.write(VALID_READABLE, readable);
+    mem.slice(VALID_WRITABLE, writableLen).fill(UNWRITTEN);
+    const parts = (addr: number, len: number, n: number, flags: number): DescWords[] => {
+      if (len === 0) return [];
+      if (n === 1 || len < 2) return [{ addr, len, flags, idOrNext: 0 }];
+      const half = len >>> 1;
+      return [
+        { addr, len: half, flags, idOrNext: 0 },
+        { addr: addr + half, len: len - half, flags, idOrNext: 0 },
+      ];
+    };
+    const chain = (readParts: number, writeParts: number): DescWords[] => [
+      ...parts(VALID_READABLE, readable.length, readParts, 0),
+      ...parts(VALID_WRITABLE, writableLen, writeParts, DescFlag.WRITE),
+    ];
+    return { descs: chain(req.readParts, req.writeParts), merged: chain(1, 1), check };
+  }
+}
+
+function equal(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((v, i) => v === b[i]);
+}
+
+/** Play one scenario; throws a Finding when the device breaks a promise. */
+export async function runScenario(s: Scenario): Promise<Outcome> {
+  watchProcess();
+  errorLines.length = 0;
+  escaped.length = 0;
+  const c = new Case(s.target);
+  c.act('set-up', () => c.driver.init());
+  for (let i = 0; i < s.actions.length; i++) await c.perform(s.actions[i], i);
+  // After the garbage: the device serves, or needs a reset...
+  // (serve() fails the case when the device runs the queue and still does not answer.)
+  const servedAfter = await c.serve(s.final, 'after the garbage');
+  const neededReset = c.driver.needsReset;
+  // ... and after a reset and a clean set-up it serves again.
+  c.act('reset', () => c.driver.init());
+  if (!(await c.serve(s.final, 'after reset'))) throw new Finding('the device did not run after a clean set-up');
+  // Rejections surface once the microtask queue has drained: give them one turn of the event loop.
+  await new Promise<void>((resolve) => setImmediate(resolve));
+  c.checkInvariants('end of case');
+  return {
+    servedAmidGarbage: c.servedAmidGarbage + (servedAfter ? 1 : 0),
+    neededReset,
+    maxSteps: c.memory.device.maxSteps,
+  };
+}
+
+/** The property: every scenario keeps every promise. `seen` receives each outcome (for a summary). */
+export function property(seen: (o: Outcome) => void = () => {}): fc.IAsyncPropertyWithHooks<[Scenario]> {
+  return fc.asyncProperty(scenario, async (s) => {
+    seen(await runScenario(s));
+  });
+}

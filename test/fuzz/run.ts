@@ -1,0 +1,85 @@
+/**
+ * npm run fuzz -- --cases N [--seed S] [--path P]
+ *
+ * Plays N adversarial-driver scenarios (adversarial.ts) and prints progress and a summary. On a
+ * finding it prints the shrunk scenario, the broken promise and the command that replays exactly
+ * that case, and exits 1.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import fc from 'fast-check';
+import { type Outcome, property } from './adversarial.ts';
+
+function positiveInteger(what: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`${what} must be a positive integer, not "${value}".`);
+    return n;
+  };
+}
+
+function integer(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError(`--seed must be an integer, not "${value}".`);
+  return n;
+}
+
+const options = new Command('fuzz')
+  .description('play a hostile driver against the virtio-blk and virtio-rng devices')
+  .option('--cases <n>', 'scenarios to play', positiveInteger('--cases'), 1000)
+  .option('--seed <s>', 'fast-check seed (default: random)', integer)
+  .option('--path <p>', 'replay one counterexample path printed by an earlier run')
+  .option('--progress <n>', 'print progress every n cases', positiveInteger('--progress'), 10_000)
+  .parse()
+  .opts<{ cases: number; seed?: number; path?: string; progress: number }>();
+
+const seed = options.seed ?? (Date.now() ^ (Math.random() * 0x1_0000_0000)) | 0;
+const started = process.hrtime.bigint();
+let played = 0;
+let servedAmidGarbage = 0;
+let neededReset = 0;
+let maxSteps = 0;
+let shrinking = false;
+
+function seconds(): number {
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+function seen(o: Outcome): void {
+  played++;
+  servedAmidGarbage += o.servedAmidGarbage;
+  if (o.neededReset) neededReset++;
+  if (o.maxSteps > maxSteps) maxSteps = o.maxSteps;
+  if (!shrinking && played % options.progress === 0) {
+    const s = seconds();
+    console.log(`fuzz: ${played}/${options.cases} cases, ${Math.round(played / s)}/s, seed ${seed}`);
+  }
+}
+
+console.log(`fuzz: ${options.cases} cases, seed ${seed}${options.path === undefined ? '' : `, path ${options.path}`}`);
+const details = await fc.check(property(seen), {
+  numRuns: options.cases,
+  seed,
+  path: options.path,
+  // Progress lines stop once shrinking replays cases.
+  reporter: undefined,
+  asyncReporter: undefined,
+});
+shrinking = details.failed;
+const summary = {
+  cases: details.numRuns,
+  seed,
+  seconds: Math.round(seconds() * 10) / 10,
+  findings: details.failed ? 1 : 0,
+  casesEndingInNeedsReset: neededReset,
+  wellFormedRequestsServedAmidGarbage: servedAmidGarbage,
+  mostTranslationsForOneAction: maxSteps,
+};
+console.log(`fuzz summary: ${JSON.stringify(summary)}`);
+if (details.failed) {
+  console.log(`finding: ${details.errorInstance instanceof Error ? details.errorInstance.message : String(details.errorInstance)}`);
+  console.log(`scenario: ${fc.stringify(details.counterexample)}`);
+  console.log(
+    `reproduce: npm run fuzz -- --cases 1 --seed ${details.seed} --path ${details.counterexamplePath ?? ''}`,
+  );
+  process.exit(1);
+}
