@@ -1,0 +1,113 @@
+/**
+ * The front-end against back-ends that misbehave: each failure reaches the driver as one clear
+ * error, nothing hangs, nothing is read past a buffer, and no descriptor is left open.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { RngDriver } from '../../../src/devices/rng/driver.ts';
+import { FrontendRequest as F, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
+import { VhostUserFrontend } from '../../../src/transports/vhost-user/frontend.ts';
+import { DeviceNeedsResetError } from '../../../src/virtio/driver-core.ts';
+import { DeviceId, Feature, featureBit } from '../../../src/virtio/constants.ts';
+import { FakeBackend, type FakeBackendOptions } from './fake-backend.ts';
+
+const log = pino({ level: 'silent' });
+const openFds = (): number => readdirSync('/proc/self/fd').length;
+const REPLY_ACK = featureBit(ProtocolFeature.REPLY_ACK);
+
+function fake(t: TestContext, options: FakeBackendOptions): FakeBackend {
+  const dir = mkdtempSync(join(tmpdir(), 'paravirt-fe-'));
+  const backend = new FakeBackend(join(dir, 'vhost.sock'), options);
+  t.after(() => {
+    backend.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  return backend;
+}
+
+const connect = (backend: FakeBackend, replyTimeoutMs?: number): Promise<VhostUserFrontend> =>
+  VhostUserFrontend.connect(backend.path, { deviceId: DeviceId.RNG, log, replyTimeoutMs, memorySize: 1 << 20 });
+
+test('a back-end that closes mid-request fails the request with DEVICE_NEEDS_RESET and later ones too', async (t) => {
+  const backend = fake(t, { onKick: 'close' });
+  const rng = await RngDriver.open(await connect(backend), { log });
+  await assert.rejects(rng.read(16), DeviceNeedsResetError);
+  await assert.rejects(rng.read(16), DeviceNeedsResetError);
+  await rng.close();
+});
+
+test('a used length larger than the buffer is clamped: the driver reads only its own buffer', async (t) => {
+  const backend = fake(t, { onKick: 1 << 20 });
+  const rng = await RngDriver.open(await connect(backend), { log, chunkBytes: 64 });
+  const bytes = await rng.read(64);
+  assert.equal(bytes.length, 64);
+  await rng.close();
+});
+
+test('features offered, then refused with a non-zero REPLY_ACK: the driver reports the refusal', async (t) => {
+  const backend = fake(t, {
+    protocolFeatures: REPLY_ACK,
+    hook: (m) => (m.request === F.SET_FEATURES ? { reply: { kind: 'u64', value: 1n } } : 'default'),
+  });
+  const frontend = await connect(backend);
+  await assert.rejects(RngDriver.open(frontend, { log }), /refused features .*FEATURES_OK did not stick/);
+  await frontend.close();
+});
+
+test('features offered, then refused by hanging up (no REPLY_ACK): the driver names the disconnect', async (t) => {
+  const backend = fake(t, { hook: (m) => (m.request === F.SET_FEATURES ? 'close' : 'default') });
+  const frontend = await connect(backend);
+  await assert.rejects(RngDriver.open(frontend, { log }), /back-end disconnected: the back-end closed the connection/);
+  await frontend.close();
+});
+
+test('a reply to another request than the one asked ends the connection with a message naming both', async (t) => {
+  const backend = fake(t, {
+    protocolFeatures: featureBit(ProtocolFeature.MQ),
+    hook: (m) => (m.request === F.GET_QUEUE_NUM ? { request: F.GET_FEATURES, reply: { kind: 'u64', value: 1n } } : 'default'),
+  });
+  await assert.rejects(connect(backend), /reply to VHOST_USER_GET_FEATURES while a reply to VHOST_USER_GET_QUEUE_NUM was expected/);
+});
+
+test('a back-end that never replies fails the connection after the reply deadline', async (t) => {
+  const backend = fake(t, { hook: (m) => (m.request === F.GET_FEATURES ? 'ignore' : 'default') });
+  await assert.rejects(connect(backend, 50), /no reply to VHOST_USER_GET_FEATURES within 50 ms/);
+});
+
+test('a back-end without PROTOCOL_FEATURES is driven without protocol messages or SET_VRING_ENABLE', async (t) => {
+  const backend = fake(t, { features: featureBit(Feature.VERSION_1), onKick: 8 });
+  const rng = await RngDriver.open(await connect(backend), { log, chunkBytes: 8 });
+  assert.equal((await rng.read(8)).length, 8);
+  await rng.close();
+  assert.ok(!backend.received.includes(F.GET_PROTOCOL_FEATURES));
+  assert.ok(!backend.received.includes(F.SET_VRING_ENABLE));
+  assert.ok(backend.received.includes(F.GET_VRING_BASE), 'close stops the ring');
+});
+
+test('every failure leaves no descriptor open', async (t) => {
+  const scenarios: FakeBackendOptions[] = [
+    { onKick: 'close' },
+    { hook: (m) => (m.request === F.SET_FEATURES ? 'close' : 'default') },
+    { protocolFeatures: REPLY_ACK, hook: (m) => (m.request === F.SET_VRING_KICK ? { reply: { kind: 'u64', value: 1n } } : 'default') },
+    { features: featureBit(VHOST_USER_F_PROTOCOL_FEATURES) },
+  ];
+  // Warm up: the first use of the native layer opens descriptors it keeps for good.
+  const warm = fake(t, { onKick: 1 });
+  await RngDriver.open(await connect(warm), { log }).then((r) => r.close());
+  warm.disconnect();
+  for (const options of scenarios) {
+    const backend = fake(t, options);
+    const before = openFds();
+    const frontend = await connect(backend);
+    const rng = await RngDriver.open(frontend, { log }).catch(() => undefined);
+    await rng?.read(4).catch(() => undefined);
+    // A driver that failed to start leaves its transport to the caller.
+    await (rng ?? frontend).close();
+    backend.disconnect();
+    assert.equal(openFds(), before, `descriptors after ${JSON.stringify(options, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v))}`);
+  }
+});
