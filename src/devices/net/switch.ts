@@ -1,0 +1,145 @@
+/**
+ * An in-process Ethernet learning switch (IEEE 802.1D forwarding without spanning tree): any
+ * number of ports; source addresses are learned per port and forgotten after `ageingMs`
+ * without traffic; frames to a known unicast address go to its port, everything else (unknown
+ * unicast, multicast, broadcast) floods to every other port.
+ *
+ * Time comes from an injectable clock and ageing is checked on lookup, so the switch runs no
+ * timer and tests control time exactly. The address table is bounded: when full, the entry
+ * least recently refreshed makes room.
+ */
+import { type FrameHandler, type NetPort, PortCounters } from './port.ts';
+import { ETH_HLEN, type Offload, isGroupMac, macKey } from './wire.ts';
+
+export interface SwitchOptions {
+  /** Name for ports and logs (default "sw"). */
+  readonly name?: string;
+  /** How long a learned address lives without frames from it (default 300 s, as 802.1D). */
+  readonly ageingMs?: number;
+  /** Milliseconds, monotonic (default performance.now). */
+  readonly clock?: () => number;
+  /** Most addresses learned (default 4096). */
+  readonly maxAddresses?: number;
+}
+
+interface Learned {
+  readonly port: SwitchPort;
+  readonly seen: number;
+}
+
+/** One switch port as what is plugged into it sees it: send into the switch, receive from it. */
+class SwitchPort implements NetPort {
+  readonly counters = new PortCounters();
+  private handler: FrameHandler | undefined;
+  closed = false;
+
+  constructor(
+    private readonly sw: L2Switch,
+    readonly name: string,
+  ) {}
+
+  send(frame: Uint8Array, meta: Offload): void {
+    if (this.closed) {
+      this.counters.drops++;
+      return;
+    }
+    this.counters.countTx(frame.length);
+    this.sw.forward(this, frame, meta);
+  }
+
+  onReceive(handler: FrameHandler | undefined): void {
+    this.handler = handler;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.sw.remove(this);
+  }
+
+  /** The switch forwards a frame out of this port. */
+  deliver(frame: Uint8Array, meta: Offload): void {
+    if (this.handler === undefined) {
+      this.counters.drops++;
+      return;
+    }
+    this.counters.countRx(frame.length);
+    this.handler(frame, meta);
+  }
+}
+
+export class L2Switch {
+  readonly name: string;
+  private readonly ports: SwitchPort[] = [];
+  /** MAC key → where it was last seen; Map order is refresh order, oldest first. */
+  private readonly table = new Map<number, Learned>();
+  private readonly ageingMs: number;
+  private readonly clock: () => number;
+  private readonly maxAddresses: number;
+  private nextPort = 0;
+
+  constructor(options: SwitchOptions = {}) {
+    this.name = options.name ?? 'sw';
+    this.ageingMs = options.ageingMs ?? 300_000;
+    if (!(this.ageingMs > 0)) throw new RangeError(`switch ageing time ${this.ageingMs} ms is not positive`);
+    this.clock = options.clock ?? (() => performance.now());
+    this.maxAddresses = options.maxAddresses ?? 4096;
+    if (!Number.isInteger(this.maxAddresses) || this.maxAddresses < 1) {
+      throw new RangeError(`switch address table size ${this.maxAddresses} is not a positive integer`);
+    }
+  }
+
+  /** A new port; plug a device, a tunnel or a TAP into it (NetDevice's `port`, or patch()). */
+  createPort(name = `p${this.nextPort}`): NetPort {
+    this.nextPort++;
+    const port = new SwitchPort(this, `${this.name}.${name}`);
+    this.ports.push(port);
+    return port;
+  }
+
+  /** Learned addresses that have not aged out: MAC (wire.ts macKey) → port name. */
+  addresses(): Map<number, string> {
+    const now = this.clock();
+    const out = new Map<number, string>();
+    for (const [mac, entry] of this.table) if (now - entry.seen < this.ageingMs) out.set(mac, entry.port.name);
+    return out;
+  }
+
+  /** A frame entered through `from`. */
+  forward(from: SwitchPort, frame: Uint8Array, meta: Offload): void {
+    if (frame.length < ETH_HLEN) {
+      from.counters.drops++;
+      return;
+    }
+    const now = this.clock();
+    // A group address as source is bogus (802.1D never learns one).
+    if (!isGroupMac(frame, 6)) this.learn(macKey(frame, 6), from, now);
+    if (!isGroupMac(frame, 0)) {
+      const entry = this.table.get(macKey(frame, 0));
+      if (entry !== undefined && now - entry.seen < this.ageingMs) {
+        // A frame for the port it came from is already where it belongs (802.1D filtering).
+        if (entry.port === from) from.counters.drops++;
+        else entry.port.deliver(frame, meta);
+        return;
+      }
+    }
+    for (const port of this.ports) if (port !== from) port.deliver(frame, meta);
+  }
+
+  /** A port closed: it leaves the switch and the addresses learned on it are forgotten. */
+  remove(port: SwitchPort): void {
+    const i = this.ports.indexOf(port);
+    if (i >= 0) this.ports.splice(i, 1);
+    for (const [mac, entry] of this.table) if (entry.port === port) this.table.delete(mac);
+  }
+
+  private learn(mac: number, port: SwitchPort, now: number): void {
+    // Delete first so the refreshed entry moves to the end of the Map's order.
+    this.table.delete(mac);
+    if (this.table.size >= this.maxAddresses) {
+      const oldest = this.table.keys().next();
+      if (!oldest.done) this.table.delete(oldest.value);
+    }
+    this.table.set(mac, { port, seen: now });
+  }
+}

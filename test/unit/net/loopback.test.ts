@@ -1,0 +1,35 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { L2Switch } from '../../../src/devices/net/switch.ts';
+import { formatMac } from '../../../src/devices/net/wire.ts';
+import { Feature, hasFeature } from '../../../src/virtio/constants.ts';
+import { MAC_A, MAC_B, frame, nextFrame, station } from './fixture.ts';
+
+for (const packed of [false, true]) {
+  const ring = packed ? 'packed' : 'split';
+
+  test(`two drivers on one switch exchange frames (${ring})`, async () => {
+    const sw = new L2Switch();
+    const a = await station(sw.createPort('a'), { mac: MAC_A }, { packed });
+    const b = await station(sw.createPort('b'), { mac: MAC_B }, { packed });
+    try {
+      assert.equal(hasFeature(a.drv.features, Feature.RING_PACKED), packed);
+      assert.equal(formatMac(a.drv.mac), MAC_A);
+      const small = frame(MAC_B, MAC_A, 64, 1);
+      const big = frame(MAC_B, MAC_A, 1514, 2);
+      await a.drv.send(small);
+      await a.drv.send(big);
+      assert.deepEqual((await nextFrame(b.drv)).frame, small);
+      assert.deepEqual((await nextFrame(b.drv)).frame, big);
+      const reply = frame(MAC_A, MAC_B, 100, 3);
+      await b.drv.send(reply);
+      assert.deepEqual((await nextFrame(a.drv)).frame, reply);
+      assert.equal(a.dev.counters.txPackets, 2);
+      assert.equal(b.dev.counters.rxPackets, 2);
+      assert.equal(b.dev.counters.rxBytes, 64 + 1514);
+    } finally {
+      await a.drv.close();
+      await b.drv.close();
+    }
+  });
+}
