@@ -27,6 +27,8 @@ interface Disk {
   readonly devices: string[];
   /** Kicks the device received, per queue. */
   readonly kicks: number[];
+  /** Flushes that reached the image file. */
+  readonly flushes: { count: number };
 }
 
 interface DiskOptions {
@@ -48,6 +50,12 @@ async function serveDisk(t: TestContext, options: DiskOptions = {}): Promise<Dis
   if (options.contents !== undefined) writeFileSync(image, options.contents, { flag: 'r+' });
   const socketPath = join(dir, 'blk.sock');
   const backend = await FileBackend.open(image, { readOnly: options.readOnly === true });
+  const flushes = { count: 0 };
+  const flush = backend.flush.bind(backend);
+  backend.flush = (): Promise<void> => {
+    flushes.count++;
+    return flush();
+  };
   const device = vhostUserBlkDevice(backend, options);
   const kicks = new Array<number>(device.numQueues).fill(0);
   const notify = device.queueNotify.bind(device);
@@ -65,6 +73,7 @@ async function serveDisk(t: TestContext, options: DiskOptions = {}): Promise<Dis
   return {
     image,
     kicks,
+    flushes,
     devices: ['-chardev', `socket,id=vublk,path=${qemu.toQemuPath(socketPath)}`, '-device', `vhost-user-blk-pci,${props.join(',')}`],
   };
 }
@@ -97,7 +106,9 @@ test('vhost-user-blk, split ring: 64 MiB written and read back, flush, discard p
 
   // A write-back cache: the guest flushes it, and the flush must complete.
   assert.equal((await guest.check('cat /sys/block/vda/queue/write_cache')).trim(), 'write back');
+  const flushesBefore = disk.flushes.count;
   await guest.check('dd if=/dev/urandom of=/dev/vda bs=4k count=16 seek=20000 conv=fsync 2>/dev/null');
+  assert.ok(disk.flushes.count > flushesBefore, 'fsync in the guest reached the image file as a flush');
 
   const allocated = (): number => statSync(disk.image).blocks * 512;
   const before = allocated();
