@@ -84,6 +84,6 @@ test('property: a started device fed garbage rings either serves or needs reset,
         assert.equal(lines.length === 1, (regs.state.status & DeviceStatus.DEVICE_NEEDS_RESET) !== 0);
       },
     ),
-    { numRuns: 200 },
+    { numRuns: 60 },
   );
 });

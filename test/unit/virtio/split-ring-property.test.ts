@@ -285,7 +285,7 @@ test('property: garbage in the descriptor table and available ring only ever rai
         assert.fail('more chains popped than the ring holds');
       },
     ),
-    { numRuns: 2000 },
+    { numRuns: 500 },
   );
 });
 
@@ -331,6 +331,6 @@ test('property: garbage in the used ring only ever raises VirtqueueError, and no
         assert.fail('more buffers collected than the ring holds');
       },
     ),
-    { numRuns: 1000 },
+    { numRuns: 300 },
   );
 });
