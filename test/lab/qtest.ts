@@ -12,10 +12,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { Mapping } from '../../src/native/mapping.ts';
+import { PciConfig } from '../../src/transports/pci/port-config.ts';
+import { Q35_BAR_WINDOWS } from '../../src/transports/pci/q35.ts';
 import { QtestClient } from '../../src/transports/qtest/client.ts';
 import { GuestMemory } from '../../src/virtio/memory.ts';
 import { PeerProcess } from './peer-process.ts';
-import { PciConfig } from './qtest-pci.ts';
 import { qemuCommand, systemQemuCommand, type QemuCommand } from './qemu.ts';
 
 export interface QtestOptions {
@@ -159,7 +160,7 @@ async function launch(options: QtestOptions, qemu: QemuCommand, accelerator: 'qt
     throw new Error(peer.describe(`starting under qtest (${(error as Error).message})`), { cause: error });
   }
 
-  const pci = new PciConfig(bus);
+  const pci = new PciConfig(bus, Q35_BAR_WINDOWS);
   return {
     bus,
     qemu,

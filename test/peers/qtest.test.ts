@@ -4,7 +4,7 @@ import { readFileSync } from 'node:fs';
 import { QtestCommandError } from '../../src/transports/qtest/client.ts';
 import { DeviceId } from '../../src/virtio/constants.ts';
 import { startQtest, type QtestMachine } from '../lab/qtest.ts';
-import { bdf } from '../lab/qtest-pci.ts';
+import { bdf } from '../../src/transports/pci/config.ts';
 import { missingProgram } from '../lab/peers-env.ts';
 import { requireLab } from '../lab/require.ts';
 

@@ -1,7 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { GuestBus } from '../../../src/transports/qtest/guest-bus.ts';
-import { PciConfig, bdf } from '../../lab/qtest-pci.ts';
+import { bdf } from '../../../src/transports/pci/config.ts';
+import { PciConfig } from '../../../src/transports/pci/port-config.ts';
+import { Q35_BAR_WINDOWS } from '../../../src/transports/pci/q35.ts';
 
 interface FakeFunction {
   readonly config: DataView;
@@ -106,7 +108,7 @@ test('enumeration lists present functions, and the other functions of multi-func
   bus.add(bdf(0, 3, 2), 0x1234_1af4, []); // not reported: device 3 is single-function
   bus.add(bdf(0, 0x1f, 0), 0x2918_8086, [], 0x80);
   bus.add(bdf(0, 0x1f, 3), 0x2930_8086, []);
-  const functions = await new PciConfig(bus).functions();
+  const functions = await new PciConfig(bus, Q35_BAR_WINDOWS).functions();
   assert.deepEqual(
     functions.map((f) => [f.bdf, f.vendorId, f.deviceId]),
     [
@@ -130,7 +132,7 @@ test('BARs are sized, naturally aligned in their window, 64-bit ones take two re
   // The upper half of the 64-bit BAR is all writable.
   fn.writable[5] = 0xffff_ffff;
   fn.flags[5] = 0;
-  const pci = new PciConfig(bus);
+  const pci = new PciConfig(bus, Q35_BAR_WINDOWS);
   const bars = await pci.assignBars(bdf(0, 4, 0));
   assert.deepEqual(bars, [
     { index: 0, kind: 'io', addr: 0xc000, size: 0x80, wide: false },
@@ -163,7 +165,7 @@ test('configuration offsets that mechanism #1 cannot express are refused without
       return value;
     },
   });
-  const pci = new PciConfig(counted);
+  const pci = new PciConfig(counted, Q35_BAR_WINDOWS);
   await assert.rejects(pci.read(bdf(0, 1, 0), 0x100, 4), /offset 256/);
   await assert.rejects(pci.read(bdf(0, 1, 0), 0x2, 4), /4-byte aligned/);
   await assert.rejects(pci.write(bdf(0, 1, 0), 0x3, 2, 0), /2-byte aligned/);
