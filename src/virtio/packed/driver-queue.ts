@@ -250,8 +250,11 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     if (id >= this.size || this.idState[id] !== ID_AVAILABLE) {
       throw new VirtqueueError('used id not in flight', `${this.name}: the device used buffer id ${id}, not available to it`);
     }
-    // §2.8.3, §2.8.4: without WRITE the length is reserved and nothing was written.
-    const len = (flags & WRITE) !== 0 ? this.words[pos * 4 + 2] : 0;
+    // §2.8.3, §2.8.4: without WRITE the length is reserved. But QEMU never sets WRITE in a used
+    // descriptor and always writes the length (Linux reads it regardless), so a length that fits
+    // the buffer is taken; one that does not is the reserved value, read as 0.
+    const raw = this.words[pos * 4 + 2];
+    const len = (flags & WRITE) !== 0 || raw <= this.writableOf[id] ? raw : 0;
     if (len > this.writableOf[id]) {
       throw new VirtqueueError(
         'used length beyond buffer',
