@@ -182,7 +182,6 @@ export class NetDevice implements VirtioDevice {
     this.features = offer.reduce((acc, [on, bit]) => (on ? acc | featureBit(bit) : acc), 0n);
     const missing = missingRequirement(this.features);
     if (missing !== undefined) throw new RangeError(`virtio-net cannot offer these features: ${missing} (§5.1.3.1)`);
-    if (this.maxPairs > 1 && !control) throw new RangeError('virtio-net multiqueue needs the control queue (MQ requires CTRL_VQ)');
     this.numQueues = 2 * this.maxPairs + (control ? 1 : 0);
 
     this.cfg = {

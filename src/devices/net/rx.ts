@@ -33,6 +33,8 @@ export class ReceiveQueue {
   /** Frames waiting for buffers, oldest first; short (bounded by backlogLimit), so shift() is cheap. */
   private readonly backlog: Waiting[] = [];
   private draining = false;
+  /** Buffers pushed by the current drain, published at its end. */
+  private pushed = 0;
   private readonly header = new Uint8Array(NET_HDR_SIZE);
 
   constructor(
@@ -68,7 +70,7 @@ export class ReceiveQueue {
     if (queue === undefined || this.draining) return;
     if (queue !== this.heldFrom) this.forgetHeld(queue);
     this.draining = true;
-    let used = 0;
+    this.pushed = 0;
     try {
       while (this.backlog.length > 0) {
         const { frame, meta } = this.backlog[0];
@@ -80,9 +82,9 @@ export class ReceiveQueue {
           this.counters.drop('bufferTooSmall');
           continue;
         }
-        used += this.place(queue, frame, meta, need);
+        this.place(queue, frame, meta, need);
       }
-      if (used > 0 && queue.publish()) this.ctx.notifyQueue(this.index);
+      if (this.pushed > 0 && queue.publish()) this.ctx.notifyQueue(this.index);
     } catch (err) {
       // A ring fault: the queue is dead until reset, and nothing held can be returned.
       this.forgetHeld(undefined);
@@ -116,6 +118,7 @@ export class ReceiveQueue {
       if (chain.writableLength < NET_HDR_SIZE) {
         this.counters.drop('malformedBuffer');
         queue.push(chain, 0);
+        this.pushed++;
         continue;
       }
       this.held.push(chain);
@@ -123,8 +126,8 @@ export class ReceiveQueue {
     }
   }
 
-  /** Write header and frame into the first held buffers; returns how many were used. */
-  private place(queue: DeviceQueue, frame: Uint8Array, meta: Offload, need: number): number {
+  /** Write header and frame into the first held buffers. */
+  private place(queue: DeviceQueue, frame: Uint8Array, meta: Offload, need: number): void {
     let count = 1;
     for (let bytes = this.held[0].writableLength; bytes < need; count++) bytes += this.held[count].writableLength;
     encodeNetHeader(meta, count, this.header);
@@ -138,9 +141,9 @@ export class ReceiveQueue {
       this.heldBytes -= chain.writableLength;
     }
     this.held.splice(0, count);
+    this.pushed += count;
     this.counters.rxPackets++;
     this.counters.rxBytes += frame.length;
-    return count;
   }
 
   /** Drop held buffers of a queue that is gone (reset or failed): they must not be pushed. */
