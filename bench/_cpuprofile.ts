@@ -1,0 +1,68 @@
+/**
+ * Reads a V8 CPU profile (`node --cpu-prof`) and ranks functions by self time: the samples
+ * taken while that function itself, not something it called, was on top of the stack.
+ */
+import { readFileSync } from 'node:fs';
+import { relative } from 'node:path';
+
+/** The parts of the .cpuprofile format (Chrome DevTools Profiler.Profile) that are read here. */
+interface CpuProfile {
+  readonly nodes: readonly {
+    readonly id: number;
+    readonly callFrame: { readonly functionName: string; readonly url: string; readonly lineNumber: number };
+  }[];
+  readonly samples: readonly number[];
+  readonly timeDeltas: readonly number[];
+}
+
+export interface SelfTime {
+  /** Function name and where it is defined, e.g. "readv (node:internal/fs/promises:701)". */
+  readonly frame: string;
+  /** Microseconds sampled with this function on top. */
+  readonly micros: number;
+  /** Share of the time the process was busy (idle samples excluded). */
+  readonly share: number;
+}
+
+export interface ProfileSummary {
+  /** Microseconds of the whole profile. */
+  readonly totalMicros: number;
+  /** Microseconds the process was not idle. */
+  readonly busyMicros: number;
+  readonly top: SelfTime[];
+}
+
+/** Samples of a thread waiting in epoll: the process had nothing to do. */
+const IDLE = '(idle)';
+
+function frameName(frame: CpuProfile['nodes'][number]['callFrame'], root: string): string {
+  const name = frame.functionName === '' ? '(anonymous)' : frame.functionName;
+  // No script: a V8 pseudo-frame like "(program)", or a function of Node's C++ bindings.
+  if (frame.url === '') return name.startsWith('(') ? name : `${name} (native)`;
+  const file = frame.url.startsWith('file://') ? relative(root, new URL(frame.url).pathname) : frame.url;
+  // lineNumber is 0-based. tsx compiles each TypeScript file to one line, so for those a line
+  // number would say nothing: the file and function name are what locate it.
+  return frame.lineNumber > 0 ? `${name} (${file}:${frame.lineNumber + 1})` : `${name} (${file})`;
+}
+
+/** The `count` functions with the most self time in the profile at `path`; file names relative to `root`. */
+export function summarizeCpuProfile(path: string, root: string, count: number): ProfileSummary {
+  const profile = JSON.parse(readFileSync(path, 'utf8')) as CpuProfile;
+  const frameOf = new Map(profile.nodes.map((n) => [n.id, frameName(n.callFrame, root)]));
+  const micros = new Map<string, number>();
+  let total = 0;
+  // timeDeltas[i] is the time before sample i; it is charged to sample i like DevTools does.
+  profile.samples.forEach((id, i) => {
+    const delta = profile.timeDeltas[i] ?? 0;
+    const frame = frameOf.get(id) ?? '(unknown)';
+    micros.set(frame, (micros.get(frame) ?? 0) + delta);
+    total += delta;
+  });
+  const busy = total - (micros.get(IDLE) ?? 0);
+  const top = [...micros]
+    .filter(([frame]) => frame !== IDLE)
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, count)
+    .map(([frame, us]) => ({ frame, micros: us, share: busy > 0 ? us / busy : 0 }));
+  return { totalMicros: total, busyMicros: busy, top };
+}
