@@ -138,6 +138,8 @@ export class NetDriver {
   private txSlotsMade = 0;
   private readonly txWaiters: (() => void)[] = [];
   private closed = false;
+  /** MRG_RXBUF negotiated: a frame may span several receive buffers (§5.1.6.4). */
+  private readonly mergeable: boolean;
 
   private constructor(
     private readonly core: VirtioDriver,
@@ -149,6 +151,7 @@ export class NetDriver {
   ) {
     this.cfg = cfg;
     this.address = cfg.mac;
+    this.mergeable = hasFeature(core.features, NetFeature.MRG_RXBUF);
   }
 
   /** Initialize the device behind `transport` (§3.1.1, §5.1.5), post receive buffers, return the driver. */
@@ -478,7 +481,7 @@ export class NetDriver {
     }
     const hdr = decodeNetHeader(buf);
     // §5.1.6.4: num_buffers is 1 without MRG_RXBUF; with it, the buffers of one frame come together.
-    const count = hasFeature(this.features, NetFeature.MRG_RXBUF) ? hdr.numBuffers : 1;
+    const count = this.mergeable ? hdr.numBuffers : 1;
     if (count < 1 || count > this.core.queue(2 * pair).size) {
       this.counters.rxMalformed++;
       return;

@@ -63,6 +63,8 @@ export interface Deliverable {
  * GUEST_OFFLOADS_SET last left them), or say why it cannot be delivered (§5.1.6.4.1).
  */
 export function receiveOffload(frame: Uint8Array, meta: Offload, enabled: bigint): Deliverable | DropReason {
+  // The common case, a complete frame, needs no feature lookups.
+  if (meta.flags === 0 && meta.gsoType === GsoType.NONE) return { frame, meta };
   if (meta.gsoType !== GsoType.NONE) {
     const gso = GSO_FEATURES.get(meta.gsoType & ~GsoType.ECN);
     if (gso === undefined) return 'badOffload';
