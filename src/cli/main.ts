@@ -3,11 +3,13 @@
  *
  *   paravirt serve blk --socket-path S --image F [--read-only] [--queues N]
  *   paravirt serve rng --socket-path S
+ *   paravirt blk --socket-path S info|read|write|bench   (a vhost-user-blk back-end as a disk)
  *
  * Each back-end follows vhost-user.rst "Backend program conventions": --socket-path or an
  * inherited --fd, --print-capabilities, no daemonizing, prompt exit on SIGTERM.
  */
 import { Command, CommanderError } from 'commander';
+import { addBlkCommand } from './blk-tool.ts';
 import { addServeCommand } from './serve.ts';
 
 /** Run the command line `argv` (as process.argv: node, script, args...); resolves to the exit code. */
@@ -17,6 +19,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .exitOverride()
     .configureOutput({ outputError: (text, write) => write(text) });
   addServeCommand(program);
+  addBlkCommand(program);
   try {
     await program.parseAsync([...argv]);
     return 0;
