@@ -197,7 +197,7 @@ export class VhostUserBackend {
 
   /** REM_MEM_REG (CONFIGURE_MEM_SLOTS); a ring living in the removed region fails. */
   async remMemReg(region: RegionDescription): Promise<void> {
-    await this.changeMemory(() => [this.table.remove(region)]);
+    await this.changeMemory(() => this.table.remove(region));
   }
 
   // ---- Rings ----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@
  * Everything here comes from the front-end and is hostile until checked: sizes, overlaps, counts
  * and the fd itself.
  */
-import { ADDRESS_LIMIT, GuestMemory } from '../../virtio/memory.ts';
+import { constants as bufferConstants } from 'node:buffer';
+import { ADDRESS_LIMIT, GuestMemory, type MemoryRegion } from '../../virtio/memory.ts';
 
 /** One region as a front-end describes it (SET_MEM_TABLE entry or ADD/REM_MEM_REG payload). */
 export interface RegionDescription {
@@ -43,11 +44,21 @@ export class MemoryTableError extends Error {
  */
 export const MAX_MEM_SLOTS = 509;
 
+/**
+ * The largest mapping one view can cover: JavaScript cannot index bytes beyond its maximum
+ * buffer length (4 GiB on Node 20), and asking for a larger view aborts the process. A bigger
+ * region is mapped as pieces split at guest-physical multiples of this size. A buffer that
+ * crossed such a line would be refused as straddling two regions; Linux never builds one,
+ * since its block layer splits segments at 4 GiB boundaries (the default segment boundary).
+ */
+export const MAX_MAPPING: number = Math.min(bufferConstants.MAX_LENGTH, 2 ** 32);
+
 interface Region {
   readonly guestAddr: number;
   readonly userAddr: number;
   readonly size: number;
-  readonly mapping: RegionMapping;
+  /** The region's pieces in guest-physical order, each one mapping. */
+  readonly pieces: readonly { readonly guestAddr: number; readonly mapping: RegionMapping }[];
 }
 
 /** A bigint coordinate as an exact number below 2^53, or a MemoryTableError naming `what`. */
@@ -79,7 +90,11 @@ export class MemoryTable {
   private regions: Region[] = [];
   private guest: GuestMemory | undefined;
 
-  constructor(private readonly map: MapRegion) {}
+  constructor(
+    private readonly map: MapRegion,
+    /** Largest single mapping; tests shrink it to exercise the splitting. */
+    private readonly maxMapping: number = MAX_MAPPING,
+  ) {}
 
   get regionCount(): number {
     return this.regions.length;
@@ -105,7 +120,7 @@ export class MemoryTable {
       for (let j = 0; j < i; j++) this.checkDisjoint(coords[i], coords[j]);
     }
     const fresh = this.mapAll(coords, fds);
-    const old = this.regions.map((r) => r.mapping);
+    const old = this.regions.flatMap(mappingsOf);
     this.install(fresh);
     return old;
   }
@@ -122,9 +137,9 @@ export class MemoryTable {
 
   /**
    * Remove the region matching guest address, user address and size (REM_MEM_REG; the mmap
-   * offset is ignored per the spec). Returns its mapping for the caller to unmap when safe.
+   * offset is ignored per the spec). Returns its mappings for the caller to unmap when safe.
    */
-  remove(description: RegionDescription): RegionMapping {
+  remove(description: RegionDescription): RegionMapping[] {
     const c = coordinates(description);
     const at = this.regions.findIndex(
       (r) => r.guestAddr === c.guestAddr && r.userAddr === c.userAddr && r.size === c.size,
@@ -134,12 +149,12 @@ export class MemoryTable {
     }
     const [gone] = this.regions.splice(at, 1);
     this.install(this.regions);
-    return gone.mapping;
+    return mappingsOf(gone);
   }
 
   /** Forget every region; returns the mappings for the caller to unmap when safe. */
   clear(): RegionMapping[] {
-    const old = this.regions.map((r) => r.mapping);
+    const old = this.regions.flatMap(mappingsOf);
     this.install([]);
     return old;
   }
@@ -180,11 +195,18 @@ export class MemoryTable {
     const done: Region[] = [];
     try {
       coords.forEach((c, i) => {
-        const mapping = this.map(fds[i], c.offset, c.size);
-        done.push({ guestAddr: c.guestAddr, userAddr: c.userAddr, size: c.size, mapping });
+        const pieces: { guestAddr: number; mapping: RegionMapping }[] = [];
+        done.push({ guestAddr: c.guestAddr, userAddr: c.userAddr, size: c.size, pieces });
+        const end = c.guestAddr + c.size;
+        for (let at = c.guestAddr; at < end; ) {
+          // Pieces end at guest-physical multiples of maxMapping (see MAX_MAPPING).
+          const next = Math.min(end, (Math.floor(at / this.maxMapping) + 1) * this.maxMapping);
+          pieces.push({ guestAddr: at, mapping: this.map(fds[i], c.offset + (at - c.guestAddr), next - at) });
+          at = next;
+        }
       });
     } catch (err) {
-      for (const r of done) r.mapping.unmap();
+      for (const m of done.flatMap(mappingsOf)) m.unmap();
       throw new MemoryTableError(`cannot map a memory region: ${(err as Error).message}`);
     }
     return done;
@@ -192,9 +214,11 @@ export class MemoryTable {
 
   private install(regions: Region[]): void {
     this.regions = regions;
-    this.guest =
-      regions.length === 0
-        ? undefined
-        : new GuestMemory(regions.map((r) => ({ guestAddr: r.guestAddr, bytes: r.mapping.bytes })));
+    const pieces: MemoryRegion[] = regions.flatMap((r) => r.pieces.map((p) => ({ guestAddr: p.guestAddr, bytes: p.mapping.bytes })));
+    this.guest = pieces.length === 0 ? undefined : new GuestMemory(pieces);
   }
+}
+
+function mappingsOf(r: Region): RegionMapping[] {
+  return r.pieces.map((p) => p.mapping);
 }

@@ -98,12 +98,34 @@ test('ADD_MEM_REG and REM_MEM_REG keep the table disjoint and find regions by th
   table.add(region(0x4000, 0x1000, 0x20000), 4);
   assert.throws(() => table.add(region(0x800, 0x1000, 0x30000), 5), /guest-physical/);
   assert.throws(() => table.remove(region(0x4000, 0x1000, 0x99999)), /no region/);
-  table.remove(region(0x4000, 0x1000, 0x20000, 0x123)).unmap();
+  for (const m of table.remove(region(0x4000, 0x1000, 0x20000, 0x123))) m.unmap();
   assert.equal(table.regionCount, 1);
   assert.ok(!table.memory!.contains(0x4000, 1));
-  table.remove(region(0, 0x1000, 0x10000)).unmap();
+  for (const m of table.remove(region(0, 0x1000, 0x10000))) m.unmap();
   assert.equal(table.memory, undefined);
   assert.equal(m.live.size, 0);
+});
+
+test('a region larger than one mapping is mapped in pieces split at guest-physical multiples of the limit', () => {
+  const calls: [number, number, number][] = [];
+  const live = new Set<number>();
+  const table = new MemoryTable((fd, offset, size) => {
+    calls.push([fd, offset, size]);
+    const bytes = new Uint8Array(size);
+    return { bytes, unmap: () => live.delete(offset) };
+  }, 0x1000);
+  table.replace([region(0x800, 0x3000, 0x9000, 0x100)], [3]);
+  assert.deepEqual(calls, [
+    [3, 0x100, 0x800],
+    [3, 0x900, 0x1000],
+    [3, 0x1900, 0x1000],
+    [3, 0x2900, 0x800],
+  ]);
+  const mem = table.memory!;
+  assert.ok(mem.contains(0x800, 0x800) && mem.contains(0x1000, 0x1000) && mem.contains(0x3000, 0x800));
+  assert.ok(!mem.contains(0xff0, 0x20), 'one buffer is one mapping: a range across a piece boundary is refused');
+  assert.equal(table.userToGuest(0x9000n, 0x3000), 0x800, 'ring translation sees the region whole');
+  assert.equal(table.clear().length, 4);
 });
 
 test('ADD_MEM_REG stops at the advertised slot count', () => {
