@@ -402,3 +402,15 @@ test('a guest driver breaking a ring rule: the error eventfd, DEVICE_NEEDS_RESET
   assert.equal(status & BigInt(DeviceStatus.DEVICE_NEEDS_RESET), BigInt(DeviceStatus.DEVICE_NEEDS_RESET));
   assert.equal(await fe.u64(F.GET_QUEUE_NUM), 1n, 'the session goes on');
 });
+
+test('a region larger than 4 GiB is accepted and mapped in pieces instead of aborting the process', async (t) => {
+  const fe = session(t);
+  await fe.handshake();
+  const size = 5 * 1024 * 1024 * 1024;
+  // Sparse: no page of it is ever touched.
+  const fd = createMemfd('big-ram', size);
+  t.after(() => closeFd(fd));
+  const region = { guestAddr: 0x1_0000_0000n, size: BigInt(size), userAddr: USER_BASE, mmapOffset: 0n };
+  assert.equal(await fe.acked(F.SET_MEM_TABLE, { kind: 'memory-table', regions: [region] }, [fd]), 0n);
+  assert.equal(await fe.u64(F.GET_QUEUE_NUM), 1n);
+});
