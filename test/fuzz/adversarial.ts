@@ -76,8 +76,16 @@ class CheckedBackend implements BlockBackend {
   readonly inner: MemoryBackend;
   readonly outOfRange: string[] = [];
 
-  constructor(sectors: number) {
+  constructor(
+    sectors: number,
+    /** Microtask turns before each call takes effect: requests stay in flight across driver actions. */
+    private readonly delay: number,
+  ) {
     this.inner = new MemoryBackend(sectors * SECTOR_SIZE);
+  }
+
+  private async later(): Promise<void> {
+    for (let i = 0; i < this.delay; i++) await null;
   }
 
   get size(): number {
@@ -100,23 +108,28 @@ class CheckedBackend implements BlockBackend {
     return segs.reduce((n, s) => n + s.length, 0);
   }
 
-  read(offset: number, segs: readonly Uint8Array[]): Promise<void> {
+  async read(offset: number, segs: readonly Uint8Array[]): Promise<void> {
     this.check('read', offset, CheckedBackend.total(segs));
+    await this.later();
     return this.inner.read(offset, segs);
   }
-  write(offset: number, segs: readonly Uint8Array[]): Promise<void> {
+  async write(offset: number, segs: readonly Uint8Array[]): Promise<void> {
     this.check('write', offset, CheckedBackend.total(segs));
+    await this.later();
     return this.inner.write(offset, segs);
   }
-  flush(): Promise<void> {
+  async flush(): Promise<void> {
+    await this.later();
     return this.inner.flush();
   }
-  discard(offset: number, length: number): Promise<void> {
+  async discard(offset: number, length: number): Promise<void> {
     this.check('discard', offset, length);
+    await this.later();
     return this.inner.discard(offset, length);
   }
-  writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+  async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
     this.check('write zeroes', offset, length);
+    await this.later();
     return this.inner.writeZeroes(offset, length, mayUnmap);
   }
   close(): Promise<void> {
@@ -135,7 +148,7 @@ class Case {
 
   constructor(readonly target: Target) {
     if (target.device === 'blk') {
-      this.backend = new CheckedBackend(DISK_SECTORS);
+      this.backend = new CheckedBackend(DISK_SECTORS, target.backendDelay);
       this.device = new BlkDevice({
         backend: this.backend,
         queueSize: MAX_QUEUE,

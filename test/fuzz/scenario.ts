@@ -17,6 +17,8 @@ export interface Target {
   readonly indirect: boolean;
   readonly inOrder: boolean;
   readonly queueSize: number;
+  /** Microtask turns each disk backend call takes (blk), so requests overlap later actions. */
+  readonly backendDelay: number;
 }
 
 /** Where a descriptor points, resolved to a guest address when written. */
@@ -259,7 +261,12 @@ export const target: fc.Arbitrary<Target> = fc
     indirect: fc.boolean(),
     inOrder: fc.boolean(),
   })
-  .chain((t) => queueSize(t.device, t.packed).map((queueSize) => ({ ...t, queueSize })));
+  .chain((t) =>
+    fc.record({ queueSize: queueSize(t.device, t.packed), backendDelay: fc.integer({ min: 0, max: 6 }) }).map((more) => ({
+      ...t,
+      ...more,
+    })),
+  );
 
 export const scenario: fc.Arbitrary<Scenario> = fc.record({
   target,

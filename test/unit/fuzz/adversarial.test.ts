@@ -21,7 +21,7 @@ const read: ValidRequest = { type: 'in', sector: 3, sectors: 2, readParts: 1, wr
 
 for (const packed of [false, true]) {
   const ring = packed ? 'packed' : 'split';
-  const target = { device: 'blk', packed, eventIdx: true, indirect: true, inOrder: false, queueSize: 4 } as const;
+  const target = { device: 'blk', packed, eventIdx: true, indirect: true, inOrder: false, queueSize: 4, backendDelay: 2 } as const;
 
   test(`${ring}: a chain whose descriptors loop puts the device in NEEDS_RESET, and a reset brings it back`, async () => {
     const s: Scenario = { target, actions: [{ op: 'loop', start: 1, length: 3, kick: true }], final: read };
