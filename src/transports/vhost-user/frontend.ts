@@ -20,6 +20,12 @@
  *   fail its pending requests instead of waiting for a device that will not answer.
  *
  * vhost-user carries no device ID: the caller says which device it expects behind the socket.
+ *
+ * Trust. Guest RAM is shared, so the back-end can write any byte of it at any time; what the
+ * driver reads back from it (used indexes and lengths, status bytes) is checked by the rings,
+ * RequestQueue and the device drivers, as for any device. This module checks what arrives on
+ * the sockets: every reply is matched to its request, a hung back-end meets a deadline, and a
+ * back-end that hangs up fails what is pending instead of leaving it waiting.
  */
 import { existsSync } from 'node:fs';
 import { pino, type Logger } from 'pino';
@@ -238,10 +244,19 @@ export class VhostUserFrontend implements DriverTransport {
 
   // ---- DriverTransport: status ---------------------------------------------------------------
 
+  /**
+   * The local status, with DEVICE_NEEDS_RESET as GET_STATUS reports it when STATUS is in use.
+   * Never fails for a back-end that went away: the driver asks exactly then (§2.1.2), and the
+   * disconnect has already set DEVICE_NEEDS_RESET here.
+   */
   async getStatus(): Promise<number> {
     if (this.has(ProtocolFeature.STATUS) && this.connected && !this.closing) {
-      const reported = Number(replyU64(await this.channel.request({ request: F.GET_STATUS, payload: { kind: 'empty' } }, true)) & 0xffn);
-      this.status |= reported & DeviceStatus.DEVICE_NEEDS_RESET;
+      try {
+        const reply = await this.channel.request({ request: F.GET_STATUS, payload: { kind: 'empty' } }, true);
+        this.status |= Number(replyU64(reply) & 0xffn) & DeviceStatus.DEVICE_NEEDS_RESET;
+      } catch (err) {
+        if (!(err instanceof VhostUserDisconnectedError)) throw err;
+      }
     }
     return this.status;
   }
