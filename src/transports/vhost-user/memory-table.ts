@@ -53,6 +53,13 @@ export const MAX_MEM_SLOTS = 509;
  */
 export const MAX_MAPPING: number = Math.min(bufferConstants.MAX_LENGTH, 2 ** 32);
 
+/**
+ * The most guest RAM a table may map in total (16 TiB, above what any QEMU machine offers). Each
+ * mapping reserves address space until its views are collected, so a front-end describing
+ * absurd sizes would otherwise exhaust the process's address space before mmap refused.
+ */
+export const MAX_TOTAL_SIZE = 2 ** 44;
+
 interface Region {
   readonly guestAddr: number;
   readonly userAddr: number;
@@ -80,6 +87,12 @@ function coordinates(d: RegionDescription): { guestAddr: number; userAddr: numbe
     throw new MemoryTableError(`region of 0x${size.toString(16)} bytes at 0x${guestAddr.toString(16)} wraps past 2^53`);
   }
   return { guestAddr, userAddr, size, offset };
+}
+
+function checkTotal(bytes: number): void {
+  if (bytes > MAX_TOTAL_SIZE) {
+    throw new MemoryTableError(`${bytes} bytes of guest memory exceed the ${MAX_TOTAL_SIZE}-byte limit of one table`);
+  }
 }
 
 function overlaps(aStart: number, aSize: number, bStart: number, bSize: number): boolean {
@@ -116,6 +129,7 @@ export class MemoryTable {
       throw new MemoryTableError(`${descriptions.length} regions arrived with ${fds.length} file descriptors`);
     }
     const coords = descriptions.map(coordinates);
+    checkTotal(coords.reduce((n, c) => n + c.size, 0));
     for (let i = 0; i < coords.length; i++) {
       for (let j = 0; j < i; j++) this.checkDisjoint(coords[i], coords[j]);
     }
@@ -131,6 +145,7 @@ export class MemoryTable {
       throw new MemoryTableError(`the table already holds the maximum of ${MAX_MEM_SLOTS} regions`);
     }
     const c = coordinates(description);
+    checkTotal(this.regions.reduce((n, r) => n + r.size, c.size));
     for (const r of this.regions) this.checkDisjoint(c, r);
     this.install([...this.regions, ...this.mapAll([c], [fd])]);
   }

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { MAX_MEM_SLOTS, MemoryTable, MemoryTableError } from '../../../src/transports/vhost-user/memory-table.ts';
+import { MAX_MEM_SLOTS, MAX_TOTAL_SIZE, MemoryTable, MemoryTableError } from '../../../src/transports/vhost-user/memory-table.ts';
 import type { RegionDescription, RegionMapping } from '../../../src/transports/vhost-user/memory-table.ts';
 
 /** A mapper over plain arrays that records what is mapped, so tests see leaks and double unmaps. */
@@ -126,6 +126,16 @@ test('a region larger than one mapping is mapped in pieces split at guest-physic
   assert.ok(!mem.contains(0xff0, 0x20), 'one buffer is one mapping: a range across a piece boundary is refused');
   assert.equal(table.userToGuest(0x9000n, 0x3000), 0x800, 'ring translation sees the region whole');
   assert.equal(table.clear().length, 4);
+});
+
+test('a table describing more than 16 TiB in total is refused before anything is mapped', () => {
+  const m = fakeMapper();
+  const table = new MemoryTable(m.map);
+  const half = MAX_TOTAL_SIZE / 2;
+  assert.throws(() => table.replace([region(0, half, 0), region(half, half + 0x1000, half)], [3, 4]), /exceed the/);
+  assert.equal(m.live.size, 0);
+  table.add(region(0, 0x1000, 0), 3);
+  assert.throws(() => table.add(region(0x1000, MAX_TOTAL_SIZE, 0x1000), 4), /exceed the/);
 });
 
 test('ADD_MEM_REG stops at the advertised slot count', () => {
