@@ -93,6 +93,9 @@ export type ProtocolFeature = (typeof ProtocolFeature)[keyof typeof ProtocolFeat
 /** Bit 30 of GET/SET_FEATURES: the back-end speaks GET/SET_PROTOCOL_FEATURES ("Communication"). */
 export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
 
+/** Bit 26 of GET/SET_FEATURES: dirty-page logging for live migration (VHOST_F_LOG_ALL). */
+export const VHOST_F_LOG_ALL = 26;
+
 /** The header's flags word ("Header"). */
 export const HeaderFlag = {
   /** The low two bits hold the protocol version. */
