@@ -79,12 +79,29 @@ const median = (values: readonly number[]): number => {
 
 const round2 = (x: number): number => Math.round(x * 100) / 100;
 
-/** CPU seconds (user + system, all threads) the process `pid` has used so far. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  // The command name (field 2) is in parentheses and may hold spaces: count fields after it.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / USER_HZ; // utime, stime: fields 14 and 15
+/**
+ * CPU seconds (user + system) each thread of process `pid` has used so far, summed by thread
+ * name, the main thread on its own: Node's event loop apart from its libuv pool and V8 helpers,
+ * qemu-storage-daemon's main loop apart from its "worker" pool.
+ */
+function cpuByThread(pid: number): Map<string, number> {
+  const byName = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    let stat: string;
+    try {
+      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    } catch {
+      continue; // the thread ended between listing and reading
+    }
+    // The thread name (field 2) is in parentheses and may hold spaces: count fields after it.
+    const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+    // Node's pool threads carry the main thread's name: the main thread is told apart by its id.
+    const name = tid === String(pid) ? `${comm} (main)` : comm;
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const seconds = (Number(fields[11]) + Number(fields[12])) / USER_HZ; // utime, stime: fields 14 and 15
+    byName.set(name, (byName.get(name) ?? 0) + seconds);
+  }
+  return byName;
 }
 
 /** Seconds the guest's clock measured for `script` (/proc/uptime, 10 ms resolution). */
@@ -163,15 +180,31 @@ async function findDisks(guest: Guest, sides: readonly Side[]): Promise<void> {
 
 interface Sample {
   readonly iops: number;
-  /** Host CPU time of the back-end process per read, in microseconds. */
+  /** Host CPU time of the back-end process per read, in microseconds, in all and by thread name. */
   readonly cpuMicrosPerRead: number;
+  readonly threadMicrosPerRead: Map<string, number>;
 }
 
 async function measure(guest: Guest, side: Side, workload: Workload): Promise<Sample> {
-  const cpuBefore = cpuSeconds(side.pid);
+  const before = cpuByThread(side.pid);
   const seconds = await guestSeconds(guest, workload.script(side.disk));
-  const cpu = cpuSeconds(side.pid) - cpuBefore;
-  return { iops: READS / seconds, cpuMicrosPerRead: (cpu * 1e6) / READS };
+  const threadMicrosPerRead = new Map<string, number>();
+  for (const [name, cpu] of cpuByThread(side.pid)) {
+    threadMicrosPerRead.set(name, ((cpu - (before.get(name) ?? 0)) * 1e6) / READS);
+  }
+  const cpuMicrosPerRead = [...threadMicrosPerRead.values()].reduce((a, b) => a + b, 0);
+  return { iops: READS / seconds, cpuMicrosPerRead, threadMicrosPerRead };
+}
+
+/** Median per thread name over `runs`, threads under 1 µs per read left out. */
+function threadMedians(runs: readonly Sample[]): Record<string, number> {
+  const names = new Set(runs.flatMap((r) => [...r.threadMicrosPerRead.keys()]));
+  const out: Record<string, number> = {};
+  for (const name of names) {
+    const m = median(runs.map((r) => r.threadMicrosPerRead.get(name) ?? 0));
+    if (m >= 1) out[name] = round2(m);
+  }
+  return out;
 }
 
 function reportProfile(profileDir: string, context: Record<string, unknown>): void {
@@ -254,6 +287,7 @@ export async function main(): Promise<void> {
         report(BENCH, `${w.name}_read_4k_iops_${side.name}`, Math.round(iops), 'IOPS', { runs: runs.map((r) => Math.round(r.iops)), ...context });
         report(BENCH, `${w.name}_cpu_us_per_read_${side.name}`, round2(median(runs.map((r) => r.cpuMicrosPerRead))), 'us', {
           runs: runs.map((r) => round2(r.cpuMicrosPerRead)),
+          threads: threadMedians(runs),
         });
       }
       const ratioName = w.name === 'qd1' ? 'ratio_paravirt_over_qsd' : `${w.name}_ratio_paravirt_over_qsd`;
