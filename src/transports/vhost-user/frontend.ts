@@ -38,7 +38,14 @@ import type { GuestMemory } from '../../virtio/memory.ts';
 import { PACKED_FRESH_BASE } from '../../virtio/packed-ring.ts';
 import type { QueueAddresses } from '../../virtio/queue.ts';
 import { queueSizeError } from '../../virtio/ring.ts';
-import { FrontendRequest, MAX_CONFIG_SIZE, frontendRequestName, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from './constants.ts';
+import {
+  FrontendRequest,
+  MAX_CONFIG_SIZE,
+  ProtocolFeature,
+  VHOST_F_LOG_ALL,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  frontendRequestName,
+} from './constants.ts';
 import { FrontendBackendChannel } from './frontend-backend-channel.ts';
 import { FrontendChannel, VhostUserDisconnectedError, VhostUserRefusedError } from './frontend-channel.ts';
 import { FrontendMemory } from './frontend-memory.ts';
@@ -60,7 +67,7 @@ export const FRONTEND_PROTOCOL_FEATURES: bigint = [
  * driver's to accept: PROTOCOL_FEATURES (30) and VHOST_F_LOG_ALL (26, dirty logging for
  * migration, which this front-end never does).
  */
-const TRANSPORT_FEATURES = featureBit(VHOST_USER_F_PROTOCOL_FEATURES) | featureBit(26);
+const TRANSPORT_FEATURES = featureBit(VHOST_USER_F_PROTOCOL_FEATURES) | featureBit(VHOST_F_LOG_ALL);
 
 /** Ring indexes travel in 8 bits of SET_VRING_KICK/CALL/ERR. */
 const MAX_QUEUES = 256;
