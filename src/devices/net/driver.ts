@@ -142,7 +142,8 @@ export class NetDriver {
   private readonly mergeable: boolean;
 
   private constructor(
-    private readonly core: VirtioDriver,
+    /** The generic driver underneath: its queues carry what the methods here build. */
+    readonly core: VirtioDriver,
     cfg: NetConfig,
     /** N of §5.1.2: pairs the device has queues for. */
     readonly maxQueuePairs: number,
