@@ -8,6 +8,7 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
+import { BlkDriver } from '../../../src/devices/blk/driver.ts';
 import { RngDriver } from '../../../src/devices/rng/driver.ts';
 import { FrontendRequest as F, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
 import { VhostUserFrontend } from '../../../src/transports/vhost-user/frontend.ts';
@@ -29,8 +30,8 @@ function fake(t: TestContext, options: FakeBackendOptions): FakeBackend {
   return backend;
 }
 
-const connect = (backend: FakeBackend, replyTimeoutMs?: number): Promise<VhostUserFrontend> =>
-  VhostUserFrontend.connect(backend.path, { deviceId: DeviceId.RNG, log, replyTimeoutMs, memorySize: 1 << 20 });
+const connect = (backend: FakeBackend, replyTimeoutMs?: number, deviceId: number = DeviceId.RNG): Promise<VhostUserFrontend> =>
+  VhostUserFrontend.connect(backend.path, { deviceId, log, replyTimeoutMs, memorySize: 1 << 20 });
 
 test('a back-end that closes mid-request fails the request with DEVICE_NEEDS_RESET and later ones too', async (t) => {
   const backend = fake(t, { onKick: 'close' });
@@ -72,6 +73,21 @@ test('a reply to another request than the one asked ends the connection with a m
   });
   await assert.rejects(connect(backend), /reply to VHOST_USER_GET_FEATURES while a reply to VHOST_USER_GET_QUEUE_NUM was expected/);
 });
+
+for (const [what, reply, message] of [
+  ['an empty GET_CONFIG reply', { kind: 'empty' }, /refused VHOST_USER_GET_CONFIG: an empty reply/],
+  ['a GET_CONFIG reply of the wrong size', { kind: 'config', offset: 0, flags: 0, data: new Uint8Array(4) }, /refused VHOST_USER_GET_CONFIG: asked for 60 bytes, answered 4/],
+] as const) {
+  test(`${what} fails the blk driver's start with a message naming it`, async (t) => {
+    const backend = fake(t, {
+      protocolFeatures: featureBit(ProtocolFeature.CONFIG),
+      hook: (m) => (m.request === F.GET_CONFIG ? { reply } : 'default'),
+    });
+    const frontend = await connect(backend, undefined, DeviceId.BLOCK);
+    await assert.rejects(BlkDriver.open(frontend, { log }), message);
+    await frontend.close();
+  });
+}
 
 test('a back-end that never replies fails the connection after the reply deadline', async (t) => {
   const backend = fake(t, { hook: (m) => (m.request === F.GET_FEATURES ? 'ignore' : 'default') });
