@@ -64,7 +64,8 @@ async function run(device: VirtioDevice, target: Listen, log: Logger): Promise<v
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   try {
-    await server.closed;
+    const failure = await server.closed;
+    if (failure !== undefined) throw failure;
   } finally {
     process.off('SIGINT', stop);
     process.off('SIGTERM', stop);

@@ -5,7 +5,7 @@
  * away the device is reset and the next connection (a restarted or reconnecting QEMU) is
  * served by the same device.
  */
-import { lstatSync, rmSync } from 'node:fs';
+import { fstatSync, lstatSync, rmSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { type Watcher, watch } from '../../native/readiness.ts';
 import { UnixListener, type UnixSocket } from '../../native/unix-socket.ts';
@@ -45,13 +45,29 @@ function bindPath(path: string): UnixListener {
   }
 }
 
+/** An inherited descriptor (--fd) that must be a socket; whether it listens shows at accept. */
+function adoptFd(fd: number): UnixListener {
+  let isSocket: boolean;
+  try {
+    isSocket = fstatSync(fd).isSocket();
+  } catch {
+    throw new SocketPathError(`--fd ${fd} is not an open descriptor`);
+  }
+  if (!isSocket) throw new SocketPathError(`--fd ${fd} is not a socket`);
+  return UnixListener.fromFd(fd);
+}
+
 export class BackendServer {
   private watcher: Watcher | undefined;
   private session: BackendConnection | undefined;
   private closing: Promise<void> | undefined;
-  private resolveClosed!: () => void;
-  /** Resolves once close() has finished. */
-  readonly closed: Promise<void>;
+  private failure: Error | undefined;
+  private resolveClosed!: (failure: Error | undefined) => void;
+  /**
+   * Resolves once the server has closed: undefined after close(), or the error that made it
+   * stop by itself (the listening socket failed, e.g. an inherited descriptor that does not listen).
+   */
+  readonly closed: Promise<Error | undefined>;
 
   private constructor(
     private readonly listener: UnixListener,
@@ -63,7 +79,7 @@ export class BackendServer {
   }
 
   static listen(device: VirtioDevice, target: Listen, log: Logger): BackendServer {
-    const listener = 'socketPath' in target ? bindPath(target.socketPath) : UnixListener.fromFd(target.fd);
+    const listener = 'socketPath' in target ? bindPath(target.socketPath) : adoptFd(target.fd);
     return new BackendServer(listener, device, log);
   }
 
@@ -79,7 +95,7 @@ export class BackendServer {
       this.watcher = undefined;
       await this.session?.close();
       this.listener.close();
-      this.resolveClosed();
+      this.resolveClosed(this.failure);
     })();
     return this.closing;
   }
@@ -91,7 +107,10 @@ export class BackendServer {
     try {
       socket = this.listener.tryAccept();
     } catch (err) {
-      this.log.error({ err: (err as Error).message }, 'accepting a front-end failed');
+      // Polling is level-triggered: retrying a listener that fails would spin. Stop instead.
+      this.failure = new SocketPathError(`the listening socket failed: ${(err as Error).message}`);
+      this.log.error({ err: (err as Error).message }, 'accepting a front-end failed; no longer listening');
+      void this.close();
       return;
     }
     if (socket === null) return;

@@ -9,7 +9,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { connectUnix, UnixListener } from '../../../src/native/unix-socket.ts';
+import { connectUnix, socketPair, UnixListener } from '../../../src/native/unix-socket.ts';
 import { whenReadable } from '../../../src/native/readiness.ts';
 import { FrontendRequest as F, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
 import { encodeMessage } from '../../../src/transports/vhost-user/messages.ts';
@@ -61,6 +61,7 @@ test('a bad option, path or size is one sentence naming it, and exit code 1', ()
       [['serve', 'rng', '--socket-path', odd], /socket path .*odd\.img exists and is not a socket/],
       [['serve', 'rng', '--socket-path', join(dir, 's'), '--fd', '3'], /cannot be used with/],
       [['serve', 'net'], /unknown command 'net'/],
+      [['serve', 'rng', '--fd', '77'], /--fd 77 is not an open descriptor/],
     ];
     for (const [args, message] of cases) {
       const r = paravirt(...args);
@@ -93,5 +94,26 @@ test('--fd serves an inherited listening socket, and SIGTERM ends the command wi
   } finally {
     listener.close();
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('--fd naming a socket that does not listen ends the command with one sentence and code 1', async () => {
+  const [mine, theirs] = socketPair();
+  try {
+    const child = spawn(process.execPath, [PARAVIRT, 'serve', 'rng', '--fd', '3', '--log-level', 'silent'], {
+      cwd: tmpdir(),
+      stdio: ['ignore', 'pipe', 'pipe', theirs.fd],
+    });
+    let stderr = '';
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    // Make the connected socket readable: the server tries to accept on it, which fails.
+    mine.send(new Uint8Array([1]));
+    const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+    assert.equal(code, 1);
+    assert.match(stderr, /the listening socket failed/);
+    assert.equal(stderr.trim().split('\n').length, 1);
+  } finally {
+    mine.close();
+    theirs.close();
   }
 });
