@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import type { GuestBus } from '../../../src/transports/qtest/guest-bus.ts';
 import { bdf } from '../../../src/transports/pci/config.ts';
 import { PciConfig } from '../../../src/transports/pci/port-config.ts';
-import { Q35_BAR_WINDOWS } from '../../../src/transports/pci/q35.ts';
+import { Q35_BAR_WINDOWS, q35IntxLine } from '../../../src/transports/pci/q35.ts';
 
 interface FakeFunction {
   readonly config: DataView;
@@ -172,4 +172,20 @@ test('configuration offsets that mechanism #1 cannot express are refused without
   await assert.rejects(pci.read(0x10000, 0, 4), /not a bus\/device\/function/);
   assert.throws(() => bdf(0, 32, 0), /PCI device 32/);
   assert.equal(accesses, 0);
+});
+
+test('a BAR that does not fit the rest of its window is refused with an error naming it; windows are checked', async () => {
+  const bus = new FakePciBus();
+  bus.add(bdf(0, 6, 0), 0x1000_1af4, [{ flags: 0x0, size: 0x1000 }, { flags: 0x0, size: 0x1_0000 }]);
+  const pci = new PciConfig(bus, { memory: { start: 0xe000_0000, end: 0xe000_8000 }, io: { start: 0xc000, end: 0xd000 } });
+  await assert.rejects(pci.assignBars(bdf(0, 6, 0)), /no room for BAR 1 \(65536 bytes\) of 00:06\.0 in the memory window/);
+  assert.throws(() => new PciConfig(bus, { memory: { start: 0xe000_0000, end: 0x1_0000_1000 }, io: Q35_BAR_WINDOWS.io }), /memory BAR window/);
+  assert.throws(() => new PciConfig(bus, { memory: Q35_BAR_WINDOWS.memory, io: { start: 0xd000, end: 0xc000 } }), /I\/O BAR window/);
+});
+
+test('q35 INTx routing: slots 0..24 round-robin over PIRQ E..H (GSI 20..23); other slots and pins are refused', () => {
+  assert.deepEqual([0, 1, 2, 3, 4].map((slot) => q35IntxLine(slot, 1)), [20, 21, 22, 23, 20]);
+  assert.deepEqual([1, 2, 3, 4].map((pin) => q35IntxLine(5, pin)), [21, 22, 23, 20]);
+  assert.throws(() => q35IntxLine(25, 1), /slot 25 is not fixed/);
+  assert.throws(() => q35IntxLine(3, 0), /interrupt pin 0/);
 });
