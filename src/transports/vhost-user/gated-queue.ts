@@ -4,7 +4,7 @@
  * while the device may still hold chains it popped earlier. The gate lets the back-end close the
  * ring to new work, wait until every chain already popped has been pushed and published, and then
  * replace or drop the ring underneath without the device noticing: the device keeps the same
- * object for its whole activation.
+ * object for as long as the ring runs, across memory changes.
  */
 import type { DescriptorChain, DeviceQueue } from '../../virtio/queue.ts';
 
