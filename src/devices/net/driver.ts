@@ -20,6 +20,7 @@ import type { DriverTransport } from '../../virtio/driver.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
 import type { RequestQueue } from '../../virtio/request-queue.ts';
 import { plainFrameLimit } from './offload.ts';
+import type { NetPort } from './port.ts';
 import {
   CONFIG_SIZE,
   CTRL_HDR_SIZE,
@@ -60,11 +61,31 @@ import {
 /** Every virtio-net feature this driver implements, and the ring features it can use. */
 export const NET_DRIVER_FEATURES: bigint = [...Object.values(NetFeature)].reduce((acc, bit) => acc | featureBit(bit), FRAMEWORK_FEATURES);
 
+/** The checksum and segmentation offloads, both directions, and the command that switches them. */
+export const NET_OFFLOAD_FEATURES: bigint = [
+  NetFeature.CSUM,
+  NetFeature.GUEST_CSUM,
+  NetFeature.CTRL_GUEST_OFFLOADS,
+  NetFeature.GUEST_TSO4,
+  NetFeature.GUEST_TSO6,
+  NetFeature.GUEST_ECN,
+  NetFeature.GUEST_UFO,
+  NetFeature.HOST_TSO4,
+  NetFeature.HOST_TSO6,
+  NetFeature.HOST_ECN,
+  NetFeature.HOST_UFO,
+].reduce((acc, bit) => acc | featureBit(bit), 0n);
+
 export interface NetDriverOptions {
   /** Features to accept when offered (default NET_DRIVER_FEATURES); drop bits to refuse offloads. */
   readonly features?: bigint;
   /** Use a packed ring when the device offers one (default true). */
   readonly packed?: boolean;
+  /**
+   * Accept checksum and segmentation offloads when offered (default true). Without them every
+   * frame travels complete: the device finishes partial checksums and drops GSO frames for us.
+   */
+  readonly offloads?: boolean;
   readonly queueSize?: number;
   /** Queue pairs to use from the start (default 1; more needs MQ). */
   readonly queuePairs?: number;
@@ -108,6 +129,8 @@ export class NetDriverCounters {
   rxMalformed = 0;
   /** Frames dropped because the inbox was full. */
   rxInboxFull = 0;
+  /** Frames a bridge could not transmit (too large, or the driver closed). */
+  txFailed = 0;
 }
 
 /** A value no device writes as ack: set before submitting, it tells "never written" apart. */
@@ -157,7 +180,10 @@ export class NetDriver {
 
   /** Initialize the device behind `transport` (§3.1.1, §5.1.5), post receive buffers, return the driver. */
   static async open(transport: DriverTransport, options: NetDriverOptions = {}): Promise<NetDriver> {
-    const wanted = (options.features ?? NET_DRIVER_FEATURES) & ~(options.packed === false ? featureBit(Feature.RING_PACKED) : 0n);
+    const wanted =
+      (options.features ?? NET_DRIVER_FEATURES) &
+      ~(options.packed === false ? featureBit(Feature.RING_PACKED) : 0n) &
+      ~(options.offloads === false ? NET_OFFLOAD_FEATURES : 0n);
     // The queue count depends on what will be negotiated (§5.1.2), so work it out first, as start() will.
     const predicted = (await transport.deviceFeatures()) & (wanted | featureBit(Feature.VERSION_1));
     const has = (bit: number): boolean => hasFeature(predicted, bit);
@@ -282,6 +308,23 @@ export class NetDriver {
   /** Received frames, in arrival order, until the driver is closed. */
   async *receive(): AsyncGenerator<ReceivedFrame> {
     for (let f = await this.next(); f !== undefined; f = await this.next()) yield f;
+  }
+
+  /**
+   * Join this interface to `port` as a bridge member: every frame it receives is sent out of
+   * the port and every frame arriving at the port is transmitted, with promiscuous mode on when
+   * the device supports it. This puts a device reached through any transport (a vhost-user
+   * front-end, say) on a switch. The bridge takes every received frame: do not also call
+   * receive(). It ends when the driver closes.
+   */
+  async bridge(port: NetPort): Promise<void> {
+    if (hasFeature(this.features, NetFeature.CTRL_RX)) await this.setPromiscuous(true);
+    port.onReceive((frame, meta) => {
+      this.send(frame, { meta }).catch(() => this.counters.txFailed++);
+    });
+    void (async () => {
+      for await (const f of this.receive()) port.send(f.frame, f.meta);
+    })();
   }
 
   /** Frames received and not yet taken. */

@@ -50,9 +50,10 @@ export async function nextFrame(drv: NetDriver): Promise<ReceivedFrame> {
 }
 
 /**
- * Let every pending interrupt and completion run: loopback interrupts arrive on setImmediate,
- * so a few turns of the event loop settle any exchange that is going to happen.
+ * Run event-loop turns until `done()` holds (loopback interrupts arrive on setImmediate); fails
+ * after `turns` turns, when the condition is never going to come.
  */
-export async function settle(turns = 8): Promise<void> {
-  for (let i = 0; i < turns; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+export async function until(done: () => boolean, turns = 200): Promise<void> {
+  for (let i = 0; i < turns && !done(); i++) await new Promise<void>((resolve) => setImmediate(resolve));
+  if (!done()) throw new Error(`condition not reached in ${turns} event-loop turns`);
 }

@@ -1,9 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createCable } from '../../../src/devices/net/port.ts';
 import { L2Switch } from '../../../src/devices/net/switch.ts';
-import { formatMac } from '../../../src/devices/net/wire.ts';
+import { NO_OFFLOAD, formatMac } from '../../../src/devices/net/wire.ts';
 import { Feature, hasFeature } from '../../../src/virtio/constants.ts';
-import { MAC_A, MAC_B, frame, nextFrame, station } from './fixture.ts';
+import { MAC_A, MAC_B, frame, nextFrame, station, until } from './fixture.ts';
+
+const MAC_E = '52:54:00:00:00:0e';
+const MAC_X = '52:54:00:00:00:99';
 
 for (const packed of [false, true]) {
   const ring = packed ? 'packed' : 'split';
@@ -33,3 +37,25 @@ for (const packed of [false, true]) {
     }
   });
 }
+
+test('a driver bridged into a switch carries frames both ways between the switch and its device', async () => {
+  const sw = new L2Switch();
+  const a = await station(sw.createPort('a'), { mac: MAC_A });
+  const [devSide, wire] = createCable('wire');
+  const e = await station(devSide, { mac: MAC_E });
+  const fromWire: Uint8Array[] = [];
+  wire.onReceive((f) => fromWire.push(f));
+  try {
+    await e.drv.bridge(sw.createPort('bridge'));
+    const out = frame(MAC_X, MAC_A, 300, 1);
+    await a.drv.send(out);
+    await until(() => fromWire.length === 1);
+    assert.deepEqual(fromWire, [out], 'flooded to the bridge, transmitted by its device');
+    const back = frame(MAC_A, MAC_X, 200, 2);
+    wire.send(back, NO_OFFLOAD);
+    assert.deepEqual((await nextFrame(a.drv)).frame, back, 'received in promiscuous mode and sent into the switch');
+  } finally {
+    await a.drv.close();
+    await e.drv.close();
+  }
+});
