@@ -196,7 +196,7 @@ export class NetDevice implements VirtioDevice {
     this.port.onReceive((frame, meta) => this.receive(frame, meta));
   }
 
-  /** Whether the link is up (always, for a driver without VIRTIO_NET_F_STATUS). */
+  /** Whether the link is up; while it is down, frames are dropped both ways. */
   get link(): boolean {
     return this.linkUp;
   }
