@@ -12,6 +12,8 @@ import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { BlkDriver } from '../../src/devices/blk/driver.ts';
 import { BlkFeature } from '../../src/devices/blk/wire.ts';
+import { q35IntxLine } from '../../src/transports/pci/q35.ts';
+import { VirtioPciTransport } from '../../src/transports/pci/transport.ts';
 import { Feature, hasFeature } from '../../src/virtio/constants.ts';
 import { describeFeatures } from '../../src/virtio/features.ts';
 import { shareDir } from '../lab/guest.ts';
@@ -43,8 +45,16 @@ function random(seed: number): (n: number) => number {
 
 const pattern = (seed: number, bytes: number): Uint8Array => Uint8Array.from({ length: bytes }, (_, i) => (seed * 31 + i * 7 + (i >> 9)) & 0xff);
 
-for (const packed of [false, true]) {
-  test(`paravirt's blk driver against QEMU's virtio-blk-pci on a raw image, over virtio-pci (${packed ? 'packed' : 'split'} ring): a random mix matches a model and the file`, async (t) => {
+const VARIANTS = [
+  { packed: false, inOrder: false },
+  { packed: true, inOrder: false },
+  { packed: false, inOrder: true },
+  { packed: true, inOrder: true },
+];
+
+for (const { packed, inOrder } of VARIANTS) {
+  const ring = `${packed ? 'packed' : 'split'} ring${inOrder ? ', IN_ORDER' : ''}`;
+  test(`paravirt's blk driver against QEMU's virtio-blk-pci on a raw image, over virtio-pci (${ring}): a random mix matches a model and the file`, async (t) => {
     if (!requireLab(t)) return;
     const share = shareDir(t, 'pci-blk');
     const image = join(share.dir, 'disk.raw');
@@ -55,7 +65,7 @@ for (const packed of [false, true]) {
       {
         devices: [
           '-blockdev', `driver=file,node-name=disk0,filename=${share.qemuPath(image)}`,
-          '-device', `virtio-blk-pci,drive=disk0,addr=04.0,disable-legacy=on,num-queues=2,packed=${packed ? 'on' : 'off'}`,
+          '-device', `virtio-blk-pci,drive=disk0,addr=04.0,disable-legacy=on,num-queues=2,packed=${packed ? 'on' : 'off'},in_order=${inOrder ? 'on' : 'off'}`,
         ],
         sharedRam: true,
       },
@@ -66,6 +76,7 @@ for (const packed of [false, true]) {
 
     const has = (bit: number): boolean => hasFeature(blk.features, bit);
     assert.equal(has(Feature.RING_PACKED), packed, 'the ring layout QEMU was told to offer');
+    assert.equal(has(Feature.IN_ORDER), inOrder, 'IN_ORDER when QEMU offers it');
     assert.ok(has(Feature.VERSION_1) && has(BlkFeature.FLUSH) && has(BlkFeature.MQ) && has(BlkFeature.WRITE_ZEROES));
     assert.equal(blk.queues, 2, 'both request queues are used');
     assert.equal(blk.capacity, DISK_BYTES / SECTOR, 'capacity from the device configuration structure');
@@ -117,3 +128,37 @@ for (const packed of [false, true]) {
     );
   });
 }
+
+test('a transitional virtio-blk-pci is driven through its modern structures, and a second driver after a reset finds what the first wrote', async (t) => {
+  if (!requireLab(t)) return;
+  const share = shareDir(t, 'pci-blk');
+  const image = join(share.dir, 'disk.raw');
+  writeFileSync(image, new Uint8Array(64 * SECTOR));
+  const m = await startQtest(
+    {
+      devices: [
+        '-blockdev', `driver=file,node-name=disk0,filename=${share.qemuPath(image)}`,
+        '-device', 'virtio-blk-pci,drive=disk0,addr=04.0,disable-legacy=off,disable-modern=off',
+      ],
+      sharedRam: true,
+    },
+    t,
+  );
+  const transport = await virtioPciTransport(m, 4);
+  assert.equal(await m.pciConfigRead(transport.target, 0x02, 2), 0x1001, 'the transitional PCI device id (§4.1.2.1)');
+  const first = await BlkDriver.open(transport);
+  const data = pattern(7, 8 * SECTOR);
+  await first.write(8, data);
+  await first.close();
+  // close() reset the device (§4.1.4.3.2) and released the transport. The BARs move (as after a
+  // firmware rescan), and a new transport takes the function over.
+  const bars = await m.pci.assignBars(transport.target);
+  const again = await VirtioPciTransport.open(m.bus, m.pci, transport.target, bars, {
+    memory: transport.memory,
+    dma: transport.dma,
+    intxLine: q35IntxLine,
+  });
+  const second = await BlkDriver.open(again);
+  assert.deepEqual(await second.read(8, data.length), data);
+  await second.close();
+});

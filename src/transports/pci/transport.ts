@@ -94,6 +94,8 @@ export class VirtioPciTransport implements DriverTransport {
 
   private constructor(
     private readonly bus: GuestBus,
+    /** The function, as bus<<8 | device<<3 | function. */
+    readonly target: number,
     readonly memory: GuestMemory,
     readonly dma: DmaAllocator,
     private readonly id: number,
@@ -138,6 +140,7 @@ export class VirtioPciTransport implements DriverTransport {
 
     return new VirtioPciTransport(
       bus,
+      target,
       options.memory,
       options.dma,
       id,
