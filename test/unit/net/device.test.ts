@@ -311,6 +311,11 @@ test('checksum offload: a driver with GUEST_CSUM gets the partial checksum, one 
     // GSO cannot be undone for a driver without GUEST_TSO4: dropped and counted.
     await a.drv.send(frame(MAC_C, MAC_A, 3000), { meta: { ...meta, gsoType: GsoType.TCPV4, gsoSize: 1448 } });
     assert.equal(plain.dev.counters.drops.offloadUnsupported, 1);
+    // GUEST_OFFLOADS_SET to nothing: the device now completes checksums for this driver too.
+    await withCsum.drv.setGuestOffloads(0n);
+    await a.drv.send(f, { meta });
+    assert.deepEqual((await nextFrame(withCsum.drv)).frame, full.frame);
+    assert.deepEqual((await nextFrame(plain.drv)).frame, full.frame);
   } finally {
     await a.drv.close();
     await withCsum.drv.close();

@@ -9,15 +9,16 @@ import { MAC_A, MAC_B, frame, nextFrame, station, until } from './fixture.ts';
 const MAC_E = '52:54:00:00:00:0e';
 const MAC_X = '52:54:00:00:00:99';
 
-for (const packed of [false, true]) {
-  const ring = packed ? 'packed' : 'split';
+for (const [packed, inOrder] of [[false, false], [true, false], [false, true], [true, true]]) {
+  const ring = `${packed ? 'packed' : 'split'}${inOrder ? ', in order' : ''}`;
 
   test(`two drivers on one switch exchange frames (${ring})`, async () => {
     const sw = new L2Switch();
-    const a = await station(sw.createPort('a'), { mac: MAC_A }, { packed });
-    const b = await station(sw.createPort('b'), { mac: MAC_B }, { packed });
+    const a = await station(sw.createPort('a'), { mac: MAC_A, features: { inOrder } }, { packed });
+    const b = await station(sw.createPort('b'), { mac: MAC_B, features: { inOrder } }, { packed });
     try {
       assert.equal(hasFeature(a.drv.features, Feature.RING_PACKED), packed);
+      assert.equal(hasFeature(a.drv.features, Feature.IN_ORDER), inOrder);
       assert.equal(formatMac(a.drv.mac), MAC_A);
       const small = frame(MAC_B, MAC_A, 64, 1);
       const big = frame(MAC_B, MAC_A, 1514, 2);
