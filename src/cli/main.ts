@@ -1,12 +1,13 @@
 /**
- * The `paravirt` command. Today it serves devices to vhost-user front-ends:
+ * The `paravirt` command: it serves devices to vhost-user front-ends, and drives vhost-user-blk
+ * back-ends as a front-end with paravirt's own driver:
  *
- *   paravirt serve blk --socket-path S --image F [--read-only] [--queues N]
+ *   paravirt serve blk --socket-path S --image F [--read-only] [--queues N] [--queue-size N]
  *   paravirt serve rng --socket-path S
  *   paravirt blk --socket-path S info|read|write|bench   (a vhost-user-blk back-end as a disk)
  *
- * Each back-end follows vhost-user.rst "Backend program conventions": --socket-path or an
- * inherited --fd, --print-capabilities, no daemonizing, prompt exit on SIGTERM.
+ * `serve` follows vhost-user.rst "Backend program conventions": --socket-path or an inherited
+ * --fd, --print-capabilities, no daemonizing, prompt exit on SIGTERM.
  */
 import { Command, CommanderError } from 'commander';
 import { addBlkCommand } from './blk-tool.ts';
