@@ -82,7 +82,20 @@ function accessWidth(offset: number, left: number): RegisterWidth {
   return 1;
 }
 
+/** The device's structures (§4.1.4), as register windows. */
+interface Registers {
+  readonly common: BarRegion;
+  readonly notify: BarRegion;
+  readonly notifyOffMultiplier: number;
+  readonly isr: BarRegion;
+  readonly device: BarRegion | undefined;
+}
+
 export class VirtioPciTransport implements DriverTransport {
+  readonly memory: GuestMemory;
+  readonly dma: DmaAllocator;
+  private readonly common: BarRegion;
+  private readonly log: Logger;
   private handlers: InterruptHandlers | undefined;
   /** Notify offset (within the notification structure) of each enabled queue. */
   private readonly notifyAt = new Map<number, number>();
@@ -96,18 +109,16 @@ export class VirtioPciTransport implements DriverTransport {
     private readonly bus: GuestBus,
     /** The function, as bus<<8 | device<<3 | function. */
     readonly target: number,
-    readonly memory: GuestMemory,
-    readonly dma: DmaAllocator,
     private readonly id: number,
-    private readonly common: BarRegion,
-    private readonly notifyRegion: BarRegion,
-    private readonly notifyOffMultiplier: number,
-    private readonly isr: BarRegion,
-    private readonly device: BarRegion | undefined,
+    private readonly regs: Registers,
     /** The interrupt line INTx reaches. */
     readonly line: number,
-    private readonly log: Logger,
+    options: VirtioPciOptions,
   ) {
+    this.memory = options.memory;
+    this.dma = options.dma;
+    this.common = regs.common;
+    this.log = (options.log ?? pino({ name: 'paravirt' })).child({ transport: `virtio-pci ${formatBdf(target)}` });
     this.unsubscribe = bus.onInterrupt((event) => this.onInterrupt(event));
   }
 
@@ -138,20 +149,14 @@ export class VirtioPciTransport implements DriverTransport {
       if (control & MSIX_ENABLE) await config.write(target, msix.offset + MSIX_MESSAGE_CONTROL, 2, control & ~MSIX_ENABLE);
     }
 
-    return new VirtioPciTransport(
-      bus,
-      target,
-      options.memory,
-      options.dma,
-      id,
-      new BarRegion(bus, structures.common),
-      new BarRegion(bus, structures.notify),
-      structures.notifyOffMultiplier,
-      new BarRegion(bus, structures.isr),
-      structures.device && new BarRegion(bus, structures.device),
-      line,
-      (options.log ?? pino({ name: 'paravirt' })).child({ transport: `virtio-pci ${name}` }),
-    );
+    const regs: Registers = {
+      common: new BarRegion(bus, structures.common),
+      notify: new BarRegion(bus, structures.notify),
+      notifyOffMultiplier: structures.notifyOffMultiplier,
+      isr: new BarRegion(bus, structures.isr),
+      device: structures.device && new BarRegion(bus, structures.device),
+    };
+    return new VirtioPciTransport(bus, target, id, regs, line, options);
   }
 
   async deviceId(): Promise<number> {
@@ -257,9 +262,9 @@ export class VirtioPciTransport implements DriverTransport {
     if (max === 0) throw new Error(`virtio-pci queue ${index} does not exist`);
     if (!Number.isInteger(size) || size < 1 || size > max) throw new RangeError(`queue ${index} size ${size} is outside 1..${max}, the device's maximum`);
     // §4.1.4.4: the device promises cap.length >= queue_notify_off * notify_off_multiplier + 2; check it.
-    const notifyAt = notifyOff * this.notifyOffMultiplier;
-    if (notifyAt + 2 > this.notifyRegion.length) {
-      throw new Error(`virtio-pci queue ${index}: queue_notify_off ${notifyOff} × ${this.notifyOffMultiplier} lies outside the ${this.notifyRegion.length}-byte notification structure`);
+    const notifyAt = notifyOff * this.regs.notifyOffMultiplier;
+    if (notifyAt + 2 > this.regs.notify.length) {
+      throw new Error(`virtio-pci queue ${index}: queue_notify_off ${notifyOff} × ${this.regs.notifyOffMultiplier} lies outside the ${this.regs.notify.length}-byte notification structure`);
     }
     const placed = Promise.all([
       this.common.write(CommonCfg.QUEUE_SELECT, 2, index),
@@ -285,7 +290,7 @@ export class VirtioPciTransport implements DriverTransport {
       this.log.warn(`notify of queue ${index}, which is not enabled, dropped`);
       return;
     }
-    this.notifyRegion.write(at, 2, index).catch((err: unknown) => this.log.error({ err }, `notify of queue ${index} failed`));
+    this.regs.notify.write(at, 2, index).catch((err: unknown) => this.log.error({ err }, `notify of queue ${index} failed`));
   }
 
   setInterruptHandlers(handlers: InterruptHandlers): void {
@@ -330,7 +335,7 @@ export class VirtioPciTransport implements DriverTransport {
   private async serviceRounds(): Promise<void> {
     for (let round = 0; round < MAX_INTERRUPT_ROUNDS && !this.closed; round++) {
       this.again = false;
-      const isr = await this.isr.read(0, 1);
+      const isr = await this.regs.isr.read(0, 1);
       const h = this.handlers;
       if (h !== undefined) {
         if (isr & IsrStatus.CONFIG) h.config();
@@ -343,7 +348,7 @@ export class VirtioPciTransport implements DriverTransport {
 
   /** The device configuration structure, checked to hold [offset, offset+length). */
   private deviceRegion(offset: number, length: number): BarRegion {
-    const device = this.device;
+    const device = this.regs.device;
     if (device === undefined) throw new Error('the virtio-pci device has no device configuration structure');
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > device.length) {
       throw new RangeError(`device configuration access of ${length} bytes at ${offset} is outside its ${device.length} bytes`);
