@@ -184,7 +184,8 @@ export class NetDriver {
       (options.features ?? NET_DRIVER_FEATURES) &
       ~(options.packed === false ? featureBit(Feature.RING_PACKED) : 0n) &
       ~(options.offloads === false ? NET_OFFLOAD_FEATURES : 0n);
-    // The queue count depends on what will be negotiated (§5.1.2), so work it out first, as start() will.
+    // The queue count depends on what will be negotiated (§5.1.2), so work it out first, as
+    // start() will; §3.1.1 step 4 lets a driver read the configuration space before accepting.
     const predicted = (await transport.deviceFeatures()) & (wanted | featureBit(Feature.VERSION_1));
     const has = (bit: number): boolean => hasFeature(predicted, bit);
     let pairs = 1;
