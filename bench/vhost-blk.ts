@@ -32,8 +32,8 @@ const BLOCK = 4096;
 /** Reads per run: a couple of seconds under TCG, so /proc/uptime's 10 ms steps are noise below 1%. */
 const READS = 8000;
 const QD4_READERS = 4;
-/** Runs per side per workload; the median is reported. */
-const ROUNDS = 5;
+/** Runs per side per workload; the median is reported. Odd, so the median is one run. */
+const ROUNDS = 7;
 /** Profile entries reported when profiling. */
 const PROFILE_TOP = 15;
 /** Linux reports process CPU times in USER_HZ ticks, 100 per second on every architecture it ships. */
@@ -278,10 +278,11 @@ export async function main(): Promise<void> {
       profiled: profileDir !== undefined,
       loadavg: { before: loadBefore.map(round2), after: loadAfter.map(round2) },
     };
+    const runsOf = (w: Workload, side: Side['name']): Sample[] => samples.get(`${w.name} ${side}`) ?? [];
     for (const w of WORKLOADS) {
       const medians = { paravirt: 0, qsd: 0 };
       for (const side of sides) {
-        const runs = samples.get(`${w.name} ${side.name}`) ?? [];
+        const runs = runsOf(w, side.name);
         const iops = median(runs.map((r) => r.iops));
         medians[side.name] = iops;
         report(BENCH, `${w.name}_read_4k_iops_${side.name}`, Math.round(iops), 'IOPS', { runs: runs.map((r) => Math.round(r.iops)), ...context });
@@ -291,7 +292,15 @@ export async function main(): Promise<void> {
         });
       }
       const ratioName = w.name === 'qd1' ? 'ratio_paravirt_over_qsd' : `${w.name}_ratio_paravirt_over_qsd`;
-      report(BENCH, ratioName, round2(medians.paravirt / medians.qsd), 'x', { loadavg: context.loadavg });
+      // Each round's two runs follow each other within seconds, so their ratio is little moved by
+      // load that comes and goes over minutes on a shared machine: its median is given beside.
+      const qsdRuns = runsOf(w, 'qsd');
+      const paired = runsOf(w, 'paravirt').map((p, i) => p.iops / qsdRuns[i].iops);
+      report(BENCH, ratioName, round2(medians.paravirt / medians.qsd), 'x', {
+        paired: round2(median(paired)),
+        pairedRuns: paired.map(round2),
+        loadavg: context.loadavg,
+      });
     }
 
     await guest.shutdown();
