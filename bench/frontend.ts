@@ -1,17 +1,19 @@
 /**
  * The blk driver over the vhost-user front-end: 4 KiB random reads at queue depth 32 against
  * qemu-storage-daemon's vhost-user-blk export and against `paravirt serve blk`, both serving the
- * same raw file on tmpfs (/dev/shm) from their own process. The ratio says how paravirt's
- * back-end compares with QEMU's on the same front-end; fio with io_uring on the same file (page
- * cache, no virtio at all) is the ceiling of what the host can do.
+ * same raw file on tmpfs (/dev/shm) from their own process, in alternating rounds; each side
+ * reports its median. The ratio says how paravirt's back-end compares with QEMU's on the same
+ * front-end and driver; fio with io_uring on the same file (page cache, no virtio at all) is the
+ * ceiling of what the host can do.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { report } from './_report.ts';
-import { randomIo, type WorkloadResult } from '../src/cli/blk-workload.ts';
+import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
 import { VhostUserFrontend } from '../src/transports/vhost-user/frontend.ts';
 import { DeviceId } from '../src/virtio/constants.ts';
@@ -23,22 +25,36 @@ const DISK_BYTES = 256 * 1024 * 1024;
 const BLOCK = 4096;
 const DEPTH = 32;
 const WARMUP_SECONDS = 1;
-const MEASURE_SECONDS = 5;
+/** Seconds per round; rounds alternate between the two back-ends so load on the shared machine hits both alike. */
+const ROUND_SECONDS = 2;
+const ROUNDS = 5;
 const log = pino({ level: 'warn' });
 
-/** IOPS of the blk driver over a front-end connected to `socketPath`, and this process's CPU per op. */
-async function measure(socketPath: string): Promise<WorkloadResult & { cpuMicrosPerOp: number }> {
-  const frontend = await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log });
-  const blk = await BlkDriver.open(frontend, { log });
-  try {
-    await randomIo(blk, { depth: DEPTH, blockSize: BLOCK, seconds: WARMUP_SECONDS });
-    const cpu = process.cpuUsage();
-    const result = await randomIo(blk, { depth: DEPTH, blockSize: BLOCK, seconds: MEASURE_SECONDS });
-    const used = process.cpuUsage(cpu);
-    return { ...result, cpuMicrosPerOp: (used.user + used.system) / result.ops };
-  } finally {
-    await blk.close();
-  }
+interface Side {
+  readonly name: string;
+  readonly blk: BlkDriver;
+  readonly iops: number[];
+  /** This process's CPU time per read: the driver and front-end's cost, whatever the back-end. */
+  readonly cpuMicrosPerOp: number[];
+}
+
+async function open(name: string, socketPath: string): Promise<Side> {
+  const blk = await BlkDriver.open(await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log }), { log });
+  await randomIo(blk, { depth: DEPTH, blockSize: BLOCK, seconds: WARMUP_SECONDS });
+  return { name, blk, iops: [], cpuMicrosPerOp: [] };
+}
+
+async function round(side: Side): Promise<void> {
+  const cpu = process.cpuUsage();
+  const result = await randomIo(side.blk, { depth: DEPTH, blockSize: BLOCK, seconds: ROUND_SECONDS });
+  const used = process.cpuUsage(cpu);
+  side.iops.push(result.iops);
+  side.cpuMicrosPerOp.push((used.user + used.system) / result.ops);
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
 }
 
 interface FioJson {
@@ -57,7 +73,7 @@ function fio(image: string): { iops: number; version: string } {
       '--rw=randread',
       `--bs=${BLOCK}`,
       `--iodepth=${DEPTH}`,
-      `--runtime=${MEASURE_SECONDS}`,
+      `--runtime=${ROUND_SECONDS * ROUNDS}`,
       `--ramp_time=${WARMUP_SECONDS}`,
       '--time_based',
       '--output-format=json',
@@ -70,38 +86,39 @@ function fio(image: string): { iops: number; version: string } {
 
 export async function main(): Promise<void> {
   const dir = mkdtempSync('/dev/shm/paravirt-bench-');
+  const stops: (() => Promise<unknown>)[] = [];
+  const sides: Side[] = [];
   try {
     const image = join(dir, 'disk.img');
     // Written, not sparse: every read finds real pages.
     writeFileSync(image, new Uint8Array(DISK_BYTES).fill(0xa5));
 
     const daemon = await startStorageDaemon({ image, socketPath: join(dir, 'qsd.sock'), numQueues: 1, writable: false, qemu: 'system' });
-    let qsd;
-    try {
-      qsd = await measure(daemon.socketPath);
-    } finally {
-      await daemon.stop();
-    }
-
+    stops.push(daemon.stop);
     const socketPath = join(dir, 'paravirt.sock');
     const serve = new PeerProcess('paravirt serve blk', [process.execPath, PARAVIRT, 'serve', 'blk', '--socket-path', socketPath, '--image', image, '--read-only'], {
       textStdout: true,
     });
-    let paravirt;
-    try {
-      await serve.waitForOutput(/vhost-user back-end listening/, 0, 'starting to listen');
-      paravirt = await measure(socketPath);
-    } finally {
-      await serve.stop();
-    }
+    stops.push(() => serve.stop());
+    await serve.waitForOutput(/vhost-user back-end listening/, 0, 'starting to listen');
 
+    sides.push(await open('qsd', daemon.socketPath), await open('paravirt', socketPath));
+    for (let i = 0; i < ROUNDS; i++) for (const side of sides) await round(side);
+    const [qsd, paravirt] = sides;
+    const context = { block: BLOCK, depth: DEPTH, rounds: ROUNDS, round_seconds: ROUND_SECONDS, file: 'tmpfs', loadavg: loadavg()[0] };
+    for (const side of sides) {
+      report('frontend', `read_4k_qd${DEPTH}_${side.name}_iops`, Math.round(median(side.iops)), 'IOPS', {
+        ...context,
+        ...(side === qsd ? { qsd: daemon.version } : {}),
+        driver_cpu_us_per_op: Number(median(side.cpuMicrosPerOp).toFixed(2)),
+      });
+    }
+    report('frontend', 'paravirt_over_qsd', Number((median(paravirt.iops) / median(qsd.iops)).toFixed(3)), 'ratio');
     const ceiling = fio(image);
-    const context = { block: BLOCK, depth: DEPTH, seconds: MEASURE_SECONDS, file: 'tmpfs' };
-    report('frontend', 'read_4k_qd32_qsd_iops', Math.round(qsd.iops), 'IOPS', { ...context, qsd: daemon.version, driver_cpu_us_per_op: Number(qsd.cpuMicrosPerOp.toFixed(1)) });
-    report('frontend', 'read_4k_qd32_paravirt_iops', Math.round(paravirt.iops), 'IOPS', { ...context, driver_cpu_us_per_op: Number(paravirt.cpuMicrosPerOp.toFixed(1)) });
-    report('frontend', 'paravirt_over_qsd', Number((paravirt.iops / qsd.iops).toFixed(3)), 'ratio');
-    report('frontend', 'read_4k_qd32_fio_io_uring_iops', Math.round(ceiling.iops), 'IOPS', { ...context, fio: ceiling.version, direct: 0 });
+    report('frontend', `read_4k_qd${DEPTH}_fio_io_uring_iops`, Math.round(ceiling.iops), 'IOPS', { ...context, fio: ceiling.version, direct: 0 });
   } finally {
+    for (const side of sides) await side.blk.close();
+    for (const stop of stops) await stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }
