@@ -127,6 +127,8 @@ export class FakeVirtioPciBus implements GuestBus {
   readonly accesses: Access[] = [];
   /** queue_notify_off per queue (default: the queue index). */
   notifyOff: (index: number) => number = (index) => index;
+  /** A broken device whose line stays asserted whatever the driver reads. */
+  stuckLine = false;
   /** Reads of device_status after a reset that still return the old value. */
   resetReads = 0;
   private pendingResetReads = 0;
@@ -151,7 +153,7 @@ export class FakeVirtioPciBus implements GuestBus {
     );
   }
 
-  private raise(bit: number): void {
+  raise(bit: number): void {
     this.isr |= bit;
     this.setLevel(true);
   }
@@ -190,7 +192,7 @@ export class FakeVirtioPciBus implements GuestBus {
         // §4.1.4.5: reading clears ISR status and deasserts the line.
         const value = this.isr;
         this.isr = 0;
-        this.setLevel(false);
+        if (!this.stuckLine) this.setLevel(false);
         return value;
       }
       case 'DEVICE': {

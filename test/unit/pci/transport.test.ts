@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { pino, type Logger } from 'pino';
 import { BlkDevice } from '../../../src/devices/blk/device.ts';
 import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
@@ -15,7 +16,7 @@ import { BAR4, FakeConfig, FakeVirtioPciBus, TARGET, configSpace, qemuCaps, type
 
 const LINE = q35IntxLine(4, 1);
 
-async function open(device: VirtioDevice, options: { multiplier?: number; msixEnabled?: boolean } = {}) {
+async function open(device: VirtioDevice, options: { multiplier?: number; msixEnabled?: boolean; log?: Logger } = {}) {
   const memory = GuestMemory.allocate(1 << 20);
   const bus = new FakeVirtioPciBus(device, memory, LINE);
   const config = new FakeConfig();
@@ -25,6 +26,7 @@ async function open(device: VirtioDevice, options: { multiplier?: number; msixEn
     memory,
     dma: new DmaPool(memory, 0x1000, (1 << 20) - 0x1000),
     intxLine: q35IntxLine,
+    log: options.log,
   });
   return { bus, config, space, transport, memory };
 }
@@ -146,4 +148,18 @@ test('a configuration change arrives through ISR bit 1; device configuration fie
 test('a device without a device configuration structure refuses configuration access with an error', async () => {
   const { transport } = await open(new RngDevice());
   await assert.rejects(transport.readConfig(0, 1), /no device configuration structure/);
+});
+
+test('a line that stays asserted is serviced a bounded number of times, not forever', async () => {
+  let warned!: (msg: string) => void;
+  const warning = new Promise<string>((resolve) => (warned = resolve));
+  const log = pino({ level: 'warn' }, { write: (line: string) => warned((JSON.parse(line) as { msg: string }).msg) });
+  const { bus, transport } = await open(new RngDevice(), { log });
+  bus.stuckLine = true;
+  let configs = 0;
+  transport.setInterruptHandlers({ queue: () => {}, config: () => configs++ });
+  bus.raise(2);
+  assert.match(await warning, /interrupt line 20 stayed asserted over 64 ISR reads/);
+  assert.equal(bus.accesses.filter((a) => a.structure === 'ISR').length, 64);
+  assert.equal(configs, 1, 'the configuration change was dispatched once; the other reads found ISR clear');
 });
