@@ -32,11 +32,10 @@ import {
   type Offload,
   SPEED_UNKNOWN,
   VQ_PAIRS_MAX,
-  decodeNetHeader,
+  decodeOffload,
   encodeConfig,
   macKey,
   missingRequirement,
-  offloadOf,
   parseMac,
 } from './wire.ts';
 
@@ -319,7 +318,7 @@ export class NetDevice implements VirtioDevice {
     }
     const hdr = reader.readExact(NET_HDR_SIZE);
     if (hdr === undefined) return;
-    const meta = offloadOf(decodeNetHeader(hdr));
+    const meta = decodeOffload(hdr);
     const length = reader.remaining;
     // Checked before copying, so a hostile length costs nothing.
     const refusal = transmitRefusal(meta, length, a.ctx.features, this.mtu);

@@ -49,11 +49,11 @@ import {
   VLAN_ID_MAX,
   VQ_PAIRS_MAX,
   decodeConfig,
-  decodeNetHeader,
+  decodeNumBuffers,
+  decodeOffload,
   encodeMacTable,
   encodeNetHeader,
   formatMac,
-  offloadOf,
   parseMac,
   randomMac,
 } from './wire.ts';
@@ -524,16 +524,16 @@ export class NetDriver {
       this.counters.rxMalformed++;
       return;
     }
-    const hdr = decodeNetHeader(buf);
+    const meta = decodeOffload(buf);
     // §5.1.6.4: num_buffers is 1 without MRG_RXBUF; with it, the buffers of one frame come together.
-    const count = this.mergeable ? hdr.numBuffers : 1;
+    const count = this.mergeable ? decodeNumBuffers(buf) : 1;
     if (count < 1 || count > this.core.queue(2 * pair).size) {
       this.counters.rxMalformed++;
       return;
     }
     const part = buf.slice(NET_HDR_SIZE);
-    if (count === 1) this.deliver(part, offloadOf(hdr), pair);
-    else assembler.current = { meta: offloadOf(hdr), parts: [part], bytes: part.length, left: count - 1 };
+    if (count === 1) this.deliver(part, meta, pair);
+    else assembler.current = { meta, parts: [part], bytes: part.length, left: count - 1 };
   }
 
   private deliver(frame: Uint8Array, meta: Offload, pair: number): void {

@@ -11,7 +11,7 @@ import { closeFd } from '../../native/fd.ts';
 import { type Watcher, watch } from '../../native/readiness.ts';
 import { TunOffload, openTap, readTap, setTapOffload, writeTap } from '../../native/tun.ts';
 import { type FrameHandler, type NetPort, PortCounters } from './port.ts';
-import { ETH_HLEN, MAX_GSO_FRAME, NET_HDR_SIZE, type Offload, decodeNetHeader, encodeNetHeader, offloadOf } from './wire.ts';
+import { ETH_HLEN, MAX_GSO_FRAME, NET_HDR_SIZE, type Offload, decodeOffload, encodeNetHeader } from './wire.ts';
 
 export interface TapOptions {
   /** Interface name (default: the kernel picks tapN). */
@@ -94,7 +94,7 @@ export class TapPort implements NetPort {
       }
       const frame = this.buffer.slice(NET_HDR_SIZE, n);
       this.counters.countRx(frame.length);
-      this.handler(frame, offloadOf(decodeNetHeader(this.buffer)));
+      this.handler(frame, decodeOffload(this.buffer));
     }
   }
 }

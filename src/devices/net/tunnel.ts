@@ -10,7 +10,7 @@
 import { type Socket, createSocket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { type FrameHandler, type NetPort, PortCounters } from './port.ts';
-import { ETH_HLEN, NET_HDR_SIZE, type Offload, decodeNetHeader, encodeNetHeader, offloadOf } from './wire.ts';
+import { ETH_HLEN, NET_HDR_SIZE, type Offload, decodeOffload, encodeNetHeader } from './wire.ts';
 
 /** Largest UDP payload over IPv4: 65535 - 20 (IP) - 8 (UDP). */
 const MAX_DATAGRAM = 65507;
@@ -98,7 +98,7 @@ export class UdpTunnel implements NetPort {
     }
     const frame = new Uint8Array(msg.buffer, msg.byteOffset + NET_HDR_SIZE, msg.length - NET_HDR_SIZE);
     this.counters.countRx(frame.length);
-    this.handler(frame, offloadOf(decodeNetHeader(msg)));
+    this.handler(frame, decodeOffload(msg));
   }
 }
 

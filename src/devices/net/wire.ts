@@ -166,12 +166,23 @@ export function decodeNetHeader(b: Uint8Array): NetHeader {
   };
 }
 
-/** The header's offload fields alone, NO_OFFLOAD when there are none (saves an object per plain frame). */
-export function offloadOf(h: NetHeader): Offload {
-  if (h.flags === 0 && h.gsoType === 0 && h.hdrLen === 0 && h.gsoSize === 0 && h.csumStart === 0 && h.csumOffset === 0) {
-    return NO_OFFLOAD;
+/** num_buffers of the header in the first NET_HDR_SIZE bytes of `b`. */
+export function decodeNumBuffers(b: Uint8Array): number {
+  return takeU16(b, 10);
+}
+
+/**
+ * The offload fields of the header in the first NET_HDR_SIZE bytes of `b` (num_buffers aside):
+ * NO_OFFLOAD when they are all zero, as for nearly every frame, so the common case allocates nothing.
+ */
+export function decodeOffload(b: Uint8Array): Offload {
+  for (let i = 0; i < 10; i++) {
+    if (b[i] !== 0) {
+      const { numBuffers: _, ...offload } = decodeNetHeader(b);
+      return offload;
+    }
   }
-  return { flags: h.flags, gsoType: h.gsoType, hdrLen: h.hdrLen, gsoSize: h.gsoSize, csumStart: h.csumStart, csumOffset: h.csumOffset };
+  return NO_OFFLOAD;
 }
 
 /** §5.1.4 status bits. */
