@@ -92,7 +92,8 @@ function structureProblem(req: Requirement, cfgType: number, capLen: number, vie
  * The structures of the function whose configuration space is `space` and whose assigned BARs are
  * `bars`. The first usable capability of each type wins (§4.1.4: the device lists them in order
  * of preference); capabilities with a reserved cfg_type or bar are ignored as §4.1.4 requires.
- * Throws PciCapabilityError naming what is wrong when a required structure has no usable instance.
+ * Throws PciCapabilityError naming what is wrong when a required structure has no usable instance,
+ * or when the device configuration structure is present only in unusable form.
  */
 export function findVirtioStructures(space: Uint8Array, bars: readonly PciBar[]): VirtioPciStructures {
   const view = new DataView(space.buffer, space.byteOffset, space.length);
@@ -141,7 +142,8 @@ export function findVirtioStructures(space: Uint8Array, bars: readonly PciBar[])
   };
   const strip = (s: VirtioStructure): VirtioStructure => ({ bar: s.bar, offset: s.offset, length: s.length });
   const notify = required(VirtioPciCap.NOTIFY_CFG);
-  const device = chosen.get(VirtioPciCap.DEVICE_CFG);
+  // Optional, but a device that offers one only in a broken form is broken, not without one.
+  const device = problems.has(VirtioPciCap.DEVICE_CFG) ? required(VirtioPciCap.DEVICE_CFG) : chosen.get(VirtioPciCap.DEVICE_CFG);
   return {
     common: strip(required(VirtioPciCap.COMMON_CFG)),
     notify: strip(notify),

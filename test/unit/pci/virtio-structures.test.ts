@@ -87,6 +87,7 @@ test('structures are checked against their BAR: unassigned BARs, ranges past the
     [withCap(NOTIFY_CFG, (c) => [{ ...c, capLen: 16 }]), /cap_len 16 leaves out notify_off_multiplier/],
     [withCap(ISR_CFG, (c) => [{ ...c, capLen: 12 }]), /cap_len 12 does not hold a struct virtio_pci_cap/],
     [withCap(ISR_CFG, () => []), /the device has no ISR status capability/],
+    [withCap(DEVICE_CFG, (c) => [{ ...c, offset: 0x3ffc }]), /device configuration capability .* reaches past the end of BAR 4/],
   ];
   for (const [caps, message] of cases) {
     assert.throws(() => findVirtioStructures(configSpace(2, caps), [BAR4]), message, String(message));
