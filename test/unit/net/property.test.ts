@@ -12,17 +12,19 @@ import { MAC_A, MAC_B, frame, log, nextFrame } from './fixture.ts';
 
 const TX_DROPS = ['malformedBuffer', 'runt', 'oversize', 'badOffload', 'linkDown'] as const;
 
-test('MRG_RXBUF: frames spread over receive buffers of any sizes: every buffer but the last filled, num_buffers right, bytes intact', async () => {
+test('MRG_RXBUF, split or packed, in order or not: frames spread over receive buffers of any sizes: every buffer but the last filled, num_buffers right, bytes intact', async () => {
   await fc.assert(
     fc.asyncProperty(
       fc.boolean(),
+      fc.boolean(),
       fc.array(fc.integer({ min: 14, max: 1514 }), { minLength: 1, maxLength: 12 }),
       fc.array(fc.integer({ min: NET_HDR_SIZE, max: 700 }), { minLength: 1, maxLength: 64 }),
-      async (packed, lengths, sizes) => {
+      async (packed, inOrder, lengths, sizes) => {
         const [port, end] = createCable();
-        const dev = new NetDevice({ port, mac: MAC_A, backlog: 16 });
+        const dev = new NetDevice({ port, mac: MAC_A, backlog: 16, features: { inOrder } });
         const { transport } = createLoopback(dev, { memoryBytes: 1 << 20, log });
-        const features = featureBit(NetFeature.MRG_RXBUF) | (packed ? featureBit(Feature.RING_PACKED) : 0n);
+        const features =
+          featureBit(NetFeature.MRG_RXBUF) | (packed ? featureBit(Feature.RING_PACKED) : 0n) | (inOrder ? featureBit(Feature.IN_ORDER) : 0n);
         const core = await VirtioDriver.start(transport, { name: 'raw-net', deviceId: DeviceId.NET, features, queues: 3, queueSize: 64, log });
         try {
           const frames = lengths.map((n, i) => frame(MAC_A, MAC_B, n, i));

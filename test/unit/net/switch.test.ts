@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fc from 'fast-check';
 import type { NetPort } from '../../../src/devices/net/port.ts';
 import { L2Switch } from '../../../src/devices/net/switch.ts';
 import { NO_OFFLOAD, macKey, parseMac } from '../../../src/devices/net/wire.ts';
@@ -100,4 +101,38 @@ test('the address table is bounded: the least recently refreshed entry makes roo
 test('switch options are checked', () => {
   assert.throws(() => new L2Switch({ ageingMs: 0 }), /ageing time 0 ms is not positive/);
   assert.throws(() => new L2Switch({ maxAddresses: 0 }), /address table size 0/);
+});
+
+test('random traffic with random pauses: every frame reaches exactly the ports an 802.1D learning model says', () => {
+  const ports = 4;
+  const ageing = 100;
+  const station = fc.integer({ min: 0, max: 5 });
+  fc.assert(
+    fc.property(
+      fc.array(
+        fc.record({ port: fc.integer({ min: 0, max: ports - 1 }), src: station, dst: fc.oneof(station, fc.constant(-1)), pause: fc.integer({ min: 0, max: 150 }) }),
+        { maxLength: 40 },
+      ),
+      (steps) => {
+        let now = 0;
+        const { ports: p, got } = rig(ports, { ageingMs: ageing, clock: () => now });
+        const macOf = (s: number): string => (s < 0 ? BROADCAST : `52:54:00:00:02:0${s}`);
+        /** The model: station → [port, last seen]. */
+        const learned = new Map<number, [number, number]>();
+        for (const step of steps) {
+          now += step.pause;
+          const before = counts(got);
+          p[step.port].send(frame(macOf(step.dst), macOf(step.src)), NO_OFFLOAD);
+          learned.set(step.src, [step.port, now]);
+          const entry = step.dst < 0 ? undefined : learned.get(step.dst);
+          const known = entry !== undefined && now - entry[1] < ageing;
+          const expected = before.map((n, i) => {
+            if (known) return n + (i === entry[0] && i !== step.port ? 1 : 0);
+            return n + (i === step.port ? 0 : 1);
+          });
+          assert.deepEqual(counts(got), expected);
+        }
+      },
+    ),
+  );
 });
