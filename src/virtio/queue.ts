@@ -96,6 +96,21 @@ export interface DeviceQueue {
   readonly inFlight: number;
 }
 
+/**
+ * A device queue that can hand out again a chain an earlier incarnation of the device popped and
+ * never returned: a vhost-user back-end restarted after a crash learns such heads from its
+ * inflight region ("Inflight I/O tracking" in vhost-user.rst) and serves them before new ones.
+ */
+export interface ResubmittingQueue extends DeviceQueue {
+  /**
+   * The chain whose head descriptor is `head`, walked and validated exactly like pop() and then in
+   * flight like a popped chain, without moving the available index: its available entry was
+   * consumed before the restart. Throws VirtqueueError for a head out of range, already in
+   * flight, or whose chain breaks a ring rule.
+   */
+  resubmit(head: number): DescriptorChain;
+}
+
 /** One buffer the device returned to the driver. `len` is device-claimed and not yet trusted. */
 export interface UsedBuffer<T> {
   readonly token: T;

@@ -9,7 +9,7 @@
 import { DescFlag } from '../constants.ts';
 import { ChainBuilder, indirectTableEntries } from '../chain.ts';
 import { addr64, type GuestMemory } from '../memory.ts';
-import { VirtqueueError, type DescriptorChain, type DeviceQueue, type QueueConfig } from '../queue.ts';
+import { VirtqueueError, type DescriptorChain, type QueueConfig, type ResubmittingQueue } from '../queue.ts';
 import {
   AVAIL_F_NO_INTERRUPT,
   AVAIL_RING,
@@ -27,7 +27,7 @@ import {
  * the driver may run anywhere that shares the memory (the ring fields it races on are accessed
  * with Atomics).
  */
-export class SplitDeviceQueue implements DeviceQueue {
+export class SplitDeviceQueue implements ResubmittingQueue {
   readonly size: number;
   private readonly mask: number;
   private readonly desc: Uint32Array;
@@ -122,14 +122,25 @@ export class SplitDeviceQueue implements DeviceQueue {
       this.shadowAvail = idx;
     }
     const head = this.avail[AVAIL_RING + (last & this.mask)];
-    if (head >= this.size) {
-      throw new VirtqueueError('head out of range', `${this.name}: available head ${head} >= queue size ${this.size}`);
+    const chain = this.take(head, 'made available twice');
+    this.lastAvail = (last + 1) & 0xffff;
+    return chain;
+  }
+
+  resubmit(head: number): DescriptorChain {
+    if (!Number.isInteger(head)) throw new VirtqueueError('head out of range', `${this.name}: resubmitted head ${head} is not an index`);
+    return this.take(head, 'resubmitted while in flight');
+  }
+
+  /** Check `head`, walk its chain and mark it in flight (in pop order, for IN_ORDER). */
+  private take(head: number, twice: string): DescriptorChain {
+    if (head < 0 || head >= this.size) {
+      throw new VirtqueueError('head out of range', `${this.name}: head ${head} >= queue size ${this.size}`);
     }
     if (this.popped[head] !== 0) {
-      throw new VirtqueueError('head already in flight', `${this.name}: head ${head} made available twice`);
+      throw new VirtqueueError('head already in flight', `${this.name}: head ${head} ${twice}`);
     }
     const chain = this.walk(head);
-    this.lastAvail = (last + 1) & 0xffff;
     this.popped[head] = 1;
     this.inFlightCount++;
     if (this.popOrder !== undefined) {

@@ -364,3 +364,55 @@ test('IN_ORDER: a batch of wholly written buffers returns as one used element (Â
   assert.equal(ring.usedIdx, 5);
   assert.deepEqual(ring.usedElem(4), { id: 4, len: 2 });
 });
+
+test('resubmit hands a chain out again by its head without moving the available index', () => {
+  const { ring, dev } = device(8, {}, 3);
+  ring.writeDesc(5, DATA, 16, NEXT, 6);
+  ring.writeDesc(6, DATA + 16, 32, WRITE);
+  ring.writeDesc(1, DATA + 64, 8, 0);
+  // Entries 0-2 were consumed before a restart; entry 3 is the next new one.
+  ring.makeAvailable([1], 3);
+  const again = dev.resubmit(5);
+  assert.equal(again.id, 5);
+  assert.equal(again.readableLength, 16);
+  assert.equal(again.writableLength, 32);
+  assert.equal(dev.inFlight, 1);
+  assert.equal(dev.base, 3, 'resubmitting leaves the available index alone');
+  assert.equal(dev.pop()?.id, 1);
+  dev.push(again, 32);
+  assert.equal(dev.publish(), true);
+  assert.deepEqual(ring.usedElem(0), { id: 5, len: 32 });
+});
+
+test('resubmit refuses heads out of range, heads in flight, and broken chains', () => {
+  const { ring, dev } = device(8);
+  const refuses = (head: number, rule: string): void =>
+    assert.throws(() => dev.resubmit(head), (e: unknown) => e instanceof VirtqueueError && e.rule === rule);
+  refuses(8, 'head out of range');
+  refuses(-1, 'head out of range');
+  refuses(1.5, 'head out of range');
+  ring.writeDesc(2, DATA, 16, 0);
+  dev.resubmit(2);
+  refuses(2, 'head already in flight');
+  ring.writeDesc(4, DATA, 16, NEXT, 9);
+  refuses(4, 'next out of range');
+  assert.equal(dev.inFlight, 1, 'a refused head is not in flight');
+  // A head taken by resubmission cannot then be popped from the ring as well.
+  ring.makeAvailable([2]);
+  assertViolation(dev, 'head already in flight');
+});
+
+test('IN_ORDER: resubmitted chains return before those popped after them', () => {
+  const { ring, dev } = device(8, { inOrder: true }, 2);
+  for (const i of [0, 1, 2]) ring.writeDesc(i, DATA + 64 * i, 16, WRITE);
+  ring.makeAvailable([2], 2);
+  const a = dev.resubmit(0);
+  const b = dev.resubmit(1);
+  const c = dev.pop()!;
+  assert.throws(() => dev.push(c, 16), RangeError);
+  dev.push(a, 16);
+  dev.push(b, 16);
+  dev.push(c, 16);
+  dev.publish();
+  assert.equal(ring.usedIdx, 3);
+});
