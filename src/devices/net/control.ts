@@ -22,6 +22,7 @@ import {
   MAC_SIZE,
   NetFeature,
   VLAN_ID_MAX,
+  VQ_PAIRS_MIN,
   decodeMacTable,
 } from './wire.ts';
 
@@ -100,7 +101,7 @@ function perform(cls: number, cmd: number, data: Uint8Array, t: ControlTarget): 
       if (cmd !== CtrlMq.VQ_PAIRS_SET || !has(NetFeature.MQ) || data.length !== 2) return false;
       // §5.1.6.5.5: the driver MUST NOT ask for 0 or more than max_virtqueue_pairs.
       const pairs = u16(data);
-      if (pairs < 1 || pairs > t.maxQueuePairs) return false;
+      if (pairs < VQ_PAIRS_MIN || pairs > t.maxQueuePairs) return false;
       t.setQueuePairs(pairs);
       return true;
     }

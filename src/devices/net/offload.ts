@@ -95,7 +95,9 @@ export function completeChecksum(frame: Uint8Array, start: number, offset: numbe
   for (; i + 1 < out.length; i += 2) sum += (out[i] << 8) | out[i + 1];
   if (i < out.length) sum += out[i] << 8;
   while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
-  const csum = ~sum & 0xffff;
+  // A result of 0 is stored as 0xffff, its ones' complement twin: for UDP, 0 would mean "no
+  // checksum" (RFC 768), and for TCP the two are the same value.
+  const csum = ~sum & 0xffff || 0xffff;
   out[start + offset] = csum >>> 8;
   out[start + offset + 1] = csum & 0xff;
   return out;

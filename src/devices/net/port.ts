@@ -55,12 +55,6 @@ export function patch(a: NetPort, b: NetPort): void {
   b.onReceive((frame, meta) => a.send(frame, meta));
 }
 
-/** Undo `patch`. */
-export function unpatch(a: NetPort, b: NetPort): void {
-  a.onReceive(undefined);
-  b.onReceive(undefined);
-}
-
 /** One end of a Cable. */
 class CableEnd implements NetPort {
   readonly counters = new PortCounters();
