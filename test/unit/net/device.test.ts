@@ -26,6 +26,7 @@ import {
   decodeConfig,
   encodeMacTable,
   encodeNetHeader,
+  formatMac,
   parseMac,
 } from '../../../src/devices/net/wire.ts';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
@@ -428,4 +429,38 @@ test('offered control features follow the options; CTRL_VQ gone means no control
     assert.equal(hasFeature(dev.features, bit), false);
   }
   assert.equal(dev.numQueues, 2);
+});
+
+test('without VIRTIO_NET_F_MAC the driver makes up a local address and tells the device, whose filter then uses it', async () => {
+  const sw = new L2Switch();
+  const a = await station(sw.createPort());
+  const b = await station(sw.createPort(), { mac: MAC_B });
+  try {
+    assert.equal(hasFeature(a.drv.features, NetFeature.MAC), false);
+    const mac = a.drv.mac;
+    assert.equal(mac[0] & 0x03, 0x02, 'locally administered unicast');
+    const mine = frame(formatMac(mac), MAC_B, 60, 1);
+    await b.drv.send(frame(MAC_C, MAC_B, 60, 2));
+    await b.drv.send(mine);
+    assert.deepEqual((await nextFrame(a.drv)).frame, mine);
+    assert.equal(a.dev.counters.drops.filtered, 1);
+  } finally {
+    await a.drv.close();
+    await b.drv.close();
+  }
+});
+
+test('without CTRL_RX the driver cannot program a filter: multicast passes, and without an address any unicast does', async () => {
+  const sw = new L2Switch();
+  const features = NET_DRIVER_FEATURES & ~featureBit(NetFeature.CTRL_RX) & ~featureBit(NetFeature.CTRL_MAC_ADDR);
+  const a = await station(sw.createPort(), {}, { features });
+  const b = await station(sw.createPort(), { mac: MAC_B });
+  try {
+    const frames = [frame(MULTICAST, MAC_B, 60, 1), frame(MAC_C, MAC_B, 60, 2), frame(BROADCAST, MAC_B, 60, 3)];
+    for (const f of frames) await b.drv.send(f);
+    for (const f of frames) assert.deepEqual((await nextFrame(a.drv)).frame, f);
+  } finally {
+    await a.drv.close();
+    await b.drv.close();
+  }
 });
