@@ -40,10 +40,15 @@ const REQUIRED_PROTOCOL_FEATURE: ReadonlyMap<number, number> = new Map([
   [F.GET_STATUS, ProtocolFeature.STATUS],
   [F.RESET_DEVICE, ProtocolFeature.RESET_DEVICE],
   [F.SET_BACKEND_REQ_FD, ProtocolFeature.BACKEND_REQ],
+  [F.GET_INFLIGHT_FD, ProtocolFeature.INFLIGHT_SHMFD],
+  [F.SET_INFLIGHT_FD, ProtocolFeature.INFLIGHT_SHMFD],
 ]);
 
-/** What handling one request produced: a reply body, or nothing beyond a possible ack. */
-type Outcome = Payload | undefined;
+/**
+ * What handling one request produced: a reply body, one carrying descriptors (which the
+ * connection closes once sent), or nothing beyond a possible ack.
+ */
+type Outcome = Payload | { readonly body: Payload; readonly fds: readonly number[] } | undefined;
 
 /**
  * Whether a refusal of `request` can be told as a non-zero acknowledgement. The memory table
@@ -190,6 +195,13 @@ export class BackendConnection {
       this.log.warn({ request: frontendRequestName(m.request) }, `front-end request refused: ${err.message}`);
       return this.sendFailureAck(m.request, m.needReply);
     }
+    if (outcome !== undefined && 'body' in outcome) {
+      try {
+        return this.send(encodeReply('frontend-replies', m.request, outcome.body, outcome.fds));
+      } finally {
+        for (const fd of outcome.fds) this.closeQuietly(fd);
+      }
+    }
     if (outcome !== undefined) return this.send(encodeReply('frontend-replies', m.request, outcome));
     if (m.needReply && this.backend.hasProtocolFeature(ProtocolFeature.REPLY_ACK)) {
       return this.send(encodeAck('frontend-replies', m.request));
@@ -319,6 +331,18 @@ export class BackendConnection {
         return undefined;
       case F.GET_STATUS:
         return u64(b.getStatus());
+      case F.GET_INFLIGHT_FD: {
+        const r = b.getInflightFd(m.payload.numQueues, m.payload.queueSize);
+        const body: Payload = { kind: 'inflight', mmapSize: r.mmapSize, mmapOffset: 0n, numQueues: r.numQueues, queueSize: r.queueSize };
+        return { body, fds: [r.fd] };
+      }
+      case F.SET_INFLIGHT_FD:
+        try {
+          b.setInflightFd(m.payload.mmapSize, m.payload.mmapOffset, m.payload.numQueues, m.payload.queueSize, m.fds[0]);
+        } finally {
+          this.closeQuietly(m.fds[0]);
+        }
+        return undefined;
       case F.SET_BACKEND_REQ_FD:
         b.setBackendReqFd(m.fds[0]);
         return undefined;

@@ -13,6 +13,7 @@ import type { Logger } from 'pino';
 import { EventFd } from '../../native/eventfd.ts';
 import { closeFd } from '../../native/fd.ts';
 import { Mapping, PAGE_SIZE } from '../../native/mapping.ts';
+import { createMemfd } from '../../native/memfd.ts';
 import { watch } from '../../native/readiness.ts';
 import { UnixSocket } from '../../native/unix-socket.ts';
 import type { BackendPorts } from './backend.ts';
@@ -88,6 +89,7 @@ export function createBackendPorts(log: Logger): BackendPorts {
         log.warn({ fd, err: (err as Error).message }, 'cannot send a configuration change');
       }
     },
+    createSharedMemory: createMemfd,
     close(fd: number): void {
       signals.delete(fd);
       try {

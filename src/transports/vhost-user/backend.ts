@@ -18,8 +18,12 @@ import type { GuestMemory } from '../../virtio/memory.ts';
 import type { DeviceQueue, QueueConfig } from '../../virtio/queue.ts';
 import { VirtqueueError } from '../../virtio/queue.ts';
 import { createDeviceQueue, queueSizeError, ringLayout } from '../../virtio/ring.ts';
+import { SplitDeviceQueue } from '../../virtio/split/device.ts';
+import { RING_IDX } from '../../virtio/split/layout.ts';
 import { MAX_CONFIG_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from './constants.ts';
 import { GatedQueue } from './gated-queue.ts';
+import { InflightRegion, type SplitInflight, inflightShapeError } from './inflight.ts';
+import { InflightQueue } from './inflight-queue.ts';
 import { MAX_MEM_SLOTS, MemoryTable, MemoryTableError } from './memory-table.ts';
 import type { MapRegion, RegionDescription, RegionMapping } from './memory-table.ts';
 
@@ -40,6 +44,7 @@ const OFFERED_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.RESET_DEVICE,
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.STATUS,
+  ProtocolFeature.INFLIGHT_SHMFD,
 ].reduce((mask, bit) => mask | featureBit(bit), 0n);
 
 /** What the back-end needs from the operating system; backend-connection.ts supplies the real ones. */
@@ -54,7 +59,23 @@ export interface BackendPorts {
   signal(fd: number): void;
   /** Send VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the back-end request channel `fd`. */
   sendConfigChange(fd: number): void;
+  /** A new shared-memory file of `size` zero bytes (an inflight region); returns its descriptor. */
+  createSharedMemory(name: string, size: number): number;
   close(fd: number): void;
+}
+
+/** The inflight region in use: what GET_INFLIGHT_FD allocated or SET_INFLIGHT_FD handed back. */
+interface Inflight {
+  readonly region: InflightRegion;
+  readonly mapping: RegionMapping;
+}
+
+/** GET_INFLIGHT_FD's answer: the region's shape and its descriptor, which the reply carries away. */
+export interface InflightReply {
+  readonly mmapSize: bigint;
+  readonly numQueues: number;
+  readonly queueSize: number;
+  readonly fd: number;
 }
 
 /** The ring areas as the front-end's user addresses (SET_VRING_ADDR). */
@@ -82,6 +103,8 @@ interface Vring {
   unwatch: (() => void) | undefined;
   /** The driver broke a ring rule: the ring stays closed until the device is reset. */
   failed: boolean;
+  /** The ring's record in the inflight region while it runs tracked. */
+  inflight: SplitInflight | undefined;
 }
 
 const NO_FD = -1;
@@ -92,6 +115,7 @@ export class VhostUserBackend {
   private status = 0;
   private active = false;
   private backendReqFd = NO_FD;
+  private inflight: Inflight | undefined;
   private readonly table: MemoryTable;
   private readonly vrings: Vring[];
   private readonly context: DeviceContext;
@@ -114,6 +138,7 @@ export class VhostUserBackend {
       gate: undefined,
       unwatch: undefined,
       failed: false,
+      inflight: undefined,
     }));
     this.context = this.makeContext();
   }
@@ -278,6 +303,102 @@ export class VhostUserBackend {
     }
   }
 
+  // ---- Inflight I/O tracking ------------------------------------------------------------------
+
+  /**
+   * GET_INFLIGHT_FD: allocate a zeroed region for `numQueues` rings of up to `queueSize` entries,
+   * start using it, and give its descriptor to the front-end, which keeps it across restarts of
+   * this back-end. The caller closes `fd` once the reply is sent.
+   */
+  getInflightFd(numQueues: number, queueSize: number): InflightReply {
+    this.checkInflightShape(numQueues, queueSize);
+    const size = InflightRegion.byteLength(numQueues, queueSize);
+    const fd = this.ports.createSharedMemory(`${this.device.name}-inflight`, size);
+    try {
+      this.useInflight(this.ports.mapRegion(fd, 0, size), numQueues, queueSize);
+    } catch (err) {
+      this.ports.close(fd);
+      throw err;
+    }
+    return { mmapSize: BigInt(size), numQueues, queueSize, fd };
+  }
+
+  /**
+   * SET_INFLIGHT_FD: use the region the front-end kept, which may hold the records of a
+   * predecessor that crashed; rings starting from now on resubmit what it left in flight.
+   * Only the part the shape needs is mapped, and only if the file really holds it.
+   */
+  setInflightFd(mmapSize: bigint, mmapOffset: bigint, numQueues: number, queueSize: number, fd: number): void {
+    this.checkInflightShape(numQueues, queueSize);
+    const size = InflightRegion.byteLength(numQueues, queueSize);
+    if (mmapSize < BigInt(size)) {
+      throw new FrontEndError(`inflight region of ${mmapSize} bytes, fewer than the ${size} its ${numQueues} queues of ${queueSize} entries need`);
+    }
+    if (mmapOffset > BigInt(Number.MAX_SAFE_INTEGER - size)) {
+      throw new FrontEndError(`inflight region offset 0x${mmapOffset.toString(16)} is beyond 2^53`);
+    }
+    let mapping: RegionMapping;
+    try {
+      mapping = this.ports.mapRegion(fd, Number(mmapOffset), size);
+    } catch (err) {
+      throw new FrontEndError(`inflight region cannot be mapped: ${(err as Error).message}`);
+    }
+    this.useInflight(mapping, numQueues, queueSize);
+  }
+
+  private checkInflightShape(numQueues: number, queueSize: number): void {
+    if (this.anyStarted()) throw new FrontEndError('the inflight region cannot change while a ring is started');
+    const error = inflightShapeError(numQueues, queueSize, this.device.numQueues);
+    if (error !== undefined) throw new FrontEndError(error);
+  }
+
+  private useInflight(mapping: RegionMapping, numQueues: number, queueSize: number): void {
+    this.dropInflight();
+    this.inflight = { region: new InflightRegion(mapping.bytes, numQueues, queueSize), mapping };
+    this.log.info({ numQueues, queueSize }, 'inflight region in use');
+  }
+
+  private dropInflight(): void {
+    this.inflight?.mapping.unmap();
+    this.inflight = undefined;
+  }
+
+  /**
+   * Where a starting ring resumes popping, and its inflight record attached. Untracked (no
+   * region, a packed ring, a ring the region has no room for), the front-end's base. Tracked,
+   * the record is repaired against the used ring; heads still in flight were taken from the
+   * entries just before the resume point, which the front-end cannot know after a crash (QEMU
+   * then sends the used index as the base).
+   */
+  private resumeBase(v: Vring): number {
+    v.inflight = undefined;
+    const inflight = this.inflight;
+    if (inflight === undefined) return v.base;
+    if (hasFeature(this.acked, Feature.RING_PACKED)) {
+      this.log.warn({ queue: v.index }, 'inflight tracking covers split rings only; this packed ring runs untracked');
+      return v.base;
+    }
+    const record = v.size <= inflight.region.queueSize ? inflight.region.queue(v.index, this.log) : undefined;
+    if (record === undefined) {
+      this.log.warn({ queue: v.index, size: v.size }, 'the inflight region has no room for this ring; it runs untracked');
+      return v.base;
+    }
+    const usedIdx = this.usedIndex(v);
+    const heads = record.recover(v.size, usedIdx);
+    v.inflight = record;
+    if (heads === undefined) return v.base;
+    this.log.info({ queue: v.index, resubmitting: heads.length, usedIdx }, 'ring resumes from its inflight record');
+    return (usedIdx + heads.length) & 0xffff;
+  }
+
+  /** used->idx of a split ring about to start (its placement is checked by queueConfig). */
+  private usedIndex(v: Vring): number {
+    const device = this.queueConfig(v, false).device;
+    const bytes = this.table.memory?.trySlice(device + 2 * RING_IDX, 2);
+    if (bytes === undefined) throw new FrontEndError(`ring ${v.index}: used ring outside guest memory`);
+    return bytes[0] | (bytes[1] << 8);
+  }
+
   // ---- Configuration space and status ---------------------------------------------------------
 
   /** GET_CONFIG: bytes past the device's configuration space read as zero, as on virtio-pci. */
@@ -337,6 +458,7 @@ export class VhostUserBackend {
     await this.stopAllRings();
     this.deactivate();
     for (const m of this.table.clear()) m.unmap();
+    this.dropInflight();
     for (const v of this.vrings) {
       // A kick fd of a ring that never started (it was refused) is still held here.
       this.replaceFd(v, 'kickFd', NO_FD);
@@ -424,7 +546,8 @@ export class VhostUserBackend {
     const packed = hasFeature(this.acked, Feature.RING_PACKED);
     const config = this.queueConfig(v, packed);
     try {
-      return createDeviceQueue(memory, config, packed, `${this.device.name}[${v.index}]`, base);
+      const queue = createDeviceQueue(memory, config, packed, `${this.device.name}[${v.index}]`, base);
+      return v.inflight !== undefined && queue instanceof SplitDeviceQueue ? new InflightQueue(queue, v.inflight) : queue;
     } catch (err) {
       if (err instanceof VirtqueueError || err instanceof RangeError) throw new FrontEndError(err.message);
       throw err;
@@ -433,7 +556,7 @@ export class VhostUserBackend {
 
   /** A kick fd arrived for a stopped ring: the ring starts ("Ring states"). */
   private startRing(v: Vring): void {
-    const queue = this.buildQueue(v, v.base);
+    const queue = this.buildQueue(v, this.resumeBase(v));
     v.unwatch = this.watch(v);
     v.gate = new GatedQueue(queue);
     v.failed = false;
@@ -469,6 +592,7 @@ export class VhostUserBackend {
     // The device may still hold the gate; detached, it can no longer reach guest memory.
     gate.detach();
     v.gate = undefined;
+    v.inflight = undefined;
     this.replaceFd(v, 'kickFd', NO_FD);
   }
 

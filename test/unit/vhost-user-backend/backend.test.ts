@@ -8,11 +8,12 @@ import { pino } from 'pino';
 import { DeviceId, DeviceStatus, Feature, featureBit } from '../../../src/virtio/constants.ts';
 import type { DeviceContext, VirtioDevice } from '../../../src/virtio/device.ts';
 import { GuestMemory } from '../../../src/virtio/memory.ts';
-import type { DescriptorChain, DriverQueue } from '../../../src/virtio/queue.ts';
+import { VirtqueueError, type DescriptorChain, type DriverQueue } from '../../../src/virtio/queue.ts';
 import { createDriverQueue } from '../../../src/virtio/ring.ts';
 import { FrontEndError, VhostUserBackend } from '../../../src/transports/vhost-user/backend.ts';
 import type { BackendPorts } from '../../../src/transports/vhost-user/backend.ts';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
+import { inflightQueueBytes } from '../../../src/transports/vhost-user/inflight.ts';
 
 const RAM_SIZE = 0x10_0000;
 /** Where the front-end maps guest RAM in its own address space. */
@@ -73,17 +74,31 @@ interface Harness {
   signals: number[];
   closed: number[];
   ram: Uint8Array;
+  /** What each descriptor the back-end may map stands for: guest RAM and shared-memory files. */
+  files: Map<number, Uint8Array>;
 }
 
-function harness(numQueues = 1): Harness {
-  const ram = new Uint8Array(RAM_SIZE);
+/**
+ * A back-end and a driver over fresh guest RAM; or, given `restartOf`, a new back-end process
+ * (with a new device) in front of the same guest: its RAM, its driver and the files it holds.
+ */
+function harness(numQueues = 1, restartOf?: Harness): Harness {
+  const ram = restartOf?.ram ?? new Uint8Array(RAM_SIZE);
+  const files = restartOf?.files ?? new Map<number, Uint8Array>([[RAM_FD, ram]]);
   const kicks = new Map<number, () => void>();
   const signals: number[] = [];
   const closed: number[] = [];
   const ports: BackendPorts = {
     mapRegion: (fd, offset, size) => {
-      assert.equal(fd, RAM_FD);
-      return { bytes: ram.subarray(offset, offset + size), unmap: () => {} };
+      const file = files.get(fd);
+      assert.ok(file !== undefined, `fd ${fd} is a file`);
+      if (offset + size > file.length) throw new Error(`the file behind fd ${fd} is too short`);
+      return { bytes: file.subarray(offset, offset + size), unmap: () => {} };
+    },
+    createSharedMemory: (_name, size) => {
+      const fd = 300 + files.size;
+      files.set(fd, new Uint8Array(size));
+      return fd;
     },
     watchKick: (fd, onKick) => {
       kicks.set(fd, onKick);
@@ -95,13 +110,13 @@ function harness(numQueues = 1): Harness {
   };
   const device = new HoldingDevice(numQueues);
   const backend = new VhostUserBackend(device, ports, pino({ level: 'silent' }));
-  const driver = createDriverQueue<number>(
+  const driver = restartOf?.driver ?? createDriverQueue<number>(
     new GuestMemory([{ guestAddr: 0, bytes: ram }]),
     { ...RING, size: QUEUE_SIZE, eventIdx: false, indirect: false, inOrder: false },
     false,
     'driver',
   );
-  return { backend, device, driver, signals, closed, ram, kick: (fd = KICK_FD) => kicks.get(fd)?.() };
+  return { backend, device, driver, signals, closed, ram, files, kick: (fd = KICK_FD) => kicks.get(fd)?.() };
 }
 
 const userAddr = (gpa: number): bigint => USER_BASE + BigInt(gpa);
@@ -328,4 +343,102 @@ test('a ring that fails while GET_VRING_BASE waits for it does not hang the stop
   const ctx = h.device.ctx!;
   ctx.fail(0, new Error('push failed'));
   assert.equal(await stopping, 1, 'the position the ring had reached when it failed');
+});
+
+/** QEMU's start with an inflight region: SET_INFLIGHT_FD, the ring set up at `base`, kicked and enabled. */
+async function startTracked(h: Harness, region: { mmapSize: bigint; fd: number }, base: number): Promise<void> {
+  h.backend.setProtocolFeatures(featureBit(ProtocolFeature.INFLIGHT_SHMFD));
+  h.backend.setInflightFd(region.mmapSize, 0n, 1, QUEUE_SIZE, region.fd);
+  await setUpRing(h);
+  h.backend.setVringBase(0, base);
+  h.backend.setVringKick(0, KICK_FD);
+  h.backend.setVringEnable(0, 1);
+}
+
+test('after a crash, a restarted back-end serves the requests left in flight first, then new ones', async () => {
+  const h = harness();
+  h.backend.setProtocolFeatures(featureBit(ProtocolFeature.INFLIGHT_SHMFD));
+  const region = h.backend.getInflightFd(1, QUEUE_SIZE);
+  assert.equal(region.mmapSize, BigInt(inflightQueueBytes(QUEUE_SIZE)));
+  assert.equal(h.files.get(region.fd)?.length, inflightQueueBytes(QUEUE_SIZE), 'a shared file of that size');
+  await startTracked(h, region, 0);
+  offer(h, 3);
+  h.kick();
+  const [first, second, third] = h.device.held;
+  const q = h.device.ctx!.queue(0)!;
+  q.push(second, 0);
+  q.publish();
+  assert.equal(h.driver.getUsed()?.token, 1);
+
+  // The process dies with two requests in flight. QEMU, unable to ask for the ring base, sends
+  // the used index instead, and hands the region back to the new process.
+  const r = harness(1, h);
+  assert.ok(r.driver.add([], [{ addr: 0x9000, len: 64 }], 3));
+  r.driver.kick();
+  await startTracked(r, region, 1);
+  const held = r.device.held.map((c) => c.id);
+  assert.deepEqual(held.slice(0, 2), [first.id, third.id], 'the requests in flight come back first, oldest first');
+  assert.equal(held.length, 3, 'then the new request, and nothing twice');
+  r.device.completeAll();
+  assert.deepEqual([r.driver.getUsed()?.token, r.driver.getUsed()?.token, r.driver.getUsed()?.token], [0, 2, 3]);
+  assert.equal(r.driver.getUsed(), null);
+});
+
+test('a graceful stop leaves nothing in flight: the next start resubmits nothing', async () => {
+  const h = harness();
+  h.backend.setProtocolFeatures(featureBit(ProtocolFeature.INFLIGHT_SHMFD));
+  const region = h.backend.getInflightFd(1, QUEUE_SIZE);
+  await startTracked(h, region, 0);
+  offer(h, 2);
+  h.kick();
+  const stopped = h.backend.getVringBase(0);
+  h.device.completeAll();
+  const base = await stopped;
+  assert.equal(base, 2);
+  const r = harness(1, h);
+  await startTracked(r, region, base);
+  assert.deepEqual(r.device.held, []);
+});
+
+test('SET_INFLIGHT_FD and GET_INFLIGHT_FD refuse shapes, sizes and files that do not fit', async () => {
+  const h = harness(1);
+  h.backend.setProtocolFeatures(featureBit(ProtocolFeature.INFLIGHT_SHMFD));
+  const region = h.backend.getInflightFd(1, QUEUE_SIZE);
+  const set = (size: bigint, offset: bigint, queues: number, entries: number): void =>
+    h.backend.setInflightFd(size, offset, queues, entries, region.fd);
+  assert.throws(() => set(region.mmapSize - 1n, 0n, 1, QUEUE_SIZE), /fewer than/);
+  assert.throws(() => set(region.mmapSize, 0n, 2, QUEUE_SIZE), /2 queues/);
+  assert.throws(() => set(region.mmapSize, 0n, 1, 0), /0 entries/);
+  assert.throws(() => set(region.mmapSize, 0n, 1, 65535), /65535 entries/);
+  assert.throws(() => set(region.mmapSize, 1n << 60n, 1, QUEUE_SIZE), /beyond 2\^53/);
+  assert.throws(() => set(region.mmapSize, 64n, 1, QUEUE_SIZE), /cannot be mapped/, 'past the end of the file');
+  assert.throws(() => h.backend.getInflightFd(3, QUEUE_SIZE), FrontEndError);
+  await setUpRing(h);
+  h.backend.setVringKick(0, KICK_FD);
+  assert.throws(() => set(region.mmapSize, 0n, 1, QUEUE_SIZE), /while a ring is started/);
+  assert.throws(() => h.backend.getInflightFd(1, QUEUE_SIZE), /while a ring is started/);
+});
+
+test('a region naming a broken chain makes the resubmission fail as a ring fault, not a crash', async () => {
+  const h = harness();
+  h.backend.setProtocolFeatures(featureBit(ProtocolFeature.INFLIGHT_SHMFD));
+  const region = h.backend.getInflightFd(1, QUEUE_SIZE);
+  const file = new DataView(h.files.get(region.fd)!.buffer);
+  file.setUint16(8, 1, true); // version: a region in use
+  file.setUint8(16 + 16 * 5, 1); // head 5 in flight...
+  new DataView(h.ram.buffer).setUint16(RING.desc + 16 * 5 + 12, 1, true); // ...whose descriptor says NEXT
+  new DataView(h.ram.buffer).setUint16(RING.desc + 16 * 5 + 14, 99, true); // to a slot past the table
+  const errors: unknown[] = [];
+  const notify = h.device.queueNotify.bind(h.device);
+  h.device.queueNotify = (index: number): void => {
+    try {
+      notify(index);
+    } catch (err) {
+      errors.push(err);
+    }
+  };
+  await startTracked(h, region, 0);
+  assert.ok(errors[0] instanceof VirtqueueError && errors[0].rule === 'next out of range');
+  // The region also claimed one available entry was taken that the driver never made available.
+  assert.ok(errors.slice(1).every((e) => e instanceof VirtqueueError && e.rule === 'avail index jump'));
 });

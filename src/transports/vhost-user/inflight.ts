@@ -1,0 +1,207 @@
+/**
+ * The inflight region ("Inflight I/O tracking" in vhost-user.rst): shared memory the back-end
+ * allocates (GET_INFLIGHT_FD) and the front-end keeps, and hands back to a restarted back-end
+ * (SET_INFLIGHT_FD), in which the back-end records which requests it has taken from each ring
+ * and not yet returned. After a crash, those are the requests to serve again.
+ *
+ * One region per ring, each laid out for split rings ("QueueRegionSplit"):
+ *
+ *     features u64 | version u16 | desc_num u16 | last_batch_head u16 | used_idx u16
+ *     desc[desc_num]: inflight u8 | padding[5] | next u16 | counter u64
+ *
+ * The front-end owns the memory and may have written anything into it, and a crashed back-end
+ * may have left it half-updated: recovery checks every head and count it reads, and an entry it
+ * cannot make sense of is dropped with a log line, never trusted.
+ */
+import type { Logger } from 'pino';
+import { MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
+
+const HEADER_SIZE = 16;
+const DESC_SIZE = 16;
+/** Each ring's region starts on a cache line, so rings served from different threads never share one. */
+const QUEUE_ALIGN = 64;
+/** The layout version this back-end writes; a region at 0 has never been used. */
+const VERSION = 1;
+
+/** Byte offsets in a ring's region. */
+const VERSION_AT = 8;
+const DESC_NUM_AT = 10;
+const LAST_BATCH_HEAD_AT = 12;
+const USED_IDX_AT = 14;
+/** Byte offsets in one desc entry. */
+const INFLIGHT_AT = 0;
+const NEXT_AT = 6;
+const COUNTER_AT = 8;
+
+/** Bytes one ring of `queueSize` entries takes in the region, padding included. */
+export function inflightQueueBytes(queueSize: number): number {
+  return Math.ceil((HEADER_SIZE + DESC_SIZE * queueSize) / QUEUE_ALIGN) * QUEUE_ALIGN;
+}
+
+/** Why `numQueues` rings of `queueSize` entries cannot have a region, or undefined when they can. */
+export function inflightShapeError(numQueues: number, queueSize: number, maxQueues: number): string | undefined {
+  if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > maxQueues) {
+    return `inflight region for ${numQueues} queues, not 1 to the device's ${maxQueues}`;
+  }
+  if (!Number.isInteger(queueSize) || queueSize < 1 || queueSize > MAX_QUEUE_SIZE) {
+    return `inflight region for queues of ${queueSize} entries, not 1 to ${MAX_QUEUE_SIZE}`;
+  }
+  return undefined;
+}
+
+/** The whole region: `numQueues` ring regions of `queueSize` entries each, one after another. */
+export class InflightRegion {
+  readonly queueBytes: number;
+
+  constructor(
+    private readonly bytes: Uint8Array,
+    readonly numQueues: number,
+    readonly queueSize: number,
+  ) {
+    this.queueBytes = inflightQueueBytes(queueSize);
+    if (bytes.length < numQueues * this.queueBytes) {
+      throw new RangeError(`an inflight region of ${bytes.length} bytes cannot hold ${numQueues} queues of ${queueSize} entries`);
+    }
+  }
+
+  static byteLength(numQueues: number, queueSize: number): number {
+    return numQueues * inflightQueueBytes(queueSize);
+  }
+
+  /** The tracker of ring `index`, or undefined when the region has no room for it. */
+  queue(index: number, log: Logger): SplitInflight | undefined {
+    if (index >= this.numQueues) return undefined;
+    const at = index * this.queueBytes;
+    return new SplitInflight(this.bytes.subarray(at, at + this.queueBytes), this.queueSize, index, log);
+  }
+}
+
+/**
+ * One split ring's inflight record, kept in the order vhost-user.rst gives so that a crash
+ * between any two steps leaves a record recover() can repair:
+ *
+ * - taking a chain: counter, then inflight = 1 (a half-written entry is simply not in flight);
+ * - returning chains: each head linked into the batch (next = last_batch_head, last_batch_head =
+ *   head) before the used index moves; after it moved, inflight = 0 for each, then used_idx.
+ *   A crash after the used index moved but before used_idx caught up is repaired by walking
+ *   the batch from last_batch_head.
+ */
+export class SplitInflight {
+  private readonly view: DataView;
+  private counter = 1n;
+  /** Heads returned since the last publish: the batch the next used index covers. */
+  private batch: number[] = [];
+  /** Heads recover() found in flight, in the order they were taken, not yet handed out again. */
+  private pending: number[] = [];
+
+  constructor(
+    bytes: Uint8Array,
+    /** Entries the region has room for (desc_num as this back-end allocated or was told). */
+    private readonly entries: number,
+    private readonly index: number,
+    private readonly log: Logger,
+  ) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  }
+
+  /**
+   * Called when ring `index` starts with `usedIdx` in its used ring. A never-used region is
+   * initialised and undefined returned: nothing to resubmit, and the front-end's ring base
+   * stands. Otherwise the record is repaired against the used ring and the heads still in
+   * flight are returned, oldest first: the ring must resume popping `returned.length` entries
+   * past `usedIdx`, since those heads were taken from the entries just before.
+   */
+  recover(ringSize: number, usedIdx: number): readonly number[] | undefined {
+    const v = this.view;
+    const version = v.getUint16(VERSION_AT, true);
+    if (version !== VERSION) {
+      if (version !== 0) this.log.warn({ queue: this.index, version }, 'inflight region of an unknown version; its records are dropped');
+      new Uint8Array(v.buffer, v.byteOffset, v.byteLength).fill(0);
+      v.setUint16(VERSION_AT, VERSION, true);
+      v.setUint16(DESC_NUM_AT, this.entries, true);
+      v.setUint16(USED_IDX_AT, usedIdx, true);
+      this.counter = 1n;
+      this.pending = [];
+      this.batch = [];
+      return undefined;
+    }
+    v.setUint16(DESC_NUM_AT, this.entries, true);
+    this.repairLastBatch(usedIdx);
+    const found: { head: number; counter: bigint }[] = [];
+    let newest = 0n;
+    for (let head = 0; head < this.entries; head++) {
+      const at = HEADER_SIZE + head * DESC_SIZE;
+      const flag = v.getUint8(at + INFLIGHT_AT);
+      if (flag === 0) continue;
+      const counter = v.getBigUint64(at + COUNTER_AT, true);
+      if (flag !== 1 || head >= ringSize) {
+        this.log.warn({ queue: this.index, head, flag, ringSize }, 'inflight entry that no request of this ring can have; dropped');
+        v.setUint8(at + INFLIGHT_AT, 0);
+        continue;
+      }
+      found.push({ head, counter });
+      if (counter > newest) newest = counter;
+    }
+    // Equal counters (a garbled region) keep head order: any order is as good as another then.
+    found.sort((a, b) => (a.counter < b.counter ? -1 : a.counter > b.counter ? 1 : a.head - b.head));
+    this.counter = BigInt.asUintN(64, newest + 1n);
+    this.pending = found.map((f) => f.head);
+    this.batch = [];
+    return [...this.pending];
+  }
+
+  /**
+   * The used index moved past the last batch but used_idx did not follow: the crash came
+   * between the two. The batch's heads are done; clear them, at most the distance the used
+   * index moved and never more than the region holds (a hostile next chain may loop).
+   */
+  private repairLastBatch(usedIdx: number): void {
+    const v = this.view;
+    const done = (usedIdx - v.getUint16(USED_IDX_AT, true)) & 0xffff;
+    let head = v.getUint16(LAST_BATCH_HEAD_AT, true);
+    for (let n = 0; n < Math.min(done, this.entries); n++) {
+      if (head >= this.entries) {
+        this.log.warn({ queue: this.index, head }, 'inflight batch link out of range; repair stopped');
+        break;
+      }
+      const at = HEADER_SIZE + head * DESC_SIZE;
+      v.setUint8(at + INFLIGHT_AT, 0);
+      head = v.getUint16(at + NEXT_AT, true);
+    }
+    v.setUint16(USED_IDX_AT, usedIdx, true);
+  }
+
+  /** The next head recover() found, to be handed out before any new chain; undefined when none is left. */
+  nextResubmit(): number | undefined {
+    return this.pending.shift();
+  }
+
+  get hasPending(): boolean {
+    return this.pending.length > 0;
+  }
+
+  /** A chain with head `head` was taken from the available ring. */
+  taken(head: number): void {
+    const at = HEADER_SIZE + head * DESC_SIZE;
+    this.view.setBigUint64(at + COUNTER_AT, this.counter, true);
+    this.counter = BigInt.asUintN(64, this.counter + 1n);
+    this.view.setUint8(at + INFLIGHT_AT, 1);
+  }
+
+  /** The chain with head `head` was returned; it joins the batch the next used index publishes. */
+  returned(head: number): void {
+    const v = this.view;
+    v.setUint16(HEADER_SIZE + head * DESC_SIZE + NEXT_AT, v.getUint16(LAST_BATCH_HEAD_AT, true), true);
+    v.setUint16(LAST_BATCH_HEAD_AT, head, true);
+    this.batch.push(head);
+  }
+
+  /** The used index now covers the batch: its heads are no longer in flight. */
+  published(): void {
+    if (this.batch.length === 0) return;
+    const v = this.view;
+    for (const head of this.batch) v.setUint8(HEADER_SIZE + head * DESC_SIZE + INFLIGHT_AT, 0);
+    v.setUint16(USED_IDX_AT, (v.getUint16(USED_IDX_AT, true) + this.batch.length) & 0xffff, true);
+    this.batch = [];
+  }
+}
