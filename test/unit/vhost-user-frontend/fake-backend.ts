@@ -15,8 +15,16 @@ import { MessageReader } from '../../../src/transports/vhost-user/reader.ts';
 import { Feature, featureBit } from '../../../src/virtio/constants.ts';
 import { GuestMemory } from '../../../src/virtio/memory.ts';
 
-/** What a hook does with a request: answer it as usual, send these bytes instead, or hang up. */
-export type HookResult = 'default' | 'close' | 'ignore' | { readonly reply: Payload; readonly request?: number };
+/**
+ * What a hook does with a request: answer it as usual, hang up, send nothing, send this reply
+ * (to this request type), or send these bytes as they are.
+ */
+export type HookResult =
+  | 'default'
+  | 'close'
+  | 'ignore'
+  | { readonly reply: Payload; readonly request?: number }
+  | { readonly raw: Uint8Array };
 
 export interface FakeBackendOptions {
   readonly features?: bigint;
@@ -123,7 +131,7 @@ export class FakeBackend {
     }
     if (hooked !== 'default') {
       closeAll(m.fds);
-      this.send(encodeReply('frontend-replies', hooked.request ?? m.request, hooked.reply).bytes);
+      this.send('raw' in hooked ? hooked.raw : encodeReply('frontend-replies', hooked.request ?? m.request, hooked.reply).bytes);
       return true;
     }
     const body = this.answer(m);
@@ -133,7 +141,7 @@ export class FakeBackend {
   }
 
   private send(bytes: Uint8Array): void {
-    this.socket?.send(bytes);
+    if (bytes.length > 0) this.socket?.send(bytes);
   }
 
   private ring(index: number): RingState {

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import fc from 'fast-check';
 import { pino } from 'pino';
 import { BlkDriver } from '../../../src/devices/blk/driver.ts';
 import { RngDriver } from '../../../src/devices/rng/driver.ts';
@@ -102,6 +103,58 @@ test('a back-end without PROTOCOL_FEATURES is driven without protocol messages o
   assert.ok(!backend.received.includes(F.GET_PROTOCOL_FEATURES));
   assert.ok(!backend.received.includes(F.SET_VRING_ENABLE));
   assert.ok(backend.received.includes(F.GET_VRING_BASE), 'close stops the ring');
+});
+
+test('any reply bytes in place of any reply: the driver starts and reads, or fails with an error; nothing hangs or leaks', async (t) => {
+  // The requests a front-end sends while the rng driver starts, reads and closes.
+  const requests = [F.GET_FEATURES, F.GET_PROTOCOL_FEATURES, F.GET_QUEUE_NUM, F.SET_OWNER, F.SET_MEM_TABLE, F.SET_FEATURES,
+    F.SET_VRING_NUM, F.SET_VRING_ADDR, F.SET_VRING_CALL, F.SET_VRING_KICK, F.SET_VRING_ENABLE, F.GET_VRING_BASE];
+  const header = (request: number, flags: number, size: number): Uint8Array => {
+    const h = new Uint8Array(12);
+    const v = new DataView(h.buffer);
+    v.setUint32(0, request, true);
+    v.setUint32(4, flags, true);
+    v.setUint32(8, size, true);
+    return h;
+  };
+  const replyBytes = fc.oneof(
+    fc.uint8Array({ maxLength: 40 }),
+    fc
+      .tuple(fc.constantFrom(...requests), fc.constantFrom(0x5, 0x1, 0xd, 0x6), fc.bigUint64Array({ minLength: 1, maxLength: 1 }))
+      .map(([request, flags, [value]]) => {
+        const bytes = new Uint8Array(20);
+        bytes.set(header(request, flags, 8));
+        new DataView(bytes.buffer).setBigUint64(12, value, true);
+        return bytes;
+      }),
+  );
+  const warm = fake(t, { onKick: 16 });
+  await RngDriver.open(await connect(warm), { log }).then((r) => r.close());
+  warm.disconnect();
+  await fc.assert(
+    fc.asyncProperty(fc.constantFrom(...requests), replyBytes, async (target, raw) => {
+      const before = openFds();
+      const backend = fake(t, {
+        protocolFeatures: REPLY_ACK | featureBit(ProtocolFeature.MQ),
+        onKick: 16,
+        hook: (m) => (m.request === target ? { raw } : 'default'),
+      });
+      let frontend: VhostUserFrontend | undefined;
+      try {
+        frontend = await connect(backend, 50);
+        const rng = await RngDriver.open(frontend, { log, chunkBytes: 16 });
+        assert.equal((await rng.read(16)).length, 16);
+        await rng.close();
+      } catch (err) {
+        assert.ok(err instanceof Error && err.message.length > 0, String(err));
+      } finally {
+        await frontend?.close();
+        backend.close();
+      }
+      assert.equal(openFds(), before);
+    }),
+    { numRuns: 60 },
+  );
 });
 
 test('every failure leaves no descriptor open', async (t) => {
