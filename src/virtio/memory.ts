@@ -40,6 +40,12 @@ interface Region {
   start: number;
   end: number;
   bytes: Uint8Array;
+  /**
+   * `bytes`' buffer and offset, read once: a view made with the Uint8Array constructor from
+   * these costs half of `bytes.subarray()` (no species lookup, no getters), on every descriptor.
+   */
+  buffer: ArrayBufferLike;
+  byteOffset: number;
   view: DataView;
 }
 
@@ -62,6 +68,8 @@ export class GuestMemory {
           start: r.guestAddr,
           end,
           bytes: r.bytes,
+          buffer: r.bytes.buffer,
+          byteOffset: r.bytes.byteOffset,
           view: new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength),
         };
       })
@@ -120,8 +128,8 @@ export class GuestMemory {
   trySlice(addr: number, len: number): Uint8Array | undefined {
     const r = this.find(addr, len);
     if (r === undefined) return undefined;
-    const off = addr - r.start;
-    return r.bytes.subarray(off, off + len);
+    // find() checked that [addr, addr+len) lies in the region, so the view stays inside `bytes`.
+    return new Uint8Array(r.buffer, r.byteOffset + (addr - r.start), len);
   }
 
   /** A zero-copy view of [addr, addr+len); throws GuestMemoryError when outside guest memory. */
