@@ -5,7 +5,7 @@
  */
 
 export const DROP_REASONS = [
-  /** A transmit buffer shorter than virtio_net_hdr, or a receive buffer that cannot hold one. */
+  /** A transmit buffer shorter than virtio_net_hdr. */
   'malformedBuffer',
   /** A transmitted frame shorter than an Ethernet header. */
   'runt',

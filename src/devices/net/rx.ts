@@ -12,7 +12,7 @@
  */
 import { ChainWriter } from '../../virtio/chain-io.ts';
 import type { DeviceContext } from '../../virtio/device.ts';
-import type { DescriptorChain, DeviceQueue } from '../../virtio/queue.ts';
+import { type DescriptorChain, type DeviceQueue, VirtqueueError } from '../../virtio/queue.ts';
 import type { NetCounters } from './counters.ts';
 import { NET_HDR_SIZE, type Offload, encodeNetHeader } from './wire.ts';
 
@@ -114,12 +114,11 @@ export class ReceiveQueue {
         return 'wait';
       }
       queue.disableNotifications();
-      // §5.1.6.3.1: every buffer holds at least a header; a driver's smaller one goes back unused.
+      // §5.1.6.3.1: a receive buffer MUST hold at least the header. One that cannot is a broken
+      // driver (QEMU marks the device broken too); returning it unused would also overtake the
+      // held buffers, which VIRTIO_F_IN_ORDER forbids.
       if (chain.writableLength < NET_HDR_SIZE) {
-        this.counters.drop('malformedBuffer');
-        queue.push(chain, 0);
-        this.pushed++;
-        continue;
+        throw new VirtqueueError('receive buffer too small', `${chain.writableLength} writable bytes cannot hold the ${NET_HDR_SIZE}-byte virtio_net_hdr`);
       }
       this.held.push(chain);
       this.heldBytes += chain.writableLength;
