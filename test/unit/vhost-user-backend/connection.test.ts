@@ -414,3 +414,27 @@ test('a region larger than 4 GiB is accepted and mapped in pieces instead of abo
   assert.equal(await fe.acked(F.SET_MEM_TABLE, { kind: 'memory-table', regions: [region] }, [fd]), 0n);
   assert.equal(await fe.u64(F.GET_QUEUE_NUM), 1n);
 });
+
+test('GET_INFLIGHT_FD answers with a zeroed shared file of the announced size; SET_INFLIGHT_FD takes it back', async (t) => {
+  const before = openFds();
+  const fe = session(t, vhostUserBlkDevice(new MemoryBackend(0x10000), { queues: 2 }));
+  await fe.handshake(featureBit(ProtocolFeature.REPLY_ACK) | featureBit(ProtocolFeature.INFLIGHT_SHMFD));
+  const ask: Payload = { kind: 'inflight', mmapSize: 0n, mmapOffset: 0n, numQueues: 2, queueSize: 128 };
+  fe.send(F.GET_INFLIGHT_FD, ask);
+  const r = await fe.reply();
+  assert.ok(r !== null && r.payload.kind === 'inflight');
+  assert.equal(r.fds.length, 1);
+  const { mmapSize, mmapOffset, numQueues, queueSize } = r.payload;
+  assert.deepEqual({ mmapSize, mmapOffset, numQueues, queueSize }, { mmapSize: 4224n, mmapOffset: 0n, numQueues: 2, queueSize: 128 });
+  const mapping = Mapping.shared(r.fds[0], Number(mmapSize));
+  assert.ok(mapping.bytes.every((b) => b === 0));
+  mapping.unmap();
+  assert.equal(await fe.acked(F.SET_INFLIGHT_FD, r.payload, [r.fds[0]]), 0n);
+  // A region claiming more than its file holds is refused, and its descriptor closed.
+  const tooBig: Payload = { ...r.payload, mmapSize: 16384n, numQueues: 2, queueSize: 256 };
+  assert.notEqual(await fe.acked(F.SET_INFLIGHT_FD, tooBig, [r.fds[0]]), 0n);
+  closeFd(r.fds[0]);
+  fe.socket.close();
+  await fe.connection.ended;
+  assert.equal(openFds(), before);
+});
