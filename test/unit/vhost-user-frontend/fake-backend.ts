@@ -7,8 +7,8 @@
 import { EventFd } from '../../../src/native/eventfd.ts';
 import { closeAll } from '../../../src/native/fd.ts';
 import { Mapping } from '../../../src/native/mapping.ts';
-import { type Watcher, watch } from '../../../src/native/readiness.ts';
-import { UnixListener, type UnixSocket } from '../../../src/native/unix-socket.ts';
+import { type Watcher, watch, whenReadable } from '../../../src/native/readiness.ts';
+import { UnixListener, UnixSocket } from '../../../src/native/unix-socket.ts';
 import { FrontendRequest as F, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
 import { encodeAck, encodeReply, type FrontendRequestMessage, type Payload } from '../../../src/transports/vhost-user/messages.ts';
 import { MessageReader } from '../../../src/transports/vhost-user/reader.ts';
@@ -59,6 +59,8 @@ export class FakeBackend {
   private readonly rings = new Map<number, RingState>();
   /** Every request type received, in order. */
   readonly received: number[] = [];
+  /** The back-end request channel the front-end handed over (SET_BACKEND_REQ_FD). */
+  private channel: UnixSocket | undefined;
 
   constructor(
     readonly path: string,
@@ -85,6 +87,23 @@ export class FakeBackend {
     this.mapping?.unmap();
     this.mapping = undefined;
     this.memory = undefined;
+    this.channel?.close();
+    this.channel = undefined;
+  }
+
+  /**
+   * Send `bytes` on the back-end request channel and resolve with what the front-end sends back
+   * first: a reply, or empty bytes when it closed the channel.
+   */
+  async backendRequest(bytes: Uint8Array): Promise<Uint8Array> {
+    const channel = this.channel;
+    if (channel === undefined) throw new Error('the front-end sent no back-end request channel');
+    channel.send(bytes);
+    for (;;) {
+      await whenReadable(channel.fd);
+      const got = channel.receive();
+      if (got !== null) return got.bytes;
+    }
   }
 
   close(): void {
@@ -201,6 +220,10 @@ export class FakeBackend {
         });
         return undefined;
       }
+      case F.SET_BACKEND_REQ_FD:
+        this.channel?.close();
+        this.channel = new UnixSocket(m.fds[0]);
+        return undefined;
       case F.GET_VRING_BASE: {
         const r = this.rings.get(m.payload.index);
         r?.kickWatcher?.close();

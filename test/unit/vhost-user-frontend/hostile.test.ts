@@ -11,9 +11,15 @@ import fc from 'fast-check';
 import { pino } from 'pino';
 import { BlkDriver } from '../../../src/devices/blk/driver.ts';
 import { RngDriver } from '../../../src/devices/rng/driver.ts';
-import { FrontendRequest as F, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
+import {
+  BackendRequest,
+  FrontendRequest as F,
+  ProtocolFeature,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+} from '../../../src/transports/vhost-user/constants.ts';
 import { VhostUserFrontend } from '../../../src/transports/vhost-user/frontend.ts';
-import { DeviceNeedsResetError } from '../../../src/virtio/driver-core.ts';
+import { DeviceNeedsResetError, VirtioDriver } from '../../../src/virtio/driver-core.ts';
+import { encodeMessage } from '../../../src/transports/vhost-user/messages.ts';
 import { DeviceId, Feature, featureBit } from '../../../src/virtio/constants.ts';
 import { FakeBackend, type FakeBackendOptions } from './fake-backend.ts';
 
@@ -103,6 +109,34 @@ test('a back-end without PROTOCOL_FEATURES is driven without protocol messages o
   assert.ok(!backend.received.includes(F.GET_PROTOCOL_FEATURES));
   assert.ok(!backend.received.includes(F.SET_VRING_ENABLE));
   assert.ok(backend.received.includes(F.GET_VRING_BASE), 'close stops the ring');
+});
+
+test('the back-end request channel: a configuration change is acknowledged and delivered, other requests refused, garbage closes it', async (t) => {
+  const backend = fake(t, { protocolFeatures: REPLY_ACK | featureBit(ProtocolFeature.BACKEND_REQ), onKick: 16 });
+  const frontend = await connect(backend);
+  const driver = await VirtioDriver.start(frontend, { name: 'rng', deviceId: DeviceId.RNG, features: 0n, log });
+  t.after(() => driver.close());
+  const ack = (reply: Uint8Array): bigint => new DataView(reply.buffer, reply.byteOffset).getBigUint64(12, true);
+
+  const changed = new Promise<void>((resolve) => driver.onConfigChange(resolve));
+  const configChange = encodeMessage('backend-requests', { request: BackendRequest.CONFIG_CHANGE_MSG, payload: { kind: 'empty' }, needReply: true });
+  assert.equal(ack(await backend.backendRequest(configChange.bytes)), 0n);
+  await changed;
+
+  const iotlb = encodeMessage('backend-requests', {
+    request: BackendRequest.IOTLB_MSG,
+    payload: { kind: 'iotlb', iova: 0n, size: 4096n, userAddr: 0n, perm: 1, type: 1 },
+    needReply: true,
+  });
+  assert.notEqual(ack(await backend.backendRequest(iotlb.bytes)), 0n, 'IOTLB was never negotiated: refused');
+
+  const garbage = new Uint8Array(12).fill(0xff);
+  assert.equal((await backend.backendRequest(garbage)).length, 0, 'the front-end closes the channel');
+  // The device itself keeps working over the main socket.
+  const addr = frontend.dma.alloc(16, 1);
+  assert.ok(addr !== undefined);
+  assert.equal(await driver.queue(0).submit([], [{ addr, len: 16 }]), 16);
+  frontend.dma.free(addr);
 });
 
 test('any reply bytes in place of any reply: the driver starts and reads, or fails with an error; nothing hangs or leaks', async (t) => {
