@@ -71,6 +71,10 @@ const TRANSPORT_FEATURES = featureBit(VHOST_USER_F_PROTOCOL_FEATURES) | featureB
 
 /** Ring indexes travel in 8 bits of SET_VRING_KICK/CALL/ERR. */
 const MAX_QUEUES = 256;
+/** QEMU's vhost-user-blk queue-size default: a ring size every back-end accepts. */
+const DEFAULT_QUEUE_SIZE = 128;
+const DEFAULT_MEMORY_SIZE = 64 * 1024 * 1024;
+const DEFAULT_REPLY_TIMEOUT_MS = 10_000;
 
 export interface FrontendOptions {
   /** The §5 device ID of the device behind the socket (vhost-user does not say). */
@@ -136,8 +140,7 @@ export class VhostUserFrontend implements DriverTransport {
    */
   static async connect(socketPath: string, options: FrontendOptions): Promise<VhostUserFrontend> {
     const log = (options.log ?? pino({ name: 'paravirt' })).child({ frontend: socketPath });
-    const queueSize = options.queueSize ?? 128;
-    const sizeError = queueSizeError(queueSize, true);
+    const sizeError = queueSizeError(options.queueSize ?? DEFAULT_QUEUE_SIZE, true);
     if (sizeError !== undefined) throw new RangeError(`vhost-user front-end option queueSize: ${sizeError}`);
     if (!existsSync(socketPath)) throw new Error(`vhost-user socket ${socketPath} does not exist`);
     let socket: UnixSocket;
@@ -148,14 +151,14 @@ export class VhostUserFrontend implements DriverTransport {
     }
     let ram: FrontendMemory;
     try {
-      ram = FrontendMemory.allocate(options.memorySize ?? 64 * 1024 * 1024);
+      ram = FrontendMemory.allocate(options.memorySize ?? DEFAULT_MEMORY_SIZE);
     } catch (err) {
       socket.close();
       throw err;
     }
     // The channel exists before the front-end that hears of its end.
     let onClosed = (_err: VhostUserDisconnectedError): void => {};
-    const channel = new FrontendChannel(socket, options.replyTimeoutMs ?? 10_000, (err) => onClosed(err));
+    const channel = new FrontendChannel(socket, options.replyTimeoutMs ?? DEFAULT_REPLY_TIMEOUT_MS, (err) => onClosed(err));
     const self = new VhostUserFrontend(socketPath, options, ram, channel, log);
     onClosed = (err) => self.disconnected(err);
     try {
@@ -375,7 +378,7 @@ export class VhostUserFrontend implements DriverTransport {
 
   /** vhost-user lets the front-end pick the ring size: the option, for every queue there is. */
   queueMaxSize(index: number): Promise<number> {
-    return Promise.resolve(Number.isInteger(index) && index >= 0 && index < this.queueCount ? (this.options.queueSize ?? 128) : 0);
+    return Promise.resolve(Number.isInteger(index) && index >= 0 && index < this.queueCount ? (this.options.queueSize ?? DEFAULT_QUEUE_SIZE) : 0);
   }
 
   async enableQueue(index: number, size: number, addrs: QueueAddresses): Promise<void> {
