@@ -1,7 +1,8 @@
 /**
  * paravirt's blk driver, unchanged, over the vhost-user front-end against qemu-storage-daemon's
  * vhost-user-blk export: a back-end nobody here wrote. Random mixes of writes, reads, flushes
- * and discards run concurrently over two queues and are checked against a model of the disk.
+ * and discards run concurrently over two queues and are checked against a model of the disk;
+ * a second front-end connecting afterwards finds the disk as the first one left it.
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -97,7 +98,7 @@ function scratch(t: TestContext, which: 'lab' | 'system'): string {
 }
 
 for (const qemu of ['system', 'lab'] as const) {
-  test(`blk driver over the front-end against ${qemu} qemu-storage-daemon: a random mix on 2 queues matches a model`, async (t) => {
+  test(`blk driver over the front-end against ${qemu} qemu-storage-daemon: a random mix on 2 queues matches a model, also after reconnecting`, async (t) => {
     if (!(qemu === 'lab' ? requireLab(t) : requireLab(t, missingProgram('qemu-storage-daemon', 'qemu-system-common')))) return;
     const dir = scratch(t, qemu);
     const image = join(dir, 'disk.img');
@@ -128,5 +129,14 @@ for (const qemu of ['system', 'lab'] as const) {
       { numRuns: 15, endOnFailure: true },
     );
     await blk.close();
+
+    // A new front-end on the same socket sees the disk as the first one left it.
+    const again = await BlkDriver.open(await VhostUserFrontend.connect(daemon.socketPath, { deviceId: DeviceId.BLOCK, log }), { log });
+    t.after(() => again.close());
+    const disk = await again.read(0, DISK_BYTES);
+    for (let s = 0; s < model.known.length; s++) {
+      if (model.known[s]) assert.deepEqual(disk.subarray(s * SECTOR, (s + 1) * SECTOR), model.bytes.subarray(s * SECTOR, (s + 1) * SECTOR), `sector ${s} after reconnecting`);
+    }
+    await again.close();
   });
 }
