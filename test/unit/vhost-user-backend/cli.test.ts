@@ -60,7 +60,7 @@ test('a bad option, path or size is one sentence naming it, and exit code 1', ()
       [['serve', 'rng', '--socket-path', join(dir, 's'), '--log-level', 'loud'], /--log-level must be one of/],
       [['serve', 'rng', '--socket-path', odd], /socket path .*odd\.img exists and is not a socket/],
       [['serve', 'rng', '--socket-path', join(dir, 's'), '--fd', '3'], /cannot be used with/],
-      [['serve', 'net'], /unknown command 'net'/],
+      [['serve', 'net', '--socket-path', join(dir, 's'), '--mac', '01:00:5e:00:00:01'], /--mac must be a unicast address/],
       [['serve', 'rng', '--fd', '77'], /--fd 77 is not an open descriptor/],
     ];
     for (const [args, message] of cases) {
