@@ -87,7 +87,28 @@ export interface FrontendOptions {
   readonly queues?: number;
   /** Longest wait for one reply before the back-end counts as hung (default 10 s). */
   readonly replyTimeoutMs?: number;
+  /** The device model to play when the back-end implements only the data path (see LocalDeviceModel). */
+  readonly localModel?: LocalDeviceModel;
   readonly log?: Logger;
+}
+
+/**
+ * The part of a device a VMM implements itself when its back-end offers no CONFIG protocol
+ * feature, as QEMU's virtio-net does over vhost-user-net: the back-end moves packets, the VMM
+ * owns the configuration space and the features built on it (for net the control queue, which
+ * never reaches the back-end). It applies only to such a back-end; one with CONFIG is a whole
+ * device and is passed through unchanged.
+ */
+export interface LocalDeviceModel {
+  /** Device features of the back-end passed on to the driver; the others are withheld. */
+  readonly features: bigint;
+  /** The configuration space the driver reads (bytes past it read as zero); writes are refused. */
+  readonly config: Uint8Array;
+  /**
+   * Queues the device has, used instead of GET_QUEUE_NUM, whose unit is the device's business
+   * (DPDK's and QEMU's vhost-user-net count queue pairs).
+   */
+  readonly queues: number;
 }
 
 /** The descriptors of one started ring. */
@@ -121,6 +142,8 @@ export class VhostUserFrontend implements DriverTransport {
   /** Protocol features both sides use (0n without PROTOCOL_FEATURES). */
   private protocol = 0n;
   private queueCount = 1;
+  /** The device model in play: options.localModel for a back-end without CONFIG. */
+  private model: LocalDeviceModel | undefined;
 
   private constructor(
     readonly socketPath: string,
@@ -197,7 +220,13 @@ export class VhostUserFrontend implements DriverTransport {
       await this.channel.request({ request: F.SET_PROTOCOL_FEATURES, payload: u64(this.protocol) }, false);
     }
     await this.send(F.SET_OWNER, { kind: 'empty' });
-    if (this.has(ProtocolFeature.MQ)) {
+    this.model = this.has(ProtocolFeature.CONFIG) ? undefined : this.options.localModel;
+    if (this.model !== undefined) {
+      this.queueCount = this.model.queues;
+      if (!Number.isInteger(this.queueCount) || this.queueCount < 1 || this.queueCount > MAX_QUEUES) {
+        throw new RangeError(`vhost-user front-end local model queues ${this.queueCount} is not an integer from 1 to ${MAX_QUEUES}`);
+      }
+    } else if (this.has(ProtocolFeature.MQ)) {
       const n = replyU64(await this.channel.request({ request: F.GET_QUEUE_NUM, payload: { kind: 'empty' } }, true));
       if (n < 1n) throw new Error(`vhost-user back-end ${this.socketPath} reports ${n} queues`);
       this.queueCount = Number(n > BigInt(MAX_QUEUES) ? BigInt(MAX_QUEUES) : n);
@@ -244,7 +273,12 @@ export class VhostUserFrontend implements DriverTransport {
   }
 
   deviceFeatures(): Promise<bigint> {
-    return Promise.resolve(this.offered & ~TRANSPORT_FEATURES);
+    return Promise.resolve(this.deviceOffer);
+  }
+
+  /** What the driver may accept: the back-end's device features, cut down by the local model. */
+  private get deviceOffer(): bigint {
+    return this.offered & ~TRANSPORT_FEATURES & (this.model?.features ?? ~0n);
   }
 
   setDriverFeatures(features: bigint): Promise<void> {
@@ -290,8 +324,7 @@ export class VhostUserFrontend implements DriverTransport {
    * only accepted ones that were offered, and not refused by the back-end.
    */
   private async acceptFeatures(): Promise<boolean> {
-    const device = this.offered & ~TRANSPORT_FEATURES;
-    const extra = this.driverFeatures & ~device;
+    const extra = this.driverFeatures & ~this.deviceOffer;
     if (extra !== 0n) {
       this.log.warn(`driver accepted features 0x${extra.toString(16)} the back-end did not offer`);
       return false;
@@ -344,6 +377,11 @@ export class VhostUserFrontend implements DriverTransport {
    */
   async readConfig(offset: number, length: number): Promise<Uint8Array> {
     this.checkConfigAccess(offset, length);
+    if (this.model !== undefined) {
+      const data = new Uint8Array(length);
+      data.set(this.model.config.subarray(offset, offset + length));
+      return data;
+    }
     const reply = await this.channel.request(
       { request: F.GET_CONFIG, payload: { kind: 'config', offset: 0, flags: 0, data: new Uint8Array(offset + length) } },
       true,
@@ -358,11 +396,12 @@ export class VhostUserFrontend implements DriverTransport {
 
   async writeConfig(offset: number, data: Uint8Array): Promise<void> {
     this.checkConfigAccess(offset, data.length);
+    if (this.model !== undefined) throw new Error(`the configuration space of the device at ${this.socketPath} is read-only here (the front-end provides it)`);
     await this.send(F.SET_CONFIG, { kind: 'config', offset, flags: 0, data });
   }
 
   private checkConfigAccess(offset: number, length: number): void {
-    if (!this.has(ProtocolFeature.CONFIG)) {
+    if (!this.has(ProtocolFeature.CONFIG) && this.model === undefined) {
       throw new Error(`vhost-user back-end ${this.socketPath} does not offer the CONFIG protocol feature, so its configuration space cannot be accessed`);
     }
     if (!Number.isInteger(offset) || !Number.isInteger(length) || offset < 0 || length < 1 || offset + length > MAX_CONFIG_SIZE) {
