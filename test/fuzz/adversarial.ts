@@ -364,7 +364,10 @@ export async function runScenario(s: Scenario): Promise<Outcome> {
   escaped.length = 0;
   const c = new Case(s.target);
   c.act('set-up', () => c.driver.init());
-  for (let i = 0; i < s.actions.length; i++) await c.perform(s.actions[i], i);
+  for (let i = 0; i < s.actions.length; i++) {
+    await c.perform(s.actions[i], i);
+    if (s.recover && c.driver.needsReset) c.act(`recovery after action ${i}`, () => c.driver.init());
+  }
   // After the garbage: the device serves, or needs a reset...
   // (serve() fails the case when the device runs the queue and still does not answer.)
   const servedAfter = await c.serve(s.final, 'after the garbage');

@@ -111,6 +111,8 @@ export type Action =
 export interface Scenario {
   readonly target: Target;
   readonly actions: readonly Action[];
+  /** Reset and set up again whenever the device needs reset, as a driver does, and go on attacking. */
+  readonly recover: boolean;
   /** The request that must complete after the garbage (and after a reset). */
   readonly final: ValidRequest;
 }
@@ -271,5 +273,6 @@ export const target: fc.Arbitrary<Target> = fc
 export const scenario: fc.Arbitrary<Scenario> = fc.record({
   target,
   actions: fc.array(action, { maxLength: 14 }),
+  recover: fc.boolean(),
   final: validRequest,
 });

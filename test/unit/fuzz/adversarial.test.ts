@@ -24,9 +24,24 @@ for (const packed of [false, true]) {
   const target = { device: 'blk', packed, eventIdx: true, indirect: true, inOrder: false, queueSize: 4, backendDelay: 2 } as const;
 
   test(`${ring}: a chain whose descriptors loop puts the device in NEEDS_RESET, and a reset brings it back`, async () => {
-    const s: Scenario = { target, actions: [{ op: 'loop', start: 1, length: 3, kick: true }], final: read };
+    const s: Scenario = { target, actions: [{ op: 'loop', start: 1, length: 3, kick: true }], recover: false, final: read };
     const o = await runScenario(s);
     assert.equal(o.neededReset, true);
+  });
+
+  test(`${ring}: a driver that resets after a fault is served again, garbage and all`, async () => {
+    const s: Scenario = {
+      target,
+      actions: [
+        { op: 'loop', start: 0, length: 2, kick: true },
+        { op: 'valid', request: read },
+      ],
+      recover: true,
+      final: read,
+    };
+    const o = await runScenario(s);
+    assert.equal(o.neededReset, false);
+    assert.equal(o.servedAmidGarbage, 2);
   });
 
   test(`${ring}: an indirect table outside guest memory (above 2^53) is refused, not followed`, async () => {
@@ -41,6 +56,7 @@ for (const packed of [false, true]) {
           kick: true,
         },
       ],
+      recover: false,
       final: read,
     };
     assert.equal((await runScenario(s)).neededReset, true);
@@ -55,6 +71,7 @@ for (const packed of [false, true]) {
         { op: 'reg', offset: 0x100, width: 1, value: 0xff },
         { op: 'valid', request: read },
       ],
+      recover: false,
       final: { ...read, type: 'getid' },
     };
     const o = await runScenario(s);
