@@ -26,8 +26,8 @@ import { MmioDevice } from '../../src/transports/mmio/device.ts';
 import { DescFlag } from '../../src/virtio/constants.ts';
 import type { VirtioDevice } from '../../src/virtio/device.ts';
 import { DATA_BASE, GuardedMemory } from './guarded-memory.ts';
-import { type DescWords, Finding, HostileDriver, tableAddress } from './hostile-driver.ts';
-import { type Action, type Scenario, scenario, type Target, type ValidRequest } from './scenario.ts';
+import { type DescWords, Finding, HONEST, HostileDriver, tableAddress } from './hostile-driver.ts';
+import { type Action, type Publish, type Scenario, scenario, type Target, type ValidRequest } from './scenario.ts';
 
 const DISK_SECTORS = 16;
 /** Largest queue the devices accept; the step budget is sized for it. */
@@ -209,15 +209,13 @@ class Case {
     const what = `action ${i} (${a.op})`;
     switch (a.op) {
       case 'chain':
-        this.act(what, () => d.chain(a.start, a.descs.map(HostileDriver.words), a.publish));
-        if (a.kick) this.act(what, () => d.notify());
+        this.offer(what, a.start, a.descs.map(HostileDriver.words), a.publish, a.kick);
         return;
       case 'indirect': {
         const addr = tableAddress(a.index);
         d.writeTable(addr, a.entries.map(HostileDriver.words));
         const head: DescWords = { addr, len: a.len ?? a.entries.length * 16, flags: a.extraFlags | DescFlag.INDIRECT, idOrNext: 0 };
-        this.act(what, () => d.chain(a.index, [head], a.publish));
-        if (a.kick) this.act(what, () => d.notify());
+        this.offer(what, a.index, [head], a.publish, a.kick);
         return;
       }
       case 'loop': {
@@ -229,8 +227,7 @@ class Case {
           flags: DescFlag.NEXT,
           idOrNext: (a.start + ((k + 1) % n)) % d.size,
         }));
-        this.act(what, () => d.chain(a.start, descs, { entry: undefined, advance: 1, lie: undefined }));
-        if (a.kick) this.act(what, () => d.notify());
+        this.offer(what, a.start, descs, HONEST, a.kick);
         return;
       }
       case 'scribble':
@@ -255,6 +252,12 @@ class Case {
         this.act(what, () => a.steps.forEach((s) => d.initStep(s)));
         return;
     }
+  }
+
+  /** Write a chain, make it available as `publish` says, and notify the device if `kick`. */
+  private offer(what: string, start: number, descs: readonly DescWords[], publish: Publish, kick: boolean): void {
+    this.act(what, () => this.driver.chain(start, descs, publish));
+    if (kick) this.act(what, () => this.driver.notify());
   }
 
   /**

@@ -45,6 +45,9 @@ const RING_FEATURES = [Feature.RING_PACKED, Feature.EVENT_IDX, Feature.INDIRECT_
 /** The four AVAIL/USED combinations a lying packed driver may write (§2.8.1). */
 const FLAG_PATTERNS = [0, AVAIL, USED, AVAIL_USED];
 
+/** Make a chain available the way the rules say: its head in the next avail entry, or AVAIL/USED for the lap. */
+export const HONEST: Publish = { entry: undefined, advance: 1, lie: undefined };
+
 /** Where the driver's well-formed requests keep their indirect table (beyond any ring). */
 export const VALID_TABLE = RING_BASE + 0x4000;
 
@@ -360,7 +363,7 @@ export class HostileDriver {
     const usedPos = (base >>> 16) & 0x7fff;
     const usedWrap = base >>> 31 === 1;
     const head = this.pos;
-    this.chain(head, descs, { entry: undefined, advance: 1, lie: undefined });
+    this.chain(head, descs, HONEST);
     // What follows the chain must not look available, as in a ring a tidy driver keeps (§2.8.1).
     if (descs.length < this.size) this.writePackedFlags(this.pos, usedPattern(!this.wrap));
     const at = this.areas.desc + usedPos * 16;
