@@ -1,21 +1,35 @@
 /**
- * A block backend on a raw disk image file. All I/O goes through node:fs/promises, so the event
- * loop never blocks and requests proceed concurrently on libuv's thread pool; reads and writes
- * are vectored straight into and out of the request's guest buffers (no bounce copy).
+ * A block backend on a raw disk image file. Nothing blocks the event loop: reads and writes run
+ * on I/O threads of their own (io-thread.ts), or on libuv's thread pool through node:fs/promises
+ * when asked; either way they are vectored straight into and out of the request's guest buffers
+ * (no bounce copy) and many proceed at once. Flush, discard and write-zeroes, rare next to reads
+ * and writes, always take the thread pool.
  */
 import { open, type FileHandle } from 'node:fs/promises';
 import { punchHole, zeroRange } from '../../native/file-space.ts';
 import { type BlockBackend, DiskImageError } from './backend.ts';
+import { IoThread, MAX_IOVECS as THREAD_IOVECS, Op } from './io-thread.ts';
 import { SECTOR_SIZE } from './wire.ts';
+
+/**
+ * Where reads and writes run: 'threads' on dedicated I/O threads (the default, measured faster:
+ * docs/performance.md, "Threading"), 'thread-pool' through node:fs/promises.
+ */
+export type FileIo = 'threads' | 'thread-pool';
 
 export interface FileBackendOptions {
   readonly readOnly?: boolean;
+  readonly io?: FileIo;
+  /** With io 'threads': how many, i.e. how many reads and writes reach the file at once (default 2). */
+  readonly threads?: number;
 }
+
+const DEFAULT_THREADS = 2;
 
 /** Zeroes for filesystems without fallocate modes; one buffer repeated in the iovec, never written to. */
 const ZEROES = new Uint8Array(64 * 1024);
-/** Most iovecs per call: libuv caps a vectored call at IOV_MAX (1024 on Linux) and returns short. */
-const MAX_IOVECS = 1024;
+/** Most iovecs per call through the thread pool: libuv caps a vectored call at IOV_MAX (1024 on Linux) and returns short. */
+const POOL_IOVECS = 1024;
 
 function errnoCode(err: unknown): string | undefined {
   return err instanceof Error && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
@@ -57,6 +71,7 @@ function openError(path: string, readOnly: boolean, err: unknown): DiskImageErro
 async function vectored(
   segments: readonly Uint8Array[],
   position: number,
+  maxIovecs: number,
   op: (iov: Uint8Array[], position: number) => Promise<number>,
   what: string,
 ): Promise<void> {
@@ -65,8 +80,8 @@ async function vectored(
   let pos = position;
   while (seg < segments.length) {
     const iov: Uint8Array[] = [];
-    for (let i = seg; i < segments.length && iov.length < MAX_IOVECS; i++) {
-      const s = i === seg ? segments[i].subarray(off) : segments[i];
+    for (let i = seg; i < segments.length && iov.length < maxIovecs; i++) {
+      const s = i === seg && off > 0 ? segments[i].subarray(off) : segments[i];
       if (s.length > 0) iov.push(s);
     }
     if (iov.length === 0) return;
@@ -93,11 +108,17 @@ export class FileBackend implements BlockBackend {
     readonly path: string,
     readonly size: number,
     readonly readOnly: boolean,
+    /** The I/O threads, empty when reads and writes take the thread pool; each started on first use. */
+    private readonly threads: (IoThread | undefined)[],
   ) {}
 
   /** Open an existing raw image; throws DiskImageError naming the path when it cannot serve as a disk. */
   static async open(path: string, options: FileBackendOptions = {}): Promise<FileBackend> {
     const readOnly = options.readOnly ?? false;
+    const threads = options.io === 'thread-pool' ? 0 : (options.threads ?? DEFAULT_THREADS);
+    if (!Number.isInteger(threads) || threads < 0 || threads > 64) {
+      throw new RangeError(`I/O thread count ${threads} is not an integer from 1 to 64`);
+    }
     let file: FileHandle;
     try {
       file = await open(path, readOnly ? 'r' : 'r+');
@@ -114,7 +135,7 @@ export class FileBackend implements BlockBackend {
           `disk image ${path} is ${st.size} bytes, not a whole number of ${SECTOR_SIZE}-byte sectors`,
         );
       }
-      return new FileBackend(file, path, st.size, readOnly);
+      return new FileBackend(file, path, st.size, readOnly, new Array<IoThread | undefined>(threads).fill(undefined));
     } catch (err) {
       await file.close();
       throw err instanceof DiskImageError ? err : openError(path, readOnly, err);
@@ -122,21 +143,30 @@ export class FileBackend implements BlockBackend {
   }
 
   read(offset: number, segments: readonly Uint8Array[]): Promise<void> {
-    return vectored(
-      segments,
-      offset,
-      async (iov, pos) => (await this.file.readv(iov, pos)).bytesRead,
-      `reading ${this.path}`,
-    );
+    const what = `reading ${this.path}`;
+    if (this.threads.length === 0) {
+      return vectored(segments, offset, POOL_IOVECS, async (iov, pos) => (await this.file.readv(iov, pos)).bytesRead, what);
+    }
+    return vectored(segments, offset, THREAD_IOVECS, (iov, pos) => this.thread().transfer(Op.read, this.file.fd, pos, iov), what);
   }
 
   write(offset: number, segments: readonly Uint8Array[]): Promise<void> {
-    return vectored(
-      segments,
-      offset,
-      async (iov, pos) => (await this.file.writev(iov, pos)).bytesWritten,
-      `writing ${this.path}`,
-    );
+    const what = `writing ${this.path}`;
+    if (this.threads.length === 0) {
+      return vectored(segments, offset, POOL_IOVECS, async (iov, pos) => (await this.file.writev(iov, pos)).bytesWritten, what);
+    }
+    return vectored(segments, offset, THREAD_IOVECS, (iov, pos) => this.thread().transfer(Op.write, this.file.fd, pos, iov), what);
+  }
+
+  /** The least busy I/O thread; another starts only when every running one is busy. */
+  private thread(): IoThread {
+    let best: IoThread | undefined;
+    for (const t of this.threads) if (t !== undefined && (best === undefined || t.inFlight < best.inFlight)) best = t;
+    const free = this.threads.indexOf(undefined);
+    if (best !== undefined && (best.inFlight === 0 || free < 0)) return best;
+    const started = new IoThread();
+    this.threads[free] = started;
+    return started;
   }
 
   /** fdatasync: the data and the metadata needed to read it back, which is what a flush promises. */
@@ -169,7 +199,9 @@ export class FileBackend implements BlockBackend {
     await this.write(offset, iov);
   }
 
-  close(): Promise<void> {
-    return this.file.close();
+  /** Waits for the I/O threads to finish what they were given, then closes the file. */
+  async close(): Promise<void> {
+    await Promise.all(this.threads.map((t) => t?.close()));
+    await this.file.close();
   }
 }
