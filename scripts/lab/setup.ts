@@ -17,7 +17,7 @@ import { buildInitramfs, initramfsKey } from './initramfs.ts';
 
 /** QEMU 7.2 and qemu-storage-daemon for the peers, DPDK, and what building the lab itself takes. */
 const HOST_PACKAGES = [
-  'qemu-system-x86', 'qemu-system-common', 'qemu-utils', 'dpdk', 'dpdk-dev', 'busybox-static',
+  'qemu-system-x86', 'qemu-system-common', 'qemu-utils', 'dpdk', 'dpdk-dev', 'busybox-static', 'tshark',
   'debootstrap', 'xz-utils', 'zstd', 'cpio', 'fio', 'gzip', 'kmod', 'ca-certificates',
 ];
 const SUITE = 'trixie';
