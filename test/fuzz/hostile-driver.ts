@@ -14,6 +14,7 @@ import { DescFlag, DeviceStatus, Feature, featureBit } from '../../src/virtio/co
 import type { GuestMemory } from '../../src/virtio/memory.ts';
 import type { QueueAddresses } from '../../src/virtio/queue.ts';
 import { ringLayout, type RingLayout } from '../../src/virtio/ring.ts';
+import { AVAIL_USED, availablePattern, usedPattern } from '../../src/virtio/packed/ring.ts';
 import { placeRingAreas } from '../../src/virtio/split/layout.ts';
 import { DATA_BASE, RING_BASE } from './guarded-memory.ts';
 import {
@@ -37,7 +38,6 @@ export class Finding extends Error {
 
 const U32 = 0x1_0000_0000;
 const { NEXT, INDIRECT, AVAIL, USED } = DescFlag;
-const AVAIL_USED = AVAIL | USED;
 const RING_FEATURES = [Feature.RING_PACKED, Feature.EVENT_IDX, Feature.INDIRECT_DESC, Feature.IN_ORDER].reduce(
   (m, bit) => m | featureBit(bit),
   0n,
@@ -49,18 +49,10 @@ const FLAG_PATTERNS = [0, AVAIL, USED, AVAIL_USED];
 export const HONEST: Publish = { entry: undefined, advance: 1, lie: undefined };
 
 /** Where the driver's well-formed requests keep their indirect table (beyond any ring). */
-export const VALID_TABLE = RING_BASE + 0x4000;
-
-export function availablePattern(wrap: boolean): number {
-  return wrap ? AVAIL : USED;
-}
-
-export function usedPattern(wrap: boolean): number {
-  return wrap ? AVAIL_USED : 0;
-}
+const VALID_TABLE = RING_BASE + 0x4000;
 
 /** The guest address a scenario's address choice names. */
-export function resolve(addr: AddrChoice): number {
+function resolve(addr: AddrChoice): number {
   switch (addr.kind) {
     case 'data':
       return DATA_BASE + addr.offset;
