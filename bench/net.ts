@@ -1,0 +1,129 @@
+/**
+ * `npm run bench -- net`: packets per second a DPDK virtio-user driver (testpmd txonly) can put
+ * through a vhost-user virtio-net back-end, for `paravirt serve net` next to DPDK's own net_vhost
+ * PMD (testpmd rxonly), with 64-byte and 1500-byte frames. Both back-ends are up at once on the
+ * same machine; rounds alternate between them and the median of each side is reported with the
+ * ratio paravirt / DPDK.
+ *
+ * The rate is what the sender's port counted as transmitted over the measuring window: a frame
+ * counts once the back-end has room for it, so the sender runs exactly as fast as the back-end
+ * takes frames off the ring (txonly drops what does not fit and does not count it).
+ *
+ * The paravirt back-end runs under `node --cpu-prof`; the functions with the most self time are
+ * reported at the end. Two cores: the sender's forwarding thread on CPU 0, the back-end (the
+ * node process, or net_vhost's forwarding thread) on CPU 1.
+ */
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startTestpmd, type Testpmd } from '../test/lab/dpdk.ts';
+import { PeerProcess } from '../test/lab/peer-process.ts';
+import { summarizeCpuProfile } from './_cpuprofile.ts';
+import { report } from './_report.ts';
+
+const BENCH = 'net';
+const FRAME_SIZES = [64, 1500] as const;
+/** Rounds per side per frame size; odd, so the median is one round. */
+const ROUNDS = 3;
+/** Forwarding before the window opens (rings filled, JIT warm). */
+const WARMUP_MS = 1000;
+const WINDOW_MS = 3000;
+const PROFILE_TOP = 10;
+
+const repo = dirname(dirname(fileURLToPath(import.meta.url)));
+
+type SideName = 'paravirt' | 'dpdk';
+
+interface Side {
+  readonly name: SideName;
+  readonly socketPath: string;
+}
+
+const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const round2 = (x: number): number => Math.round(x * 100) / 100;
+const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** `paravirt serve net` as a user runs it, on CPU 1, under the V8 CPU profiler. */
+async function startParavirt(socketPath: string, profileDir: string): Promise<PeerProcess> {
+  const argv = ['taskset', '-c', '1', process.execPath, '--cpu-prof', `--cpu-prof-dir=${profileDir}`, join(repo, 'bin/paravirt.js'), 'serve', 'net', '--socket-path', socketPath, '--log-level', 'warn'];
+  const peer = new PeerProcess('paravirt serve net', argv, { textStdout: true, cleanup: () => rmSync(socketPath, { force: true }) });
+  // Listening happens before the first event-loop turn; the socket file says it is there.
+  for (let i = 0; i < 1000 && !statSync(socketPath, { throwIfNoEntry: false })?.isSocket(); i++) await delay(10);
+  return peer;
+}
+
+/** One round: a fresh virtio-user sender on `side`, its transmit rate over the window in packets/s. */
+async function measure(side: Side, frameBytes: number, vhost: Testpmd): Promise<number> {
+  // net_vhost polls only while its forwarding runs: keep it off CPU 1 while paravirt is measured.
+  if (side.name === 'dpdk') await vhost.start();
+  const sender = await startTestpmd({
+    name: `sender-${side.name}`,
+    port: { kind: 'virtio-user', socketPath: side.socketPath },
+    forwardMode: 'txonly',
+    txPacketBytes: frameBytes,
+    lcores: { main: 1, forward: 0 },
+  });
+  try {
+    await sender.start();
+    await delay(WARMUP_MS);
+    const before = await sender.portStats();
+    const t0 = performance.now();
+    await delay(WINDOW_MS);
+    const after = await sender.portStats();
+    const seconds = (performance.now() - t0) / 1000;
+    await sender.stop();
+    return (after.txPackets - before.txPackets) / seconds;
+  } finally {
+    await sender.close();
+    if (side.name === 'dpdk') await vhost.stop();
+  }
+}
+
+function reportProfile(profileDir: string, context: Record<string, unknown>): void {
+  const files = readdirSync(profileDir).filter((f) => f.endsWith('.cpuprofile'));
+  if (files.length === 0) throw new Error(`the paravirt back-end wrote no CPU profile into ${profileDir} (did it exit cleanly?)`);
+  const summary = summarizeCpuProfile(join(profileDir, files[0]), repo, PROFILE_TOP);
+  report(BENCH, 'profile_busy_share_paravirt', round2((100 * summary.busyMicros) / summary.totalMicros), '%', context);
+  summary.top.forEach((entry, rank) =>
+    report(BENCH, 'profile_self_paravirt', round2(100 * entry.share), '% of busy', { rank: rank + 1, frame: entry.frame, ms: Math.round(entry.micros / 1000) }));
+}
+
+export async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'paravirt-bench-net-'));
+  const profileDir = join(dir, 'profile');
+  const loadBefore = loadavg();
+  const sides: Side[] = [
+    { name: 'paravirt', socketPath: join(dir, 'paravirt.sock') },
+    { name: 'dpdk', socketPath: join(dir, 'vhost.sock') },
+  ];
+  const paravirt = await startParavirt(sides[0].socketPath, profileDir);
+  let vhost: Testpmd | undefined;
+  try {
+    vhost = await startTestpmd({ name: 'net-vhost', port: { kind: 'vhost', socketPath: sides[1].socketPath }, forwardMode: 'rxonly', lcores: { main: 0, forward: 1 } });
+    const context = { rounds: ROUNDS, windowMs: WINDOW_MS, sender: 'testpmd net_virtio_user txonly, split ring, mrg_rxbuf' };
+    for (const frameBytes of FRAME_SIZES) {
+      const rates: Record<SideName, number[]> = { paravirt: [], dpdk: [] };
+      for (let round = 0; round < ROUNDS; round++) {
+        // Alternate which side goes first, so drift in the machine's load falls on both.
+        const order = round % 2 === 0 ? sides : [...sides].reverse();
+        for (const side of order) rates[side.name].push(await measure(side, frameBytes, vhost));
+      }
+      const medians = { paravirt: median(rates.paravirt), dpdk: median(rates.dpdk) };
+      for (const name of ['paravirt', 'dpdk'] as const) {
+        report(BENCH, `tx_${frameBytes}b_pps_${name}`, Math.round(medians[name]), 'packets/s', { runs: rates[name].map(Math.round), ...context });
+      }
+      report(BENCH, `tx_${frameBytes}b_ratio_paravirt_over_dpdk`, round2(medians.paravirt / medians.dpdk), 'x', context);
+    }
+  } finally {
+    await vhost?.close();
+    // SIGTERM: the back-end shuts down cleanly, which is when V8 writes the profile.
+    await paravirt.stop();
+  }
+  report(BENCH, 'loadavg_1min', round2(loadBefore[0]), 'load', { after: round2(loadavg()[0]) });
+  try {
+    reportProfile(profileDir, {});
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
