@@ -1,0 +1,185 @@
+/**
+ * The net driver over the vhost-user front-end transmitting 64-byte frames into DPDK's net_vhost
+ * (testpmd rxonly), against DPDK's own virtio-user driver (testpmd txonly) into the same
+ * net_vhost: the packet rate each reaches and their ratio. The drivers take turns on the one
+ * socket, round after round, so load on the shared machine hits both alike; each reports its
+ * median. net_vhost counts what arrives, so both are measured by the same counter.
+ *
+ * CPUs: net_vhost polls on CPU 1; the driver under test (this process, or virtio-user's
+ * forwarding lcore) runs on CPU 0.
+ *
+ * With PARAVIRT_BENCH_CPU_PROF=DIR one more paravirt round per ring layout runs under the V8 CPU
+ * profiler (the same profile `node --cpu-prof` writes, for these rounds only); the profiles are
+ * written to DIR and the functions with the most self time over them all are reported.
+ */
+import { execFileSync } from 'node:child_process';
+import { Session } from 'node:inspector/promises';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { pino } from 'pino';
+import { summarizeCpuProfile } from './_cpuprofile.ts';
+import { report } from './_report.ts';
+import { NetDriver } from '../src/devices/net/driver.ts';
+import { connectNet } from '../src/transports/vhost-user/frontend-net.ts';
+import { Feature, hasFeature } from '../src/virtio/constants.ts';
+import { startTestpmd, type Testpmd } from '../test/lab/dpdk.ts';
+
+const BENCH = 'frontend-net';
+const FRAME_BYTES = 64;
+/** Both drivers use rings of this size (DPDK virtio-user's default). */
+const QUEUE_SIZE = 256;
+/** Sends the paravirt driver keeps in flight: one ring's worth. */
+const WINDOW = QUEUE_SIZE;
+const WARMUP_SECONDS = 0.5;
+const ROUND_SECONDS = 2;
+const ROUNDS = 5;
+const PROFILE_TOP = 12;
+const repo = fileURLToPath(new URL('..', import.meta.url));
+const log = pino({ level: 'warn' });
+
+interface Rate {
+  readonly pps: number;
+  /** This process's CPU time per packet (the paravirt side only). */
+  readonly cpuMicrosPerPacket?: number;
+}
+
+/** Packets per second net_vhost counts over ROUND_SECONDS, after WARMUP_SECONDS of traffic. */
+async function received(vhost: Testpmd): Promise<{ packets: number; seconds: number }> {
+  await sleep(WARMUP_SECONDS * 1000);
+  const before = (await vhost.portStats()).rxPackets;
+  const start = process.hrtime.bigint();
+  await sleep(ROUND_SECONDS * 1000);
+  const after = (await vhost.portStats()).rxPackets;
+  return { packets: after - before, seconds: Number(process.hrtime.bigint() - start) / 1e9 };
+}
+
+/** One round of the paravirt net driver over the front-end: WINDOW senders until told to stop. */
+async function paravirtRound(vhost: Testpmd, socketPath: string, packed: boolean): Promise<Rate> {
+  const net = await NetDriver.open(await connectNet(socketPath, { queueSize: QUEUE_SIZE, log }), { packed, queueSize: QUEUE_SIZE, log });
+  try {
+    if (hasFeature(net.features, Feature.RING_PACKED) !== packed) throw new Error(`net_vhost did not negotiate the ${packed ? 'packed' : 'split'} ring`);
+    const frame = new Uint8Array(FRAME_BYTES).fill(0xff, 0, 6);
+    frame.set(net.mac, 6);
+    let running = true;
+    const lane = async (): Promise<void> => {
+      while (running) await net.send(frame);
+    };
+    const lanes = Promise.all(Array.from({ length: WINDOW }, lane));
+    const cpu = process.cpuUsage();
+    const sent = net.counters.txPackets;
+    const { packets, seconds } = await received(vhost);
+    const used = process.cpuUsage(cpu);
+    const ours = net.counters.txPackets - sent;
+    running = false;
+    await lanes;
+    return { pps: packets / seconds, cpuMicrosPerPacket: (used.user + used.system) / ours };
+  } finally {
+    await net.close();
+  }
+}
+
+/** One round of DPDK's virtio-user driver (testpmd txonly) on the same socket. */
+async function virtioUserRound(vhost: Testpmd, socketPath: string, packed: boolean): Promise<Rate> {
+  const sender = await startTestpmd({
+    name: 'virtio-user',
+    port: { kind: 'virtio-user', socketPath, packedVq: packed, queueSize: QUEUE_SIZE },
+    forwardMode: 'txonly',
+    txPacketBytes: FRAME_BYTES,
+    lcores: { main: 1, forward: 0 },
+  });
+  try {
+    await sender.start();
+    const { packets, seconds } = await received(vhost);
+    await sender.stop();
+    return { pps: packets / seconds };
+  } finally {
+    await sender.close();
+  }
+}
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+const round2 = (v: number): number => Math.round(v * 100) / 100;
+
+/** Runs `body` under the V8 CPU profiler when `profileDir` is set, writing the profile there. */
+async function profiled<T>(profileDir: string, session: Session | undefined, body: () => Promise<T>): Promise<T> {
+  if (session === undefined) return body();
+  await session.post('Profiler.start');
+  try {
+    return await body();
+  } finally {
+    const { profile } = await session.post('Profiler.stop');
+    // V8 charges the time from Profiler.start to the first sample to that sample: it was not sampled.
+    if (profile.timeDeltas !== undefined && profile.timeDeltas.length > 0) profile.timeDeltas[0] = 0;
+    writeFileSync(join(profileDir, `paravirt-${Date.now()}.cpuprofile`), JSON.stringify(profile));
+  }
+}
+
+export async function main(): Promise<void> {
+  const profileDir = process.env.PARAVIRT_BENCH_CPU_PROF;
+  let session: Session | undefined;
+  if (profileDir !== undefined) {
+    mkdirSync(profileDir, { recursive: true });
+    session = new Session();
+    session.connect();
+    await session.post('Profiler.enable');
+  }
+  // This process is the paravirt driver: on CPU 0, where virtio-user's forwarding lcore runs in its turn.
+  execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
+  const dir = mkdtempSync(join(tmpdir(), 'paravirt-bench-net-'));
+  const socketPath = join(dir, 'vhost.sock');
+  const vhost = await startTestpmd({ name: 'net-vhost', port: { kind: 'vhost', socketPath }, forwardMode: 'rxonly', lcores: { main: 0, forward: 1 } });
+  try {
+    await vhost.start();
+    for (const packed of [false, true]) {
+      const ring = packed ? 'packed' : 'split';
+      const paravirt: Rate[] = [];
+      const dpdk: Rate[] = [];
+      for (let i = 0; i < ROUNDS; i++) {
+        paravirt.push(await paravirtRound(vhost, socketPath, packed));
+        dpdk.push(await virtioUserRound(vhost, socketPath, packed));
+      }
+      // The profiler slows what it watches: its round is one more, not one of those measured.
+      if (profileDir !== undefined) await profiled(profileDir, session, () => paravirtRound(vhost, socketPath, packed));
+      const context = { ring, frame_bytes: FRAME_BYTES, queue_size: QUEUE_SIZE, rounds: ROUNDS, round_seconds: ROUND_SECONDS, loadavg: loadavg()[0] };
+      const paravirtPps = median(paravirt.map((r) => r.pps));
+      const dpdkPps = median(dpdk.map((r) => r.pps));
+      report(BENCH, `tx_64b_${ring}_paravirt_pps`, Math.round(paravirtPps), 'packets/s', {
+        ...context,
+        window: WINDOW,
+        driver_cpu_us_per_packet: round2(median(paravirt.map((r) => r.cpuMicrosPerPacket ?? 0))),
+      });
+      report(BENCH, `tx_64b_${ring}_virtio_user_pps`, Math.round(dpdkPps), 'packets/s', context);
+      report(BENCH, `tx_64b_${ring}_paravirt_over_virtio_user`, Number((paravirtPps / dpdkPps).toFixed(4)), 'ratio', {
+        ...context,
+        median_of_round_ratios: Number(median(paravirt.map((r, i) => r.pps / dpdk[i].pps)).toFixed(4)),
+      });
+    }
+  } finally {
+    await vhost.close();
+    rmSync(dir, { recursive: true, force: true });
+    session?.disconnect();
+  }
+  if (profileDir !== undefined) reportProfile(profileDir);
+}
+
+function reportProfile(profileDir: string): void {
+  // All paravirt rounds together: self time per function summed over every round's profile.
+  const totals = new Map<string, number>();
+  let busy = 0;
+  for (const file of readdirSync(profileDir).filter((f) => f.endsWith('.cpuprofile'))) {
+    const summary = summarizeCpuProfile(join(profileDir, file), repo, Number.MAX_SAFE_INTEGER);
+    busy += summary.busyMicros;
+    for (const entry of summary.top) totals.set(entry.frame, (totals.get(entry.frame) ?? 0) + entry.micros);
+  }
+  [...totals]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, PROFILE_TOP)
+    .forEach(([frame, micros], rank) => report(BENCH, 'profile_self_paravirt', round2((100 * micros) / busy), '% of busy', { rank: rank + 1, frame, ms: Math.round(micros / 1000) }));
+}
