@@ -4,6 +4,7 @@
  *
  *   paravirt serve blk --socket-path S --image F [--read-only] [--queues N] [--queue-size N]
  *   paravirt serve rng --socket-path S
+ *   paravirt serve net --socket-path S [--socket-path S2 ...] [--tap IF | --tunnel HOST:PORT] [--queues N] [--pcap F]
  *   paravirt blk --socket-path S info|read|write|bench   (a vhost-user-blk back-end as a disk)
  *
  * `serve` follows vhost-user.rst "Backend program conventions": --socket-path or an inherited
