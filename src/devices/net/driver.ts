@@ -163,6 +163,14 @@ export class NetDriver {
   private closed = false;
   /** MRG_RXBUF negotiated: a frame may span several receive buffers (§5.1.6.4). */
   private readonly mergeable: boolean;
+  /**
+   * The MTU, fixed at start: §5.1.4.1 forbids the device to change it once set, and a copy keeps
+   * a device that does anyway from resizing buffers in use. Read on every send, so kept as a
+   * number rather than worked out from the feature bits each time.
+   */
+  private readonly mtuBytes: number;
+  /** Transmit buffers hold a header and the largest plain frame; GSO frames get their own. */
+  private readonly txSlotSize: number;
 
   private constructor(
     /** The generic driver underneath: its queues carry what the methods here build. */
@@ -176,6 +184,8 @@ export class NetDriver {
     this.cfg = cfg;
     this.address = cfg.mac;
     this.mergeable = hasFeature(core.features, NetFeature.MRG_RXBUF);
+    this.mtuBytes = hasFeature(core.features, NetFeature.MTU) ? cfg.mtu : DEFAULT_MTU;
+    this.txSlotSize = NET_HDR_SIZE + plainFrameLimit(this.mtuBytes);
   }
 
   /** Initialize the device behind `transport` (§3.1.1, §5.1.5), post receive buffers, return the driver. */
@@ -244,7 +254,7 @@ export class NetDriver {
 
   /** The MTU: the device's with VIRTIO_NET_F_MTU, else 1500. */
   get mtu(): number {
-    return hasFeature(this.features, NetFeature.MTU) ? this.cfg.mtu : DEFAULT_MTU;
+    return this.mtuBytes;
   }
 
   /** The configuration space as last read. */
@@ -276,7 +286,7 @@ export class NetDriver {
     if (!Number.isInteger(pair) || pair < 0 || pair >= this.pairsInUse) {
       throw new RangeError(`net: queue pair ${pair} is not in use (${this.pairsInUse} in use)`);
     }
-    const limit = meta.gsoType === GsoType.NONE ? plainFrameLimit(this.mtu) : MAX_GSO_FRAME;
+    const limit = meta.gsoType === GsoType.NONE ? this.txSlotSize - NET_HDR_SIZE : MAX_GSO_FRAME;
     if (frame.length < ETH_HLEN || frame.length > limit) {
       throw new RangeError(`net: a frame of ${frame.length} bytes is outside ${ETH_HLEN}..${limit} bytes`);
     }
@@ -559,11 +569,6 @@ export class NetDriver {
       for (const l of this.announceListeners) await l();
       await this.ackAnnounce();
     }
-  }
-
-  /** Transmit buffers hold a header and the largest plain frame; GSO frames get their own. */
-  private get txSlotSize(): number {
-    return NET_HDR_SIZE + plainFrameLimit(this.mtu);
   }
 
   /** A transmit buffer; at most one per transmit ring entry exist, so a burst waits instead of exhausting memory. */
