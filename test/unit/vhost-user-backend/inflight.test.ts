@@ -7,6 +7,11 @@ import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { pino } from 'pino';
 import { InflightRegion, type SplitInflight, inflightQueueBytes, inflightShapeError } from '../../../src/transports/vhost-user/inflight.ts';
+import { InflightQueue } from '../../../src/transports/vhost-user/inflight-queue.ts';
+import type { DescriptorChain } from '../../../src/virtio/queue.ts';
+import { createDriverQueue } from '../../../src/virtio/ring.ts';
+import { SplitDeviceQueue } from '../../../src/virtio/split/device.ts';
+import { DATA, RawRing } from '../virtio/split-ring-fixture.ts';
 
 const silent = pino({ level: 'silent' });
 const ENTRIES = 16;
@@ -184,6 +189,64 @@ test('property: a crash at any step recovers exactly the heads not yet in the us
       assert.deepEqual(order(heads), order(expected));
       // Oldest first: the order they were taken in, which `held` keeps for never-returned heads.
       assert.deepEqual(heads.filter((h) => held.includes(h)), held.filter((h) => heads.includes(h)));
+    }),
+  );
+});
+
+test('property: through a crash of the device at any point, every buffer the driver made available is used exactly once', () => {
+  type Op = { kind: 'add' } | { kind: 'pop' } | { kind: 'push'; pick: number } | { kind: 'publish' } | { kind: 'collect' };
+  const op = fc.oneof(
+    fc.constant<Op>({ kind: 'add' }),
+    fc.constant<Op>({ kind: 'pop' }),
+    fc.nat().map<Op>((pick) => ({ kind: 'push', pick })),
+    fc.constant<Op>({ kind: 'publish' }),
+    fc.constant<Op>({ kind: 'collect' }),
+  );
+  fc.assert(
+    fc.property(fc.array(op, { maxLength: 80 }), fc.boolean(), (ops, inOrder) => {
+      const size = 8;
+      const ring = new RawRing(size, { inOrder });
+      const driver = createDriverQueue<number>(ring.memory, ring.config, false, 'driver');
+      const bytes = new Uint8Array(InflightRegion.byteLength(1, size));
+      const region = new InflightRegion(bytes, 1, size);
+      const start = (base: number | undefined): InflightQueue => {
+        const rec = region.queue(0, silent)!;
+        const heads = rec.recover(size, ring.usedIdx);
+        const at = heads === undefined ? base! : (ring.usedIdx + heads.length) & 0xffff;
+        return new InflightQueue(new SplitDeviceQueue(ring.memory, ring.config, 'device', at), rec);
+      };
+      let device = start(0);
+      let added = 0;
+      const used: number[] = [];
+      const collect = (): void => {
+        for (let u = driver.getUsed(); u !== null; u = driver.getUsed()) used.push(u.token);
+      };
+      let held: DescriptorChain[] = [];
+      for (const o of ops) {
+        if (o.kind === 'add') {
+          if (driver.add([], [{ addr: DATA + 64 * (added % 64), len: 64 }], added)) added++;
+          driver.kick();
+        } else if (o.kind === 'pop') {
+          const c = device.pop();
+          if (c !== null) held.push(c);
+        } else if (o.kind === 'push' && held.length > 0) {
+          // IN_ORDER devices return buffers in the order they took them (§2.7.9).
+          const [c] = held.splice(inOrder ? 0 : o.pick % held.length, 1);
+          device.push(c, 0);
+        } else if (o.kind === 'publish') {
+          device.publish();
+        } else if (o.kind === 'collect') {
+          collect();
+        }
+      }
+      // The device dies here; a new one starts over the same ring and region and serves everything.
+      device = start(undefined);
+      held = [];
+      for (let c = device.pop(); c !== null; c = device.pop()) held.push(c);
+      for (const c of held) device.push(c, 0);
+      device.publish();
+      collect();
+      assert.deepEqual([...used].sort((a, b) => a - b), Array.from({ length: added }, (_, i) => i));
     }),
   );
 });
