@@ -88,9 +88,14 @@ export class InflightRegion {
  */
 export class SplitInflight {
   private readonly view: DataView;
-  private counter = 1n;
+  /**
+   * The next counter. A number, written as two 32-bit halves, keeps the per-request path free of
+   * BigInt allocations; 2^53 requests are more than a ring sees.
+   */
+  private counter = 1;
   /** Heads returned since the last publish: the batch the next used index covers. */
-  private batch: number[] = [];
+  private readonly batch: Uint16Array;
+  private batchLength = 0;
   /** Heads recover() found in flight, in the order they were taken, not yet handed out again. */
   private pending: number[] = [];
 
@@ -102,6 +107,7 @@ export class SplitInflight {
     private readonly log: Logger,
   ) {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+    this.batch = new Uint16Array(entries);
   }
 
   /**
@@ -120,9 +126,9 @@ export class SplitInflight {
       v.setUint16(VERSION_AT, VERSION, true);
       v.setUint16(DESC_NUM_AT, this.entries, true);
       v.setUint16(USED_IDX_AT, usedIdx, true);
-      this.counter = 1n;
+      this.counter = 1;
       this.pending = [];
-      this.batch = [];
+      this.batchLength = 0;
       return undefined;
     }
     v.setUint16(DESC_NUM_AT, this.entries, true);
@@ -144,9 +150,15 @@ export class SplitInflight {
     }
     // Equal counters (a garbled region) keep head order: any order is as good as another then.
     found.sort((a, b) => (a.counter < b.counter ? -1 : a.counter > b.counter ? 1 : a.head - b.head));
-    this.counter = BigInt.asUintN(64, newest + 1n);
     this.pending = found.map((f) => f.head);
-    this.batch = [];
+    this.batchLength = 0;
+    if (newest < BigInt(Number.MAX_SAFE_INTEGER)) {
+      this.counter = Number(newest) + 1;
+    } else {
+      // Counters no ring reaches (a garbled region): number the heads afresh, in their order.
+      this.pending.forEach((head, k) => this.writeCounter(head, k + 1));
+      this.counter = this.pending.length + 1;
+    }
     return [...this.pending];
   }
 
@@ -182,10 +194,14 @@ export class SplitInflight {
 
   /** A chain with head `head` was taken from the available ring. */
   taken(head: number): void {
-    const at = HEADER_SIZE + head * DESC_SIZE;
-    this.view.setBigUint64(at + COUNTER_AT, this.counter, true);
-    this.counter = BigInt.asUintN(64, this.counter + 1n);
-    this.view.setUint8(at + INFLIGHT_AT, 1);
+    this.writeCounter(head, this.counter++);
+    this.view.setUint8(HEADER_SIZE + head * DESC_SIZE + INFLIGHT_AT, 1);
+  }
+
+  private writeCounter(head: number, counter: number): void {
+    const at = HEADER_SIZE + head * DESC_SIZE + COUNTER_AT;
+    this.view.setUint32(at, counter >>> 0, true);
+    this.view.setUint32(at + 4, Math.floor(counter / 2 ** 32), true);
   }
 
   /** The chain with head `head` was returned; it joins the batch the next used index publishes. */
@@ -193,15 +209,19 @@ export class SplitInflight {
     const v = this.view;
     v.setUint16(HEADER_SIZE + head * DESC_SIZE + NEXT_AT, v.getUint16(LAST_BATCH_HEAD_AT, true), true);
     v.setUint16(LAST_BATCH_HEAD_AT, head, true);
-    this.batch.push(head);
+    // A driver can make a returned head available again before the device publishes, so a
+    // batch may name a head twice; once the batch outgrows the ring, its heads are already kept.
+    if (this.batchLength < this.batch.length) this.batch[this.batchLength] = head;
+    this.batchLength++;
   }
 
   /** The used index now covers the batch: its heads are no longer in flight. */
   published(): void {
-    if (this.batch.length === 0) return;
+    const n = this.batchLength;
+    if (n === 0) return;
     const v = this.view;
-    for (const head of this.batch) v.setUint8(HEADER_SIZE + head * DESC_SIZE + INFLIGHT_AT, 0);
-    v.setUint16(USED_IDX_AT, (v.getUint16(USED_IDX_AT, true) + this.batch.length) & 0xffff, true);
-    this.batch = [];
+    for (let k = 0; k < Math.min(n, this.batch.length); k++) v.setUint8(HEADER_SIZE + this.batch[k] * DESC_SIZE + INFLIGHT_AT, 0);
+    v.setUint16(USED_IDX_AT, (v.getUint16(USED_IDX_AT, true) + n) & 0xffff, true);
+    this.batchLength = 0;
   }
 }

@@ -114,6 +114,20 @@ test('a crash after returning but before the used index moved resubmits the retu
   assert.deepEqual(reopen(region).recover(8, 0), [3]);
 });
 
+test('a batch longer than the ring (a head returned, made available and returned again) keeps the record intact', () => {
+  const { rec, raw } = record(4);
+  rec.recover(4, 0);
+  for (let k = 0; k < 10; k++) {
+    rec.taken(2);
+    rec.returned(2);
+  }
+  rec.published();
+  assert.equal(raw.getUint16(8, true), 1, 'version untouched');
+  assert.equal(raw.getUint16(10, true), 4, 'desc_num untouched');
+  assert.equal(raw.getUint16(14, true), 10, 'used_idx covers every buffer returned');
+  assert.equal(entry(raw, 2).inflight, 0);
+});
+
 test('hostile records are dropped with a log line, never trusted or thrown', () => {
   const { rec, raw, region } = record();
   rec.recover(8, 0);
@@ -131,6 +145,7 @@ test('hostile records are dropped with a log line, never trusted or thrown', () 
   assert.deepEqual(heads, [2, 3, 0]);
   assert.equal(entry(raw, 1).inflight, 0, 'the garbled flag was cleared');
   assert.equal(entry(raw, 9).inflight, 0, 'the head past the ring was cleared');
+  assert.deepEqual([2, 3, 0].map((h) => entry(raw, h).counter), [1n, 2n, 3n], 'counters no ring reaches are renumbered in order');
 
   // A batch link out of range stops the repair; a looping one is bounded by the region.
   raw.setUint16(12, 200, true);
