@@ -8,7 +8,7 @@
 import { open, type FileHandle } from 'node:fs/promises';
 import { punchHole, zeroRange } from '../../native/file-space.ts';
 import { type BlockBackend, DiskImageError } from './backend.ts';
-import { IoThread, MAX_IOVECS as THREAD_IOVECS, Op } from './io-thread.ts';
+import { IoThreads, MAX_IOVECS as THREAD_IOVECS, Op } from './io-thread.ts';
 import { SECTOR_SIZE } from './wire.ts';
 
 /**
@@ -108,15 +108,15 @@ export class FileBackend implements BlockBackend {
     readonly path: string,
     readonly size: number,
     readonly readOnly: boolean,
-    /** The I/O threads, empty when reads and writes take the thread pool; each started on first use. */
-    private readonly threads: (IoThread | undefined)[],
+    /** The I/O threads; undefined when reads and writes take the thread pool. */
+    private readonly threads: IoThreads | undefined,
   ) {}
 
   /** Open an existing raw image; throws DiskImageError naming the path when it cannot serve as a disk. */
   static async open(path: string, options: FileBackendOptions = {}): Promise<FileBackend> {
     const readOnly = options.readOnly ?? false;
-    const threads = options.io === 'thread-pool' ? 0 : (options.threads ?? DEFAULT_THREADS);
-    if (!Number.isInteger(threads) || threads < 0 || threads > 64) {
+    const threads = options.threads ?? DEFAULT_THREADS;
+    if (!Number.isInteger(threads) || threads < 1 || threads > 64) {
       throw new RangeError(`I/O thread count ${threads} is not an integer from 1 to 64`);
     }
     let file: FileHandle;
@@ -135,7 +135,7 @@ export class FileBackend implements BlockBackend {
           `disk image ${path} is ${st.size} bytes, not a whole number of ${SECTOR_SIZE}-byte sectors`,
         );
       }
-      return new FileBackend(file, path, st.size, readOnly, new Array<IoThread | undefined>(threads).fill(undefined));
+      return new FileBackend(file, path, st.size, readOnly, options.io === 'thread-pool' ? undefined : new IoThreads(threads));
     } catch (err) {
       await file.close();
       throw err instanceof DiskImageError ? err : openError(path, readOnly, err);
@@ -144,29 +144,20 @@ export class FileBackend implements BlockBackend {
 
   read(offset: number, segments: readonly Uint8Array[]): Promise<void> {
     const what = `reading ${this.path}`;
-    if (this.threads.length === 0) {
+    const { threads } = this;
+    if (threads === undefined) {
       return vectored(segments, offset, POOL_IOVECS, async (iov, pos) => (await this.file.readv(iov, pos)).bytesRead, what);
     }
-    return vectored(segments, offset, THREAD_IOVECS, (iov, pos) => this.thread().transfer(Op.read, this.file.fd, pos, iov), what);
+    return vectored(segments, offset, THREAD_IOVECS, (iov, pos) => threads.transfer(Op.read, this.file.fd, pos, iov), what);
   }
 
   write(offset: number, segments: readonly Uint8Array[]): Promise<void> {
     const what = `writing ${this.path}`;
-    if (this.threads.length === 0) {
+    const { threads } = this;
+    if (threads === undefined) {
       return vectored(segments, offset, POOL_IOVECS, async (iov, pos) => (await this.file.writev(iov, pos)).bytesWritten, what);
     }
-    return vectored(segments, offset, THREAD_IOVECS, (iov, pos) => this.thread().transfer(Op.write, this.file.fd, pos, iov), what);
-  }
-
-  /** The least busy I/O thread; another starts only when every running one is busy. */
-  private thread(): IoThread {
-    let best: IoThread | undefined;
-    for (const t of this.threads) if (t !== undefined && (best === undefined || t.inFlight < best.inFlight)) best = t;
-    const free = this.threads.indexOf(undefined);
-    if (best !== undefined && (best.inFlight === 0 || free < 0)) return best;
-    const started = new IoThread();
-    this.threads[free] = started;
-    return started;
+    return vectored(segments, offset, THREAD_IOVECS, (iov, pos) => threads.transfer(Op.write, this.file.fd, pos, iov), what);
   }
 
   /** fdatasync: the data and the metadata needed to read it back, which is what a flush promises. */
@@ -201,7 +192,7 @@ export class FileBackend implements BlockBackend {
 
   /** Waits for the I/O threads to finish what they were given, then closes the file. */
   async close(): Promise<void> {
-    await Promise.all(this.threads.map((t) => t?.close()));
+    await this.threads?.close();
     await this.file.close();
   }
 }

@@ -1,6 +1,6 @@
 /**
  * The shared memory between the event loop and one I/O thread (io-thread.ts): a ring of request
- * slots and four counters, in one SharedArrayBuffer both threads see.
+ * slots and its counters, in one SharedArrayBuffer both threads see.
  *
  * One producer (the event loop) fills slots and advances `submitted`; one consumer (the I/O
  * thread) performs them in order and advances `completed`. Each side only ever writes its own
@@ -24,8 +24,8 @@ export const Counter = {
   submitted: 0,
   /** Slots performed by the I/O thread, results stored. */
   completed: 1,
-  /** 1 while a wake-up signalled to the event loop is not consumed yet: signal only on 0 -> 1. */
-  wakePending: 2,
+  /** 1 while the I/O thread is about to sleep or sleeping: only then does a submission notify it. */
+  sleeping: 2,
   /** Set to 1 to make the I/O thread exit once it has nothing left to do. */
   stop: 3,
 } as const;

@@ -12,14 +12,17 @@ import { Counter, IoRing, Op, SLOTS } from './io-ring.ts';
 
 export interface IoThreadData {
   readonly buffer: SharedArrayBuffer;
-  /** The event loop's eventfd, owned (and closed) by the event loop side. */
+  /** The event loop's eventfd, shared by all its I/O threads, owned (and closed) by the event loop side. */
   readonly wakeFd: number;
+  /** One Int32: 1 while a wake-up signalled on `wakeFd` is not consumed yet, so only 0 -> 1 signals. */
+  readonly wakePending: SharedArrayBuffer;
 }
 
-const { buffer, wakeFd } = workerData as IoThreadData;
-const ring = new IoRing(buffer);
+const data = workerData as IoThreadData;
+const ring = new IoRing(data.buffer);
 const { control } = ring;
-const wake = EventFd.adopt(wakeFd);
+const wake = EventFd.adopt(data.wakeFd);
+const wakePending = new Int32Array(data.wakePending);
 
 /** Bytes transferred, or -errno; a call interrupted by a signal is simply made again. */
 function perform(s: number): number {
@@ -36,13 +39,18 @@ let done = Atomics.load(control, Counter.completed);
 for (;;) {
   if (Atomics.load(control, Counter.submitted) === done) {
     if (Atomics.load(control, Counter.stop) !== 0) break;
-    // Sleeps only while `submitted` still equals `done`: a request published meanwhile is not missed.
-    Atomics.wait(control, Counter.submitted, done);
+    // Announce the sleep, then look again: a submission either is seen here or sees the flag and
+    // notifies; and the wait itself returns at once if `submitted` moved in between.
+    Atomics.store(control, Counter.sleeping, 1);
+    if (Atomics.load(control, Counter.submitted) === done && Atomics.load(control, Counter.stop) === 0) {
+      Atomics.wait(control, Counter.submitted, done);
+    }
+    Atomics.store(control, Counter.sleeping, 0);
     continue;
   }
   const s = done & (SLOTS - 1);
   ring.setResult(s, perform(s));
   done = (done + 1) | 0;
   Atomics.store(control, Counter.completed, done);
-  if (Atomics.exchange(control, Counter.wakePending, 1) === 0) wake.signal();
+  if (Atomics.exchange(wakePending, 0, 1) === 0) wake.signal();
 }

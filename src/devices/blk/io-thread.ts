@@ -1,16 +1,19 @@
 /**
- * Block I/O on a worker thread of its own, so the event loop never waits for the disk and pays
+ * Block I/O on worker threads of its own, so the event loop never waits for the disk and pays
  * no thread-pool round trip per request.
  *
- * The event loop fills slots of a shared ring (io-ring.ts) and publishes them once per turn of
- * the microtask queue, so a batch of requests popped from a virtqueue costs one Atomics.notify.
- * The thread performs them with blocking preadv/pwritev straight on the guest's buffers and wakes
- * the event loop through an eventfd watched on its own epoll set, again once per batch. Compared
- * with node:fs/promises (one libuv work item, one thread wake-up and one promise chain per call)
- * this removes most of the event loop's work per request: see "Threading" in docs/performance.md.
+ * The event loop fills slots of a shared ring per thread (io-ring.ts) and publishes them once per
+ * turn of the microtask queue, so a batch of requests popped from a virtqueue costs at most one
+ * Atomics.notify, and none while the thread is still busy. The thread performs them with
+ * blocking preadv/pwritev straight on the guest's buffers and wakes the event loop through one
+ * eventfd that all the threads share, watched on the loop's epoll set, and only when no earlier
+ * wake-up is unread: completions arrive in batches, which the queue server publishes with one
+ * used-buffer notification. Compared with node:fs/promises (one libuv work item, one thread
+ * wake-up and one promise chain per call) this removes most of the event loop's work per
+ * request: see "Threading" in docs/performance.md.
  *
- * Requests on one thread run one after another; FileBackend spreads its requests over several
- * threads so that a real disk still sees many at once.
+ * Requests on one thread run one after another; several threads let a real disk see several at
+ * once. One thread starts with the group, another only when every running one is busy.
  */
 import { Worker } from 'node:worker_threads';
 import { EventFd } from '../../native/eventfd.ts';
@@ -34,12 +37,11 @@ interface Transfer {
   reject(err: Error): void;
 }
 
-export class IoThread {
-  private readonly ring = new IoRing();
-  private readonly wake = EventFd.create();
-  private readonly watcher: Watcher;
-  private readonly worker: Worker;
-  private readonly exited: Promise<void>;
+/** One I/O thread and its ring, seen from the event loop. */
+class IoThread {
+  readonly ring = new IoRing();
+  readonly worker: Worker;
+  readonly exited: Promise<void>;
   /** The transfer in each slot of the ring. */
   private readonly inRing: (Transfer | undefined)[] = new Array<Transfer | undefined>(SLOTS);
   /** Transfers for which the ring had no free slot, oldest first. */
@@ -47,18 +49,12 @@ export class IoThread {
   private submitted = 0;
   private completed = 0;
   private publishScheduled = false;
-  private failure: Error | undefined;
-  private closing: Promise<void> | undefined;
 
-  constructor() {
-    const data: IoThreadData & { entry: string } = { entry: ENTRY, buffer: this.ring.buffer, wakeFd: this.wake.fd };
+  constructor(wake: Omit<IoThreadData, 'buffer'>, onError: (err: Error) => void) {
+    const data: IoThreadData & { entry: string } = { ...wake, entry: ENTRY, buffer: this.ring.buffer };
     this.worker = new Worker(BOOT, { workerData: data });
-    // An idle thread keeps no process alive; transfer() holds a reference while any is in flight.
-    this.worker.unref();
     this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
-    this.worker.on('error', (err) => this.fail(err));
-    this.watcher = watch(this.wake.fd, { readable: () => this.collect() });
-    this.watcher.unref();
+    this.worker.on('error', onError);
   }
 
   /** Transfers submitted and not yet settled. */
@@ -66,21 +62,8 @@ export class IoThread {
     return ((this.submitted - this.completed) | 0) + this.waiting.length;
   }
 
-  /**
-   * Read into or write out of `segments` (at most MAX_IOVECS) at byte `position` of `fd`.
-   * Resolves with the bytes transferred, which may be fewer than asked (end of file); a failed
-   * call rejects with its SyscallError.
-   */
-  transfer(op: Op, fd: number, position: number, segments: readonly Uint8Array[]): Promise<number> {
-    return new Promise<number>((resolve, reject) => {
-      if (this.failure !== undefined) {
-        reject(this.failure);
-        return;
-      }
-      if (this.inFlight === 0) this.worker.ref();
-      const t: Transfer = { op, fd, position, segments, resolve, reject };
-      if (this.waiting.length > 0 || !this.place(t)) this.waiting.push(t);
-    });
+  submit(t: Transfer): void {
+    if (this.waiting.length > 0 || !this.place(t)) this.waiting.push(t);
   }
 
   /** Put `t` in the next free slot; false when the ring is full. */
@@ -97,19 +80,17 @@ export class IoThread {
     return true;
   }
 
-  private publish(): void {
+  /** Make the filled slots visible; wake the thread only if it sleeps (see the worker's loop). */
+  publish(): void {
+    const { control } = this.ring;
     this.publishScheduled = false;
-    Atomics.store(this.ring.control, Counter.submitted, this.submitted);
-    Atomics.notify(this.ring.control, Counter.submitted);
+    Atomics.store(control, Counter.submitted, this.submitted);
+    if (Atomics.load(control, Counter.sleeping) !== 0) Atomics.notify(control, Counter.submitted);
   }
 
   /** Settle every transfer the thread finished, then refill the ring from the waiting ones. */
-  private collect(): void {
-    const { control } = this.ring;
-    this.wake.take();
-    // Cleared before `completed` is read: a transfer finishing after that read signals again.
-    Atomics.store(control, Counter.wakePending, 0);
-    const end = Atomics.load(control, Counter.completed);
+  collect(): void {
+    const end = Atomics.load(this.ring.control, Counter.completed);
     while (this.completed !== end) {
       const s = this.completed & (SLOTS - 1);
       const t = this.inRing[s]!;
@@ -120,30 +101,107 @@ export class IoThread {
       else t.reject(new SyscallError(t.op === Op.read ? 'preadv' : 'pwritev', -result, `at byte ${t.position} of fd ${t.fd}`));
     }
     while (this.waiting.length > 0 && this.place(this.waiting[0])) this.waiting.shift();
-    if (this.inFlight === 0) this.worker.unref();
   }
 
-  /** The thread died (it could not start, or crashed): every transfer, now and later, fails. */
+  /** Reject everything not settled yet with `err`. */
+  fail(err: Error): void {
+    for (let s = 0; s < SLOTS; s++) this.inRing[s]?.reject(err);
+    this.inRing.fill(undefined);
+    for (const t of this.waiting.splice(0)) t.reject(err);
+  }
+
+  /** Ask the thread to exit once its ring is empty. */
+  stop(): void {
+    Atomics.store(this.ring.control, Counter.stop, 1);
+    this.publish();
+  }
+}
+
+export class IoThreads {
+  private readonly threads: IoThread[] = [];
+  private readonly wake = EventFd.create();
+  private readonly wakePending = new SharedArrayBuffer(4);
+  private readonly wakeFlag = new Int32Array(this.wakePending);
+  private readonly watcher: Watcher;
+  private failure: Error | undefined;
+  private closing: Promise<void> | undefined;
+
+  /** Up to `max` threads (at least 1). The first starts now: starting one takes a while. */
+  constructor(private readonly max: number) {
+    this.watcher = watch(this.wake.fd, { readable: () => this.collect() });
+    this.watcher.unref();
+    this.start();
+  }
+
+  /** Transfers submitted and not yet settled, on all threads. */
+  get inFlight(): number {
+    return this.threads.reduce((n, t) => n + t.inFlight, 0);
+  }
+
+  /**
+   * Read into or write out of `segments` (at most MAX_IOVECS) at byte `position` of `fd`.
+   * Resolves with the bytes transferred, which may be fewer than asked (end of file); a failed
+   * call rejects with its SyscallError.
+   */
+  transfer(op: Op, fd: number, position: number, segments: readonly Uint8Array[]): Promise<number> {
+    return new Promise<number>((resolve, reject) => {
+      if (this.failure !== undefined) {
+        reject(this.failure);
+        return;
+      }
+      const thread = this.pick();
+      // An idle thread keeps no process alive; one with a transfer in flight does.
+      if (thread.inFlight === 0) thread.worker.ref();
+      thread.submit({ op, fd, position, segments, resolve, reject });
+    });
+  }
+
+  /** The least busy thread; another starts only when every running one is busy. */
+  private pick(): IoThread {
+    let best: IoThread | undefined;
+    for (const t of this.threads) if (best === undefined || t.inFlight < best.inFlight) best = t;
+    if (best !== undefined && (best.inFlight === 0 || this.threads.length >= this.max)) return best;
+    return this.start();
+  }
+
+  private start(): IoThread {
+    const thread = new IoThread({ wakeFd: this.wake.fd, wakePending: this.wakePending }, (err) => this.fail(err));
+    thread.worker.unref();
+    this.threads.push(thread);
+    return thread;
+  }
+
+  private collect(): void {
+    this.wake.take();
+    // Cleared before the rings are read: a transfer finishing after that signals again.
+    Atomics.store(this.wakeFlag, 0, 0);
+    for (const t of this.threads) {
+      t.collect();
+      if (t.inFlight === 0) t.worker.unref();
+    }
+  }
+
+  /** A thread died (it could not start, or crashed): every transfer, now and later, fails. */
   private fail(err: Error): void {
     this.failure ??= new Error(`block I/O thread failed: ${err.message}`, { cause: err });
-    for (let s = 0; s < SLOTS; s++) this.inRing[s]?.reject(this.failure);
-    this.inRing.fill(undefined);
-    for (const t of this.waiting.splice(0)) t.reject(this.failure);
+    for (const t of this.threads) t.fail(this.failure);
   }
 
-  /** Let the thread finish what it was given, then stop it and release its descriptors. */
+  /** Let the threads finish what they were given, then stop them and release the eventfd. */
   close(): Promise<void> {
     this.closing ??= this.shutdown();
     return this.closing;
   }
 
   private async shutdown(): Promise<void> {
-    Atomics.store(this.ring.control, Counter.stop, 1);
-    this.publish();
-    this.worker.ref();
-    await this.exited;
+    for (const t of this.threads) {
+      t.stop();
+      t.worker.ref();
+    }
+    await Promise.all(this.threads.map((t) => t.exited));
     if (this.failure === undefined) this.collect();
-    this.fail(new Error('it was closed'));
+    this.failure ??= new Error('block I/O threads are closed');
+    for (const t of this.threads) t.fail(this.failure);
     this.watcher.close();
     this.wake.close();
   }
