@@ -10,6 +10,10 @@
  * The device is the same object the other transports drive; the DeviceContext it is given
  * (makeContext) maps vhost-user's notions onto it: rings behind GatedQueues, notifications as
  * eventfd writes, configuration changes as messages on the back-end request channel.
+ *
+ * With INFLIGHT_SHMFD, split rings record the chains the device holds in the inflight region
+ * (inflight.ts), which the front-end keeps; a back-end restarted after a crash is handed the
+ * region and serves those chains again before new ones (resumeBase, InflightQueue).
  */
 import type { Logger } from 'pino';
 import { DeviceStatus, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
