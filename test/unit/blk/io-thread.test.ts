@@ -1,0 +1,62 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { IoThreads, Op } from '../../../src/devices/blk/io-thread.ts';
+import { SLOTS } from '../../../src/devices/blk/io-ring.ts';
+import { SyscallError } from '../../../src/native/syscall-error.ts';
+
+async function withFile(bytes: Uint8Array, body: (fd: number) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'paravirt-io-'));
+  const path = join(dir, 'disk.img');
+  await writeFile(path, bytes);
+  const file = await open(path, 'r+');
+  try {
+    await body(file.fd);
+  } finally {
+    await file.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+const pattern = (n: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 7 + 3) & 0xff);
+
+test('more transfers than the rings hold all complete, each with its own bytes', async () => {
+  const data = pattern(512 * 1024);
+  await withFile(data, async (fd) => {
+    const threads = new IoThreads(2);
+    try {
+      const count = SLOTS * 3;
+      const buffers = Array.from({ length: count }, () => [new Uint8Array(100), new Uint8Array(412)]);
+      const done = await Promise.all(buffers.map((segs, i) => threads.transfer(Op.read, fd, i * 512, segs)));
+      assert.deepEqual(done, new Array(count).fill(512));
+      buffers.forEach(([a, b], i) => assert.deepEqual(new Uint8Array([...a, ...b]), data.subarray(i * 512, i * 512 + 512)));
+      assert.equal(threads.inFlight, 0);
+    } finally {
+      await threads.close();
+    }
+  });
+});
+
+test('a write lands where asked; a read past the end is short; a bad descriptor is a SyscallError', async () => {
+  await withFile(new Uint8Array(4096), async (fd) => {
+    const threads = new IoThreads(1);
+    try {
+      assert.equal(await threads.transfer(Op.write, fd, 1024, [pattern(16)]), 16);
+      const back = new Uint8Array(16);
+      assert.equal(await threads.transfer(Op.read, fd, 1024, [back]), 16);
+      assert.deepEqual(back, pattern(16));
+      assert.equal(await threads.transfer(Op.read, fd, 4000, [new Uint8Array(200)]), 96);
+      await assert.rejects(threads.transfer(Op.read, -1, 0, [back]), (err: unknown) => err instanceof SyscallError && err.code === 'EBADF');
+    } finally {
+      await threads.close();
+    }
+  });
+});
+
+test('after close, transfers are refused with an error saying so', async () => {
+  const threads = new IoThreads(1);
+  await threads.close();
+  await assert.rejects(threads.transfer(Op.read, 0, 0, [new Uint8Array(1)]), /closed/);
+});
