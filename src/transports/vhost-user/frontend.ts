@@ -423,6 +423,8 @@ export class VhostUserFrontend implements DriverTransport {
   async enableQueue(index: number, size: number, addrs: QueueAddresses): Promise<void> {
     if (!Number.isInteger(index) || index < 0 || index >= this.queueCount) throw new RangeError(`there is no queue ${index}`);
     if (this.rings.has(index)) throw new Error(`queue ${index} is already enabled`);
+    // close() has already released every ring: descriptors opened now would never be closed.
+    if (this.closing) throw new Error(`queue ${index} cannot be enabled: the front-end for ${this.socketPath} is closed`);
     const packed = hasFeature(this.driverFeatures, Feature.RING_PACKED);
     const ring: Ring = { kick: EventFd.create(), call: EventFd.create(), err: EventFd.create(), watchers: [] };
     this.rings.set(index, ring);

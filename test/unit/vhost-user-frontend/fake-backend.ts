@@ -46,6 +46,16 @@ interface RingState {
   kick?: EventFd;
 }
 
+/**
+ * Stop a ring and close every descriptor the front-end sent for it, as GET_VRING_BASE does
+ * ("Starting and stopping rings"): a ring forgotten with its call eventfd open would leak it.
+ */
+function stopRing(r: RingState): void {
+  r.kickWatcher?.close();
+  r.kick?.close();
+  r.call?.close();
+}
+
 export class FakeBackend {
   private readonly listener: UnixListener;
   private readonly listenWatcher: Watcher;
@@ -78,11 +88,7 @@ export class FakeBackend {
     this.socket = undefined;
     closeAll(this.reader.takePendingFds());
     this.reader = new MessageReader('frontend-requests');
-    for (const r of this.rings.values()) {
-      r.kickWatcher?.close();
-      r.kick?.close();
-      r.call?.close();
-    }
+    for (const r of this.rings.values()) stopRing(r);
     this.rings.clear();
     this.mapping?.unmap();
     this.mapping = undefined;
@@ -210,6 +216,8 @@ export class FakeBackend {
       case F.SET_VRING_KICK: {
         const index = Number(m.payload.value & 0xffn);
         const r = this.ring(index);
+        r.kickWatcher?.close();
+        r.kick?.close();
         const kick = EventFd.adopt(m.fds[0]);
         r.kick = kick;
         r.kickWatcher = watch(kick.fd, {
@@ -226,8 +234,7 @@ export class FakeBackend {
         return undefined;
       case F.GET_VRING_BASE: {
         const r = this.rings.get(m.payload.index);
-        r?.kickWatcher?.close();
-        r?.kick?.close();
+        if (r !== undefined) stopRing(r);
         this.rings.delete(m.payload.index);
         return { kind: 'vring-state', index: m.payload.index, num: r?.lastAvail ?? 0 };
       }

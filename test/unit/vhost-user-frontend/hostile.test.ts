@@ -37,6 +37,13 @@ function fake(t: TestContext, options: FakeBackendOptions): FakeBackend {
   return backend;
 }
 
+/** The first use of the native layer opens descriptors it keeps for good: count only after it. */
+async function warmUp(t: TestContext): Promise<void> {
+  const warm = fake(t, { onKick: 1 });
+  await RngDriver.open(await connect(warm), { log }).then((r) => r.close());
+  warm.disconnect();
+}
+
 const connect = (backend: FakeBackend, replyTimeoutMs?: number, deviceId: number = DeviceId.RNG): Promise<VhostUserFrontend> =>
   VhostUserFrontend.connect(backend.path, { deviceId, log, replyTimeoutMs, memorySize: 1 << 20 });
 
@@ -162,9 +169,7 @@ test('any reply bytes in place of any reply: the driver starts and reads, or fai
         return bytes;
       }),
   );
-  const warm = fake(t, { onKick: 16 });
-  await RngDriver.open(await connect(warm), { log }).then((r) => r.close());
-  warm.disconnect();
+  await warmUp(t);
   await fc.assert(
     fc.asyncProperty(fc.constantFrom(...requests), replyBytes, async (target, raw) => {
       const before = openFds();
@@ -198,10 +203,7 @@ test('every failure leaves no descriptor open', async (t) => {
     { protocolFeatures: REPLY_ACK, hook: (m) => (m.request === F.SET_VRING_KICK ? { reply: { kind: 'u64', value: 1n } } : 'default') },
     { features: featureBit(VHOST_USER_F_PROTOCOL_FEATURES) },
   ];
-  // Warm up: the first use of the native layer opens descriptors it keeps for good.
-  const warm = fake(t, { onKick: 1 });
-  await RngDriver.open(await connect(warm), { log }).then((r) => r.close());
-  warm.disconnect();
+  await warmUp(t);
   for (const options of scenarios) {
     const backend = fake(t, options);
     const before = openFds();
@@ -213,4 +215,41 @@ test('every failure leaves no descriptor open', async (t) => {
     backend.disconnect();
     assert.equal(openFds(), before, `descriptors after ${JSON.stringify(options, (_k, v: unknown) => (typeof v === 'bigint' ? `0x${v.toString(16)}` : v))}`);
   }
+});
+
+test('a driver that starts, reads and closes leaves no descriptor open on either side', async (t) => {
+  await warmUp(t);
+  const backend = fake(t, { protocolFeatures: REPLY_ACK | featureBit(ProtocolFeature.MQ), onKick: 16 });
+  const before = openFds();
+  const rng = await RngDriver.open(await connect(backend), { log, chunkBytes: 16 });
+  assert.equal((await rng.read(16)).length, 16);
+  // Closing stops the ring with GET_VRING_BASE, after which neither side keeps its eventfds.
+  await rng.close();
+  backend.disconnect();
+  assert.equal(openFds(), before);
+});
+
+test('a queue enabled on a closed front-end is refused and opens no descriptor', async (t) => {
+  await warmUp(t);
+  const backend = fake(t, {});
+  const before = openFds();
+  const frontend = await connect(backend);
+  await frontend.close();
+  const addr = 0x4000_0000;
+  await assert.rejects(frontend.enableQueue(0, 16, { desc: addr, driver: addr, device: addr }), /queue 0 cannot be enabled: the front-end .* is closed/);
+  backend.disconnect();
+  assert.equal(openFds(), before);
+});
+
+test('closing the front-end while a queue is being enabled releases the ring', async (t) => {
+  await warmUp(t);
+  const backend = fake(t, {});
+  const before = openFds();
+  const frontend = await connect(backend);
+  const addr = 0x4000_0000;
+  const enabling = frontend.enableQueue(0, 16, { desc: addr, driver: addr, device: addr });
+  await frontend.close();
+  await assert.rejects(enabling, /vhost-user back-end disconnected: the front-end closed the connection/);
+  backend.disconnect();
+  assert.equal(openFds(), before);
 });
