@@ -17,42 +17,44 @@ async function withDir(body: (dir: string) => Promise<void>): Promise<void> {
 
 const pattern = (n: number, seed: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 13 + seed) & 0xff);
 
-test('reads and writes go through scattered segments at any offset', () =>
-  withDir(async (dir) => {
-    const path = join(dir, 'disk.img');
-    await writeFile(path, new Uint8Array(8192));
-    const disk = await FileBackend.open(path);
-    try {
-      assert.equal(disk.size, 8192);
-      const data = pattern(1536, 1);
-      await disk.write(1024, [data.subarray(0, 100), data.subarray(100, 1000), data.subarray(1000)]);
-      const a = new Uint8Array(7);
-      const b = new Uint8Array(1529);
-      await disk.read(1024, [a, b]);
-      assert.deepEqual(new Uint8Array([...a, ...b]), data);
-      await disk.flush();
-    } finally {
-      await disk.close();
-    }
-    assert.deepEqual((await readFile(path)).subarray(1024, 2560), Buffer.from(pattern(1536, 1)));
-  }));
+for (const io of ['threads', 'thread-pool'] as const) {
+  test(`reads and writes go through scattered segments at any offset (io ${io})`, () =>
+    withDir(async (dir) => {
+      const path = join(dir, 'disk.img');
+      await writeFile(path, new Uint8Array(8192));
+      const disk = await FileBackend.open(path, { io });
+      try {
+        assert.equal(disk.size, 8192);
+        const data = pattern(1536, 1);
+        await disk.write(1024, [data.subarray(0, 100), data.subarray(100, 1000), data.subarray(1000)]);
+        const a = new Uint8Array(7);
+        const b = new Uint8Array(1529);
+        await disk.read(1024, [a, b]);
+        assert.deepEqual(new Uint8Array([...a, ...b]), data);
+        await disk.flush();
+      } finally {
+        await disk.close();
+      }
+      assert.deepEqual((await readFile(path)).subarray(1024, 2560), Buffer.from(pattern(1536, 1)));
+    }));
 
-test('more segments than one vectored call takes are all transferred', () =>
-  withDir(async (dir) => {
-    const path = join(dir, 'disk.img');
-    await writeFile(path, new Uint8Array(4096 * 2));
-    const disk = await FileBackend.open(path);
-    try {
-      const data = pattern(4096, 5);
-      const segs = Array.from({ length: 2048 }, (_, i) => data.subarray(i * 2, i * 2 + 2));
-      await disk.write(4096, segs);
-      const back = new Uint8Array(4096);
-      await disk.read(4096, Array.from({ length: 4096 }, (_, i) => back.subarray(i, i + 1)));
-      assert.deepEqual(back, data);
-    } finally {
-      await disk.close();
-    }
-  }));
+  test(`more segments than one vectored call takes are all transferred (io ${io})`, () =>
+    withDir(async (dir) => {
+      const path = join(dir, 'disk.img');
+      await writeFile(path, new Uint8Array(4096 * 2));
+      const disk = await FileBackend.open(path, { io });
+      try {
+        const data = pattern(4096, 5);
+        const segs = Array.from({ length: 2048 }, (_, i) => data.subarray(i * 2, i * 2 + 2));
+        await disk.write(4096, segs);
+        const back = new Uint8Array(4096);
+        await disk.read(4096, Array.from({ length: 4096 }, (_, i) => back.subarray(i, i + 1)));
+        assert.deepEqual(back, data);
+      } finally {
+        await disk.close();
+      }
+    }));
+}
 
 test('discard and write-zeroes make the range read back as zeroes, and only that range', () =>
   withDir(async (dir) => {
@@ -97,6 +99,13 @@ async function openError(path: string): Promise<DiskImageError> {
   }
   assert.fail(`opening ${path} succeeded`);
 }
+
+test('an I/O thread count outside 1..64 is refused naming it', () =>
+  withDir(async (dir) => {
+    const path = join(dir, 'disk.img');
+    await writeFile(path, new Uint8Array(512));
+    await assert.rejects(FileBackend.open(path, { threads: 0 }), { message: 'I/O thread count 0 is not an integer from 1 to 64' });
+  }));
 
 test('unusable images are refused with one sentence naming the path', () =>
   withDir(async (dir) => {
