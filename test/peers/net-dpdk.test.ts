@@ -135,3 +135,9 @@ test('DPDK net_virtio_user (split ring, no mergeable buffers) sends to paravirt 
 
 test('DPDK net_virtio_user (split ring, no mergeable buffers) receives from the paravirt switch', (t) =>
   exchange(t, { mrgRxbuf: false }, 'rxonly'));
+
+test('DPDK net_virtio_user (packed ring, mergeable buffers) sends to paravirt serve net', (t) =>
+  exchange(t, { packedVq: true }, 'txonly'));
+
+test('DPDK net_virtio_user (packed ring, no mergeable buffers) receives from the paravirt switch', (t) =>
+  exchange(t, { packedVq: true, mrgRxbuf: false }, 'rxonly'));

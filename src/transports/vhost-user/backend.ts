@@ -550,7 +550,7 @@ export class VhostUserBackend {
     const packed = hasFeature(this.acked, Feature.RING_PACKED);
     const config = this.queueConfig(v, packed);
     try {
-      const queue = createDeviceQueue(memory, config, packed, `${this.device.name}[${v.index}]`, base);
+      const queue = createDeviceQueue(memory, config, packed, `${this.device.name}[${v.index}]`, packed ? packedBase(base) : base);
       return v.inflight !== undefined && queue instanceof SplitDeviceQueue ? new InflightQueue(queue, v.inflight) : queue;
     } catch (err) {
       if (err instanceof VirtqueueError || err instanceof RangeError) throw new FrontEndError(err.message);
@@ -745,4 +745,13 @@ export class VhostUserBackend {
       throw new FrontEndError(`config access of ${size} bytes at offset ${offset} is outside the ${MAX_CONFIG_SIZE}-byte space`);
     }
   }
+}
+
+/**
+ * SET_VRING_BASE carries a packed ring's position as avail index | avail wrap counter << 15.
+ * QEMU adds the used index and used wrap counter in bits 16-31; DPDK's virtio-user leaves them 0.
+ * With the upper half empty nothing is in flight, so the used position is the avail position.
+ */
+function packedBase(num: number): number {
+  return num >>> 16 === 0 ? (num & 0xffff) * 0x1_0001 : num;
 }
