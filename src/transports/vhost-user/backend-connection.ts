@@ -11,11 +11,12 @@
  */
 import type { Logger } from 'pino';
 import { type Watcher, watch } from '../../native/readiness.ts';
-import { MAX_TRANSFER, type UnixSocket } from '../../native/unix-socket.ts';
+import type { UnixSocket } from '../../native/unix-socket.ts';
+import { drainSocket } from './socket-drain.ts';
 import type { VirtioDevice } from '../../virtio/device.ts';
 import { type BackendPorts, FrontEndError, VhostUserBackend } from './backend.ts';
 import { createBackendPorts } from './backend-ports.ts';
-import { FrontendRequest, HeaderFlag, MAX_FDS, ProtocolFeature, VRING_INDEX_MASK, VRING_NOFD_MASK, frontendRequestName } from './constants.ts';
+import { FrontendRequest, HeaderFlag, ProtocolFeature, VRING_INDEX_MASK, VRING_NOFD_MASK, frontendRequestName } from './constants.ts';
 import {
   type Encoded,
   type FrontendRequestMessage,
@@ -58,9 +59,6 @@ type Outcome = Payload | { readonly body: Payload; readonly fds: readonly number
 function answersWithAck(request: number): boolean {
   return repliesWithAck('frontend-requests', request) || request === F.SET_MEM_TABLE || request === F.ADD_MEM_REG || request === F.REM_MEM_REG;
 }
-
-/** Socket reads per readiness callback: at most 1 MiB buffered before the messages are handled. */
-const READS_PER_WAKEUP = 16;
 
 const u64 = (value: bigint | number): Payload => ({ kind: 'u64', value: BigInt(value) });
 
@@ -111,22 +109,12 @@ export class BackendConnection {
       this.watcher.update({});
       return;
     }
-    // Bounded per wake-up: polling is level-triggered, so what stays in the socket comes next time.
-    for (let reads = 0; reads < READS_PER_WAKEUP; reads++) {
-      let got;
-      try {
-        got = this.socket.receive(MAX_TRANSFER, MAX_FDS);
-      } catch (err) {
-        this.end(`receive failed: ${(err as Error).message}`);
-        return;
-      }
-      if (got === null) break;
-      if (got.bytes.length === 0) {
-        this.ending = true;
-        break;
-      }
-      this.reader.push(got.bytes, got.fds, got.truncated || got.discardedFds > 0);
+    const drained = drainSocket(this.socket, this.reader);
+    if (typeof drained === 'object') {
+      this.end(drained.failed);
+      return;
     }
+    if (drained === 'hung up') this.ending = true;
     void this.pump();
   }
 

@@ -11,8 +11,9 @@
 import type { Logger } from 'pino';
 import { closeAll } from '../../native/fd.ts';
 import { type Watcher, watch } from '../../native/readiness.ts';
-import { MAX_TRANSFER, type UnixSocket } from '../../native/unix-socket.ts';
-import { BackendRequest, MAX_FDS, backendRequestName } from './constants.ts';
+import type { UnixSocket } from '../../native/unix-socket.ts';
+import { drainSocket } from './socket-drain.ts';
+import { BackendRequest, backendRequestName } from './constants.ts';
 import { encodeAck } from './messages.ts';
 import { MessageReader } from './reader.ts';
 
@@ -36,21 +37,14 @@ export class FrontendBackendChannel {
   }
 
   private readable(): void {
-    for (;;) {
-      let got;
-      try {
-        got = this.socket.receive(MAX_TRANSFER, MAX_FDS);
-      } catch (err) {
-        this.end(`receive failed: ${(err as Error).message}`);
-        return;
-      }
-      if (got === null) break;
-      if (got.bytes.length === 0) {
-        closeAll(got.fds);
-        this.end('the back-end closed it');
-        return;
-      }
-      this.reader.push(got.bytes, got.fds, got.truncated || got.discardedFds > 0);
+    const drained = drainSocket(this.socket, this.reader);
+    if (typeof drained === 'object') {
+      this.end(drained.failed);
+      return;
+    }
+    if (drained === 'hung up') {
+      this.end('the back-end closed it');
+      return;
     }
     for (let next = this.reader.next(); next.type !== 'need-more' && this.watcher !== undefined; next = this.reader.next()) {
       if (next.type === 'error') {

@@ -10,8 +10,9 @@
  */
 import { closeAll } from '../../native/fd.ts';
 import { type Watcher, watch } from '../../native/readiness.ts';
-import { MAX_TRANSFER, type UnixSocket } from '../../native/unix-socket.ts';
-import { MAX_FDS, frontendRequestName } from './constants.ts';
+import type { UnixSocket } from '../../native/unix-socket.ts';
+import { drainSocket } from './socket-drain.ts';
+import { frontendRequestName } from './constants.ts';
 import { type FrontendReplyMessage, type Outgoing, encodeMessage } from './messages.ts';
 import { MessageReader } from './reader.ts';
 
@@ -118,21 +119,14 @@ export class FrontendChannel {
   }
 
   private readable(): void {
-    for (;;) {
-      let got;
-      try {
-        got = this.socket.receive(MAX_TRANSFER, MAX_FDS);
-      } catch (err) {
-        this.end(`receive failed: ${(err as Error).message}`);
-        return;
-      }
-      if (got === null) break;
-      if (got.bytes.length === 0) {
-        closeAll(got.fds);
-        this.end('the back-end closed the connection');
-        return;
-      }
-      this.reader.push(got.bytes, got.fds, got.truncated || got.discardedFds > 0);
+    const drained = drainSocket(this.socket, this.reader);
+    if (typeof drained === 'object') {
+      this.end(drained.failed);
+      return;
+    }
+    if (drained === 'hung up') {
+      this.end('the back-end closed the connection');
+      return;
     }
     this.dispatch();
   }
