@@ -14,7 +14,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -207,12 +207,17 @@ function threadMedians(runs: readonly Sample[]): Record<string, number> {
   return out;
 }
 
-function reportProfile(profileDir: string, context: Record<string, unknown>): void {
-  const files = readdirSync(profileDir).filter((f) => f.endsWith('.cpuprofile'));
-  if (files.length === 0) throw new Error(`the paravirt back-end wrote no CPU profile into ${profileDir} (did it exit cleanly?)`);
-  const newest = files.map((f) => join(profileDir, f)).sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
-  const summary = summarizeCpuProfile(newest, repo, PROFILE_TOP);
-  report(BENCH, 'profile_busy_share_paravirt', round2((100 * summary.busyMicros) / summary.totalMicros), '%', { profile: newest, ...context });
+/**
+ * Reports the busiest functions of the back-end's event loop. Node writes one profile per
+ * thread, named CPU.<date>.<time>.<pid>.<thread id>.<n>.cpuprofile; thread 0 is the main one
+ * (the others are the tsx loader's and the back-end's I/O threads).
+ */
+function reportProfile(profileDir: string, pid: number, context: Record<string, unknown>): void {
+  const main = readdirSync(profileDir).find((f) => f.startsWith('CPU.') && f.endsWith('.cpuprofile') && f.split('.')[3] === String(pid) && f.split('.')[4] === '0');
+  if (main === undefined) throw new Error(`the paravirt back-end (pid ${pid}) wrote no CPU profile of its main thread into ${profileDir} (did it exit cleanly?)`);
+  const path = join(profileDir, main);
+  const summary = summarizeCpuProfile(path, repo, PROFILE_TOP);
+  report(BENCH, 'profile_busy_share_paravirt', round2((100 * summary.busyMicros) / summary.totalMicros), '%', { profile: path, ...context });
   summary.top.forEach((entry, rank) =>
     report(BENCH, 'profile_self_paravirt', round2(100 * entry.share), '% of busy', { rank: rank + 1, frame: entry.frame, ms: Math.round(entry.micros / 1000) }));
 }
@@ -306,7 +311,7 @@ export async function main(): Promise<void> {
     await guest.shutdown();
     guest = undefined;
     for (const peer of peers.splice(0).reverse()) await peer.stop();
-    if (profileDir !== undefined) reportProfile(profileDir, { reads: READS, rounds: ROUNDS });
+    if (profileDir !== undefined) reportProfile(profileDir, pid(paravirt), { reads: READS, rounds: ROUNDS });
   } finally {
     await guest?.shutdown();
     for (const peer of peers.reverse()) await peer.stop();
