@@ -4,7 +4,7 @@
  * Prints "listening" once the socket accepts a front-end; stops on SIGTERM.
  */
 import { pino } from 'pino';
-import { vhostUserBlkDevice } from '../src/cli/devices.ts';
+import { vhostUserBlkDevice } from '../src/devices/blk/device.ts';
 import { FileBackend, type FileIo } from '../src/devices/blk/file-backend.ts';
 import { BackendServer } from '../src/transports/vhost-user/backend-server.ts';
 

@@ -67,7 +67,7 @@ async function run(size: number, packed: boolean): Promise<void> {
     seconds,
     frames_per_cpu_second: Math.round(frames / cpuSeconds),
     megabits_per_second: Number(((frames * size * 8) / seconds / 1e6).toFixed(1)),
-    device_drops: b.dev.counters.dropped,
+    device_drops: b.dev.traffic.dropped,
     driver_inbox_drops: b.drv.counters.rxInboxFull,
   });
 }

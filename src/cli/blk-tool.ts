@@ -13,7 +13,8 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { pino } from 'pino';
 import { BlkDriver } from '../devices/blk/driver.ts';
-import { BlkFeature, SECTOR_SIZE } from '../devices/blk/wire.ts';
+import { BLK_FEATURE_NAMES } from '../devices/blk/descriptor.ts';
+import { BLK_CONFIG, SECTOR_SIZE } from '../devices/blk/wire.ts';
 import { ProtocolFeature } from '../transports/vhost-user/constants.ts';
 import { VhostUserFrontend } from '../transports/vhost-user/frontend.ts';
 import { DeviceId } from '../virtio/constants.ts';
@@ -27,7 +28,6 @@ interface ConnectionOptions {
   logLevel: LogLevel;
 }
 
-const BLK_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(Object.entries(BlkFeature).map(([name, bit]) => [bit, name]));
 const PROTOCOL_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
   Object.entries(ProtocolFeature).map(([name, bit]) => [bit, name]),
 );
@@ -90,7 +90,6 @@ export function addBlkCommand(program: Command): void {
     .action(async (_options: object, cmd: Command) => {
       const options = cmd.optsWithGlobals<ConnectionOptions>();
       await withDisk(options, cmd, async (disk, frontend) => {
-        const c = disk.config;
         const id = await disk.getId().catch(() => undefined);
         const rows: [string, string][] = [
           ['socket', frontend.socketPath],
@@ -99,13 +98,11 @@ export function addBlkCommand(program: Command): void {
           ['queues', String(disk.queues)],
           ['features', describeFeatures(disk.features, BLK_FEATURE_NAMES)],
           ['protocol', describeFeatures(frontend.protocolFeatures, PROTOCOL_FEATURE_NAMES)],
-          ['block size', String(c.blkSize || SECTOR_SIZE)],
-          ['seg_max', String(c.segMax)],
-          ['size_max', String(c.sizeMax)],
-          ['cache', c.writeback ? 'writeback' : 'writethrough'],
+          ['cache', disk.config.writeback ? 'writeback' : 'writethrough'],
         ];
         if (id !== undefined) rows.push(['serial', id === '' ? '(none)' : id]);
-        process.stdout.write(rows.map(([k, v]) => `${k.padEnd(11)} ${v}\n`).join(''));
+        const config = BLK_CONFIG.describe(BLK_CONFIG.encode(disk.config), disk.features, BLK_FEATURE_NAMES).map((line) => `  ${line}\n`);
+        process.stdout.write(`${rows.map(([k, v]) => `${k.padEnd(11)} ${v}\n`).join('')}configuration:\n${config.join('')}`);
       });
     });
 

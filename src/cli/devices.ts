@@ -1,30 +1,51 @@
 /**
- * The devices `paravirt serve` offers, built the way a vhost-user front-end expects them.
+ * `paravirt devices [--json]`: every registered device type, with the transports that serve it,
+ * its queues, its device-specific features and its configuration fields — all read from the
+ * registry, so the list cannot drift from what `serve` offers.
  */
-import { BlkDevice } from '../devices/blk/device.ts';
-import type { BlockBackend } from '../devices/blk/backend.ts';
-
-/** QEMU's vhost-user-blk default queue-size property. */
-export const VHOST_USER_BLK_QUEUE_SIZE = 128;
-
-export interface VhostUserBlkOptions {
-  readonly queues?: number;
-  readonly readOnly?: boolean;
-  /** The ring size the front-end will use (QEMU's queue-size property). */
-  readonly queueSize?: number;
-}
+import type { Command } from 'commander';
+import type { DeviceType } from '../devices/device-type.ts';
+import { DEVICE_TYPES } from '../devices/registry.ts';
 
 /**
- * A BlkDevice for a vhost-user front-end. The front-end, not the device, picks the ring size,
- * and the device's seg_max (queue size - 2) must let a request's chain fit in that ring: a
- * Linux driver builds indirect tables as long as seg_max allows, and a chain longer than the
- * queue breaks §2.7.5.3.1. So the device is sized to the front-end's queue, not the largest.
+ * How a host half reaches a driver: `paravirt serve <type>` over vhost-user, and in-process over
+ * virtio-mmio (createLoopback, for embedding and tests). The same for every type, since a
+ * transport holds no device logic.
  */
-export function vhostUserBlkDevice(backend: BlockBackend, options: VhostUserBlkOptions = {}): BlkDevice {
-  return new BlkDevice({
-    backend,
-    queues: options.queues ?? 1,
-    readOnly: options.readOnly === true,
-    queueSize: options.queueSize ?? VHOST_USER_BLK_QUEUE_SIZE,
-  });
+const TRANSPORTS = ['vhost-user', 'mmio'] as const;
+
+function describe(type: DeviceType): Record<string, unknown> {
+  return {
+    name: type.name,
+    title: type.title,
+    deviceId: type.deviceId,
+    transports: TRANSPORTS,
+    vhostUser: type.vhostUser,
+    queues: type.queues,
+    features: Object.entries(type.featureNames).map(([bit, name]) => ({ bit: Number(bit), name })),
+    config: type.config?.fields.map((f) => ({ name: f.name, offset: f.offset, size: f.size })) ?? [],
+  };
+}
+
+function text(type: DeviceType): string {
+  const features = Object.values(type.featureNames);
+  const lines = [
+    `${type.name} — ${type.title}, device ID ${type.deviceId}`,
+    `  transports: ${TRANSPORTS.join(', ')} (vhost-user type "${type.vhostUser.type}")`,
+    `  queues:     ${type.queues.map((q) => `${q.name} (${q.count}, up to ${q.maxSize})`).join('; ')}`,
+    `  features:   ${features.length === 0 ? 'none device-specific' : features.join(', ')}`,
+    `  config:     ${type.config === undefined ? 'none' : `${type.config.size} bytes: ${type.config.fields.map((f) => f.name).join(', ')}`}`,
+  ];
+  return lines.join('\n');
+}
+
+export function addDevicesCommand(program: Command): void {
+  program
+    .command('devices')
+    .description('list the device types paravirt serves, with their transports, queues, features and configuration')
+    .option('--json', 'print one JSON object per line instead of text')
+    .action((options: { json?: boolean }) => {
+      const out = options.json === true ? DEVICE_TYPES.map((t) => JSON.stringify(describe(t))) : DEVICE_TYPES.map(text);
+      process.stdout.write(`${out.join(options.json === true ? '\n' : '\n\n')}\n`);
+    });
 }

@@ -6,12 +6,14 @@
  *   paravirt serve rng --socket-path S
  *   paravirt serve net --socket-path S [--socket-path S2 ...] [--tap IF | --tunnel HOST:PORT] [--queues N] [--pcap F]
  *   paravirt blk --socket-path S info|read|write|bench   (a vhost-user-blk back-end as a disk)
+ *   paravirt devices [--json]                            (the registered device types)
  *
  * `serve` follows vhost-user.rst "Backend program conventions": --socket-path or an inherited
  * --fd, --print-capabilities, no daemonizing, prompt exit on SIGTERM.
  */
 import { Command, CommanderError } from 'commander';
 import { addBlkCommand } from './blk-tool.ts';
+import { addDevicesCommand } from './devices.ts';
 import { addServeCommand } from './serve.ts';
 
 /** Run the command line `argv` (as process.argv: node, script, args...); resolves to the exit code. */
@@ -22,6 +24,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .configureOutput({ outputError: (text, write) => write(text) });
   addServeCommand(program);
   addBlkCommand(program);
+  addDevicesCommand(program);
   try {
     await program.parseAsync([...argv]);
     return 0;

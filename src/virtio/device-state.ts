@@ -11,6 +11,7 @@
 import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { DeviceStatus, Feature, featureBit, hasFeature } from './constants.ts';
+import type { DeviceCounters } from './counters.ts';
 import type { DeviceContext, VirtioDevice } from './device.ts';
 import { checkImplementable, describeFeatures, refuseFeatures } from './features.ts';
 import type { GuestMemory } from './memory.ts';
@@ -288,6 +289,7 @@ export class DeviceState {
   failQueue(index: number, err: Error): void {
     const slot = this.slots[index];
     if (slot !== undefined) slot.queue = undefined;
+    this.device.counters.queue(index).ringFaults++;
     const rule = err instanceof VirtqueueError ? err.rule : err instanceof GuestMemoryError ? 'guest memory access' : err.name;
     this.needsReset(this.queueName(index), rule, err.message);
   }
@@ -370,11 +372,13 @@ class ActiveContext implements DeviceContext {
   readonly memory: GuestMemory;
   readonly features: bigint;
   readonly log: Logger;
+  readonly counters: DeviceCounters;
 
   constructor(private readonly state: DeviceState) {
     this.memory = state.memory;
     this.features = state.driverFeatures;
     this.log = state.log;
+    this.counters = state.device.counters;
   }
 
   retire(): void {

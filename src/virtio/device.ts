@@ -6,6 +6,7 @@
  * these; a device serves each queue with a QueueServer (serve.ts).
  */
 import type { Logger } from 'pino';
+import type { DeviceCounters } from './counters.ts';
 import type { GuestMemory } from './memory.ts';
 import type { DeviceQueue } from './queue.ts';
 
@@ -27,6 +28,8 @@ export interface DeviceContext {
    */
   fail(index: number, err: Error): void;
   readonly log: Logger;
+  /** The device's counters (VirtioDevice.counters), which queue servers and event queues bump. */
+  readonly counters: DeviceCounters;
 }
 
 export interface VirtioDevice {
@@ -40,6 +43,8 @@ export interface VirtioDevice {
   readonly maxQueueSize: number;
   /** Features offered: device-specific bits and the ring features it supports (VERSION_1 is implied). */
   readonly features: bigint;
+  /** What the device counted since it was made, across resets and reconnects. */
+  readonly counters: DeviceCounters;
   /** Device configuration space (§4.x "device-specific configuration"), little-endian, owned by the device. */
   readonly config: Uint8Array;
   /** The driver wrote [offset, offset+length) of the configuration space (already stored in `config`). */

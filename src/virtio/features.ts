@@ -83,3 +83,31 @@ export function refuseFeatures(offered: bigint, accepted: bigint): string | unde
   if ((accepted & featureBit(Feature.VERSION_1)) === 0n) return 'driver did not accept VERSION_1';
   return undefined;
 }
+
+/**
+ * A device type's feature dependency (§5.x "Feature bit requirements", e.g. §5.1.3.1): `feature`
+ * needs every bit of `all` and, when given, at least one of `any`. A driver must not accept a
+ * feature without what it requires (§2.2.1), and a device must not offer one so.
+ */
+export interface FeatureRequirement {
+  readonly feature: number;
+  readonly all?: readonly number[];
+  readonly any?: readonly number[];
+}
+
+/** The first feature in `features` whose requirements are missing, as a sentence, or undefined. */
+export function missingRequirement(
+  features: bigint,
+  requirements: readonly FeatureRequirement[],
+  deviceNames?: Readonly<Record<number, string>>,
+): string | undefined {
+  const has = (bit: number): boolean => ((features >> BigInt(bit)) & 1n) === 1n;
+  const name = (bit: number): string => featureName(bit, deviceNames);
+  for (const { feature, all = [], any } of requirements) {
+    if (!has(feature)) continue;
+    const missing = all.find((b) => !has(b));
+    if (missing !== undefined) return `${name(feature)} requires ${name(missing)}`;
+    if (any !== undefined && !any.some(has)) return `${name(feature)} requires one of ${any.map(name).join(', ')}`;
+  }
+  return undefined;
+}

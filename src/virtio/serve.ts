@@ -15,6 +15,7 @@
  */
 import { ChainReader, ChainWriter } from './chain-io.ts';
 import { Feature, hasFeature } from './constants.ts';
+import type { QueueCounters } from './counters.ts';
 import type { DeviceContext } from './device.ts';
 import type { DescriptorChain, DeviceQueue } from './queue.ts';
 
@@ -56,6 +57,7 @@ export class QueueServer {
   private readonly inOrder: boolean;
   /** With IN_ORDER: popped requests not yet returned, oldest first. */
   private readonly unreturned: Slot[] = [];
+  private readonly counters: QueueCounters;
 
   constructor(
     private readonly ctx: DeviceContext,
@@ -63,6 +65,7 @@ export class QueueServer {
     private readonly handler: RequestHandler,
   ) {
     this.inOrder = hasFeature(ctx.features, Feature.IN_ORDER);
+    this.counters = ctx.counters.queue(index);
   }
 
   /** Requests handed to the handler whose promise has not settled. */
@@ -132,6 +135,7 @@ export class QueueServer {
    * was written) so the driver is not left waiting for it.
    */
   private handlerFailed(err: unknown): void {
+    this.counters.errors++;
     this.ctx.log.error({ err: asError(err) }, `queue ${this.index}: request handler failed`);
   }
 
@@ -143,6 +147,10 @@ export class QueueServer {
       this.ctx.fail(this.index, asError(err));
       return;
     }
+    const counts = this.counters;
+    counts.requests++;
+    counts.readBytes += req.chain.readableLength;
+    counts.writtenBytes += req.writer.written;
     this.unpublished++;
     // Inside a drain the loop publishes at its end; late completions of one tick share a publish.
     if (!this.draining && !this.publishScheduled) {
@@ -158,7 +166,12 @@ export class QueueServer {
     if (this.unpublished === 0) return;
     this.unpublished = 0;
     try {
-      if (queue.publish()) this.ctx.notifyQueue(this.index);
+      if (queue.publish()) {
+        this.counters.notifications++;
+        this.ctx.notifyQueue(this.index);
+      } else {
+        this.counters.suppressed++;
+      }
     } catch (err) {
       this.ctx.fail(this.index, asError(err));
     }

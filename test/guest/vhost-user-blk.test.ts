@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { vhostUserBlkDevice } from '../../src/cli/devices.ts';
+import { vhostUserBlkDevice } from '../../src/devices/blk/device.ts';
 import { FileBackend } from '../../src/devices/blk/file-backend.ts';
 import { seekData } from '../../src/native/file-space.ts';
 import { BackendServer } from '../../src/transports/vhost-user/backend-server.ts';

@@ -9,7 +9,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { openSegment, type Segment } from '../../src/cli/net-segment.ts';
+import { openSegment, type Segment } from '../../src/devices/net/segment.ts';
 import { LinkedNetServer } from '../../src/cli/net-link.ts';
 import { type Guest, shareDir, startGuest } from '../lab/guest.ts';
 import { requireLab } from '../lab/require.ts';
@@ -132,7 +132,7 @@ test('vhost-user-net: a split-ring and a packed-ring guest on one switch ping ea
   await transfer(left, right, '10.0.3.2');
   await transfer(right, left, '10.0.3.1');
   const [a, b] = served.segment.devices;
-  assert.ok(a.counters.txBytes > TRANSFER_BYTES && b.counters.rxBytes > TRANSFER_BYTES, 'the devices counted the transfer');
+  assert.ok(a.traffic.txBytes > TRANSFER_BYTES && b.traffic.rxBytes > TRANSFER_BYTES, 'the devices counted the transfer');
   assert.equal(served.segment.switch.addresses().size, 2, 'the switch learned both guests');
 
   // Down through the serving API: the guest's driver sees the carrier go, and frames stop. The

@@ -13,7 +13,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { openSegment } from '../../src/cli/net-segment.ts';
+import { openSegment } from '../../src/devices/net/segment.ts';
 import { readPcap } from '../../src/devices/net/pcap.ts';
 import { NO_OFFLOAD, NetFeature } from '../../src/devices/net/wire.ts';
 import { BackendServer } from '../../src/transports/vhost-user/backend-server.ts';
@@ -85,30 +85,30 @@ async function exchange(t: TestContext, driverPort: DriverPort, mode: 'txonly' |
 
   await testpmd.start();
   if (mode === 'txonly') {
-    await until(() => device.counters.txPackets, (n) => n >= TX_PACKETS, `paravirt counted ${TX_PACKETS} frames`);
+    await until(() => device.traffic.txPackets, (n) => n >= TX_PACKETS, `paravirt counted ${TX_PACKETS} frames`);
     const stats = await testpmd.stop();
     const port = await testpmd.portStats();
     assert.equal(port.txPackets, stats.txPackets);
     // Stopped, testpmd adds nothing more: the back-end drains what is left on the ring and then
     // has counted exactly what testpmd put there, and so has the switch port behind it.
-    await until(() => device.counters.txPackets, (n) => n === port.txPackets, `paravirt counted testpmd's ${port.txPackets} frames`);
-    assert.equal(device.counters.txBytes, port.txBytes);
+    await until(() => device.traffic.txPackets, (n) => n === port.txPackets, `paravirt counted testpmd's ${port.txPackets} frames`);
+    assert.equal(device.traffic.txBytes, port.txBytes);
     assert.equal(probed, port.txPackets);
-    assert.equal(device.counters.dropped, 0);
+    assert.equal(device.traffic.dropped, 0);
   } else {
     // A burst at a time, the next once the device has written the last into receive buffers
     // (or dropped some for want of one), so the device's backlog never overflows.
-    const settled = (): number => device.counters.rxPackets + device.counters.drops.noBuffer;
+    const settled = (): number => device.traffic.rxPackets + device.traffic.drops.noBuffer;
     for (let n = 0; n < RX_PACKETS; n += RX_BURST) {
       for (let i = n; i < n + RX_BURST; i++) probe.send(frame(i), NO_OFFLOAD);
-      await until(settled, (k) => k === n + RX_BURST, `frames up to ${n + RX_BURST} delivered or dropped: ${JSON.stringify(device.counters)}`);
+      await until(settled, (k) => k === n + RX_BURST, `frames up to ${n + RX_BURST} delivered or dropped: ${JSON.stringify(device.traffic)}`);
     }
-    assert.equal(device.counters.dropped, device.counters.drops.noBuffer);
-    const port = await until(() => testpmd.portStats(), (p) => p.rxPackets >= device.counters.rxPackets, 'testpmd took every delivered frame');
+    assert.equal(device.traffic.dropped, device.traffic.drops.noBuffer);
+    const port = await until(() => testpmd.portStats(), (p) => p.rxPackets >= device.traffic.rxPackets, 'testpmd took every delivered frame');
     await testpmd.stop();
-    assert.equal(port.rxPackets, device.counters.rxPackets);
-    assert.equal(port.rxBytes, device.counters.rxBytes);
-    t.diagnostic(`${port.rxPackets} of ${RX_PACKETS} frames delivered, ${device.counters.drops.noBuffer} dropped for want of a buffer`);
+    assert.equal(port.rxPackets, device.traffic.rxPackets);
+    assert.equal(port.rxBytes, device.traffic.rxBytes);
+    t.diagnostic(`${port.rxPackets} of ${RX_PACKETS} frames delivered, ${device.traffic.drops.noBuffer} dropped for want of a buffer`);
     assert.ok(port.rxPackets > 0);
   }
 
@@ -116,7 +116,7 @@ async function exchange(t: TestContext, driverPort: DriverPort, mode: 'txonly' |
   // is in the capture, readable by tshark and by readPcap.
   segment.close();
   const records = readPcap(readFileSync(pcap)).records;
-  const entered = device.counters.txPackets;
+  const entered = device.traffic.txPackets;
   assert.equal(records.length, entered);
   assert.ok(records.every((r) => r.data.length === FRAME_BYTES));
   if (missingProgram('tshark', 'tshark') === undefined) {

@@ -4,12 +4,14 @@
  * the configuration space, the cache mode and one queue server per request queue.
  */
 import { DeviceId, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
+import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { queueSizeError } from '../../virtio/ring.ts';
 import { QueueServer, type Request } from '../../virtio/serve.ts';
 import type { BlockBackend } from './backend.ts';
+import { VHOST_USER_BLK_QUEUE_SIZE } from './descriptor.ts';
 import { type RangeLimits, type RequestTarget, serveRequest } from './request.ts';
-import { BlkFeature, type BlkConfig, ConfigOffset, ID_SIZE, SECTOR_SIZE, encodeConfig } from './wire.ts';
+import { BLK_CONFIG, BlkFeature, type BlkConfig, ID_SIZE, SECTOR_SIZE } from './wire.ts';
 
 /** Optional features, each on by default where it makes sense. */
 export interface BlkFeatureOptions {
@@ -87,6 +89,7 @@ export class BlkDevice implements VirtioDevice {
   readonly maxQueueSize: number;
   readonly features: bigint;
   readonly config: Uint8Array;
+  readonly counters: DeviceCounters;
   readonly backend: BlockBackend;
   readonly readOnly: boolean;
 
@@ -109,6 +112,7 @@ export class BlkDevice implements VirtioDevice {
     }
     this.backend = backend;
     this.numQueues = checkCount('queue count', options.queues ?? 1, 1, 0xffff);
+    this.counters = new DeviceCounters(this.numQueues);
     this.maxQueueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
     const sizeError = queueSizeError(this.maxQueueSize, false);
     if (sizeError !== undefined) throw new RangeError(`virtio-blk ${sizeError}`);
@@ -157,9 +161,14 @@ export class BlkDevice implements VirtioDevice {
       capacity: backend.size / SECTOR_SIZE,
       sizeMax,
       segMax,
-      geometry: { cylinders: 0, heads: 0, sectors: 0 },
+      cylinders: 0,
+      heads: 0,
+      sectors: 0,
       blkSize,
-      topology: { physicalBlockExp: 0, alignmentOffset: 0, minIoSize: 0, optIoSize: 0 },
+      physicalBlockExp: 0,
+      alignmentOffset: 0,
+      minIoSize: 0,
+      optIoSize: 0,
       writeback: this.initialWriteback,
       numQueues: this.numQueues,
       maxDiscardSectors: discard ? this.discardLimits.maxSectors : 0,
@@ -169,7 +178,7 @@ export class BlkDevice implements VirtioDevice {
       maxWriteZeroesSeg: writeZeroes ? this.writeZeroesLimits.maxSegments : 0,
       writeZeroesMayUnmap: writeZeroes && backend.canUnmap ? 1 : 0,
     };
-    this.config = encodeConfig(this.cfg);
+    this.config = BLK_CONFIG.encode(this.cfg);
   }
 
   /** Disk size in sectors. */
@@ -187,11 +196,11 @@ export class BlkDevice implements VirtioDevice {
    * CONFIG_WCE offered (§5.2.5); any other byte the driver wrote is restored.
    */
   configWritten(offset: number, length: number): void {
-    const touched = offset <= ConfigOffset.writeback && ConfigOffset.writeback < offset + length;
+    const touched = BLK_CONFIG.touches('writeback', offset, length);
     if (touched && hasFeature(this.features, BlkFeature.CONFIG_WCE)) {
-      this.cfg = { ...this.cfg, writeback: this.config[ConfigOffset.writeback] !== 0 ? 1 : 0 };
+      this.cfg = { ...this.cfg, writeback: this.config[BLK_CONFIG.offset.writeback] !== 0 ? 1 : 0 };
     }
-    encodeConfig(this.cfg, this.config);
+    BLK_CONFIG.encode(this.cfg, this.config);
   }
 
   activate(ctx: DeviceContext): void {
@@ -238,6 +247,28 @@ export class BlkDevice implements VirtioDevice {
 
   private setWriteback(value: number): void {
     this.cfg = { ...this.cfg, writeback: value };
-    encodeConfig(this.cfg, this.config);
+    BLK_CONFIG.encode(this.cfg, this.config);
   }
+}
+
+export interface VhostUserBlkOptions {
+  readonly queues?: number;
+  readonly readOnly?: boolean;
+  /** The ring size the front-end will use (QEMU's queue-size property). */
+  readonly queueSize?: number;
+}
+
+/**
+ * A BlkDevice for a vhost-user front-end. The front-end, not the device, picks the ring size,
+ * and the device's seg_max (queue size - 2) must let a request's chain fit in that ring: a
+ * Linux driver builds indirect tables as long as seg_max allows, and a chain longer than the
+ * queue breaks §2.7.5.3.1. So the device is sized to the front-end's queue, not the largest.
+ */
+export function vhostUserBlkDevice(backend: BlockBackend, options: VhostUserBlkOptions = {}): BlkDevice {
+  return new BlkDevice({
+    backend,
+    queues: options.queues ?? 1,
+    readOnly: options.readOnly === true,
+    queueSize: options.queueSize ?? VHOST_USER_BLK_QUEUE_SIZE,
+  });
 }

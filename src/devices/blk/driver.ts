@@ -16,15 +16,13 @@ import {
   BlkFeature,
   BlkStatus,
   type BlkConfig,
-  CONFIG_SIZE,
-  ConfigOffset,
+  BLK_CONFIG,
   ID_SIZE,
   REQUEST_HEADER_SIZE,
   RangeFlag,
   RequestType,
   SECTOR_SIZE,
   STATUS_SIZE,
-  decodeConfig,
   encodeRangeSegments,
   encodeRequestHeader,
 } from './wire.ts';
@@ -161,7 +159,7 @@ export class BlkDriver {
   private nextQueue = 0;
 
   private constructor(
-    private readonly core: VirtioDriver,
+    readonly core: VirtioDriver,
     cfg: BlkConfig,
     private readonly queueCount: number,
     /** Largest data bytes per request. */
@@ -186,7 +184,7 @@ export class BlkDriver {
       log: options.log,
     });
     try {
-      const cfg = decodeConfig(await core.readConfig(0, CONFIG_SIZE));
+      const cfg = BLK_CONFIG.decode(await core.readConfig(0, BLK_CONFIG.size));
       const has = (bit: number): boolean => hasFeature(core.features, bit);
       const sizeMax = has(BlkFeature.SIZE_MAX) && cfg.sizeMax > 0 ? cfg.sizeMax : Infinity;
       // Data descriptors per request: seg_max when announced, and never more than a ring holds
@@ -283,7 +281,7 @@ export class BlkDriver {
     if (!hasFeature(this.features, BlkFeature.CONFIG_WCE)) {
       throw new Error('blk: the cache mode cannot be changed: VIRTIO_BLK_F_CONFIG_WCE was not negotiated');
     }
-    await this.core.writeConfig(ConfigOffset.writeback, Uint8Array.of(writeback ? 1 : 0));
+    await this.core.writeConfig(BLK_CONFIG.offset.writeback, Uint8Array.of(writeback ? 1 : 0));
     await this.refreshConfig();
   }
 
@@ -294,7 +292,7 @@ export class BlkDriver {
   }
 
   private async refreshConfig(): Promise<void> {
-    this.cfg = decodeConfig(await this.core.readConfig(0, CONFIG_SIZE));
+    this.cfg = BLK_CONFIG.decode(await this.core.readConfig(0, BLK_CONFIG.size));
   }
 
   /** §5.2.6.1: a driver MUST NOT address beyond capacity; lengths are whole sectors. */

@@ -7,6 +7,7 @@
  * disk of 2^53 sectors is 4 ZiB, so every real sector is exact, and a hostile value of 2^53 or more
  * stays >= 2^53 after conversion and so still fails the capacity check.
  */
+import { ConfigLayout, type ValuesOf } from '../../virtio/config-layout.ts';
 
 /** The protocol unit: sector numbers and data lengths count 512-byte sectors whatever blk_size says (§5.2.5). */
 export const SECTOR_SIZE = 512;
@@ -141,129 +142,38 @@ export function decodeRangeSegments(bytes: Uint8Array): RangeSegment[] {
   return segs;
 }
 
-/** §5.2.4 `struct virtio_blk_geometry`. */
-export interface Geometry {
-  readonly cylinders: number;
-  readonly heads: number;
-  readonly sectors: number;
-}
-
-/** §5.2.4 `struct virtio_blk_topology`, in logical blocks. */
-export interface Topology {
-  /** log2 of logical blocks per physical block. */
-  readonly physicalBlockExp: number;
-  readonly alignmentOffset: number;
-  readonly minIoSize: number;
-  readonly optIoSize: number;
-}
-
 /**
- * The configuration fields this project serves (§5.2.4). A field is meaningful only when its
- * feature is offered; it is encoded as 0 otherwise. Secure erase and zoned fields are not served:
- * the device offers neither feature, and the configuration space ends before them.
+ * `struct virtio_blk_config` (§5.2.4), through `write_zeroes_may_unmap` and its padding
+ * `unused1[3]`. A field is meaningful only when its feature is offered and is encoded as 0
+ * otherwise. Secure erase and zoned fields are not served: the device offers neither feature,
+ * and the space ends before them. Geometry and topology are flattened into their members.
  */
-export interface BlkConfig {
-  /** Size in 512-byte sectors; always present. */
-  readonly capacity: number;
-  readonly sizeMax: number;
-  readonly segMax: number;
-  readonly geometry: Geometry;
-  readonly blkSize: number;
-  readonly topology: Topology;
-  /** 1 for a writeback cache, 0 for writethrough (CONFIG_WCE). */
-  readonly writeback: number;
-  readonly numQueues: number;
-  readonly maxDiscardSectors: number;
-  readonly maxDiscardSeg: number;
-  readonly discardSectorAlignment: number;
-  readonly maxWriteZeroesSectors: number;
-  readonly maxWriteZeroesSeg: number;
-  readonly writeZeroesMayUnmap: number;
-}
+export const BLK_CONFIG = new ConfigLayout(
+  'virtio-blk',
+  {
+    capacity: { offset: 0, width: 8, about: '512-byte sectors' },
+    sizeMax: { offset: 8, width: 4, feature: BlkFeature.SIZE_MAX },
+    segMax: { offset: 12, width: 4, feature: BlkFeature.SEG_MAX },
+    cylinders: { offset: 16, width: 2, feature: BlkFeature.GEOMETRY },
+    heads: { offset: 18, width: 1, feature: BlkFeature.GEOMETRY },
+    sectors: { offset: 19, width: 1, feature: BlkFeature.GEOMETRY },
+    blkSize: { offset: 20, width: 4, feature: BlkFeature.BLK_SIZE },
+    /** log2 of logical blocks per physical block. */
+    physicalBlockExp: { offset: 24, width: 1, feature: BlkFeature.TOPOLOGY },
+    alignmentOffset: { offset: 25, width: 1, feature: BlkFeature.TOPOLOGY },
+    minIoSize: { offset: 26, width: 2, feature: BlkFeature.TOPOLOGY },
+    optIoSize: { offset: 28, width: 4, feature: BlkFeature.TOPOLOGY },
+    /** 1 for a writeback cache, 0 for writethrough. */
+    writeback: { offset: 32, width: 1, feature: BlkFeature.CONFIG_WCE },
+    numQueues: { offset: 34, width: 2, feature: BlkFeature.MQ },
+    maxDiscardSectors: { offset: 36, width: 4, feature: BlkFeature.DISCARD },
+    maxDiscardSeg: { offset: 40, width: 4, feature: BlkFeature.DISCARD },
+    discardSectorAlignment: { offset: 44, width: 4, feature: BlkFeature.DISCARD },
+    maxWriteZeroesSectors: { offset: 48, width: 4, feature: BlkFeature.WRITE_ZEROES },
+    maxWriteZeroesSeg: { offset: 52, width: 4, feature: BlkFeature.WRITE_ZEROES },
+    writeZeroesMayUnmap: { offset: 56, width: 1, feature: BlkFeature.WRITE_ZEROES },
+  },
+  60,
+);
 
-/** Byte offsets of `struct virtio_blk_config`'s fields (§5.2.4). */
-export const ConfigOffset = {
-  capacity: 0,
-  sizeMax: 8,
-  segMax: 12,
-  cylinders: 16,
-  heads: 18,
-  sectors: 19,
-  blkSize: 20,
-  physicalBlockExp: 24,
-  alignmentOffset: 25,
-  minIoSize: 26,
-  optIoSize: 28,
-  writeback: 32,
-  numQueues: 34,
-  maxDiscardSectors: 36,
-  maxDiscardSeg: 40,
-  discardSectorAlignment: 44,
-  maxWriteZeroesSectors: 48,
-  maxWriteZeroesSeg: 52,
-  writeZeroesMayUnmap: 56,
-} as const;
-
-/** Through `write_zeroes_may_unmap` and its padding `unused1[3]`. */
-export const CONFIG_SIZE = 60;
-
-/** Encode into `out` (CONFIG_SIZE bytes); padding bytes are zeroed as §5.2.5.2 requires. */
-export function encodeConfig(c: BlkConfig, out: Uint8Array = new Uint8Array(CONFIG_SIZE)): Uint8Array {
-  out.fill(0, 0, CONFIG_SIZE);
-  const v = viewOf(out);
-  const o = ConfigOffset;
-  setU64(v, o.capacity, c.capacity);
-  v.setUint32(o.sizeMax, c.sizeMax, true);
-  v.setUint32(o.segMax, c.segMax, true);
-  v.setUint16(o.cylinders, c.geometry.cylinders, true);
-  v.setUint8(o.heads, c.geometry.heads);
-  v.setUint8(o.sectors, c.geometry.sectors);
-  v.setUint32(o.blkSize, c.blkSize, true);
-  v.setUint8(o.physicalBlockExp, c.topology.physicalBlockExp);
-  v.setUint8(o.alignmentOffset, c.topology.alignmentOffset);
-  v.setUint16(o.minIoSize, c.topology.minIoSize, true);
-  v.setUint32(o.optIoSize, c.topology.optIoSize, true);
-  v.setUint8(o.writeback, c.writeback);
-  v.setUint16(o.numQueues, c.numQueues, true);
-  v.setUint32(o.maxDiscardSectors, c.maxDiscardSectors, true);
-  v.setUint32(o.maxDiscardSeg, c.maxDiscardSeg, true);
-  v.setUint32(o.discardSectorAlignment, c.discardSectorAlignment, true);
-  v.setUint32(o.maxWriteZeroesSectors, c.maxWriteZeroesSectors, true);
-  v.setUint32(o.maxWriteZeroesSeg, c.maxWriteZeroesSeg, true);
-  v.setUint8(o.writeZeroesMayUnmap, c.writeZeroesMayUnmap);
-  return out;
-}
-
-/** Decode CONFIG_SIZE bytes of configuration space. */
-export function decodeConfig(bytes: Uint8Array): BlkConfig {
-  if (bytes.length < CONFIG_SIZE) {
-    throw new RangeError(`virtio-blk configuration space is ${bytes.length} bytes, expected ${CONFIG_SIZE}`);
-  }
-  const v = viewOf(bytes);
-  const o = ConfigOffset;
-  return {
-    capacity: getU64(v, o.capacity),
-    sizeMax: v.getUint32(o.sizeMax, true),
-    segMax: v.getUint32(o.segMax, true),
-    geometry: {
-      cylinders: v.getUint16(o.cylinders, true),
-      heads: v.getUint8(o.heads),
-      sectors: v.getUint8(o.sectors),
-    },
-    blkSize: v.getUint32(o.blkSize, true),
-    topology: {
-      physicalBlockExp: v.getUint8(o.physicalBlockExp),
-      alignmentOffset: v.getUint8(o.alignmentOffset),
-      minIoSize: v.getUint16(o.minIoSize, true),
-      optIoSize: v.getUint32(o.optIoSize, true),
-    },
-    writeback: v.getUint8(o.writeback),
-    numQueues: v.getUint16(o.numQueues, true),
-    maxDiscardSectors: v.getUint32(o.maxDiscardSectors, true),
-    maxDiscardSeg: v.getUint32(o.maxDiscardSeg, true),
-    discardSectorAlignment: v.getUint32(o.discardSectorAlignment, true),
-    maxWriteZeroesSectors: v.getUint32(o.maxWriteZeroesSectors, true),
-    maxWriteZeroesSeg: v.getUint32(o.maxWriteZeroesSeg, true),
-    writeZeroesMayUnmap: v.getUint8(o.writeZeroesMayUnmap),
-  };
-}
+export type BlkConfig = ValuesOf<typeof BLK_CONFIG>;

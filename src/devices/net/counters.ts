@@ -44,4 +44,11 @@ export class NetCounters {
   get dropped(): number {
     return DROP_REASONS.reduce((n, r) => n + this.drops[r], 0);
   }
+
+  /** Every count by name, drops as `drops.<reason>`: the device-specific part of DeviceCounters. */
+  snapshot(): Record<string, number> {
+    const out: Record<string, number> = { txPackets: this.txPackets, txBytes: this.txBytes, rxPackets: this.rxPackets, rxBytes: this.rxBytes };
+    for (const r of DROP_REASONS) out[`drops.${r}`] = this.drops[r];
+    return out;
+  }
 }

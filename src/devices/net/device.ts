@@ -15,6 +15,7 @@ import { queueSizeError } from '../../virtio/ring.ts';
 import { QueueServer, type Request } from '../../virtio/serve.ts';
 import { type ControlTarget, guestOffloadMask, serveControl } from './control.ts';
 import { NetCounters } from './counters.ts';
+import { DeviceCounters } from '../../virtio/counters.ts';
 import { RxFilter } from './filter.ts';
 import { plainFrameLimit, receiveOffload, transmitOffload, transmitRefusal } from './offload.ts';
 import type { NetPort } from './port.ts';
@@ -33,9 +34,9 @@ import {
   SPEED_UNKNOWN,
   VQ_PAIRS_MAX,
   decodeOffload,
-  encodeConfig,
+  NET_CONFIG,
   macKey,
-  missingRequirement,
+  missingNetRequirement,
   parseMac,
 } from './wire.ts';
 
@@ -121,7 +122,9 @@ export class NetDevice implements VirtioDevice {
   readonly maxQueueSize: number;
   readonly features: bigint;
   readonly config: Uint8Array;
-  readonly counters = new NetCounters();
+  /** Frames and drops by reason; `counters` holds the queues' own counts and includes these. */
+  readonly traffic = new NetCounters();
+  readonly counters: DeviceCounters;
   readonly port: NetPort;
   readonly mtu: number;
   /** Largest frame without GSO the device carries either way. */
@@ -179,9 +182,10 @@ export class NetDevice implements VirtioDevice {
       [f.inOrder ?? false, Feature.IN_ORDER],
     ];
     this.features = offer.reduce((acc, [on, bit]) => (on ? acc | featureBit(bit) : acc), 0n);
-    const missing = missingRequirement(this.features);
+    const missing = missingNetRequirement(this.features);
     if (missing !== undefined) throw new RangeError(`virtio-net cannot offer these features: ${missing} (§5.1.3.1)`);
     this.numQueues = 2 * this.maxPairs + (control ? 1 : 0);
+    this.counters = new DeviceCounters(this.numQueues, () => this.traffic.snapshot());
 
     this.cfg = {
       mac: this.configuredMac,
@@ -191,7 +195,7 @@ export class NetDevice implements VirtioDevice {
       speed,
       duplex,
     };
-    this.config = encodeConfig(this.cfg);
+    this.config = NET_CONFIG.encode(this.cfg);
     this.port.onReceive((frame, meta) => this.receive(frame, meta));
   }
 
@@ -234,14 +238,14 @@ export class NetDevice implements VirtioDevice {
 
   /** Every configuration field is read-only for the driver (§5.1.4): restore what it wrote. */
   configWritten(): void {
-    encodeConfig(this.cfg, this.config);
+    NET_CONFIG.encode(this.cfg, this.config);
   }
 
   activate(ctx: DeviceContext): void {
     const has = (bit: number): boolean => hasFeature(ctx.features, bit);
     const pairs = has(NetFeature.MQ) ? this.maxPairs : 1;
     const mergeable = has(NetFeature.MRG_RXBUF);
-    const rx = Array.from({ length: pairs }, (_, p) => new ReceiveQueue(ctx, 2 * p, mergeable, this.backlog, this.counters));
+    const rx = Array.from({ length: pairs }, (_, p) => new ReceiveQueue(ctx, 2 * p, mergeable, this.backlog, this.traffic));
     const tx = Array.from({ length: pairs }, (_, p) => new QueueServer(ctx, 2 * p + 1, (req) => this.transmit(req, p)));
     const filter = new RxFilter(has(NetFeature.CTRL_RX), has(NetFeature.CTRL_VLAN));
     // A driver that did not take the device's MAC made up its own (§5.1.5); until it says which, any unicast is its.
@@ -260,7 +264,7 @@ export class NetDevice implements VirtioDevice {
     };
     if (has(NetFeature.CTRL_VQ)) {
       const target = this.controlTarget(active);
-      active.ctrl = new QueueServer(ctx, active.ctrlIndex, (req) => serveControl(req, target, this.counters));
+      active.ctrl = new QueueServer(ctx, active.ctrlIndex, (req) => serveControl(req, target, this.traffic));
     }
     this.active = active;
     for (const server of tx) server.kick();
@@ -303,7 +307,7 @@ export class NetDevice implements VirtioDevice {
 
   private updateConfig(change: Partial<NetConfig>, notify: boolean): void {
     this.cfg = { ...this.cfg, ...change };
-    encodeConfig(this.cfg, this.config);
+    NET_CONFIG.encode(this.cfg, this.config);
     if (notify) this.active?.ctx.configChanged();
   }
 
@@ -313,7 +317,7 @@ export class NetDevice implements VirtioDevice {
     const { reader } = req;
     if (a === undefined) return;
     if (reader.remaining < NET_HDR_SIZE) {
-      this.counters.drop('malformedBuffer');
+      this.traffic.drop('malformedBuffer');
       return;
     }
     const hdr = reader.readExact(NET_HDR_SIZE);
@@ -323,17 +327,17 @@ export class NetDevice implements VirtioDevice {
     // Checked before copying, so a hostile length costs nothing.
     const refusal = transmitRefusal(meta, length, a.ctx.features, this.mtu);
     if (refusal !== undefined) {
-      this.counters.drop(refusal);
+      this.traffic.drop(refusal);
       return;
     }
     if (!this.linkUp) {
-      this.counters.drop('linkDown');
+      this.traffic.drop('linkDown');
       return;
     }
     const frame = reader.readExact(length);
     if (frame === undefined) return;
-    this.counters.txPackets++;
-    this.counters.txBytes += length;
+    this.traffic.txPackets++;
+    this.traffic.txBytes += length;
     if (a.activePairs > 1) this.learnFlow(a, frame, pair);
     this.port.send(frame, transmitOffload(meta));
   }
@@ -348,25 +352,25 @@ export class NetDevice implements VirtioDevice {
   private receive(frame: Uint8Array, meta: Offload): void {
     const a = this.active;
     if (a === undefined || !this.linkUp) {
-      this.counters.drop('linkDown');
+      this.traffic.drop('linkDown');
       return;
     }
     if (frame.length < ETH_HLEN) {
-      this.counters.drop('runt');
+      this.traffic.drop('runt');
       return;
     }
     // §5.1.4.1: nothing beyond mtu + link header without GSO.
     if (frame.length > (meta.gsoType === 0 ? this.frameLimit : MAX_GSO_FRAME)) {
-      this.counters.drop('oversize');
+      this.traffic.drop('oversize');
       return;
     }
     if (!a.filter.accepts(frame)) {
-      this.counters.drop('filtered');
+      this.traffic.drop('filtered');
       return;
     }
     const out = receiveOffload(frame, meta, a.guestOffloads);
     if (typeof out === 'string') {
-      this.counters.drop(out);
+      this.traffic.drop(out);
       return;
     }
     a.rx[this.steer(a, frame)].offer(out.frame, out.meta);

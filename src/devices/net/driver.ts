@@ -22,9 +22,8 @@ import type { RequestQueue } from '../../virtio/request-queue.ts';
 import { plainFrameLimit } from './offload.ts';
 import type { NetPort } from './port.ts';
 import {
-  CONFIG_SIZE,
+  NET_CONFIG,
   CTRL_HDR_SIZE,
-  ConfigOffset,
   CtrlAck,
   CtrlAnnounce,
   CtrlClass,
@@ -48,7 +47,6 @@ import {
   type Offload,
   VLAN_ID_MAX,
   VQ_PAIRS_MAX,
-  decodeConfig,
   decodeNumBuffers,
   decodeOffload,
   encodeMacTable,
@@ -200,7 +198,7 @@ export class NetDriver {
     const has = (bit: number): boolean => hasFeature(predicted, bit);
     let pairs = 1;
     if (has(NetFeature.MQ)) {
-      const raw = await transport.readConfig(ConfigOffset.maxVirtqueuePairs, 2);
+      const raw = await transport.readConfig(NET_CONFIG.offset.maxVirtqueuePairs, 2);
       pairs = raw[0] | (raw[1] << 8);
       if (pairs < 1 || pairs > VQ_PAIRS_MAX) throw new Error(`net: the device reports max_virtqueue_pairs ${pairs}, outside 1..${VQ_PAIRS_MAX}`);
     }
@@ -213,7 +211,7 @@ export class NetDriver {
       log: options.log,
     });
     try {
-      const cfg = decodeConfig(await core.readConfig(0, CONFIG_SIZE));
+      const cfg = NET_CONFIG.decode(await core.readConfig(0, NET_CONFIG.size));
       const mtu = hasFeature(core.features, NetFeature.MTU) ? cfg.mtu : DEFAULT_MTU;
       if (mtu < 68) throw new Error(`net: the device reports an MTU of ${mtu}, below the minimum of 68`);
       const bigReceive = [NetFeature.GUEST_TSO4, NetFeature.GUEST_TSO6, NetFeature.GUEST_UFO].some((b) => hasFeature(core.features, b));
@@ -562,7 +560,7 @@ export class NetDriver {
 
   private async configChanged(): Promise<void> {
     const before = this.linkUp;
-    this.cfg = decodeConfig(await this.core.readConfig(0, CONFIG_SIZE));
+    this.cfg = NET_CONFIG.decode(await this.core.readConfig(0, NET_CONFIG.size));
     if (hasFeature(this.features, NetFeature.MAC)) this.address = this.cfg.mac;
     if (this.linkUp !== before) for (const l of this.linkListeners) l(this.linkUp);
     if (hasFeature(this.features, NetFeature.GUEST_ANNOUNCE) && this.cfg.status & NetStatus.ANNOUNCE) {

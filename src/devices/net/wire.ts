@@ -3,6 +3,8 @@
  * space, and the control queue's classes, commands and payloads. Device, driver and the
  * back-ends that carry offload metadata (tunnel, TAP) all encode and decode through this module.
  */
+import { ConfigLayout, type ValuesOf } from '../../virtio/config-layout.ts';
+import { type FeatureRequirement, missingRequirement } from '../../virtio/features.ts';
 
 /** §5.1.3 feature bits (bit numbers) of VIRTIO 1.2. */
 export const NetFeature = {
@@ -40,7 +42,7 @@ export const NET_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEn
  * §5.1.3.1 feature dependencies: each feature and what it requires (all of `all`, and at least
  * one of `any` when given). A device offering a feature without its requirements is misbuilt.
  */
-export const NET_FEATURE_REQUIREMENTS: readonly { readonly feature: number; readonly all?: readonly number[]; readonly any?: readonly number[] }[] = [
+export const NET_FEATURE_REQUIREMENTS: readonly FeatureRequirement[] = [
   { feature: NetFeature.GUEST_TSO4, all: [NetFeature.GUEST_CSUM] },
   { feature: NetFeature.GUEST_TSO6, all: [NetFeature.GUEST_CSUM] },
   { feature: NetFeature.GUEST_ECN, any: [NetFeature.GUEST_TSO4, NetFeature.GUEST_TSO6] },
@@ -58,17 +60,8 @@ export const NET_FEATURE_REQUIREMENTS: readonly { readonly feature: number; read
 ];
 
 /** The first feature in `features` whose §5.1.3.1 requirements are missing, or undefined. */
-export function missingRequirement(features: bigint): string | undefined {
-  const has = (bit: number): boolean => ((features >> BigInt(bit)) & 1n) === 1n;
-  for (const { feature, all = [], any } of NET_FEATURE_REQUIREMENTS) {
-    if (!has(feature)) continue;
-    const missing = all.find((b) => !has(b));
-    if (missing !== undefined) return `${NET_FEATURE_NAMES[feature]} requires ${NET_FEATURE_NAMES[missing]}`;
-    if (any !== undefined && !any.some(has)) {
-      return `${NET_FEATURE_NAMES[feature]} requires one of ${any.map((b) => NET_FEATURE_NAMES[b]).join(', ')}`;
-    }
-  }
-  return undefined;
+export function missingNetRequirement(features: bigint): string | undefined {
+  return missingRequirement(features, NET_FEATURE_REQUIREMENTS, NET_FEATURE_NAMES);
 }
 
 /** The guest offloads VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET may switch (§5.1.6.5.6.1), as feature bits. */
@@ -201,51 +194,22 @@ export const Duplex = {
 /** §5.1.4 speed meaning "unknown". */
 export const SPEED_UNKNOWN = 0xffff_ffff;
 
-/** Byte offsets of `struct virtio_net_config` (§5.1.4). */
-export const ConfigOffset = {
-  mac: 0,
-  status: 6,
-  maxVirtqueuePairs: 8,
-  mtu: 10,
-  speed: 12,
-  duplex: 16,
-} as const;
+export const MAC_SIZE = 6;
 
-/** Through `duplex`: the RSS fields that follow exist only with RSS or HASH_REPORT, never offered here. */
-export const CONFIG_SIZE = 17;
+/**
+ * `struct virtio_net_config` (§5.1.4) through `duplex`: the RSS fields that follow exist only
+ * with RSS or HASH_REPORT, never offered here. A field is meaningful only with its feature.
+ */
+export const NET_CONFIG = new ConfigLayout('virtio-net', {
+  mac: { offset: 0, bytes: MAC_SIZE, feature: NetFeature.MAC },
+  status: { offset: 6, width: 2, feature: NetFeature.STATUS },
+  maxVirtqueuePairs: { offset: 8, width: 2, feature: NetFeature.MQ },
+  mtu: { offset: 10, width: 2, feature: NetFeature.MTU },
+  speed: { offset: 12, width: 4, feature: NetFeature.SPEED_DUPLEX, about: 'Mbit/s' },
+  duplex: { offset: 16, width: 1, feature: NetFeature.SPEED_DUPLEX },
+});
 
-/** The configuration fields this project serves; a field is meaningful only with its feature. */
-export interface NetConfig {
-  readonly mac: Uint8Array;
-  readonly status: number;
-  readonly maxVirtqueuePairs: number;
-  readonly mtu: number;
-  readonly speed: number;
-  readonly duplex: number;
-}
-
-export function encodeConfig(c: NetConfig, out: Uint8Array = new Uint8Array(CONFIG_SIZE)): Uint8Array {
-  out.set(c.mac.subarray(0, 6), ConfigOffset.mac);
-  putU16(out, ConfigOffset.status, c.status);
-  putU16(out, ConfigOffset.maxVirtqueuePairs, c.maxVirtqueuePairs);
-  putU16(out, ConfigOffset.mtu, c.mtu);
-  putU16(out, ConfigOffset.speed, c.speed & 0xffff);
-  putU16(out, ConfigOffset.speed + 2, c.speed >>> 16);
-  out[ConfigOffset.duplex] = c.duplex;
-  return out;
-}
-
-export function decodeConfig(b: Uint8Array): NetConfig {
-  if (b.length < CONFIG_SIZE) throw new RangeError(`virtio-net configuration space is ${b.length} bytes, expected ${CONFIG_SIZE}`);
-  return {
-    mac: b.slice(ConfigOffset.mac, ConfigOffset.mac + 6),
-    status: takeU16(b, ConfigOffset.status),
-    maxVirtqueuePairs: takeU16(b, ConfigOffset.maxVirtqueuePairs),
-    mtu: takeU16(b, ConfigOffset.mtu),
-    speed: (takeU16(b, ConfigOffset.speed) | (takeU16(b, ConfigOffset.speed + 2) << 16)) >>> 0,
-    duplex: b[ConfigOffset.duplex],
-  };
-}
+export type NetConfig = ValuesOf<typeof NET_CONFIG>;
 
 /** §5.1.6.5 control classes and their commands. */
 export const CtrlClass = {
@@ -301,7 +265,6 @@ export const VQ_PAIRS_MIN = 1;
 export const VQ_PAIRS_MAX = 0x8000;
 export const VLAN_ID_MAX = 4095;
 
-export const MAC_SIZE = 6;
 
 /** The two tables of VIRTIO_NET_CTRL_MAC_TABLE_SET (§5.1.6.5.2): unicast, then multicast. */
 export interface MacTable {

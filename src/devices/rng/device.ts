@@ -3,6 +3,7 @@
  */
 import { randomFillSync } from 'node:crypto';
 import { DeviceId } from '../../virtio/constants.ts';
+import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
 import { QueueServer } from '../../virtio/serve.ts';
@@ -28,6 +29,7 @@ export class RngDevice implements VirtioDevice {
   readonly features = FRAMEWORK_FEATURES;
   /** §5.4.4: no configuration space. */
   readonly config = new Uint8Array(0);
+  readonly counters = new DeviceCounters(1);
   private readonly maxBytes: number;
   private server: QueueServer | undefined;
 

@@ -700,6 +700,7 @@ export class VhostUserBackend {
         return features();
       },
       log,
+      counters: this.device.counters,
       // A disabled ring keeps its gate (closed): requests in flight must still complete into it.
       queue: (index: number): DeviceQueue | undefined => {
         const v = this.vrings[index];
@@ -729,6 +730,7 @@ export class VhostUserBackend {
     const v = this.vrings[index];
     if (v === undefined || v.failed) return;
     v.failed = true;
+    this.device.counters.queue(index).ringFaults++;
     if (v.gate !== undefined) {
       v.base = v.gate.base;
       // The device drops its chains in flight on a failed ring; nothing of it may touch memory now.

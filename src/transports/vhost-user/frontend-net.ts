@@ -11,7 +11,7 @@
  * queue and is passed through unchanged.
  */
 import { NET_OFFLOAD_FEATURES } from '../../devices/net/driver.ts';
-import { CONFIG_SIZE, NetFeature } from '../../devices/net/wire.ts';
+import { NET_CONFIG, NetFeature } from '../../devices/net/wire.ts';
 import { DeviceId, featureBit } from '../../virtio/constants.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
 import { type FrontendOptions, type LocalDeviceModel, VhostUserFrontend } from './frontend.ts';
@@ -28,7 +28,7 @@ export const NET_DATA_PATH_FEATURES: bigint =
 export const VHOST_USER_NET_MODEL: LocalDeviceModel = {
   features: NET_DATA_PATH_FEATURES,
   // Nothing in it is read: MAC, STATUS, MQ, MTU and the rest are all withheld.
-  config: new Uint8Array(CONFIG_SIZE),
+  config: new Uint8Array(NET_CONFIG.size),
   queues: 2,
 };
 

@@ -6,9 +6,8 @@ import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
 import {
   BlkFeature,
   BlkStatus,
-  ConfigOffset,
+  BLK_CONFIG,
   RequestType,
-  decodeConfig,
   encodeRequestHeader,
 } from '../../../src/devices/blk/wire.ts';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
@@ -29,7 +28,7 @@ test('the offer follows the options: RO, MQ, SIZE_MAX, discard and ring features
   assert.equal(hasFeature(ro.features, BlkFeature.DISCARD), false, 'no discard on a read-only disk');
   assert.equal(hasFeature(ro.features, Feature.RING_PACKED), false);
 
-  const cfg = decodeConfig(ro.config);
+  const cfg = BLK_CONFIG.decode(ro.config);
   assert.equal(cfg.capacity, 64);
   assert.equal(cfg.numQueues, 2);
   assert.equal(cfg.sizeMax, 4096);
@@ -55,11 +54,11 @@ test('the driver may write only writeback; other configuration bytes are restore
   const before = dev.config.slice();
   dev.config.fill(0x77);
   dev.configWritten(0, dev.config.length);
-  const after = decodeConfig(dev.config);
+  const after = BLK_CONFIG.decode(dev.config);
   assert.equal(after.writeback, 1);
-  assert.deepEqual({ ...after, writeback: 0 }, { ...decodeConfig(before), writeback: 0 });
-  dev.config[ConfigOffset.writeback] = 0;
-  dev.configWritten(ConfigOffset.writeback, 1);
+  assert.deepEqual({ ...after, writeback: 0 }, { ...BLK_CONFIG.decode(before), writeback: 0 });
+  dev.config[BLK_CONFIG.offset.writeback] = 0;
+  dev.configWritten(BLK_CONFIG.offset.writeback, 1);
   assert.equal(dev.writeback, false);
   dev.reset();
   assert.equal(dev.writeback, true, 'reset restores the initial cache mode');

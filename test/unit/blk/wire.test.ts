@@ -2,13 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
-  CONFIG_SIZE,
-  ConfigOffset,
+  BLK_CONFIG,
   type BlkConfig,
-  decodeConfig,
   decodeRangeSegments,
   decodeRequestHeader,
-  encodeConfig,
   encodeRangeSegments,
   encodeRequestHeader,
 } from '../../../src/devices/blk/wire.ts';
@@ -49,9 +46,14 @@ const config: fc.Arbitrary<BlkConfig> = fc.record({
   capacity: sector,
   sizeMax: u32,
   segMax: u32,
-  geometry: fc.record({ cylinders: u16, heads: u8, sectors: u8 }, plain),
+  cylinders: u16,
+  heads: u8,
+  sectors: u8,
   blkSize: u32,
-  topology: fc.record({ physicalBlockExp: u8, alignmentOffset: u8, minIoSize: u16, optIoSize: u32 }, plain),
+  physicalBlockExp: u8,
+  alignmentOffset: u8,
+  minIoSize: u16,
+  optIoSize: u32,
   writeback: u8,
   numQueues: u16,
   maxDiscardSectors: u32,
@@ -65,9 +67,9 @@ const config: fc.Arbitrary<BlkConfig> = fc.record({
 test('configuration space round-trips', () => {
   fc.assert(
     fc.property(config, (c) => {
-      const bytes = encodeConfig(c);
-      assert.equal(bytes.length, CONFIG_SIZE);
-      assert.deepEqual(decodeConfig(bytes), c);
+      const bytes = BLK_CONFIG.encode(c);
+      assert.equal(bytes.length, BLK_CONFIG.size);
+      assert.deepEqual(BLK_CONFIG.decode(bytes), c);
     }),
   );
 });
@@ -75,7 +77,7 @@ test('configuration space round-trips', () => {
 test('configuration fields sit at the offsets of struct virtio_blk_config and padding stays zero', () => {
   fc.assert(
     fc.property(config, (c) => {
-      const bytes = encodeConfig(c, new Uint8Array(CONFIG_SIZE).fill(0xaa));
+      const bytes = BLK_CONFIG.encode(c, new Uint8Array(BLK_CONFIG.size).fill(0xaa));
       const v = new DataView(bytes.buffer);
       assert.equal(v.getUint32(0, true) + v.getUint32(4, true) * 2 ** 32, c.capacity);
       assert.equal(v.getUint8(32), c.writeback);
@@ -85,9 +87,9 @@ test('configuration fields sit at the offsets of struct virtio_blk_config and pa
       assert.deepEqual([...bytes.subarray(57, 60)], [0, 0, 0], 'unused1');
     }),
   );
-  assert.equal(ConfigOffset.writeZeroesMayUnmap, 56);
+  assert.equal(BLK_CONFIG.offset.writeZeroesMayUnmap, 56);
 });
 
 test('decoding a short configuration space names the sizes', () => {
-  assert.throws(() => decodeConfig(new Uint8Array(8)), /8 bytes, expected 60/);
+  assert.throws(() => BLK_CONFIG.decode(new Uint8Array(8)), /8 bytes, expected 60/);
 });

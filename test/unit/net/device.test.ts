@@ -5,8 +5,7 @@ import { NET_DRIVER_FEATURES } from '../../../src/devices/net/driver.ts';
 import { createCable } from '../../../src/devices/net/port.ts';
 import { L2Switch } from '../../../src/devices/net/switch.ts';
 import {
-  CONFIG_SIZE,
-  ConfigOffset,
+  NET_CONFIG,
   CtrlAck,
   CtrlClass,
   CtrlGuestOffloads,
@@ -23,7 +22,6 @@ import {
   NetFeature,
   NetStatus,
   type Offload,
-  decodeConfig,
   encodeMacTable,
   encodeNetHeader,
   formatMac,
@@ -49,21 +47,21 @@ function tagged(f: Uint8Array, vid: number): Uint8Array {
 test('configuration space: mac, link status, queue pairs, mtu, speed and duplex; driver writes are undone', async () => {
   const [port] = createCable();
   const dev = new NetDevice({ port, mac: MAC_A, mtu: 9000, queuePairs: 3, speed: 10000, duplex: Duplex.FULL });
-  const cfg = decodeConfig(dev.config);
+  const cfg = NET_CONFIG.decode(dev.config);
   assert.deepEqual(cfg.mac, parseMac(MAC_A));
   assert.equal(cfg.status, NetStatus.LINK_UP);
   assert.equal(cfg.maxVirtqueuePairs, 3);
   assert.equal(cfg.mtu, 9000);
   assert.equal(cfg.speed, 10000);
   assert.equal(cfg.duplex, Duplex.FULL);
-  assert.equal(dev.config.length, CONFIG_SIZE);
+  assert.equal(dev.config.length, NET_CONFIG.size);
   for (const bit of [NetFeature.MAC, NetFeature.MTU, NetFeature.MQ, NetFeature.SPEED_DUPLEX, NetFeature.STATUS, NetFeature.CTRL_VQ]) {
     assert.ok(hasFeature(dev.features, bit), `offers ${bit}`);
   }
   assert.equal(dev.numQueues, 7, 'three pairs and the control queue');
   const { transport } = createLoopback(dev, { memoryBytes: 1 << 20, log });
-  await transport.writeConfig(ConfigOffset.mtu, Uint8Array.of(0, 1));
-  assert.equal(decodeConfig(await transport.readConfig(0, CONFIG_SIZE)).mtu, 9000);
+  await transport.writeConfig(NET_CONFIG.offset.mtu, Uint8Array.of(0, 1));
+  assert.equal(NET_CONFIG.decode(await transport.readConfig(0, NET_CONFIG.size)).mtu, 9000);
 });
 
 test('device options are checked with one sentence naming the value', () => {
@@ -88,7 +86,7 @@ test('the driver reads mac, mtu and link state; link down and up arrive as confi
     await until(() => changes.length === 1);
     assert.equal(a.drv.linkUp, false);
     await b.drv.send(frame(MAC_A, MAC_B, 60));
-    assert.equal(a.dev.counters.drops.linkDown, 1, 'a frame for a device whose link is down is dropped');
+    assert.equal(a.dev.traffic.drops.linkDown, 1, 'a frame for a device whose link is down is dropped');
     a.dev.setLink(true);
     await until(() => changes.length === 2);
     assert.deepEqual(changes, [false, true]);
@@ -109,10 +107,10 @@ test('announce: the driver hears VIRTIO_NET_S_ANNOUNCE, sends its gratuitous fra
     const gratuitous = frame(BROADCAST, MAC_A, 60, 9);
     a.drv.onAnnounce(() => a.drv.send(gratuitous));
     assert.ok(a.dev.announce());
-    assert.ok(decodeConfig(a.dev.config).status & NetStatus.ANNOUNCE);
+    assert.ok(NET_CONFIG.decode(a.dev.config).status & NetStatus.ANNOUNCE);
     assert.deepEqual((await nextFrame(b.drv)).frame, gratuitous);
-    await until(() => (decodeConfig(a.dev.config).status & NetStatus.ANNOUNCE) === 0);
-    assert.equal(decodeConfig(a.dev.config).status, NetStatus.LINK_UP);
+    await until(() => (NET_CONFIG.decode(a.dev.config).status & NetStatus.ANNOUNCE) === 0);
+    assert.equal(NET_CONFIG.decode(a.dev.config).status, NetStatus.LINK_UP);
   } finally {
     await a.drv.close();
     await b.drv.close();
@@ -137,7 +135,7 @@ test('receive filter: promiscuous, unicast table, multicast, broadcast, no-unica
   };
   try {
     assert.equal(await reaches(frame(MAC_C, MAC_B, 60)), false, 'unicast for another address is dropped with promiscuous mode off');
-    assert.equal(a.dev.counters.drops.filtered, 1);
+    assert.equal(a.dev.traffic.drops.filtered, 1);
     await a.drv.setPromiscuous(true);
     assert.equal(await reaches(frame(MAC_C, MAC_B, 60)), true);
     await a.drv.setPromiscuous(false);
@@ -176,7 +174,7 @@ test('MAC_ADDR_SET moves the address the filter accepts and the config mac; a re
   try {
     await a.drv.setMac(MAC_C);
     assert.deepEqual(a.drv.mac, parseMac(MAC_C));
-    assert.deepEqual(decodeConfig(a.dev.config).mac, parseMac(MAC_C));
+    assert.deepEqual(NET_CONFIG.decode(a.dev.config).mac, parseMac(MAC_C));
     const f = frame(MAC_C, MAC_B, 70);
     await b.drv.send(f);
     assert.deepEqual((await nextFrame(a.drv)).frame, f);
@@ -214,7 +212,7 @@ test('control commands with a wrong length, an unknown class or command get VIRT
     for (const [cls, cmd, data] of bad) {
       assert.equal(await a.drv.rawCommand(cls, cmd, data), CtrlAck.ERR, `class ${cls} command ${cmd} with ${data.length} bytes`);
     }
-    assert.equal(a.dev.counters.drops.badCommand, bad.length);
+    assert.equal(a.dev.traffic.drops.badCommand, bad.length);
     assert.equal(await a.drv.rawCommand(CtrlClass.GUEST_OFFLOADS, CtrlGuestOffloads.SET, Uint8Array.of(0x82, 0, 0, 0, 0, 0, 0, 0)), CtrlAck.OK);
     assert.equal(await a.drv.rawCommand(CtrlClass.ANNOUNCE, CtrlAnnounce.ACK, new Uint8Array(0)), CtrlAck.OK);
     const f = frame(MAC_A, MAC_B, 80);
@@ -277,7 +275,7 @@ test('without MRG_RXBUF each frame takes one buffer; frames beyond the MTU are d
     const c = await station(cableDev, { mac: MAC_C });
     try {
       cableEnd.send(frame(MAC_C, MAC_A, 1600), NO_OFFLOAD);
-      assert.equal(c.dev.counters.drops.oversize, 1, 'a plain frame beyond MTU + headers is not passed to the driver');
+      assert.equal(c.dev.traffic.drops.oversize, 1, 'a plain frame beyond MTU + headers is not passed to the driver');
     } finally {
       await c.drv.close();
     }
@@ -311,7 +309,7 @@ test('checksum offload: a driver with GUEST_CSUM gets the partial checksum, one 
     assert.deepEqual(full.frame.subarray(0, 50), f.subarray(0, 50));
     // GSO cannot be undone for a driver without GUEST_TSO4: dropped and counted.
     await a.drv.send(frame(MAC_C, MAC_A, 3000), { meta: { ...meta, gsoType: GsoType.TCPV4, gsoSize: 1448 } });
-    assert.equal(plain.dev.counters.drops.offloadUnsupported, 1);
+    assert.equal(plain.dev.traffic.drops.offloadUnsupported, 1);
     // GUEST_OFFLOADS_SET to nothing: the device now completes checksums for this driver too.
     await withCsum.drv.setGuestOffloads(0n);
     await a.drv.send(f, { meta });
@@ -385,11 +383,11 @@ test('malformed transmit buffers are dropped and counted by reason; a good frame
     const good = frame(MAC_B, MAC_A, 60);
     await sendRaw(withHeader(NO_OFFLOAD, good));
     assert.deepEqual(
-      { malformedBuffer: dev.counters.drops.malformedBuffer, runt: dev.counters.drops.runt, oversize: dev.counters.drops.oversize, badOffload: dev.counters.drops.badOffload },
+      { malformedBuffer: dev.traffic.drops.malformedBuffer, runt: dev.traffic.drops.runt, oversize: dev.traffic.drops.oversize, badOffload: dev.traffic.drops.badOffload },
       { malformedBuffer: 1, runt: 1, oversize: 1, badOffload: 2 },
     );
     assert.deepEqual(seen, [good]);
-    assert.equal(dev.counters.txPackets, 1);
+    assert.equal(dev.traffic.txPackets, 1);
   } finally {
     await core.close();
   }
@@ -401,7 +399,7 @@ test('without receive buffers frames wait in a bounded backlog, the rest are dro
   try {
     const frames = Array.from({ length: 6 }, (_, i) => frame(MAC_A, MAC_B, 60 + i, i));
     for (const f of frames) end.send(f, NO_OFFLOAD);
-    assert.equal(dev.counters.drops.noBuffer, 2);
+    assert.equal(dev.traffic.drops.noBuffer, 2);
     const got = await Promise.all(
       frames.slice(0, 4).map(async () => {
         const addr = dma.alloc(2048, 16)!;
@@ -439,7 +437,7 @@ test('without VIRTIO_NET_F_MAC the driver makes up a local address and tells the
     await b.drv.send(frame(MAC_C, MAC_B, 60, 2));
     await b.drv.send(mine);
     assert.deepEqual((await nextFrame(a.drv)).frame, mine);
-    assert.equal(a.dev.counters.drops.filtered, 1);
+    assert.equal(a.dev.traffic.drops.filtered, 1);
   } finally {
     await a.drv.close();
     await b.drv.close();

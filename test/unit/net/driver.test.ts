@@ -1,12 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { NetDriver } from '../../../src/devices/net/driver.ts';
-import { NET_HDR_SIZE, NetFeature, encodeConfig, encodeNetHeader, NO_OFFLOAD, parseMac } from '../../../src/devices/net/wire.ts';
+import { NET_HDR_SIZE, NetFeature, NET_CONFIG, encodeNetHeader, NO_OFFLOAD, parseMac } from '../../../src/devices/net/wire.ts';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
 import { ChainWriter } from '../../../src/virtio/chain-io.ts';
 import { DeviceId, featureBit } from '../../../src/virtio/constants.ts';
 import type { DeviceContext, VirtioDevice } from '../../../src/virtio/device.ts';
 import { MAC_A, MAC_B, frame, log, nextFrame, until } from './fixture.ts';
+import { DeviceCounters } from '../../../src/virtio/counters.ts';
 
 /** A device that writes whatever the test says into the driver's receive buffers. */
 class HostileNet implements VirtioDevice {
@@ -16,12 +17,14 @@ class HostileNet implements VirtioDevice {
   readonly maxQueueSize = 64;
   readonly features: bigint;
   readonly config: Uint8Array;
+  readonly counters: DeviceCounters;
   ctx: DeviceContext | undefined;
 
   constructor(features: bigint, maxVirtqueuePairs = 1) {
     this.features = features;
     this.numQueues = 2 * Math.max(1, maxVirtqueuePairs) + 1;
-    this.config = encodeConfig({ mac: parseMac(MAC_A), status: 0, maxVirtqueuePairs, mtu: 1500, speed: 0, duplex: 0 });
+    this.counters = new DeviceCounters(this.numQueues);
+    this.config = NET_CONFIG.encode({ mac: parseMac(MAC_A), status: 0, maxVirtqueuePairs, mtu: 1500, speed: 0, duplex: 0 });
   }
 
   activate(ctx: DeviceContext): void {

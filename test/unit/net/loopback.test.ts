@@ -29,9 +29,9 @@ for (const [packed, inOrder] of [[false, false], [true, false], [false, true], [
       const reply = frame(MAC_A, MAC_B, 100, 3);
       await b.drv.send(reply);
       assert.deepEqual((await nextFrame(a.drv)).frame, reply);
-      assert.equal(a.dev.counters.txPackets, 2);
-      assert.equal(b.dev.counters.rxPackets, 2);
-      assert.equal(b.dev.counters.rxBytes, 64 + 1514);
+      assert.equal(a.dev.traffic.txPackets, 2);
+      assert.equal(b.dev.traffic.rxPackets, 2);
+      assert.equal(b.dev.traffic.rxBytes, 64 + 1514);
     } finally {
       await a.drv.close();
       await b.drv.close();

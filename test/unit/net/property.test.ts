@@ -59,7 +59,7 @@ test('MRG_RXBUF, split or packed, in order or not: frames spread over receive bu
             });
             assert.deepEqual(Uint8Array.from(parts.flatMap((p) => [...p])), frames[k]);
           });
-          assert.equal(dev.counters.rxPackets, plan.length);
+          assert.equal(dev.traffic.rxPackets, plan.length);
         } finally {
           await core.close();
         }
@@ -90,16 +90,16 @@ test('hostile transmit buffers and control commands: each is sent or dropped exa
             await drv.core.queue(1).submit([{ addr, len: Math.max(1, b.length) }], []);
             dma.free(addr);
           }
-          const drops = TX_DROPS.reduce((n, r) => n + dev.counters.drops[r], 0);
-          assert.equal(dev.counters.txPackets + drops, buffers.length);
-          assert.equal(sent.length, dev.counters.txPackets);
+          const drops = TX_DROPS.reduce((n, r) => n + dev.traffic.drops[r], 0);
+          assert.equal(dev.traffic.txPackets + drops, buffers.length);
+          assert.equal(sent.length, dev.traffic.txPackets);
           let errors = 0;
           for (const c of commands) {
             const ack = await drv.rawCommand(c.cls, c.cmd, c.data);
             assert.ok(ack === CtrlAck.OK || ack === CtrlAck.ERR, `ack ${ack}`);
             if (ack === CtrlAck.ERR) errors++;
           }
-          assert.equal(dev.counters.drops.badCommand, errors);
+          assert.equal(dev.traffic.drops.badCommand, errors);
           // Still working: a clean state accepts a frame for the driver and a good command.
           assert.equal(await drv.rawCommand(CtrlClass.RX, CtrlRx.PROMISC, Uint8Array.of(1)), CtrlAck.OK);
           const f = frame(MAC_A, MAC_B, 100);
@@ -128,11 +128,11 @@ test('a reset forgets waiting frames and held buffers; a new driver on the same 
   await first.setPromiscuous(true);
   await first.close();
   end.send(frame(MAC_A, MAC_B, 60, 1), NO_OFFLOAD);
-  assert.equal(dev.counters.drops.linkDown, 1, 'no driver running: dropped, not queued');
+  assert.equal(dev.traffic.drops.linkDown, 1, 'no driver running: dropped, not queued');
   const second = await NetDriver.open(transport);
   try {
     end.send(frame('52:54:00:00:00:0c', MAC_B, 60, 2), NO_OFFLOAD);
-    assert.equal(dev.counters.drops.filtered, 1, 'promiscuous mode did not survive the reset');
+    assert.equal(dev.traffic.drops.filtered, 1, 'promiscuous mode did not survive the reset');
     const f = frame(MAC_A, MAC_B, 60, 3);
     end.send(f, NO_OFFLOAD);
     assert.deepEqual((await nextFrame(second)).frame, f);

@@ -2,20 +2,17 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import {
-  CONFIG_SIZE,
-  ConfigOffset,
+  NET_CONFIG,
   GsoType,
   HdrFlag,
   NET_HDR_SIZE,
   NetFeature,
-  decodeConfig,
   decodeMacTable,
   decodeNetHeader,
-  encodeConfig,
   encodeMacTable,
   encodeNetHeader,
   formatMac,
-  missingRequirement,
+  missingNetRequirement,
   parseMac,
 } from '../../../src/devices/net/wire.ts';
 import { featureBit } from '../../../src/virtio/constants.ts';
@@ -51,12 +48,12 @@ test('header encode and decode are inverse for every field value', () => {
 
 test('configuration space layout: mac 0, status 6, max_virtqueue_pairs 8, mtu 10, speed 12, duplex 16', () => {
   const mac = parseMac('52:54:00:ab:cd:ef');
-  const bytes = encodeConfig({ mac, status: 3, maxVirtqueuePairs: 0x8000, mtu: 9000, speed: 0xffff_ffff, duplex: 1 });
-  assert.equal(bytes.length, CONFIG_SIZE);
-  assert.deepEqual(bytes.subarray(ConfigOffset.mac, 6), mac);
-  assert.deepEqual(bytes.subarray(ConfigOffset.status), Uint8Array.of(3, 0, 0, 0x80, 0x28, 0x23, 0xff, 0xff, 0xff, 0xff, 1));
-  assert.deepEqual(decodeConfig(bytes), { mac, status: 3, maxVirtqueuePairs: 0x8000, mtu: 9000, speed: 0xffff_ffff, duplex: 1 });
-  assert.throws(() => decodeConfig(new Uint8Array(10)), /configuration space is 10 bytes, expected 17/);
+  const bytes = NET_CONFIG.encode({ mac, status: 3, maxVirtqueuePairs: 0x8000, mtu: 9000, speed: 0xffff_ffff, duplex: 1 });
+  assert.equal(bytes.length, NET_CONFIG.size);
+  assert.deepEqual(bytes.subarray(NET_CONFIG.offset.mac, 6), mac);
+  assert.deepEqual(bytes.subarray(NET_CONFIG.offset.status), Uint8Array.of(3, 0, 0, 0x80, 0x28, 0x23, 0xff, 0xff, 0xff, 0xff, 1));
+  assert.deepEqual(NET_CONFIG.decode(bytes), { mac, status: 3, maxVirtqueuePairs: 0x8000, mtu: 9000, speed: 0xffff_ffff, duplex: 1 });
+  assert.throws(() => NET_CONFIG.decode(new Uint8Array(10)), /configuration space is 10 bytes, expected 17/);
 });
 
 test('MAC table: two le32-counted lists; counts that do not fill the data exactly are refused', () => {
@@ -80,8 +77,8 @@ test('MAC addresses parse and format; bad text is named', () => {
 });
 
 test('feature dependencies of §5.1.3.1 are checked', () => {
-  assert.equal(missingRequirement(featureBit(NetFeature.CSUM) | featureBit(NetFeature.HOST_TSO4)), undefined);
-  assert.equal(missingRequirement(featureBit(NetFeature.HOST_TSO4)), 'HOST_TSO4 requires CSUM');
-  assert.equal(missingRequirement(featureBit(NetFeature.CSUM) | featureBit(NetFeature.HOST_ECN)), 'HOST_ECN requires one of HOST_TSO4, HOST_TSO6');
-  assert.equal(missingRequirement(featureBit(NetFeature.MQ)), 'MQ requires CTRL_VQ');
+  assert.equal(missingNetRequirement(featureBit(NetFeature.CSUM) | featureBit(NetFeature.HOST_TSO4)), undefined);
+  assert.equal(missingNetRequirement(featureBit(NetFeature.HOST_TSO4)), 'HOST_TSO4 requires CSUM');
+  assert.equal(missingNetRequirement(featureBit(NetFeature.CSUM) | featureBit(NetFeature.HOST_ECN)), 'HOST_ECN requires one of HOST_TSO4, HOST_TSO6');
+  assert.equal(missingNetRequirement(featureBit(NetFeature.MQ)), 'MQ requires CTRL_VQ');
 });

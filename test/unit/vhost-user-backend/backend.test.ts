@@ -14,6 +14,7 @@ import { FrontEndError, VhostUserBackend } from '../../../src/transports/vhost-u
 import type { BackendPorts } from '../../../src/transports/vhost-user/backend.ts';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
 import { inflightQueueBytes } from '../../../src/transports/vhost-user/inflight.ts';
+import { DeviceCounters } from '../../../src/virtio/counters.ts';
 
 const RAM_SIZE = 0x10_0000;
 /** Where the front-end maps guest RAM in its own address space. */
@@ -31,13 +32,16 @@ class HoldingDevice implements VirtioDevice {
   readonly maxQueueSize = 256;
   readonly features = featureBit(Feature.EVENT_IDX);
   readonly config = new Uint8Array([1, 2, 3, 4]);
+  readonly counters: DeviceCounters;
   ctx: DeviceContext | undefined;
   held: DescriptorChain[] = [];
   activations = 0;
   resets = 0;
   configWrites: [number, number][] = [];
 
-  constructor(readonly numQueues = 1) {}
+  constructor(readonly numQueues = 1) {
+    this.counters = new DeviceCounters(numQueues);
+  }
 
   activate(ctx: DeviceContext): void {
     this.ctx = ctx;

@@ -22,6 +22,7 @@ import { DeviceId, Feature, hasFeature } from '../../../src/virtio/constants.ts'
 import type { DeviceContext, VirtioDevice } from '../../../src/virtio/device.ts';
 import { DeviceNeedsResetError, VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
+import { DeviceCounters } from '../../../src/virtio/counters.ts';
 
 const log = pino({ level: 'silent' });
 const openFds = (): number => readdirSync('/proc/self/fd').length;
@@ -49,6 +50,7 @@ class ConfigDevice implements VirtioDevice {
   readonly maxQueueSize = 64;
   readonly features = FRAMEWORK_FEATURES;
   readonly config = new Uint8Array(8);
+  readonly counters = new DeviceCounters(1);
   private ctx: DeviceContext | undefined;
 
   activate(ctx: DeviceContext): void {

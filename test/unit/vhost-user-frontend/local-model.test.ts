@@ -43,6 +43,7 @@ function dataPathOnly(device: NetDevice): VirtioDevice {
     name: device.name,
     numQueues: device.numQueues,
     maxQueueSize: device.maxQueueSize,
+    counters: device.counters,
     features: device.features,
     config: new Uint8Array(0),
     activate: (ctx) => device.activate(ctx),

@@ -4,6 +4,7 @@ import type { Logger } from 'pino';
 import type { DeviceContext, VirtioDevice } from '../../../src/virtio/device.ts';
 import { QueueServer } from '../../../src/virtio/serve.ts';
 import type { Request } from '../../../src/virtio/serve.ts';
+import { DeviceCounters } from '../../../src/virtio/counters.ts';
 
 export interface LogLine {
   level: number;
@@ -30,6 +31,7 @@ export class ScriptedDevice implements VirtioDevice {
   readonly deviceId = 0x7f;
   readonly name = 'test';
   readonly config: Uint8Array;
+  readonly counters: DeviceCounters;
   ctx: DeviceContext | undefined;
   activations = 0;
   resets = 0;
@@ -43,6 +45,7 @@ export class ScriptedDevice implements VirtioDevice {
     configBytes = 8,
   ) {
     this.config = new Uint8Array(configBytes);
+    this.counters = new DeviceCounters(numQueues);
   }
 
   activate(ctx: DeviceContext): void {

@@ -11,6 +11,7 @@ import type { DeviceQueue } from '../../../src/virtio/queue.ts';
 import { QueueServer } from '../../../src/virtio/serve.ts';
 import type { Request } from '../../../src/virtio/serve.ts';
 import { ScriptedDevice, captureLog, deferred } from './framework-fixture.ts';
+import { DeviceCounters } from '../../../src/virtio/counters.ts';
 
 /** A device queue over a script of chains, recording what the server does with it. */
 class ScriptQueue implements DeviceQueue {
@@ -80,6 +81,7 @@ function context(queue: DeviceQueue, features = 0n) {
       ctl.live = false;
     },
     log,
+    counters: new DeviceCounters(1),
   };
   return { ctx, notified, failed, lines, ctl };
 }
@@ -180,6 +182,28 @@ test('a handler that throws is logged and its chain still goes back to the drive
   assert.deepEqual(q.used, [[0, 0]]);
   assert.equal(lines.length, 1);
   assert.match(lines[0].msg, /request handler failed/);
+});
+
+test('the queue counts requests, bytes, handler failures and notifications sent or suppressed', () => {
+  const q = new ScriptQueue([chain(0, 8), chain(1, 8), chain(2, 8)]);
+  const { ctx } = context(q);
+  const server = new QueueServer(ctx, 0, (req) => {
+    if (req.chain.id === 2) throw new Error('boom');
+    req.writer.write(new Uint8Array(3));
+  });
+  server.kick();
+  q.driverWantsNotify = false;
+  q.available.push(chain(3, 8));
+  server.kick();
+  assert.deepEqual(ctx.counters.snapshot().queues[0], {
+    requests: 4,
+    readBytes: 0,
+    writtenBytes: 9,
+    errors: 1,
+    ringFaults: 0,
+    notifications: 1,
+    suppressed: 1,
+  });
 });
 
 test('over a real ring: a request completing after the device was reset leaves guest memory alone', async () => {

@@ -4,19 +4,14 @@
  * another switch) plugged into it too. A libvirt or QEMU user starts one process per segment and
  * gives each virtual machine its own socket, as with a host bridge and its tap ports.
  */
-import { NetDevice } from '../devices/net/device.ts';
-import { PcapWriter } from '../devices/net/pcap.ts';
-import { type FrameHandler, type NetPort, patch } from '../devices/net/port.ts';
-import { L2Switch } from '../devices/net/switch.ts';
-import { TapPort } from '../devices/net/tap.ts';
-import { type Endpoint, UdpTunnel } from '../devices/net/tunnel.ts';
-import { MAC_SIZE, type Offload } from '../devices/net/wire.ts';
-
-/**
- * Largest ring a front-end may set up: QEMU's rx_queue_size and tx_queue_size go up to 1024,
- * DPDK's virtio-user queue_size likewise.
- */
-export const NET_MAX_QUEUE_SIZE = 1024;
+import { NET_MAX_QUEUE_SIZE } from './descriptor.ts';
+import { NetDevice } from './device.ts';
+import { PcapWriter } from './pcap.ts';
+import { type FrameHandler, type NetPort, patch } from './port.ts';
+import { L2Switch } from './switch.ts';
+import { TapPort } from './tap.ts';
+import { type Endpoint, UdpTunnel } from './tunnel.ts';
+import { MAC_SIZE, type Offload } from './wire.ts';
 
 export interface SegmentOptions {
   /** The switch's name, which prefixes its port names in logs. */

@@ -1,0 +1,58 @@
+/** The block device's registry entry (§5.2): a disk served from a raw image file. */
+import { DeviceId } from '../../virtio/constants.ts';
+import type { DeviceType } from '../device-type.ts';
+import { integerIn, read } from '../host-options.ts';
+import { BLK_CONFIG, BlkFeature } from './wire.ts';
+
+/** QEMU's vhost-user-blk default queue-size property. */
+export const VHOST_USER_BLK_QUEUE_SIZE = 128;
+
+export const BLK_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
+  Object.entries(BlkFeature).map(([name, bit]) => [bit, name]),
+);
+
+export const blkType: DeviceType = {
+  name: 'blk',
+  title: 'virtio-blk block device (§5.2)',
+  deviceId: DeviceId.BLOCK,
+  featureNames: BLK_FEATURE_NAMES,
+  config: BLK_CONFIG,
+  queues: [{ name: 'requestq', count: 'one per --queues', maxSize: VHOST_USER_BLK_QUEUE_SIZE }],
+  vhostUser: { type: 'block', features: ['read-only', 'blk-file'] },
+  host: {
+    summary: 'a virtio-blk disk backed by a raw image file',
+    options: [
+      { flags: '--image <path>', description: 'raw disk image file to serve' },
+      { flags: '--blk-file <path>', description: 'the same as --image (vhost-user-blk convention)' },
+      { flags: '--read-only', description: 'refuse writes; the guest sees a read-only disk' },
+      { flags: '--queues <n>', description: 'number of request queues', parse: integerIn('--queues', 1, 256), defaultValue: 1 },
+      {
+        flags: '--queue-size <n>',
+        description: "ring size the front-end uses (QEMU's queue-size; a power of two)",
+        parse: integerIn('--queue-size', 4, 32768),
+        defaultValue: VHOST_USER_BLK_QUEUE_SIZE,
+      },
+    ],
+    async create(values) {
+      const image = read.string(values, 'image') ?? read.string(values, 'blkFile');
+      if (image === undefined) throw new Error('--image <path> is required.');
+      const readOnly = read.flag(values, 'readOnly');
+      const { FileBackend } = await import('./file-backend.ts');
+      const { vhostUserBlkDevice } = await import('./device.ts');
+      const backend = await FileBackend.open(image, { readOnly });
+      try {
+        const device = vhostUserBlkDevice(backend, { readOnly, queues: read.number(values, 'queues'), queueSize: read.number(values, 'queueSize') });
+        return { devices: [device], close: () => backend.close() };
+      } catch (err) {
+        await backend.close();
+        throw err;
+      }
+    },
+  },
+  guest: {
+    async open(transport, log) {
+      const { BlkDriver } = await import('./driver.ts');
+      return BlkDriver.open(transport, { log });
+    },
+  },
+};

@@ -1,0 +1,100 @@
+/**
+ * What a device type tells the rest of paravirt about itself: one descriptor per folder under
+ * src/devices/, listed in registry.ts. The command line (`paravirt serve <type>`, `paravirt
+ * devices`), the vhost-user front-end's device models and the adversarial fuzzer all read it, so
+ * a new device type is served, listed and fuzzed by being registered.
+ *
+ * A descriptor is cheap to load: the host and guest halves are reached through asynchronous
+ * factories that import the device's modules only when used, so `paravirt --print-capabilities`
+ * or `paravirt devices` does not load every device.
+ */
+import type { Logger } from 'pino';
+import type { ConfigLayout, FieldSpecs } from '../virtio/config-layout.ts';
+import type { VirtioDevice } from '../virtio/device.ts';
+import type { DriverTransport } from '../virtio/driver.ts';
+import type { FeatureRequirement } from '../virtio/features.ts';
+import type { VirtioDriver } from '../virtio/driver-core.ts';
+import type { OptionSpec, OptionValues } from './host-options.ts';
+
+/** A kind of queue a device has (§5.x "Virtqueues"): receiveq, transmitq, controlq, requestq... */
+export interface QueueRole {
+  readonly name: string;
+  /** How many of it, in words: "1", "one per --queues", "N pairs with transmitq". */
+  readonly count: string;
+  /** Largest ring a driver or front-end may give it. */
+  readonly maxSize: number;
+}
+
+/**
+ * The `type` (and `features`) of vhost-user.json's VHostUserBackendCapabilities, which
+ * `--print-capabilities` prints (vhost-user.rst "Backend program conventions").
+ */
+export interface VhostUserCapabilities {
+  readonly type: string;
+  readonly features?: readonly string[];
+}
+
+/** Devices a host half built for one `serve` command, and how to release what they hold. */
+export interface HostDevices {
+  /** One device per listening socket, in the order the sockets were given. */
+  readonly devices: readonly VirtioDevice[];
+  close(): Promise<void>;
+}
+
+/** Where a host half is being built: how many sockets it serves and where it logs. */
+export interface HostEnvironment {
+  readonly sockets: number;
+  readonly log: Logger;
+}
+
+export interface HostHalf {
+  /** One line for `paravirt serve --help`. */
+  readonly summary: string;
+  /** More help after the options: an example command line, what the front-end must match. */
+  readonly help?: string;
+  readonly options: readonly OptionSpec[];
+  /** Several --socket-path (or --fd) may be given, one device on each (net's switch ports). */
+  readonly manySockets?: boolean;
+  /**
+   * Build the devices from parsed options. A bad combination of options or an unusable file is
+   * an Error of one sentence naming it.
+   */
+  create(values: OptionValues, env: HostEnvironment): Promise<HostDevices>;
+}
+
+/**
+ * The part of a device a VMM implements itself when its back-end offers no vhost-user CONFIG
+ * protocol feature (QEMU's virtio-net over vhost-user-net): see LocalDeviceModel in the
+ * vhost-user front-end.
+ */
+export interface LocalModel {
+  /** Device features of such a back-end passed on to the driver; the others are withheld. */
+  readonly features: bigint;
+  /** Queues the driver sees, instead of GET_QUEUE_NUM. */
+  readonly queues: number;
+}
+
+/** The guest half, opened over any transport; the typed driver classes offer more. */
+export interface GuestHalf {
+  open(transport: DriverTransport, log?: Logger): Promise<{ readonly core: VirtioDriver; close(): Promise<void> }>;
+}
+
+export interface DeviceType {
+  /** The name on the command line and in logs: "blk". */
+  readonly name: string;
+  /** The specification's name and section: "virtio-blk (§5.2)". */
+  readonly title: string;
+  /** §5 device ID. */
+  readonly deviceId: number;
+  /** Names of the device-specific feature bits (§5.x "Feature bits"), for logs and `info`. */
+  readonly featureNames: Readonly<Record<number, string>>;
+  /** Feature dependencies (§5.x "Feature bit requirements"), which a driver must honour (§2.2.1). */
+  readonly featureRequirements?: readonly FeatureRequirement[];
+  /** The configuration space, when the device has one. */
+  readonly config?: ConfigLayout<FieldSpecs>;
+  readonly queues: readonly QueueRole[];
+  readonly vhostUser: VhostUserCapabilities;
+  readonly host: HostHalf;
+  readonly guest: GuestHalf;
+  readonly localModel?: LocalModel;
+}

@@ -1,0 +1,15 @@
+/**
+ * Every device type paravirt implements, by name. Adding a device is its folder under
+ * src/devices/ and one line here (docs/architecture.md, "Adding a device").
+ */
+import { blkType } from './blk/descriptor.ts';
+import type { DeviceType } from './device-type.ts';
+import { netType } from './net/descriptor.ts';
+import { rngType } from './rng/descriptor.ts';
+
+export const DEVICE_TYPES: readonly DeviceType[] = [blkType, netType, rngType];
+
+/** The registered type called `name`, or undefined. */
+export function deviceType(name: string): DeviceType | undefined {
+  return DEVICE_TYPES.find((t) => t.name === name);
+}

@@ -1,0 +1,30 @@
+/** The entropy device's registry entry (§5.4): one request queue, no configuration space. */
+import { DeviceId } from '../../virtio/constants.ts';
+import type { DeviceType } from '../device-type.ts';
+
+/** Largest ring a front-end may give the request queue (QEMU's vhost-user-rng uses 1024). */
+export const RNG_MAX_QUEUE_SIZE = 1024;
+
+export const rngType: DeviceType = {
+  name: 'rng',
+  title: 'virtio-rng entropy source (§5.4)',
+  deviceId: DeviceId.RNG,
+  featureNames: {},
+  queues: [{ name: 'requestq', count: '1', maxSize: RNG_MAX_QUEUE_SIZE }],
+  vhostUser: { type: 'rng' },
+  host: {
+    summary: 'a virtio-rng entropy source',
+    options: [],
+    async create() {
+      const { RngDevice } = await import('./device.ts');
+      const device = new RngDevice({ maxQueueSize: RNG_MAX_QUEUE_SIZE });
+      return { devices: [device], close: async () => {} };
+    },
+  },
+  guest: {
+    async open(transport, log) {
+      const { RngDriver } = await import('./driver.ts');
+      return RngDriver.open(transport, { log });
+    },
+  },
+};

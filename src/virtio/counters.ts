@@ -1,0 +1,57 @@
+/**
+ * Counters every device keeps through one interface, per queue: what the driver asked for, what
+ * the device answered, what went wrong, and how often the driver was interrupted. They belong to
+ * the device object and so outlive resets and front-end reconnects; a dashboard, a Prometheus
+ * endpoint or a test reads them with snapshot(). Device types add their own (net's drops by
+ * reason) through `extra`.
+ *
+ * Plain numbers: a counter is bumped on the data path and must cost one add.
+ */
+
+export interface QueueCounters {
+  /** Chains the device returned to the driver (used buffers). */
+  requests: number;
+  /** Device-readable bytes of those chains: what the driver sent. */
+  readBytes: number;
+  /** Bytes the device wrote into them (the used lengths). */
+  writtenBytes: number;
+  /** Requests answered with an error status, or whose handler failed. */
+  errors: number;
+  /** Ring rules the driver broke on this queue (each puts the device in DEVICE_NEEDS_RESET). */
+  ringFaults: number;
+  /** Used-buffer notifications sent (§2.3.2). */
+  notifications: number;
+  /** Publishes after which the driver had asked not to be notified (§2.7.10, §2.8.10). */
+  suppressed: number;
+}
+
+export interface CountersSnapshot {
+  readonly queues: readonly Readonly<QueueCounters>[];
+  /** The device type's own counters, by name. */
+  readonly device: Readonly<Record<string, number>>;
+}
+
+function zeroed(): QueueCounters {
+  return { requests: 0, readBytes: 0, writtenBytes: 0, errors: 0, ringFaults: 0, notifications: 0, suppressed: 0 };
+}
+
+export class DeviceCounters {
+  private readonly perQueue: QueueCounters[];
+  /** Counts for an index past the device's queues, so a bad index never throws on the data path. */
+  private readonly stray = zeroed();
+
+  constructor(
+    numQueues: number,
+    private readonly extra?: () => Readonly<Record<string, number>>,
+  ) {
+    this.perQueue = Array.from({ length: numQueues }, zeroed);
+  }
+
+  queue(index: number): QueueCounters {
+    return this.perQueue[index] ?? this.stray;
+  }
+
+  snapshot(): CountersSnapshot {
+    return { queues: this.perQueue.map((q) => ({ ...q })), device: { ...this.extra?.() } };
+  }
+}
