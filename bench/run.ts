@@ -94,14 +94,21 @@ function run(name: string): Promise<boolean> {
         arm();
       }
     });
-    child.on('exit', (code, signal) => {
+    const settle = (ok: boolean): void => {
       clearTimeout(deadline);
       clearTimeout(killTimer);
       current = undefined;
       // Whatever the benchmark left behind in its group goes with it.
       signalGroup(child, 'SIGKILL');
+      resolve(ok);
+    };
+    child.on('error', (err) => {
+      console.error(`bench ${name}: cannot start its process: ${err.message}`);
+      settle(false);
+    });
+    child.on('exit', (code, signal) => {
       if (failure === undefined && code !== 0) console.error(`bench ${name}: ended with ${signal ?? `exit code ${code}`} while ${step}`);
-      resolve(failure === undefined && code === 0);
+      settle(failure === undefined && code === 0);
     });
   });
 }
