@@ -10,5 +10,6 @@ export function report(bench: string, metric: string, value: number, unit: strin
  * "waiting for DPDK txonly at 1500 B"): run.ts names the last step when the deadline passes.
  */
 export function step(what: string): void {
-  process.send?.({ step: what } satisfies BenchMessage);
+  // Only under run.ts, and only while it listens (after it is gone, the benchmark is ending).
+  if (process.connected) process.send?.({ step: what } satisfies BenchMessage);
 }
