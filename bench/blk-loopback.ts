@@ -8,7 +8,7 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { report } from './_report.ts';
+import { report, step } from './_report.ts';
 import type { BlockBackend } from '../src/devices/blk/backend.ts';
 import { BlkDevice } from '../src/devices/blk/device.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
@@ -23,6 +23,7 @@ const WARMUP_MS = 300;
 const MEASURE_MS = 2000;
 
 async function run(backend: BlockBackend, label: string, packed: boolean): Promise<void> {
+  step(`reading from the ${label === '' ? 'memory' : 'file'} back-end over the ${packed ? 'packed' : 'split'} ring`);
   const device = new BlkDevice({ backend });
   const { transport } = createLoopback(device, { memoryBytes: 16 << 20 });
   const blk = await BlkDriver.open(transport, { packed });

@@ -15,7 +15,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { report } from './_report.ts';
+import { report, step } from './_report.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
 import { VhostUserFrontend } from '../src/transports/vhost-user/frontend.ts';
@@ -39,6 +39,9 @@ const MODELS: { name: string; args: string[]; env?: string }[] = [
   { name: 'threads1', args: ['threads', '1'] },
   { name: 'threads2', args: ['threads', '2'] },
 ];
+
+/** Start-up and fio, then every side's rounds (ROUNDS may be raised) with room for a busy machine. */
+export const deadlineSeconds = 120 + 3 * (MODELS.length + 1) * ROUNDS * ROUND_SECONDS;
 
 interface Side {
   readonly name: string;
@@ -66,6 +69,7 @@ export async function main(): Promise<void> {
   const stops: (() => Promise<unknown>)[] = [];
   const sides: Side[] = [];
   const open = async (name: string, socketPath: string): Promise<void> => {
+    step(`connecting to ${name} and warming up`);
     const blk = await BlkDriver.open(await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log }), { log });
     await randomIo(blk, { depth: DEPTH, blockSize: BLOCK, seconds: WARMUP_SECONDS });
     sides.push({ name, blk, iops: [] });
@@ -73,6 +77,7 @@ export async function main(): Promise<void> {
   try {
     const image = join(dir, 'disk.img');
     writeFileSync(image, new Uint8Array(DISK_BYTES).fill(0xa5));
+    step('starting qemu-storage-daemon');
     const daemon = await startStorageDaemon({ image, socketPath: join(dir, 'qsd.sock'), numQueues: 1, writable: false, qemu: 'system' });
     stops.push(daemon.stop);
     await open('qsd', daemon.socketPath);
@@ -80,13 +85,17 @@ export async function main(): Promise<void> {
       const socketPath = join(dir, `${model.name}.sock`);
       const node = [process.execPath, '--import', 'tsx', SERVE, socketPath, image, ...model.args];
       const argv = model.env === undefined ? node : ['env', model.env, ...node];
+      step(`starting paravirt ${model.name}`);
       const serve = new PeerProcess(`paravirt ${model.name}`, argv, { textStdout: true });
       stops.push(() => serve.stop());
       await serve.waitForOutput(/listening/, 0, 'starting to listen');
       await open(model.name, socketPath);
     }
     for (let i = 0; i < ROUNDS; i++) {
-      for (const side of sides) side.iops.push((await randomIo(side.blk, { depth: DEPTH, blockSize: BLOCK, seconds: ROUND_SECONDS })).iops);
+      for (const side of sides) {
+        step(`reading from ${side.name}, round ${i + 1} of ${ROUNDS}`);
+        side.iops.push((await randomIo(side.blk, { depth: DEPTH, blockSize: BLOCK, seconds: ROUND_SECONDS })).iops);
+      }
     }
     const qsd = median(sides[0].iops);
     const context = { block: BLOCK, depth: DEPTH, rounds: ROUNDS, round_seconds: ROUND_SECONDS, file: 'tmpfs', loadavg: loadavg()[0] };
@@ -97,12 +106,14 @@ export async function main(): Promise<void> {
         rounds_iops: side.iops.map(Math.round),
       });
     }
+    step('running fio on the image');
     const ceiling = fio(image);
     report('blk-threading', `read_4k_qd${DEPTH}_fio_io_uring_iops`, Math.round(ceiling), 'IOPS', { ...context, loadavg: loadavg()[0] });
     for (const side of sides.slice(1)) {
       report('blk-threading', `${side.name}_over_fio`, Number((median(side.iops) / ceiling).toFixed(3)), 'ratio');
     }
   } finally {
+    step('closing the drivers and stopping the back-ends');
     for (const side of sides) await side.blk.close();
     for (const stop of stops) await stop();
     rmSync(dir, { recursive: true, force: true });

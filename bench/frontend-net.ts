@@ -21,7 +21,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { summarizeCpuProfile } from './_cpuprofile.ts';
-import { report } from './_report.ts';
+import { report, step } from './_report.ts';
 import { NetDriver } from '../src/devices/net/driver.ts';
 import { connectNet } from '../src/transports/vhost-user/frontend-net.ts';
 import { Feature, hasFeature } from '../src/virtio/constants.ts';
@@ -37,6 +37,8 @@ const WARMUP_SECONDS = 0.5;
 const ROUND_SECONDS = 2;
 const ROUNDS = 5;
 const PROFILE_TOP = 12;
+/** 20 rounds of a few seconds, a testpmd start in half of them, with room for a busy machine. */
+export const deadlineSeconds = 240;
 const repo = fileURLToPath(new URL('..', import.meta.url));
 const log = pino({ level: 'warn' });
 
@@ -58,6 +60,7 @@ async function received(vhost: Testpmd): Promise<{ packets: number; seconds: num
 
 /** One round of the paravirt net driver over the front-end: WINDOW senders until told to stop. */
 async function paravirtRound(vhost: Testpmd, socketPath: string, packed: boolean): Promise<Rate> {
+  step(`sending through paravirt's net driver (${packed ? 'packed' : 'split'} ring) into DPDK net_vhost`);
   const net = await NetDriver.open(await connectNet(socketPath, { queueSize: QUEUE_SIZE, log }), { packed, queueSize: QUEUE_SIZE, log });
   try {
     if (hasFeature(net.features, Feature.RING_PACKED) !== packed) throw new Error(`net_vhost did not negotiate the ${packed ? 'packed' : 'split'} ring`);
@@ -83,6 +86,8 @@ async function paravirtRound(vhost: Testpmd, socketPath: string, packed: boolean
 
 /** One round of DPDK's virtio-user driver (testpmd txonly) on the same socket. */
 async function virtioUserRound(vhost: Testpmd, socketPath: string, packed: boolean): Promise<Rate> {
+  const what = `DPDK txonly (${packed ? 'packed' : 'split'} ring) into DPDK net_vhost`;
+  step(`starting ${what}`);
   const sender = await startTestpmd({
     name: 'virtio-user',
     port: { kind: 'virtio-user', socketPath, packedVq: packed, queueSize: QUEUE_SIZE },
@@ -92,10 +97,13 @@ async function virtioUserRound(vhost: Testpmd, socketPath: string, packed: boole
   });
   try {
     await sender.start();
+    step(`waiting for ${what}`);
     const { packets, seconds } = await received(vhost);
+    step(`stopping ${what}`);
     await sender.stop();
     return { pps: packets / seconds };
   } finally {
+    step(`quitting ${what}`);
     await sender.close();
   }
 }
@@ -134,6 +142,7 @@ export async function main(): Promise<void> {
   execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
   const dir = mkdtempSync(join(tmpdir(), 'paravirt-bench-net-'));
   const socketPath = join(dir, 'vhost.sock');
+  step('starting DPDK net_vhost');
   const vhost = await startTestpmd({ name: 'net-vhost', port: { kind: 'vhost', socketPath }, forwardMode: 'rxonly', lcores: { main: 0, forward: 1 } });
   try {
     await vhost.start();
@@ -162,6 +171,7 @@ export async function main(): Promise<void> {
       });
     }
   } finally {
+    step('quitting DPDK net_vhost');
     await vhost.close();
     rmSync(dir, { recursive: true, force: true });
     session?.disconnect();

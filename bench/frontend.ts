@@ -12,7 +12,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { report } from './_report.ts';
+import { report, step } from './_report.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
 import { VhostUserFrontend } from '../src/transports/vhost-user/frontend.ts';
@@ -39,12 +39,14 @@ interface Side {
 }
 
 async function open(name: string, socketPath: string): Promise<Side> {
+  step(`connecting to ${name} and warming up`);
   const blk = await BlkDriver.open(await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log }), { log });
   await randomIo(blk, { depth: DEPTH, blockSize: BLOCK, seconds: WARMUP_SECONDS });
   return { name, blk, iops: [], cpuMicrosPerOp: [] };
 }
 
 async function round(side: Side): Promise<void> {
+  step(`reading from ${side.name}`);
   const cpu = process.cpuUsage();
   const result = await randomIo(side.blk, { depth: DEPTH, blockSize: BLOCK, seconds: ROUND_SECONDS });
   const used = process.cpuUsage(cpu);
@@ -93,9 +95,11 @@ export async function main(): Promise<void> {
     // Written, not sparse: every read finds real pages.
     writeFileSync(image, new Uint8Array(DISK_BYTES).fill(0xa5));
 
+    step('starting qemu-storage-daemon');
     const daemon = await startStorageDaemon({ image, socketPath: join(dir, 'qsd.sock'), numQueues: 1, writable: false, qemu: 'system' });
     stops.push(daemon.stop);
     const socketPath = join(dir, 'paravirt.sock');
+    step('starting paravirt serve blk');
     const serve = new PeerProcess('paravirt serve blk', [process.execPath, PARAVIRT, 'serve', 'blk', '--socket-path', socketPath, '--image', image, '--read-only'], {
       textStdout: true,
     });
@@ -114,9 +118,11 @@ export async function main(): Promise<void> {
       });
     }
     report('frontend', 'paravirt_over_qsd', Number((median(paravirt.iops) / median(qsd.iops)).toFixed(3)), 'ratio');
+    step('running fio on the image');
     const ceiling = fio(image);
     report('frontend', `read_4k_qd${DEPTH}_fio_io_uring_iops`, Math.round(ceiling.iops), 'IOPS', { ...context, fio: ceiling.version, direct: 0 });
   } finally {
+    step('closing the drivers and stopping the back-ends');
     for (const side of sides) await side.blk.close();
     for (const stop of stops) await stop();
     rmSync(dir, { recursive: true, force: true });

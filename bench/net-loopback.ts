@@ -4,7 +4,7 @@
  * flight; the receiver takes frames as they arrive. Reports frames delivered to driver B per
  * second (and per CPU-second, steadier on a shared machine) and what was dropped on the way.
  */
-import { report } from './_report.ts';
+import { report, step } from './_report.ts';
 import { NetDevice } from '../src/devices/net/device.ts';
 import { NetDriver } from '../src/devices/net/driver.ts';
 import { L2Switch } from '../src/devices/net/switch.ts';
@@ -24,6 +24,7 @@ async function open(sw: L2Switch, mac: string, packed: boolean): Promise<{ dev: 
 }
 
 async function run(size: number, packed: boolean): Promise<void> {
+  step(`sending ${size} B frames over the ${packed ? 'packed' : 'split'} ring`);
   const sw = new L2Switch();
   const a = await open(sw, MAC_A, packed);
   const b = await open(sw, MAC_B, packed);

@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { startTestpmd, type Testpmd } from '../test/lab/dpdk.ts';
 import { PeerProcess } from '../test/lab/peer-process.ts';
 import { summarizeCpuProfile } from './_cpuprofile.ts';
-import { report } from './_report.ts';
+import { report, step } from './_report.ts';
 
 const BENCH = 'net';
 const FRAME_SIZES = [64, 1500] as const;
@@ -30,6 +30,8 @@ const ROUNDS = 3;
 const WARMUP_MS = 1000;
 const WINDOW_MS = 3000;
 const PROFILE_TOP = 10;
+/** 12 rounds of about 6 s (a testpmd start, warm-up, window, quit) and the peers' start-up, with room for a busy machine. */
+export const deadlineSeconds = 240;
 
 const repo = dirname(dirname(fileURLToPath(import.meta.url)));
 
@@ -55,8 +57,13 @@ async function startParavirt(socketPath: string, profileDir: string): Promise<Pe
 
 /** One round: a fresh virtio-user sender on `side`, its transmit rate over the window in packets/s. */
 async function measure(side: Side, frameBytes: number, vhost: Testpmd): Promise<number> {
+  const what = `DPDK txonly at ${frameBytes} B into ${side.name === 'dpdk' ? 'net_vhost' : 'paravirt'}`;
   // net_vhost polls only while its forwarding runs: keep it off CPU 1 while paravirt is measured.
-  if (side.name === 'dpdk') await vhost.start();
+  if (side.name === 'dpdk') {
+    step('starting the forwarding of DPDK net_vhost');
+    await vhost.start();
+  }
+  step(`starting ${what}`);
   const sender = await startTestpmd({
     name: `sender-${side.name}`,
     port: { kind: 'virtio-user', socketPath: side.socketPath },
@@ -66,17 +73,23 @@ async function measure(side: Side, frameBytes: number, vhost: Testpmd): Promise<
   });
   try {
     await sender.start();
+    step(`waiting for ${what}`);
     await delay(WARMUP_MS);
     const before = await sender.portStats();
     const t0 = performance.now();
     await delay(WINDOW_MS);
     const after = await sender.portStats();
     const seconds = (performance.now() - t0) / 1000;
+    step(`stopping ${what}`);
     await sender.stop();
     return (after.txPackets - before.txPackets) / seconds;
   } finally {
+    step(`quitting ${what}`);
     await sender.close();
-    if (side.name === 'dpdk') await vhost.stop();
+    if (side.name === 'dpdk') {
+      step('stopping the forwarding of DPDK net_vhost');
+      await vhost.stop();
+    }
   }
 }
 
@@ -97,9 +110,11 @@ export async function main(): Promise<void> {
     { name: 'paravirt', socketPath: join(dir, 'paravirt.sock') },
     { name: 'dpdk', socketPath: join(dir, 'vhost.sock') },
   ];
+  step('starting paravirt serve net');
   const paravirt = await startParavirt(sides[0].socketPath, profileDir);
   let vhost: Testpmd | undefined;
   try {
+    step('starting DPDK net_vhost');
     vhost = await startTestpmd({ name: 'net-vhost', port: { kind: 'vhost', socketPath: sides[1].socketPath }, forwardMode: 'rxonly', lcores: { main: 0, forward: 1 } });
     const context = { rounds: ROUNDS, windowMs: WINDOW_MS, sender: 'testpmd net_virtio_user txonly, split ring, mrg_rxbuf' };
     for (const frameBytes of FRAME_SIZES) {
@@ -116,8 +131,10 @@ export async function main(): Promise<void> {
       report(BENCH, `tx_${frameBytes}b_ratio_paravirt_over_dpdk`, round2(medians.paravirt / medians.dpdk), 'x', context);
     }
   } finally {
+    step('quitting DPDK net_vhost');
     await vhost?.close();
     // SIGTERM: the back-end shuts down cleanly, which is when V8 writes the profile.
+    step('stopping paravirt serve net');
     await paravirt.stop();
   }
   report(BENCH, 'loadavg_1min', round2(loadBefore[0]), 'load', { after: round2(loadavg()[0]) });

@@ -10,7 +10,7 @@
  *     plus the worker's own wake-up.
  */
 import { Socket } from 'node:net';
-import { report } from './_report.ts';
+import { report, step } from './_report.ts';
 import { EventFd } from '../src/native/eventfd.ts';
 import { watch } from '../src/native/readiness.ts';
 import { socketPair } from '../src/native/unix-socket.ts';
@@ -29,6 +29,7 @@ function summarize(name: string, samples: number[]): void {
 
 /** Time ROUNDS wake-ups: `fire` writes, `arm(cb)` must call cb once per write it observes. */
 async function measure(name: string, arm: (woken: () => void) => () => void, fire: () => void): Promise<void> {
+  step(`timing wake-ups through ${name}`);
   const samples: number[] = [];
   let resolveRound!: () => void;
   let start = 0n;

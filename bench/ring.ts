@@ -4,7 +4,7 @@
  * pushes them and publishes, the driver collects 32). Reports chains per second per ring layout.
  */
 import { loadavg } from 'node:os';
-import { report } from './_report.ts';
+import { report, step } from './_report.ts';
 import { GuestMemory } from '../src/virtio/memory.ts';
 import type { DeviceQueue, DriverQueue, QueueConfig, Segment } from '../src/virtio/queue.ts';
 import { PackedDeviceQueue, PackedDriverQueue, packedRingLayout } from '../src/virtio/packed-ring.ts';
@@ -54,6 +54,7 @@ function run(dev: DeviceQueue, drv: DriverQueue<number>, buffers: readonly Segme
 
 export async function main(): Promise<void> {
   for (const [name, layout, makeDevice, makeDriver] of RINGS) {
+    step(`running the ${name} ring`);
     const memory = GuestMemory.allocate(1 << 20);
     const at = placeRingAreas(layout(SIZE), 0x1000);
     const config: QueueConfig = { ...at, size: SIZE, eventIdx: true, indirect: false, inOrder: false };

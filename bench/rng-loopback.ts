@@ -4,7 +4,7 @@
  * the framework's per-request cost: driver request queue, ring, notify, queue server, interrupt
  * delivery and dispatch.
  */
-import { report } from './_report.ts';
+import { report, step } from './_report.ts';
 import { RngDevice } from '../src/devices/rng/device.ts';
 import { RngDriver } from '../src/devices/rng/driver.ts';
 import { createLoopback } from '../src/transports/mmio/loopback.ts';
@@ -14,6 +14,7 @@ const WARMUP_MS = 500;
 const MEASURE_MS = 1500;
 
 async function run(packed: boolean, depth: number): Promise<void> {
+  step(`reading over the ${packed ? 'packed' : 'split'} ring at depth ${depth}`);
   const { transport } = createLoopback(new RngDevice(), { memoryBytes: 4 << 20 });
   const rng = await RngDriver.open(transport, { packed });
   let done = 0;

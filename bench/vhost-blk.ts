@@ -23,7 +23,7 @@ import { PeerProcess } from '../test/lab/peer-process.ts';
 import { qemuCommand, type QemuCommand } from '../test/lab/qemu.ts';
 import { startStorageDaemon } from '../test/lab/qsd.ts';
 import { summarizeCpuProfile } from './_cpuprofile.ts';
-import { report } from './_report.ts';
+import { report, step } from './_report.ts';
 
 const BENCH = 'vhost-blk';
 const MiB = 1024 * 1024;
@@ -38,6 +38,8 @@ const ROUNDS = 7;
 const PROFILE_TOP = 15;
 /** Linux reports process CPU times in USER_HZ ticks, 100 per second on every architecture it ships. */
 const USER_HZ = 100;
+/** A guest boot and 30 runs of a few seconds each under TCG, with room for a busy machine. */
+export const deadlineSeconds = 900;
 
 const repo = dirname(dirname(fileURLToPath(import.meta.url)));
 
@@ -232,11 +234,14 @@ export async function main(): Promise<void> {
   let guest: Guest | undefined;
   try {
     const image = join(tmp.dir, 'disk.img');
+    step('writing the image');
     writeImage(image);
+    step('starting paravirt serve blk');
 
     const paravirt = await startParavirt(image, join(tmp.dir, 'paravirt.sock'), profileDir);
     peers.push(paravirt);
     // The image as the chrooted daemon sees it: the same tmpfs file through the bind mount.
+    step('starting qemu-storage-daemon');
     const qsd = await startStorageDaemon({ image: join(tmp.qemuDir, 'disk.img'), socketPath: join(tmp.qemuDir, 'qsd.sock'), numQueues: 1, writable: false });
     peers.push(qsd);
     const pid = (p: PeerProcess): number => {
@@ -248,6 +253,7 @@ export async function main(): Promise<void> {
       { name: 'qsd', slot: 0x11, socketPath: qsd.socketPath, pid: pid(qsd.process), disk: '' },
     ];
 
+    step('booting the guest');
     guest = await bootGuest({
       name: 'bench-vhost-blk',
       devices: sides.flatMap((s) => [
@@ -255,10 +261,16 @@ export async function main(): Promise<void> {
         '-device', `vhost-user-blk-pci,chardev=${s.name},num-queues=1,addr=0x${s.slot.toString(16)}`,
       ]),
     });
+    step('finding the disks in the guest');
     await findDisks(guest, sides);
 
     // One unmeasured run each: JIT warm-up, first touches of guest and host memory.
-    for (const side of sides) for (const w of WORKLOADS) await measure(guest, side, w);
+    for (const side of sides) {
+      for (const w of WORKLOADS) {
+        step(`warming up ${w.name} on ${side.name}`);
+        await measure(guest, side, w);
+      }
+    }
 
     const samples = new Map<string, Sample[]>();
     for (let round = 0; round < ROUNDS; round++) {
@@ -267,6 +279,7 @@ export async function main(): Promise<void> {
       for (const w of WORKLOADS) {
         for (const side of order) {
           const key = `${w.name} ${side.name}`;
+          step(`measuring ${w.name} on ${side.name}, round ${round + 1} of ${ROUNDS}`);
           samples.set(key, [...(samples.get(key) ?? []), await measure(guest, side, w)]);
         }
       }
@@ -308,11 +321,14 @@ export async function main(): Promise<void> {
       });
     }
 
+    step('shutting the guest down');
     await guest.shutdown();
     guest = undefined;
+    step('stopping the back-ends');
     for (const peer of peers.splice(0).reverse()) await peer.stop();
     if (profileDir !== undefined) reportProfile(profileDir, pid(paravirt), { reads: READS, rounds: ROUNDS });
   } finally {
+    step('shutting down what is left');
     await guest?.shutdown();
     for (const peer of peers.reverse()) await peer.stop();
     tmp.remove();
