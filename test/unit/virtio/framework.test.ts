@@ -3,88 +3,11 @@ import assert from 'node:assert/strict';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
 import { Feature, featureBit } from '../../../src/virtio/constants.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
-import type { DeviceContext } from '../../../src/virtio/device.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
-import { GuestMemory } from '../../../src/virtio/memory.ts';
 import { DescriptorChain, VirtqueueError } from '../../../src/virtio/queue.ts';
-import type { DeviceQueue } from '../../../src/virtio/queue.ts';
 import { QueueServer } from '../../../src/virtio/serve.ts';
 import type { Request } from '../../../src/virtio/serve.ts';
-import { ScriptedDevice, captureLog, deferred } from './framework-fixture.ts';
-import { DeviceCounters } from '../../../src/virtio/counters.ts';
-
-/** A device queue over a script of chains, recording what the server does with it. */
-class ScriptQueue implements DeviceQueue {
-  readonly size = 16;
-  readonly base = 0;
-  readonly calls: string[] = [];
-  readonly used: [number, number][] = [];
-  notificationsOn = true;
-  /** What publish() answers: did the driver ask to be notified. */
-  driverWantsNotify = true;
-  /** Chains that "arrive" while notifications are being re-enabled (the §2.7.10 race). */
-  lateArrivals: DescriptorChain[] = [];
-  inFlight = 0;
-
-  constructor(public available: DescriptorChain[]) {}
-
-  pop(): DescriptorChain | null {
-    this.calls.push('pop');
-    const c = this.available.shift() ?? null;
-    if (c !== null) this.inFlight++;
-    return c;
-  }
-
-  push(chain: DescriptorChain, written: number): void {
-    this.calls.push(`push ${chain.id}`);
-    this.used.push([chain.id, written]);
-    this.inFlight--;
-  }
-
-  publish(): boolean {
-    this.calls.push('publish');
-    return this.driverWantsNotify;
-  }
-
-  enableNotifications(): boolean {
-    this.calls.push('enable');
-    this.notificationsOn = true;
-    const late = this.lateArrivals.splice(0);
-    this.available.push(...late);
-    return late.length > 0;
-  }
-
-  disableNotifications(): void {
-    this.calls.push('disable');
-    this.notificationsOn = false;
-  }
-}
-
-function chain(id: number, writable = 4): DescriptorChain {
-  return new DescriptorChain(id, 1, [], [new Uint8Array(writable)], 0, writable);
-}
-
-/** A context serving `queue` as queue 0 until `live` is cleared (as a reset does). */
-function context(queue: DeviceQueue, features = 0n) {
-  const notified: number[] = [];
-  const failed: Error[] = [];
-  const { log, lines } = captureLog();
-  const ctl = { live: true };
-  const ctx: DeviceContext = {
-    memory: GuestMemory.allocate(16),
-    features,
-    queue: (i) => (ctl.live && i === 0 ? queue : undefined),
-    notifyQueue: (i) => notified.push(i),
-    configChanged: () => {},
-    fail: (_i, err) => {
-      failed.push(err);
-      ctl.live = false;
-    },
-    log,
-    counters: new DeviceCounters(1),
-  };
-  return { ctx, notified, failed, lines, ctl };
-}
+import { ScriptQueue, ScriptedDevice, chain, context, deferred } from './framework-fixture.ts';
 
 test('notifications are off while the queue drains and back on at the end; a buffer that slipped in is served', () => {
   const q = new ScriptQueue([chain(0), chain(1)]);
