@@ -96,7 +96,6 @@ export class EventQueue<E> implements HeldBuffers {
   /** offer() refused an event and onSpace has not been called since. */
   private refused = false;
   private readonly dropCounts: Record<EventDropReason, number> = { noBuffer: 0, tooLarge: 0 };
-
   private readonly counters: QueueCounters;
 
   constructor(
@@ -227,11 +226,13 @@ export class EventQueue<E> implements HeldBuffers {
     const rest = this.layout.write(this.backlog[0], writers);
     if (rest === undefined) this.backlog.shift();
     else this.backlog[0] = rest;
+    const counts = this.counters;
     for (let i = 0; i < count; i++) {
       this.heldBytes -= chains[i].writableLength;
       queue.push(chains[i], writers[i].written);
-      this.counters.requests++;
-      this.counters.writtenBytes += writers[i].written;
+      counts.requests++;
+      counts.readBytes += chains[i].readableLength;
+      counts.writtenBytes += writers[i].written;
     }
     return count;
   }

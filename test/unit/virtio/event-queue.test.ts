@@ -77,6 +77,22 @@ test('the driver is notified only when publish says it asked to be (event suppre
   assert.deepEqual(notified, []);
 });
 
+test('the queue counts used buffers, bytes written and notifications sent or suppressed', () => {
+  const { q, eq, ctx } = records({ layout: MERGED }, buffers(4, 4).chains);
+  eq.offer(new Uint8Array(5)); // header + 5 bytes: two buffers
+  q.driverWantsNotify = false;
+  eq.offer(new Uint8Array(1));
+  assert.deepEqual(ctx.counters.snapshot().queues[0], {
+    requests: 3,
+    readBytes: 0,
+    writtenBytes: 8,
+    errors: 0,
+    ringFaults: 0,
+    notifications: 1,
+    suppressed: 1,
+  });
+});
+
 test('a buffer made available while notifications are re-enabled is popped, not slept on (§2.7.10)', () => {
   const { q, eq } = records();
   q.lateArrivals = [buffer(0, 4).chain];
