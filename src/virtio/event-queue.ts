@@ -20,6 +20,12 @@
  *   of §2.7.10); otherwise the driver posts without kicking and the next event pops.
  * - A ring fault fails the queue through DeviceContext.fail. Once the queue is gone (failed or
  *   reset) the held buffers are forgotten, never pushed, and the backlog is emptied.
+ *
+ * A device makes one per event queue in activate() and drops it in reset(), as with QueueServer:
+ *
+ *     this.events = new EventQueue(ctx, 0, { layout: ONE_PER_BUFFER, backlog: 64, overflow: 'drop' });
+ *     queueNotify(i) { if (i === 0) this.events?.kick(); }
+ *     this.events?.offer(encodeEvent(type, code, value));   // whenever something happens
  */
 import { ChainWriter } from './chain-io.ts';
 import type { QueueCounters } from './counters.ts';

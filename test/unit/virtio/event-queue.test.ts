@@ -298,3 +298,17 @@ test('property: IN_ORDER holds for merged events of any size, whatever is droppe
     ),
   );
 });
+
+test('a producer refused before the queue failed is told there is room: what it offers now goes nowhere, as after any failure', () => {
+  let spaces = 0;
+  const { q, eq, failed } = records({ layout: BYTE_STREAM, backlog: 1, overflow: 'refuse', onSpace: () => spaces++ }, [buffer(0, 1).chain]);
+  eq.offer(Uint8Array.of(1, 2)); // one byte written, one waits
+  assert.equal(eq.offer(Uint8Array.of(3)), false);
+  q.pop = () => {
+    throw new VirtqueueError('descriptor loop', 'head 0');
+  };
+  eq.kick();
+  assert.equal(failed.length, 1);
+  assert.equal(spaces, 1, 'a stalled producer is not left waiting forever');
+  assert.deepEqual(q.used, [[0, 1]]);
+});
