@@ -9,25 +9,10 @@ import { VirtioDriver } from '../../virtio/driver-core.ts';
 import type { DriverTransport } from '../../virtio/driver.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
 import { plainFrameLimit } from './offload.ts';
-import { DEFAULT_MTU, MAX_GSO_FRAME, NET_CONFIG, NET_HDR_SIZE, type NetConfig, NetFeature, VQ_PAIRS_MAX } from './wire.ts';
+import { DEFAULT_MTU, MAX_GSO_FRAME, NET_CONFIG, NET_HDR_SIZE, NET_OFFLOAD_FEATURES, type NetConfig, NetFeature, VQ_PAIRS_MAX } from './wire.ts';
 
 /** Every virtio-net feature this driver implements, and the ring features it can use. */
 export const NET_DRIVER_FEATURES: bigint = [...Object.values(NetFeature)].reduce((acc, bit) => acc | featureBit(bit), FRAMEWORK_FEATURES);
-
-/** The checksum and segmentation offloads, both directions, and the command that switches them. */
-export const NET_OFFLOAD_FEATURES: bigint = [
-  NetFeature.CSUM,
-  NetFeature.GUEST_CSUM,
-  NetFeature.CTRL_GUEST_OFFLOADS,
-  NetFeature.GUEST_TSO4,
-  NetFeature.GUEST_TSO6,
-  NetFeature.GUEST_ECN,
-  NetFeature.GUEST_UFO,
-  NetFeature.HOST_TSO4,
-  NetFeature.HOST_TSO6,
-  NetFeature.HOST_ECN,
-  NetFeature.HOST_UFO,
-].reduce((acc, bit) => acc | featureBit(bit), 0n);
 
 export interface NetDriverOptions {
   /** Features to accept when offered (default NET_DRIVER_FEATURES); drop bits to refuse offloads. */

@@ -25,7 +25,7 @@ import { CtrlRx, DEFAULT_MTU, type MacTable, NET_CONFIG, NO_OFFLOAD, type NetCon
 export { NetDriverCounters } from './counters.ts';
 export { NetControlError } from './driver-control.ts';
 export type { ReceivedFrame } from './driver-rx.ts';
-export { NET_DRIVER_FEATURES, NET_OFFLOAD_FEATURES, type NetDriverOptions } from './driver-start.ts';
+export { NET_DRIVER_FEATURES, type NetDriverOptions } from './driver-start.ts';
 
 export interface SendOptions {
   /** Offload metadata for the header (default none: a complete frame). */
