@@ -134,6 +134,7 @@ export class VhostUserBackend {
         queueFailed: (index) => this.ringFailed(index),
       },
       log,
+      { startOnDriverOk: false },
     );
     this.table = new MemoryTable(ports.mapRegion);
     this.inflight = new InflightMemory(ports, device.name, device.numQueues, log);
@@ -360,8 +361,8 @@ export class VhostUserBackend {
 
   /**
    * SET_STATUS (§2.1): 0 stops every ring and resets the device, keeping the front-end's
-   * features; otherwise the DeviceState takes the bits as from any driver. DRIVER_OK starts a
-   * device not yet started; it need not, since a started, enabled ring does (maybeActivate).
+   * features; otherwise the DeviceState takes the bits as from any driver. The device starts
+   * when a ring is started and enabled, DRIVER_OK or not (maybeActivate).
    */
   async setStatus(status: number): Promise<void> {
     if (!Number.isInteger(status) || status < 0 || status > 0xff) {
