@@ -1,12 +1,10 @@
 /** The console device's registry entry (§5.3): multiport, ports bridged to host sockets, files or stdio. */
-import { DeviceId } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { integerIn, read } from '../host-options.ts';
 import { isEndpointSpec, isNamedEndpoint, parseEndpoint, parseNamedEndpoint } from './endpoints.ts';
 import { CONSOLE_CONFIG, ConsoleFeature, MAX_PORTS_LIMIT } from './wire.ts';
 
-/** Ring size offered; QEMU's vhost-user-test-device uses vq_size (default 64), Linux takes what it is given. */
-export const CONSOLE_MAX_QUEUE_SIZE = 1024;
 const DEFAULT_MAX_PORTS = 8;
 
 export const consoleType: DeviceType = {
@@ -16,10 +14,10 @@ export const consoleType: DeviceType = {
   featureNames: Object.fromEntries(Object.entries(ConsoleFeature).map(([name, bit]) => [bit, name])),
   config: CONSOLE_CONFIG,
   queues: [
-    { name: 'receiveq', count: 'one per port', maxSize: CONSOLE_MAX_QUEUE_SIZE },
-    { name: 'transmitq', count: 'one per port', maxSize: CONSOLE_MAX_QUEUE_SIZE },
-    { name: 'control receiveq', count: '1 (queue 2)', maxSize: CONSOLE_MAX_QUEUE_SIZE },
-    { name: 'control transmitq', count: '1 (queue 3)', maxSize: CONSOLE_MAX_QUEUE_SIZE },
+    { name: 'receiveq', count: 'one per port', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'transmitq', count: 'one per port', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'control receiveq', count: '1 (queue 2)', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'control transmitq', count: '1 (queue 3)', maxSize: FRONT_END_MAX_QUEUE_SIZE },
   ],
   vhostUser: { type: 'console' },
   host: {
@@ -57,7 +55,7 @@ export const consoleType: DeviceType = {
       const { openEndpoint } = await import('./endpoints.ts');
       const device = new ConsoleDevice(
         [...(consoleEnd === undefined ? [] : [{ id: 0, console: true }]), ...named.map(({ name }, i) => ({ id: i + 1, name }))],
-        { maxPorts, maxQueueSize: CONSOLE_MAX_QUEUE_SIZE, size: cols === undefined || rows === undefined ? undefined : { cols, rows } },
+        { maxPorts, maxQueueSize: FRONT_END_MAX_QUEUE_SIZE, size: cols === undefined || rows === undefined ? undefined : { cols, rows } },
       );
       const closers: (() => Promise<void>)[] = [];
       const close = async (): Promise<void> => {
@@ -72,6 +70,9 @@ export const consoleType: DeviceType = {
       }
       return { devices: [device], close };
     },
+  },
+  async fuzz() {
+    return (await import('./fuzz-profile.ts')).CONSOLE_FUZZ;
   },
   guest: {
     async open(transport, log) {
