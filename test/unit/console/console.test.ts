@@ -2,7 +2,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { PassThrough, Writable } from 'node:stream';
+import { pino } from 'pino';
+import { consoleType } from '../../../src/devices/console/descriptor.ts';
+import { openEndpoint, parseEndpoint, parseNamedEndpoint } from '../../../src/devices/console/endpoints.ts';
 import { ConsoleDevice } from '../../../src/devices/console/device.ts';
 import { ConsoleDriver, type DriverPort } from '../../../src/devices/console/driver.ts';
 import type { ConsolePort } from '../../../src/devices/console/port.ts';
@@ -286,4 +293,44 @@ test('console: the emergency write register sends one byte to port 0', async () 
   assert.deepEqual([...host.bytes()], [0x41]);
   assert.equal(device.counters.snapshot().device.emergencyBytes, 1);
   await core.close();
+});
+
+test('console host ends: a Unix socket takes one client at a time; a file is appended to', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'console-ends-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const log = pino({ level: 'silent' });
+  const device = new ConsoleDevice([{ id: 1, name: 'sock' }, { id: 2, name: 'log' }], { maxPorts: 3 });
+  const closeSocket = await openEndpoint({ kind: 'unix', path: join(dir, 'p.sock') }, device.port(1)!, log);
+  writeFileSync(join(dir, 'log.txt'), 'earlier\n');
+  const closeFile = await openEndpoint({ kind: 'file', path: join(dir, 'log.txt') }, device.port(2)!, log);
+  assert.equal(device.port(2)!.hostConnected, true, 'a file is always connected');
+
+  const first = connect(join(dir, 'p.sock'));
+  await until(device.port(1)!, 'host-change', () => device.port(1)!.hostConnected);
+  const second = connect(join(dir, 'p.sock'));
+  await once(second, 'close');
+  assert.equal(device.port(1)!.hostConnected, true, 'the first client stays');
+  first.destroy();
+  await until(device.port(1)!, 'host-change', () => !device.port(1)!.hostConnected);
+
+  const { transport } = createLoopback(device, { memoryBytes: 4 << 20 });
+  const driver = await ConsoleDriver.open(transport);
+  await driver.port('log');
+  await driver.transmit(2, new TextEncoder().encode('from the guest\n'));
+  await closeFile();
+  assert.equal(readFileSync(join(dir, 'log.txt'), 'utf8'), 'earlier\nfrom the guest\n');
+  await closeSocket();
+  await driver.close();
+});
+
+test('console command line: a bad endpoint or port option is one sentence naming it', async () => {
+  assert.throws(() => parseNamedEndpoint('noequals'), /--port must be NAME=ENDPOINT/);
+  assert.throws(() => parseNamedEndpoint('a=tcp:1'), /--port a must be one of unix:PATH, file:PATH, not "tcp:1"/);
+  assert.throws(() => parseEndpoint('--console', 'file:/x', ['unix', 'stdio']), /--console must be one of unix:PATH, stdio/);
+  assert.throws(() => parseEndpoint('--console', 'pty', ['unix', 'stdio']), /pty.*not implemented/);
+  const env = { sockets: 1, log: pino({ level: 'silent' }) };
+  const named = [parseNamedEndpoint('a=file:/nonexistent/dir/x'), parseNamedEndpoint('b=file:/nonexistent/dir/y')];
+  await assert.rejects(consoleType.host.create({ port: named, maxPorts: 2 }, env), /--max-ports 2 leaves no room for 2 named ports/);
+  await assert.rejects(consoleType.host.create({ port: [named[0], named[0]] }, env), /--port a is given twice/);
+  await assert.rejects(consoleType.host.create({ port: [named[0]] }, env), /port a: cannot open \/nonexistent\/dir\/x for appending \(ENOENT\)/);
 });
