@@ -51,16 +51,24 @@ export const consoleType: DeviceType = {
         if (names.has(name)) throw new Error(`--port ${name} is given twice.`);
         names.add(name);
       }
+      // A console on the back-end's own terminal takes its size and follows its resizes.
+      const followTerminal = consoleEnd?.kind === 'stdio' && process.stdout.isTTY && cols === undefined;
+      const size = cols !== undefined && rows !== undefined ? { cols, rows } : followTerminal ? { cols: process.stdout.columns, rows: process.stdout.rows } : undefined;
       const { ConsoleDevice } = await import('./device.ts');
       const { openEndpoint } = await import('./endpoints.ts');
       const device = new ConsoleDevice(
         [...(consoleEnd === undefined ? [] : [{ id: 0, console: true }]), ...named.map(({ name }, i) => ({ id: i + 1, name }))],
-        { maxPorts, maxQueueSize: FRONT_END_MAX_QUEUE_SIZE, size: cols === undefined || rows === undefined ? undefined : { cols, rows } },
+        { maxPorts, maxQueueSize: FRONT_END_MAX_QUEUE_SIZE, size },
       );
       const closers: (() => Promise<void>)[] = [];
       const close = async (): Promise<void> => {
         for (const c of closers.splice(0)) await c();
       };
+      if (followTerminal) {
+        const onResize = (): void => device.resize(process.stdout.columns, process.stdout.rows);
+        process.stdout.on('resize', onResize);
+        closers.push(async () => void process.stdout.off('resize', onResize));
+      }
       try {
         if (consoleEnd !== undefined) closers.push(await openEndpoint(consoleEnd, device.port(0)!, env.log));
         for (const [i, { endpoint }] of named.entries()) closers.push(await openEndpoint(endpoint, device.port(i + 1)!, env.log));

@@ -6,7 +6,7 @@
  *   The guest sees the client come and go (PORT_OPEN); without a client, guest output is discarded.
  * - `file:PATH`: guest output appended to a file (a log); no input; always connected.
  * - `stdio`: the back-end's own standard input and output (which also carry its log lines: use
- *   `--log-level silent`).
+ *   `--log-level silent`); a terminal is put in raw mode and its size is the console's.
  *
  * A pseudo-terminal end is not implemented yet (it needs posix_openpt through src/native).
  */
@@ -60,9 +60,16 @@ export function parseNamedEndpoint(text: string): NamedEndpoint {
 /** Connect `port` to its host end; resolves with how to close that end. */
 export async function openEndpoint(spec: EndpointSpec, port: ConsolePort, log: Logger): Promise<() => Promise<void>> {
   switch (spec.kind) {
-    case 'stdio':
+    case 'stdio': {
+      // A terminal passes every key to the guest, as QEMU's `-chardev stdio,signal=off`: stop the back-end with SIGTERM.
+      const raw = process.stdin.isTTY;
+      if (raw) process.stdin.setRawMode(true);
       port.attach({ input: process.stdin, output: process.stdout });
-      return async () => port.detach();
+      return async () => {
+        port.detach();
+        if (raw) process.stdin.setRawMode(false);
+      };
+    }
     case 'file': {
       let fd: number;
       try {
