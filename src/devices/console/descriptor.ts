@@ -28,8 +28,8 @@ export const consoleType: DeviceType = {
       'named ports are 1, 2, ... in the order given and appear as /dev/virtio-ports/NAME.',
     ].join('\n'),
     options: [
-      { flags: '--console <endpoint>', description: 'host end of the console port 0: unix:PATH or stdio', parse: (v: string) => parseEndpoint('--console', v, ['unix', 'stdio']) },
-      { flags: '--port <name=endpoint>', description: 'a named port and its host end: NAME=unix:PATH or NAME=file:PATH (repeatable)', parse: parseNamedEndpoint, repeatable: true },
+      { flags: '--console <endpoint>', description: 'host end of the console port 0: unix:PATH, pty or stdio', parse: (v: string) => parseEndpoint('--console', v, ['unix', 'pty', 'stdio']) },
+      { flags: '--port <name=endpoint>', description: 'a named port and its host end: NAME=unix:PATH, NAME=pty or NAME=file:PATH (repeatable)', parse: parseNamedEndpoint, repeatable: true },
       {
         flags: '--max-ports <n>',
         description: 'max_nr_ports, port 0 included: room for ports added later; the front-end needs 2*n+2 queues',

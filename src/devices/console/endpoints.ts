@@ -8,7 +8,9 @@
  * - `stdio`: the back-end's own standard input and output (which also carry its log lines: use
  *   `--log-level silent`); a terminal is put in raw mode and its size is the console's.
  *
- * A pseudo-terminal end is not implemented yet (it needs posix_openpt through src/native).
+ * - `pty`: a new pseudo-terminal in raw mode, its path logged (`screen /dev/pts/N`); always
+ *   connected (the back-end keeps its terminal side open, as a terminal program may come and go),
+ *   so guest output waits in the terminal's queue until a program reads it.
  */
 import { lstatSync, openSync, unlinkSync, createWriteStream, closeSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -16,7 +18,11 @@ import type { Logger } from 'pino';
 import { OptionError } from '../host-options.ts';
 import type { ConsolePort } from './port.ts';
 
-export type EndpointSpec = { readonly kind: 'unix'; readonly path: string } | { readonly kind: 'file'; readonly path: string } | { readonly kind: 'stdio' };
+export type EndpointSpec =
+  | { readonly kind: 'unix'; readonly path: string }
+  | { readonly kind: 'file'; readonly path: string }
+  | { readonly kind: 'stdio' }
+  | { readonly kind: 'pty' };
 
 /** A named port's host end: `--port NAME=ENDPOINT`. */
 export interface NamedEndpoint {
@@ -34,11 +40,10 @@ export function isNamedEndpoint(v: unknown): v is NamedEndpoint {
 
 /** `unix:PATH`, `file:PATH` or `stdio`; `allowed` lists the kinds the option takes. */
 export function parseEndpoint(option: string, text: string, allowed: readonly EndpointSpec['kind'][]): EndpointSpec {
-  const kinds = allowed.map((k) => (k === 'stdio' ? 'stdio' : `${k}:PATH`)).join(', ');
+  const kinds = allowed.map((k) => (k === 'stdio' || k === 'pty' ? k : `${k}:PATH`)).join(', ');
   const bad = (): OptionError => new OptionError(`${option} must be one of ${kinds}, not "${text}".`);
   let spec: EndpointSpec;
-  if (text === 'stdio') spec = { kind: 'stdio' };
-  else if (text === 'pty') throw new OptionError(`${option}: pseudo-terminal ends (pty) are not implemented; use unix:PATH and a terminal client such as socat.`);
+  if (text === 'stdio' || text === 'pty') spec = { kind: text };
   else {
     const m = /^(unix|file):(.+)$/.exec(text);
     if (m === null) throw bad();
@@ -54,7 +59,7 @@ export function parseNamedEndpoint(text: string): NamedEndpoint {
   if (name === '' || Buffer.byteLength(name) > 255 || name.includes('\0')) {
     throw new OptionError(`--port must be NAME=ENDPOINT with a name of 1 to 255 bytes, not "${text}".`);
   }
-  return { name, endpoint: parseEndpoint(`--port ${name}`, text.slice(eq + 1), ['unix', 'file']) };
+  return { name, endpoint: parseEndpoint(`--port ${name}`, text.slice(eq + 1), ['unix', 'pty', 'file']) };
 }
 
 /** Connect `port` to its host end; resolves with how to close that end. */
@@ -88,6 +93,16 @@ export async function openEndpoint(spec: EndpointSpec, port: ConsolePort, log: L
     }
     case 'unix':
       return listen(spec.path, port, log);
+    case 'pty': {
+      const { PtyStream } = await import('./pty-stream.ts');
+      const pty = new PtyStream();
+      log.info({ port: port.name ?? port.id, pty: pty.path }, `port ${port.name ?? port.id} is on ${pty.path}`);
+      port.attach({ input: pty, output: pty });
+      return async () => {
+        port.detach();
+        pty.destroy();
+      };
+    }
   }
 }
 

@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { ReadStream } from 'node:tty';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -325,12 +326,46 @@ test('console host ends: a Unix socket takes one client at a time; a file is app
 
 test('console command line: a bad endpoint or port option is one sentence naming it', async () => {
   assert.throws(() => parseNamedEndpoint('noequals'), /--port must be NAME=ENDPOINT/);
-  assert.throws(() => parseNamedEndpoint('a=tcp:1'), /--port a must be one of unix:PATH, file:PATH, not "tcp:1"/);
-  assert.throws(() => parseEndpoint('--console', 'file:/x', ['unix', 'stdio']), /--console must be one of unix:PATH, stdio/);
-  assert.throws(() => parseEndpoint('--console', 'pty', ['unix', 'stdio']), /pty.*not implemented/);
+  assert.throws(() => parseNamedEndpoint('a=tcp:1'), /--port a must be one of unix:PATH, pty, file:PATH, not "tcp:1"/);
+  assert.throws(() => parseEndpoint('--console', 'file:/x', ['unix', 'pty', 'stdio']), /--console must be one of unix:PATH, pty, stdio/);
   const env = { sockets: 1, log: pino({ level: 'silent' }) };
   const named = [parseNamedEndpoint('a=file:/nonexistent/dir/x'), parseNamedEndpoint('b=file:/nonexistent/dir/y')];
   await assert.rejects(consoleType.host.create({ port: named, maxPorts: 2 }, env), /--max-ports 2 leaves no room for 2 named ports/);
   await assert.rejects(consoleType.host.create({ port: [named[0], named[0]] }, env), /--port a is given twice/);
   await assert.rejects(consoleType.host.create({ port: [named[0]] }, env), /port a: cannot open \/nonexistent\/dir\/x for appending \(ENOENT\)/);
 });
+
+test('console host ends: a pseudo-terminal carries bytes both ways, raw', async (t) => {
+  const device = new ConsoleDevice([{ id: 1, name: 'tty' }], { maxPorts: 2 });
+  const lines: string[] = [];
+  const closePty = await openEndpoint({ kind: 'pty' }, device.port(1)!, pino({ level: 'info' }, { write: (s: string) => void lines.push(s) }));
+  const path = (JSON.parse(lines[0]) as { pty: string }).pty;
+  assert.match(path, /^\/dev\/pts\/\d+$/);
+  const { transport } = createLoopback(device, { memoryBytes: 4 << 20 });
+  const driver = await ConsoleDriver.open(transport);
+  const port = await driver.port('tty');
+  await port.open();
+  // A terminal program: the terminal side, opened as screen would.
+  const terminalFd = openSync(path, 'r+');
+  const terminal = new ReadStream(terminalFd);
+  t.after(() => terminal.destroy());
+  const fromGuest = Buffer.from('guest says\r\n\x03');
+  const seen = readFrom(terminal, fromGuest.length);
+  await driver.transmit(port.id, fromGuest);
+  assert.deepEqual(await seen, fromGuest, 'raw: no translation, no signal characters acted on');
+  writeSync(terminalFd, 'typed\n');
+  assert.equal((await read(port, 6)).toString(), 'typed\n');
+  await driver.close();
+  await closePty();
+});
+
+async function readFrom(s: ReadStream, n: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let got = 0;
+  for await (const chunk of s) {
+    parts.push(chunk as Buffer);
+    got += (chunk as Buffer).length;
+    if (got >= n) break;
+  }
+  return Buffer.concat(parts);
+}
