@@ -87,7 +87,7 @@ async function devOf(guest: Guest, name: string): Promise<string> {
 for (const packed of [false, true]) {
   const ring = packed ? 'packed' : 'split';
 
-  test(`vhost-user console (${ring} ring): named ports, a shell on hvc0, 16 MiB each way, host clients, hot-added port`, { timeout: 600_000 }, async (t) => {
+  test(`vhost-user console (${ring} ring): named ports, a shell on hvc0, 16 MiB each way, host clients, hot-added and removed port`, { timeout: 600_000 }, async (t) => {
     if (!requireLab(t)) return;
     const qemu = qemuCommand();
     const dir = mkdtempSync(join(qemu.shareDir, 'vu-console-'));
@@ -166,5 +166,10 @@ for (const packed of [false, true]) {
     device.addPort({ id: 3, name: 'org.paravirt.late' });
     const late = await guest.check("for i in $(seq 200); do grep -lx org.paravirt.late /sys/class/virtio-ports/*/name 2>/dev/null && break; sleep 0.05; done");
     assert.match(late, /vport\d+p3\/name/);
+
+    // ... and removed: the guest drops it.
+    device.removePort(3);
+    const gone = await guest.check('for i in $(seq 200); do grep -qx org.paravirt.late /sys/class/virtio-ports/*/name 2>/dev/null || break; sleep 0.05; done; cat /sys/class/virtio-ports/*/name');
+    assert.doesNotMatch(gone, /org\.paravirt\.late/);
   });
 }

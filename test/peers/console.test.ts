@@ -1,7 +1,7 @@
 /**
  * paravirt's console driver against devices it did not write: QEMU's virtio-serial-pci with a
  * virtserialport and a virtconsole on socket chardevs, over virtio-pci through qtest (names,
- * bytes both ways, host clients seen, a port hot-added with QMP device_add virtserialport); and
+ * bytes both ways, host clients seen, a port hot-added with QMP device_add virtserialport and removed); and
  * against `paravirt serve console` run as a user runs it, over the vhost-user front-end.
  */
 import { test } from 'node:test';
@@ -70,7 +70,7 @@ async function exchange(port: DriverPort, host: Socket, bytes: number): Promise<
 for (const packed of [false, true]) {
   const ring = packed ? 'packed' : 'split';
 
-  test(`console driver against QEMU's virtio-serial-pci over virtio-pci (${ring} ring): names, both directions, host clients, hot-add`, async (t) => {
+  test(`console driver against QEMU's virtio-serial-pci over virtio-pci (${ring} ring): names, both directions, host clients, hot-add and removal`, async (t) => {
     if (!requireLab(t)) return;
     const qemu = qemuCommand();
     const dir = mkdtempSync(join(qemu.shareDir, 'console-peer-'));
@@ -125,6 +125,12 @@ for (const packed of [false, true]) {
     const hotHost = await client(sock('hot'));
     t.after(() => hotHost.destroy());
     await exchange(hot, hotHost, 8192);
+
+    // ... and removed with device_del: QEMU sends DEVICE_REMOVE.
+    const removed = once(driver, 'remove');
+    await qmp.execute('device_del', { id: 'port2' });
+    assert.equal(((await removed)[0] as DriverPort).id, hot.id);
+    assert.equal(driver.ports.has(hot.id), false);
     await driver.close();
   });
 
