@@ -14,12 +14,11 @@
  * that does not exist or was never announced, or a message out of order is counted
  * (controlErrors), logged once per kind, and ignored; the device keeps running, as QEMU's does.
  */
-import { DeviceId, hasFeature } from '../../virtio/constants.ts';
+import { DeviceId, featureBit, hasFeature } from '../../virtio/constants.ts';
 import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { EventQueue, ONE_PER_BUFFER } from '../../virtio/event-queue.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
-import { featureBit } from '../../virtio/constants.ts';
 import { QueueServer, type Request } from '../../virtio/serve.ts';
 import { ConsolePort, type PortSpec } from './port.ts';
 import {
@@ -140,13 +139,10 @@ export class ConsoleDevice implements VirtioDevice {
 
   /** The console's size changed: configuration space (F_SIZE) and RESIZE to console ports (MULTIPORT). */
   resize(cols: number, rows: number): void {
-    if (this.ctx !== undefined && hasFeature(this.ctx.features, ConsoleFeature.SIZE)) {
+    if (hasFeature(this.features, ConsoleFeature.SIZE)) {
       CONSOLE_CONFIG.set(this.config, 'cols', cols);
       CONSOLE_CONFIG.set(this.config, 'rows', rows);
-      this.ctx.configChanged();
-    } else if (hasFeature(this.features, ConsoleFeature.SIZE)) {
-      CONSOLE_CONFIG.set(this.config, 'cols', cols);
-      CONSOLE_CONFIG.set(this.config, 'rows', rows);
+      if (this.ctx !== undefined && hasFeature(this.ctx.features, ConsoleFeature.SIZE)) this.ctx.configChanged();
     }
     for (const port of this.ports.values()) {
       if (port.console && this.announced.get(port.id)?.ready === true) this.send(encodeResize(port.id, cols, rows));

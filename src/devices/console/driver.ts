@@ -11,12 +11,11 @@
 import { EventEmitter, once } from 'node:events';
 import { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
-import { DeviceId, featureBit, hasFeature } from '../../virtio/constants.ts';
+import { DeviceId, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
 import type { DriverTransport } from '../../virtio/driver.ts';
 import { VirtioDriver } from '../../virtio/driver-core.ts';
 import { EventReceiver } from '../../virtio/event-receiver.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
-import { Feature } from '../../virtio/constants.ts';
 import {
   CONSOLE_CONFIG,
   CONTROL_RX_QUEUE,
