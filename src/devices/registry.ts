@@ -3,11 +3,12 @@
  * src/devices/ and one line here (docs/architecture.md, "Adding a device").
  */
 import { blkType } from './blk/descriptor.ts';
+import { consoleType } from './console/descriptor.ts';
 import type { DeviceType } from './device-type.ts';
 import { netType } from './net/descriptor.ts';
 import { rngType } from './rng/descriptor.ts';
 
-export const DEVICE_TYPES: readonly DeviceType[] = [blkType, netType, rngType];
+export const DEVICE_TYPES: readonly DeviceType[] = [blkType, consoleType, netType, rngType];
 
 /** The registered type called `name`, or undefined. */
 export function deviceType(name: string): DeviceType | undefined {
