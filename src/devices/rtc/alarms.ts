@@ -71,7 +71,6 @@ export class Alarm implements AlarmState {
     // Keep looking while enabled: a clock stepping backwards re-arms an expired alarm.
     const delayMs = this.reached ? BigInt(CHECK_MS) : this.clock.hostDelay(now, this.time) / 1_000_000n + 1n;
     this.timer = setTimeout(() => this.check(), Number(delayMs < BigInt(CHECK_MS) ? delayMs : BigInt(CHECK_MS)));
-    this.timer.unref();
   }
 
   private stopTimer(): void {

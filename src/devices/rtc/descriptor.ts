@@ -81,7 +81,7 @@ export const rtcType: DeviceType = {
         ratePpm: read.number(values, 'ratePpm'),
       });
       const device = new RtcDevice({ clocks, alarm: read.flag(values, 'alarm'), maxQueueSize: RTC_MAX_QUEUE_SIZE });
-      return { devices: [device], close: async () => {} };
+      return { devices: [device], close: async () => device.close() };
     },
   },
   async fuzz() {

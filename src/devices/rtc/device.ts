@@ -98,6 +98,11 @@ export class RtcDevice implements VirtioDevice {
     for (const a of this.alarms ?? []) a.clear();
   }
 
+  /** Stop every alarm's timer: the device is going away. */
+  close(): void {
+    this.reset();
+  }
+
   /** An alarm of clock `id` expired: one notification, replacing any still waiting for it. */
   private expired(id: number): void {
     this.alarmsExpired++;
