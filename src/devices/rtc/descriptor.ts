@@ -1,11 +1,8 @@
 /** The RTC device's registry entry (VIRTIO 1.4, "RTC Device"): requestq, alarmq, no configuration space. */
-import { DeviceId } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { OptionError, read } from '../host-options.ts';
 import { CLOCK_NAMES, type ClockName, isClockName } from './clock-names.ts';
-
-/** Largest ring a front-end may give a queue: QEMU's vhost-user-rtc asks for 1024. */
-export const RTC_MAX_QUEUE_SIZE = 1024;
 
 /** "utc,tai" → ['utc', 'tai']: known names, each once. */
 function clockList(value: string): ClockName[] {
@@ -39,8 +36,8 @@ export const rtcType: DeviceType = {
   deviceId: DeviceId.RTC,
   featureNames: { 0: 'ALARM' },
   queues: [
-    { name: 'requestq', count: '1', maxSize: RTC_MAX_QUEUE_SIZE },
-    { name: 'alarmq', count: '1, used with --alarm', maxSize: RTC_MAX_QUEUE_SIZE },
+    { name: 'requestq', count: '1', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'alarmq', count: '1, used with --alarm', maxSize: FRONT_END_MAX_QUEUE_SIZE },
   ],
   vhostUser: { type: 'rtc' },
   host: {
@@ -80,7 +77,7 @@ export const rtcType: DeviceType = {
         offsetNs: read.value(values, 'offset', (v): v is bigint => typeof v === 'bigint'),
         ratePpm: read.number(values, 'ratePpm'),
       });
-      const device = new RtcDevice({ clocks, alarm: read.flag(values, 'alarm'), maxQueueSize: RTC_MAX_QUEUE_SIZE });
+      const device = new RtcDevice({ clocks, alarm: read.flag(values, 'alarm') });
       return { devices: [device], close: async () => device.close() };
     },
   },

@@ -9,12 +9,11 @@
  * are the driver's and not trusted: a short or truncated request, a too-small response buffer,
  * an unknown message type, clock or flag bit is a status, never an exception.
  */
-import { DeviceId } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, hasFeature } from '../../virtio/constants.ts';
 import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { EventQueue, ONE_PER_BUFFER } from '../../virtio/event-queue.ts';
 import { FRAMEWORK_FEATURES, featureMask } from '../../virtio/features.ts';
-import { hasFeature } from '../../virtio/constants.ts';
 import { QueueServer, type Request } from '../../virtio/serve.ts';
 import { Alarm } from './alarms.ts';
 import type { RtcClock } from './clocks.ts';
@@ -31,7 +30,7 @@ export interface RtcDeviceOptions {
   readonly clocks: readonly RtcClock[];
   /** Offer VIRTIO_RTC_F_ALARM, with an alarm on every clock (default false). */
   readonly alarm?: boolean;
-  /** Largest queue size offered (default 1024, what QEMU's vhost-user-rtc asks for). */
+  /** Largest queue size offered (default FRONT_END_MAX_QUEUE_SIZE: QEMU's vhost-user-rtc asks for 1024). */
   readonly maxQueueSize?: number;
 }
 
@@ -62,7 +61,7 @@ export class RtcDevice implements VirtioDevice {
   constructor(options: RtcDeviceOptions) {
     if (options.clocks.length > 0xffff) throw new RangeError(`${options.clocks.length} clocks are more than num_clocks (le16) can count`);
     this.clocks = options.clocks;
-    this.maxQueueSize = options.maxQueueSize ?? 1024;
+    this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     this.features = FRAMEWORK_FEATURES | (options.alarm === true ? featureMask([RtcFeature.ALARM]) : 0n);
     this.alarms = options.alarm === true ? this.clocks.map((c, id) => new Alarm(c, () => this.expired(id))) : undefined;
     this.counters = new DeviceCounters(this.numQueues, () => ({

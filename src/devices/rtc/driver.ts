@@ -7,8 +7,7 @@
  * whose status is not OK, is an RtcError naming the request.
  */
 import type { Logger } from 'pino';
-import { DeviceId } from '../../virtio/constants.ts';
-import { hasFeature } from '../../virtio/constants.ts';
+import { DeviceId, hasFeature } from '../../virtio/constants.ts';
 import type { DriverTransport } from '../../virtio/driver.ts';
 import { VirtioDriver } from '../../virtio/driver-core.ts';
 import { EventReceiver } from '../../virtio/event-receiver.ts';
