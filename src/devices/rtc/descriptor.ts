@@ -59,7 +59,7 @@ export const rtcType: DeviceType = {
       { flags: '--rate-ppm <ppm>', description: 'serve every clock running this many parts per million fast (negative: slow)', parse: ppm },
       { flags: '--leap-seconds <path>', description: 'the IERS leap-second list (default /usr/share/zoneinfo/leap-seconds.list)' },
     ],
-    async create(values) {
+    async create(values, env) {
       const { makeClocks } = await import('./clocks.ts');
       const { LEAP_SECONDS_LIST, readLeapSeconds } = await import('./leap-seconds.ts');
       const { RtcDevice } = await import('./device.ts');
@@ -71,6 +71,10 @@ export const rtcType: DeviceType = {
       } catch (err) {
         // Only tai (on a host without a kernel TAI offset) and utc-smeared need it; they say so.
         if (read.string(values, 'leapSeconds') !== undefined) throw new Error(`--leap-seconds ${path}: ${(err as Error).message}`, { cause: err });
+      }
+      // Past its expiry the list cannot say whether a leap second was announced since.
+      if (leapSeconds !== undefined && BigInt(Math.floor(Date.now() / 1000)) > leapSeconds.expires) {
+        env.log.warn({ path }, `${path} expired; a leap second announced since would be missed by the tai and utc-smeared clocks (update tzdata)`);
       }
       const clocks = makeClocks(names, {
         leapSeconds,

@@ -4,9 +4,12 @@ import type { RtcClock } from '../../../src/devices/rtc/clocks.ts';
 import { RtcDevice } from '../../../src/devices/rtc/device.ts';
 import { RtcDriver, RtcError } from '../../../src/devices/rtc/driver.ts';
 import {
-  ClockType, HEAD_SIZE, HwCounter, MsgType, RtcStatus, Smear, U64_MAX, decodeResponse, encodeRequest,
+  ClockType, HEAD_SIZE, HwCounter, MsgType, RtcFeature, RtcStatus, Smear, U64_MAX, decodeResponse, encodeRequest,
 } from '../../../src/devices/rtc/wire.ts';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
+import { DeviceId, DeviceStatus } from '../../../src/virtio/constants.ts';
+import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
+import { FRAMEWORK_FEATURES, featureMask } from '../../../src/virtio/features.ts';
 
 /** A clock the test moves by hand; hostDelay 0 makes an alarm look at it every millisecond. */
 function manualClock(type: number, start: bigint, smearing: number = Smear.UNSPECIFIED): RtcClock & { now: bigint } {
@@ -165,4 +168,20 @@ test('rtc alarms: a far-future alarm is kept and does not fire; the clock reachi
   await driver.setAlarmEnabled(2, false);
   assert.deepEqual(await driver.readAlarm(2), { time: 2_500n, enabled: false });
   await driver.close();
+});
+
+test('rtc alarms: an alarmq buffer smaller than a notification breaks the driver rule and fails that queue alone', async () => {
+  const device = new RtcDevice({ clocks: [manualClock(ClockType.UTC, 1_000n)], alarm: true });
+  const { transport } = createLoopback(device, { memoryBytes: 1 << 20 });
+  const core = await VirtioDriver.start(transport, { name: 'rtc', deviceId: DeviceId.RTC, features: FRAMEWORK_FEATURES | featureMask([RtcFeature.ALARM]), queues: 2 });
+  const small = transport.dma.alloc(8, 8)!;
+  const posted = core.queue(1).submit([], [{ addr: small, len: 8 }]);
+  posted.catch(() => {});
+  const req = transport.dma.alloc(24 + 8, 8)!;
+  transport.memory.write(req, encodeRequest({ msgType: MsgType.SET_ALARM, clockId: 0, alarmTime: 1n, flags: 1 }));
+  // The alarm is in the past: its notification needs a buffer, and the one posted is too small.
+  assert.equal(await core.queue(0).submit([{ addr: req, len: 24 }], [{ addr: req + 24, len: 8 }]), HEAD_SIZE);
+  assert.equal(transport.memory.slice(req + 24, 1)[0], RtcStatus.OK);
+  assert.equal((await transport.getStatus()) & DeviceStatus.DEVICE_NEEDS_RESET, DeviceStatus.DEVICE_NEEDS_RESET);
+  await core.close();
 });
