@@ -2,11 +2,12 @@
  * A stock Linux guest's virtio_rtc driver (built by lab:setup from Debian's linux-source, unchanged)
  * uses paravirt's RTC device through QEMU's vhost-user-rtc-pci, with the back-ends run as a user
  * runs them: `paravirt serve rtc`. One back-end serves the host's clocks with alarms; a second
- * serves UTC an hour ahead and 10% fast, which the guest must see.
+ * serves UTC an hour ahead and 20% fast, which the guest must see.
  *
  * Tolerances are causal, never timed: a clock the guest reads must lie between the host clock
  * read before the agent was asked and the one read after it answered. Under TCG that window is
- * the agent's round trip (tens of milliseconds); the diagnostic prints it and where inside it
+ * the agent's round trip (200-550 ms measured, most of it testptp starting under TCG); the
+ * diagnostic prints it and where inside it
  * the guest's reading fell.
  */
 import { test } from 'node:test';
@@ -67,7 +68,8 @@ test("vhost-user-rtc: Linux's virtio_rtc reads paravirt's UTC, TAI, monotonic an
   const dir = mkdtempSync(join(qemu.shareDir, 'vu-rtc-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const host = await serve(t, dir, 'host', ['--alarm']);
-  const skewed = await serve(t, dir, 'skewed', ['--clocks', 'utc', '--offset', '3600', '--rate-ppm', '100000']);
+  const started = await bracketed(() => serve(t, dir, 'skewed', ['--clocks', 'utc', '--offset', '3600', '--rate-ppm', '200000']));
+  const skewed = started.value;
 
   const guest = await startGuest(t, {
     name: 'vu-rtc',
@@ -129,19 +131,15 @@ test("vhost-user-rtc: Linux's virtio_rtc reads paravirt's UTC, TAI, monotonic an
   assert.equal(bytes[1], 1, 'one alarm interrupt counted');
   assert.equal(irq.trim().split('\n').length, 1, 'wakealarm is empty once the alarm fired');
 
-  // The skewed device: an hour ahead, running 10% fast. Two reads: each reading inside its
-  // bracket once the skew is undone, and the elapsed reading 1.1 times the elapsed host time.
-  const skewUtc = skewedClocks[0].dev;
-  const a = await bracketed(() => readPtp(guest, [skewUtc]));
-  // Three seconds apart, so 10% fast is far more than the two round trips the brackets leave open.
-  await guest.check('sleep 3');
-  const b = await bracketed(() => readPtp(guest, [skewUtc]));
-  const ahead = a.value[0] - (a.before + a.after) / 2n;
-  assert.ok(ahead > 3599n * NS && ahead < 3700n * NS, `the skewed clock reads ${ms(ahead)} ahead of the host`);
-  const elapsed = b.value[0] - a.value[0];
-  const lo = ((b.before - a.after) * 11n) / 10n;
-  const hi = ((b.after - a.before) * 11n) / 10n;
-  assert.ok(lo <= elapsed && elapsed <= hi, `elapsed skewed ${ms(elapsed)} within 1.1 × host [${ms(lo)}, ${ms(hi)}]`);
-  assert.ok(elapsed > b.after - a.before, `the skewed clock ran faster than the host (${ms(elapsed)} > ${ms(b.after - a.before)})`);
-  t.diagnostic(`skewed device: ${ms(ahead)} ahead; ${ms(elapsed)} elapsed over host ${ms(b.before - a.after)}..${ms(b.after - a.before)}`);
+  // The skewed device: an hour ahead and 20% fast since it started, which was between t0 and
+  // t1. A reading at host time h is h + 3600 s + (h − start) / 5: bracketing h by the agent's
+  // round trip and the start by t0..t1 bounds it exactly. Twenty seconds of boot put it
+  // seconds ahead of anything a clock running at the host's rate could read.
+  const s1 = await bracketed(() => readPtp(guest, [skewedClocks[0].dev]));
+  const got = s1.value[0];
+  const lo = s1.before + 3_600n * NS + (s1.before - started.after) / 5n;
+  const hi = s1.after + 3_600n * NS + (s1.after - started.before) / 5n;
+  assert.ok(lo <= got && got <= hi, `skewed reading ${got} within [${lo}, ${hi}]`);
+  assert.ok(got > s1.after + 3_600n * NS, 'the skewed clock gained on the host since it started');
+  t.diagnostic(`skewed device: ${ms(got - (s1.before + s1.after) / 2n - 3_600n * NS)} gained over 3600 s in ${ms((s1.before + s1.after) / 2n - (started.before + started.after) / 2n)} of host time`);
 });
