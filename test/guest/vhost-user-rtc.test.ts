@@ -7,8 +7,7 @@
  * Tolerances are causal, never timed: a clock the guest reads must lie between the host clock
  * read before the agent was asked and the one read after it answered. Under TCG that window is
  * the agent's round trip (200-550 ms measured, most of it testptp starting under TCG); the
- * diagnostic prints it and where inside it
- * the guest's reading fell.
+ * diagnostic prints it and where inside it the guest's reading fell.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
