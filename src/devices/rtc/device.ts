@@ -18,7 +18,7 @@ import { QueueServer, type Request } from '../../virtio/serve.ts';
 import { Alarm } from './alarms.ts';
 import type { RtcClock } from './clocks.ts';
 import {
-  FLAG_ALARM_CAP, FLAG_ALARM_ENABLED, HEAD_SIZE, HwCounter, MESSAGE_SIZES, MsgType, NOTIF_ALARM_SIZE, RtcFeature, RtcStatus,
+  FLAG_ALARM_CAP, FLAG_ALARM_ENABLED, HEAD_SIZE, HwCounter, MAX_REQUEST_SIZE, MESSAGE_SIZES, MsgType, NOTIF_ALARM_SIZE, RtcFeature, RtcStatus,
   decodeRequest, encodeAlarmNotification, encodeResponse, type RtcRequest, type RtcResponse,
 } from './wire.ts';
 
@@ -115,16 +115,20 @@ export class RtcDevice implements VirtioDevice {
   }
 
   private serve(req: Request): void {
-    const head = new Uint8Array(Math.min(req.reader.remaining, 24));
-    req.reader.read(head);
-    const [status, size, response] = this.answer(head, req.writer.remaining);
-    this.answered[STATUS_NAMES[status]]++;
-    if (status !== RtcStatus.OK) req.writer.write(encodeResponse(0, HEAD_SIZE, { status }));
-    else req.writer.write(encodeResponse(decodeRequest(head).msgType, size, response));
+    // Bytes past the longest request are ignored, as the spec has the device ignore extra space.
+    const bytes = new Uint8Array(Math.min(req.reader.remaining, MAX_REQUEST_SIZE));
+    req.reader.read(bytes);
+    const { msgType, size, response } = this.answer(bytes, req.writer.remaining);
+    this.answered[STATUS_NAMES[response.status]]++;
+    if (response.status !== RtcStatus.OK) this.counters.queue(REQUESTQ).errors++;
+    req.writer.write(encodeResponse(msgType, size, response));
   }
 
-  /** The status, response size and response of a request whose first bytes are `bytes`. */
-  private answer(bytes: Uint8Array, writable: number): [number, number, RtcResponse] {
+  /**
+   * The response to a request whose first bytes are `bytes`, and its size: the type's response
+   * size, or for an error only the head.
+   */
+  private answer(bytes: Uint8Array, writable: number): Answer {
     // "Device Operation": EINVAL when the request does not fit the readable part, or the
     // response the writable part; EOPNOTSUPP for a type the spec does not describe.
     if (bytes.length < HEAD_SIZE) return fail(RtcStatus.EINVAL);
@@ -133,7 +137,7 @@ export class RtcDevice implements VirtioDevice {
     if (sizes === undefined) return fail(RtcStatus.EOPNOTSUPP);
     if (bytes.length < sizes.request || writable < sizes.response) return fail(RtcStatus.EINVAL);
     const response = this.execute(req);
-    return [response.status, sizes.response, response];
+    return response.status === RtcStatus.OK ? { msgType: req.msgType, size: sizes.response, response } : fail(response.status);
   }
 
   private execute(req: RtcRequest): RtcResponse {
@@ -177,8 +181,15 @@ export class RtcDevice implements VirtioDevice {
   }
 }
 
-function fail(status: number): [number, number, RtcResponse] {
-  return [status, HEAD_SIZE, { status }];
+interface Answer {
+  readonly msgType: number;
+  readonly size: number;
+  readonly response: RtcResponse;
+}
+
+/** An error's answer is the response head alone: the driver reads nothing else of it. */
+function fail(status: number): Answer {
+  return { msgType: 0, size: HEAD_SIZE, response: { status } };
 }
 
 function isKnownCounter(counter: number): boolean {

@@ -83,6 +83,9 @@ export const MESSAGE_SIZES: ReadonlyMap<number, { readonly request: number; read
   [MsgType.SET_ALARM_ENABLED, { request: 16, response: 8 }],
 ]);
 
+/** The longest request (SET_ALARM): all a device reads of one. */
+export const MAX_REQUEST_SIZE = Math.max(...[...MESSAGE_SIZES.values()].map((m) => m.request));
+
 /** The name of a message type, for logs and errors. */
 export function msgTypeName(type: number): string {
   const entry = Object.entries(MsgType).find(([, v]) => v === type);

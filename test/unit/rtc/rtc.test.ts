@@ -117,6 +117,8 @@ test('rtc: unknown message types, clock ids, hardware counters and flag bits', a
   await assert.rejects(driver.request({ msgType: MsgType.SET_ALARM, clockId: 0, alarmTime: 5n, flags: 0x82 }), (e: RtcError) => e.status === RtcStatus.EINVAL);
   await assert.rejects(driver.request({ msgType: MsgType.SET_ALARM_ENABLED, clockId: 0, flags: 2 }), (e: RtcError) => e.status === RtcStatus.EINVAL);
   assert.ok(counter(device, 'status_enodev') >= 11);
+  const { queues, device: counts } = device.counters.snapshot();
+  assert.equal(queues[0].errors, counts.status_enodev + counts.status_eopnotsupp + counts.status_einval, 'every error status is a requestq error');
   assert.equal(await driver.read(1), 38_000n, 'the device still answers');
   await driver.close();
 });
