@@ -7,8 +7,9 @@ import { consoleType } from './console/descriptor.ts';
 import type { DeviceType } from './device-type.ts';
 import { netType } from './net/descriptor.ts';
 import { rngType } from './rng/descriptor.ts';
+import { rtcType } from './rtc/descriptor.ts';
 
-export const DEVICE_TYPES: readonly DeviceType[] = [blkType, consoleType, netType, rngType];
+export const DEVICE_TYPES: readonly DeviceType[] = [blkType, consoleType, netType, rngType, rtcType];
 
 /** The registered type called `name`, or undefined. */
 export function deviceType(name: string): DeviceType | undefined {

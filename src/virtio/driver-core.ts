@@ -24,8 +24,11 @@ export interface DriverOptions {
    * A reserved bit the framework does not implement is refused with an error naming it.
    */
   readonly features: bigint;
-  /** Queues to set up, 0..n-1; default every queue the device has. */
-  readonly queues?: number;
+  /**
+   * Queues to set up, 0..n-1; default every queue the device has. A function of the negotiated
+   * features for devices whose queues exist only with a feature (virtio-rtc's alarmq).
+   */
+  readonly queues?: number | ((features: bigint) => number);
   /** Largest queue size to use (default 256); the device's maximum caps it further. */
   readonly queueSize?: number;
   /**
@@ -209,7 +212,7 @@ async function setUpQueues(
   if (!Number.isSafeInteger(segments) || segments < 0) {
     throw new RangeError(`${name}: option indirectSegments ${segments} is not a non-negative integer`);
   }
-  const count = options.queues ?? (await transport.numQueues());
+  const count = typeof options.queues === 'function' ? options.queues(features) : (options.queues ?? (await transport.numQueues()));
   if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`${name}: option queues ${count} is not a positive integer`);
 
   const queues: RequestQueue[] = [];

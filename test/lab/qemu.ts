@@ -76,7 +76,7 @@ export function readManifest(paths: LabPaths = labPaths()): LabManifest {
   }
   // Initramfs images are kept side by side, named by the guest scripts they were built from: a
   // checkout whose image was built before uses it, whichever checkout set the lab up last.
-  const own = join(dirname(manifest.initramfs), `initramfs-${manifest.kernel.release}-${initramfsKey(dirname(manifest.kernel.vmlinux))}.cpio`);
+  const own = join(dirname(manifest.initramfs), `initramfs-${manifest.kernel.release}-${initramfsKey(dirname(manifest.kernel.vmlinux), manifest.kernel.release)}.cpio`);
   return existsSync(own) ? { ...manifest, initramfs: own } : manifest;
 }
 
