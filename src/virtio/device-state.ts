@@ -10,14 +10,14 @@
  */
 import { pino } from 'pino';
 import type { Logger } from 'pino';
-import { DeviceStatus, Feature, featureBit, hasFeature } from './constants.ts';
+import { DeviceStatus, Feature, featureBit } from './constants.ts';
 import type { DeviceContext, VirtioDevice } from './device.ts';
 import { checkImplementable, describeFeatures, refuseFeatures } from './features.ts';
 import type { GuestMemory } from './memory.ts';
 import { GuestMemoryError } from './memory.ts';
 import { VirtqueueError } from './queue.ts';
-import type { DeviceQueue, QueueAddresses, QueueConfig } from './queue.ts';
-import { createDeviceQueue, queueSizeError } from './ring.ts';
+import type { DeviceQueue, QueueAddresses } from './queue.ts';
+import { createDeviceQueue, isPackedRing, negotiatedQueueConfig, queueSizeError } from './ring.ts';
 
 /** Where the device's notifications go; the transport turns them into its interrupts. */
 export interface InterruptSink {
@@ -293,21 +293,13 @@ export class DeviceState {
   }
 
   private get packed(): boolean {
-    return hasFeature(this.accepted, Feature.RING_PACKED);
+    return isPackedRing(this.accepted);
   }
 
   /** Build the ring for an enabled queue; a misplaced ring is the driver's fault (NEEDS_RESET). */
   private startQueue(index: number): boolean {
     const slot = this.slots[index];
-    const config: QueueConfig = {
-      size: slot.size,
-      desc: slot.desc,
-      driver: slot.driver,
-      device: slot.device,
-      eventIdx: hasFeature(this.accepted, Feature.EVENT_IDX),
-      indirect: hasFeature(this.accepted, Feature.INDIRECT_DESC),
-      inOrder: hasFeature(this.accepted, Feature.IN_ORDER),
-    };
+    const config = negotiatedQueueConfig(this.accepted, slot.size, slot);
     try {
       slot.queue = createDeviceQueue(this.memory, config, this.packed, this.queueName(index));
       return true;

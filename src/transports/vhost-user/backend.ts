@@ -21,13 +21,11 @@ import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import type { GuestMemory } from '../../virtio/memory.ts';
 import type { DeviceQueue, QueueConfig } from '../../virtio/queue.ts';
 import { VirtqueueError } from '../../virtio/queue.ts';
-import { createDeviceQueue, queueSizeError, ringLayout } from '../../virtio/ring.ts';
-import { SplitDeviceQueue } from '../../virtio/split/device.ts';
-import { RING_IDX } from '../../virtio/split/layout.ts';
+import { createDeviceQueue, isPackedRing, negotiatedQueueConfig, queueSizeError, ringLayout } from '../../virtio/ring.ts';
 import { MAX_CONFIG_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from './constants.ts';
 import { GatedQueue } from './gated-queue.ts';
-import { InflightRegion, type SplitInflight, inflightShapeError } from './inflight.ts';
-import { InflightQueue } from './inflight-queue.ts';
+import { InflightRegion, inflightShapeError } from './inflight.ts';
+import { InflightQueue, type InflightRecord } from './inflight-queue.ts';
 import { MAX_MEM_SLOTS, MemoryTable, MemoryTableError } from './memory-table.ts';
 import type { MapRegion, RegionDescription, RegionMapping } from './memory-table.ts';
 
@@ -108,7 +106,7 @@ interface Vring {
   /** The driver broke a ring rule: the ring stays closed until the device is reset. */
   failed: boolean;
   /** The ring's record in the inflight region while it runs tracked. */
-  inflight: SplitInflight | undefined;
+  inflight: InflightRecord | undefined;
 }
 
 const NO_FD = -1;
@@ -316,7 +314,7 @@ export class VhostUserBackend {
    */
   getInflightFd(numQueues: number, queueSize: number): InflightReply {
     this.checkInflightShape(numQueues, queueSize);
-    const size = InflightRegion.byteLength(numQueues, queueSize);
+    const size = InflightRegion.byteLength(numQueues, queueSize, isPackedRing(this.acked));
     const fd = this.ports.createSharedMemory(`${this.device.name}-inflight`, size);
     try {
       this.useInflight(this.ports.mapRegion(fd, 0, size), numQueues, queueSize);
@@ -334,7 +332,7 @@ export class VhostUserBackend {
    */
   setInflightFd(mmapSize: bigint, mmapOffset: bigint, numQueues: number, queueSize: number, fd: number): void {
     this.checkInflightShape(numQueues, queueSize);
-    const size = InflightRegion.byteLength(numQueues, queueSize);
+    const size = InflightRegion.byteLength(numQueues, queueSize, isPackedRing(this.acked));
     if (mmapSize < BigInt(size)) {
       throw new FrontEndError(`inflight region of ${mmapSize} bytes, fewer than the ${size} its ${numQueues} queues of ${queueSize} entries need`);
     }
@@ -358,49 +356,14 @@ export class VhostUserBackend {
 
   private useInflight(mapping: RegionMapping, numQueues: number, queueSize: number): void {
     this.dropInflight();
-    this.inflight = { region: new InflightRegion(mapping.bytes, numQueues, queueSize), mapping };
-    this.log.info({ numQueues, queueSize }, 'inflight region in use');
+    const packed = isPackedRing(this.acked);
+    this.inflight = { region: new InflightRegion(mapping.bytes, numQueues, queueSize, packed), mapping };
+    this.log.info({ numQueues, queueSize, packed }, 'inflight region in use');
   }
 
   private dropInflight(): void {
     this.inflight?.mapping.unmap();
     this.inflight = undefined;
-  }
-
-  /**
-   * Where a starting ring resumes popping, and its inflight record attached. Untracked (no
-   * region, a packed ring, a ring the region has no room for), the front-end's base. Tracked,
-   * the record is repaired against the used ring; heads still in flight were taken from the
-   * entries just before the resume point, which the front-end cannot know after a crash (QEMU
-   * then sends the used index as the base).
-   */
-  private resumeBase(v: Vring): number {
-    v.inflight = undefined;
-    const inflight = this.inflight;
-    if (inflight === undefined) return v.base;
-    if (hasFeature(this.acked, Feature.RING_PACKED)) {
-      this.log.warn({ queue: v.index }, 'inflight tracking covers split rings only; this packed ring runs untracked');
-      return v.base;
-    }
-    const record = v.size <= inflight.region.queueSize ? inflight.region.queue(v.index, this.log) : undefined;
-    if (record === undefined) {
-      this.log.warn({ queue: v.index, size: v.size }, 'the inflight region has no room for this ring; it runs untracked');
-      return v.base;
-    }
-    const usedIdx = this.usedIndex(v);
-    const heads = record.recover(v.size, usedIdx);
-    v.inflight = record;
-    if (heads === undefined) return v.base;
-    this.log.info({ queue: v.index, resubmitting: heads.length, usedIdx }, 'ring resumes from its inflight record');
-    return (usedIdx + heads.length) & 0xffff;
-  }
-
-  /** used->idx of a split ring about to start (its placement is checked by queueConfig). */
-  private usedIndex(v: Vring): number {
-    const device = this.queueConfig(v, false).device;
-    const bytes = this.table.memory?.trySlice(device + 2 * RING_IDX, 2);
-    if (bytes === undefined) throw new FrontEndError(`ring ${v.index}: used ring outside guest memory`);
-    return bytes[0] | (bytes[1] << 8);
   }
 
   // ---- Configuration space and status ---------------------------------------------------------
@@ -532,26 +495,31 @@ export class VhostUserBackend {
       }
       return gpa;
     };
-    return {
-      size: v.size,
-      desc: area('desc'),
-      driver: area('driver'),
-      device: area('device'),
-      eventIdx: hasFeature(this.acked, Feature.EVENT_IDX),
-      indirect: hasFeature(this.acked, Feature.INDIRECT_DESC),
-      inOrder: hasFeature(this.acked, Feature.IN_ORDER),
-    };
+    return negotiatedQueueConfig(this.acked, v.size, { desc: area('desc'), driver: area('driver'), device: area('device') });
   }
 
-  /** Build the DeviceQueue for `v` over the current memory; FrontEndError when it cannot exist. */
-  private buildQueue(v: Vring, base: number): DeviceQueue {
+  /**
+   * Build the DeviceQueue for `v` over the current memory at `base`; FrontEndError when it cannot
+   * exist. A ring that `resumes` (it starts, rather than being rebuilt over new memory) first
+   * takes its record from the inflight region, which may move the base past chains to resubmit.
+   */
+  private buildQueue(v: Vring, base: number, resumes = false): DeviceQueue {
     const memory = this.table.memory;
     if (memory === undefined) throw new FrontEndError(`ring ${v.index} started before SET_MEM_TABLE`);
-    const packed = hasFeature(this.acked, Feature.RING_PACKED);
+    const packed = isPackedRing(this.acked);
     const config = this.queueConfig(v, packed);
+    const name = `${this.device.name}[${v.index}]`;
     try {
-      const queue = createDeviceQueue(memory, config, packed, `${this.device.name}[${v.index}]`, packed ? packedBase(base) : base);
-      return v.inflight !== undefined && queue instanceof SplitDeviceQueue ? new InflightQueue(queue, v.inflight) : queue;
+      if (resumes) {
+        v.inflight = undefined;
+        const tracked = this.inflight?.region.resume(v.index, memory, config, packed, base, name, this.log);
+        if (tracked !== undefined) {
+          v.inflight = tracked.record;
+          base = tracked.base;
+        }
+      }
+      const queue = createDeviceQueue(memory, config, packed, name, base);
+      return v.inflight !== undefined ? new InflightQueue(queue, v.inflight) : queue;
     } catch (err) {
       if (err instanceof VirtqueueError || err instanceof RangeError) throw new FrontEndError(err.message);
       throw err;
@@ -560,7 +528,7 @@ export class VhostUserBackend {
 
   /** A kick fd arrived for a stopped ring: the ring starts ("Ring states"). */
   private startRing(v: Vring): void {
-    const queue = this.buildQueue(v, this.resumeBase(v));
+    const queue = this.buildQueue(v, isPackedRing(this.acked) ? packedBase(v.base) : v.base, true);
     v.unwatch = this.watch(v);
     v.gate = new GatedQueue(queue);
     v.failed = false;
@@ -596,6 +564,8 @@ export class VhostUserBackend {
     // The device may still hold the gate; detached, it can no longer reach guest memory.
     gate.detach();
     v.gate = undefined;
+    // Every chain was published, or dropped with the failed ring: the record owes nothing.
+    if (v.inflight?.hasPending === false) v.inflight.clear();
     v.inflight = undefined;
     this.replaceFd(v, 'kickFd', NO_FD);
   }

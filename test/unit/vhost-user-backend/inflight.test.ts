@@ -6,7 +6,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { pino } from 'pino';
-import { InflightRegion, type SplitInflight, inflightQueueBytes, inflightShapeError } from '../../../src/transports/vhost-user/inflight.ts';
+import { InflightRegion, inflightQueueBytes, inflightShapeError } from '../../../src/transports/vhost-user/inflight.ts';
+import type { SplitInflight } from '../../../src/transports/vhost-user/inflight-split.ts';
 import { InflightQueue } from '../../../src/transports/vhost-user/inflight-queue.ts';
 import type { DescriptorChain } from '../../../src/virtio/queue.ts';
 import { createDriverQueue } from '../../../src/virtio/ring.ts';
@@ -20,11 +21,11 @@ const ENTRIES = 16;
 function record(entries = ENTRIES): { rec: SplitInflight; raw: DataView; region: InflightRegion; bytes: Uint8Array } {
   const bytes = new Uint8Array(InflightRegion.byteLength(2, entries));
   const region = new InflightRegion(bytes, 2, entries);
-  return { rec: region.queue(0, silent)!, raw: new DataView(bytes.buffer, 0, region.queueBytes), region, bytes };
+  return { rec: region.split(0, silent)!, raw: new DataView(bytes.buffer, 0, region.queueBytes), region, bytes };
 }
 
 /** The record of ring 0 as a restarted back-end sees it: a new object over the same bytes. */
-const reopen = (region: InflightRegion): SplitInflight => region.queue(0, silent)!;
+const reopen = (region: InflightRegion): SplitInflight => region.split(0, silent)!;
 
 const entry = (raw: DataView, head: number): { inflight: number; next: number; counter: bigint } => ({
   inflight: raw.getUint8(16 + 16 * head),
@@ -45,7 +46,7 @@ test('layout: a 16-byte header and 16 bytes per entry, each ring on a 64-byte bo
   assert.match(inflightShapeError(1, 0, 1)!, /0 entries/);
   assert.match(inflightShapeError(1, 32769, 1)!, /32769 entries/);
   const { region } = record();
-  assert.equal(region.queue(2, silent), undefined, 'no record for a ring past the region');
+  assert.equal(region.split(2, silent), undefined, 'no record for a ring past the region');
 });
 
 test('a fresh region is initialised and resubmits nothing; the front-end base stands', () => {
@@ -59,12 +60,12 @@ test('a fresh region is initialised and resubmits nothing; the front-end base st
 test('taking, returning and publishing follow the order of vhost-user.rst', () => {
   const { rec, raw } = record();
   rec.recover(8, 0);
-  rec.taken(3);
-  rec.taken(5);
+  rec.taken({ id: 3 });
+  rec.taken({ id: 5 });
   assert.deepEqual(entry(raw, 3), { inflight: 1, next: 0, counter: 1n });
   assert.deepEqual(entry(raw, 5), { inflight: 1, next: 0, counter: 2n });
-  rec.returned(5);
-  rec.returned(3);
+  rec.returned({ id: 5 });
+  rec.returned({ id: 3 });
   assert.equal(raw.getUint16(12, true), 3, 'last_batch_head is the last head returned');
   assert.equal(entry(raw, 3).next, 5, 'the batch is linked through next');
   assert.equal(entry(raw, 3).inflight, 1, 'still in flight until the used index moves');
@@ -77,28 +78,28 @@ test('taking, returning and publishing follow the order of vhost-user.rst', () =
 test('after a crash, heads still in flight come back oldest first, and the ring resumes past them', () => {
   const { rec, region } = record();
   rec.recover(8, 0);
-  for (const h of [4, 1, 6, 2]) rec.taken(h);
-  rec.returned(1);
+  for (const h of [4, 1, 6, 2]) rec.taken({ id: h });
+  rec.returned({ id: 1 });
   rec.published();
   // Crash here: 1 was published; 4, 6, 2 were taken and not returned.
   const after = reopen(region);
   assert.deepEqual(after.recover(8, 1), [4, 6, 2]);
-  assert.equal(after.nextResubmit(), 4);
+  assert.equal(after.nextResubmit()?.id, 4);
   assert.equal(after.hasPending, true);
-  assert.equal(after.nextResubmit(), 6);
-  assert.equal(after.nextResubmit(), 2);
-  assert.equal(after.nextResubmit(), undefined);
+  assert.equal(after.nextResubmit()?.id, 6);
+  assert.equal(after.nextResubmit()?.id, 2);
+  assert.equal(after.nextResubmit()?.id, undefined);
   // New chains get counters after the recovered ones, so a second crash keeps the order.
-  after.taken(7);
+  after.taken({ id: 7 });
   assert.deepEqual(reopen(region).recover(8, 1), [4, 6, 2, 7]);
 });
 
 test('a crash after the used index moved but before the record caught up: the batch is repaired', () => {
   const { rec, raw, region } = record();
   rec.recover(8, 0);
-  for (const h of [0, 1, 2]) rec.taken(h);
-  rec.returned(2);
-  rec.returned(0);
+  for (const h of [0, 1, 2]) rec.taken({ id: h });
+  rec.returned({ id: 2 });
+  rec.returned({ id: 0 });
   // The device published used->idx = 2, then died before published().
   assert.deepEqual(reopen(region).recover(8, 2), [1]);
   assert.equal(raw.getUint16(14, true), 2, 'used_idx repaired');
@@ -109,8 +110,8 @@ test('a crash after the used index moved but before the record caught up: the ba
 test('a crash after returning but before the used index moved resubmits the returned chains', () => {
   const { rec, region } = record();
   rec.recover(8, 0);
-  rec.taken(3);
-  rec.returned(3);
+  rec.taken({ id: 3 });
+  rec.returned({ id: 3 });
   assert.deepEqual(reopen(region).recover(8, 0), [3]);
 });
 
@@ -118,8 +119,8 @@ test('a batch longer than the ring (a head returned, made available and returned
   const { rec, raw } = record(4);
   rec.recover(4, 0);
   for (let k = 0; k < 10; k++) {
-    rec.taken(2);
-    rec.returned(2);
+    rec.taken({ id: 2 });
+    rec.returned({ id: 2 });
   }
   rec.published();
   assert.equal(raw.getUint16(8, true), 1, 'version untouched');
@@ -183,11 +184,11 @@ test('property: a crash at any step recovers exactly the heads not yet in the us
       for (const o of ops) {
         if (o.kind === 'take' && free.length > 0) {
           const h = free.shift()!;
-          rec.taken(h);
+          rec.taken({ id: h });
           held.push(h);
         } else if (o.kind === 'return' && held.length > 0) {
           const [h] = held.splice(o.pick % held.length, 1);
-          rec.returned(h);
+          rec.returned({ id: h });
           batch.push(h);
         } else if (o.kind === 'publish') {
           used = (used + batch.length) & 0xffff;
@@ -225,7 +226,7 @@ test('property: through a crash of the device at any point, every buffer the dri
       const bytes = new Uint8Array(InflightRegion.byteLength(1, size));
       const region = new InflightRegion(bytes, 1, size);
       const start = (base: number | undefined): InflightQueue => {
-        const rec = region.queue(0, silent)!;
+        const rec = region.split(0, silent)!;
         const heads = rec.recover(size, ring.usedIdx);
         const at = heads === undefined ? base! : (ring.usedIdx + heads.length) & 0xffff;
         return new InflightQueue(new SplitDeviceQueue(ring.memory, ring.config, 'device', at), rec);
