@@ -62,6 +62,11 @@ interface UsedPosition {
   wrap: boolean;
 }
 
+/** A position folded with its wrap counter into [0, 2 * size), as the ring counts laps (packed/ring.ts). */
+function extended(p: UsedPosition, size: number): number {
+  return p.wrap ? p.pos : p.pos + size;
+}
+
 export class PackedInflight implements InflightRecord {
   private readonly view: DataView;
   private counter = 1;
@@ -172,8 +177,9 @@ export class PackedInflight implements InflightRecord {
   /**
    * A publish was prepared (used_idx moved) but not committed. If the ring shows the slot at
    * the old position used, the used descriptors reached the driver: commit, clearing the chains
-   * linked from free_head down to old_free_head (at most every entry, as a hostile link may
-   * loop). Otherwise they never did: roll back, and those chains are served again.
+   * linked from free_head until they cover the slots the used position moved by (entries are
+   * reused, so no entry index can mark the end of the batch; and at most every entry, as a
+   * hostile link may loop). Otherwise they never did: roll back, and those chains are served again.
    */
   private repairLastPublish(used: UsedPosition, old: UsedPosition, slotUsed: (pos: number, wrap: boolean) => boolean): UsedPosition {
     const v = this.view;
@@ -183,16 +189,18 @@ export class PackedInflight implements InflightRecord {
       v.setUint16(FREE_HEAD_AT, v.getUint16(OLD_FREE_HEAD_AT, true), true);
       return old;
     }
-    const stop = v.getUint16(OLD_FREE_HEAD_AT, true);
+    const span = 2 * this.ringSize;
+    const moved = (extended(used, this.ringSize) - extended(old, this.ringSize) + span) % span;
     let head = v.getUint16(FREE_HEAD_AT, true);
-    for (let n = 0; n < this.entries && head !== stop; n++) {
-      if (head >= this.entries) {
+    let covered = 0;
+    for (let n = 0; n < this.entries && covered < moved; n++) {
+      const last = head < this.entries ? v.getUint16(this.at(head, LAST_AT), true) : this.entries;
+      if (last >= this.entries) {
         this.log.warn({ queue: this.index, head }, 'inflight batch link out of range; repair stopped');
         break;
       }
       v.setUint8(this.at(head, INFLIGHT_AT), 0);
-      const last = v.getUint16(this.at(head, LAST_AT), true);
-      if (last >= this.entries) break;
+      covered += v.getUint16(this.at(head, NUM_AT), true);
       head = v.getUint16(this.at(last, NEXT_AT), true);
     }
     v.setUint16(OLD_FREE_HEAD_AT, v.getUint16(FREE_HEAD_AT, true), true);
