@@ -7,18 +7,22 @@
  * has already checked syntax): queue indexes, sizes, region layouts, ring placement. A refusal
  * is a FrontEndError, which the connection turns into an error reply and one log line.
  *
- * The device is the same object the other transports drive; the DeviceContext it is given
- * (makeContext) maps vhost-user's notions onto it: rings behind GatedQueues, notifications as
- * eventfd writes, configuration changes as messages on the back-end request channel.
+ * The device is driven through the same DeviceState as under every other transport: status,
+ * features, configuration space and generation, activation, reset and DEVICE_NEEDS_RESET live
+ * there. This module keeps what is vhost-user's own: the rings' descriptors and their states
+ * ("Ring states"), ring addresses in the front-end's address space, the memory table, and the
+ * rings behind GatedQueues, attached to the DeviceState once started. The state's notifications
+ * leave as eventfd writes (used buffers, ring errors) and as messages on the back-end request
+ * channel (configuration changes).
  *
- * With INFLIGHT_SHMFD, split rings record the chains the device holds in the inflight region
+ * With INFLIGHT_SHMFD, rings record the chains the device holds in the inflight region
  * (inflight.ts), which the front-end keeps; a back-end restarted after a crash is handed the
- * region and serves those chains again before new ones (resumeBase, InflightQueue).
+ * region and serves those chains again before new ones (InflightRegion.resume, InflightQueue).
  */
 import type { Logger } from 'pino';
-import { DeviceStatus, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
-import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
-import type { GuestMemory } from '../../virtio/memory.ts';
+import { featureBit, hasFeature } from '../../virtio/constants.ts';
+import type { VirtioDevice } from '../../virtio/device.ts';
+import { DeviceState } from '../../virtio/device-state.ts';
 import type { DeviceQueue, QueueConfig } from '../../virtio/queue.ts';
 import { VirtqueueError } from '../../virtio/queue.ts';
 import { createDeviceQueue, isPackedRing, negotiatedQueueConfig, queueSizeError, ringLayout } from '../../virtio/ring.ts';
@@ -112,21 +116,39 @@ interface Vring {
 const NO_FD = -1;
 
 export class VhostUserBackend {
+  /** The features SET_FEATURES accepted, vhost-user's own bit 30 included. */
   private acked = 0n;
   private protocol = 0n;
-  private status = 0;
-  private active = false;
   private backendReqFd = NO_FD;
   private inflight: Inflight | undefined;
   private readonly table: MemoryTable;
   private readonly vrings: Vring[];
-  private readonly context: DeviceContext;
+  /** The device's virtio state, shared with every transport; its queues are the started rings' gates. */
+  readonly state: DeviceState;
 
+  /** Throws RangeError for a device the framework cannot serve (DeviceState's checks). */
   constructor(
     readonly device: VirtioDevice,
     private readonly ports: BackendPorts,
     readonly log: Logger,
   ) {
+    this.state = new DeviceState(
+      device,
+      undefined,
+      {
+        usedBuffer: (index) => {
+          const v = this.vrings[index];
+          if (v !== undefined && v.callFd !== NO_FD) this.ports.signal(v.callFd);
+        },
+        configChange: () => {
+          if (this.backendReqFd !== NO_FD && this.hasProtocolFeature(ProtocolFeature.CONFIG)) {
+            this.ports.sendConfigChange(this.backendReqFd);
+          }
+        },
+        queueFailed: (index) => this.ringFailed(index),
+      },
+      log,
+    );
     this.table = new MemoryTable(ports.mapRegion);
     this.vrings = Array.from({ length: device.numQueues }, (_, index) => ({
       index,
@@ -142,19 +164,20 @@ export class VhostUserBackend {
       failed: false,
       inflight: undefined,
     }));
-    this.context = this.makeContext();
   }
 
   // ---- Feature negotiation -------------------------------------------------------------------
 
   /** GET_FEATURES: the device's features, VERSION_1, and the protocol-features bit. */
   get offeredFeatures(): bigint {
-    return (
-      this.device.features | featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES)
-    );
+    return this.state.offeredFeatures | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
   }
 
-  /** SET_FEATURES: the front-end may accept only what was offered (§2.2.1). */
+  /**
+   * SET_FEATURES: the front-end may accept only what was offered (§2.2.1). There is no
+   * FEATURES_OK handshake: the features are negotiated with the DeviceState at once. A set
+   * FEATURES_OK would refuse (no VERSION_1) is logged, not refused, as it always was.
+   */
   setFeatures(features: bigint): void {
     const extra = features & ~this.offeredFeatures;
     if (extra !== 0n) throw new FrontEndError(`features 0x${extra.toString(16)} were not offered`);
@@ -162,6 +185,8 @@ export class VhostUserBackend {
       throw new FrontEndError('features cannot change while a ring is started');
     }
     this.acked = features;
+    const refusal = this.state.negotiateFeatures(features & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES));
+    if (refusal !== undefined) this.log.debug(`features without FEATURES_OK: ${refusal}`);
   }
 
   /** GET_PROTOCOL_FEATURES: CONFIG only for a device that has a configuration space. */
@@ -185,21 +210,19 @@ export class VhostUserBackend {
   /** RESET_OWNER is deprecated; the spec recommends treating it as "disable all rings". */
   async resetOwner(): Promise<void> {
     await this.stopAllRings();
-    this.deactivate();
+    this.state.stop();
   }
 
-  /** RESET_DEVICE: every ring stopped and the device back to its initial state, ownership kept. */
+  /** RESET_DEVICE: every ring stopped and the device back to its initial state (§2.4), ownership kept. */
   async resetDevice(): Promise<void> {
     await this.stopAllRings();
-    this.deactivate();
+    this.state.reset();
     this.acked = 0n;
-    this.status = 0;
     for (const v of this.vrings) {
       v.size = 0;
       v.addresses = undefined;
       v.base = 0;
       v.enabled = false;
-      v.failed = false;
     }
   }
 
@@ -259,7 +282,7 @@ export class VhostUserBackend {
   async getVringBase(index: number): Promise<number> {
     const v = this.vring(index);
     await this.stopRing(v);
-    if (this.vrings.every((r) => r.gate === undefined)) this.deactivate();
+    if (this.vrings.every((r) => r.gate === undefined)) this.state.stop();
     return v.base;
   }
 
@@ -299,7 +322,7 @@ export class VhostUserBackend {
     if (v.enabled) {
       v.gate.reopen();
       this.maybeActivate();
-      if (this.active) this.notify(index);
+      this.notify(index);
     } else {
       void v.gate.close();
     }
@@ -371,40 +394,38 @@ export class VhostUserBackend {
   /** GET_CONFIG: bytes past the device's configuration space read as zero, as on virtio-pci. */
   getConfig(offset: number, size: number): Uint8Array {
     this.checkConfigRange(offset, size);
-    const out = new Uint8Array(size);
-    const config = this.device.config;
-    if (offset < config.length) out.set(config.subarray(offset, Math.min(config.length, offset + size)));
-    return out;
+    return this.state.readConfig(offset, size);
   }
 
   /** SET_CONFIG: stored, then handed to the device to act on (e.g. blk's writeback toggle). */
   setConfig(offset: number, payload: Uint8Array): void {
     this.checkConfigRange(offset, payload.length);
-    const config = this.device.config;
-    if (offset + payload.length > config.length) {
-      throw new FrontEndError(`config write of ${payload.length} bytes at ${offset} is past the device's ${config.length} bytes`);
+    if (offset + payload.length > this.state.configSize) {
+      throw new FrontEndError(`config write of ${payload.length} bytes at ${offset} is past the device's ${this.state.configSize} bytes`);
     }
-    config.set(payload, offset);
-    this.device.configWritten?.(offset, payload.length);
+    this.state.writeConfig(offset, payload);
   }
 
-  /** SET_STATUS (§2.1): 0 resets the device; otherwise recorded for GET_STATUS. */
+  /**
+   * SET_STATUS (§2.1): 0 stops every ring and resets the device, keeping the front-end's
+   * features; otherwise the DeviceState takes the bits as from any driver. DRIVER_OK starts a
+   * device not yet started; it need not, since a started, enabled ring does (maybeActivate).
+   */
   async setStatus(status: number): Promise<void> {
     if (!Number.isInteger(status) || status < 0 || status > 0xff) {
       throw new FrontEndError(`device status ${status} is not an 8-bit value`);
     }
     if (status === 0) {
       await this.stopAllRings();
-      this.deactivate();
-      this.status = 0;
+      this.state.reset(true);
       return;
     }
-    this.status = (status & ~DeviceStatus.DEVICE_NEEDS_RESET) | (this.status & DeviceStatus.DEVICE_NEEDS_RESET);
+    this.state.writeStatus(status);
     this.maybeActivate();
   }
 
   getStatus(): number {
-    return this.status;
+    return this.state.status;
   }
 
   /** SET_BACKEND_REQ_FD: the channel for CONFIG_CHANGE_MSG. */
@@ -423,8 +444,9 @@ export class VhostUserBackend {
    */
   async close(): Promise<void> {
     await this.stopAllRings();
-    this.deactivate();
+    this.state.stop();
     for (const m of this.table.clear()) m.unmap();
+    this.state.useMemory(undefined);
     this.dropInflight();
     for (const v of this.vrings) {
       // A kick fd of a ring that never started (it was refused) is still held here.
@@ -475,11 +497,6 @@ export class VhostUserBackend {
     return hasFeature(this.acked, VHOST_USER_F_PROTOCOL_FEATURES);
   }
 
-  /** The features the driver accepted, as the device understands them (bit 30 is vhost-user's). */
-  private get deviceFeatures(): bigint {
-    return this.acked & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
-  }
-
   private queueConfig(v: Vring, packed: boolean): QueueConfig {
     if (v.size === 0) throw new FrontEndError(`ring ${v.index} started before SET_VRING_NUM`);
     const sizeError = queueSizeError(v.size, packed, this.device.maxQueueSize);
@@ -495,7 +512,7 @@ export class VhostUserBackend {
       }
       return gpa;
     };
-    return negotiatedQueueConfig(this.acked, v.size, { desc: area('desc'), driver: area('driver'), device: area('device') });
+    return negotiatedQueueConfig(this.state.driverFeatures, v.size, { desc: area('desc'), driver: area('driver'), device: area('device') });
   }
 
   /**
@@ -506,7 +523,7 @@ export class VhostUserBackend {
   private buildQueue(v: Vring, base: number, resumes = false): DeviceQueue {
     const memory = this.table.memory;
     if (memory === undefined) throw new FrontEndError(`ring ${v.index} started before SET_MEM_TABLE`);
-    const packed = isPackedRing(this.acked);
+    const packed = isPackedRing(this.state.driverFeatures);
     const config = this.queueConfig(v, packed);
     const name = `${this.device.name}[${v.index}]`;
     try {
@@ -528,15 +545,16 @@ export class VhostUserBackend {
 
   /** A kick fd arrived for a stopped ring: the ring starts ("Ring states"). */
   private startRing(v: Vring): void {
-    const queue = this.buildQueue(v, isPackedRing(this.acked) ? packedBase(v.base) : v.base, true);
+    const queue = this.buildQueue(v, isPackedRing(this.state.driverFeatures) ? packedBase(v.base) : v.base, true);
     v.unwatch = this.watch(v);
     v.gate = new GatedQueue(queue);
     v.failed = false;
+    this.state.attachQueue(v.index, v.gate);
     if (!this.protocolNegotiated) v.enabled = true;
     if (!v.enabled) void v.gate.close();
     this.maybeActivate();
     // Buffers may already be waiting (a restarted ring or a kick before the fd was watched).
-    if (this.active && v.enabled) this.notify(v.index);
+    if (v.enabled) this.notify(v.index);
   }
 
   /** Watch the ring's kick fd; a descriptor that cannot be watched (a regular file) is refused. */
@@ -549,7 +567,7 @@ export class VhostUserBackend {
   }
 
   private kicked(v: Vring): void {
-    if (this.active && v.enabled && v.gate?.isOpen === true) this.notify(v.index);
+    if (v.enabled && v.gate?.isOpen === true) this.notify(v.index);
   }
 
   /** Stop a ring: no more kicks, no more pops, and every chain in flight published. */
@@ -564,6 +582,7 @@ export class VhostUserBackend {
     // The device may still hold the gate; detached, it can no longer reach guest memory.
     gate.detach();
     v.gate = undefined;
+    this.state.attachQueue(v.index, undefined);
     // Every chain was published, or dropped with the failed ring: the record owes nothing.
     if (v.inflight?.hasPending === false) v.inflight.clear();
     v.inflight = undefined;
@@ -575,46 +594,26 @@ export class VhostUserBackend {
   }
 
   /**
-   * Activate the device once it can serve: when a ring is started and enabled. DRIVER_OK
+   * Start the device once it can serve: when a ring is started and enabled. DRIVER_OK
    * (SET_STATUS) is not waited for: front-ends send it inconsistently (QEMU's generic
    * vhost-user devices never do), and a started, enabled ring already means the driver set
    * the device up (§3.1.1) and the front-end handed the ring over.
    */
   private maybeActivate(): void {
-    if (this.active || this.table.memory === undefined) return;
+    if (this.state.running || this.table.memory === undefined) return;
     if (!this.vrings.some((v) => v.gate !== undefined && v.enabled && !v.failed)) return;
-    try {
-      this.device.activate(this.context);
-    } catch (err) {
-      // A device bug, not the front-end's doing: report it like a broken device (§2.1.2).
-      this.status |= DeviceStatus.DEVICE_NEEDS_RESET;
-      this.log.error({ err: (err as Error).message }, `${this.device.name}: activation failed`);
-      return;
-    }
-    this.active = true;
+    this.state.start();
+    if (!this.state.running) return;
     for (const v of this.vrings) if (v.gate !== undefined && v.enabled) this.notify(v.index);
   }
 
-  /** Hand a kick to the device. Runs from event-loop callbacks, so nothing may escape it. */
+  /** Hand a kick to the device while it runs. Runs from event-loop callbacks, so nothing may escape it. */
   private notify(index: number): void {
     try {
-      this.device.queueNotify(index);
+      this.state.notify(index);
     } catch (err) {
       this.log.error({ queue: index, err: (err as Error).message }, `${this.device.name}: queue notification failed`);
     }
-  }
-
-  private deactivate(): void {
-    if (this.active) {
-      try {
-        this.device.reset();
-      } catch (err) {
-        this.log.error({ err: (err as Error).message }, `${this.device.name}: reset failed`);
-      }
-    }
-    this.active = false;
-    this.status &= ~DeviceStatus.DEVICE_NEEDS_RESET;
-    for (const v of this.vrings) v.failed = false;
   }
 
   /**
@@ -628,6 +627,7 @@ export class VhostUserBackend {
     let dropped: RegionMapping[];
     try {
       dropped = change();
+      this.state.useMemory(this.table.memory);
     } catch (err) {
       this.reopenAll(running);
       if (err instanceof MemoryTableError) throw new FrontEndError(err.message);
@@ -641,7 +641,7 @@ export class VhostUserBackend {
         gate.reopen(this.buildQueue(v, gate.base));
       } catch (err) {
         // The new layout no longer holds this ring: it fails, and must not touch the old mappings.
-        this.failRing(v.index, err as Error);
+        this.state.failQueue(v.index, err as Error);
       }
     }
     for (const m of dropped) m.unmap();
@@ -652,50 +652,17 @@ export class VhostUserBackend {
     for (const v of vrings) {
       if (v.gate === undefined || v.failed || !v.enabled) continue;
       v.gate.reopen();
-      if (this.active) this.notify(v.index);
-    }
-  }
-
-  private makeContext(): DeviceContext {
-    // Getters of an object literal have their own `this`; these closures keep the back-end's.
-    const memory = (): GuestMemory => this.table.memory!;
-    const features = (): bigint => this.deviceFeatures;
-    const log = this.log;
-    return {
-      // Activation requires a memory table, and close() deactivates before clearing it.
-      get memory(): GuestMemory {
-        return memory();
-      },
-      get features(): bigint {
-        return features();
-      },
-      log,
-      // A disabled ring keeps its gate (closed): requests in flight must still complete into it.
-      queue: (index: number): DeviceQueue | undefined => {
-        const v = this.vrings[index];
-        return v !== undefined && !v.failed ? v.gate : undefined;
-      },
-      notifyQueue: (index: number): void => {
-        const v = this.vrings[index];
-        if (v !== undefined && v.callFd !== NO_FD) this.ports.signal(v.callFd);
-      },
-      configChanged: (): void => this.configChanged(),
-      fail: (index: number, err: Error): void => this.failRing(index, err),
-    };
-  }
-
-  private configChanged(): void {
-    if (this.backendReqFd !== NO_FD && this.hasProtocolFeature(ProtocolFeature.CONFIG)) {
-      this.ports.sendConfigChange(this.backendReqFd);
+      this.notify(v.index);
     }
   }
 
   /**
-   * A ring broke (DeviceContext.fail, or a memory change that no longer holds it): it stops
-   * until the device is reset, the status says DEVICE_NEEDS_RESET (§2.1.2), and the front-end
-   * hears of it through the ring's error eventfd and a configuration change.
+   * The DeviceState stopped ring `index` for a broken ring rule (the device's DeviceContext.fail,
+   * or a memory change that no longer holds it) and entered DEVICE_NEEDS_RESET: the ring stays
+   * closed until the device is reset, reaches no guest memory, and the front-end hears of it
+   * through the ring's error eventfd as well as the configuration change.
    */
-  private failRing(index: number, err: Error): void {
+  private ringFailed(index: number): void {
     const v = this.vrings[index];
     if (v === undefined || v.failed) return;
     v.failed = true;
@@ -704,10 +671,7 @@ export class VhostUserBackend {
       // The device drops its chains in flight on a failed ring; nothing of it may touch memory now.
       v.gate.detach();
     }
-    this.status |= DeviceStatus.DEVICE_NEEDS_RESET;
-    this.log.warn({ queue: index, err: err.message }, 'ring stopped until the device is reset');
     if (v.errFd !== NO_FD) this.ports.signal(v.errFd);
-    this.configChanged();
   }
 
   private checkConfigRange(offset: number, size: number): void {
