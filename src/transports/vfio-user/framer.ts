@@ -1,8 +1,10 @@
 /**
  * Whole vfio-user messages out of a stream socket's bytes. A client sends each message, with
- * its descriptors, in one sendmsg; Linux delivers those descriptors with the read that starts at
- * that message's first byte. So descriptors belong to the message that begins where their read
- * begins, and descriptors arriving in the middle of a message mean the stream cannot be trusted.
+ * its descriptors, in one sendmsg. Linux ends a read right after the segment whose descriptors it
+ * delivers, and may have glued earlier segments without descriptors in front of it (QEMU queues
+ * DMA_UNMAP and DMA_MAP back to back). So the descriptors of one read belong to the LAST message
+ * that begins within that read (as in vhost-user/reader.ts); descriptors in a read where no
+ * message begins mean the stream cannot be trusted.
  */
 import { HEADER_SIZE, MAX_MESSAGE_SIZE, decodeHeader, type Header } from './protocol.ts';
 
@@ -15,8 +17,10 @@ export interface Message {
 
 export type Framed = { readonly message: Message } | { readonly needMore: true } | { readonly fatal: string; readonly fds: number[] };
 
+/** Descriptors that arrived with the stream bytes [start, end). */
 interface FdBatch {
-  readonly at: number;
+  readonly start: number;
+  readonly end: number;
   readonly fds: number[];
 }
 
@@ -28,7 +32,7 @@ export class MessageFramer {
 
   push(bytes: Uint8Array, fds: number[]): void {
     const at = this.base + this.buffer.length;
-    if (fds.length > 0) this.batches.push({ at, fds });
+    if (fds.length > 0) this.batches.push({ start: at, end: at + bytes.length, fds });
     const next = new Uint8Array(this.buffer.length + bytes.length);
     next.set(this.buffer);
     next.set(bytes, this.buffer.length);
@@ -42,7 +46,7 @@ export class MessageFramer {
 
   next(): Framed {
     const start = this.base;
-    if (this.batches.length > 0 && this.batches[0].at < start) return this.fatal('descriptors arrived in the middle of a message');
+    if (this.batches.length > 0 && this.batches[0].end <= start) return this.fatal('descriptors arrived with bytes where no message begins');
     if (this.buffer.length < HEADER_SIZE) return { needMore: true };
     const header = decodeHeader(this.buffer);
     if (header.size < HEADER_SIZE || header.size > MAX_MESSAGE_SIZE) {
@@ -51,10 +55,15 @@ export class MessageFramer {
     if (this.buffer.length < header.size) return { needMore: true };
     const end = start + header.size;
     let fds: number[] = [];
-    if (this.batches.length > 0 && this.batches[0].at === start) fds = this.batches.shift()!.fds;
-    if (this.batches.length > 0 && this.batches[0].at < end) {
-      const fatal = this.fatal('descriptors arrived in the middle of a message');
-      return { fatal: fatal.fatal, fds: [...fds, ...fatal.fds] };
+    const [first, second] = this.batches;
+    // Batches are disjoint and in stream order, so looking at two is enough.
+    const inside = (b: FdBatch | undefined): boolean => b !== undefined && b.start > start && b.end <= end;
+    // The read holding this message's first byte gives it its descriptors when it ends inside it.
+    const owned = first !== undefined && first.start <= start && first.end <= end;
+    if (inside(first) || (owned && inside(second))) return this.fatal('descriptors arrived in the middle of a message');
+    if (owned) {
+      fds = first.fds;
+      this.batches.shift();
     }
     const payload = this.buffer.slice(HEADER_SIZE, header.size);
     this.buffer = this.buffer.subarray(header.size);
