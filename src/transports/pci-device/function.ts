@@ -67,6 +67,8 @@ export interface PciFunctionOptions {
   readonly interruptPin: 0 | 1;
   /** Called after the driver wrote configuration bytes [offset, offset+length). */
   readonly configWritten?: (offset: number, length: number) => void;
+  /** Called before the driver reads configuration bytes [offset, offset+length), to refresh what they show. */
+  readonly configRead?: (offset: number, length: number) => void;
 }
 
 function isPowerOfTwo(n: number): boolean {
@@ -156,7 +158,9 @@ export class PciFunction {
   readConfig(offset: number, out: Uint8Array): void {
     out.fill(0);
     if (!Number.isSafeInteger(offset) || offset < 0 || offset >= CONFIG_SPACE_SIZE) return;
-    out.set(this.space.subarray(offset, Math.min(CONFIG_SPACE_SIZE, offset + out.length)));
+    const end = Math.min(CONFIG_SPACE_SIZE, offset + out.length);
+    this.options.configRead?.(offset, end - offset);
+    out.set(this.space.subarray(offset, end));
   }
 
   /** The driver writes configuration bytes: each bit changes only where the register allows it. */

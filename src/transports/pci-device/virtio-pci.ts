@@ -73,6 +73,19 @@ function structureCap(cfgType: number, offset: number, length: number, multiplie
   return { id: CapabilityId.VENDOR_SPECIFIC, body };
 }
 
+/** Offset of pci_cfg_data in struct virtio_pci_cfg_cap. */
+const PCI_CFG_DATA = VIRTIO_PCI_CAP_SIZE;
+
+/** struct virtio_pci_cfg_cap (§4.1.4.9): bar, offset, length and pci_cfg_data are the driver's to write. */
+function pciCfgCap(): CapabilitySpec {
+  const cap = structureCap(VirtioPciCap.PCI_CFG, 0, 0, 0);
+  const writable = new Uint8Array(cap.body.length);
+  writable[VirtioPciCapField.BAR - 2] = 0xff;
+  writable.fill(0xff, VirtioPciCapField.OFFSET - 2, VirtioPciCapField.LENGTH + 4 - 2);
+  writable.fill(0xff, PCI_CFG_DATA - 2, PCI_CFG_DATA + 4 - 2);
+  return { ...cap, writable };
+}
+
 function readLe(bytes: Uint8Array): number {
   let v = 0;
   for (let i = bytes.length - 1; i >= 0; i--) v = v * 256 + bytes[i];
@@ -85,6 +98,8 @@ export class VirtioPciFunction {
   private readonly msix: MsixLayout;
   private readonly msixTable: MsixTable;
   private readonly msixCapOffset: number;
+  /** Offset of the PCI configuration access capability (§4.1.4.9). */
+  private readonly pciCfgOffset: number;
   private sink: PciInterruptSink | undefined;
   private deviceFeatureSel = 0;
   private driverFeatureSel = 0;
@@ -110,6 +125,7 @@ export class VirtioPciFunction {
       structureCap(VirtioPciCap.NOTIFY_CFG, VirtioPciLayout.NOTIFY, Math.max(1, device.numQueues) * VirtioPciLayout.NOTIFY_MULTIPLIER, VirtioPciLayout.NOTIFY_MULTIPLIER),
       structureCap(VirtioPciCap.ISR_CFG, VirtioPciLayout.ISR, 1),
       ...(configSize > 0 ? [structureCap(VirtioPciCap.DEVICE_CFG, VirtioPciLayout.DEVICE, Math.min(configSize, PAGE))] : []),
+      pciCfgCap(),
       this.msix.capability(),
     ];
     const structures: BarHandler = {
@@ -129,9 +145,37 @@ export class VirtioPciFunction {
       bars: [structures, undefined, this.msixTable],
       capabilities: caps,
       interruptPin: 1,
-      configWritten: () => this.intxChanged(),
+      configWritten: (offset, length) => {
+        this.pciCfgAccess(offset, length, true);
+        this.intxChanged();
+      },
+      configRead: (offset, length) => this.pciCfgAccess(offset, length, false),
     });
     this.msixCapOffset = this.pci.capabilityOffsets[caps.length - 1];
+    this.pciCfgOffset = this.pci.capabilityOffsets[caps.length - 2];
+  }
+
+  /**
+   * §4.1.4.9: an access to pci_cfg_data reaches `length` bytes at `offset` of BAR `bar`, as the
+   * driver set them in the capability. A BAR other than 0, a length other than 1, 2 or 4, or an
+   * offset not aligned to it or outside the BAR reaches nothing (reads show zeros).
+   */
+  private pciCfgAccess(offset: number, length: number, write: boolean): void {
+    const data = this.pciCfgOffset + PCI_CFG_DATA;
+    if (offset >= data + 4 || offset + length <= data) return;
+    const v = this.pci.configView();
+    const at = this.pciCfgOffset;
+    const bar = v.getUint8(at + VirtioPciCapField.BAR);
+    const barOffset = v.getUint32(at + VirtioPciCapField.OFFSET, true);
+    const width = v.getUint32(at + VirtioPciCapField.LENGTH, true);
+    const bytes = new Uint8Array(v.buffer, v.byteOffset + data, 4);
+    const usable = bar === STRUCTURE_BAR && (width === 1 || width === 2 || width === 4) && barOffset % width === 0 && barOffset + width <= VirtioPciLayout.BAR_SIZE;
+    if (write) {
+      if (usable) this.writeStructures(barOffset, bytes.slice(0, width));
+      return;
+    }
+    bytes.fill(0);
+    if (usable) this.readStructures(barOffset, bytes.subarray(0, width));
   }
 
   /** MSI-X vectors the function has (configuration + one per queue). */

@@ -87,6 +87,19 @@ test('the configuration space is a modern virtio-pci function the driver side ac
   ]);
   assert.deepEqual([structures.common.offset, structures.isr.offset, structures.notify.offset, structures.notifyOffMultiplier], [0, 0x1000, 0x3000, 4]);
   assert.equal(structures.device, undefined, 'rng has no device configuration');
+  assert.ok(structures.pciCfg !== undefined, 'the PCI configuration access capability is present (§4.1.4.9)');
+
+  // Through that window: bar 0, offset of num_queues, length 2, then read pci_cfg_data.
+  const cap = structures.pciCfg;
+  const write = (offset: number, bytes: number[]): void => {
+    send(Command.REGION_WRITE, new Uint8Array([...regionRead(PciRegion.CONFIG, offset, bytes.length), ...bytes]));
+  };
+  write(cap + 4, [0]);
+  write(cap + 8, [0x12, 0, 0, 0]);
+  write(cap + 12, [2, 0, 0, 0]);
+  assert.equal(send(Command.REGION_READ, regionRead(PciRegion.CONFIG, cap + 16, 4))!.view.getUint32(16, true), 1, 'num_queues through pci_cfg_data');
+  write(cap + 8, [0x13, 0, 0, 0]); // misaligned for its length: reaches nothing
+  assert.equal(send(Command.REGION_READ, regionRead(PciRegion.CONFIG, cap + 16, 4))!.view.getUint32(16, true), 0);
 
   // BAR sizing: all ones written, the size mask read back; the type bits stay.
   send(Command.REGION_WRITE, new Uint8Array([...regionRead(PciRegion.CONFIG, 0x10, 4), 0xff, 0xff, 0xff, 0xff]));
