@@ -11,7 +11,7 @@ import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from '
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { BlkDevice } from '../../src/devices/blk/device.ts';
-import { FileBackend } from '../../src/devices/blk/file-backend.ts';
+import { FileBackend } from '../../src/storage/file-backend.ts';
 import { VirtioPciFunction } from '../../src/transports/pci-device/virtio-pci.ts';
 import { VfioUserServer } from '../../src/transports/vfio-user/server.ts';
 import { startGuest, type Guest } from '../lab/guest.ts';

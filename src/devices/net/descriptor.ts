@@ -2,17 +2,11 @@
  * The network device's registry entry (§5.1): `paravirt serve net` is one Ethernet segment, a
  * learning switch with one virtio-net device per vhost-user socket (see segment.ts).
  */
-import { DeviceId, featureBit } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, featureBit } from '../../virtio/constants.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
 import type { DeviceType, LocalModel } from '../device-type.ts';
 import { endpoint, integerIn, isEndpoint, macAddress, read } from '../host-options.ts';
 import { NET_CONFIG, NET_FEATURE_NAMES, NET_FEATURE_REQUIREMENTS, NET_OFFLOAD_FEATURES, NetFeature } from './wire.ts';
-
-/**
- * Largest ring a front-end may set up: QEMU's rx_queue_size and tx_queue_size go up to 1024,
- * DPDK's virtio-user queue_size likewise.
- */
-export const NET_MAX_QUEUE_SIZE = 1024;
 
 const isMac = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
 
@@ -37,9 +31,9 @@ export const netType: DeviceType = {
   featureRequirements: NET_FEATURE_REQUIREMENTS,
   config: NET_CONFIG,
   queues: [
-    { name: 'receiveq', count: 'one per pair (--queues)', maxSize: NET_MAX_QUEUE_SIZE },
-    { name: 'transmitq', count: 'one per pair (--queues)', maxSize: NET_MAX_QUEUE_SIZE },
-    { name: 'controlq', count: '1', maxSize: NET_MAX_QUEUE_SIZE },
+    { name: 'receiveq', count: 'one per pair (--queues)', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'transmitq', count: 'one per pair (--queues)', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'controlq', count: '1', maxSize: FRONT_END_MAX_QUEUE_SIZE },
   ],
   vhostUser: { type: 'net' },
   localModel: NET_LOCAL_MODEL,
