@@ -39,6 +39,15 @@ export interface InterruptSink {
 
 export type QueueArea = keyof QueueAddresses;
 
+export interface DeviceStateOptions {
+  /**
+   * Whether DRIVER_OK activates the device (default). vhost-user says no: its back-end starts
+   * the device itself once a ring is started and enabled, whether DRIVER_OK came or not, and
+   * stops it when the last ring stops (backend.ts), so the device never runs without a ring.
+   */
+  readonly startOnDriverOk?: boolean;
+}
+
 interface QueueSlot {
   size: number;
   desc: number;
@@ -76,6 +85,7 @@ export class DeviceState {
     private mem: GuestMemory | undefined,
     private readonly sink: InterruptSink,
     log: Logger = pino({ name: 'paravirt' }),
+    private readonly options: DeviceStateOptions = {},
   ) {
     const who = `device ${device.name}`;
     if (!Number.isInteger(device.numQueues) || device.numQueues < 0) {
@@ -150,7 +160,7 @@ export class DeviceState {
       const slot = this.slots[i];
       if (slot.ready && slot.queue === undefined && !this.startQueue(i)) return;
     }
-    this.start();
+    if (this.options.startOnDriverOk !== false) this.start();
   }
 
   /** Whether the device runs: activated, and not reset since. */

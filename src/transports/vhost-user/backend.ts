@@ -28,7 +28,7 @@ import { VirtqueueError } from '../../virtio/queue.ts';
 import { createDeviceQueue, isPackedRing, negotiatedQueueConfig, queueSizeError, ringLayout } from '../../virtio/ring.ts';
 import { MAX_CONFIG_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from './constants.ts';
 import { GatedQueue } from './gated-queue.ts';
-import { InflightRegion, inflightShapeError } from './inflight.ts';
+import { InflightError, InflightMemory, type InflightReply } from './inflight-memory.ts';
 import { InflightQueue, type InflightRecord } from './inflight-queue.ts';
 import { MAX_MEM_SLOTS, MemoryTable, MemoryTableError } from './memory-table.ts';
 import type { MapRegion, RegionDescription, RegionMapping } from './memory-table.ts';
@@ -70,20 +70,6 @@ export interface BackendPorts {
   close(fd: number): void;
 }
 
-/** The inflight region in use: what GET_INFLIGHT_FD allocated or SET_INFLIGHT_FD handed back. */
-interface Inflight {
-  readonly region: InflightRegion;
-  readonly mapping: RegionMapping;
-}
-
-/** GET_INFLIGHT_FD's answer: the region's shape and its descriptor, which the reply carries away. */
-export interface InflightReply {
-  readonly mmapSize: bigint;
-  readonly numQueues: number;
-  readonly queueSize: number;
-  readonly fd: number;
-}
-
 /** The ring areas as the front-end's user addresses (SET_VRING_ADDR). */
 export interface VringAddresses {
   readonly desc: bigint;
@@ -120,7 +106,7 @@ export class VhostUserBackend {
   private acked = 0n;
   private protocol = 0n;
   private backendReqFd = NO_FD;
-  private inflight: Inflight | undefined;
+  private readonly inflight: InflightMemory;
   private readonly table: MemoryTable;
   private readonly vrings: Vring[];
   /** The device's virtio state, shared with every transport; its queues are the started rings' gates. */
@@ -148,8 +134,10 @@ export class VhostUserBackend {
         queueFailed: (index) => this.ringFailed(index),
       },
       log,
+      { startOnDriverOk: false },
     );
     this.table = new MemoryTable(ports.mapRegion);
+    this.inflight = new InflightMemory(ports, device.name, device.numQueues, log);
     this.vrings = Array.from({ length: device.numQueues }, (_, index) => ({
       index,
       size: 0,
@@ -332,61 +320,26 @@ export class VhostUserBackend {
 
   /**
    * GET_INFLIGHT_FD: allocate a zeroed region for `numQueues` rings of up to `queueSize` entries,
-   * start using it, and give its descriptor to the front-end, which keeps it across restarts of
-   * this back-end. The caller closes `fd` once the reply is sent.
+   * laid out for the rings the negotiated features give, start using it, and give its descriptor
+   * to the front-end, which keeps it across restarts of this back-end. The caller closes `fd`
+   * once the reply is sent.
    */
   getInflightFd(numQueues: number, queueSize: number): InflightReply {
-    this.checkInflightShape(numQueues, queueSize);
-    const size = InflightRegion.byteLength(numQueues, queueSize, isPackedRing(this.acked));
-    const fd = this.ports.createSharedMemory(`${this.device.name}-inflight`, size);
-    try {
-      this.useInflight(this.ports.mapRegion(fd, 0, size), numQueues, queueSize);
-    } catch (err) {
-      this.ports.close(fd);
-      throw err;
-    }
-    return { mmapSize: BigInt(size), numQueues, queueSize, fd };
+    this.refuseInflightChange();
+    return inflightRequest(() => this.inflight.allocate(numQueues, queueSize, isPackedRing(this.state.driverFeatures)));
   }
 
   /**
    * SET_INFLIGHT_FD: use the region the front-end kept, which may hold the records of a
    * predecessor that crashed; rings starting from now on resubmit what it left in flight.
-   * Only the part the shape needs is mapped, and only if the file really holds it.
    */
   setInflightFd(mmapSize: bigint, mmapOffset: bigint, numQueues: number, queueSize: number, fd: number): void {
-    this.checkInflightShape(numQueues, queueSize);
-    const size = InflightRegion.byteLength(numQueues, queueSize, isPackedRing(this.acked));
-    if (mmapSize < BigInt(size)) {
-      throw new FrontEndError(`inflight region of ${mmapSize} bytes, fewer than the ${size} its ${numQueues} queues of ${queueSize} entries need`);
-    }
-    if (mmapOffset > BigInt(Number.MAX_SAFE_INTEGER - size)) {
-      throw new FrontEndError(`inflight region offset 0x${mmapOffset.toString(16)} is beyond 2^53`);
-    }
-    let mapping: RegionMapping;
-    try {
-      mapping = this.ports.mapRegion(fd, Number(mmapOffset), size);
-    } catch (err) {
-      throw new FrontEndError(`inflight region cannot be mapped: ${(err as Error).message}`);
-    }
-    this.useInflight(mapping, numQueues, queueSize);
+    this.refuseInflightChange();
+    inflightRequest(() => this.inflight.adopt(mmapSize, mmapOffset, numQueues, queueSize, isPackedRing(this.state.driverFeatures), fd));
   }
 
-  private checkInflightShape(numQueues: number, queueSize: number): void {
+  private refuseInflightChange(): void {
     if (this.anyStarted()) throw new FrontEndError('the inflight region cannot change while a ring is started');
-    const error = inflightShapeError(numQueues, queueSize, this.device.numQueues);
-    if (error !== undefined) throw new FrontEndError(error);
-  }
-
-  private useInflight(mapping: RegionMapping, numQueues: number, queueSize: number): void {
-    this.dropInflight();
-    const packed = isPackedRing(this.acked);
-    this.inflight = { region: new InflightRegion(mapping.bytes, numQueues, queueSize, packed), mapping };
-    this.log.info({ numQueues, queueSize, packed }, 'inflight region in use');
-  }
-
-  private dropInflight(): void {
-    this.inflight?.mapping.unmap();
-    this.inflight = undefined;
   }
 
   // ---- Configuration space and status ---------------------------------------------------------
@@ -408,8 +361,8 @@ export class VhostUserBackend {
 
   /**
    * SET_STATUS (§2.1): 0 stops every ring and resets the device, keeping the front-end's
-   * features; otherwise the DeviceState takes the bits as from any driver. DRIVER_OK starts a
-   * device not yet started; it need not, since a started, enabled ring does (maybeActivate).
+   * features; otherwise the DeviceState takes the bits as from any driver. The device starts
+   * when a ring is started and enabled, DRIVER_OK or not (maybeActivate).
    */
   async setStatus(status: number): Promise<void> {
     if (!Number.isInteger(status) || status < 0 || status > 0xff) {
@@ -447,7 +400,7 @@ export class VhostUserBackend {
     this.state.stop();
     for (const m of this.table.clear()) m.unmap();
     this.state.useMemory(undefined);
-    this.dropInflight();
+    this.inflight.drop();
     for (const v of this.vrings) {
       // A kick fd of a ring that never started (it was refused) is still held here.
       this.replaceFd(v, 'kickFd', NO_FD);
@@ -529,7 +482,7 @@ export class VhostUserBackend {
     try {
       if (resumes) {
         v.inflight = undefined;
-        const tracked = this.inflight?.region.resume(v.index, memory, config, packed, base, name, this.log);
+        const tracked = this.inflight.region?.resume(v.index, memory, config, packed, base, name, this.log);
         if (tracked !== undefined) {
           v.inflight = tracked.record;
           base = tracked.base;
@@ -688,4 +641,14 @@ export class VhostUserBackend {
  */
 function packedBase(num: number): number {
   return num >>> 16 === 0 ? (num & 0xffff) * 0x1_0001 : num;
+}
+
+/** A request on the inflight region; a refusal is the front-end's error. */
+function inflightRequest<T>(request: () => T): T {
+  try {
+    return request();
+  } catch (err) {
+    if (err instanceof InflightError) throw new FrontEndError(err.message);
+    throw err;
+  }
 }
