@@ -10,7 +10,7 @@ import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, w
 import { join } from 'node:path';
 import { pino } from 'pino';
 import { vhostUserBlkDevice } from '../../src/devices/blk/device.ts';
-import { FileBackend } from '../../src/devices/blk/file-backend.ts';
+import { FileBackend } from '../../src/storage/file-backend.ts';
 import { seekData } from '../../src/native/file-space.ts';
 import { BackendServer } from '../../src/transports/vhost-user/backend-server.ts';
 import { startGuest, type Guest } from '../lab/guest.ts';

@@ -37,7 +37,7 @@ export const blkType: DeviceType = {
       const image = read.string(values, 'image') ?? read.string(values, 'blkFile');
       if (image === undefined) throw new Error('--image <path> is required.');
       const readOnly = read.flag(values, 'readOnly');
-      const { FileBackend } = await import('./file-backend.ts');
+      const { FileBackend } = await import('../../storage/file-backend.ts');
       const { vhostUserBlkDevice } = await import('./device.ts');
       const backend = await FileBackend.open(image, { readOnly });
       try {

@@ -8,7 +8,7 @@ import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { queueSizeError } from '../../virtio/ring.ts';
 import { QueueServer, type Request } from '../../virtio/serve.ts';
-import type { BlockBackend } from './backend.ts';
+import type { BlockBackend } from '../../storage/block-backend.ts';
 import { VHOST_USER_BLK_QUEUE_SIZE } from './descriptor.ts';
 import { type RangeLimits, type RequestTarget, serveRequest } from './request.ts';
 import { BLK_CONFIG, BlkFeature, type BlkConfig, ID_SIZE, SECTOR_SIZE } from './wire.ts';

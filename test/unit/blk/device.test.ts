@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BlkDevice } from '../../../src/devices/blk/device.ts';
 import { BLK_DRIVER_FEATURES, BlkDriver } from '../../../src/devices/blk/driver.ts';
-import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
+import { MemoryBackend } from '../../../src/storage/memory-backend.ts';
 import {
   BlkFeature,
   BlkStatus,
