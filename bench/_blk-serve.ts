@@ -5,7 +5,7 @@
  */
 import { pino } from 'pino';
 import { vhostUserBlkDevice } from '../src/devices/blk/device.ts';
-import { FileBackend, type FileIo } from '../src/devices/blk/file-backend.ts';
+import { FileBackend, type FileIo } from '../src/storage/file-backend.ts';
 import { BackendServer } from '../src/transports/vhost-user/backend-server.ts';
 
 const [socketPath, image, io, threads] = process.argv.slice(2);

@@ -9,11 +9,11 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { report, step } from './_report.ts';
-import type { BlockBackend } from '../src/devices/blk/backend.ts';
+import type { BlockBackend } from '../src/storage/block-backend.ts';
 import { BlkDevice } from '../src/devices/blk/device.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
-import { FileBackend } from '../src/devices/blk/file-backend.ts';
-import { MemoryBackend } from '../src/devices/blk/memory-backend.ts';
+import { FileBackend } from '../src/storage/file-backend.ts';
+import { MemoryBackend } from '../src/storage/memory-backend.ts';
 import { createLoopback } from '../src/transports/mmio/loopback.ts';
 
 const DISK_BYTES = 64 * 1024 * 1024;

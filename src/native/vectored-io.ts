@@ -1,6 +1,6 @@
 /**
  * Positioned vectored I/O (preadv/pwritev) on raw iovec arrays, and the address of a byte view
- * to put in one. Used from an I/O thread (devices/blk/io-thread.ts), where blocking is the point:
+ * to put in one. Used from an I/O thread (storage/io-thread.ts), where blocking is the point:
  * these calls wait for the disk, so they must never run on the event loop.
  */
 import koffi from 'koffi';

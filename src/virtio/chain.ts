@@ -2,11 +2,13 @@
  * Rules every descriptor chain obeys whatever the ring layout (§2.7.4.2, §2.7.5.3, §2.8.6, §2.8.7):
  * each buffer lies inside guest memory, device-writable descriptors follow all device-readable
  * ones, the total length fits in 32 bits (the used element's len field), and a chain is no longer
- * than the ring (split) or the indirect table, which also bounds loops. The rings walk descriptors
+ * than the ring (split) or the indirect table, which also bounds loops; a table holds at most the
+ * ring size or INDIRECT_TABLE_MIN_LIMIT entries, whichever is larger. The rings walk descriptors
  * and feed them here; the builder does the checks and produces the DescriptorChain.
  */
 import { DescriptorChain, VirtqueueError } from './queue.ts';
 import type { GuestMemory } from './memory.ts';
+import { FRONT_END_MAX_QUEUE_SIZE } from './constants.ts';
 
 const U32_MAX = 0xffff_ffff;
 /**
@@ -89,15 +91,26 @@ export class ChainBuilder {
 }
 
 /**
+ * Most entries an indirect table may hold, however small the ring. §2.7.5.3.1 asks drivers for
+ * chains no longer than the queue size, but a Linux virtio_blk driver puts seg_max + 2
+ * descriptors in one table whatever ring size the front-end chose (drivers/virtio/virtio_ring.c
+ * bounds a table by nothing but the request). QEMU and libvhost-user likewise bound a table by
+ * its own length (len / 16, §2.7.5.3), up to VIRTQUEUE_MAX_SIZE buffers. A ring larger than this
+ * allows its own size.
+ */
+export const INDIRECT_TABLE_MIN_LIMIT = FRONT_END_MAX_QUEUE_SIZE;
+
+/**
  * Check an indirect descriptor (§2.7.5.3.1 / §2.8.7): only when negotiated, not nested, its
- * table a non-zero multiple of 16 bytes and at most `maxEntries` entries. Returns the entry count.
+ * table a non-zero multiple of 16 bytes and at most the larger of `queueSize` and
+ * INDIRECT_TABLE_MIN_LIMIT entries. Returns the entry count.
  */
 export function indirectTableEntries(
   queueName: string,
   len: number,
   negotiated: boolean,
   nested: boolean,
-  maxEntries: number,
+  queueSize: number,
 ): number {
   if (!negotiated) {
     throw new VirtqueueError('indirect not negotiated', `${queueName}: INDIRECT flag without VIRTIO_F_INDIRECT_DESC`);
@@ -107,6 +120,7 @@ export function indirectTableEntries(
     throw new VirtqueueError('bad indirect table length', `${queueName}: ${len} is not a non-zero multiple of 16`);
   }
   const entries = len / 16;
+  const maxEntries = Math.max(queueSize, INDIRECT_TABLE_MIN_LIMIT);
   if (entries > maxEntries) {
     throw new VirtqueueError('indirect table too long', `${queueName}: ${entries} entries, at most ${maxEntries}`);
   }

@@ -65,5 +65,12 @@ export const DescFlag = {
 /** §2.7.3 maximum queue size for split rings; packed rings likewise cap at 2^15. */
 export const MAX_QUEUE_SIZE = 32768;
 
+/**
+ * The largest ring front-ends use (QEMU's VIRTQUEUE_MAX_SIZE; libblkio asks for 256): the
+ * default largest queue size of every device, so whatever ring size a front-end picks is
+ * accepted.
+ */
+export const FRONT_END_MAX_QUEUE_SIZE = 1024;
+
 /** Size in bytes of one descriptor, split (§2.7.5) and packed (§2.8.13) alike. */
 export const DESC_SIZE = 16;

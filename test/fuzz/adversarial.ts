@@ -18,8 +18,8 @@
 import fc from 'fast-check';
 import { pino } from 'pino';
 import { BlkDevice } from '../../src/devices/blk/device.ts';
-import { MemoryBackend } from '../../src/devices/blk/memory-backend.ts';
-import type { BlockBackend } from '../../src/devices/blk/backend.ts';
+import { MemoryBackend } from '../../src/storage/memory-backend.ts';
+import type { BlockBackend } from '../../src/storage/block-backend.ts';
 import { BlkStatus, ID_SIZE, RequestType, SECTOR_SIZE, encodeRequestHeader } from '../../src/devices/blk/wire.ts';
 import { RngDevice } from '../../src/devices/rng/device.ts';
 import { MmioDevice } from '../../src/transports/mmio/device.ts';

@@ -1,11 +1,8 @@
 /** The block device's registry entry (§5.2): a disk served from a raw image file. */
-import { DeviceId } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { integerIn, read } from '../host-options.ts';
 import { BLK_CONFIG, BlkFeature } from './wire.ts';
-
-/** QEMU's vhost-user-blk default queue-size property. */
-export const VHOST_USER_BLK_QUEUE_SIZE = 128;
 
 export const BLK_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
   Object.entries(BlkFeature).map(([name, bit]) => [bit, name]),
@@ -17,7 +14,7 @@ export const blkType: DeviceType = {
   deviceId: DeviceId.BLOCK,
   featureNames: BLK_FEATURE_NAMES,
   config: BLK_CONFIG,
-  queues: [{ name: 'requestq', count: 'one per --queues', maxSize: VHOST_USER_BLK_QUEUE_SIZE }],
+  queues: [{ name: 'requestq', count: 'one per --queues', maxSize: FRONT_END_MAX_QUEUE_SIZE }],
   vhostUser: { type: 'block', features: ['read-only', 'blk-file'] },
   host: {
     summary: 'a virtio-blk disk backed by a raw image file',
@@ -28,16 +25,15 @@ export const blkType: DeviceType = {
       { flags: '--queues <n>', description: 'number of request queues', parse: integerIn('--queues', 1, 256), defaultValue: 1 },
       {
         flags: '--queue-size <n>',
-        description: "ring size the front-end uses (QEMU's queue-size; a power of two)",
+        description: `largest ring size the front-end may pick (QEMU's queue-size; a power of two; default ${FRONT_END_MAX_QUEUE_SIZE})`,
         parse: integerIn('--queue-size', 4, 32768),
-        defaultValue: VHOST_USER_BLK_QUEUE_SIZE,
       },
     ],
     async create(values) {
       const image = read.string(values, 'image') ?? read.string(values, 'blkFile');
       if (image === undefined) throw new Error('--image <path> is required.');
       const readOnly = read.flag(values, 'readOnly');
-      const { FileBackend } = await import('./file-backend.ts');
+      const { FileBackend } = await import('../../storage/file-backend.ts');
       const { vhostUserBlkDevice } = await import('./device.ts');
       const backend = await FileBackend.open(image, { readOnly });
       try {

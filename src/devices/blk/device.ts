@@ -3,13 +3,13 @@
  * Requests are parsed and performed by request.ts; this module owns what the device offers,
  * the configuration space, the cache mode and one queue server per request queue.
  */
-import { DeviceId, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
+import { INDIRECT_TABLE_MIN_LIMIT } from '../../virtio/chain.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
 import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { queueSizeError } from '../../virtio/ring.ts';
 import { QueueServer, type Request } from '../../virtio/serve.ts';
-import type { BlockBackend } from './backend.ts';
-import { VHOST_USER_BLK_QUEUE_SIZE } from './descriptor.ts';
+import type { BlockBackend } from '../../storage/block-backend.ts';
 import { type RangeLimits, type RequestTarget, serveRequest } from './request.ts';
 import { BLK_CONFIG, BlkFeature, type BlkConfig, ID_SIZE, SECTOR_SIZE } from './wire.ts';
 
@@ -38,7 +38,10 @@ export interface BlkDeviceOptions {
   readonly backend: BlockBackend;
   /** Request queues (default 1); more than one offers VIRTIO_BLK_F_MQ. */
   readonly queues?: number;
-  /** Largest queue size accepted (default 256). */
+  /**
+   * Largest queue size accepted (default 1024, every size a front-end uses). The front-end picks
+   * the ring size, at or below this; seg_max does not follow it (see DEFAULT_SEG_MAX).
+   */
   readonly queueSize?: number;
   /** Offer VIRTIO_BLK_F_RO and refuse writes (default: whether the backend is read-only). */
   readonly readOnly?: boolean;
@@ -46,7 +49,10 @@ export interface BlkDeviceOptions {
   readonly serial?: string;
   /** The cache mode after reset: writeback (default) or writethrough. */
   readonly writeback?: boolean;
-  /** Most data segments per request (VIRTIO_BLK_F_SEG_MAX; default queueSize - 2, as header and status take two). */
+  /**
+   * Most data segments per request (VIRTIO_BLK_F_SEG_MAX; default DEFAULT_SEG_MAX, or less when
+   * queueSize - 2 is smaller). A request's chain is seg_max + 2 descriptors (header and status).
+   */
   readonly segMax?: number;
   /** Largest data segment in bytes (offers VIRTIO_BLK_F_SIZE_MAX when given). */
   readonly sizeMax?: number;
@@ -60,7 +66,25 @@ export interface BlkDeviceOptions {
   readonly features?: BlkFeatureOptions;
 }
 
-const DEFAULT_QUEUE_SIZE = 256;
+/**
+ * seg_max when not given. The configuration space is read before the front-end chooses a ring
+ * size, so seg_max cannot follow it the way QEMU's built-in virtio-blk does (seg-max-adjust:
+ * queue-size - 2). What a Linux driver does with it (drivers/block/virtio_blk.c takes seg_max as
+ * its max_segments, capped only at 32766; drivers/virtio/virtio_ring.c):
+ *  - with VIRTIO_F_INDIRECT_DESC, a request of n segments is one indirect table of n + 2
+ *    descriptors whatever the ring size. The rings accept a table up to the larger of the ring
+ *    size and 1024 entries (INDIRECT_TABLE_MIN_LIMIT, as QEMU's VIRTQUEUE_MAX_SIZE), so any
+ *    seg_max up to 1022 is never refused, on any ring.
+ *  - without it, or when the driver cannot allocate a table and falls back to direct descriptors,
+ *    the chain takes n + 2 ring slots; a chain larger than the ring is never built, the request
+ *    waits for room that never comes. So seg_max + 2 should not exceed the smallest ring a
+ *    front-end picks.
+ * 126 is the largest value that keeps every request within the ring, as §2.7.5.3.1 asks of the
+ * driver, on every ring of at least 128 entries: QEMU's vhost-user-blk default (128), libblkio's
+ * (256), up to QEMU's largest (1024). It is also what qemu-storage-daemon's vhost-user-blk export
+ * announces. Smaller rings still work through the indirect-table allowance.
+ */
+export const DEFAULT_SEG_MAX = 126;
 const DEFAULT_RANGE_SECTORS = (32 * 1024 * 1024) / SECTOR_SIZE;
 const DEFAULT_RANGE_SEGMENTS = 32;
 const U32_MAX = 0xffff_ffff;
@@ -113,7 +137,7 @@ export class BlkDevice implements VirtioDevice {
     this.backend = backend;
     this.numQueues = checkCount('queue count', options.queues ?? 1, 1, 0xffff);
     this.counters = new DeviceCounters(this.numQueues);
-    this.maxQueueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
+    this.maxQueueSize = options.queueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     const sizeError = queueSizeError(this.maxQueueSize, false);
     if (sizeError !== undefined) throw new RangeError(`virtio-blk ${sizeError}`);
     this.id = encodeSerial(options.serial ?? '');
@@ -124,7 +148,15 @@ export class BlkDevice implements VirtioDevice {
     if (configWce && !flush) throw new RangeError('virtio-blk CONFIG_WCE needs FLUSH (§5.2.5.2)');
     const discard = f.discard ?? !this.readOnly;
     const writeZeroes = f.writeZeroes ?? !this.readOnly;
-    const segMax = checkCount('seg_max', options.segMax ?? Math.max(1, this.maxQueueSize - 2), 1, U32_MAX);
+    const indirect = f.indirect ?? true;
+    // The longest chain a request may take: in an indirect table, or in the ring itself.
+    const chainLimit = indirect ? Math.max(this.maxQueueSize, INDIRECT_TABLE_MIN_LIMIT) : this.maxQueueSize;
+    const segMax = checkCount(
+      'seg_max',
+      options.segMax ?? Math.max(1, Math.min(DEFAULT_SEG_MAX, this.maxQueueSize - 2)),
+      1,
+      Math.max(1, chainLimit - 2),
+    );
     const sizeMax = options.sizeMax === undefined ? 0 : checkCount('size_max', options.sizeMax, 1, U32_MAX);
     const blkSize = options.blkSize ?? SECTOR_SIZE;
     if (!Number.isInteger(blkSize) || blkSize < SECTOR_SIZE || (blkSize & (blkSize - 1)) !== 0) {
@@ -151,7 +183,7 @@ export class BlkDevice implements VirtioDevice {
       [writeZeroes, BlkFeature.WRITE_ZEROES],
       [f.packed ?? true, Feature.RING_PACKED],
       [f.eventIdx ?? true, Feature.EVENT_IDX],
-      [f.indirect ?? true, Feature.INDIRECT_DESC],
+      [indirect, Feature.INDIRECT_DESC],
       [f.inOrder ?? false, Feature.IN_ORDER],
     ];
     this.features = offer.reduce((acc, [on, bit]) => (on ? acc | featureBit(bit) : acc), 0n);
@@ -254,21 +286,20 @@ export class BlkDevice implements VirtioDevice {
 export interface VhostUserBlkOptions {
   readonly queues?: number;
   readonly readOnly?: boolean;
-  /** The ring size the front-end will use (QEMU's queue-size property). */
+  /** Largest ring size accepted (default 1024: every size a front-end picks). */
   readonly queueSize?: number;
 }
 
 /**
  * A BlkDevice for a vhost-user front-end. The front-end, not the device, picks the ring size,
- * and the device's seg_max (queue size - 2) must let a request's chain fit in that ring: a
- * Linux driver builds indirect tables as long as seg_max allows, and a chain longer than the
- * queue breaks §2.7.5.3.1. So the device is sized to the front-end's queue, not the largest.
+ * and only after reading the configuration space; so the device accepts every size up to its
+ * maximum and announces a seg_max that suits them all (DEFAULT_SEG_MAX).
  */
 export function vhostUserBlkDevice(backend: BlockBackend, options: VhostUserBlkOptions = {}): BlkDevice {
   return new BlkDevice({
     backend,
     queues: options.queues ?? 1,
     readOnly: options.readOnly === true,
-    queueSize: options.queueSize ?? VHOST_USER_BLK_QUEUE_SIZE,
+    queueSize: options.queueSize,
   });
 }

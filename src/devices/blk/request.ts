@@ -12,7 +12,7 @@
  */
 import type { ChainReader } from '../../virtio/chain-io.ts';
 import type { Request } from '../../virtio/serve.ts';
-import type { BlockBackend } from './backend.ts';
+import type { BlockBackend } from '../../storage/block-backend.ts';
 import {
   BlkStatus,
   ID_SIZE,

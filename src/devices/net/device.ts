@@ -9,7 +9,7 @@
  * max_virtqueue_pairs when MQ is negotiated and 1 otherwise, so the control queue's index
  * depends on the negotiated features.
  */
-import { DeviceId, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { queueSizeError } from '../../virtio/ring.ts';
 import { QueueServer, type Request } from '../../virtio/serve.ts';
@@ -67,7 +67,7 @@ export interface NetDeviceOptions {
   readonly mtu?: number;
   /** Queue pairs (default 1); more than one offers VIRTIO_NET_F_MQ. */
   readonly queuePairs?: number;
-  /** Largest queue size accepted (default 256). */
+  /** Largest queue size accepted (default 1024, every size a front-end uses). */
   readonly queueSize?: number;
   /** Speed in Mbit/s for VIRTIO_NET_F_SPEED_DUPLEX (offered when given); SPEED_UNKNOWN allowed. */
   readonly speed?: number;
@@ -80,7 +80,6 @@ export interface NetDeviceOptions {
   readonly features?: NetFeatureOptions;
 }
 
-const DEFAULT_QUEUE_SIZE = 256;
 const DEFAULT_BACKLOG = 256;
 /** Flows remembered for receive steering (§5.1.6.5.5); the table starts over when full. */
 const STEERING_ENTRIES = 4096;
@@ -140,7 +139,7 @@ export class NetDevice implements VirtioDevice {
   constructor(options: NetDeviceOptions) {
     this.port = options.port;
     this.maxPairs = checkInt('queue pair count', options.queuePairs ?? 1, 1, VQ_PAIRS_MAX);
-    this.maxQueueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
+    this.maxQueueSize = options.queueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     const sizeError = queueSizeError(this.maxQueueSize, false);
     if (sizeError !== undefined) throw new RangeError(`virtio-net ${sizeError}`);
     this.backlog = checkInt('backlog', options.backlog ?? DEFAULT_BACKLOG, 1, 1 << 20);

@@ -2,7 +2,7 @@
  * The entropy device (§5.4): one queue of device-writable buffers, each filled with random bytes.
  */
 import { randomFillSync } from 'node:crypto';
-import { DeviceId } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
@@ -10,7 +10,7 @@ import { QueueServer } from '../../virtio/serve.ts';
 import type { Request } from '../../virtio/serve.ts';
 
 export interface RngDeviceOptions {
-  /** Largest queue size offered (default 256). */
+  /** Largest queue size accepted (default 1024, every size a front-end uses). */
   readonly maxQueueSize?: number;
   /**
    * Most bytes filled per request (default 64 KiB): §5.4.6.1 lets the device use less than the
@@ -34,7 +34,7 @@ export class RngDevice implements VirtioDevice {
   private server: QueueServer | undefined;
 
   constructor(options: RngDeviceOptions = {}) {
-    this.maxQueueSize = options.maxQueueSize ?? 256;
+    this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     this.maxBytes = options.maxBytesPerRequest ?? 65536;
     if (!Number.isSafeInteger(this.maxBytes) || this.maxBytes < 1) {
       throw new RangeError(`maxBytesPerRequest ${this.maxBytes} is not a positive integer`);

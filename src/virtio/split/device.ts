@@ -7,7 +7,7 @@
  * outside guest memory. Ring fields are read through views resolved once at construction.
  */
 import { DescFlag } from '../constants.ts';
-import { ChainBuilder, indirectTableEntries } from '../chain.ts';
+import { ChainBuilder, INDIRECT_TABLE_MIN_LIMIT, indirectTableEntries } from '../chain.ts';
 import { addr64, type GuestMemory } from '../memory.ts';
 import { VirtqueueError, type DescriptorChain, type QueueConfig, type ResubmittingQueue } from '../queue.ts';
 import {
@@ -210,7 +210,8 @@ export class SplitDeviceQueue implements ResubmittingQueue {
     }
     let copy = this.indirectCopy;
     if (copy === undefined) {
-      copy = new Uint32Array(this.size * 4);
+      // Room for the longest table indirectTableEntries lets through.
+      copy = new Uint32Array(Math.max(this.size, INDIRECT_TABLE_MIN_LIMIT) * 4);
       this.indirectCopy = copy;
     }
     new Uint8Array(copy.buffer, 0, len).set(src);

@@ -1,8 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { BlkDevice } from '../../../src/devices/blk/device.ts';
+import { BlkDevice, type BlkDeviceOptions } from '../../../src/devices/blk/device.ts';
 import { BLK_DRIVER_FEATURES, BlkDriver } from '../../../src/devices/blk/driver.ts';
-import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
+import { MemoryBackend } from '../../../src/storage/memory-backend.ts';
 import {
   BlkFeature,
   BlkStatus,
@@ -32,8 +32,22 @@ test('the offer follows the options: RO, MQ, SIZE_MAX, discard and ring features
   assert.equal(cfg.capacity, 64);
   assert.equal(cfg.numQueues, 2);
   assert.equal(cfg.sizeMax, 4096);
-  assert.equal(cfg.segMax, 254);
+  assert.equal(cfg.segMax, 126, 'seg_max + 2 fits every ring of 128 entries or more');
   assert.equal(cfg.blkSize, 512);
+  assert.equal(ro.maxQueueSize, 1024, 'every ring size a front-end picks is accepted');
+});
+
+test('seg_max is the longest chain a ring accepts, less header and status', () => {
+  const segMax = (options: Omit<BlkDeviceOptions, 'backend'>): number => BLK_CONFIG.decode(new BlkDevice({ backend: disk(), ...options }).config).segMax;
+  assert.equal(segMax({ queueSize: 16 }), 14, 'a device capped at small rings announces what fits them');
+  assert.equal(segMax({ segMax: 1022 }), 1022, 'an indirect table of 1024 entries is accepted on any ring');
+  assert.throws(() => segMax({ segMax: 1023 }), /virtio-blk seg_max 1023 is not an integer from 1 to 1022/);
+  assert.equal(segMax({ queueSize: 32768, segMax: 32766 }), 32766);
+  assert.throws(
+    () => segMax({ queueSize: 64, segMax: 100, features: { indirect: false } }),
+    /virtio-blk seg_max 100 is not an integer from 1 to 62/,
+    'without indirect descriptors a request must fit the ring',
+  );
 });
 
 test('bad options are refused with one sentence naming the option', () => {

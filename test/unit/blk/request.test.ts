@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
+import { MemoryBackend } from '../../../src/storage/memory-backend.ts';
 import { serveRequest, type RequestTarget } from '../../../src/devices/blk/request.ts';
 import { ChainReader, ChainWriter } from '../../../src/virtio/chain-io.ts';
 import {

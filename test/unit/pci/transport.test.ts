@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pino, type Logger } from 'pino';
 import { BlkDevice } from '../../../src/devices/blk/device.ts';
-import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
+import { MemoryBackend } from '../../../src/storage/memory-backend.ts';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
 import { RngDriver } from '../../../src/devices/rng/driver.ts';
 import { CommonCfg } from '../../../src/transports/pci/common-cfg.ts';

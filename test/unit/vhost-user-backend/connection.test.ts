@@ -16,7 +16,7 @@ import { createMemfd } from '../../../src/native/memfd.ts';
 import { whenReadable } from '../../../src/native/readiness.ts';
 import { socketPair, type UnixSocket } from '../../../src/native/unix-socket.ts';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
-import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
+import { MemoryBackend } from '../../../src/storage/memory-backend.ts';
 import { vhostUserBlkDevice } from '../../../src/devices/blk/device.ts';
 import type { VirtioDevice } from '../../../src/virtio/device.ts';
 import { DeviceStatus, Feature, featureBit } from '../../../src/virtio/constants.ts';

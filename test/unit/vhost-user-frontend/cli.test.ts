@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { BlkDevice } from '../../../src/devices/blk/device.ts';
-import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
+import { MemoryBackend } from '../../../src/storage/memory-backend.ts';
 import { BackendServer } from '../../../src/transports/vhost-user/backend-server.ts';
 
 const PARAVIRT = fileURLToPath(new URL('../../../bin/paravirt.js', import.meta.url));

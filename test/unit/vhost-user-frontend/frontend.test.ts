@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { BlkDevice } from '../../../src/devices/blk/device.ts';
 import { BlkDriver } from '../../../src/devices/blk/driver.ts';
-import { MemoryBackend } from '../../../src/devices/blk/memory-backend.ts';
+import { MemoryBackend } from '../../../src/storage/memory-backend.ts';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
 import { RngDriver } from '../../../src/devices/rng/driver.ts';
 import { BackendServer } from '../../../src/transports/vhost-user/backend-server.ts';

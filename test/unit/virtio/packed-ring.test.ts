@@ -271,6 +271,20 @@ test('indirect descriptors: one ring slot, the table read whole, only WRITE hono
   );
 });
 
+test('an indirect table may be longer than a small ring, up to 1024 entries (what Linux virtio_blk builds)', () => {
+  const { mem, config, put, putIndirect } = setup(4, { indirect: true });
+  const dev = new PackedDeviceQueue(mem, config, 'q');
+  const table = DATA + 0x1000;
+  const entries = 1024;
+  for (let i = 0; i < entries; i++) putIndirect(table, i, { addr: DATA + i, len: 1, id: 0, flags: i > 0 ? WRITE : 0 });
+  put(0, { addr: table, len: 16 * entries, id: 3, flags: avail(1) | INDIRECT });
+  const chain = dev.pop();
+  assert.ok(chain);
+  assert.equal(chain.id, 3);
+  assert.equal(chain.readable.length + chain.writable.length, entries);
+  assert.equal(chain.ringDescriptors, 1);
+});
+
 test('indirect descriptor rules', () => {
   const cases: { name: string; rule: string; ring: (s: ReturnType<typeof setup>) => void }[] = [
     {
@@ -300,9 +314,9 @@ test('indirect descriptor rules', () => {
       ring: ({ put }) => put(0, { addr: DATA + 0x1000, len: 0, id: 0, flags: avail(1) | INDIRECT }),
     },
     {
-      name: 'more entries than the queue size',
+      name: 'more entries than both the queue size and 1024',
       rule: 'indirect table too long',
-      ring: ({ put }) => put(0, { addr: DATA + 0x1000, len: 5 * 16, id: 0, flags: avail(1) | INDIRECT }),
+      ring: ({ put }) => put(0, { addr: DATA + 0x1000, len: 1025 * 16, id: 0, flags: avail(1) | INDIRECT }),
     },
     {
       name: 'table outside guest memory',

@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile, chmod, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DiskImageError } from '../../../src/devices/blk/backend.ts';
-import { FileBackend } from '../../../src/devices/blk/file-backend.ts';
+import { DiskImageError } from '../../../src/storage/block-backend.ts';
+import { FileBackend } from '../../../src/storage/file-backend.ts';
 
 async function withDir(body: (dir: string) => Promise<void>): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'paravirt-blk-'));

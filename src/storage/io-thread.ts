@@ -16,9 +16,9 @@
  * once. One thread starts with the group, another only when every running one is busy.
  */
 import { Worker } from 'node:worker_threads';
-import { EventFd } from '../../native/eventfd.ts';
-import { type Watcher, watch } from '../../native/readiness.ts';
-import { SyscallError } from '../../native/syscall-error.ts';
+import { EventFd } from '../native/eventfd.ts';
+import { type Watcher, watch } from '../native/readiness.ts';
+import { SyscallError } from '../native/syscall-error.ts';
 import { Counter, IoRing, MAX_IOVECS, Op, SLOTS } from './io-ring.ts';
 import type { IoThreadData } from './io-thread-worker.ts';
 

@@ -11,7 +11,7 @@
  * points straight at guest memory: a worker thread is in the same process, so the event loop's
  * addresses are valid there and preadv/pwritev fill or drain the guest's buffers with no copy.
  */
-import { addressOf } from '../../native/vectored-io.ts';
+import { addressOf } from '../native/vectored-io.ts';
 
 /** Request slots; a power of two. More requests than this wait on the event loop side. */
 export const SLOTS = 128;

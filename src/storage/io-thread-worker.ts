@@ -5,9 +5,9 @@
  * event loop takes, not one per request. With nothing to do the thread sleeps in Atomics.wait.
  */
 import { workerData } from 'node:worker_threads';
-import { EventFd } from '../../native/eventfd.ts';
-import { Errno, lastErrno } from '../../native/syscall-error.ts';
-import { preadv, pwritev } from '../../native/vectored-io.ts';
+import { EventFd } from '../native/eventfd.ts';
+import { Errno, lastErrno } from '../native/syscall-error.ts';
+import { preadv, pwritev } from '../native/vectored-io.ts';
 import { Counter, IoRing, Op, SLOTS } from './io-ring.ts';
 
 export interface IoThreadData {

@@ -3,8 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { IoThreads, Op } from '../../../src/devices/blk/io-thread.ts';
-import { SLOTS } from '../../../src/devices/blk/io-ring.ts';
+import { IoThreads, Op } from '../../../src/storage/io-thread.ts';
+import { SLOTS } from '../../../src/storage/io-ring.ts';
 import { SyscallError } from '../../../src/native/syscall-error.ts';
 
 async function withFile(bytes: Uint8Array, body: (fd: number) => Promise<void>): Promise<void> {

@@ -1,5 +1,20 @@
 /**
- * Where a block device keeps its bytes. Every call is asynchronous and a backend accepts many
+ * src/storage/: where a disk's bytes live, shared by every device that presents a disk (the
+ * virtio-blk device, each LUN of a SCSI target). It is named after what it holds, block storage,
+ * not after a device: nothing here knows of virtqueues, requests or a wire format. A device parses
+ * its requests, checks them against `size` and `readOnly`, then hands the guest's own buffers
+ * here. The implementations are a raw image file served by I/O threads of its own
+ * (file-backend.ts over io-thread.ts) and host memory (memory-backend.ts).
+ */
+
+/**
+ * The unit every disk size is a multiple of: virtio-blk's sector (§5.2.4) and the smallest
+ * logical block a SCSI disk reports.
+ */
+export const SECTOR_SIZE = 512;
+
+/**
+ * Where a disk device keeps its bytes. Every call is asynchronous and a backend accepts many
  * calls in flight at once: the device issues one per request without waiting for the previous.
  * Offsets and lengths are in bytes; the device has already checked them against `size`.
  */
@@ -10,13 +25,13 @@ export interface BlockBackend {
   readonly readOnly: boolean;
   /** Whether discard and write-zeroes with unmap may deallocate storage (config write_zeroes_may_unmap). */
   readonly canUnmap: boolean;
-  /** Fill `segments`, in order, with the bytes starting at `offset`. */
+  /** Fill `segments` (typically the guest's buffers, written in place), in order, with the bytes starting at `offset`. */
   read(offset: number, segments: readonly Uint8Array[]): Promise<void>;
   /** Store `segments`, in order, starting at `offset`. */
   write(offset: number, segments: readonly Uint8Array[]): Promise<void>;
-  /** Make every completed write durable. */
+  /** Make every completed write durable (a file: fdatasync). */
   flush(): Promise<void>;
-  /** The range's contents become unspecified; the backend may deallocate it. */
+  /** The range's contents become unspecified; the backend may deallocate it (a file: punch a hole). */
   discard(offset: number, length: number): Promise<void>;
   /** The range reads back as zeroes; with `mayUnmap` the backend may deallocate it instead of writing. */
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;

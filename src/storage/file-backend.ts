@@ -6,10 +6,9 @@
  * and writes, always take the thread pool.
  */
 import { open, type FileHandle } from 'node:fs/promises';
-import { punchHole, zeroRange } from '../../native/file-space.ts';
-import { type BlockBackend, DiskImageError } from './backend.ts';
+import { punchHole, zeroRange } from '../native/file-space.ts';
+import { type BlockBackend, DiskImageError, SECTOR_SIZE } from './block-backend.ts';
 import { IoThreads, MAX_IOVECS as THREAD_IOVECS, Op } from './io-thread.ts';
-import { SECTOR_SIZE } from './wire.ts';
 
 /**
  * Where reads and writes run: 'threads' on dedicated I/O threads (the default, measured faster:

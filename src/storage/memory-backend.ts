@@ -2,8 +2,7 @@
  * A block backend held in host memory: for tests, benchmarks and scratch disks. Each call
  * copies synchronously when made, so a request's data is never touched after its promise settles.
  */
-import type { BlockBackend } from './backend.ts';
-import { SECTOR_SIZE } from './wire.ts';
+import { type BlockBackend, SECTOR_SIZE } from './block-backend.ts';
 
 export interface MemoryBackendOptions {
   readonly readOnly?: boolean;
