@@ -1,8 +1,8 @@
 /**
  * The front-end picks the ring size (QEMU's queue-size, up to 1024; libblkio asks for 256): the
- * devices `paravirt serve` runs, with their default options, accept each of them on split and
- * packed rings and serve requests on them over a real vhost-user socket. A packed ring of 1024
- * also carries the longest chain it can hold, every descriptor of the ring in one request.
+ * devices with their default options, as `paravirt serve` builds them, accept each of them on
+ * split and packed rings and serve requests on them over a real vhost-user socket. A packed ring
+ * of 1024 also carries the longest chain it can hold, every descriptor of the ring in one request.
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { vhostUserBlkDevice } from '../../../src/cli/devices.ts';
+import { vhostUserBlkDevice } from '../../../src/devices/blk/device.ts';
 import { BlkDriver } from '../../../src/devices/blk/driver.ts';
 import { BlkStatus, REQUEST_HEADER_SIZE, RequestType, SECTOR_SIZE, encodeRequestHeader } from '../../../src/devices/blk/wire.ts';
 import { NetDevice } from '../../../src/devices/net/device.ts';
