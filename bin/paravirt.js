@@ -1,8 +1,14 @@
 #!/usr/bin/env node
-// The command is written in TypeScript: register the tsx loader, then hand over to src/cli/main.ts.
-// Imports resolve against this file, so the command works from any working directory.
-import { register } from 'tsx/esm/api';
+// The command runs the JavaScript compiled from src/ into dist/ by `npm run build`, which
+// `npm ci` and `npm install` run (the `prepare` script). Paths resolve against this file, so the
+// command works from any working directory.
+import { existsSync } from 'node:fs';
+import { URL, fileURLToPath } from 'node:url';
 
-register();
-const { main } = await import('../src/cli/main.ts');
+const MAIN = new URL('../dist/cli/main.js', import.meta.url);
+if (!existsSync(MAIN)) {
+  process.stderr.write(`paravirt: ${fileURLToPath(MAIN)} is missing: run \`npm run build\` in ${fileURLToPath(new URL('..', import.meta.url))}.\n`);
+  process.exit(1);
+}
+const { main } = await import(MAIN.href);
 process.exitCode = await main(process.argv);

@@ -11,12 +11,11 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { Option } from 'commander';
-import { pino } from 'pino';
-import { BlkDriver } from '../devices/blk/driver.ts';
+import type { BlkDriver } from '../devices/blk/driver.ts';
 import { BLK_FEATURE_NAMES } from '../devices/blk/descriptor.ts';
 import { BLK_CONFIG, SECTOR_SIZE } from '../devices/blk/wire.ts';
 import { ProtocolFeature } from '../transports/vhost-user/constants.ts';
-import { VhostUserFrontend } from '../transports/vhost-user/frontend.ts';
+import type { VhostUserFrontend } from '../transports/vhost-user/frontend.ts';
 import { DeviceId } from '../virtio/constants.ts';
 import { describeFeatures } from '../virtio/features.ts';
 import { randomIo } from './blk-workload.ts';
@@ -32,9 +31,15 @@ const PROTOCOL_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntr
   Object.entries(ProtocolFeature).map(([name, bit]) => [bit, name]),
 );
 
-/** Open the disk behind the socket, run `body`, and always close it. */
+/**
+ * Open the disk behind the socket, run `body`, and always close it. The driver, the front-end
+ * and the logger are imported here, when a subcommand runs, not when `paravirt` starts.
+ */
 async function withDisk(options: ConnectionOptions, cmd: Command, body: (blk: BlkDriver, frontend: VhostUserFrontend) => Promise<void>): Promise<void> {
   if (options.socketPath === undefined) cmd.error('error: --socket-path <path> is required.', { exitCode: 1 });
+  const { pino } = await import('pino');
+  const { VhostUserFrontend } = await import('../transports/vhost-user/frontend.ts');
+  const { BlkDriver } = await import('../devices/blk/driver.ts');
   const log = pino({ name: 'paravirt', level: options.logLevel }, process.stderr);
   const frontend = await VhostUserFrontend.connect(options.socketPath, { deviceId: DeviceId.BLOCK, queueSize: options.queueSize, log });
   let blk: BlkDriver;

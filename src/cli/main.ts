@@ -11,15 +11,26 @@
  * `serve` follows vhost-user.rst "Backend program conventions": --socket-path or an inherited
  * --fd, --print-capabilities, no daemonizing, prompt exit on SIGTERM.
  */
+import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { addBlkCommand } from './blk-tool.ts';
 import { addDevicesCommand } from './devices.ts';
 import { addServeCommand } from './serve.ts';
 
+/**
+ * The version in the package's package.json, two directories up both from src/cli/main.ts and
+ * from the compiled dist/cli/main.js.
+ */
+function packageVersion(): string {
+  const manifest = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return manifest.version;
+}
+
 /** Run the command line `argv` (as process.argv: node, script, args...); resolves to the exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
   const program = new Command('paravirt')
     .description('virtio paravirtualized devices: serve them to virtual machines')
+    .version(packageVersion())
     .exitOverride()
     .configureOutput({ outputError: (text, write) => write(text) });
   addServeCommand(program);

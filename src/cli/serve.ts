@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { Option } from 'commander';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import type { DeviceType } from '../devices/device-type.ts';
 import { DEVICE_TYPES } from '../devices/registry.ts';
 import type { VirtioDevice } from '../virtio/device.ts';
@@ -53,7 +53,9 @@ function listenTargets(options: CommonOptions, cmd: Command): Listen[] {
   return targets;
 }
 
-function logger(level: LogLevel): Logger {
+/** The logger, imported when a back-end starts: `--print-capabilities` and `--help` do without. */
+async function logger(level: LogLevel): Promise<Logger> {
+  const { pino } = await import('pino');
   // JSON lines on stdout, where a service manager collects them (one-sentence errors go to stderr).
   return pino({ name: 'paravirt', level });
 }
@@ -106,7 +108,7 @@ function addServeType(serve: Command, type: DeviceType): void {
       return;
     }
     const targets = listenTargets(options, command);
-    const log = logger(options.logLevel);
+    const log = await logger(options.logLevel);
     const built = await host.create(options, { sockets: targets.length, log });
     try {
       await run(

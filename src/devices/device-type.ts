@@ -79,6 +79,49 @@ export interface GuestHalf {
   open(transport: DriverTransport, log?: Logger): Promise<{ readonly core: VirtioDriver; close(): Promise<void> }>;
 }
 
+/**
+ * Random numbers a fuzz case draws for one well-formed request; a profile maps them onto a
+ * request of its device (a sector, a length, a command), so the fuzzer needs no device knowledge.
+ */
+export interface ProbeSeed {
+  readonly choice: number;
+  readonly a: number;
+  readonly b: number;
+  /** 1..255: a byte pattern or a length. */
+  readonly fill: number;
+}
+
+/** A well-formed request: its device-readable bytes, its writable length, and the answer's check. */
+export interface Probe {
+  readonly readable: Uint8Array;
+  readonly writable: number;
+  /** Why the device's answer (the writable part after completion, and the used length) is wrong, or undefined. */
+  check(written: Uint8Array, usedLength: number): string | undefined;
+}
+
+/** One device the fuzzer attacks, on in-memory back-ends. */
+export interface FuzzSubject {
+  readonly device: VirtioDevice;
+  probe(seed: ProbeSeed): Probe;
+  /** Something the back-end must never have been asked (a disk range past the end), or undefined. */
+  violation(): string | undefined;
+}
+
+/**
+ * How the adversarial fuzzer (test/fuzz) attacks one queue of a device type: a hostile driver
+ * sets up `queue` alone (the device's other queues stay disabled), garbles it, and checks that
+ * the device still answers well-formed requests or sits in DEVICE_NEEDS_RESET.
+ */
+export interface FuzzProfile {
+  /** For messages: "blk requestq". */
+  readonly name: string;
+  readonly queue: number;
+  /** Smallest ring every probe fits in (a blk request takes a header and a status descriptor). */
+  readonly minQueueSize: number;
+  /** A fresh device whose back-end calls each take `delayTurns` microtask turns. */
+  create(options: { readonly maxQueueSize: number; readonly delayTurns: number }): FuzzSubject;
+}
+
 export interface DeviceType {
   /** The name on the command line and in logs: "blk". */
   readonly name: string;
@@ -97,4 +140,6 @@ export interface DeviceType {
   readonly host: HostHalf;
   readonly guest: GuestHalf;
   readonly localModel?: LocalModel;
+  /** The queues the adversarial fuzzer attacks; loaded only by the fuzzer. */
+  fuzz(): Promise<readonly FuzzProfile[]>;
 }

@@ -24,8 +24,15 @@ import type { IoThreadData } from './io-thread-worker.ts';
 
 export { MAX_IOVECS, Op };
 
-const BOOT = new URL('./io-thread-boot.mjs', import.meta.url);
-const ENTRY = new URL('./io-thread-worker.ts', import.meta.url).href;
+/**
+ * What a new I/O thread runs. Compiled (dist/, the `paravirt` command), this module sits beside
+ * io-thread-worker.js, plain JavaScript the thread runs as is. Run from source (.ts, under tsx),
+ * the thread needs the TypeScript loader first, which a worker does not inherit from tsx's
+ * register(): io-thread-boot.mjs registers it, then imports `entry`.
+ */
+const THREAD: { readonly url: URL; readonly entry?: string } = new URL(import.meta.url).pathname.endsWith('.ts')
+  ? { url: new URL('./io-thread-boot.mjs', import.meta.url), entry: new URL('./io-thread-worker.ts', import.meta.url).href }
+  : { url: new URL('./io-thread-worker.js', import.meta.url) };
 
 interface Transfer {
   readonly op: Op;
@@ -51,8 +58,8 @@ class IoThread {
   private publishScheduled = false;
 
   constructor(wake: Omit<IoThreadData, 'buffer'>, onError: (err: Error) => void) {
-    const data: IoThreadData & { entry: string } = { ...wake, entry: ENTRY, buffer: this.ring.buffer };
-    this.worker = new Worker(BOOT, { workerData: data });
+    const data: IoThreadData & { entry?: string } = { ...wake, entry: THREAD.entry, buffer: this.ring.buffer };
+    this.worker = new Worker(THREAD.url, { workerData: data });
     this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.on('error', onError);
   }

@@ -45,6 +45,9 @@ export const blkType: DeviceType = {
       }
     },
   },
+  async fuzz() {
+    return (await import('./fuzz-profile.ts')).BLK_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { BlkDriver } = await import('./driver.ts');

@@ -71,6 +71,9 @@ With --queues N, give QEMU -netdev vhost-user,...,queues=N and -device virtio-ne
       };
     },
   },
+  async fuzz() {
+    return (await import('./fuzz-profile.ts')).NET_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { NetDriver } = await import('./driver.ts');

@@ -21,6 +21,9 @@ export const rngType: DeviceType = {
       return { devices: [device], close: async () => {} };
     },
   },
+  async fuzz() {
+    return (await import('./fuzz-profile.ts')).RNG_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { RngDriver } = await import('./driver.ts');
