@@ -5,9 +5,9 @@
  * capacity first, §5.2.6.2). Probes are reads, writes, flushes and GET_ID, checked byte for byte.
  */
 import type { FuzzProfile, FuzzSubject, Probe, ProbeSeed } from '../device-type.ts';
-import type { BlockBackend } from './backend.ts';
+import type { BlockBackend } from '../../storage/block-backend.ts';
 import { BlkDevice } from './device.ts';
-import { MemoryBackend } from './memory-backend.ts';
+import { MemoryBackend } from '../../storage/memory-backend.ts';
 import { BlkStatus, ID_SIZE, RequestType, SECTOR_SIZE, encodeRequestHeader } from './wire.ts';
 
 const DISK_SECTORS = 16;
