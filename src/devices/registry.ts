@@ -6,8 +6,9 @@ import { blkType } from './blk/descriptor.ts';
 import type { DeviceType } from './device-type.ts';
 import { netType } from './net/descriptor.ts';
 import { rngType } from './rng/descriptor.ts';
+import { scsiType } from './scsi/descriptor.ts';
 
-export const DEVICE_TYPES: readonly DeviceType[] = [blkType, netType, rngType];
+export const DEVICE_TYPES: readonly DeviceType[] = [blkType, netType, rngType, scsiType];
 
 /** The registered type called `name`, or undefined. */
 export function deviceType(name: string): DeviceType | undefined {
