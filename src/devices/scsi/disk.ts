@@ -408,7 +408,8 @@ function reportSupportedOpcodes(cdb: Uint8Array, data: CommandData): void {
   if (option === 1 && withSa) throw invalidField(2, 2);
   if (option === 2 && !withSa && COMMANDS.some((c) => c.opcode === opcode)) throw invalidField(2, 2);
   const command = COMMANDS.find((c) => c.opcode === opcode && (option === 1 || c.serviceAction === sa));
-  const usage = command?.usage ?? [];
+  // SPC-5 §6.35.3: usage data begins with the opcode, and a service action sits in byte 1's low bits.
+  const usage = command === undefined ? [] : command.usage.map((u, i) => (i === 0 ? command.opcode : i === 1 && command.serviceAction !== undefined ? (u & 0xe0) | command.serviceAction : u));
   const out = new Uint8Array(4 + usage.length);
   out[1] = command === undefined ? 0x01 : 0x03; // SUPPORT: 001b not supported, 011b supported as the standard says
   putBe16(out, 2, usage.length);
