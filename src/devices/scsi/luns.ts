@@ -4,6 +4,7 @@
  * free LUN number.
  */
 import { FileBackend } from '../../storage/file-backend.ts';
+import { IoThreads } from '../../storage/io-thread.ts';
 import type { LunSpec } from './descriptor.ts';
 import { ScsiDisk } from './disk.ts';
 import { ScsiTargets, formatAddress } from './target.ts';
@@ -11,12 +12,17 @@ import type { LunAddress } from './wire.ts';
 
 export interface OpenLuns {
   readonly targets: ScsiTargets;
+  /** The I/O threads every LUN shares: hundreds of LUNs, one small pool. */
+  readonly threads: IoThreads;
   close(): Promise<void>;
 }
 
+/** I/O threads shared by all LUNs of a controller. */
+const SHARED_THREADS = 4;
+
 /** Open one LUN's image; the serial defaults to its address, which keeps its identity stable across restarts. */
-export async function openDisk(spec: LunSpec, address: LunAddress): Promise<ScsiDisk> {
-  const backend = await FileBackend.open(spec.path, { readOnly: spec.readOnly });
+export async function openDisk(spec: LunSpec, address: LunAddress, threads: IoThreads): Promise<ScsiDisk> {
+  const backend = await FileBackend.open(spec.path, { readOnly: spec.readOnly, sharedThreads: threads });
   try {
     return new ScsiDisk({ backend, readOnly: spec.readOnly, serial: spec.serial ?? `lun-${address.target}-${address.lun}` });
   } catch (err) {
@@ -27,8 +33,10 @@ export async function openDisk(spec: LunSpec, address: LunAddress): Promise<Scsi
 
 export async function openLuns(specs: readonly LunSpec[]): Promise<OpenLuns> {
   const targets = new ScsiTargets();
+  const threads = new IoThreads(SHARED_THREADS);
   const close = async (): Promise<void> => {
     await Promise.all(targets.entries().map((e) => e.disk.storage.close()));
+    await threads.close();
   };
   // Explicit addresses first, so the numbered ones fill the gaps around them.
   const placed = specs.map((s) => (s.lun !== undefined ? { target: s.target ?? 0, lun: s.lun } : undefined));
@@ -44,11 +52,11 @@ export async function openLuns(specs: readonly LunSpec[]): Promise<OpenLuns> {
         taken.add(formatAddress(address));
       }
       if (targets.get(address) !== undefined) throw new Error(`--lun ${spec.path}: LUN ${formatAddress(address)} is given twice.`);
-      targets.add(address, await openDisk(spec, address));
+      targets.add(address, await openDisk(spec, address, threads));
     }
   } catch (err) {
     await close();
     throw err;
   }
-  return { targets, close };
+  return { targets, threads, close };
 }
