@@ -6,6 +6,7 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -152,4 +153,83 @@ test('vhost-user-scsi: stock virtio_scsi and sd see the LUNs; 64 MiB verified on
   const data = firstData(ctl.images[0]);
   assert.ok(data === null || data >= 32 * MiB, `the discarded 32 MiB are a hole in the image (data at ${data})`);
   assert.equal((await guest.check(`dd if=/dev/${a} bs=1M count=32 iflag=direct 2>/dev/null | tr -d "\\000" | wc -c`)).trim(), '0', 'discarded blocks read back as zeroes');
+});
+
+test('vhost-user-scsi: 256 LUNs seen by the stock drivers; packed ring, two request queues both used; an ext4 file system keeps its files', async (t) => {
+  if (!requireLab(t)) return;
+  const LUNS = 256;
+  const luns = Array.from({ length: LUNS }, (_, i) => ({ bytes: i === 0 ? 64 * MiB : MiB }));
+  const ctl = await serveController(t, { luns, queues: 2, packed: true });
+  // A file system made on the host; the guest mounts it, writes files, and reads them back after a remount.
+  execFileSync('mkfs.ext4', ['-q', '-F', ctl.images[0]]);
+  const guest = await startGuest(t, { name: 'vu-scsi-256', devices: ctl.devices, cpus: 2, memoryMiB: 512 });
+  await waitForDisks(guest, LUNS);
+  const disks = await guestDisks(guest);
+  assert.equal(disks.size, LUNS);
+  for (let lun = 0; lun < LUNS; lun++) assert.ok(disks.has(`0:${lun}`), `LUN ${lun} is a disk in the guest`);
+  const features = await guest.check('for d in /sys/bus/virtio/devices/*; do [ "$(cat $d/device)" = 0x0008 ] && cat $d/features; done');
+  assert.equal(features.trim()[RING_PACKED], '1', 'VIRTIO_F_RING_PACKED negotiated');
+  assert.equal((await guest.check(`ls /sys/block/${disks.get('0:0')}/mq | wc -l`)).trim(), '2', 'two request queues');
+
+  const fs = disks.get('0:0')!;
+  await guest.check(
+    `mkdir -p /mnt && mount -t ext4 /dev/${fs} /mnt && dd if=/dev/urandom of=/mnt/a bs=1M count=8 2>/dev/null && ` +
+      'dd if=/dev/urandom of=/mnt/b bs=4k count=100 2>/dev/null && sha256sum /mnt/a /mnt/b > /tmp/sums && umount /mnt',
+  );
+  await guest.check(`echo 3 > /proc/sys/vm/drop_caches; mount -t ext4 /dev/${fs} /mnt && sha256sum -c /tmp/sums && umount /mnt`);
+  execFileSync('e2fsck', ['-n', '-f', ctl.images[0]], { stdio: 'ignore' });
+
+  // Both request queues carry I/O: blk-mq maps each CPU to its own queue.
+  const before = [...ctl.kicks];
+  await guest.check(
+    `taskset 1 dd if=/dev/${disks.get('0:7')} of=/dev/null bs=4k count=200 iflag=direct 2>/dev/null & ` +
+      `taskset 2 dd if=/dev/${disks.get('0:200')} of=/dev/null bs=4k count=200 iflag=direct 2>/dev/null; wait`,
+  );
+  assert.ok(ctl.kicks[2] > before[2] && ctl.kicks[3] > before[3], `kicks per request queue: ${ctl.kicks.slice(2).join(', ')}`);
+  // A pattern on a LUN far down the list.
+  await patternRoundTrip(guest, disks.get('0:255')!, ctl.images[255], 1);
+});
+
+test('vhost-user-scsi: a LUN hot-plugged appears as a new disk, one hot-unplugged disappears, I/O on another runs throughout', async (t) => {
+  if (!requireLab(t)) return;
+  const ctl = await serveController(t, { luns: [{ bytes: 32 * MiB }, { bytes: 8 * MiB }] });
+  const guest = await startGuest(t, { name: 'vu-scsi-hotplug', devices: ctl.devices });
+  await waitForDisks(guest, 2);
+  const first = (await guestDisks(guest)).get('0:0')!;
+  // I/O on LUN 0 in the background for the whole exchange.
+  await guest.check(`(while [ ! -e /tmp/stop ]; do dd if=/dev/urandom of=/dev/${first} bs=64k count=16 oflag=direct 2>/dev/null; dd if=/dev/${first} of=/dev/null bs=64k count=16 iflag=direct 2>/dev/null; done; echo done > /tmp/io-done) >/dev/null 2>&1 &`);
+
+  const features = ctl.device.driverFeatures ?? 0n;
+  assert.ok((features & (1n << 1n)) !== 0n, 'VIRTIO_SCSI_F_HOTPLUG negotiated');
+  const added = ctl.image('added.img', 16 * MiB);
+  writeFileSync(added, new Uint8Array(4096).fill(0x6b), { flag: 'r+' });
+  ctl.device.attach({ target: 0, lun: 5 }, await ctl.disk({ path: added, readOnly: false }, 0, 5));
+  await waitForDisks(guest, 3);
+  const plugged = (await guestDisks(guest)).get('0:5');
+  assert.ok(plugged !== undefined, 'LUN 5 is a disk in the guest');
+  assert.match((await guest.check(`dd if=/dev/${plugged} bs=16 count=1 iflag=direct 2>/dev/null | od -An -tx1`)).trim(), /^(6b ){15}6b$/, 'it reads the new image');
+
+  const removed = await ctl.device.detach({ target: 0, lun: 1 });
+  await removed.storage.close();
+  await waitForDisks(guest, 2);
+  assert.deepEqual([...(await guestDisks(guest)).keys()].sort(), ['0:0', '0:5'], 'LUN 1 is gone from the guest');
+
+  await guest.check('touch /tmp/stop; for i in $(seq 300); do [ -e /tmp/io-done ] && exit 0; sleep 0.1; done; exit 1', { timeoutMs: 60_000 });
+  await patternRoundTrip(guest, first, ctl.images[0], 8);
+});
+
+test('vhost-user-scsi: a capacity change reaches the guest (unit attention 2A/09, PARAM_CHANGE when negotiated)', async (t) => {
+  if (!requireLab(t)) return;
+  const ctl = await serveController(t, { luns: [{ bytes: 16 * MiB }] });
+  const guest = await startGuest(t, { name: 'vu-scsi-resize', devices: ctl.devices });
+  await waitForDisks(guest, 1);
+  const disk = (await guestDisks(guest)).get('0:0')!;
+  assert.equal((await guest.check(`cat /sys/block/${disk}/size`)).trim(), String((16 * MiB) / 512));
+  truncateSync(ctl.images[0], 48 * MiB);
+  const grown = await ctl.disk({ path: ctl.images[0], readOnly: false }, 0, 0);
+  const old = ctl.device.resize({ target: 0, lun: 0 }, grown.storage);
+  await old.close();
+  // Without PARAM_CHANGE the guest learns it from the unit attention; a rescan reads the new size.
+  if (((ctl.device.driverFeatures ?? 0n) & (1n << 2n)) === 0n) await guest.run(`dd if=/dev/${disk} of=/dev/null bs=512 count=1 iflag=direct 2>/dev/null; echo 1 > /sys/block/${disk}/device/rescan`);
+  await guest.check(`for i in $(seq 300); do [ $(cat /sys/block/${disk}/size) -eq ${(48 * MiB) / 512} ] && exit 0; sleep 0.1; done; cat /sys/block/${disk}/size; exit 1`, { timeoutMs: 60_000 });
 });

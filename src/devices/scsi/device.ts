@@ -162,6 +162,11 @@ export class ScsiDevice implements VirtioDevice {
     for (const e of this.targets.entries()) e.disk.reset();
   }
 
+  /** Features the driver accepted, while the device is active. */
+  get driverFeatures(): bigint | undefined {
+    return this.ctx?.features;
+  }
+
   private negotiated(bit: number): boolean {
     return this.ctx !== undefined && hasFeature(this.ctx.features, bit);
   }
