@@ -89,7 +89,7 @@ export function decodeLun(bytes: Uint8Array, at = 0): LunAddress | undefined {
   return { target: bytes[at + 1], lun: ((bytes[at + 2] & 0x3f) << 8) | bytes[at + 3] };
 }
 
-/** Encode an address as Linux does: flat space (01b) for every LUN. */
+/** Encode a request's address as Linux does: flat space (01b) for every LUN. */
 export function encodeLun(address: LunAddress, out: Uint8Array = new Uint8Array(LUN_FIELD_SIZE), at = 0): Uint8Array {
   out.fill(0, at, at + LUN_FIELD_SIZE);
   out[at] = 1;
@@ -97,6 +97,20 @@ export function encodeLun(address: LunAddress, out: Uint8Array = new Uint8Array(
   out[at + 2] = 0x40 | (address.lun >> 8);
   out[at + 3] = address.lun & 0xff;
   return out;
+}
+
+/**
+ * Encode an event's address in the form REPORT LUNS uses: peripheral (lun[2] = 0) below 256,
+ * flat space above. Linux reads an event's LUN as (lun[2] << 8) | lun[3] without masking the
+ * address method (drivers/scsi/virtio_scsi.c), so a flat-space LUN 5 would be LUN 16389 to it;
+ * QEMU's virtio-scsi encodes events this way for the same reason.
+ */
+export function encodeEventLun(address: LunAddress, out: Uint8Array, at: number): void {
+  out.fill(0, at, at + LUN_FIELD_SIZE);
+  out[at] = 1;
+  out[at + 1] = address.target;
+  if (address.lun >= 256) out[at + 2] = 0x40 | (address.lun >> 8);
+  out[at + 3] = address.lun & 0xff;
 }
 
 /**
@@ -299,7 +313,7 @@ export function encodeEvent(e: ScsiEvent): Uint8Array {
   const out = new Uint8Array(EVENT_SIZE);
   const v = viewOf(out);
   v.setUint32(0, e.event >>> 0, true);
-  encodeLun(e.address, out, 4);
+  encodeEventLun(e.address, out, 4);
   v.setUint32(12, e.reason, true);
   return out;
 }
