@@ -96,8 +96,9 @@ export const scsiType: DeviceType = {
     },
   },
   guest: {
-    async open() {
-      throw new Error('the virtio-scsi driver is not implemented yet');
+    async open(transport, log) {
+      const { ScsiDriver } = await import('./driver.ts');
+      return ScsiDriver.open(transport, { log });
     },
   },
   async fuzz() {
