@@ -13,7 +13,7 @@
  * request: see "Threading" in docs/performance.md.
  *
  * Requests on one thread run one after another; several threads let a real disk see several at
- * once. One thread starts with the group, another only when every running one is busy.
+ * once. The first thread starts with the first transfer, another only when every running one is busy.
  */
 import { Worker } from 'node:worker_threads';
 import { EventFd } from '../native/eventfd.ts';
@@ -133,11 +133,14 @@ export class IoThreads {
   private failure: Error | undefined;
   private closing: Promise<void> | undefined;
 
-  /** Up to `max` threads (at least 1). The first starts now: starting one takes a while. */
+  /**
+   * Up to `max` threads (at least 1). The first starts with the first transfer, not here: an idle
+   * back-end waiting for its front-end then holds no thread (a Node worker is about 10 MiB), and
+   * a thread of compiled code starts in well under a second.
+   */
   constructor(private readonly max: number) {
     this.watcher = watch(this.wake.fd, { readable: () => this.collect() });
     this.watcher.unref();
-    this.start();
   }
 
   /** Transfers submitted and not yet settled, on all threads. */

@@ -20,6 +20,12 @@
  *   of §2.7.10); otherwise the driver posts without kicking and the next event pops.
  * - A ring fault fails the queue through DeviceContext.fail. Once the queue is gone (failed or
  *   reset) the held buffers are forgotten, never pushed, and the backlog is emptied.
+ *
+ * A device makes one per event queue in activate() and drops it in reset(), as with QueueServer:
+ *
+ *     this.events = new EventQueue(ctx, 0, { layout: ONE_PER_BUFFER, backlog: 64, overflow: 'drop' });
+ *     queueNotify(i) { if (i === 0) this.events?.kick(); }
+ *     this.events?.offer(encodeEvent(type, code, value));   // whenever something happens
  */
 import { ChainWriter } from './chain-io.ts';
 import type { QueueCounters } from './counters.ts';
@@ -96,7 +102,6 @@ export class EventQueue<E> implements HeldBuffers {
   /** offer() refused an event and onSpace has not been called since. */
   private refused = false;
   private readonly dropCounts: Record<EventDropReason, number> = { noBuffer: 0, tooLarge: 0 };
-
   private readonly counters: QueueCounters;
 
   constructor(
@@ -227,11 +232,13 @@ export class EventQueue<E> implements HeldBuffers {
     const rest = this.layout.write(this.backlog[0], writers);
     if (rest === undefined) this.backlog.shift();
     else this.backlog[0] = rest;
+    const counts = this.counters;
     for (let i = 0; i < count; i++) {
       this.heldBytes -= chains[i].writableLength;
       queue.push(chains[i], writers[i].written);
-      this.counters.requests++;
-      this.counters.writtenBytes += writers[i].written;
+      counts.requests++;
+      counts.readBytes += chains[i].readableLength;
+      counts.writtenBytes += writers[i].written;
     }
     return count;
   }

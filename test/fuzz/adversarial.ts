@@ -1,14 +1,15 @@
 /**
- * The adversarial-driver harness: plays one Scenario (scenario.ts) against a real device — a
- * virtio-blk device on an in-memory disk or a virtio-rng device — through the real virtio-mmio
- * register file and DeviceState, and checks what the device promises a hostile driver:
+ * The adversarial-driver harness: plays one Scenario (scenario.ts) against a real device — any
+ * registered device type, on the in-memory back-ends its fuzz profile builds, one of its queues
+ * at a time — through the real virtio-mmio register file and DeviceState, and checks what the
+ * device promises a hostile driver:
  *
  * - nothing escapes as an exception from a register access, and nothing is rejected unhandled;
  * - every driver action ends within a step budget (guest memory translations, see CountingMemory),
  *   and asynchronous completions within a bounded number of microtask turns: no timers;
  * - no byte outside guest memory changes (the canaries of GuardedMemory);
- * - no request handler fails (a device bug logged at error level) and a disk backend is only
- *   called with ranges inside the disk;
+ * - no request handler fails (a device bug logged at error level) and the back-end is never asked
+ *   what the profile says it must not be (a disk only ranges inside the disk);
  * - after the garbage the device either still serves a well-formed request correctly, or sits in
  *   DEVICE_NEEDS_RESET; and after a reset and a clean set-up it serves again.
  *
@@ -17,19 +18,13 @@
  */
 import fc from 'fast-check';
 import { pino } from 'pino';
-import { BlkDevice } from '../../src/devices/blk/device.ts';
-import { MemoryBackend } from '../../src/storage/memory-backend.ts';
-import type { BlockBackend } from '../../src/storage/block-backend.ts';
-import { BlkStatus, ID_SIZE, RequestType, SECTOR_SIZE, encodeRequestHeader } from '../../src/devices/blk/wire.ts';
-import { RngDevice } from '../../src/devices/rng/device.ts';
+import type { FuzzProfile, FuzzSubject } from '../../src/devices/device-type.ts';
 import { MmioDevice } from '../../src/transports/mmio/device.ts';
 import { DescFlag } from '../../src/virtio/constants.ts';
-import type { VirtioDevice } from '../../src/virtio/device.ts';
 import { DATA_BASE, GuardedMemory } from './guarded-memory.ts';
 import { type DescWords, Finding, HONEST, HostileDriver, tableAddress } from './hostile-driver.ts';
-import { type Action, type Publish, type Scenario, scenario, type Target, type ValidRequest } from './scenario.ts';
+import { type Action, type Publish, type Scenario, profileNamed, scenario, type Target, type ValidRequest } from './scenario.ts';
 
-const DISK_SECTORS = 16;
 /** Largest queue the devices accept; the step budget is sized for it. */
 const MAX_QUEUE = 256;
 /**
@@ -48,6 +43,8 @@ const UNWRITTEN = 0xee;
 
 /** What one case saw, for the run's summary. */
 export interface Outcome {
+  /** The profile attacked: "blk requestq". */
+  readonly profile: string;
   /** Well-formed requests checked to complete while garbage was about (not counting the one after reset). */
   readonly servedAmidGarbage: number;
   /** The device ended the garbage in DEVICE_NEEDS_RESET. */
@@ -71,93 +68,17 @@ function watchProcess(): void {
   process.on('uncaughtException', (err) => escaped.push(err));
 }
 
-/** A backend that also checks the device only asks for ranges inside the disk (§5.2.6.2 request checks). */
-class CheckedBackend implements BlockBackend {
-  readonly inner: MemoryBackend;
-  readonly outOfRange: string[] = [];
-
-  constructor(
-    sectors: number,
-    /** Microtask turns before each call takes effect: requests stay in flight across driver actions. */
-    private readonly delay: number,
-  ) {
-    this.inner = new MemoryBackend(sectors * SECTOR_SIZE);
-  }
-
-  private async later(): Promise<void> {
-    for (let i = 0; i < this.delay; i++) await null;
-  }
-
-  get size(): number {
-    return this.inner.size;
-  }
-  get readOnly(): boolean {
-    return this.inner.readOnly;
-  }
-  get canUnmap(): boolean {
-    return this.inner.canUnmap;
-  }
-
-  private check(what: string, offset: number, length: number): void {
-    if (!Number.isSafeInteger(offset) || offset < 0 || length < 0 || offset + length > this.size) {
-      this.outOfRange.push(`${what} of ${length} bytes at ${offset}`);
-    }
-  }
-
-  private static total(segs: readonly Uint8Array[]): number {
-    return segs.reduce((n, s) => n + s.length, 0);
-  }
-
-  async read(offset: number, segs: readonly Uint8Array[]): Promise<void> {
-    this.check('read', offset, CheckedBackend.total(segs));
-    await this.later();
-    return this.inner.read(offset, segs);
-  }
-  async write(offset: number, segs: readonly Uint8Array[]): Promise<void> {
-    this.check('write', offset, CheckedBackend.total(segs));
-    await this.later();
-    return this.inner.write(offset, segs);
-  }
-  async flush(): Promise<void> {
-    await this.later();
-    return this.inner.flush();
-  }
-  async discard(offset: number, length: number): Promise<void> {
-    this.check('discard', offset, length);
-    await this.later();
-    return this.inner.discard(offset, length);
-  }
-  async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
-    this.check('write zeroes', offset, length);
-    await this.later();
-    return this.inner.writeZeroes(offset, length, mayUnmap);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
-}
-
 /** One case: the device, its memory and the driver attacking it. */
 class Case {
   readonly memory = new GuardedMemory();
-  readonly backend: CheckedBackend | undefined;
-  readonly device: VirtioDevice;
+  readonly subject: FuzzSubject;
   readonly regs: MmioDevice;
   readonly driver: HostileDriver;
   servedAmidGarbage = 0;
 
   constructor(readonly target: Target) {
-    if (target.device === 'blk') {
-      this.backend = new CheckedBackend(DISK_SECTORS, target.backendDelay);
-      this.device = new BlkDevice({
-        backend: this.backend,
-        queueSize: MAX_QUEUE,
-        features: { packed: true, eventIdx: true, indirect: true, inOrder: true },
-      });
-    } else {
-      this.device = new RngDevice({ maxQueueSize: MAX_QUEUE });
-    }
-    this.regs = new MmioDevice(this.device, this.memory.device, { log });
+    this.subject = profileNamed(target.profile).create({ maxQueueSize: MAX_QUEUE, delayTurns: target.backendDelay });
+    this.regs = new MmioDevice(this.subject.device, this.memory.device, { log });
     this.driver = new HostileDriver(target, this.regs, this.memory.driver);
   }
 
@@ -179,14 +100,14 @@ class Case {
     const guard = this.memory.firstDamagedGuard();
     if (guard !== undefined) throw new Finding(`${what}: host byte ${guard} outside guest memory changed`);
     if (errorLines.length > 0) throw new Finding(`${what}: the device logged an error: ${errorLines[0]}`);
-    const bad = this.backend?.outOfRange[0];
-    if (bad !== undefined) throw new Finding(`${what}: the disk backend was asked for a ${bad}, outside the disk`);
+    const violation = this.subject.violation();
+    if (violation !== undefined) throw new Finding(`${what}: ${violation}`);
     if (escaped.length > 0) throw new Finding(`${what}: escaped ${String(escaped[0])}`);
   }
 
   /** The queue's popped-but-unreturned chains (0 when there is no live queue). */
   private inFlight(): number {
-    return this.regs.state.liveQueue(0)?.inFlight ?? 0;
+    return this.regs.state.liveQueue(this.driver.queue)?.inFlight ?? 0;
   }
 
   /** Let asynchronous completions run until nothing is in flight, within MAX_TURNS microtask turns. */
@@ -288,11 +209,11 @@ class Case {
     const used = completion();
     if (used === undefined) {
       throw new Finding(
-        `${what}: a well-formed ${req.type} request was not completed; device status 0x${d.status.toString(16)}`,
+        `${what}: a well-formed ${this.target.profile} request was not completed; device status 0x${d.status.toString(16)}`,
       );
     }
     if (used.id !== 0) throw new Finding(`${what}: completion names buffer ${used.id}, not 0`);
-    request.check(used.len, `${what}: ${this.target.device} ${req.type}`);
+    request.check(used.len, `${what}: ${this.target.profile}`);
     d.resync();
     return true;
   }
@@ -304,39 +225,13 @@ class Case {
     check: (len: number, what: string) => void;
   } {
     const mem = this.memory.driver;
-    let readable = new Uint8Array(0);
-    let writableLen: number;
-    let check: (len: number, what: string) => void;
-    if (this.backend === undefined) {
-      writableLen = req.fill;
-      check = (len, what) => {
-        if (len < 1 || len > writableLen) throw new Finding(`${what}: used length ${len} for a ${writableLen}-byte buffer`);
-      };
-    } else {
-      const disk = this.backend.inner.bytes;
-      const dataLen = req.sectors * SECTOR_SIZE;
-      const offset = req.sector * SECTOR_SIZE;
-      const type = { in: RequestType.IN, out: RequestType.OUT, flush: RequestType.FLUSH, getid: RequestType.GET_ID }[req.type];
-      const header = encodeRequestHeader({ type, reserved: 0, sector: req.sector });
-      const data = new Uint8Array(req.type === 'out' ? dataLen : 0).fill(req.fill);
-      readable = new Uint8Array(header.length + data.length);
-      readable.set(header);
-      readable.set(data, header.length);
-      const inLen = req.type === 'in' ? dataLen : req.type === 'getid' ? ID_SIZE : 0;
-      writableLen = inLen + 1;
-      check = (len, what) => {
-        const answer = mem.slice(VALID_WRITABLE, writableLen);
-        const status = answer[inLen];
-        if (status !== BlkStatus.OK) throw new Finding(`${what}: status ${status}`);
-        if (len !== writableLen) throw new Finding(`${what}: used length ${len}, expected ${writableLen}`);
-        if (req.type === 'in' && !equal(answer.subarray(0, inLen), disk.subarray(offset, offset + dataLen))) {
-          throw new Finding(`${what}: data read differs from the disk`);
-        }
-        if (req.type === 'out' && !equal(disk.subarray(offset, offset + dataLen), data)) {
-          throw new Finding(`${what}: the disk does not hold the data written`);
-        }
-      };
-    }
+    const probe = this.subject.probe(req.seed);
+    const readable = probe.readable;
+    const writableLen = probe.writable;
+    const check = (len: number, what: string): void => {
+      const wrong = probe.check(mem.slice(VALID_WRITABLE, writableLen), len);
+      if (wrong !== undefined) throw new Finding(`${what}: ${wrong}`);
+    };
     mem.write(VALID_READABLE, readable);
     mem.slice(VALID_WRITABLE, writableLen).fill(UNWRITTEN);
     const parts = (addr: number, len: number, n: number, flags: number): DescWords[] => {
@@ -354,10 +249,6 @@ class Case {
     ];
     return { descs: chain(req.readParts, req.writeParts), merged: chain(1, 1), check };
   }
-}
-
-function equal(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((v, i) => v === b[i]);
 }
 
 /** Play one scenario; throws a Finding when the device breaks a promise. */
@@ -382,15 +273,19 @@ export async function runScenario(s: Scenario): Promise<Outcome> {
   await new Promise<void>((resolve) => setImmediate(resolve));
   c.checkInvariants('end of case');
   return {
+    profile: s.target.profile,
     servedAmidGarbage: c.servedAmidGarbage + (servedAfter ? 1 : 0),
     neededReset,
     maxSteps: c.memory.device.maxSteps,
   };
 }
 
-/** The property: every scenario keeps every promise. `seen` receives each outcome (for a summary). */
-export function property(seen: (o: Outcome) => void = () => {}): fc.IAsyncPropertyWithHooks<[Scenario]> {
-  return fc.asyncProperty(scenario, async (s) => {
+/**
+ * The property: every scenario keeps every promise. `seen` receives each outcome (for a summary);
+ * `profiles` narrows the attacked queues (default every registered device type's).
+ */
+export function property(seen: (o: Outcome) => void = () => {}, profiles?: readonly FuzzProfile[]): fc.IAsyncPropertyWithHooks<[Scenario]> {
+  return fc.asyncProperty(scenario(profiles), async (s) => {
     seen(await runScenario(s));
   });
 }

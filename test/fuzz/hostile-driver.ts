@@ -26,6 +26,7 @@ import {
   TABLE_AREA_OFFSET,
   TABLE_SLOT_BYTES,
   type Target,
+  profileNamed,
 } from './scenario.ts';
 
 /** A broken promise of the device: the fuzz case fails with this message. */
@@ -83,6 +84,8 @@ export class HostileDriver {
   readonly areas: QueueAddresses;
   readonly layout: RingLayout;
   readonly size: number;
+  /** The queue this driver sets up and attacks; the device's others stay disabled. */
+  readonly queue: number;
   /** Split: the avail->idx this driver last wrote. */
   private availIdx = 0;
   /** Packed: where this driver would make its next descriptor available, and its wrap counter. */
@@ -103,6 +106,7 @@ export class HostileDriver {
     // Every device-specific bit the device offers (so more request types are live), plus the chosen ring features.
     this.features = (offered & ~RING_FEATURES) | (wanted & offered);
     this.size = target.queueSize;
+    this.queue = profileNamed(target.profile).queue;
     this.layout = ringLayout(this.size, target.packed);
     this.areas = placeRingAreas(this.layout, RING_BASE);
   }
@@ -125,7 +129,7 @@ export class HostileDriver {
     return this.read(MmioReg.STATUS);
   }
 
-  notify(queue = 0): void {
+  notify(queue = this.queue): void {
     this.write(MmioReg.QUEUE_NOTIFY, queue);
   }
 
@@ -151,17 +155,17 @@ export class HostileDriver {
         this.write(MmioReg.STATUS, this.status | DeviceStatus.FEATURES_OK);
         break;
       case 'queueSize':
-        this.write(MmioReg.QUEUE_SEL, 0);
+        this.write(MmioReg.QUEUE_SEL, this.queue);
         this.write(MmioReg.QUEUE_SIZE, this.size);
         break;
       case 'queueAreas':
-        this.write(MmioReg.QUEUE_SEL, 0);
+        this.write(MmioReg.QUEUE_SEL, this.queue);
         this.writeAddress(MmioReg.QUEUE_DESC_LOW, this.areas.desc);
         this.writeAddress(MmioReg.QUEUE_DRIVER_LOW, this.areas.driver);
         this.writeAddress(MmioReg.QUEUE_DEVICE_LOW, this.areas.device);
         break;
       case 'queueReady':
-        this.write(MmioReg.QUEUE_SEL, 0);
+        this.write(MmioReg.QUEUE_SEL, this.queue);
         this.write(MmioReg.QUEUE_READY, 1);
         break;
       case 'driverOk':
@@ -196,7 +200,7 @@ export class HostileDriver {
   }
 
   /**
-   * Whether the device runs queue 0 as this driver configured it, so a well-formed request placed
+   * Whether the device runs the attacked queue as this driver configured it, so a well-formed request placed
    * where the device looks next must complete. Garbage register writes can reconfigure the queue;
    * then only a reset brings back a known state.
    */
@@ -206,11 +210,11 @@ export class HostileDriver {
     return (
       (status & DeviceStatus.DRIVER_OK) !== 0 &&
       (status & DeviceStatus.DEVICE_NEEDS_RESET) === 0 &&
-      s.liveQueue(0) !== undefined &&
-      s.queueSize(0) === this.size &&
-      s.queueArea(0, 'desc') === this.areas.desc &&
-      s.queueArea(0, 'driver') === this.areas.driver &&
-      s.queueArea(0, 'device') === this.areas.device &&
+      s.liveQueue(this.queue) !== undefined &&
+      s.queueSize(this.queue) === this.size &&
+      s.queueArea(this.queue, 'desc') === this.areas.desc &&
+      s.queueArea(this.queue, 'driver') === this.areas.driver &&
+      s.queueArea(this.queue, 'device') === this.areas.device &&
       s.driverFeatures === this.features
     );
   }
@@ -221,7 +225,7 @@ export class HostileDriver {
 
   /** Take the device's ring position as this driver's own (after a request placed there). */
   resync(): void {
-    const q = this.regs.state.liveQueue(0);
+    const q = this.regs.state.liveQueue(this.queue);
     if (q === undefined) return;
     if (this.target.packed) {
       this.pos = q.base & 0x7fff;
@@ -311,7 +315,7 @@ export class HostileDriver {
    * to recognise its completion.
    */
   placeValid(descs: readonly DescWords[], useIndirect: boolean): () => { id: number; len: number } | undefined {
-    const q = this.regs.state.liveQueue(0);
+    const q = this.regs.state.liveQueue(this.queue);
     if (q === undefined) throw new Finding('placeValid without a live queue');
     const ringDescs: DescWords[] = useIndirect
       ? [{ addr: VALID_TABLE, len: descs.length * 16, flags: INDIRECT, idOrNext: 0 }]

@@ -1,13 +1,16 @@
 /**
- * npm run fuzz -- --cases N [--seed S] [--path P]
+ * npm run fuzz -- --cases N [--device TYPE] [--seed S] [--path P]
  *
- * Plays N adversarial-driver scenarios (adversarial.ts) and prints progress and a summary. On a
+ * Plays N adversarial-driver scenarios (adversarial.ts) against every registered device type's
+ * fuzz profiles, or one type's with --device, and prints progress and a summary. On a
  * finding it prints the shrunk scenario, the broken promise and the command that replays exactly
  * that case, and exits 1.
  */
 import { Command, InvalidArgumentError } from 'commander';
 import fc from 'fast-check';
+import { DEVICE_TYPES } from '../../src/devices/registry.ts';
 import { type Outcome, property } from './adversarial.ts';
+import { PROFILES } from './scenario.ts';
 
 function positiveInteger(what: string): (value: string) => number {
   return (value) => {
@@ -24,13 +27,21 @@ function integer(value: string): number {
 }
 
 const options = new Command('fuzz')
-  .description('play a hostile driver against the virtio-blk and virtio-rng devices')
+  .description('play a hostile driver against the registered device types')
+  .option('--device <type>', `attack only this device type (${DEVICE_TYPES.map((t) => t.name).join(', ')})`)
   .option('--cases <n>', 'scenarios to play', positiveInteger('--cases'), 1000)
   .option('--seed <s>', 'fast-check seed (default: random)', integer)
   .option('--path <p>', 'replay one counterexample path printed by an earlier run')
   .option('--progress <n>', 'print progress every n cases', positiveInteger('--progress'), 10_000)
   .parse()
-  .opts<{ cases: number; seed?: number; path?: string; progress: number }>();
+  .opts<{ cases: number; device?: string; seed?: number; path?: string; progress: number }>();
+
+const profiles = options.device === undefined ? PROFILES : PROFILES.filter((p) => p.name.startsWith(`${options.device} `));
+if (profiles.length === 0) {
+  console.error(`fuzz: --device must be one of ${DEVICE_TYPES.map((t) => t.name).join(', ')}, not "${options.device}".`);
+  process.exit(2);
+}
+const perProfile: Record<string, number> = Object.fromEntries(profiles.map((p) => [p.name, 0]));
 
 const seed = options.seed ?? (Date.now() ^ (Math.random() * 0x1_0000_0000)) | 0;
 const started = process.hrtime.bigint();
@@ -46,6 +57,7 @@ function seconds(): number {
 
 function seen(o: Outcome): void {
   played++;
+  perProfile[o.profile]++;
   servedAmidGarbage += o.servedAmidGarbage;
   if (o.neededReset) neededReset++;
   if (o.maxSteps > maxSteps) maxSteps = o.maxSteps;
@@ -55,8 +67,8 @@ function seen(o: Outcome): void {
   }
 }
 
-console.log(`fuzz: ${options.cases} cases, seed ${seed}${options.path === undefined ? '' : `, path ${options.path}`}`);
-const details = await fc.check(property(seen), {
+console.log(`fuzz: ${options.cases} cases against ${profiles.map((p) => p.name).join(", ")}, seed ${seed}${options.path === undefined ? "" : `, path ${options.path}`}`);
+const details = await fc.check(property(seen, profiles), {
   numRuns: options.cases,
   seed,
   path: options.path,
@@ -67,6 +79,7 @@ const details = await fc.check(property(seen), {
 shrinking = details.failed;
 const summary = {
   cases: details.numRuns,
+  perProfile,
   seed,
   seconds: Math.round(seconds() * 10) / 10,
   findings: details.failed ? 1 : 0,

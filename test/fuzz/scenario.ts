@@ -5,19 +5,30 @@
  * 0, 16 and 2^32, addresses at region ends, above 2^53, next indices at the queue size).
  */
 import fc from 'fast-check';
+import type { FuzzProfile, ProbeSeed } from '../../src/devices/device-type.ts';
+import { DEVICE_TYPES } from '../../src/devices/registry.ts';
 import { MmioReg } from '../../src/transports/mmio/registers.ts';
 import { DATA_BYTES, RING_BYTES } from './guarded-memory.ts';
 
-export type DeviceKind = 'blk' | 'rng';
+/** Every queue of every registered device type that the fuzzer attacks, from the registry. */
+export const PROFILES: readonly FuzzProfile[] = (await Promise.all(DEVICE_TYPES.map((t) => t.fuzz()))).flat();
+
+/** The profile called `name` ("blk requestq"); a scenario names its profile so a printed case replays. */
+export function profileNamed(name: string): FuzzProfile {
+  const p = PROFILES.find((x) => x.name === name);
+  if (p === undefined) throw new RangeError(`no fuzz profile "${name}"; there are: ${PROFILES.map((x) => x.name).join(', ')}`);
+  return p;
+}
 
 export interface Target {
-  readonly device: DeviceKind;
+  /** The FuzzProfile attacked: a device type's queue. */
+  readonly profile: string;
   readonly packed: boolean;
   readonly eventIdx: boolean;
   readonly indirect: boolean;
   readonly inOrder: boolean;
   readonly queueSize: number;
-  /** Microtask turns each disk backend call takes (blk), so requests overlap later actions. */
+  /** Microtask turns each back-end call takes (a disk's), so requests overlap later actions. */
   readonly backendDelay: number;
 }
 
@@ -53,18 +64,18 @@ export interface Publish {
   readonly lie: number | undefined;
 }
 
-/** A well-formed request, checked to complete correctly whenever the device is still running. */
+/**
+ * A well-formed request, checked to complete correctly whenever the device is still running:
+ * what it asks is the profile's to make of `seed`, how it is laid out in descriptors is the
+ * scenario's.
+ */
 export interface ValidRequest {
-  readonly type: 'in' | 'out' | 'flush' | 'getid';
-  readonly sector: number;
-  readonly sectors: number;
+  readonly seed: ProbeSeed;
   /** How many descriptors each part is split into (capped by what the ring can hold). */
   readonly readParts: number;
   readonly writeParts: number;
   /** Put the descriptors in an indirect table, when negotiated. */
   readonly indirect: boolean;
-  /** Byte pattern of written data; for rng, the buffer length. */
-  readonly fill: number;
 }
 
 /** One step of the driver in the mmio register order virtio-mmio sets a device up (§4.2.3). */
@@ -99,7 +110,8 @@ export type Action =
   | { readonly op: 'loop'; readonly start: number; readonly length: number; readonly kick: boolean }
   | { readonly op: 'scribble'; readonly area: 'desc' | 'driver' | 'device'; readonly offset: number; readonly bytes: Uint8Array }
   | { readonly op: 'reg'; readonly offset: number; readonly width: 1 | 2 | 4; readonly value: number }
-  | { readonly op: 'notify'; readonly queue: number }
+  /** A notification for `queue`, or for the attacked queue when undefined. */
+  | { readonly op: 'notify'; readonly queue: number | undefined }
   /** Let asynchronous completions run. */
   | { readonly op: 'drain' }
   | { readonly op: 'valid'; readonly request: ValidRequest }
@@ -181,13 +193,10 @@ const publish: fc.Arbitrary<Publish> = fc.record({
 const slot = fc.oneof({ weight: 4, arbitrary: fc.integer({ min: 0, max: 17 }) }, { weight: 1, arbitrary: u16 });
 
 export const validRequest: fc.Arbitrary<ValidRequest> = fc.record({
-  type: fc.constantFrom('in' as const, 'out' as const, 'flush' as const, 'getid' as const),
-  sector: fc.integer({ min: 0, max: 14 }),
-  sectors: fc.integer({ min: 1, max: 2 }),
+  seed: fc.record({ choice: fc.nat({ max: 15 }), a: fc.nat({ max: 0xffff }), b: fc.nat({ max: 0xffff }), fill: fc.integer({ min: 1, max: 255 }) }),
   readParts: fc.integer({ min: 1, max: 2 }),
   writeParts: fc.integer({ min: 1, max: 2 }),
   indirect: fc.boolean(),
-  fill: fc.integer({ min: 1, max: 255 }),
 });
 
 const REGISTERS = Object.values(MmioReg);
@@ -234,7 +243,7 @@ const action: fc.Arbitrary<Action> = fc.oneof(
       value: fc.oneof(fc.integer({ min: 0, max: 0x100 }), u32),
     }),
   },
-  { weight: 4, arbitrary: fc.record({ op: fc.constant('notify' as const), queue: fc.oneof({ weight: 6, arbitrary: fc.constant(0) }, { weight: 1, arbitrary: u32 }) }) },
+  { weight: 4, arbitrary: fc.record({ op: fc.constant('notify' as const), queue: fc.oneof({ weight: 6, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: u32 }) }) },
   { weight: 1, arbitrary: fc.constant({ op: 'drain' as const }) },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('valid' as const), request: validRequest }) },
   { weight: 1, arbitrary: fc.constant({ op: 'reset' as const }) },
@@ -248,31 +257,37 @@ const action: fc.Arbitrary<Action> = fc.oneof(
 );
 
 /** Queue sizes: tiny ones make every index collide; 256 is the devices' maximum. */
-function queueSize(device: DeviceKind, packed: boolean): fc.Arbitrary<number> {
-  // A virtio-blk request needs a readable header and a writable status: two descriptors at least.
-  const min = device === 'blk' ? 2 : 1;
+function queueSize(profile: FuzzProfile, packed: boolean): fc.Arbitrary<number> {
+  const min = profile.minQueueSize;
   const sizes = packed ? [3, 5, 7, 16, 17, 256] : [4, 8, 16, 256];
   return fc.constantFrom(...[min, 2, ...sizes].filter((s) => s >= min));
 }
 
-export const target: fc.Arbitrary<Target> = fc
-  .record({
-    device: fc.constantFrom('blk' as const, 'rng' as const),
-    packed: fc.boolean(),
-    eventIdx: fc.boolean(),
-    indirect: fc.boolean(),
-    inOrder: fc.boolean(),
-  })
-  .chain((t) =>
-    fc.record({ queueSize: queueSize(t.device, t.packed), backendDelay: fc.integer({ min: 0, max: 6 }) }).map((more) => ({
-      ...t,
-      ...more,
-    })),
-  );
+/** Targets among `profiles` (default every registered one). */
+export function target(profiles: readonly FuzzProfile[] = PROFILES): fc.Arbitrary<Target> {
+  return fc
+    .record({
+      profile: fc.constantFrom(...profiles),
+      packed: fc.boolean(),
+      eventIdx: fc.boolean(),
+      indirect: fc.boolean(),
+      inOrder: fc.boolean(),
+    })
+    .chain(({ profile, ...t }) =>
+      fc.record({ queueSize: queueSize(profile, t.packed), backendDelay: fc.integer({ min: 0, max: 6 }) }).map((more) => ({
+        ...t,
+        ...more,
+        profile: profile.name,
+      })),
+    );
+}
 
-export const scenario: fc.Arbitrary<Scenario> = fc.record({
-  target,
-  actions: fc.array(action, { maxLength: 14 }),
-  recover: fc.boolean(),
-  final: validRequest,
-});
+/** Scenarios against `profiles` (default every registered one). */
+export function scenario(profiles: readonly FuzzProfile[] = PROFILES): fc.Arbitrary<Scenario> {
+  return fc.record({
+    target: target(profiles),
+    actions: fc.array(action, { maxLength: 14 }),
+    recover: fc.boolean(),
+    final: validRequest,
+  });
+}

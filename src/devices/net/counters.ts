@@ -1,7 +1,8 @@
 /**
- * Per-device packet counters of virtio-net, named from the driver's side as the spec names its
- * queues: `tx` is what the driver transmitted (transmitq), `rx` what the device delivered into
- * receive buffers. Every frame the device discards is counted under the reason it was dropped.
+ * Packet counters of virtio-net, named from the driver's side as the spec names its queues: `tx`
+ * is what the driver transmitted (transmitq), `rx` what the device delivered into receive
+ * buffers. The device counts every frame it discards under the reason it was dropped; the driver
+ * counts what it could not take from the device or give to it.
  */
 
 export const DROP_REASONS = [
@@ -51,4 +52,18 @@ export class NetCounters {
     for (const r of DROP_REASONS) out[`drops.${r}`] = this.drops[r];
     return out;
   }
+}
+
+/** The driver's counters (NetDriver.counters). */
+export class NetDriverCounters {
+  rxPackets = 0;
+  rxBytes = 0;
+  txPackets = 0;
+  txBytes = 0;
+  /** Buffers the device returned with an impossible header or length. */
+  rxMalformed = 0;
+  /** Frames dropped because the inbox was full. */
+  rxInboxFull = 0;
+  /** Frames a bridge could not transmit (too large, or the driver closed). */
+  txFailed = 0;
 }

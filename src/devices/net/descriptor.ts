@@ -2,18 +2,26 @@
  * The network device's registry entry (§5.1): `paravirt serve net` is one Ethernet segment, a
  * learning switch with one virtio-net device per vhost-user socket (see segment.ts).
  */
-import { DeviceId } from '../../virtio/constants.ts';
-import type { DeviceType } from '../device-type.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, featureBit } from '../../virtio/constants.ts';
+import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
+import type { DeviceType, LocalModel } from '../device-type.ts';
 import { endpoint, integerIn, isEndpoint, macAddress, read } from '../host-options.ts';
-import { NET_CONFIG, NET_FEATURE_NAMES, NET_FEATURE_REQUIREMENTS } from './wire.ts';
-
-/**
- * Largest ring a front-end may set up: QEMU's rx_queue_size and tx_queue_size go up to 1024,
- * DPDK's virtio-user queue_size likewise.
- */
-export const NET_MAX_QUEUE_SIZE = 1024;
+import { NET_CONFIG, NET_FEATURE_NAMES, NET_FEATURE_REQUIREMENTS, NET_OFFLOAD_FEATURES, NetFeature } from './wire.ts';
 
 const isMac = (v: unknown): v is Uint8Array => v instanceof Uint8Array;
+
+/**
+ * A vhost-user-net back-end (DPDK's net_vhost, Open vSwitch, snabb) moves packets and nothing
+ * else: no configuration space, no control queue, which QEMU's virtio-net provides itself. What
+ * such a back-end decides: ring layout and notification features, the checksum and segmentation
+ * offloads (it fills and reads virtio_net_hdr) and mergeable receive buffers (it fills
+ * num_buffers). CTRL_GUEST_OFFLOADS is a control-queue command, so it stays out; so does MQ,
+ * which needs the control queue (§5.1.3.1): one queue pair.
+ */
+export const NET_LOCAL_MODEL: LocalModel = {
+  features: FRAMEWORK_FEATURES | (NET_OFFLOAD_FEATURES & ~featureBit(NetFeature.CTRL_GUEST_OFFLOADS)) | featureBit(NetFeature.MRG_RXBUF),
+  queues: 2,
+};
 
 export const netType: DeviceType = {
   name: 'net',
@@ -23,11 +31,12 @@ export const netType: DeviceType = {
   featureRequirements: NET_FEATURE_REQUIREMENTS,
   config: NET_CONFIG,
   queues: [
-    { name: 'receiveq', count: 'one per pair (--queues)', maxSize: NET_MAX_QUEUE_SIZE },
-    { name: 'transmitq', count: 'one per pair (--queues)', maxSize: NET_MAX_QUEUE_SIZE },
-    { name: 'controlq', count: '1', maxSize: NET_MAX_QUEUE_SIZE },
+    { name: 'receiveq', count: 'one per pair (--queues)', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'transmitq', count: 'one per pair (--queues)', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'controlq', count: '1', maxSize: FRONT_END_MAX_QUEUE_SIZE },
   ],
   vhostUser: { type: 'net' },
+  localModel: NET_LOCAL_MODEL,
   host: {
     summary: 'virtio-net ports of one Ethernet switch, one per vhost-user socket',
     manySockets: true,

@@ -19,7 +19,7 @@ import { DeviceCounters } from '../../virtio/counters.ts';
 import { RxFilter } from './filter.ts';
 import { plainFrameLimit, receiveOffload, transmitOffload, transmitRefusal } from './offload.ts';
 import type { NetPort } from './port.ts';
-import { ReceiveQueue } from './rx.ts';
+import { type ReceiveQueue, receiveQueue } from './rx.ts';
 import {
   DEFAULT_MTU,
   Duplex,
@@ -244,7 +244,7 @@ export class NetDevice implements VirtioDevice {
     const has = (bit: number): boolean => hasFeature(ctx.features, bit);
     const pairs = has(NetFeature.MQ) ? this.maxPairs : 1;
     const mergeable = has(NetFeature.MRG_RXBUF);
-    const rx = Array.from({ length: pairs }, (_, p) => new ReceiveQueue(ctx, 2 * p, mergeable, this.backlog, this.traffic));
+    const rx = Array.from({ length: pairs }, (_, p) => receiveQueue(ctx, 2 * p, mergeable, this.backlog, this.traffic));
     const tx = Array.from({ length: pairs }, (_, p) => new QueueServer(ctx, 2 * p + 1, (req) => this.transmit(req, p)));
     const filter = new RxFilter(has(NetFeature.CTRL_RX), has(NetFeature.CTRL_VLAN));
     // A driver that did not take the device's MAC made up its own (§5.1.5); until it says which, any unicast is its.
@@ -372,7 +372,7 @@ export class NetDevice implements VirtioDevice {
       this.traffic.drop(out);
       return;
     }
-    a.rx[this.steer(a, frame)].offer(out.frame, out.meta);
+    a.rx[this.steer(a, frame)].offer(out);
   }
 
   /** The receive queue for a frame: where its flow was last sent from, else by source address. */

@@ -63,7 +63,8 @@ export const NET_FUZZ: readonly FuzzProfile[] = [
   {
     name: 'net controlq',
     queue: 2,
-    minQueueSize: 1,
+    // A command is readable and its ack writable: two descriptors at least.
+    minQueueSize: 2,
     create: ({ maxQueueSize }) =>
       subject(maxQueueSize, (_port, seed) => {
         // VIRTIO_NET_CTRL_RX_PROMISC or _ALLMULTI, on or off: each must be acknowledged.

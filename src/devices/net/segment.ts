@@ -4,7 +4,6 @@
  * another switch) plugged into it too. A libvirt or QEMU user starts one process per segment and
  * gives each virtual machine its own socket, as with a host bridge and its tap ports.
  */
-import { NET_MAX_QUEUE_SIZE } from './descriptor.ts';
 import { NetDevice } from './device.ts';
 import { PcapWriter } from './pcap.ts';
 import { type FrameHandler, type NetPort, patch } from './port.ts';
@@ -96,7 +95,6 @@ export async function openSegment(options: SegmentOptions): Promise<Segment> {
         port,
         mac: options.mac === undefined ? undefined : nthMac(options.mac, i),
         queuePairs: options.queuePairs,
-        queueSize: NET_MAX_QUEUE_SIZE,
       });
     });
     if (options.tap !== undefined) uplinks.push(TapPort.open({ name: options.tap }));

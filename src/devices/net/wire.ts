@@ -33,6 +33,21 @@ export const NetFeature = {
   SPEED_DUPLEX: 63,
 } as const;
 
+/** The checksum and segmentation offloads, both directions, and the command that switches them. */
+export const NET_OFFLOAD_FEATURES: bigint = [
+  NetFeature.CSUM,
+  NetFeature.GUEST_CSUM,
+  NetFeature.CTRL_GUEST_OFFLOADS,
+  NetFeature.GUEST_TSO4,
+  NetFeature.GUEST_TSO6,
+  NetFeature.GUEST_ECN,
+  NetFeature.GUEST_UFO,
+  NetFeature.HOST_TSO4,
+  NetFeature.HOST_TSO6,
+  NetFeature.HOST_ECN,
+  NetFeature.HOST_UFO,
+].reduce((acc, bit) => acc | (1n << BigInt(bit)), 0n);
+
 /** Names for log and error messages (features.ts describeFeatures). */
 export const NET_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
   Object.entries(NetFeature).map(([name, bit]) => [bit, name]),

@@ -1,23 +1,20 @@
 /** The entropy device's registry entry (§5.4): one request queue, no configuration space. */
-import { DeviceId } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
-
-/** Largest ring a front-end may give the request queue (QEMU's vhost-user-rng uses 1024). */
-export const RNG_MAX_QUEUE_SIZE = 1024;
 
 export const rngType: DeviceType = {
   name: 'rng',
   title: 'virtio-rng entropy source (§5.4)',
   deviceId: DeviceId.RNG,
   featureNames: {},
-  queues: [{ name: 'requestq', count: '1', maxSize: RNG_MAX_QUEUE_SIZE }],
+  queues: [{ name: 'requestq', count: '1', maxSize: FRONT_END_MAX_QUEUE_SIZE }],
   vhostUser: { type: 'rng' },
   host: {
     summary: 'a virtio-rng entropy source',
     options: [],
     async create() {
       const { RngDevice } = await import('./device.ts');
-      const device = new RngDevice({ maxQueueSize: RNG_MAX_QUEUE_SIZE });
+      const device = new RngDevice();
       return { devices: [device], close: async () => {} };
     },
   },

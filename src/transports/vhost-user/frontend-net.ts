@@ -10,26 +10,16 @@
  * A back-end that offers CONFIG (`paravirt serve net`) is a whole device with its own control
  * queue and is passed through unchanged.
  */
-import { NET_OFFLOAD_FEATURES } from '../../devices/net/driver.ts';
-import { NET_CONFIG, NetFeature } from '../../devices/net/wire.ts';
-import { DeviceId, featureBit } from '../../virtio/constants.ts';
-import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
+import { NET_LOCAL_MODEL } from '../../devices/net/descriptor.ts';
+import { NET_CONFIG } from '../../devices/net/wire.ts';
+import { DeviceId } from '../../virtio/constants.ts';
 import { type FrontendOptions, type LocalDeviceModel, VhostUserFrontend } from './frontend.ts';
-
-/**
- * What a data-path-only back-end decides: ring layout and notification features, the checksum
- * and segmentation offloads (the back-end fills and reads virtio_net_hdr) and mergeable receive
- * buffers (it fills num_buffers). CTRL_GUEST_OFFLOADS is a control-queue command, so it stays out.
- */
-export const NET_DATA_PATH_FEATURES: bigint =
-  FRAMEWORK_FEATURES | (NET_OFFLOAD_FEATURES & ~featureBit(NetFeature.CTRL_GUEST_OFFLOADS)) | featureBit(NetFeature.MRG_RXBUF);
 
 /** The device model for a vhost-user-net back-end without a configuration space. */
 export const VHOST_USER_NET_MODEL: LocalDeviceModel = {
-  features: NET_DATA_PATH_FEATURES,
+  ...NET_LOCAL_MODEL,
   // Nothing in it is read: MAC, STATUS, MQ, MTU and the rest are all withheld.
   config: new Uint8Array(NET_CONFIG.size),
-  queues: 2,
 };
 
 /** Connect to a vhost-user-net back-end; hand the result to NetDriver.open. */

@@ -1,13 +1,13 @@
 /**
  * A bounded slice of the adversarial-driver fuzzing (test/fuzz/adversarial.ts); `npm run fuzz`
- * runs the long campaigns. Each case plays a hostile driver against virtio-blk or virtio-rng over
- * mmio, split or packed, with any mix of EVENT_IDX, INDIRECT_DESC and IN_ORDER.
+ * runs the long campaigns. Each case plays a hostile driver against one queue of a registered
+ * device type over mmio, split or packed, with any mix of EVENT_IDX, INDIRECT_DESC and IN_ORDER.
  */
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import fc from 'fast-check';
 import { type Outcome, property, runScenario } from '../../fuzz/adversarial.ts';
-import type { Scenario, ValidRequest } from '../../fuzz/scenario.ts';
+import { PROFILES, type Scenario, type ValidRequest } from '../../fuzz/scenario.ts';
 
 test('property: a hostile driver never breaks the device, which serves again or needs reset', async () => {
   const outcomes: Outcome[] = [];
@@ -15,13 +15,18 @@ test('property: a hostile driver never breaks the device, which serves again or 
   // The slice exercised both endings: devices that kept serving and devices that needed a reset.
   assert.ok(outcomes.some((o) => o.neededReset));
   assert.ok(outcomes.some((o) => o.servedAmidGarbage > 0));
+  // Every registered device type's queues were attacked.
+  assert.deepEqual(new Set(outcomes.map((o) => o.profile)), new Set(PROFILES.map((p) => p.name)));
 });
 
-const read: ValidRequest = { type: 'in', sector: 3, sectors: 2, readParts: 1, writeParts: 2, indirect: true, fill: 7 };
+/** blk probes: choice 0 reads, 1 writes, 3 is GET_ID; a = 3 and b = 1 make it sectors 3-4. */
+const read: ValidRequest = { seed: { choice: 0, a: 3, b: 1, fill: 7 }, readParts: 1, writeParts: 2, indirect: true };
+const write: ValidRequest = { ...read, seed: { ...read.seed, choice: 1 }, indirect: false };
+const getId: ValidRequest = { ...read, seed: { ...read.seed, choice: 3 } };
 
 for (const packed of [false, true]) {
   const ring = packed ? 'packed' : 'split';
-  const target = { device: 'blk', packed, eventIdx: true, indirect: true, inOrder: false, queueSize: 4, backendDelay: 2 } as const;
+  const target = { profile: 'blk requestq', packed, eventIdx: true, indirect: true, inOrder: false, queueSize: 4, backendDelay: 2 } as const;
 
   test(`${ring}: a chain whose descriptors loop puts the device in NEEDS_RESET, and a reset brings it back`, async () => {
     const s: Scenario = { target, actions: [{ op: 'loop', start: 1, length: 3, kick: true }], recover: false, final: read };
@@ -67,12 +72,12 @@ for (const packed of [false, true]) {
       target,
       actions: [
         { op: 'scribble', area: 'device', offset: 0, bytes: Uint8Array.of(0xff, 0xff, 0xff, 0xff) },
-        { op: 'valid', request: { ...read, type: 'out', indirect: false } },
+        { op: 'valid', request: write },
         { op: 'reg', offset: 0x100, width: 1, value: 0xff },
         { op: 'valid', request: read },
       ],
       recover: false,
-      final: { ...read, type: 'getid' },
+      final: getId,
     };
     const o = await runScenario(s);
     assert.equal(o.neededReset, false);

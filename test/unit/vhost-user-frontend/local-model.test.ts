@@ -18,7 +18,8 @@ import { NetFeature } from '../../../src/devices/net/wire.ts';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
 import { BackendServer } from '../../../src/transports/vhost-user/backend-server.ts';
 import { ProtocolFeature } from '../../../src/transports/vhost-user/constants.ts';
-import { NET_DATA_PATH_FEATURES, connectNet } from '../../../src/transports/vhost-user/frontend-net.ts';
+import { NET_LOCAL_MODEL } from '../../../src/devices/net/descriptor.ts';
+import { connectNet } from '../../../src/transports/vhost-user/frontend-net.ts';
 import { VhostUserFrontend } from '../../../src/transports/vhost-user/frontend.ts';
 import { DeviceId, Feature, featureBit, hasFeature } from '../../../src/virtio/constants.ts';
 import type { VirtioDevice } from '../../../src/virtio/device.ts';
@@ -90,7 +91,7 @@ for (const packed of [false, true]) {
       }),
     );
     for (const net of [a, b]) {
-      assert.equal(net.features & ~NET_DATA_PATH_FEATURES, 0n, 'nothing beyond the data path was negotiated');
+      assert.equal(net.features & ~NET_LOCAL_MODEL.features, 0n, 'nothing beyond the data path was negotiated');
       assert.equal(hasFeature(net.features, Feature.RING_PACKED), packed);
       assert.equal(net.linkUp, true);
     }

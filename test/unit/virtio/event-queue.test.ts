@@ -77,6 +77,22 @@ test('the driver is notified only when publish says it asked to be (event suppre
   assert.deepEqual(notified, []);
 });
 
+test('the queue counts used buffers, bytes written and notifications sent or suppressed', () => {
+  const { q, eq, ctx } = records({ layout: MERGED }, buffers(4, 4).chains);
+  eq.offer(new Uint8Array(5)); // header + 5 bytes: two buffers
+  q.driverWantsNotify = false;
+  eq.offer(new Uint8Array(1));
+  assert.deepEqual(ctx.counters.snapshot().queues[0], {
+    requests: 3,
+    readBytes: 0,
+    writtenBytes: 8,
+    errors: 0,
+    ringFaults: 0,
+    notifications: 1,
+    suppressed: 1,
+  });
+});
+
 test('a buffer made available while notifications are re-enabled is popped, not slept on (§2.7.10)', () => {
   const { q, eq } = records();
   q.lateArrivals = [buffer(0, 4).chain];
@@ -281,4 +297,18 @@ test('property: IN_ORDER holds for merged events of any size, whatever is droppe
       },
     ),
   );
+});
+
+test('a producer refused before the queue failed is told there is room: what it offers now goes nowhere, as after any failure', () => {
+  let spaces = 0;
+  const { q, eq, failed } = records({ layout: BYTE_STREAM, backlog: 1, overflow: 'refuse', onSpace: () => spaces++ }, [buffer(0, 1).chain]);
+  eq.offer(Uint8Array.of(1, 2)); // one byte written, one waits
+  assert.equal(eq.offer(Uint8Array.of(3)), false);
+  q.pop = () => {
+    throw new VirtqueueError('descriptor loop', 'head 0');
+  };
+  eq.kick();
+  assert.equal(failed.length, 1);
+  assert.equal(spaces, 1, 'a stalled producer is not left waiting forever');
+  assert.deepEqual(q.used, [[0, 1]]);
 });

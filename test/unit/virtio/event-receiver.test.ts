@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
 import { Feature, featureBit } from '../../../src/virtio/constants.ts';
+import { DeviceCounters } from '../../../src/virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../../src/virtio/device.ts';
 import type { DmaPool } from '../../../src/virtio/dma.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
@@ -9,7 +10,6 @@ import { BYTE_STREAM, EventQueue } from '../../../src/virtio/event-queue.ts';
 import { EventReceiver } from '../../../src/virtio/event-receiver.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { captureLog } from './framework-fixture.ts';
-import { DeviceCounters } from '../../../src/virtio/counters.ts';
 
 /** A one-queue device that streams bytes to the driver, with back-pressure (a console's receiveq, say). */
 class StreamDevice implements VirtioDevice {
