@@ -160,7 +160,7 @@ export class ScsiDriver {
       if (dataInLength > 0) writable.push({ addr: respAddr + respSize, len: dataInLength });
       const queue = FIRST_REQUEST_QUEUE + (this.nextQueue++ % this.requestQueues);
       const used = await this.core.queue(queue).submit(readable, writable);
-      if (used < RESPONSE_HEADER_SIZE || used > respSize + dataInLength) throw new ScsiProtocolError(`a command response of ${used} bytes`);
+      if (used < RESPONSE_HEADER_SIZE || used > respSize + dataInLength) throw new ScsiProtocolError(`a command response of ${used} bytes (CDB ${cdb[0].toString(16)}h, queue ${queue})`);
       const resp = decodeCommandResponse(memory.slice(respAddr, respSize).slice());
       if (resp.senseLen > 0xffff || resp.residual > Math.max(dataInLength, dataOut.length)) {
         throw new ScsiProtocolError(`sense_len ${resp.senseLen} or residual ${resp.residual} larger than the buffers`);

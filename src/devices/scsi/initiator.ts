@@ -2,7 +2,7 @@
  * A small SCSI initiator over the virtio-scsi driver: it scans the targets (REPORT LUNS, INQUIRY),
  * sizes each disk (READ CAPACITY(16)) and offers every LUN the block API of the blk driver —
  * read, write, flush, discard, write-zeroes in 512-byte sectors — as READ(16), WRITE(16),
- * SYNCHRONIZE CACHE(16), UNMAP and WRITE SAME(16). Failures are typed: ScsiTransportError for a
+ * SYNCHRONIZE CACHE(10), UNMAP and WRITE SAME(16). Failures are typed: ScsiTransportError for a
  * virtio response other than OK, ScsiCheckCondition with decoded sense for CHECK CONDITION.
  * Unit attentions (SAM-5 §5.14) are retried, re-reading the capacity after 2A/09. Hot-plug events
  * (§5.6.6.3) add and remove LUNs and tell the listeners.
@@ -167,9 +167,13 @@ export class ScsiLun {
     await Promise.all(parts);
   }
 
-  /** SYNCHRONIZE CACHE(16) of the whole disk. */
+  /**
+   * SYNCHRONIZE CACHE(10) of the whole disk (LBA 0, count 0: to the end). The 10-byte form is
+   * what every target implements (QEMU's scsi-hd has no SYNCHRONIZE CACHE(16)), and it covers any
+   * disk since a count of 0 reaches the last block (SBC-4 §5.28).
+   */
   async flush(): Promise<void> {
-    await this.command('SYNCHRONIZE CACHE(16)', [Op.SYNCHRONIZE_CACHE_16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    await this.command('SYNCHRONIZE CACHE(10)', [Op.SYNCHRONIZE_CACHE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
   }
 
   /** UNMAP `count` sectors from `sector`. */
