@@ -42,7 +42,7 @@ function random(seed: number): (n: number) => number {
 const pattern = (seed: number, bytes: number): Uint8Array => Uint8Array.from({ length: bytes }, (_, i) => (seed * 31 + i * 7 + (i >> 9)) & 0xff);
 
 // Split rings only: on a packed ring QEMU 11.1's virtio-scsi-pci returned a WRITE(16) with used
-// length 0 in this mix (docs/security.md, open questions); paravirt's own device serves both.
+// length 0 in this mix, not yet explained; paravirt's own device serves both (frontend-scsi-paravirt).
 for (const packed of [false]) {
   test(`paravirt's scsi initiator against QEMU's virtio-scsi-pci and scsi-hd over virtio-pci (${packed ? 'packed' : 'split'} ring): scan, random mix on three LUNs, TMF`, async (t) => {
     if (!requireLab(t)) return;
