@@ -73,7 +73,7 @@ const WORKLOADS: readonly Workload[] = [
   },
 ];
 
-const median = (values: readonly number[]): number => {
+export const median = (values: readonly number[]): number => {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
   return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
@@ -107,7 +107,7 @@ function cpuByThread(pid: number): Map<string, number> {
 }
 
 /** Seconds the guest's clock measured for `script` (/proc/uptime, 10 ms resolution). */
-async function guestSeconds(guest: Guest, script: string): Promise<number> {
+export async function guestSeconds(guest: Guest, script: string): Promise<number> {
   const out = await guest.check(
     `s=$(cut -d' ' -f1 /proc/uptime); ${script}; e=$(cut -d' ' -f1 /proc/uptime); echo "$s $e"`,
     { timeoutMs: 300_000 },
@@ -130,7 +130,7 @@ function visibleTo(qemu: QemuCommand, path: string): boolean {
  * A new directory in tmpfs, and where the lab's QEMU programs find it: a chrooted QEMU cannot
  * see /dev/shm, so the directory is then bind-mounted under its share dir.
  */
-function tmpfsDir(qemu: QemuCommand): { dir: string; qemuDir: string; remove(): void } {
+export function tmpfsDir(qemu: QemuCommand): { dir: string; qemuDir: string; remove(): void } {
   const dir = mkdtempSync('/dev/shm/paravirt-vhost-blk-');
   const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
   if (visibleTo(qemu, dir)) return { dir, qemuDir: dir, remove: removeDir };
@@ -154,7 +154,7 @@ function tmpfsDir(qemu: QemuCommand): { dir: string; qemuDir: string; remove(): 
 }
 
 /** A 256 MiB image of random data (1 MiB repeated): reads return real bytes, not holes. */
-function writeImage(path: string): void {
+export function writeImage(path: string): void {
   const chunk = randomBytes(MiB);
   writeFileSync(path, new Uint8Array(0));
   for (let offset = 0; offset < IMAGE_SIZE; offset += MiB) writeFileSync(path, chunk, { flag: 'a' });
