@@ -54,9 +54,10 @@ export async function main(): Promise<void> {
     const image = join(tmp.dir, 'disk.img');
     writeImage(image);
     step('starting paravirt serve scsi and blk');
-    const scsiSock = join(tmp.dir, 'scsi.sock');
-    const blkSock = join(tmp.dir, 'blk.sock');
-    peers.push(await serve('scsi', image, scsiSock), await serve('blk', image, blkSock));
+    peers.push(await serve('scsi', image, join(tmp.dir, 'scsi.sock')), await serve('blk', image, join(tmp.dir, 'blk.sock')));
+    // The same tmpfs files as the chrooted QEMU reaches them, through the bind mount.
+    const scsiSock = join(tmp.qemuDir, 'scsi.sock');
+    const blkSock = join(tmp.qemuDir, 'blk.sock');
     step('booting the guest');
     guest = await bootGuest({
       name: 'bench-scsi',
@@ -65,7 +66,7 @@ export async function main(): Promise<void> {
         '-device', 'vhost-user-scsi-pci,chardev=vuscsi,num_queues=1',
         '-chardev', `socket,id=vublk,path=${qemu.toQemuPath(blkSock)}`,
         '-device', 'vhost-user-blk-pci,chardev=vublk,num-queues=1',
-        '-blockdev', `driver=file,node-name=img,filename=${join(tmp.qemuDir, 'disk.img')},read-only=on,cache.direct=off`,
+        '-blockdev', `driver=file,node-name=img,filename=${qemu.toQemuPath(join(tmp.qemuDir, 'disk.img'))},read-only=on,cache.direct=off`,
         '-device', 'virtio-scsi-pci,id=qscsi,num_queues=1',
         '-device', 'scsi-hd,bus=qscsi.0,drive=img,scsi-id=0,lun=0',
       ],
