@@ -6,6 +6,14 @@
  *   info                                         every LUN: address, capacity, vendor, product
  *   read  [--lun T:L] --sector N [--count C]     hex dump of C sectors from sector N
  *   write [--lun T:L] --sector N --fill B [--count C]
+ *
+ * and, with --control-socket (the one `paravirt serve scsi --control-socket` listens on), the
+ * running back-end's LUNs while a guest uses them:
+ *
+ *   attach FILE[,ro][,serial=S] --lun T:L      hot-plug a LUN
+ *   detach --lun T:L                           hot-unplug it
+ *   resize --lun T:L                           announce that its image file changed size
+ *   luns                                       list the LUNs
  */
 import type { Command } from 'commander';
 import { Option } from 'commander';
@@ -60,12 +68,41 @@ function pick(init: ScsiInitiator, options: ConnectionOptions, cmd: Command, sec
   return lun;
 }
 
+/** One request to the control socket; prints the answer, or fails with its error sentence. */
+async function control(cmd: Command, request: Record<string, unknown>): Promise<Record<string, unknown>> {
+  const path = cmd.optsWithGlobals<{ controlSocket?: string }>().controlSocket;
+  if (path === undefined) cmd.error('error: --control-socket <path> is required.', { exitCode: 1 });
+  const { createConnection } = await import('node:net');
+  const reply = await new Promise<string>((resolve, reject) => {
+    const socket = createConnection(path, () => socket.write(`${JSON.stringify(request)}\n`));
+    let text = '';
+    socket.setEncoding('utf8');
+    socket.on('data', (chunk: string) => {
+      text += chunk;
+      if (text.includes('\n')) {
+        socket.end();
+        resolve(text.slice(0, text.indexOf('\n')));
+      }
+    });
+    socket.on('error', (err) => reject(new Error(`--control-socket ${path}: ${err.message}`, { cause: err })));
+  });
+  const answer = JSON.parse(reply) as Record<string, unknown>;
+  if (answer.ok !== true) cmd.error(`error: ${String(answer.error)}`, { exitCode: 1 });
+  return answer;
+}
+
+function addressOf(lun: string): { target: number; number: number } {
+  const [target, number] = lun.split(':').map(Number);
+  return { target, number };
+}
+
 export function addScsiCommand(program: Command): void {
   const scsi = program
     .command('scsi')
     .description('use a vhost-user-scsi back-end through the virtio-scsi driver and a SCSI initiator')
     .option('--socket-path <path>', "the back-end's vhost-user Unix socket")
     .addOption(new Option('--lun <target:lun>', 'the LUN read and write use').argParser(lunAddress).default('0:0'))
+    .option('--control-socket <path>', 'the control socket of a running paravirt serve scsi (attach, detach, resize, luns)')
     .addOption(new Option('--queue-size <n>', 'ring size to use').argParser(integerIn('--queue-size', 2, 32768)).default(128))
     .addOption(new Option('--log-level <level>', 'least severe level of the JSON log lines written to stderr').argParser(logLevel).default('warn'));
 
@@ -109,5 +146,41 @@ export function addScsiCommand(program: Command): void {
         await lun.flush();
         process.stdout.write(`wrote ${options.count} sector${options.count === 1 ? '' : 's'} at sector ${options.sector} of LUN ${options.lun}\n`);
       });
+    });
+
+  scsi
+    .command('attach <lun-spec>')
+    .description('hot-plug FILE[,ro][,serial=S] at --lun T:L of the running back-end')
+    .action(async (spec: string, _options: object, cmd: Command) => {
+      const { lun } = cmd.optsWithGlobals<{ lun: string }>();
+      await control(cmd, { op: 'attach', lun: spec, ...addressOf(lun) });
+      process.stdout.write(`attached LUN ${lun}\n`);
+    });
+
+  scsi
+    .command('detach')
+    .description('hot-unplug the LUN at --lun T:L of the running back-end')
+    .action(async (_options: object, cmd: Command) => {
+      const { lun } = cmd.optsWithGlobals<{ lun: string }>();
+      await control(cmd, { op: 'detach', ...addressOf(lun) });
+      process.stdout.write(`detached LUN ${lun}\n`);
+    });
+
+  scsi
+    .command('resize')
+    .description("announce that the image of --lun T:L changed size (the guest sees the new capacity)")
+    .action(async (_options: object, cmd: Command) => {
+      const { lun } = cmd.optsWithGlobals<{ lun: string }>();
+      const answer = await control(cmd, { op: 'resize', ...addressOf(lun) });
+      process.stdout.write(`LUN ${lun} is now ${String(answer.sectors)} sectors\n`);
+    });
+
+  scsi
+    .command('luns')
+    .description('list the LUNs of the running back-end')
+    .action(async (_options: object, cmd: Command) => {
+      const answer = await control(cmd, { op: 'list' });
+      const luns = answer.luns as { target: number; number: number; sectors: number; readOnly: boolean; serial: string }[];
+      process.stdout.write(luns.map((l) => `${l.target}:${l.number} ${l.sectors} sectors${l.readOnly ? ', read-only' : ''}, serial ${l.serial}\n`).join(''));
     });
 }

@@ -79,6 +79,7 @@ export const scsiType: DeviceType = {
         description: `largest ring size the front-end may pick (a power of two; default ${FRONT_END_MAX_QUEUE_SIZE})`,
         parse: integerIn('--queue-size', 4, 32768),
       },
+      { flags: '--control-socket <path>', description: 'Unix socket for hot-plug, hot-unplug and resize while running (paravirt scsi --control-socket)' },
     ],
     async create(values) {
       const specs = read.list(values, 'lun', isLunSpec);
@@ -88,7 +89,16 @@ export const scsiType: DeviceType = {
       const luns = await openLuns(specs);
       try {
         const device = new ScsiDevice({ targets: luns.targets, queues: read.number(values, 'queues'), queueSize: read.number(values, 'queueSize') });
-        return { devices: [device], close: () => luns.close() };
+        const controlPath = read.string(values, 'controlSocket');
+        const { ScsiControl } = await import('./control.ts');
+        const control = controlPath === undefined ? undefined : await ScsiControl.listen(device, luns.threads, controlPath);
+        return {
+          devices: [device],
+          close: async () => {
+            await control?.close();
+            await luns.close();
+          },
+        };
       } catch (err) {
         await luns.close();
         throw err;
