@@ -10,7 +10,7 @@ import { DESC_SIZE, DeviceStatus, Feature, featureBit, hasFeature } from './cons
 import type { DriverTransport } from './driver.ts';
 import { checkImplementable, describeFeatures } from './features.ts';
 import { RequestQueue } from './request-queue.ts';
-import { allocateRing, createDriverQueue, queueSizeError } from './ring.ts';
+import { allocateRing, createDriverQueue, isPackedRing, negotiatedQueueConfig, queueSizeError } from './ring.ts';
 import type { IndirectTables } from './split-ring.ts';
 
 export interface DriverOptions {
@@ -200,7 +200,7 @@ async function setUpQueues(
   owned: number[],
 ): Promise<RequestQueue[]> {
   const { name } = options;
-  const packed = hasFeature(features, Feature.RING_PACKED);
+  const packed = isPackedRing(features);
   const wanted = options.queueSize ?? DEFAULT_QUEUE_SIZE;
   const sizeError = queueSizeError(wanted, packed);
   if (sizeError !== undefined) throw new RangeError(`${name}: option queueSize: ${sizeError}`);
@@ -227,13 +227,7 @@ async function setUpQueues(
       owned.push(addr);
       tables = { addr, maxSegments: segments };
     }
-    const config = {
-      ...addrs,
-      size,
-      eventIdx: hasFeature(features, Feature.EVENT_IDX),
-      indirect,
-      inOrder: hasFeature(features, Feature.IN_ORDER),
-    };
+    const config = negotiatedQueueConfig(features, size, addrs);
     const queueName = `${name}.q${index}`;
     const ring = createDriverQueue<number>(transport.memory, config, packed, queueName, tables);
     await transport.enableQueue(index, size, addrs);

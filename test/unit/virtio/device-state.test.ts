@@ -4,6 +4,7 @@ import { DeviceStatus, Feature, featureBit } from '../../../src/virtio/constants
 import { DeviceState } from '../../../src/virtio/device-state.ts';
 import { GuestMemory } from '../../../src/virtio/memory.ts';
 import { VirtqueueError } from '../../../src/virtio/queue.ts';
+import { createDeviceQueue, negotiatedQueueConfig } from '../../../src/virtio/ring.ts';
 import { placeSplitRing } from '../../../src/virtio/split-ring.ts';
 import { ScriptedDevice, WARN, captureLog } from './framework-fixture.ts';
 
@@ -255,4 +256,53 @@ test('notifications reach the device only for live queues of a running device', 
   state.notify(1);
   state.notify(99);
   assert.deepEqual(notified, [0], 'queue 1 was never enabled, 99 does not exist');
+});
+
+test('a transport that builds its rings: features in one step, attached queues, a start without DRIVER_OK', () => {
+  const device = new ScriptedDevice(undefined, 2, 16, featureBit(Feature.EVENT_IDX));
+  const events: string[] = [];
+  const failed: number[] = [];
+  const state = new DeviceState(
+    device,
+    undefined,
+    { usedBuffer: (q) => events.push(`used ${q}`), configChange: () => events.push('config'), queueFailed: (q) => failed.push(q) },
+    captureLog().log,
+  );
+  assert.match(state.negotiateFeatures(featureBit(Feature.EVENT_IDX))!, /VERSION_1/);
+  assert.equal(state.status & FEATURES_OK, 0);
+  assert.equal(state.negotiateFeatures(V1 | featureBit(Feature.EVENT_IDX)), undefined, 'sent again, the features replace the first ones');
+  assert.equal(state.status, FEATURES_OK);
+
+  state.start();
+  assert.equal(device.activations, 0, 'no activation without guest memory');
+  const memory = GuestMemory.allocate(0x10000);
+  state.useMemory(memory);
+  const ring = createDeviceQueue(memory, negotiatedQueueConfig(state.driverFeatures, 8, placeSplitRing(0x1000, 8)), false, 'q0');
+  state.attachQueue(0, ring);
+  assert.equal(state.queueReady(0), true);
+  state.start();
+  assert.equal(device.activations, 1, 'started without DRIVER_OK');
+  assert.equal(device.ctx?.queue(0), ring);
+  assert.equal(device.ctx?.memory, memory);
+  device.ctx!.configChanged();
+  assert.deepEqual(events, ['config'], 'a started device notifies configuration changes without DRIVER_OK');
+
+  device.ctx!.fail(0, new VirtqueueError('test rule', 'broken'));
+  assert.deepEqual(failed, [0], 'the transport hears which queue failed');
+  assert.equal(state.status & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
+  assert.equal(device.ctx?.queue(0), undefined);
+
+  state.stop();
+  assert.equal(device.resets, 1);
+  assert.equal(state.status, FEATURES_OK, 'stopping answers DEVICE_NEEDS_RESET and keeps the features');
+  state.reset(true);
+  assert.equal(state.status, 0);
+  assert.equal(state.driverFeatures, V1 | featureBit(Feature.EVENT_IDX), 'a status reset may keep the front-end features');
+  state.reset();
+  assert.equal(state.driverFeatures, 0n);
+});
+
+test('a device offering a feature the framework does not implement, or a queue size no ring has, is refused', () => {
+  assert.throws(() => setup(new ScriptedDevice(undefined, 1, 16, featureBit(Feature.NOTIFICATION_DATA))), /not implemented/);
+  assert.throws(() => setup(new ScriptedDevice(undefined, 1, 0)), /queue size/);
 });
