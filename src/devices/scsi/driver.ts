@@ -160,12 +160,16 @@ export class ScsiDriver {
       if (dataInLength > 0) writable.push({ addr: respAddr + respSize, len: dataInLength });
       const queue = FIRST_REQUEST_QUEUE + (this.nextQueue++ % this.requestQueues);
       const used = await this.core.queue(queue).submit(readable, writable);
-      if (used < RESPONSE_HEADER_SIZE || used > respSize + dataInLength) throw new ScsiProtocolError(`a command response of ${used} bytes (CDB ${cdb[0].toString(16)}h, queue ${queue})`);
+      // §2.7.8.2 lets the used length underestimate what the device wrote ("len is permitted to be
+      // an underestimate"), and QEMU 11.1's virtio-scsi on a packed ring returns data-out commands
+      // with length 0; like Linux's virtio_scsi, the response is read whatever the length says. A
+      // length past the buffers is still a broken device.
+      if (used > respSize + dataInLength) throw new ScsiProtocolError(`a used length of ${used} bytes for ${respSize + dataInLength} writable (CDB ${cdb[0].toString(16)}h, queue ${queue})`);
       const resp = decodeCommandResponse(memory.slice(respAddr, respSize).slice());
       if (resp.senseLen > 0xffff || resp.residual > Math.max(dataInLength, dataOut.length)) {
         throw new ScsiProtocolError(`sense_len ${resp.senseLen} or residual ${resp.residual} larger than the buffers`);
       }
-      const transferred = dataInLength > 0 ? Math.min(dataInLength - resp.residual, Math.max(0, used - respSize)) : 0;
+      const transferred = dataInLength > 0 ? Math.max(0, dataInLength - resp.residual) : 0;
       return {
         response: resp.response,
         status: resp.status,
