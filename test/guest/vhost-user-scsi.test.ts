@@ -130,6 +130,8 @@ test('vhost-user-scsi: stock virtio_scsi and sd see the LUNs; 64 MiB verified on
   await waitForDisks(guest, 3);
   const disks = await guestDisks(guest);
   assert.deepEqual([...disks.keys()].sort(), ['0:0', '0:1', '0:2'], 'three LUNs on target 0');
+  const features = await guest.check('for d in /sys/bus/virtio/devices/*; do [ "$(cat $d/device)" = 0x0008 ] && cat $d/features; done');
+  assert.equal(features.trim()[RING_PACKED], '0', 'a split ring (QEMU\'s default)');
   const [a, b, r] = ['0:0', '0:1', '0:2'].map((k) => disks.get(k)!);
   assert.equal((await guest.check(`cat /sys/block/${a}/size`)).trim(), String((96 * MiB) / 512));
   assert.equal((await guest.check(`cat /sys/block/${a}/device/vendor`)).trim(), 'PARAVIRT');
