@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import { DeviceStatus, Feature, featureBit } from './constants.ts';
 import type { DeviceCounters } from './counters.ts';
 import type { DeviceContext, VirtioDevice } from './device.ts';
-import { checkImplementable, describeFeatures, refuseFeatures } from './features.ts';
+import { checkImplementable, describeFeatures, missingRequirement, refuseFeatures } from './features.ts';
 import type { GuestMemory } from './memory.ts';
 import { GuestMemoryError } from './memory.ts';
 import { VirtqueueError } from './queue.ts';
@@ -96,7 +96,7 @@ export class DeviceState {
     this.offeredFeatures = device.features | featureBit(Feature.VERSION_1);
     checkImplementable(this.offeredFeatures, who);
     this.log = log.child({ device: device.name });
-    this.slots = Array.from({ length: device.numQueues }, () => this.freshSlot());
+    this.slots = Array.from({ length: device.numQueues }, (_, i) => this.freshSlot(i));
   }
 
   /** Guest memory the queues live in; undefined until a vhost-user front-end sends its memory table. */
@@ -141,7 +141,7 @@ export class DeviceState {
       return;
     }
     this.statusBits |= DeviceStatus.FEATURES_OK;
-    this.log.debug(`features negotiated: ${describeFeatures(this.accepted)}`);
+    this.log.debug(`features negotiated: ${describeFeatures(this.accepted, this.device.featureNames)}`);
   }
 
   /** §3.1.1 step 8: build the queues the driver enabled and start the device. */
@@ -198,7 +198,7 @@ export class DeviceState {
       this.accepted = 0n;
       this.acceptedBeyond64 = false;
     }
-    for (let i = 0; i < this.slots.length; i++) this.slots[i] = this.freshSlot();
+    for (let i = 0; i < this.slots.length; i++) this.slots[i] = this.freshSlot(i);
   }
 
   /**
@@ -284,9 +284,11 @@ export class DeviceState {
   }
 
   private featureRefusal(): string | undefined {
-    return this.acceptedBeyond64
-      ? 'driver accepted feature bits beyond 63, which the device did not offer'
-      : refuseFeatures(this.offeredFeatures, this.accepted);
+    if (this.acceptedBeyond64) return 'driver accepted feature bits beyond 63, which the device did not offer';
+    const refusal = refuseFeatures(this.offeredFeatures, this.accepted, this.device.featureNames);
+    if (refusal !== undefined || this.device.featureRequirements === undefined) return refusal;
+    const missing = missingRequirement(this.accepted, this.device.featureRequirements, this.device.featureNames);
+    return missing === undefined ? undefined : `${missing}, which the driver did not accept (§2.2.1)`;
   }
 
   // --- queues ---
@@ -298,7 +300,11 @@ export class DeviceState {
 
   /** Largest size of queue `index`, 0 when there is no such queue (§4.2.2 QueueSizeMax). */
   queueMaxSize(index: number): number {
-    return this.slots[index] === undefined ? 0 : this.device.maxQueueSize;
+    return this.slots[index] === undefined ? 0 : this.maxSizeOf(index);
+  }
+
+  private maxSizeOf(index: number): number {
+    return Math.min(this.device.maxQueueSize, this.device.queueMaxSize?.(index) ?? this.device.maxQueueSize);
   }
 
   queueSize(index: number): number {
@@ -347,7 +353,7 @@ export class DeviceState {
       slot.queue = undefined;
       return;
     }
-    const sizeError = queueSizeError(slot.size, this.packed, this.device.maxQueueSize);
+    const sizeError = queueSizeError(slot.size, this.packed, this.queueMaxSize(index));
     if (sizeError !== undefined) {
       this.needsReset(this.queueName(index), 'bad queue size', sizeError);
       return;
@@ -411,9 +417,9 @@ export class DeviceState {
     }
   }
 
-  private freshSlot(): QueueSlot {
+  private freshSlot(index: number): QueueSlot {
     // A queue's size starts at the maximum until the driver picks one (§4.1.4.3 queue_size).
-    return { size: this.device.maxQueueSize, desc: 0, driver: 0, device: 0, ready: false, queue: undefined };
+    return { size: this.maxSizeOf(index), desc: 0, driver: 0, device: 0, ready: false, queue: undefined };
   }
 
   // --- configuration space (§2.5) ---

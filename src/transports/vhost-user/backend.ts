@@ -248,7 +248,7 @@ export class VhostUserBackend {
   setVringNum(index: number, size: number): void {
     const v = this.stoppedVring(index, 'SET_VRING_NUM');
     // The split/packed rule is applied when the ring starts, once features are final.
-    const error = queueSizeError(size, true, this.device.maxQueueSize);
+    const error = queueSizeError(size, true, this.state.queueMaxSize(index));
     if (error !== undefined) throw new FrontEndError(`ring ${index}: ${error}`);
     v.size = size;
   }
@@ -452,7 +452,7 @@ export class VhostUserBackend {
 
   private queueConfig(v: Vring, packed: boolean): QueueConfig {
     if (v.size === 0) throw new FrontEndError(`ring ${v.index} started before SET_VRING_NUM`);
-    const sizeError = queueSizeError(v.size, packed, this.device.maxQueueSize);
+    const sizeError = queueSizeError(v.size, packed, this.state.queueMaxSize(v.index));
     if (sizeError !== undefined) throw new FrontEndError(`ring ${v.index}: ${sizeError}`);
     if (v.addresses === undefined) throw new FrontEndError(`ring ${v.index} started before SET_VRING_ADDR`);
     const layout = ringLayout(v.size, packed);

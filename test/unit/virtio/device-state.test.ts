@@ -214,6 +214,46 @@ test('DeviceContext.fail enters DEVICE_NEEDS_RESET, notifies, stops that queue o
   assert.equal(state.status & DEVICE_NEEDS_RESET, 0, 'reset clears it');
 });
 
+test('ring faults are counted per queue in the device counters', () => {
+  const { state, device } = setup();
+  start(state);
+  device.ctx!.fail(1, new VirtqueueError('chain too long', 'test.q1'));
+  const queues = device.counters.snapshot().queues;
+  assert.deepEqual([queues[0].ringFaults, queues[1].ringFaults], [0, 1]);
+});
+
+test('FEATURES_OK is refused for a feature accepted without the one it requires (§2.2.1)', () => {
+  const A = 1;
+  const B = 2;
+  class Dependent extends ScriptedDevice {
+    readonly featureRequirements = [{ feature: A, all: [B] }];
+    readonly featureNames = { [A]: 'NEEDS_B', [B]: 'B' };
+  }
+  const { state } = setup(new Dependent(undefined, 2, 16, featureBit(A) | featureBit(B)));
+  negotiate(state, V1 | featureBit(A));
+  assert.equal(state.status & FEATURES_OK, 0);
+  assert.equal(state.negotiateFeatures(V1 | featureBit(A)), 'NEEDS_B requires B, which the driver did not accept (§2.2.1)');
+  state.writeStatus(0);
+  negotiate(state, V1 | featureBit(A) | featureBit(B));
+  assert.equal(state.status & FEATURES_OK, FEATURES_OK);
+});
+
+test('a queue may have a smaller maximum than the device (queueMaxSize), and larger sizes are refused', () => {
+  class SmallControl extends ScriptedDevice {
+    queueMaxSize(index: number): number {
+      return index === 1 ? 4 : 16;
+    }
+  }
+  const { state } = setup(new SmallControl());
+  assert.deepEqual([state.queueMaxSize(0), state.queueMaxSize(1), state.queueMaxSize(2)], [16, 4, 0]);
+  assert.equal(state.queueSize(1), 4, 'a queue starts at its own maximum');
+  negotiate(state);
+  state.writeQueueSize(1, 8);
+  state.writeQueueReady(1, true);
+  assert.equal(state.queueReady(1), false);
+  assert.equal(state.status & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
+});
+
 test('the configuration space: reads past the end are zero, writes past it are dropped, changes bump the generation', () => {
   const device = new ScriptedDevice(undefined, 1, 16, 0n, 4);
   device.config.set([1, 2, 3, 4]);
