@@ -1,15 +1,31 @@
 /**
- * virtio-scsi under the adversarial fuzzer (test/fuzz): the first request queue of a controller
- * with one 16-block LUN in memory. Probes are READ(10) of one block, checked against the disk's
- * pattern, and INQUIRY, checked for a disk's standard data.
+ * virtio-scsi under the adversarial fuzzer (test/fuzz): a controller with one 16-block LUN in
+ * memory, attacked on its first request queue and on its control queue. Request-queue probes are
+ * READ(10) of one block, checked against the disk's pattern, and INQUIRY, checked for a disk's
+ * standard data; control-queue probes are ABORT TASK of a tag not in flight (FUNCTION COMPLETE)
+ * and AN_QUERY (no event class supported).
  */
 import { MemoryBackend } from '../../storage/memory-backend.ts';
 import type { FuzzProfile, Probe, ProbeSeed } from '../device-type.ts';
 import { Op } from './cdb.ts';
-import { FIRST_REQUEST_QUEUE, ScsiDevice } from './device.ts';
+import { CONTROL_QUEUE, FIRST_REQUEST_QUEUE, ScsiDevice } from './device.ts';
 import { BLOCK_SIZE, ScsiDisk } from './disk.ts';
 import { ScsiTargets } from './target.ts';
-import { DEFAULT_CDB_SIZE, DEFAULT_SENSE_SIZE, RESPONSE_HEADER_SIZE, Response, TaskAttr, decodeCommandResponse, encodeCommandHeader, encodeLun } from './wire.ts';
+import {
+  AN_RESPONSE_SIZE,
+  ControlType,
+  DEFAULT_CDB_SIZE,
+  DEFAULT_SENSE_SIZE,
+  RESPONSE_HEADER_SIZE,
+  Response,
+  TaskAttr,
+  TmfSubtype,
+  decodeCommandResponse,
+  encodeAn,
+  encodeCommandHeader,
+  encodeLun,
+  encodeTmf,
+} from './wire.ts';
 
 const BLOCKS = 16;
 const RESP = RESPONSE_HEADER_SIZE + DEFAULT_SENSE_SIZE;
@@ -47,19 +63,43 @@ function probe(seed: ProbeSeed): Probe {
   };
 }
 
+function controlProbe(seed: ProbeSeed): Probe {
+  const lun = encodeLun({ target: 0, lun: 0 });
+  if (seed.choice % 2 === 0) {
+    return {
+      readable: encodeTmf({ subtype: TmfSubtype.ABORT_TASK, lun, id: BigInt(seed.a) + 1000n }),
+      writable: 1,
+      check: (written, used) => (used === 1 && written[0] === Response.OK ? undefined : `ABORT TASK answered ${written[0]} (used ${used})`),
+    };
+  }
+  return {
+    readable: encodeAn({ type: ControlType.AN_QUERY, lun, eventRequested: seed.b }),
+    writable: AN_RESPONSE_SIZE,
+    check: (written, used) =>
+      used === AN_RESPONSE_SIZE && written.subarray(0, 4).every((b) => b === 0) && written[4] === Response.OK ? undefined : `AN_QUERY answered ${[...written].join(',')} (used ${used})`,
+  };
+}
+
+/** A controller whose one LUN's block n starts with the byte n, so a probe knows what it must read back. */
+function controller(maxQueueSize: number): ScsiDevice {
+  const backend = new MemoryBackend(BLOCKS * BLOCK_SIZE);
+  for (let b = 0; b < BLOCKS; b++) backend.bytes[b * BLOCK_SIZE] = b;
+  const targets = new ScsiTargets();
+  targets.add({ target: 0, lun: 0 }, new ScsiDisk({ backend, serial: 'fuzz' }));
+  return new ScsiDevice({ targets, queueSize: maxQueueSize });
+}
+
 export const SCSI_FUZZ: readonly FuzzProfile[] = [
   {
     name: 'scsi requestq',
     queue: FIRST_REQUEST_QUEUE,
     minQueueSize: 2,
-    create({ maxQueueSize }) {
-      const backend = new MemoryBackend(BLOCKS * BLOCK_SIZE);
-      // Block n starts with the byte n, so a probe knows what it must read back.
-      for (let b = 0; b < BLOCKS; b++) void backend.write(b * BLOCK_SIZE, [Uint8Array.of(b)]);
-      const targets = new ScsiTargets();
-      const disk = new ScsiDisk({ backend, serial: 'fuzz' });
-      targets.add({ target: 0, lun: 0 }, disk);
-      return { device: new ScsiDevice({ targets, queueSize: maxQueueSize }), probe, violation: () => undefined };
-    },
+    create: ({ maxQueueSize }) => ({ device: controller(maxQueueSize), probe, violation: () => undefined }),
+  },
+  {
+    name: 'scsi controlq',
+    queue: CONTROL_QUEUE,
+    minQueueSize: 2,
+    create: ({ maxQueueSize }) => ({ device: controller(maxQueueSize), probe: controlProbe, violation: () => undefined }),
   },
 ];
