@@ -8,8 +8,9 @@ import type { DeviceType } from './device-type.ts';
 import { netType } from './net/descriptor.ts';
 import { rngType } from './rng/descriptor.ts';
 import { rtcType } from './rtc/descriptor.ts';
+import { scsiType } from './scsi/descriptor.ts';
 
-export const DEVICE_TYPES: readonly DeviceType[] = [blkType, consoleType, netType, rngType, rtcType];
+export const DEVICE_TYPES: readonly DeviceType[] = [blkType, consoleType, netType, rngType, rtcType, scsiType];
 
 /** The registered type called `name`, or undefined. */
 export function deviceType(name: string): DeviceType | undefined {
