@@ -16,7 +16,7 @@ import { requireLab } from '../lab/require.ts';
 
 const TRANSFER_BYTES = 4 * 1024 * 1024;
 const PORT = 5001;
-const BOOT = { append: 'no_timer_check', timeoutMs: 180_000 } as const;
+const BOOT = { timeoutMs: 180_000 } as const;
 
 async function configure(guest: Guest, address: string): Promise<string> {
   const ifname = (await guest.check('basename /sys/bus/virtio/drivers/virtio_net/virtio*/net/*')).trim();
