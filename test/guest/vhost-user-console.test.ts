@@ -122,6 +122,9 @@ for (const packed of [false, true]) {
     const data = await devOf(guest, 'org.paravirt.data');
     const logDev = await devOf(guest, 'org.paravirt.log');
     assert.match(data, /^\/dev\/vport\d+p1$/);
+    // ... and as the links udev's rule makes (the lab's uevent helper plays udev).
+    assert.equal(await guest.check('readlink -f /dev/virtio-ports/org.paravirt.data'), `${data}\n`);
+    assert.equal(await guest.check('readlink -f /dev/virtio-ports/org.paravirt.log'), `${logDev}\n`);
 
     // No host client: a read on the port ends at once (the guest knows the host end is closed).
     assert.equal(await guest.check(`head -c 1 ${data} | wc -c`), '0\n');
@@ -164,12 +167,12 @@ for (const packed of [false, true]) {
 
     // A port added while the guest runs.
     device.addPort({ id: 3, name: 'org.paravirt.late' });
-    const late = await guest.check("for i in $(seq 200); do grep -lx org.paravirt.late /sys/class/virtio-ports/*/name 2>/dev/null && break; sleep 0.05; done");
-    assert.match(late, /vport\d+p3\/name/);
+    const late = await guest.check('for i in $(seq 200); do [ -e /dev/virtio-ports/org.paravirt.late ] && break; sleep 0.05; done; readlink -f /dev/virtio-ports/org.paravirt.late');
+    assert.match(late, /^\/dev\/vport\d+p3\n$/);
 
     // ... and removed: the guest drops it.
     device.removePort(3);
-    const gone = await guest.check('for i in $(seq 200); do grep -qx org.paravirt.late /sys/class/virtio-ports/*/name 2>/dev/null || break; sleep 0.05; done; cat /sys/class/virtio-ports/*/name');
+    const gone = await guest.check('for i in $(seq 200); do [ -e /dev/virtio-ports/org.paravirt.late ] || break; sleep 0.05; done; cat /sys/class/virtio-ports/*/name; ls /dev/virtio-ports');
     assert.doesNotMatch(gone, /org\.paravirt\.late/);
   });
 }

@@ -19,6 +19,10 @@ uevent hotplug &
 for f in /sys/bus/virtio/devices/*/modalias /sys/bus/scsi/devices/*/modalias; do
 	[ -r "$f" ] && cat "$f"
 done 2>/dev/null | sort -u | xargs -r modprobe -qa
+# Serial ports named before the listener started get their /dev/virtio-ports links now.
+for port in /sys/class/virtio-ports/*; do
+	[ -e "$port" ] && SUBSYSTEM=virtio-ports ACTION=add DEVNAME=${port##*/} hotplug
+done
 
 for word in $(cat /proc/cmdline); do
 	case "$word" in
