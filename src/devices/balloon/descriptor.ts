@@ -35,6 +35,7 @@ export const balloonType: DeviceType = {
         parse: integerIn('--stats-interval', 0, 86400),
         defaultValue: 0,
       },
+      { flags: '--control <path>', description: 'a Unix socket for `paravirt balloon --control PATH set|status|stats`' },
     ],
     async create(values) {
       const { BalloonDevice } = await import('./device.ts');
@@ -42,7 +43,10 @@ export const balloonType: DeviceType = {
         maxQueueSize: BALLOON_MAX_QUEUE_SIZE,
         statsIntervalMs: (read.number(values, 'statsInterval') ?? 0) * 1000,
       });
-      return { devices: [device], close: async () => {} };
+      const controlPath = read.string(values, 'control');
+      const { listenControl } = await import('./control.ts');
+      const control = controlPath === undefined ? undefined : await listenControl(device, controlPath);
+      return { devices: [device], close: async () => control?.close() };
     },
   },
   guest: {

@@ -18,7 +18,7 @@
  * outside guest RAM or count a page twice; each is counted by name.
  */
 import { EventEmitter } from 'node:events';
-import { DeviceId, hasFeature } from '../../virtio/constants.ts';
+import { DeviceId, featureBit, hasFeature } from '../../virtio/constants.ts';
 import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
@@ -53,6 +53,8 @@ export interface BalloonDeviceOptions {
   readonly maxQueueSize?: number;
   /** How often to ask the driver for statistics, in milliseconds; 0 (default) only on request. */
   readonly statsIntervalMs?: number;
+  /** Offer free page reporting (default true). */
+  readonly reporting?: boolean;
 }
 
 /** One statistic as the host keeps it: named, with its unit (§5.5.6.3.1). */
@@ -115,12 +117,12 @@ interface Counts {
   statsUnknownTags: number;
 }
 
-export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats: [stats: BalloonStats] }> implements VirtioDevice {
+export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats: [stats: BalloonStats]; reported: [bytes: number] }> implements VirtioDevice {
   readonly deviceId = DeviceId.BALLOON;
   readonly name = 'balloon';
   readonly numQueues = BALLOON_QUEUES;
   readonly maxQueueSize: number;
-  readonly features = FRAMEWORK_FEATURES | BALLOON_DEVICE_FEATURES;
+  readonly features: bigint;
   readonly config = BALLOON_CONFIG.encode({ numPages: 0, actual: 0, freePageHintCmdId: 0, poisonVal: 0 });
   private readonly counts: Counts = {
     inflatedPages: 0,
@@ -154,6 +156,8 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
     super();
     this.maxQueueSize = options.maxQueueSize ?? 256;
     this.statsIntervalMs = options.statsIntervalMs ?? 0;
+    const withheld = options.reporting === false ? featureBit(BalloonFeature.PAGE_REPORTING) : 0n;
+    this.features = (FRAMEWORK_FEATURES | BALLOON_DEVICE_FEATURES) & ~withheld;
     if (!Number.isSafeInteger(this.statsIntervalMs) || this.statsIntervalMs < 0) {
       throw new RangeError(`statsIntervalMs ${this.statsIntervalMs} is not a non-negative integer`);
     }
@@ -322,6 +326,7 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
   /** §5.5.6.6: each device-readable buffer is free guest memory the guest does not need now. */
   private report(req: Request): void {
     const ctx = this.ctx!;
+    const before = this.counts.reportedBytes;
     const poison = hasFeature(ctx.features, BalloonFeature.PAGE_POISON) && BALLOON_CONFIG.get(this.config, 'poisonVal') !== 0;
     for (const seg of req.chain.readable) {
       const addr = ctx.memory.addressOf(seg);
@@ -338,6 +343,7 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
       ctx.memory.discard(start, end - start);
       this.counts.reportedBytes += end - start;
     }
+    this.emit('reported', this.counts.reportedBytes - before);
   }
 
   /** §5.5.6.3: a stats buffer arrived; read it and hold it until the next request. */
