@@ -2,13 +2,10 @@
  * The memory balloon's registry entry (§5.5): inflate and deflate queues, statistics and free
  * page reporting queues, a 16-byte configuration space.
  */
-import { DeviceId } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { integerIn, read } from '../host-options.ts';
 import { BALLOON_CONFIG, BALLOON_FEATURE_NAMES } from './wire.ts';
-
-/** Largest ring a front-end may give each queue. */
-export const BALLOON_MAX_QUEUE_SIZE = 1024;
 
 export const balloonType: DeviceType = {
   name: 'balloon',
@@ -17,10 +14,10 @@ export const balloonType: DeviceType = {
   featureNames: BALLOON_FEATURE_NAMES,
   config: BALLOON_CONFIG,
   queues: [
-    { name: 'inflateq', count: '1', maxSize: BALLOON_MAX_QUEUE_SIZE },
-    { name: 'deflateq', count: '1', maxSize: BALLOON_MAX_QUEUE_SIZE },
-    { name: 'statsq', count: '1 with STATS_VQ', maxSize: BALLOON_MAX_QUEUE_SIZE },
-    { name: 'reporting_vq', count: '1 with PAGE_REPORTING', maxSize: BALLOON_MAX_QUEUE_SIZE },
+    { name: 'inflateq', count: '1', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'deflateq', count: '1', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'statsq', count: '1 with STATS_VQ', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'reporting_vq', count: '1 with PAGE_REPORTING', maxSize: FRONT_END_MAX_QUEUE_SIZE },
   ],
   vhostUser: { type: 'balloon' },
   host: {
@@ -40,7 +37,7 @@ export const balloonType: DeviceType = {
     async create(values) {
       const { BalloonDevice } = await import('./device.ts');
       const device = new BalloonDevice({
-        maxQueueSize: BALLOON_MAX_QUEUE_SIZE,
+        maxQueueSize: FRONT_END_MAX_QUEUE_SIZE,
         statsIntervalMs: (read.number(values, 'statsInterval') ?? 0) * 1000,
       });
       const controlPath = read.string(values, 'control');
@@ -48,6 +45,9 @@ export const balloonType: DeviceType = {
       const control = controlPath === undefined ? undefined : await listenControl(device, controlPath);
       return { devices: [device], close: async () => control?.close() };
     },
+  },
+  async fuzz() {
+    return (await import('./fuzz-profile.ts')).BALLOON_FUZZ;
   },
   guest: {
     async open(transport, log) {

@@ -18,7 +18,7 @@
  * outside guest RAM or count a page twice; each is counted by name.
  */
 import { EventEmitter } from 'node:events';
-import { DeviceId, featureBit, hasFeature } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, featureBit, hasFeature } from '../../virtio/constants.ts';
 import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
@@ -154,7 +154,7 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
 
   constructor(options: BalloonDeviceOptions = {}) {
     super();
-    this.maxQueueSize = options.maxQueueSize ?? 256;
+    this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     this.statsIntervalMs = options.statsIntervalMs ?? 0;
     const withheld = options.reporting === false ? featureBit(BalloonFeature.PAGE_REPORTING) : 0n;
     this.features = (FRAMEWORK_FEATURES | BALLOON_DEVICE_FEATURES) & ~withheld;
