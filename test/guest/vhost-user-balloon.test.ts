@@ -11,25 +11,31 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { BalloonDevice } from '../../src/devices/balloon/device.ts';
 import { BackendServer } from '../../src/transports/vhost-user/backend-server.ts';
-import { shareDir, startGuest, type Guest } from '../lab/guest.ts';
+import { bootGuest, shareDir, type Guest } from '../lab/guest.ts';
 import { requireLab } from '../lab/require.ts';
 
 const MiB = 1024 * 1024;
 const GUEST_MiB = 512;
 
-/** Bytes the host has allocated to the guest's RAM: the memfd QEMU made for `-object memory-backend-memfd,id=ram`. */
+/**
+ * Bytes the host has allocated to the guest's RAM: the blocks of the memfd QEMU made for
+ * `-object memory-backend-memfd` (the one memfd of the guest's RAM size), seen through /proc.
+ */
 function ramAllocated(guest: Guest): number {
   const fds = `/proc/${guest.pid}/fd`;
   for (const fd of readdirSync(fds)) {
+    const path = join(fds, fd);
     let target: string;
     try {
-      target = readlinkSync(join(fds, fd));
+      target = readlinkSync(path);
     } catch {
       continue; // closed while listing
     }
-    if (target.startsWith('/memfd:ram ')) return statSync(join(fds, fd)).blocks * 512;
+    if (!target.startsWith('/memfd:')) continue;
+    const st = statSync(path);
+    if (st.size === GUEST_MiB * MiB) return st.blocks * 512;
   }
-  throw new Error(`QEMU (pid ${guest.pid}) holds no memfd named "ram"`);
+  throw new Error(`QEMU (pid ${guest.pid}) holds no memfd of ${GUEST_MiB} MiB`);
 }
 
 async function untilActual(device: BalloonDevice, bytes: number): Promise<void> {
@@ -42,14 +48,24 @@ async function bootWithBalloon(t: TestContext, name: string, device: BalloonDevi
   const share = shareDir(t, name);
   const socketPath = join(share.dir, 'balloon.sock');
   const server = BackendServer.listen(device, { socketPath }, log);
-  t.after(() => server.close());
-  const guest = await startGuest(t, {
-    name,
-    memoryMiB: GUEST_MiB,
-    devices: [
-      '-chardev', `socket,id=vub,path=${share.qemuPath(socketPath)}`,
-      '-device', 'vhost-user-test-device-pci,chardev=vub,virtio-id=5,num_vqs=4,config_size=16',
-    ],
+  let guest: Guest;
+  try {
+    guest = await bootGuest({
+      name,
+      memoryMiB: GUEST_MiB,
+      devices: [
+        '-chardev', `socket,id=vub,path=${share.qemuPath(socketPath)}`,
+        '-device', 'vhost-user-test-device-pci,chardev=vub,virtio-id=5,num_vqs=4,config_size=16',
+      ],
+    });
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
+  // QEMU goes first: it talks vhost-user synchronously and would wait on a back-end that left.
+  t.after(async () => {
+    await guest.shutdown();
+    await server.close();
   });
   assert.equal((await guest.check('basename $(readlink /sys/bus/virtio/drivers/virtio_balloon/virtio*/driver)')).trim(), 'virtio_balloon');
   return guest;
