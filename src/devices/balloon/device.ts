@@ -242,6 +242,11 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
     else this.servers.get(index)?.kick();
   }
 
+  /** The held statistics buffer goes back (as a request) so the ring can stop. */
+  queueStopping(index: number): void {
+    if (index === this.queues.stats) this.requestStats();
+  }
+
   configWritten(offset: number, length: number): void {
     // num_pages is the device's (§5.5.4): a driver's write to it does not stick.
     if (BALLOON_CONFIG.touches('numPages', offset, length)) BALLOON_CONFIG.set(this.config, 'numPages', this.targetPages);

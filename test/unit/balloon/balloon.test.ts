@@ -77,6 +77,11 @@ test('balloon: statistics reach the host with names and units, and fresh ones on
   assert.equal(device.requestStats(), true);
   assert.equal((await next)[0].values['free-memory'].value, 500 * PAGE);
   assert.equal(device.counters.snapshot().device.statsUnknownTags, 2);
+  // A transport stopping the stats queue gets the held buffer back, as a request.
+  const again = once(device, 'stats');
+  device.queueStopping(2);
+  assert.equal(device.counters.snapshot().queues[2].requests, 2);
+  await again;
   await driver.close();
 });
 
