@@ -328,12 +328,15 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
     }
   }
 
-  /** §5.5.6.6: each device-readable buffer is free guest memory the guest does not need now. */
+  /**
+   * §5.5.6.6: each buffer is free guest memory the guest does not need now. Drivers post them
+   * device-writable (Linux's virtqueue_add_inbuf; QEMU reads in_sg); readable ones are taken too.
+   */
   private report(req: Request): void {
     const ctx = this.ctx!;
     const before = this.counts.reportedBytes;
     const poison = hasFeature(ctx.features, BalloonFeature.PAGE_POISON) && BALLOON_CONFIG.get(this.config, 'poisonVal') !== 0;
-    for (const seg of req.chain.readable) {
+    for (const seg of [...req.chain.writable, ...req.chain.readable]) {
       const addr = ctx.memory.addressOf(seg);
       if (addr === undefined) continue; // a chain's buffers are always guest memory; see addressOf
       // Only whole 4 KiB pages are released: a partial page may hold live data.

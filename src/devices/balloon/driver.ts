@@ -158,7 +158,8 @@ export class BalloonDriver {
   async reportFree(ranges: readonly Segment[]): Promise<void> {
     const index = this.queues.reporting;
     if (index === undefined) throw new Error('balloon: the device did not negotiate PAGE_REPORTING');
-    await this.core.queue(index).submit(ranges, []);
+    // Device-writable, as Linux posts them: the device may discard (write) the pages.
+    await this.core.queue(index).submit([], ranges);
   }
 
   async close(): Promise<void> {
