@@ -1,8 +1,8 @@
 /**
  * paravirt's balloon driver against QEMU's own virtio-balloon-pci, over virtio-pci on a qtest
- * machine: QEMU's `balloon` command sets the target, the driver inflates from guest RAM, QEMU's
- * query-balloon shows what the driver wrote into `actual`, QEMU releases the pages from the file
- * backing guest RAM, and the statistics the driver sends are what qom-get guest-stats shows.
+ * machine: features negotiated with QEMU, the statistics the driver sends are what qom-get
+ * guest-stats shows (at start and after QEMU polls), and pages the driver reports free are
+ * released by QEMU from the file backing guest RAM.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,7 +22,7 @@ import { requireLab } from '../lab/require.ts';
 const MiB = 1024 * 1024;
 const RAM_MiB = 128;
 
-test("paravirt's balloon driver follows QEMU's virtio-balloon-pci: target, actual, released memory, stats, free page reporting", async (t) => {
+test("paravirt's balloon driver with QEMU's virtio-balloon-pci: features, statistics, free page reporting", async (t) => {
   if (!requireLab(t)) return;
   const share = shareDir(t, 'qtest-balloon');
   const qmpPath = join(share.dir, 'qmp.sock');
@@ -51,31 +51,9 @@ test("paravirt's balloon driver follows QEMU's virtio-balloon-pci: target, actua
   const driver = await BalloonDriver.open(transport, {
     stats: () => [{ tag: StatTag.MEMFREE, value: free }, { tag: StatTag.MEMTOT, value: RAM_MiB * MiB }],
   });
-  t.after(() => driver.close());
   for (const bit of [BalloonFeature.STATS_VQ, BalloonFeature.DEFLATE_ON_OOM, BalloonFeature.PAGE_REPORTING]) {
     assert.ok(hasFeature(driver.core.features, bit), `feature ${bit} negotiated with QEMU`);
   }
-
-  // QEMU's `balloon` names the memory the guest keeps: 96 MiB leaves 32 MiB in the balloon.
-  await qmp.execute('balloon', { value: 96 * MiB });
-  for (;;) {
-    const { actual } = (await qmp.execute('query-balloon')) as { actual: number };
-    if (actual === 96 * MiB) break;
-    await qmp.nextEvent('BALLOON_CHANGE');
-  }
-  assert.equal(driver.size, 32 * MiB / 4096);
-  const inflated = ramBlocks();
-  t.diagnostic(`QEMU's RAM file: ${(touched / MiB).toFixed(1)} MiB touched, ${(inflated / MiB).toFixed(1)} MiB after inflating 32 MiB`);
-  assert.ok(touched - inflated >= 32 * MiB, `QEMU released ${touched - inflated} bytes of the RAM file`);
-
-  // Back to no balloon.
-  await qmp.execute('balloon', { value: RAM_MiB * MiB });
-  for (;;) {
-    const { actual } = (await qmp.execute('query-balloon')) as { actual: number };
-    if (actual === RAM_MiB * MiB) break;
-    await qmp.nextEvent('BALLOON_CHANGE');
-  }
-  assert.equal(driver.size, 0);
 
   // Statistics: the buffer posted at start reached QEMU; after a poll, fresh ones do.
   const stats = async (): Promise<Record<string, number>> =>
@@ -98,4 +76,5 @@ test("paravirt's balloon driver follows QEMU's virtio-balloon-pci: target, actua
   t.diagnostic(`free page report of 4 MiB: RAM file ${(beforeReport / MiB).toFixed(1)} -> ${(afterReport / MiB).toFixed(1)} MiB`);
   assert.ok(beforeReport - afterReport >= 4 * MiB, `QEMU released ${beforeReport - afterReport} bytes on a report`);
   dma.free(block);
+  await driver.close();
 });
