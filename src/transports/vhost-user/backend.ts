@@ -530,7 +530,7 @@ export class VhostUserBackend {
     v.unwatch = undefined;
     const gate = v.gate;
     // Buffers the device holds for a later event would otherwise keep the wait below open forever.
-    if (this.active) this.device.queueStopping?.(v.index);
+    this.device.queueStopping?.(v.index);
     // A failed ring's gate is already detached: nothing in flight to wait for.
     await gate.close();
     if (!v.failed) v.base = gate.base;
