@@ -7,6 +7,7 @@
  *   paravirt serve net --socket-path S [--socket-path S2 ...] [--tap IF | --tunnel HOST:PORT] [--queues N] [--pcap F]
  *   paravirt blk --socket-path S info|read|write|bench   (a vhost-user-blk back-end as a disk)
  *   paravirt scsi --socket-path S info|read|write        (a vhost-user-scsi back-end's LUNs)
+ *   paravirt balloon --control PATH set SIZE|status|stats (a running balloon's controls)
  *   paravirt devices [--json]                            (the registered device types)
  *
  * `serve` follows vhost-user.rst "Backend program conventions": --socket-path or an inherited
@@ -14,6 +15,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { addBalloonCommand } from './balloon-tool.ts';
 import { addBlkCommand } from './blk-tool.ts';
 import { addDevicesCommand } from './devices.ts';
 import { addScsiCommand } from './scsi-tool.ts';
@@ -38,6 +40,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   addServeCommand(program);
   addBlkCommand(program);
   addScsiCommand(program);
+  addBalloonCommand(program);
   addDevicesCommand(program);
   try {
     await program.parseAsync([...argv]);

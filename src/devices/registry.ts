@@ -2,6 +2,7 @@
  * Every device type paravirt implements, by name. Adding a device is its folder under
  * src/devices/ and one line here (docs/architecture.md, "Adding a device").
  */
+import { balloonType } from './balloon/descriptor.ts';
 import { blkType } from './blk/descriptor.ts';
 import { consoleType } from './console/descriptor.ts';
 import type { DeviceType } from './device-type.ts';
@@ -10,7 +11,7 @@ import { rngType } from './rng/descriptor.ts';
 import { rtcType } from './rtc/descriptor.ts';
 import { scsiType } from './scsi/descriptor.ts';
 
-export const DEVICE_TYPES: readonly DeviceType[] = [blkType, consoleType, netType, rngType, rtcType, scsiType];
+export const DEVICE_TYPES: readonly DeviceType[] = [balloonType, blkType, consoleType, netType, rngType, rtcType, scsiType];
 
 /** The registered type called `name`, or undefined. */
 export function deviceType(name: string): DeviceType | undefined {

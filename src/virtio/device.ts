@@ -64,6 +64,12 @@ export interface VirtioDevice {
   /** The driver notified queue `index` (§2.3.3 / a kick). */
   queueNotify(index: number): void;
   /**
+   * Queue `index` is about to stop (vhost-user GET_VRING_BASE, a front-end leaving) and the
+   * transport waits for every chain popped from it: return now the buffers the device holds
+   * until some later event (the balloon's statistics buffer, §5.5.6.3).
+   */
+  queueStopping?(index: number): void;
+  /**
    * Device reset (§2.4): forget queues and context. Requests still in flight must complete
    * without touching guest memory again; QueueServer and the retired DeviceContext see to that
    * for requests it served.

@@ -18,6 +18,12 @@ export interface MemoryRegion {
   readonly guestAddr: number;
   /** Host bytes backing the region; its length is the region's size. */
   readonly bytes: Uint8Array;
+  /**
+   * Give the host memory behind [offset, offset+length) of `bytes` back to the host (madvise
+   * MADV_REMOVE on a shared mapping, a hole punched in its file); the range reads as zeros
+   * afterwards. Without it, GuestMemory.discard zero-fills: the contract holds, nothing is freed.
+   */
+  readonly discard?: (offset: number, length: number) => void;
 }
 
 /** A guest access outside every region: a driver error, never a host crash. */
@@ -47,6 +53,7 @@ interface Region {
   buffer: ArrayBufferLike;
   byteOffset: number;
   view: DataView;
+  discard: ((offset: number, length: number) => void) | undefined;
 }
 
 export class GuestMemory {
@@ -71,6 +78,7 @@ export class GuestMemory {
           buffer: r.bytes.buffer,
           byteOffset: r.bytes.byteOffset,
           view: new DataView(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength),
+          discard: r.discard,
         };
       })
       .sort((a, b) => a.start - b.start);
@@ -90,7 +98,36 @@ export class GuestMemory {
 
   /** The regions, in address order. */
   get layout(): readonly MemoryRegion[] {
-    return this.regions.map((r) => ({ guestAddr: r.start, bytes: r.bytes }));
+    return this.regions.map((r) => ({ guestAddr: r.start, bytes: r.bytes, discard: r.discard }));
+  }
+
+  /** Bytes of guest RAM in all regions. */
+  get size(): number {
+    return this.regions.reduce((n, r) => n + (r.end - r.start), 0);
+  }
+
+  /**
+   * Release the host memory behind [addr, addr+len), which must lie in one region; it reads as
+   * zeros afterwards (a balloon's inflated or reported pages, §5.5.6). Throws GuestMemoryError
+   * when any byte lies outside guest memory.
+   */
+  discard(addr: number, len: number): void {
+    const r = this.region(addr, len);
+    const offset = addr - r.start;
+    if (r.discard !== undefined) r.discard(offset, len);
+    else r.bytes.fill(0, offset, offset + len);
+  }
+
+  /**
+   * The guest-physical address of `view`, a view this memory handed out (a descriptor's buffer in
+   * a DescriptorChain), or undefined when it is not a view of any region.
+   */
+  addressOf(view: Uint8Array): number | undefined {
+    for (const r of this.regions) {
+      const at = view.byteOffset - r.byteOffset;
+      if (view.buffer === r.buffer && at >= 0 && at + view.length <= r.end - r.start) return r.start + at;
+    }
+    return undefined;
   }
 
   /**

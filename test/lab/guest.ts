@@ -46,6 +46,8 @@ export interface Guest {
   readonly bootMs: number;
   /** The kernel release the guest runs. */
   readonly release: string;
+  /** QEMU's process id (chroot execs QEMU in place), for reading its /proc entries. */
+  readonly pid: number;
   /** `hostPath` as QEMU sees it. */
   qemuPath(hostPath: string): string;
   /** Runs a shell script in the guest. */
@@ -245,6 +247,7 @@ export async function bootGuest(opts: GuestOptions = {}): Promise<Guest> {
     };
     return {
       name, dir, bootMs, release, logFile, shutdown,
+      pid: p.pid!,
       qemuPath: q,
       run: runScript,
       async check(script, o) {

@@ -35,7 +35,21 @@ export function mapRegion(fd: number, offset: number, size: number): RegionMappi
   const head = offset % PAGE_SIZE;
   const mapping = Mapping.shared(fd, size + head, { offset: offset - head });
   const bytes = mapping.bytes.subarray(head, head + size);
-  return { bytes, unmap: () => mapping.unmap() };
+  return {
+    bytes,
+    unmap: () => mapping.unmap(),
+    // MADV_REMOVE frees whole host pages of the shared file (a hole punched in the memfd, so the
+    // front-end's own mapping shrinks too); partial pages at either end can only be zeroed.
+    discard(offset: number, length: number): void {
+      const start = head + offset;
+      const end = start + length;
+      const inner = Math.ceil(start / PAGE_SIZE) * PAGE_SIZE;
+      const innerEnd = Math.max(inner, Math.floor(end / PAGE_SIZE) * PAGE_SIZE);
+      if (innerEnd > inner) mapping.advise(inner, innerEnd - inner, 'remove');
+      bytes.fill(0, offset, Math.min(inner, end) - head);
+      bytes.fill(0, innerEnd - head, offset + length);
+    },
+  };
 }
 
 export function createBackendPorts(log: Logger): BackendPorts {

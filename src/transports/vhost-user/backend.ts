@@ -529,6 +529,8 @@ export class VhostUserBackend {
     v.unwatch?.();
     v.unwatch = undefined;
     const gate = v.gate;
+    // Buffers the device holds for a later event would otherwise keep the wait below open forever.
+    this.device.queueStopping?.(v.index);
     // A failed ring's gate is already detached: nothing in flight to wait for.
     await gate.close();
     if (!v.failed) v.base = gate.base;

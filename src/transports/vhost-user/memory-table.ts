@@ -25,6 +25,8 @@ export interface RegionMapping {
   readonly bytes: Uint8Array;
   /** Release the mapping; every view of `bytes` becomes invalid. */
   unmap(): void;
+  /** Free the file's memory behind [offset, offset+length) of `bytes` (MemoryRegion.discard). */
+  discard?(offset: number, length: number): void;
 }
 
 /** Maps `size` bytes of `fd` starting at byte `offset` (any offset: alignment is the mapper's business). */
@@ -229,7 +231,9 @@ export class MemoryTable {
 
   private install(regions: Region[]): void {
     this.regions = regions;
-    const pieces: MemoryRegion[] = regions.flatMap((r) => r.pieces.map((p) => ({ guestAddr: p.guestAddr, bytes: p.mapping.bytes })));
+    const pieces: MemoryRegion[] = regions.flatMap((r) =>
+      r.pieces.map((p) => ({ guestAddr: p.guestAddr, bytes: p.mapping.bytes, discard: p.mapping.discard?.bind(p.mapping) })),
+    );
     this.guest = pieces.length === 0 ? undefined : new GuestMemory(pieces);
   }
 }
