@@ -4,10 +4,11 @@
  */
 import { blkType } from './blk/descriptor.ts';
 import type { DeviceType } from './device-type.ts';
+import { inputType } from './input/descriptor.ts';
 import { netType } from './net/descriptor.ts';
 import { rngType } from './rng/descriptor.ts';
 
-export const DEVICE_TYPES: readonly DeviceType[] = [blkType, netType, rngType];
+export const DEVICE_TYPES: readonly DeviceType[] = [blkType, inputType, netType, rngType];
 
 /** The registered type called `name`, or undefined. */
 export function deviceType(name: string): DeviceType | undefined {
