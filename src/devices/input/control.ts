@@ -79,10 +79,18 @@ export function runInputCommand(device: InputDevice, line: string): string {
   }
 }
 
+/** A listening control socket; close() ends its connections too. */
+export interface InputControl {
+  close(): Promise<void>;
+}
+
 /** Serve runInputCommand on a Unix socket at `path` (replacing a stale socket file). */
-export async function listenInputControl(device: InputDevice, path: string): Promise<Server> {
+export async function listenInputControl(device: InputDevice, path: string): Promise<InputControl> {
   rmSync(path, { force: true });
-  const server = createServer((socket: Socket) => {
+  const clients = new Set<Socket>();
+  const server: Server = createServer((socket: Socket) => {
+    clients.add(socket);
+    socket.on('close', () => clients.delete(socket));
     let pending = '';
     socket.setEncoding('utf8');
     socket.on('error', () => socket.destroy());
@@ -104,5 +112,11 @@ export async function listenInputControl(device: InputDevice, path: string): Pro
       resolve();
     });
   });
-  return server;
+  return {
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        for (const c of clients) c.destroy();
+      }),
+  };
 }

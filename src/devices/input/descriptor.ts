@@ -52,7 +52,7 @@ export const inputType: DeviceType = {
       if (path !== undefined) env.log.info({ controlSocket: path }, 'input control socket listening');
       return {
         devices: [device],
-        close: () => new Promise<void>((resolve) => (control === undefined ? resolve() : control.close(() => resolve()))),
+        close: async () => control?.close(),
       };
     },
   },

@@ -218,7 +218,7 @@ test('the control socket answers one line per command', async () => {
     assert.deepEqual(events.got, [key(30, 1), SYN, key(30, 0), SYN]);
     socket.end();
   } finally {
-    await new Promise((resolve) => server.close(resolve));
+    await server.close();
     await driver.close();
     rmSync(dir, { recursive: true, force: true });
   }
