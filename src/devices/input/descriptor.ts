@@ -2,14 +2,11 @@
  * The input device's registry entry (§5.8): a keyboard, mouse or tablet the host types into
  * through a control socket (control.ts).
  */
-import { DeviceId } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { oneOf, read } from '../host-options.ts';
 import { INPUT_KINDS, type InputKind } from './profile.ts';
 import { INPUT_CONFIG } from './wire.ts';
-
-/** Largest ring a front-end may give either queue. */
-export const INPUT_MAX_QUEUE_SIZE = 1024;
 
 const isKind = (v: unknown): v is InputKind => INPUT_KINDS.some((k) => k === v);
 
@@ -20,8 +17,8 @@ export const inputType: DeviceType = {
   featureNames: {},
   config: INPUT_CONFIG,
   queues: [
-    { name: 'eventq', count: '1', maxSize: INPUT_MAX_QUEUE_SIZE },
-    { name: 'statusq', count: '1', maxSize: INPUT_MAX_QUEUE_SIZE },
+    { name: 'eventq', count: '1', maxSize: FRONT_END_MAX_QUEUE_SIZE },
+    { name: 'statusq', count: '1', maxSize: FRONT_END_MAX_QUEUE_SIZE },
   ],
   vhostUser: { type: 'input' },
   host: {
@@ -44,7 +41,6 @@ export const inputType: DeviceType = {
       const { listenInputControl } = await import('./control.ts');
       const profile = inputProfile(kind, read.string(values, 'name'), read.string(values, 'serial'));
       const device = new InputDevice(profile, {
-        maxQueueSize: INPUT_MAX_QUEUE_SIZE,
         onStatus: (event) => env.log.info({ type: event.type, code: event.code, value: event.value }, 'input: status from the guest'),
       });
       const path = read.string(values, 'controlSocket');

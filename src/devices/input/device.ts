@@ -8,7 +8,7 @@
  * running, or while the guest has posted no buffers and the backlog is full, are dropped and
  * counted (§5.8.6 leaves it to the device; a keyboard that types stale keys later is worse).
  */
-import { DeviceId } from '../../virtio/constants.ts';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { EventQueue, ONE_PER_BUFFER } from '../../virtio/event-queue.ts';
@@ -53,7 +53,7 @@ export class InputDevice implements VirtioDevice {
   ) {
     const errors = profileErrors(profile);
     if (errors.length > 0) throw new RangeError(`input profile ${profile.kind}: ${errors.join('; ')}`);
-    this.maxQueueSize = options.maxQueueSize ?? 256;
+    this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     this.backlog = options.backlog ?? 256;
     if (!Number.isSafeInteger(this.backlog) || this.backlog < 2) throw new RangeError(`backlog ${this.backlog} must be an integer of at least 2 (an event and its SYN_REPORT)`);
     this.counters = new DeviceCounters(2, () => ({
