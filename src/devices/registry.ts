@@ -7,8 +7,9 @@ import type { DeviceType } from './device-type.ts';
 import { inputType } from './input/descriptor.ts';
 import { netType } from './net/descriptor.ts';
 import { rngType } from './rng/descriptor.ts';
+import { vsockType } from './vsock/descriptor.ts';
 
-export const DEVICE_TYPES: readonly DeviceType[] = [blkType, inputType, netType, rngType];
+export const DEVICE_TYPES: readonly DeviceType[] = [blkType, inputType, netType, rngType, vsockType];
 
 /** The registered type called `name`, or undefined. */
 export function deviceType(name: string): DeviceType | undefined {
