@@ -73,13 +73,13 @@ const WORKLOADS: readonly Workload[] = [
   },
 ];
 
-const median = (values: readonly number[]): number => {
+export const median = (values: readonly number[]): number => {
   const sorted = [...values].sort((a, b) => a - b);
   const mid = sorted.length >> 1;
   return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 };
 
-const round2 = (x: number): number => Math.round(x * 100) / 100;
+export const round2 = (x: number): number => Math.round(x * 100) / 100;
 
 /**
  * CPU seconds (user + system) each thread of process `pid` has used so far, summed by thread
@@ -107,7 +107,7 @@ function cpuByThread(pid: number): Map<string, number> {
 }
 
 /** Seconds the guest's clock measured for `script` (/proc/uptime, 10 ms resolution). */
-async function guestSeconds(guest: Guest, script: string): Promise<number> {
+export async function guestSeconds(guest: Guest, script: string): Promise<number> {
   const out = await guest.check(
     `s=$(cut -d' ' -f1 /proc/uptime); ${script}; e=$(cut -d' ' -f1 /proc/uptime); echo "$s $e"`,
     { timeoutMs: 300_000 },
@@ -130,7 +130,7 @@ function visibleTo(qemu: QemuCommand, path: string): boolean {
  * A new directory in tmpfs, and where the lab's QEMU programs find it: a chrooted QEMU cannot
  * see /dev/shm, so the directory is then bind-mounted under its share dir.
  */
-function tmpfsDir(qemu: QemuCommand): { dir: string; qemuDir: string; remove(): void } {
+export function tmpfsDir(qemu: QemuCommand): { dir: string; qemuDir: string; remove(): void } {
   const dir = mkdtempSync('/dev/shm/paravirt-vhost-blk-');
   const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
   if (visibleTo(qemu, dir)) return { dir, qemuDir: dir, remove: removeDir };
@@ -154,7 +154,7 @@ function tmpfsDir(qemu: QemuCommand): { dir: string; qemuDir: string; remove(): 
 }
 
 /** A 256 MiB image of random data (1 MiB repeated): reads return real bytes, not holes. */
-function writeImage(path: string): void {
+export function writeImage(path: string): void {
   const chunk = randomBytes(MiB);
   writeFileSync(path, new Uint8Array(0));
   for (let offset = 0; offset < IMAGE_SIZE; offset += MiB) writeFileSync(path, chunk, { flag: 'a' });
@@ -171,7 +171,7 @@ async function startParavirt(image: string, socketPath: string, profileDir: stri
 }
 
 /** The guest's disk behind each side's PCI slot. */
-async function findDisks(guest: Guest, sides: readonly Side[]): Promise<void> {
+export async function findDisks(guest: Guest, sides: readonly { readonly name: string; readonly slot: number; disk: string }[]): Promise<void> {
   for (const side of sides) {
     const pci = `0000:00:${side.slot.toString(16).padStart(2, '0')}.0`;
     const disk = (await guest.check(`for b in /sys/block/vd*; do case $(readlink -f $b/device) in */${pci}/virtio*) echo \${b##*/};; esac; done`)).trim();

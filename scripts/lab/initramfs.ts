@@ -43,10 +43,23 @@ function readModulesDep(modulesDir: string): Map<string, ModuleDep> {
   return byName;
 }
 
+/**
+ * Programs built for the guest that busybox lacks (testptp, see setup.ts), kept in the
+ * kernel's directory with the modules built for it.
+ */
+function guestPrograms(kernelDir: string): string[] {
+  const dir = join(kernelDir, 'bin');
+  return existsSync(dir) ? readdirSync(dir).sort().map((f) => join(dir, f)) : [];
+}
+
 /** Identifies an initramfs by everything it is made from. */
-export function initramfsKey(kernelDir: string): string {
+export function initramfsKey(kernelDir: string, release: string): string {
   const hash = createHash('sha256');
   hash.update(basename(kernelDir));
+  // Modules built out of tree (virtio_rtc.ko) are rebuilt in place, so their bytes count.
+  const updates = join(kernelDir, 'lib/modules', release, 'updates');
+  if (existsSync(updates)) for (const f of readdirSync(updates).sort()) hash.update(f).update(readFileSync(join(updates, f)));
+  for (const p of guestPrograms(kernelDir)) hash.update(basename(p)).update(readFileSync(p));
   hash.update(WANTED_MODULES.join(','));
   hash.update(readFileSync(fileURLToPath(import.meta.url)));
   for (const f of readdirSync(GUEST_FILES).sort()) hash.update(f).update(readFileSync(join(GUEST_FILES, f)));
@@ -87,6 +100,10 @@ export function buildInitramfs(kernelDir: string, release: string, out: string, 
       const target = f === 'init.sh' ? join(stage, 'init') : join(stage, 'bin', f.replace(/\.sh$/, ''));
       copyFileSync(join(GUEST_FILES, f), target);
       chmodSync(target, 0o755);
+    }
+    for (const p of guestPrograms(kernelDir)) {
+      copyFileSync(p, join(stage, 'bin', basename(p)));
+      chmodSync(join(stage, 'bin', basename(p)), 0o755);
     }
     writeFileSync(join(stage, 'etc/passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
     writeFileSync(join(stage, 'etc/group'), 'root:x:0:\n');

@@ -10,7 +10,7 @@
  * exist. `--refresh` asks the mirror for newer QEMU and kernel packages.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { MIN_QEMU, compareVersions, labPaths, qemuVersion, type LabManifest, type LabPaths } from '../../test/lab/qemu.ts';
 import { buildInitramfs, initramfsKey } from './initramfs.ts';
@@ -194,6 +194,61 @@ function ensureKernel(paths: LabPaths, refresh: boolean): Kernel {
 }
 
 /**
+ * Linux's virtio_rtc driver (drivers/virtio/virtio_rtc_*.c), which Debian's kernel leaves out
+ * (CONFIG_VIRTIO_RTC is not set), built unchanged from Debian's linux-source as an out-of-tree
+ * module against the guest kernel's own headers, with its PTP clocks and RTC class device
+ * enabled; and testptp (tools/testing/selftests/ptp), statically linked, because reading a PTP
+ * clock takes clock_gettime on /dev/ptpN, which busybox cannot do. Both land in the kernel's
+ * directory (updates/ is where depmod looks for modules of the kernel's release), so they are
+ * cached, and replaced, with the kernel they were built for.
+ */
+function ensureVirtioRtc(paths: LabPaths, kernel: Kernel): void {
+  const stamp = join(kernel.dir, 'virtio-rtc.json');
+  const modulesDir = join(kernel.dir, 'lib/modules', kernel.release);
+  const module = join(modulesDir, 'updates/virtio_rtc.ko');
+  const testptp = join(kernel.dir, 'bin/testptp');
+  if (existsSync(stamp) && existsSync(module) && existsSync(testptp)) {
+    step(`reusing virtio_rtc.ko and testptp for ${kernel.release}`);
+    return;
+  }
+  const series = /^(\d+\.\d+)/.exec(kernel.release)?.[1];
+  if (!series) throw new SetupError(`kernel release ${kernel.release} does not start with MAJOR.MINOR`);
+  const headers = `linux-headers-${kernel.release}`;
+  step(`building virtio_rtc.ko from linux-source-${series} against ${headers} (about a minute)`);
+  inRoot(paths.rootfs, `apt-get install -y -t ${BACKPORTS} --no-install-recommends linux-source-${series} ${headers} gcc make libc6-dev xz-utils`, `installing linux-source-${series} and ${headers}`);
+  const work = '/tmp/paravirt-virtio-rtc';
+  const source = `linux-source-${series}`;
+  const files = ['virtio_rtc_driver.c', 'virtio_rtc_ptp.c', 'virtio_rtc_class.c', 'virtio_rtc_internal.h'].map((f) => `${source}/drivers/virtio/${f}`);
+  // The Makefile's composite object, with the two options Kconfig would set (both default y).
+  const kbuild = [
+    'obj-m += virtio_rtc.o',
+    'virtio_rtc-y := virtio_rtc_driver.o virtio_rtc_ptp.o virtio_rtc_class.o',
+    'ccflags-y += -DCONFIG_VIRTIO_RTC_PTP=1 -DCONFIG_VIRTIO_RTC_CLASS=1',
+  ].join('\\n');
+  // objtool reads /proc; a private mount namespace keeps that /proc mount out of the host's.
+  run(['unshare', '-m', 'chroot', paths.rootfs, 'sh', '-c', [
+    'set -e',
+    `rm -rf ${work} && mkdir -p ${work}/src && cd ${work}`,
+    `tar -xJf /usr/src/${source}.tar.xz ${files.join(' ')} ${source}/tools/testing/selftests/ptp/testptp.c`,
+    `cp ${files.join(' ')} src/`,
+    `printf '${kbuild}\\n' > src/Kbuild`,
+    'mount -t proc proc /proc',
+    `make -s -C /usr/src/${headers} M=${work}/src modules`,
+    'strip --strip-debug src/virtio_rtc.ko',
+    `gcc -static -O2 -o testptp ${source}/tools/testing/selftests/ptp/testptp.c`,
+  ].join(' && ')], 'building virtio_rtc.ko and testptp');
+  const built = join(paths.rootfs, work);
+  mkdirSync(dirname(module), { recursive: true });
+  mkdirSync(dirname(testptp), { recursive: true });
+  copyFileSync(join(built, 'src/virtio_rtc.ko'), module);
+  copyFileSync(join(built, 'testptp'), testptp);
+  rmSync(built, { recursive: true, force: true });
+  run(['depmod', '-b', kernel.dir, kernel.release], `depmod for ${kernel.release} with virtio_rtc`);
+  const version = inRoot(paths.rootfs, `dpkg-query -W -f '\${Version}' linux-source-${series}`, `reading the linux-source-${series} version`).trim();
+  writeFileSync(stamp, JSON.stringify({ source: `linux-source-${series}`, version, headers }, null, 2) + '\n');
+}
+
+/**
  * The uncompressed kernel inside a bzImage. QEMU boots it straight through its PVH entry point,
  * which under TCG saves seconds: no firmware, no in-guest decompression.
  */
@@ -235,8 +290,9 @@ async function main(): Promise<void> {
   mkdirSync(paths.logDir, { recursive: true });
   const qemu = chooseQemu(paths);
   const kernel = ensureKernel(paths, refresh);
+  ensureVirtioRtc(paths, kernel);
 
-  const key = initramfsKey(kernel.dir);
+  const key = initramfsKey(kernel.dir, kernel.release);
   const initramfs = join(paths.guestDir, `initramfs-${kernel.release}-${key}.cpio`);
   let modules: string[];
   const modulesList = `${initramfs}.modules`;

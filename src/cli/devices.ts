@@ -12,7 +12,7 @@ import { DEVICE_TYPES } from '../devices/registry.ts';
  * virtio-mmio (createLoopback, for embedding and tests). The same for every type, since a
  * transport holds no device logic.
  */
-const TRANSPORTS = ['vhost-user', 'mmio'] as const;
+const TRANSPORTS = ['vhost-user', 'vfio-user', 'mmio'] as const;
 
 function describe(type: DeviceType): Record<string, unknown> {
   return {

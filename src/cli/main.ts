@@ -6,6 +6,7 @@
  *   paravirt serve rng --socket-path S
  *   paravirt serve net --socket-path S [--socket-path S2 ...] [--tap IF | --tunnel HOST:PORT] [--queues N] [--pcap F]
  *   paravirt blk --socket-path S info|read|write|bench   (a vhost-user-blk back-end as a disk)
+ *   paravirt scsi --socket-path S info|read|write        (a vhost-user-scsi back-end's LUNs)
  *   paravirt devices [--json]                            (the registered device types)
  *
  * `serve` follows vhost-user.rst "Backend program conventions": --socket-path or an inherited
@@ -15,6 +16,7 @@ import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { addBlkCommand } from './blk-tool.ts';
 import { addDevicesCommand } from './devices.ts';
+import { addScsiCommand } from './scsi-tool.ts';
 import { addServeCommand } from './serve.ts';
 
 /**
@@ -35,6 +37,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .configureOutput({ outputError: (text, write) => write(text) });
   addServeCommand(program);
   addBlkCommand(program);
+  addScsiCommand(program);
   addDevicesCommand(program);
   try {
     await program.parseAsync([...argv]);

@@ -1,6 +1,6 @@
 /**
- * `paravirt serve <type>`: run a registered device type's host half as vhost-user back-ends until
- * SIGINT or SIGTERM. Every subcommand comes from the registry (src/devices/registry.ts): its
+ * `paravirt serve <type>`: run a registered device type's host half as vhost-user back-ends (or,
+ * with --transport vfio-user, as whole PCI devices to vfio-user clients) until SIGINT or SIGTERM. Every subcommand comes from the registry (src/devices/registry.ts): its
  * options, its help, its capabilities, and how its devices are built.
  */
 import type { Command } from 'commander';
@@ -13,7 +13,10 @@ import type { BackendServer, Listen } from '../transports/vhost-user/backend-ser
 import { commanderOption, integerIn, logLevel, type LogLevel } from './options.ts';
 
 /** Options every back-end takes ("Backend program conventions"). */
+type Transport = 'vhost-user' | 'vfio-user';
+
 interface CommonOptions {
+  transport: Transport;
   socketPath?: string | string[];
   fd?: number | number[];
   printCapabilities?: boolean;
@@ -40,6 +43,11 @@ function withCommonOptions(cmd: Command, many: boolean): Command {
   return cmd
     .addOption(socketPath)
     .addOption(fd)
+    .addOption(
+      new Option('--transport <transport>', 'vhost-user: a back-end for a VMM\'s virtio device; vfio-user: the whole virtio-pci device')
+        .choices(['vhost-user', 'vfio-user'])
+        .default('vhost-user'),
+    )
     .option('--print-capabilities', 'print the back-end capabilities as JSON and exit')
     .addOption(new Option('--log-level <level>', 'least severe level of the JSON log lines written to stdout').argParser(logLevel).default('info'));
 }
@@ -60,20 +68,37 @@ async function logger(level: LogLevel): Promise<Logger> {
   return pino({ name: 'paravirt', level });
 }
 
+/** What run() needs of either transport's server. */
+interface Server {
+  readonly closed: Promise<Error | undefined>;
+  close(): Promise<void>;
+}
+
+/** A listening server of `transport` for `device`. */
+async function listener(transport: Transport): Promise<(device: VirtioDevice, target: Listen, log: Logger) => Server> {
+  if (transport === 'vfio-user') {
+    const { VfioUserServer } = await import('../transports/vfio-user/server.ts');
+    const { VirtioPciFunction } = await import('../transports/pci-device/virtio-pci.ts');
+    return (device, target, log) => VfioUserServer.listen(new VirtioPciFunction(device, log), target, log);
+  }
+  const { BackendServer } = await import('../transports/vhost-user/backend-server.ts');
+  return (device, target, log): BackendServer => BackendServer.listen(device, target, log);
+}
+
 /**
  * Serve each device on its listening target until a termination signal, then shut down cleanly.
  * A server that stops by itself (its listener failed) stops the others too, and its error is
  * the command's.
  */
-async function run(served: readonly { device: VirtioDevice; target: Listen }[], log: Logger): Promise<void> {
-  const { BackendServer: Server } = await import('../transports/vhost-user/backend-server.ts');
-  const servers: BackendServer[] = [];
+async function run(served: readonly { device: VirtioDevice; target: Listen }[], transport: Transport, log: Logger): Promise<void> {
+  const listen = await listener(transport);
+  const servers: Server[] = [];
   const closeAll = (): Promise<unknown> => Promise.all(servers.map((s) => s.close()));
   try {
     for (const { device, target } of served) {
-      const server = Server.listen(device, target, served.length > 1 ? log.child({ socket: servers.length }) : log);
+      const server = listen(device, target, served.length > 1 ? log.child({ socket: servers.length }) : log);
       servers.push(server);
-      log.info({ device: device.name, ...target }, 'vhost-user back-end listening');
+      log.info({ device: device.name, ...target }, transport === 'vfio-user' ? 'vfio-user server listening' : 'vhost-user back-end listening');
     }
   } catch (err) {
     await closeAll();
@@ -113,6 +138,7 @@ function addServeType(serve: Command, type: DeviceType): void {
     try {
       await run(
         built.devices.map((device, i) => ({ device, target: targets[i] })),
+        options.transport,
         log,
       );
     } finally {

@@ -3,13 +3,16 @@
  * src/devices/ and one line here (docs/architecture.md, "Adding a device").
  */
 import { blkType } from './blk/descriptor.ts';
+import { consoleType } from './console/descriptor.ts';
 import type { DeviceType } from './device-type.ts';
 import { inputType } from './input/descriptor.ts';
 import { netType } from './net/descriptor.ts';
 import { rngType } from './rng/descriptor.ts';
+import { rtcType } from './rtc/descriptor.ts';
+import { scsiType } from './scsi/descriptor.ts';
 import { vsockType } from './vsock/descriptor.ts';
 
-export const DEVICE_TYPES: readonly DeviceType[] = [blkType, inputType, netType, rngType, vsockType];
+export const DEVICE_TYPES: readonly DeviceType[] = [blkType, consoleType, inputType, netType, rngType, rtcType, scsiType, vsockType];
 
 /** The registered type called `name`, or undefined. */
 export function deviceType(name: string): DeviceType | undefined {

@@ -21,6 +21,11 @@ export interface FileBackendOptions {
   readonly io?: FileIo;
   /** With io 'threads': how many, i.e. how many reads and writes reach the file at once (default 2). */
   readonly threads?: number;
+  /**
+   * With io 'threads': I/O threads shared with other backends (a SCSI target's many LUNs), which
+   * this backend uses but does not close; `threads` is then ignored.
+   */
+  readonly sharedThreads?: IoThreads;
 }
 
 const DEFAULT_THREADS = 2;
@@ -109,6 +114,8 @@ export class FileBackend implements BlockBackend {
     readonly readOnly: boolean,
     /** The I/O threads; undefined when reads and writes take the thread pool. */
     private readonly threads: IoThreads | undefined,
+    /** Whether the threads are this backend's own, to close with it. */
+    private readonly ownsThreads: boolean,
   ) {}
 
   /** Open an existing raw image; throws DiskImageError naming the path when it cannot serve as a disk. */
@@ -134,7 +141,9 @@ export class FileBackend implements BlockBackend {
           `disk image ${path} is ${st.size} bytes, not a whole number of ${SECTOR_SIZE}-byte sectors`,
         );
       }
-      return new FileBackend(file, path, st.size, readOnly, options.io === 'thread-pool' ? undefined : new IoThreads(threads));
+      if (options.io === 'thread-pool') return new FileBackend(file, path, st.size, readOnly, undefined, false);
+      const shared = options.sharedThreads;
+      return new FileBackend(file, path, st.size, readOnly, shared ?? new IoThreads(threads), shared === undefined);
     } catch (err) {
       await file.close();
       throw err instanceof DiskImageError ? err : openError(path, readOnly, err);
@@ -191,7 +200,7 @@ export class FileBackend implements BlockBackend {
 
   /** Waits for the I/O threads to finish what they were given, then closes the file. */
   async close(): Promise<void> {
-    await this.threads?.close();
+    if (this.ownsThreads) await this.threads?.close();
     await this.file.close();
   }
 }

@@ -22,9 +22,9 @@ export const DeviceId = {
   BALLOON: 5,
   SCSI: 8,
   GPU: 16,
+  RTC: 17,
   INPUT: 18,
   VSOCK: 19,
-  RTC: 42,
 } as const;
 
 /** §6 Reserved Feature Bits (bit numbers, not masks). */

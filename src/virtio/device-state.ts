@@ -2,23 +2,30 @@
  * The host-side state of one VirtioDevice that every transport shares: the device status
  * machine (§2.1, §3.1.1), feature negotiation (§2.2), per-queue configuration, the
  * configuration space and its generation (§2.5), and the device's activation on DRIVER_OK.
- * A transport (mmio registers, pci capabilities, vfio-user regions) only maps its own register
- * layout onto these calls and delivers the interrupts this state raises.
+ * A transport (mmio registers, pci capabilities, vfio-user regions, vhost-user messages) only
+ * maps its own register layout or messages onto these calls and delivers the notifications this
+ * state raises.
+ *
+ * A transport whose rings are not described by guest-physical queue registers — vhost-user: ring
+ * addresses in the front-end's address space, a position to resume from, rings that drain before
+ * they stop or memory changes — builds each ring itself and attaches it (attachQueue); guest memory
+ * may then change under a running device (useMemory), and the device may be started without
+ * DRIVER_OK (start).
  *
  * Everything here is reached from the driver and so is hostile input: a bad write never throws,
  * it is ignored or puts the device in DEVICE_NEEDS_RESET (§2.1.2) with one log line.
  */
 import { pino } from 'pino';
 import type { Logger } from 'pino';
-import { DeviceStatus, Feature, featureBit, hasFeature } from './constants.ts';
+import { DeviceStatus, Feature, featureBit } from './constants.ts';
 import type { DeviceCounters } from './counters.ts';
 import type { DeviceContext, VirtioDevice } from './device.ts';
-import { checkImplementable, describeFeatures, refuseFeatures } from './features.ts';
+import { checkImplementable, describeFeatures, missingRequirement, refuseFeatures } from './features.ts';
 import type { GuestMemory } from './memory.ts';
 import { GuestMemoryError } from './memory.ts';
 import { VirtqueueError } from './queue.ts';
-import type { DeviceQueue, QueueAddresses, QueueConfig } from './queue.ts';
-import { createDeviceQueue, queueSizeError } from './ring.ts';
+import type { DeviceQueue, QueueAddresses } from './queue.ts';
+import { createDeviceQueue, isPackedRing, negotiatedQueueConfig, queueSizeError } from './ring.ts';
 
 /** Where the device's notifications go; the transport turns them into its interrupts. */
 export interface InterruptSink {
@@ -26,9 +33,20 @@ export interface InterruptSink {
   usedBuffer(queue: number): void;
   /** Configuration change notification (§2.3.1), also sent on DEVICE_NEEDS_RESET. */
   configChange(): void;
+  /** Queue `queue` was stopped for a broken ring rule (vhost-user signals the ring's error eventfd). */
+  queueFailed?(queue: number): void;
 }
 
 export type QueueArea = keyof QueueAddresses;
+
+export interface DeviceStateOptions {
+  /**
+   * Whether DRIVER_OK activates the device (default). vhost-user says no: its back-end starts
+   * the device itself once a ring is started and enabled, whether DRIVER_OK came or not, and
+   * stops it when the last ring stops (backend.ts), so the device never runs without a ring.
+   */
+  readonly startOnDriverOk?: boolean;
+}
 
 interface QueueSlot {
   size: number;
@@ -64,9 +82,10 @@ export class DeviceState {
 
   constructor(
     readonly device: VirtioDevice,
-    readonly memory: GuestMemory,
+    private mem: GuestMemory | undefined,
     private readonly sink: InterruptSink,
     log: Logger = pino({ name: 'paravirt' }),
+    private readonly options: DeviceStateOptions = {},
   ) {
     const who = `device ${device.name}`;
     if (!Number.isInteger(device.numQueues) || device.numQueues < 0) {
@@ -77,7 +96,17 @@ export class DeviceState {
     this.offeredFeatures = device.features | featureBit(Feature.VERSION_1);
     checkImplementable(this.offeredFeatures, who);
     this.log = log.child({ device: device.name });
-    this.slots = Array.from({ length: device.numQueues }, () => this.freshSlot());
+    this.slots = Array.from({ length: device.numQueues }, (_, i) => this.freshSlot(i));
+  }
+
+  /** Guest memory the queues live in; undefined until a vhost-user front-end sends its memory table. */
+  get memory(): GuestMemory | undefined {
+    return this.mem;
+  }
+
+  /** Guest memory changed (vhost-user SET_MEM_TABLE); the transport rebuilt the rings over it. */
+  useMemory(memory: GuestMemory | undefined): void {
+    this.mem = memory;
   }
 
   // --- status (§2.1) ---
@@ -105,16 +134,14 @@ export class DeviceState {
 
   /** §3.1.1 step 5-6: FEATURES_OK only sticks for a subset of the offer that includes VERSION_1. */
   private featuresOk(): void {
-    const refusal = this.acceptedBeyond64
-      ? 'driver accepted feature bits beyond 63, which the device did not offer'
-      : refuseFeatures(this.offeredFeatures, this.accepted);
+    const refusal = this.featureRefusal();
     if (refusal !== undefined) {
       // Debug, not info: a driver may retry without limit, and the driver itself sees the refusal.
       this.log.debug(`FEATURES_OK refused: ${refusal}`);
       return;
     }
     this.statusBits |= DeviceStatus.FEATURES_OK;
-    this.log.debug(`features negotiated: ${describeFeatures(this.accepted)}`);
+    this.log.debug(`features negotiated: ${describeFeatures(this.accepted, this.device.featureNames)}`);
   }
 
   /** §3.1.1 step 8: build the queues the driver enabled and start the device. */
@@ -130,8 +157,23 @@ export class DeviceState {
       return;
     }
     for (let i = 0; i < this.slots.length; i++) {
-      if (this.slots[i].ready && !this.startQueue(i)) return;
+      const slot = this.slots[i];
+      if (slot.ready && slot.queue === undefined && !this.startQueue(i)) return;
     }
+    if (this.options.startOnDriverOk !== false) this.start();
+  }
+
+  /** Whether the device runs: activated, and not reset since. */
+  get running(): boolean {
+    return this.active !== undefined;
+  }
+
+  /**
+   * Activate the device with the queues it has now. DRIVER_OK does this; vhost-user calls it
+   * once a ring is started and enabled, since front-ends do not all send DRIVER_OK (backend.ts).
+   */
+  start(): void {
+    if (this.active !== undefined || this.mem === undefined) return;
     const ctx = new ActiveContext(this);
     this.active = ctx;
     try {
@@ -143,16 +185,37 @@ export class DeviceState {
     }
   }
 
-  /** Device reset (§2.4): writing 0 to status, at any time. */
-  reset(): void {
+  /**
+   * Device reset (§2.4): writing 0 to status, at any time. `keepFeatures` is for vhost-user,
+   * where the features are the front-end's (SET_FEATURES), which a status reset leaves alone.
+   */
+  reset(keepFeatures = false): void {
+    // A device that never ran is reset too: it may hold state from before activation.
+    if (this.active === undefined) this.device.reset();
+    this.stop();
+    this.statusBits = 0;
+    if (!keepFeatures) {
+      this.accepted = 0n;
+      this.acceptedBeyond64 = false;
+    }
+    for (let i = 0; i < this.slots.length; i++) this.slots[i] = this.freshSlot(i);
+  }
+
+  /**
+   * The device stops and forgets its queues, its context retired; status and features stay but
+   * for DEVICE_NEEDS_RESET, which the stop answers (vhost-user: every ring stopped).
+   */
+  stop(): void {
     // Make the old context inert first, so completions racing the reset see it (see serve.ts).
+    const wasRunning = this.active !== undefined;
     this.active?.retire();
     this.active = undefined;
-    this.device.reset();
-    this.statusBits = 0;
-    this.accepted = 0n;
-    this.acceptedBeyond64 = false;
-    for (let i = 0; i < this.slots.length; i++) this.slots[i] = this.freshSlot();
+    if (wasRunning) this.device.reset();
+    this.statusBits &= ~DeviceStatus.DEVICE_NEEDS_RESET;
+    for (const slot of this.slots) {
+      slot.ready = false;
+      slot.queue = undefined;
+    }
   }
 
   /**
@@ -167,7 +230,7 @@ export class DeviceState {
     }
     this.statusBits |= DeviceStatus.DEVICE_NEEDS_RESET;
     this.log.warn({ queue: where, rule }, `${where}: ${detail}; device needs reset`);
-    if (this.statusBits & DeviceStatus.DRIVER_OK) this.sink.configChange();
+    if (this.driverRunning) this.sink.configChange();
   }
 
   // --- features (§2.2) ---
@@ -204,6 +267,30 @@ export class DeviceState {
     if (features >> 64n !== 0n) this.writeDriverFeatureWord(2, 1);
   }
 
+  /**
+   * Negotiate in one step, for transports without a FEATURES_OK handshake (vhost-user: the
+   * front-end's SET_FEATURES is final for the rings started after it, and may be sent again
+   * while none runs). The features replace any accepted before and are checked as FEATURES_OK
+   * checks them (§3.1.1), which is then set; returns why they were refused, or undefined.
+   */
+  negotiateFeatures(features: bigint): string | undefined {
+    this.statusBits &= ~DeviceStatus.FEATURES_OK;
+    this.accepted = 0n;
+    this.acceptedBeyond64 = false;
+    this.writeDriverFeatures(features);
+    const refusal = this.featureRefusal();
+    if (refusal === undefined) this.statusBits |= DeviceStatus.FEATURES_OK;
+    return refusal;
+  }
+
+  private featureRefusal(): string | undefined {
+    if (this.acceptedBeyond64) return 'driver accepted feature bits beyond 63, which the device did not offer';
+    const refusal = refuseFeatures(this.offeredFeatures, this.accepted, this.device.featureNames);
+    if (refusal !== undefined || this.device.featureRequirements === undefined) return refusal;
+    const missing = missingRequirement(this.accepted, this.device.featureRequirements, this.device.featureNames);
+    return missing === undefined ? undefined : `${missing}, which the driver did not accept (§2.2.1)`;
+  }
+
   // --- queues ---
 
   /** Queue count the device offers. */
@@ -213,7 +300,11 @@ export class DeviceState {
 
   /** Largest size of queue `index`, 0 when there is no such queue (§4.2.2 QueueSizeMax). */
   queueMaxSize(index: number): number {
-    return this.slots[index] === undefined ? 0 : this.device.maxQueueSize;
+    return this.slots[index] === undefined ? 0 : this.maxSizeOf(index);
+  }
+
+  private maxSizeOf(index: number): number {
+    return Math.min(this.device.maxQueueSize, this.device.queueMaxSize?.(index) ?? this.device.maxQueueSize);
   }
 
   queueSize(index: number): number {
@@ -262,13 +353,25 @@ export class DeviceState {
       slot.queue = undefined;
       return;
     }
-    const sizeError = queueSizeError(slot.size, this.packed, this.device.maxQueueSize);
+    const sizeError = queueSizeError(slot.size, this.packed, this.queueMaxSize(index));
     if (sizeError !== undefined) {
       this.needsReset(this.queueName(index), 'bad queue size', sizeError);
       return;
     }
     slot.ready = true;
     if (this.active !== undefined) this.startQueue(index);
+  }
+
+  /**
+   * A transport that builds its rings itself hands queue `index` over, ready to run (or, with
+   * undefined, takes it back): it is enabled as if the driver had written the ready register.
+   */
+  attachQueue(index: number, queue: DeviceQueue | undefined): void {
+    const slot = this.slots[index];
+    if (slot === undefined) return;
+    slot.ready = queue !== undefined;
+    slot.queue = queue;
+    if (queue !== undefined) slot.size = queue.size;
   }
 
   /** The driver notified queue `index` (§2.3.3). The device hears of it only while it runs. */
@@ -290,28 +393,22 @@ export class DeviceState {
     const slot = this.slots[index];
     if (slot !== undefined) slot.queue = undefined;
     this.device.counters.queue(index).ringFaults++;
+    this.sink.queueFailed?.(index);
     const rule = err instanceof VirtqueueError ? err.rule : err instanceof GuestMemoryError ? 'guest memory access' : err.name;
     this.needsReset(this.queueName(index), rule, err.message);
   }
 
   private get packed(): boolean {
-    return hasFeature(this.accepted, Feature.RING_PACKED);
+    return isPackedRing(this.accepted);
   }
 
   /** Build the ring for an enabled queue; a misplaced ring is the driver's fault (NEEDS_RESET). */
   private startQueue(index: number): boolean {
     const slot = this.slots[index];
-    const config: QueueConfig = {
-      size: slot.size,
-      desc: slot.desc,
-      driver: slot.driver,
-      device: slot.device,
-      eventIdx: hasFeature(this.accepted, Feature.EVENT_IDX),
-      indirect: hasFeature(this.accepted, Feature.INDIRECT_DESC),
-      inOrder: hasFeature(this.accepted, Feature.IN_ORDER),
-    };
+    const config = negotiatedQueueConfig(this.accepted, slot.size, slot);
     try {
-      slot.queue = createDeviceQueue(this.memory, config, this.packed, this.queueName(index));
+      if (this.mem === undefined) throw new VirtqueueError('ring outside guest memory', `${this.queueName(index)}: there is no guest memory`);
+      slot.queue = createDeviceQueue(this.mem, config, this.packed, this.queueName(index));
       return true;
     } catch (err) {
       if (!(err instanceof VirtqueueError || err instanceof GuestMemoryError)) throw err;
@@ -320,9 +417,9 @@ export class DeviceState {
     }
   }
 
-  private freshSlot(): QueueSlot {
+  private freshSlot(index: number): QueueSlot {
     // A queue's size starts at the maximum until the driver picks one (§4.1.4.3 queue_size).
-    return { size: this.device.maxQueueSize, desc: 0, driver: 0, device: 0, ready: false, queue: undefined };
+    return { size: this.maxSizeOf(index), desc: 0, driver: 0, device: 0, ready: false, queue: undefined };
   }
 
   // --- configuration space (§2.5) ---
@@ -354,7 +451,12 @@ export class DeviceState {
   /** The device changed its configuration: a new generation (§2.5.1), and a notification once running. */
   configChanged(): void {
     this.generation = (this.generation + 1) >>> 0;
-    if (this.statusBits & DeviceStatus.DRIVER_OK) this.sink.configChange();
+    if (this.driverRunning) this.sink.configChange();
+  }
+
+  /** Whether the driver listens for configuration changes: DRIVER_OK set, or the device started without it. */
+  private get driverRunning(): boolean {
+    return (this.statusBits & DeviceStatus.DRIVER_OK) !== 0 || this.active !== undefined;
   }
 
   /** Used buffer notification, from the running context only. */
@@ -369,16 +471,19 @@ export class DeviceState {
  */
 class ActiveContext implements DeviceContext {
   private retired = false;
-  readonly memory: GuestMemory;
   readonly features: bigint;
   readonly log: Logger;
   readonly counters: DeviceCounters;
 
   constructor(private readonly state: DeviceState) {
-    this.memory = state.memory;
     this.features = state.driverFeatures;
     this.log = state.log;
     this.counters = state.device.counters;
+  }
+
+  /** The state's memory, which vhost-user may replace while the device runs; activation needs some. */
+  get memory(): GuestMemory {
+    return this.state.memory!;
   }
 
   retire(): void {

@@ -7,6 +7,7 @@
  */
 import type { Logger } from 'pino';
 import type { DeviceCounters } from './counters.ts';
+import type { FeatureRequirement } from './features.ts';
 import type { GuestMemory } from './memory.ts';
 import type { DeviceQueue } from './queue.ts';
 
@@ -41,8 +42,17 @@ export interface VirtioDevice {
   readonly numQueues: number;
   /** Largest queue size the device accepts. */
   readonly maxQueueSize: number;
+  /** Largest size of queue `index` where it is smaller than maxQueueSize (a control queue, say). */
+  queueMaxSize?(index: number): number;
   /** Features offered: device-specific bits and the ring features it supports (VERSION_1 is implied). */
   readonly features: bigint;
+  /**
+   * The device type's feature dependencies (§5.x "Feature bit requirements"): FEATURES_OK is
+   * refused for a driver that accepts a feature without what it requires (§2.2.1).
+   */
+  readonly featureRequirements?: readonly FeatureRequirement[];
+  /** Names of the device-specific feature bits, for log lines. */
+  readonly featureNames?: Readonly<Record<number, string>>;
   /** What the device counted since it was made, across resets and reconnects. */
   readonly counters: DeviceCounters;
   /** Device configuration space (§4.x "device-specific configuration"), little-endian, owned by the device. */

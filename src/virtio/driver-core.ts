@@ -10,7 +10,7 @@ import { DESC_SIZE, DeviceStatus, Feature, featureBit, hasFeature } from './cons
 import type { DriverTransport } from './driver.ts';
 import { checkImplementable, describeFeatures } from './features.ts';
 import { RequestQueue } from './request-queue.ts';
-import { allocateRing, createDriverQueue, queueSizeError } from './ring.ts';
+import { allocateRing, createDriverQueue, isPackedRing, negotiatedQueueConfig, queueSizeError } from './ring.ts';
 import type { IndirectTables } from './split-ring.ts';
 
 export interface DriverOptions {
@@ -24,8 +24,11 @@ export interface DriverOptions {
    * A reserved bit the framework does not implement is refused with an error naming it.
    */
   readonly features: bigint;
-  /** Queues to set up, 0..n-1; default every queue the device has. */
-  readonly queues?: number;
+  /**
+   * Queues to set up, 0..n-1; default every queue the device has. A function of the negotiated
+   * features for devices whose queues exist only with a feature (virtio-rtc's alarmq).
+   */
+  readonly queues?: number | ((features: bigint) => number);
   /** Largest queue size to use (default 256); the device's maximum caps it further. */
   readonly queueSize?: number;
   /**
@@ -200,7 +203,7 @@ async function setUpQueues(
   owned: number[],
 ): Promise<RequestQueue[]> {
   const { name } = options;
-  const packed = hasFeature(features, Feature.RING_PACKED);
+  const packed = isPackedRing(features);
   const wanted = options.queueSize ?? DEFAULT_QUEUE_SIZE;
   const sizeError = queueSizeError(wanted, packed);
   if (sizeError !== undefined) throw new RangeError(`${name}: option queueSize: ${sizeError}`);
@@ -209,7 +212,7 @@ async function setUpQueues(
   if (!Number.isSafeInteger(segments) || segments < 0) {
     throw new RangeError(`${name}: option indirectSegments ${segments} is not a non-negative integer`);
   }
-  const count = options.queues ?? (await transport.numQueues());
+  const count = typeof options.queues === 'function' ? options.queues(features) : (options.queues ?? (await transport.numQueues()));
   if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`${name}: option queues ${count} is not a positive integer`);
 
   const queues: RequestQueue[] = [];
@@ -227,13 +230,7 @@ async function setUpQueues(
       owned.push(addr);
       tables = { addr, maxSegments: segments };
     }
-    const config = {
-      ...addrs,
-      size,
-      eventIdx: hasFeature(features, Feature.EVENT_IDX),
-      indirect,
-      inOrder: hasFeature(features, Feature.IN_ORDER),
-    };
+    const config = negotiatedQueueConfig(features, size, addrs);
     const queueName = `${name}.q${index}`;
     const ring = createDriverQueue<number>(transport.memory, config, packed, queueName, tables);
     await transport.enableQueue(index, size, addrs);

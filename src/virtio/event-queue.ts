@@ -144,6 +144,21 @@ export class EventQueue<E> implements HeldBuffers {
     return true;
   }
 
+  /**
+   * Take back waiting events `obsolete` picks, before any of them is written: a device that must
+   * stop serving an event (virtio-rtc: the driver disabled the alarm it was for) calls this
+   * before it answers. For layouts that write each event whole; returns how many were removed.
+   */
+  withdraw(obsolete: (event: E) => boolean): number {
+    const before = this.backlog.length;
+    const kept = this.backlog.filter((e) => !obsolete(e));
+    this.backlog.length = 0;
+    this.backlog.push(...kept);
+    const removed = before - kept.length;
+    if (removed > 0) this.spaceFreed();
+    return removed;
+  }
+
   /** The driver posted buffers (a kick on this queue); call from VirtioDevice.queueNotify. */
   kick(): void {
     this.drain();

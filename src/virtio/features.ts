@@ -77,9 +77,9 @@ export function checkImplementable(features: bigint, who: string): void {
  * driver may accept only bits the device offered (§2.2.1) and a modern device requires
  * VERSION_1 (§6.1: a device without legacy support may fail FEATURES_OK without it).
  */
-export function refuseFeatures(offered: bigint, accepted: bigint): string | undefined {
+export function refuseFeatures(offered: bigint, accepted: bigint, deviceNames?: Readonly<Record<number, string>>): string | undefined {
   const extra = accepted & ~offered;
-  if (extra !== 0n) return `driver accepted features the device did not offer: ${describeFeatures(extra)}`;
+  if (extra !== 0n) return `driver accepted features the device did not offer: ${describeFeatures(extra, deviceNames)}`;
   if ((accepted & featureBit(Feature.VERSION_1)) === 0n) return 'driver did not accept VERSION_1';
   return undefined;
 }

@@ -8,6 +8,8 @@ export {
   PACKED_FRESH_BASE,
   RingEventFlags,
   packedRingLayout,
+  mapPackedRing,
+  slotUsedSince,
   type PackedRingLayout,
   type RingArea,
 } from './packed/ring.ts';

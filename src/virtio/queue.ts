@@ -96,19 +96,41 @@ export interface DeviceQueue {
   readonly inFlight: number;
 }
 
+/** One descriptor as the driver wrote it in the ring (§2.8.13 struct pvirtq_desc; a split ring's id is unused). */
+export interface RingDescriptor {
+  readonly addr: number;
+  readonly len: number;
+  readonly id: number;
+  readonly flags: number;
+}
+
+/**
+ * A chain as a record kept outside the ring names it: split rings by the head, whose descriptors
+ * stay in the table until the chain is used; packed rings by copies of its ring descriptors, since
+ * used descriptors are written over the ring slots of chains still in flight (§2.8.8).
+ */
+export interface SavedChain {
+  readonly id: number;
+  readonly descriptors: readonly RingDescriptor[];
+}
+
 /**
  * A device queue that can hand out again a chain an earlier incarnation of the device popped and
- * never returned: a vhost-user back-end restarted after a crash learns such heads from its
+ * never returned: a vhost-user back-end restarted after a crash learns such chains from its
  * inflight region ("Inflight I/O tracking" in vhost-user.rst) and serves them before new ones.
  */
 export interface ResubmittingQueue extends DeviceQueue {
+  /** Whether saving a chain needs copies of its descriptors (packed), or its head is enough (split). */
+  readonly savesDescriptors: boolean;
+  /** Copies of the ring descriptors of `chain`, which pop() returned just now (before any publish()). */
+  poppedDescriptors(chain: DescriptorChain): RingDescriptor[];
   /**
-   * The chain whose head descriptor is `head`, walked and validated exactly like pop() and then in
-   * flight like a popped chain, without moving the available index: its available entry was
-   * consumed before the restart. Throws VirtqueueError for a head out of range, already in
-   * flight, or whose chain breaks a ring rule.
+   * The chain `saved` names, walked and validated exactly like pop() and then in flight like a
+   * popped chain, without moving the ring's available position: it was consumed before the
+   * restart, and the position the queue was built with already counts it. Throws VirtqueueError
+   * for an id out of range or already in flight, or a chain that breaks a ring rule.
    */
-  resubmit(head: number): DescriptorChain;
+  resubmit(saved: SavedChain): DescriptorChain;
 }
 
 /** One buffer the device returned to the driver. `len` is device-claimed and not yet trusted. */

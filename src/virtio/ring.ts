@@ -3,13 +3,13 @@
  * (§2.8) implementation of the queue contract for either side, says which sizes each allows,
  * and lays out a driver's ring memory.
  */
-import { MAX_QUEUE_SIZE } from './constants.ts';
+import { Feature, MAX_QUEUE_SIZE, hasFeature } from './constants.ts';
 import type { GuestMemory } from './memory.ts';
 import type { DmaAllocator } from './driver.ts';
-import type { DeviceQueue, DriverQueue, QueueAddresses, QueueConfig } from './queue.ts';
-import { SplitDeviceQueue, SplitDriverQueue, splitRingLayout } from './split-ring.ts';
+import type { DriverQueue, QueueAddresses, QueueConfig, ResubmittingQueue } from './queue.ts';
+import { SplitDeviceQueue, SplitDriverQueue, mapSplitRing, splitRingLayout, usedRingIndex } from './split-ring.ts';
 import type { IndirectTables, SplitRingLayout } from './split-ring.ts';
-import { PackedDeviceQueue, PackedDriverQueue, packedRingLayout } from './packed-ring.ts';
+import { PackedDeviceQueue, PackedDriverQueue, mapPackedRing, packedRingLayout, slotUsedSince } from './packed-ring.ts';
 
 /** The size and alignment of a queue's three areas, in the order of QueueAddresses. */
 export type RingLayout = SplitRingLayout;
@@ -32,10 +32,31 @@ export function queueSizeError(size: number, packed: boolean, max = MAX_QUEUE_SI
 
 const AREAS = ['desc', 'driver', 'device'] as const;
 
+/** Whether the negotiated `features` put every queue on a packed ring (VIRTIO_F_RING_PACKED, §2.8). */
+export function isPackedRing(features: bigint): boolean {
+  return hasFeature(features, Feature.RING_PACKED);
+}
+
+/**
+ * What one queue of `size` entries at `areas` runs with under the negotiated `features`: the one
+ * place where ring features (§6) become queue options, for device and driver sides alike.
+ */
+export function negotiatedQueueConfig(features: bigint, size: number, areas: QueueAddresses): QueueConfig {
+  return {
+    size,
+    desc: areas.desc,
+    driver: areas.driver,
+    device: areas.device,
+    eventIdx: hasFeature(features, Feature.EVENT_IDX),
+    indirect: hasFeature(features, Feature.INDIRECT_DESC),
+    inOrder: hasFeature(features, Feature.IN_ORDER),
+  };
+}
+
 /**
  * The device side of a queue the driver configured. Both rings check the size and placement
  * (each area aligned and inside one guest memory region) and throw VirtqueueError when the
- * driver got them wrong.
+ * driver got them wrong. `base` resumes a ring (see DeviceQueue.base).
  */
 export function createDeviceQueue(
   memory: GuestMemory,
@@ -43,10 +64,28 @@ export function createDeviceQueue(
   packed: boolean,
   name: string,
   base?: number,
-): DeviceQueue {
+): ResubmittingQueue {
   return packed
     ? new PackedDeviceQueue(memory, config, name, base)
     : new SplitDeviceQueue(memory, config, name, base);
+}
+
+/**
+ * What guest memory says of a split ring a device restarts on: used->idx, the index the device
+ * last published (§2.7.8). Throws VirtqueueError when the ring is misplaced.
+ */
+export function splitUsedIndex(memory: GuestMemory, config: QueueConfig, name: string): number {
+  return usedRingIndex(mapSplitRing(memory, config, name));
+}
+
+/**
+ * What guest memory says of a packed ring a device restarts on: whether the slot at `pos`, which
+ * the driver made available in the lap of wrap counter `wrap`, no longer holds that available
+ * descriptor — a used descriptor was written over it, and the driver may even have made the slot
+ * available again for the next lap (§2.8.1). Throws VirtqueueError when the ring is misplaced.
+ */
+export function packedSlotUsed(memory: GuestMemory, config: QueueConfig, name: string, pos: number, wrap: boolean): boolean {
+  return slotUsedSince(mapPackedRing(memory, config, name), pos, wrap);
 }
 
 /**

@@ -8,6 +8,8 @@ export {
   placeRingAreas,
   placeSplitRing,
   splitRingLayout,
+  mapSplitRing,
+  usedRingIndex,
   type RingArea,
   type SplitRingLayout,
 } from './split/layout.ts';

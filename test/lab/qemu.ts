@@ -5,8 +5,9 @@
  * (PARAVIRT_LAB_DIR, default /var/cache/paravirt-lab) and records what it built in lab.json.
  * This module only reads that manifest: tests never build anything.
  */
+import { initramfsKey } from '../../scripts/lab/initramfs.ts';
 import { existsSync, readFileSync } from 'node:fs';
-import { join, relative, resolve, isAbsolute } from 'node:path';
+import { dirname, join, relative, resolve, isAbsolute } from 'node:path';
 import { execFileSync } from 'node:child_process';
 
 export const DEFAULT_LAB_DIR = '/var/cache/paravirt-lab';
@@ -73,7 +74,10 @@ export function readManifest(paths: LabPaths = labPaths()): LabManifest {
   if (manifest.format !== 1) {
     throw new LabMissingError(`${paths.manifest} has an unknown format; run \`sudo npm run lab:setup\` again`);
   }
-  return manifest;
+  // Initramfs images are kept side by side, named by the guest scripts they were built from: a
+  // checkout whose image was built before uses it, whichever checkout set the lab up last.
+  const own = join(dirname(manifest.initramfs), `initramfs-${manifest.kernel.release}-${initramfsKey(dirname(manifest.kernel.vmlinux), manifest.kernel.release)}.cpio`);
+  return existsSync(own) ? { ...manifest, initramfs: own } : manifest;
 }
 
 /** How to run one QEMU program. */

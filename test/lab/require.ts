@@ -13,7 +13,7 @@ export function labUnavailable(): string | undefined {
   try {
     const manifest = readManifest();
     // The guest scripts are part of the checkout: an initramfs built from older ones would test stale code.
-    if (!basename(manifest.initramfs).includes(`-${initramfsKey(dirname(manifest.kernel.vmlinux))}.`)) {
+    if (!basename(manifest.initramfs).includes(`-${initramfsKey(dirname(manifest.kernel.vmlinux), manifest.kernel.release)}.`)) {
       return `${manifest.initramfs} was built from other guest scripts than scripts/lab/guest/; run \`sudo npm run lab:setup\``;
     }
   } catch (err) {

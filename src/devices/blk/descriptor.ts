@@ -2,11 +2,7 @@
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { integerIn, read } from '../host-options.ts';
-import { BLK_CONFIG, BlkFeature } from './wire.ts';
-
-export const BLK_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
-  Object.entries(BlkFeature).map(([name, bit]) => [bit, name]),
-);
+import { BLK_CONFIG, BLK_FEATURE_NAMES } from './wire.ts';
 
 export const blkType: DeviceType = {
   name: 'blk',

@@ -11,7 +11,7 @@ import { queueSizeError } from '../../virtio/ring.ts';
 import { QueueServer, type Request } from '../../virtio/serve.ts';
 import type { BlockBackend } from '../../storage/block-backend.ts';
 import { type RangeLimits, type RequestTarget, serveRequest } from './request.ts';
-import { BLK_CONFIG, BlkFeature, type BlkConfig, ID_SIZE, SECTOR_SIZE } from './wire.ts';
+import { BLK_CONFIG, BLK_FEATURE_NAMES, BlkFeature, type BlkConfig, ID_SIZE, SECTOR_SIZE } from './wire.ts';
 
 /** Optional features, each on by default where it makes sense. */
 export interface BlkFeatureOptions {
@@ -112,6 +112,7 @@ export class BlkDevice implements VirtioDevice {
   readonly numQueues: number;
   readonly maxQueueSize: number;
   readonly features: bigint;
+  readonly featureNames = BLK_FEATURE_NAMES;
   readonly config: Uint8Array;
   readonly counters: DeviceCounters;
   readonly backend: BlockBackend;

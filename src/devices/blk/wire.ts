@@ -31,6 +31,11 @@ export const BlkFeature = {
   ZONED: 17,
 } as const;
 
+/** Names for log and error messages (features.ts describeFeatures). */
+export const BLK_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
+  Object.entries(BlkFeature).map(([name, bit]) => [bit, name]),
+);
+
 /** §5.2.6 request types. */
 export const RequestType = {
   IN: 0,

@@ -38,6 +38,8 @@ import {
   macKey,
   missingNetRequirement,
   parseMac,
+  NET_FEATURE_NAMES,
+  NET_FEATURE_REQUIREMENTS,
 } from './wire.ts';
 
 /** Optional features; each defaults to on. */
@@ -120,6 +122,8 @@ export class NetDevice implements VirtioDevice {
   readonly numQueues: number;
   readonly maxQueueSize: number;
   readonly features: bigint;
+  readonly featureRequirements = NET_FEATURE_REQUIREMENTS;
+  readonly featureNames = NET_FEATURE_NAMES;
   readonly config: Uint8Array;
   /** Frames and drops by reason; `counters` holds the queues' own counts and includes these. */
   readonly traffic = new NetCounters();

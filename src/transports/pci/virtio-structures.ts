@@ -43,10 +43,14 @@ export interface VirtioPciStructures {
 }
 
 /** struct virtio_pci_cap: vndr, next, len, cfg_type, bar, id, padding[2], offset, length. */
-const CAP_SIZE = 16;
-const Field = { LEN: 2, CFG_TYPE: 3, BAR: 4, OFFSET: 8, LENGTH: 12, NOTIFY_OFF_MULTIPLIER: 16 } as const;
+export const VIRTIO_PCI_CAP_SIZE = 16;
+/** Byte offsets in struct virtio_pci_cap (and the notify capability's extra dword), from the id byte. */
+export const VirtioPciCapField = { LEN: 2, CFG_TYPE: 3, BAR: 4, ID: 5, OFFSET: 8, LENGTH: 12, NOTIFY_OFF_MULTIPLIER: 16 } as const;
 /** struct virtio_pci_notify_cap and struct virtio_pci_cfg_cap add one dword each. */
-const EXTENDED_CAP_SIZE = 20;
+export const VIRTIO_PCI_EXTENDED_CAP_SIZE = 20;
+const CAP_SIZE = VIRTIO_PCI_CAP_SIZE;
+const Field = VirtioPciCapField;
+const EXTENDED_CAP_SIZE = VIRTIO_PCI_EXTENDED_CAP_SIZE;
 const LAST_BAR = 5;
 
 /** Per structure type: what its section requires of it. */

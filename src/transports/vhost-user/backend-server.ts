@@ -27,7 +27,7 @@ export class SocketPathError extends Error {
  * Bind `path`, replacing a stale socket left by an earlier run (but never any other kind of
  * file: a typo must not delete someone's data).
  */
-function bindPath(path: string): UnixListener {
+export function bindPath(path: string): UnixListener {
   let existing: ReturnType<typeof lstatSync> | undefined;
   try {
     existing = lstatSync(path);
@@ -46,7 +46,7 @@ function bindPath(path: string): UnixListener {
 }
 
 /** An inherited descriptor (--fd) that must be a socket; whether it listens shows at accept. */
-function adoptFd(fd: number): UnixListener {
+export function adoptFd(fd: number): UnixListener {
   let isSocket: boolean;
   try {
     isSocket = fstatSync(fd).isSocket();

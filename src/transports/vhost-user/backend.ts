@@ -7,27 +7,29 @@
  * has already checked syntax): queue indexes, sizes, region layouts, ring placement. A refusal
  * is a FrontEndError, which the connection turns into an error reply and one log line.
  *
- * The device is the same object the other transports drive; the DeviceContext it is given
- * (makeContext) maps vhost-user's notions onto it: rings behind GatedQueues, notifications as
- * eventfd writes, configuration changes as messages on the back-end request channel.
+ * The device is driven through the same DeviceState as under every other transport: status,
+ * features, configuration space and generation, activation, reset and DEVICE_NEEDS_RESET live
+ * there. This module keeps what is vhost-user's own: the rings' descriptors and their states
+ * ("Ring states"), ring addresses in the front-end's address space, the memory table, and the
+ * rings behind GatedQueues, attached to the DeviceState once started. The state's notifications
+ * leave as eventfd writes (used buffers, ring errors) and as messages on the back-end request
+ * channel (configuration changes).
  *
- * With INFLIGHT_SHMFD, split rings record the chains the device holds in the inflight region
+ * With INFLIGHT_SHMFD, rings record the chains the device holds in the inflight region
  * (inflight.ts), which the front-end keeps; a back-end restarted after a crash is handed the
- * region and serves those chains again before new ones (resumeBase, InflightQueue).
+ * region and serves those chains again before new ones (InflightRegion.resume, InflightQueue).
  */
 import type { Logger } from 'pino';
-import { DeviceStatus, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
-import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
-import type { GuestMemory } from '../../virtio/memory.ts';
+import { featureBit, hasFeature } from '../../virtio/constants.ts';
+import type { VirtioDevice } from '../../virtio/device.ts';
+import { DeviceState } from '../../virtio/device-state.ts';
 import type { DeviceQueue, QueueConfig } from '../../virtio/queue.ts';
 import { VirtqueueError } from '../../virtio/queue.ts';
-import { createDeviceQueue, queueSizeError, ringLayout } from '../../virtio/ring.ts';
-import { SplitDeviceQueue } from '../../virtio/split/device.ts';
-import { RING_IDX } from '../../virtio/split/layout.ts';
+import { createDeviceQueue, isPackedRing, negotiatedQueueConfig, queueSizeError, ringLayout } from '../../virtio/ring.ts';
 import { MAX_CONFIG_SIZE, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from './constants.ts';
 import { GatedQueue } from './gated-queue.ts';
-import { InflightRegion, type SplitInflight, inflightShapeError } from './inflight.ts';
-import { InflightQueue } from './inflight-queue.ts';
+import { InflightError, InflightMemory, type InflightReply } from './inflight-memory.ts';
+import { InflightQueue, type InflightRecord } from './inflight-queue.ts';
 import { MAX_MEM_SLOTS, MemoryTable, MemoryTableError } from './memory-table.ts';
 import type { MapRegion, RegionDescription, RegionMapping } from './memory-table.ts';
 
@@ -68,20 +70,6 @@ export interface BackendPorts {
   close(fd: number): void;
 }
 
-/** The inflight region in use: what GET_INFLIGHT_FD allocated or SET_INFLIGHT_FD handed back. */
-interface Inflight {
-  readonly region: InflightRegion;
-  readonly mapping: RegionMapping;
-}
-
-/** GET_INFLIGHT_FD's answer: the region's shape and its descriptor, which the reply carries away. */
-export interface InflightReply {
-  readonly mmapSize: bigint;
-  readonly numQueues: number;
-  readonly queueSize: number;
-  readonly fd: number;
-}
-
 /** The ring areas as the front-end's user addresses (SET_VRING_ADDR). */
 export interface VringAddresses {
   readonly desc: bigint;
@@ -108,28 +96,48 @@ interface Vring {
   /** The driver broke a ring rule: the ring stays closed until the device is reset. */
   failed: boolean;
   /** The ring's record in the inflight region while it runs tracked. */
-  inflight: SplitInflight | undefined;
+  inflight: InflightRecord | undefined;
 }
 
 const NO_FD = -1;
 
 export class VhostUserBackend {
+  /** The features SET_FEATURES accepted, vhost-user's own bit 30 included. */
   private acked = 0n;
   private protocol = 0n;
-  private status = 0;
-  private active = false;
   private backendReqFd = NO_FD;
-  private inflight: Inflight | undefined;
+  private readonly inflight: InflightMemory;
   private readonly table: MemoryTable;
   private readonly vrings: Vring[];
-  private readonly context: DeviceContext;
+  /** The device's virtio state, shared with every transport; its queues are the started rings' gates. */
+  readonly state: DeviceState;
 
+  /** Throws RangeError for a device the framework cannot serve (DeviceState's checks). */
   constructor(
     readonly device: VirtioDevice,
     private readonly ports: BackendPorts,
     readonly log: Logger,
   ) {
+    this.state = new DeviceState(
+      device,
+      undefined,
+      {
+        usedBuffer: (index) => {
+          const v = this.vrings[index];
+          if (v !== undefined && v.callFd !== NO_FD) this.ports.signal(v.callFd);
+        },
+        configChange: () => {
+          if (this.backendReqFd !== NO_FD && this.hasProtocolFeature(ProtocolFeature.CONFIG)) {
+            this.ports.sendConfigChange(this.backendReqFd);
+          }
+        },
+        queueFailed: (index) => this.ringFailed(index),
+      },
+      log,
+      { startOnDriverOk: false },
+    );
     this.table = new MemoryTable(ports.mapRegion);
+    this.inflight = new InflightMemory(ports, device.name, device.numQueues, log);
     this.vrings = Array.from({ length: device.numQueues }, (_, index) => ({
       index,
       size: 0,
@@ -144,19 +152,20 @@ export class VhostUserBackend {
       failed: false,
       inflight: undefined,
     }));
-    this.context = this.makeContext();
   }
 
   // ---- Feature negotiation -------------------------------------------------------------------
 
   /** GET_FEATURES: the device's features, VERSION_1, and the protocol-features bit. */
   get offeredFeatures(): bigint {
-    return (
-      this.device.features | featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES)
-    );
+    return this.state.offeredFeatures | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
   }
 
-  /** SET_FEATURES: the front-end may accept only what was offered (§2.2.1). */
+  /**
+   * SET_FEATURES: the front-end may accept only what was offered (§2.2.1). There is no
+   * FEATURES_OK handshake: the features are negotiated with the DeviceState at once. A set
+   * FEATURES_OK would refuse (no VERSION_1) is logged, not refused, as it always was.
+   */
   setFeatures(features: bigint): void {
     const extra = features & ~this.offeredFeatures;
     if (extra !== 0n) throw new FrontEndError(`features 0x${extra.toString(16)} were not offered`);
@@ -164,6 +173,8 @@ export class VhostUserBackend {
       throw new FrontEndError('features cannot change while a ring is started');
     }
     this.acked = features;
+    const refusal = this.state.negotiateFeatures(features & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES));
+    if (refusal !== undefined) this.log.debug(`features without FEATURES_OK: ${refusal}`);
   }
 
   /** GET_PROTOCOL_FEATURES: CONFIG only for a device that has a configuration space. */
@@ -187,21 +198,19 @@ export class VhostUserBackend {
   /** RESET_OWNER is deprecated; the spec recommends treating it as "disable all rings". */
   async resetOwner(): Promise<void> {
     await this.stopAllRings();
-    this.deactivate();
+    this.state.stop();
   }
 
-  /** RESET_DEVICE: every ring stopped and the device back to its initial state, ownership kept. */
+  /** RESET_DEVICE: every ring stopped and the device back to its initial state (§2.4), ownership kept. */
   async resetDevice(): Promise<void> {
     await this.stopAllRings();
-    this.deactivate();
+    this.state.reset();
     this.acked = 0n;
-    this.status = 0;
     for (const v of this.vrings) {
       v.size = 0;
       v.addresses = undefined;
       v.base = 0;
       v.enabled = false;
-      v.failed = false;
     }
   }
 
@@ -239,7 +248,7 @@ export class VhostUserBackend {
   setVringNum(index: number, size: number): void {
     const v = this.stoppedVring(index, 'SET_VRING_NUM');
     // The split/packed rule is applied when the ring starts, once features are final.
-    const error = queueSizeError(size, true, this.device.maxQueueSize);
+    const error = queueSizeError(size, true, this.state.queueMaxSize(index));
     if (error !== undefined) throw new FrontEndError(`ring ${index}: ${error}`);
     v.size = size;
   }
@@ -261,7 +270,7 @@ export class VhostUserBackend {
   async getVringBase(index: number): Promise<number> {
     const v = this.vring(index);
     await this.stopRing(v);
-    if (this.vrings.every((r) => r.gate === undefined)) this.deactivate();
+    if (this.vrings.every((r) => r.gate === undefined)) this.state.stop();
     return v.base;
   }
 
@@ -301,7 +310,7 @@ export class VhostUserBackend {
     if (v.enabled) {
       v.gate.reopen();
       this.maybeActivate();
-      if (this.active) this.notify(index);
+      this.notify(index);
     } else {
       void v.gate.close();
     }
@@ -311,96 +320,26 @@ export class VhostUserBackend {
 
   /**
    * GET_INFLIGHT_FD: allocate a zeroed region for `numQueues` rings of up to `queueSize` entries,
-   * start using it, and give its descriptor to the front-end, which keeps it across restarts of
-   * this back-end. The caller closes `fd` once the reply is sent.
+   * laid out for the rings the negotiated features give, start using it, and give its descriptor
+   * to the front-end, which keeps it across restarts of this back-end. The caller closes `fd`
+   * once the reply is sent.
    */
   getInflightFd(numQueues: number, queueSize: number): InflightReply {
-    this.checkInflightShape(numQueues, queueSize);
-    const size = InflightRegion.byteLength(numQueues, queueSize);
-    const fd = this.ports.createSharedMemory(`${this.device.name}-inflight`, size);
-    try {
-      this.useInflight(this.ports.mapRegion(fd, 0, size), numQueues, queueSize);
-    } catch (err) {
-      this.ports.close(fd);
-      throw err;
-    }
-    return { mmapSize: BigInt(size), numQueues, queueSize, fd };
+    this.refuseInflightChange();
+    return inflightRequest(() => this.inflight.allocate(numQueues, queueSize, isPackedRing(this.state.driverFeatures)));
   }
 
   /**
    * SET_INFLIGHT_FD: use the region the front-end kept, which may hold the records of a
    * predecessor that crashed; rings starting from now on resubmit what it left in flight.
-   * Only the part the shape needs is mapped, and only if the file really holds it.
    */
   setInflightFd(mmapSize: bigint, mmapOffset: bigint, numQueues: number, queueSize: number, fd: number): void {
-    this.checkInflightShape(numQueues, queueSize);
-    const size = InflightRegion.byteLength(numQueues, queueSize);
-    if (mmapSize < BigInt(size)) {
-      throw new FrontEndError(`inflight region of ${mmapSize} bytes, fewer than the ${size} its ${numQueues} queues of ${queueSize} entries need`);
-    }
-    if (mmapOffset > BigInt(Number.MAX_SAFE_INTEGER - size)) {
-      throw new FrontEndError(`inflight region offset 0x${mmapOffset.toString(16)} is beyond 2^53`);
-    }
-    let mapping: RegionMapping;
-    try {
-      mapping = this.ports.mapRegion(fd, Number(mmapOffset), size);
-    } catch (err) {
-      throw new FrontEndError(`inflight region cannot be mapped: ${(err as Error).message}`);
-    }
-    this.useInflight(mapping, numQueues, queueSize);
+    this.refuseInflightChange();
+    inflightRequest(() => this.inflight.adopt(mmapSize, mmapOffset, numQueues, queueSize, isPackedRing(this.state.driverFeatures), fd));
   }
 
-  private checkInflightShape(numQueues: number, queueSize: number): void {
+  private refuseInflightChange(): void {
     if (this.anyStarted()) throw new FrontEndError('the inflight region cannot change while a ring is started');
-    const error = inflightShapeError(numQueues, queueSize, this.device.numQueues);
-    if (error !== undefined) throw new FrontEndError(error);
-  }
-
-  private useInflight(mapping: RegionMapping, numQueues: number, queueSize: number): void {
-    this.dropInflight();
-    this.inflight = { region: new InflightRegion(mapping.bytes, numQueues, queueSize), mapping };
-    this.log.info({ numQueues, queueSize }, 'inflight region in use');
-  }
-
-  private dropInflight(): void {
-    this.inflight?.mapping.unmap();
-    this.inflight = undefined;
-  }
-
-  /**
-   * Where a starting ring resumes popping, and its inflight record attached. Untracked (no
-   * region, a packed ring, a ring the region has no room for), the front-end's base. Tracked,
-   * the record is repaired against the used ring; heads still in flight were taken from the
-   * entries just before the resume point, which the front-end cannot know after a crash (QEMU
-   * then sends the used index as the base).
-   */
-  private resumeBase(v: Vring): number {
-    v.inflight = undefined;
-    const inflight = this.inflight;
-    if (inflight === undefined) return v.base;
-    if (hasFeature(this.acked, Feature.RING_PACKED)) {
-      this.log.warn({ queue: v.index }, 'inflight tracking covers split rings only; this packed ring runs untracked');
-      return v.base;
-    }
-    const record = v.size <= inflight.region.queueSize ? inflight.region.queue(v.index, this.log) : undefined;
-    if (record === undefined) {
-      this.log.warn({ queue: v.index, size: v.size }, 'the inflight region has no room for this ring; it runs untracked');
-      return v.base;
-    }
-    const usedIdx = this.usedIndex(v);
-    const heads = record.recover(v.size, usedIdx);
-    v.inflight = record;
-    if (heads === undefined) return v.base;
-    this.log.info({ queue: v.index, resubmitting: heads.length, usedIdx }, 'ring resumes from its inflight record');
-    return (usedIdx + heads.length) & 0xffff;
-  }
-
-  /** used->idx of a split ring about to start (its placement is checked by queueConfig). */
-  private usedIndex(v: Vring): number {
-    const device = this.queueConfig(v, false).device;
-    const bytes = this.table.memory?.trySlice(device + 2 * RING_IDX, 2);
-    if (bytes === undefined) throw new FrontEndError(`ring ${v.index}: used ring outside guest memory`);
-    return bytes[0] | (bytes[1] << 8);
   }
 
   // ---- Configuration space and status ---------------------------------------------------------
@@ -408,40 +347,38 @@ export class VhostUserBackend {
   /** GET_CONFIG: bytes past the device's configuration space read as zero, as on virtio-pci. */
   getConfig(offset: number, size: number): Uint8Array {
     this.checkConfigRange(offset, size);
-    const out = new Uint8Array(size);
-    const config = this.device.config;
-    if (offset < config.length) out.set(config.subarray(offset, Math.min(config.length, offset + size)));
-    return out;
+    return this.state.readConfig(offset, size);
   }
 
   /** SET_CONFIG: stored, then handed to the device to act on (e.g. blk's writeback toggle). */
   setConfig(offset: number, payload: Uint8Array): void {
     this.checkConfigRange(offset, payload.length);
-    const config = this.device.config;
-    if (offset + payload.length > config.length) {
-      throw new FrontEndError(`config write of ${payload.length} bytes at ${offset} is past the device's ${config.length} bytes`);
+    if (offset + payload.length > this.state.configSize) {
+      throw new FrontEndError(`config write of ${payload.length} bytes at ${offset} is past the device's ${this.state.configSize} bytes`);
     }
-    config.set(payload, offset);
-    this.device.configWritten?.(offset, payload.length);
+    this.state.writeConfig(offset, payload);
   }
 
-  /** SET_STATUS (§2.1): 0 resets the device; otherwise recorded for GET_STATUS. */
+  /**
+   * SET_STATUS (§2.1): 0 stops every ring and resets the device, keeping the front-end's
+   * features; otherwise the DeviceState takes the bits as from any driver. The device starts
+   * when a ring is started and enabled, DRIVER_OK or not (maybeActivate).
+   */
   async setStatus(status: number): Promise<void> {
     if (!Number.isInteger(status) || status < 0 || status > 0xff) {
       throw new FrontEndError(`device status ${status} is not an 8-bit value`);
     }
     if (status === 0) {
       await this.stopAllRings();
-      this.deactivate();
-      this.status = 0;
+      this.state.reset(true);
       return;
     }
-    this.status = (status & ~DeviceStatus.DEVICE_NEEDS_RESET) | (this.status & DeviceStatus.DEVICE_NEEDS_RESET);
+    this.state.writeStatus(status);
     this.maybeActivate();
   }
 
   getStatus(): number {
-    return this.status;
+    return this.state.status;
   }
 
   /** SET_BACKEND_REQ_FD: the channel for CONFIG_CHANGE_MSG. */
@@ -460,9 +397,10 @@ export class VhostUserBackend {
    */
   async close(): Promise<void> {
     await this.stopAllRings();
-    this.deactivate();
+    this.state.stop();
     for (const m of this.table.clear()) m.unmap();
-    this.dropInflight();
+    this.state.useMemory(undefined);
+    this.inflight.drop();
     for (const v of this.vrings) {
       // A kick fd of a ring that never started (it was refused) is still held here.
       this.replaceFd(v, 'kickFd', NO_FD);
@@ -512,14 +450,9 @@ export class VhostUserBackend {
     return hasFeature(this.acked, VHOST_USER_F_PROTOCOL_FEATURES);
   }
 
-  /** The features the driver accepted, as the device understands them (bit 30 is vhost-user's). */
-  private get deviceFeatures(): bigint {
-    return this.acked & ~featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
-  }
-
   private queueConfig(v: Vring, packed: boolean): QueueConfig {
     if (v.size === 0) throw new FrontEndError(`ring ${v.index} started before SET_VRING_NUM`);
-    const sizeError = queueSizeError(v.size, packed, this.device.maxQueueSize);
+    const sizeError = queueSizeError(v.size, packed, this.state.queueMaxSize(v.index));
     if (sizeError !== undefined) throw new FrontEndError(`ring ${v.index}: ${sizeError}`);
     if (v.addresses === undefined) throw new FrontEndError(`ring ${v.index} started before SET_VRING_ADDR`);
     const layout = ringLayout(v.size, packed);
@@ -532,26 +465,31 @@ export class VhostUserBackend {
       }
       return gpa;
     };
-    return {
-      size: v.size,
-      desc: area('desc'),
-      driver: area('driver'),
-      device: area('device'),
-      eventIdx: hasFeature(this.acked, Feature.EVENT_IDX),
-      indirect: hasFeature(this.acked, Feature.INDIRECT_DESC),
-      inOrder: hasFeature(this.acked, Feature.IN_ORDER),
-    };
+    return negotiatedQueueConfig(this.state.driverFeatures, v.size, { desc: area('desc'), driver: area('driver'), device: area('device') });
   }
 
-  /** Build the DeviceQueue for `v` over the current memory; FrontEndError when it cannot exist. */
-  private buildQueue(v: Vring, base: number): DeviceQueue {
+  /**
+   * Build the DeviceQueue for `v` over the current memory at `base`; FrontEndError when it cannot
+   * exist. A ring that `resumes` (it starts, rather than being rebuilt over new memory) first
+   * takes its record from the inflight region, which may move the base past chains to resubmit.
+   */
+  private buildQueue(v: Vring, base: number, resumes = false): DeviceQueue {
     const memory = this.table.memory;
     if (memory === undefined) throw new FrontEndError(`ring ${v.index} started before SET_MEM_TABLE`);
-    const packed = hasFeature(this.acked, Feature.RING_PACKED);
+    const packed = isPackedRing(this.state.driverFeatures);
     const config = this.queueConfig(v, packed);
+    const name = `${this.device.name}[${v.index}]`;
     try {
-      const queue = createDeviceQueue(memory, config, packed, `${this.device.name}[${v.index}]`, packed ? packedBase(base) : base);
-      return v.inflight !== undefined && queue instanceof SplitDeviceQueue ? new InflightQueue(queue, v.inflight) : queue;
+      if (resumes) {
+        v.inflight = undefined;
+        const tracked = this.inflight.region?.resume(v.index, memory, config, packed, base, name, this.log);
+        if (tracked !== undefined) {
+          v.inflight = tracked.record;
+          base = tracked.base;
+        }
+      }
+      const queue = createDeviceQueue(memory, config, packed, name, base);
+      return v.inflight !== undefined ? new InflightQueue(queue, v.inflight) : queue;
     } catch (err) {
       if (err instanceof VirtqueueError || err instanceof RangeError) throw new FrontEndError(err.message);
       throw err;
@@ -560,15 +498,16 @@ export class VhostUserBackend {
 
   /** A kick fd arrived for a stopped ring: the ring starts ("Ring states"). */
   private startRing(v: Vring): void {
-    const queue = this.buildQueue(v, this.resumeBase(v));
+    const queue = this.buildQueue(v, isPackedRing(this.state.driverFeatures) ? packedBase(v.base) : v.base, true);
     v.unwatch = this.watch(v);
     v.gate = new GatedQueue(queue);
     v.failed = false;
+    this.state.attachQueue(v.index, v.gate);
     if (!this.protocolNegotiated) v.enabled = true;
     if (!v.enabled) void v.gate.close();
     this.maybeActivate();
     // Buffers may already be waiting (a restarted ring or a kick before the fd was watched).
-    if (this.active && v.enabled) this.notify(v.index);
+    if (v.enabled) this.notify(v.index);
   }
 
   /** Watch the ring's kick fd; a descriptor that cannot be watched (a regular file) is refused. */
@@ -581,7 +520,7 @@ export class VhostUserBackend {
   }
 
   private kicked(v: Vring): void {
-    if (this.active && v.enabled && v.gate?.isOpen === true) this.notify(v.index);
+    if (v.enabled && v.gate?.isOpen === true) this.notify(v.index);
   }
 
   /** Stop a ring: no more kicks, no more pops, and every chain in flight published. */
@@ -596,6 +535,9 @@ export class VhostUserBackend {
     // The device may still hold the gate; detached, it can no longer reach guest memory.
     gate.detach();
     v.gate = undefined;
+    this.state.attachQueue(v.index, undefined);
+    // Every chain was published, or dropped with the failed ring: the record owes nothing.
+    if (v.inflight?.hasPending === false) v.inflight.clear();
     v.inflight = undefined;
     this.replaceFd(v, 'kickFd', NO_FD);
   }
@@ -605,46 +547,26 @@ export class VhostUserBackend {
   }
 
   /**
-   * Activate the device once it can serve: when a ring is started and enabled. DRIVER_OK
+   * Start the device once it can serve: when a ring is started and enabled. DRIVER_OK
    * (SET_STATUS) is not waited for: front-ends send it inconsistently (QEMU's generic
    * vhost-user devices never do), and a started, enabled ring already means the driver set
    * the device up (§3.1.1) and the front-end handed the ring over.
    */
   private maybeActivate(): void {
-    if (this.active || this.table.memory === undefined) return;
+    if (this.state.running || this.table.memory === undefined) return;
     if (!this.vrings.some((v) => v.gate !== undefined && v.enabled && !v.failed)) return;
-    try {
-      this.device.activate(this.context);
-    } catch (err) {
-      // A device bug, not the front-end's doing: report it like a broken device (§2.1.2).
-      this.status |= DeviceStatus.DEVICE_NEEDS_RESET;
-      this.log.error({ err: (err as Error).message }, `${this.device.name}: activation failed`);
-      return;
-    }
-    this.active = true;
+    this.state.start();
+    if (!this.state.running) return;
     for (const v of this.vrings) if (v.gate !== undefined && v.enabled) this.notify(v.index);
   }
 
-  /** Hand a kick to the device. Runs from event-loop callbacks, so nothing may escape it. */
+  /** Hand a kick to the device while it runs. Runs from event-loop callbacks, so nothing may escape it. */
   private notify(index: number): void {
     try {
-      this.device.queueNotify(index);
+      this.state.notify(index);
     } catch (err) {
       this.log.error({ queue: index, err: (err as Error).message }, `${this.device.name}: queue notification failed`);
     }
-  }
-
-  private deactivate(): void {
-    if (this.active) {
-      try {
-        this.device.reset();
-      } catch (err) {
-        this.log.error({ err: (err as Error).message }, `${this.device.name}: reset failed`);
-      }
-    }
-    this.active = false;
-    this.status &= ~DeviceStatus.DEVICE_NEEDS_RESET;
-    for (const v of this.vrings) v.failed = false;
   }
 
   /**
@@ -658,6 +580,7 @@ export class VhostUserBackend {
     let dropped: RegionMapping[];
     try {
       dropped = change();
+      this.state.useMemory(this.table.memory);
     } catch (err) {
       this.reopenAll(running);
       if (err instanceof MemoryTableError) throw new FrontEndError(err.message);
@@ -671,7 +594,7 @@ export class VhostUserBackend {
         gate.reopen(this.buildQueue(v, gate.base));
       } catch (err) {
         // The new layout no longer holds this ring: it fails, and must not touch the old mappings.
-        this.failRing(v.index, err as Error);
+        this.state.failQueue(v.index, err as Error);
       }
     }
     for (const m of dropped) m.unmap();
@@ -682,64 +605,26 @@ export class VhostUserBackend {
     for (const v of vrings) {
       if (v.gate === undefined || v.failed || !v.enabled) continue;
       v.gate.reopen();
-      if (this.active) this.notify(v.index);
-    }
-  }
-
-  private makeContext(): DeviceContext {
-    // Getters of an object literal have their own `this`; these closures keep the back-end's.
-    const memory = (): GuestMemory => this.table.memory!;
-    const features = (): bigint => this.deviceFeatures;
-    const log = this.log;
-    return {
-      // Activation requires a memory table, and close() deactivates before clearing it.
-      get memory(): GuestMemory {
-        return memory();
-      },
-      get features(): bigint {
-        return features();
-      },
-      log,
-      counters: this.device.counters,
-      // A disabled ring keeps its gate (closed): requests in flight must still complete into it.
-      queue: (index: number): DeviceQueue | undefined => {
-        const v = this.vrings[index];
-        return v !== undefined && !v.failed ? v.gate : undefined;
-      },
-      notifyQueue: (index: number): void => {
-        const v = this.vrings[index];
-        if (v !== undefined && v.callFd !== NO_FD) this.ports.signal(v.callFd);
-      },
-      configChanged: (): void => this.configChanged(),
-      fail: (index: number, err: Error): void => this.failRing(index, err),
-    };
-  }
-
-  private configChanged(): void {
-    if (this.backendReqFd !== NO_FD && this.hasProtocolFeature(ProtocolFeature.CONFIG)) {
-      this.ports.sendConfigChange(this.backendReqFd);
+      this.notify(v.index);
     }
   }
 
   /**
-   * A ring broke (DeviceContext.fail, or a memory change that no longer holds it): it stops
-   * until the device is reset, the status says DEVICE_NEEDS_RESET (§2.1.2), and the front-end
-   * hears of it through the ring's error eventfd and a configuration change.
+   * The DeviceState stopped ring `index` for a broken ring rule (the device's DeviceContext.fail,
+   * or a memory change that no longer holds it) and entered DEVICE_NEEDS_RESET: the ring stays
+   * closed until the device is reset, reaches no guest memory, and the front-end hears of it
+   * through the ring's error eventfd as well as the configuration change.
    */
-  private failRing(index: number, err: Error): void {
+  private ringFailed(index: number): void {
     const v = this.vrings[index];
     if (v === undefined || v.failed) return;
     v.failed = true;
-    this.device.counters.queue(index).ringFaults++;
     if (v.gate !== undefined) {
       v.base = v.gate.base;
       // The device drops its chains in flight on a failed ring; nothing of it may touch memory now.
       v.gate.detach();
     }
-    this.status |= DeviceStatus.DEVICE_NEEDS_RESET;
-    this.log.warn({ queue: index, err: err.message }, 'ring stopped until the device is reset');
     if (v.errFd !== NO_FD) this.ports.signal(v.errFd);
-    this.configChanged();
   }
 
   private checkConfigRange(offset: number, size: number): void {
@@ -756,4 +641,14 @@ export class VhostUserBackend {
  */
 function packedBase(num: number): number {
   return num >>> 16 === 0 ? (num & 0xffff) * 0x1_0001 : num;
+}
+
+/** A request on the inflight region; a refusal is the front-end's error. */
+function inflightRequest<T>(request: () => T): T {
+  try {
+    return request();
+  } catch (err) {
+    if (err instanceof InflightError) throw new FrontEndError(err.message);
+    throw err;
+  }
 }

@@ -1,15 +1,37 @@
 /**
- * A split ring whose every chain is recorded in the inflight region while the device holds it
+ * A ring whose every chain is recorded in the inflight region while the device holds it
  * (inflight.ts), and which first hands out again the chains a crashed predecessor left in flight.
- * The device sees an ordinary DeviceQueue.
+ * The device sees an ordinary DeviceQueue; split and packed rings differ only in their record.
  */
-import type { DescriptorChain, DeviceQueue, ResubmittingQueue } from '../../virtio/queue.ts';
-import type { SplitInflight } from './inflight.ts';
+import type { DescriptorChain, DeviceQueue, ResubmittingQueue, RingDescriptor, SavedChain } from '../../virtio/queue.ts';
+
+/**
+ * One ring's record in the inflight region, in either of vhost-user.rst's layouts. The queue calls
+ * it in the order the layouts need for a crash between any two steps to be repairable.
+ */
+export interface InflightRecord {
+  /** The next chain recovery found, to be handed out before any new chain; undefined when none is left. */
+  nextResubmit(): SavedChain | undefined;
+  readonly hasPending: boolean;
+  /** A chain was taken from the ring; `descriptors` are its copies when the ring needs them saved. */
+  taken(chain: DescriptorChain, descriptors: readonly RingDescriptor[]): void;
+  /** A chain was returned; it joins the batch the next publish makes visible. */
+  returned(chain: DescriptorChain): void;
+  /** The batch is about to become visible to the driver. */
+  publishing(): void;
+  /** The batch is visible to the driver: its chains are no longer in flight. */
+  published(): void;
+  /**
+   * The back-end stopped the ring itself (everything published, or the ring failed and its
+   * requests were dropped): nothing is owed, so the next start takes the front-end's position.
+   */
+  clear(): void;
+}
 
 export class InflightQueue implements DeviceQueue {
   constructor(
     private readonly inner: ResubmittingQueue,
-    private readonly record: SplitInflight,
+    private readonly record: InflightRecord,
   ) {}
 
   get size(): number {
@@ -20,7 +42,7 @@ export class InflightQueue implements DeviceQueue {
     return this.inner.base;
   }
 
-  /** Chains the device holds; heads still waiting to be resubmitted are not held by anyone yet. */
+  /** Chains the device holds; chains still waiting to be resubmitted are not held by anyone yet. */
   get inFlight(): number {
     return this.inner.inFlight;
   }
@@ -30,25 +52,26 @@ export class InflightQueue implements DeviceQueue {
    * made them available; their records stay as they were (in flight, same counter).
    */
   pop(): DescriptorChain | null {
-    const head = this.record.nextResubmit();
-    if (head !== undefined) return this.inner.resubmit(head);
+    const saved = this.record.nextResubmit();
+    if (saved !== undefined) return this.inner.resubmit(saved);
     const chain = this.inner.pop();
-    if (chain !== null) this.record.taken(chain.id);
+    if (chain !== null) this.record.taken(chain, this.inner.savesDescriptors ? this.inner.poppedDescriptors(chain) : []);
     return chain;
   }
 
   push(chain: DescriptorChain, written: number): void {
     this.inner.push(chain, written);
-    this.record.returned(chain.id);
+    this.record.returned(chain);
   }
 
   publish(): boolean {
+    this.record.publishing();
     const notify = this.inner.publish();
     this.record.published();
     return notify;
   }
 
-  /** Heads waiting to be resubmitted are work as much as new buffers are: pop again. */
+  /** Chains waiting to be resubmitted are work as much as new buffers are: pop again. */
   enableNotifications(): boolean {
     return this.inner.enableNotifications() || this.record.hasPending;
   }

@@ -16,7 +16,14 @@ import { ChainBuilder, indirectTableEntries } from '../chain.ts';
 import { DESC_SIZE, DescFlag } from '../constants.ts';
 import type { GuestMemory } from '../memory.ts';
 import { addr64 as addr64Binding } from '../memory.ts';
-import { type DescriptorChain, type DeviceQueue, type QueueConfig, VirtqueueError } from '../queue.ts';
+import {
+  type DescriptorChain,
+  type QueueConfig,
+  type ResubmittingQueue,
+  type RingDescriptor,
+  type SavedChain,
+  VirtqueueError,
+} from '../queue.ts';
 import {
   AVAIL_USED as AVAIL_USEDBinding,
   PACKED_FRESH_BASE,
@@ -40,7 +47,7 @@ const usedPattern = usedPatternBinding;
 const addr64 = addr64Binding;
 const U32_MAX = 0xffff_ffff;
 
-export class PackedDeviceQueue implements DeviceQueue {
+export class PackedDeviceQueue implements ResubmittingQueue {
   readonly size: number;
   private readonly words: Uint32Array;
   private readonly halves: Uint16Array;
@@ -204,13 +211,7 @@ export class PackedDeviceQueue implements DeviceQueue {
 
   /** Last checks on a walked chain, then commit: nothing changes before a chain is known good. */
   private accept(chain: DescriptorChain, pos: number, wrap: boolean): DescriptorChain {
-    const id = chain.id;
-    if (id >= this.size) {
-      throw new VirtqueueError('buffer id out of range', `${this.name}: id ${id}, queue size ${this.size}`);
-    }
-    if (this.idInFlight[id] !== 0) {
-      throw new VirtqueueError('buffer id in use', `${this.name}: id ${id} was made available again before it was used`);
-    }
+    this.checkId(chain.id);
     if (this.held + chain.ringDescriptors > this.size) {
       throw new VirtqueueError(
         'ring overrun',
@@ -220,12 +221,71 @@ export class PackedDeviceQueue implements DeviceQueue {
     this.held += chain.ringDescriptors;
     this.availPos = pos;
     this.availWrap = wrap;
+    this.hold(chain.id);
+    return chain;
+  }
+
+  private checkId(id: number): void {
+    if (id >= this.size) {
+      throw new VirtqueueError('buffer id out of range', `${this.name}: id ${id}, queue size ${this.size}`);
+    }
+    if (this.idInFlight[id] !== 0) {
+      throw new VirtqueueError('buffer id in use', `${this.name}: id ${id} was made available again before it was used`);
+    }
+  }
+
+  /** Buffer `id` is now in flight. */
+  private hold(id: number): void {
     this.idInFlight[id] = 1;
     this.chainsInFlight++;
     if (this.inOrder) {
       this.popOrder[(this.popOrderHead + this.popOrderCount) % this.size] = id;
       this.popOrderCount++;
     }
+  }
+
+  /** Used descriptors overwrite the slots of chains still in flight (§2.8.8): a record must copy them. */
+  readonly savesDescriptors = true;
+
+  poppedDescriptors(chain: DescriptorChain): RingDescriptor[] {
+    const out: RingDescriptor[] = [];
+    let pos = (this.availPos - chain.ringDescriptors + this.size) % this.size;
+    for (let k = 0; k < chain.ringDescriptors; k++) {
+      const w = pos * 4;
+      out.push({ addr: addr64(this.words[w], this.words[w + 1]), len: this.words[w + 2], id: this.halves[pos * 8 + 6], flags: this.halves[pos * 8 + 7] });
+      if (++pos === this.size) pos = 0;
+    }
+    return out;
+  }
+
+  /**
+   * The chain the copies in `saved` describe, checked by the rules pop() applies to the ring: an
+   * indirect descriptor alone, NEXT on every descriptor but the last, the buffer id in the last
+   * one. Its slots lie between the used and avail positions the queue was built with.
+   */
+  resubmit(saved: SavedChain): DescriptorChain {
+    const descriptors = saved.descriptors;
+    const n = descriptors.length;
+    if (n < 1 || n > this.held) {
+      throw new VirtqueueError('bad saved chain', `${this.name}: a saved chain of ${n} descriptors, ${this.held} ring slots held`);
+    }
+    const builder = this.builder;
+    builder.reset();
+    for (let k = 0; k < n; k++) {
+      const { addr, len, flags } = descriptors[k];
+      if ((flags & NEXT) !== 0 !== (k + 1 < n)) {
+        throw new VirtqueueError('bad saved chain', `${this.name}: descriptor ${k} of a saved chain of ${n} has NEXT ${(flags & NEXT) !== 0}`);
+      }
+      if ((flags & INDIRECT) !== 0) {
+        if (n !== 1) throw new VirtqueueError('indirect in chain', `${this.name}: a saved INDIRECT descriptor is part of a list`);
+        this.readIndirect(addr, len);
+      } else {
+        builder.add(addr, len, (flags & WRITE) !== 0, this.size);
+      }
+    }
+    const chain = builder.build(descriptors[n - 1].id, n);
+    this.checkId(chain.id);
+    this.hold(chain.id);
     return chain;
   }
 

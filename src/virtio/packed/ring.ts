@@ -147,6 +147,11 @@ export function mapPackedRing(memory: GuestMemory, config: QueueConfig, name: st
   };
 }
 
+/** Whether descriptor `pos`, made available in the lap of wrap counter `wrap`, has since been used (see ring.ts packedSlotUsed). */
+export function slotUsedSince(views: PackedRingViews, pos: number, wrap: boolean): boolean {
+  return (Atomics.load(views.halves, pos * 8 + 7) & AVAIL_USED) !== availablePattern(wrap);
+}
+
 function area(memory: GuestMemory, name: string, what: string, addr: number, layout: RingArea): Uint8Array {
   if (!Number.isSafeInteger(addr) || addr % layout.align !== 0) {
     throw new VirtqueueError('misaligned ring', `${name}: ${what} at ${hex(addr)} is not ${layout.align}-byte aligned`);

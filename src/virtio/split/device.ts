@@ -9,7 +9,14 @@
 import { DescFlag } from '../constants.ts';
 import { ChainBuilder, INDIRECT_TABLE_MIN_LIMIT, indirectTableEntries } from '../chain.ts';
 import { addr64, type GuestMemory } from '../memory.ts';
-import { VirtqueueError, type DescriptorChain, type QueueConfig, type ResubmittingQueue } from '../queue.ts';
+import {
+  VirtqueueError,
+  type DescriptorChain,
+  type QueueConfig,
+  type ResubmittingQueue,
+  type RingDescriptor,
+  type SavedChain,
+} from '../queue.ts';
 import {
   AVAIL_F_NO_INTERRUPT,
   AVAIL_RING,
@@ -127,7 +134,16 @@ export class SplitDeviceQueue implements ResubmittingQueue {
     return chain;
   }
 
-  resubmit(head: number): DescriptorChain {
+  /** The descriptor table keeps a chain until it is used (§2.7.5): its head names it. */
+  readonly savesDescriptors = false;
+
+  poppedDescriptors(): RingDescriptor[] {
+    return [];
+  }
+
+  /** The chain at head `saved.id` of the descriptor table. */
+  resubmit(saved: SavedChain): DescriptorChain {
+    const head = saved.id;
     if (!Number.isInteger(head)) throw new VirtqueueError('head out of range', `${this.name}: resubmitted head ${head} is not an index`);
     return this.take(head, 'resubmitted while in flight');
   }

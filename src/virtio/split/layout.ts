@@ -137,6 +137,11 @@ function area(memory: GuestMemory, addr: number, layout: RingArea, what: string,
   return bytes;
 }
 
+/** used->idx as the views show it: the index the device last published (acquire). */
+export function usedRingIndex(views: SplitRingViews): number {
+  return Atomics.load(views.used16, RING_IDX);
+}
+
 /**
  * vring_need_event (§2.7.7, §2.7.10): whether moving a ring index from `old` to `now` (16-bit,
  * wrapping) wrote the entry at index `event`, that is the other side asked to be notified.

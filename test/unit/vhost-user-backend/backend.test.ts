@@ -446,3 +446,12 @@ test('a region naming a broken chain makes the resubmission fail as a ring fault
   // The region also claimed one available entry was taken that the driver never made available.
   assert.ok(errors.slice(1).every((e) => e instanceof VirtqueueError && e.rule === 'avail index jump'));
 });
+
+test('a device the framework cannot serve is refused as under every transport: unimplemented features, impossible queue sizes', () => {
+  const unused = (): never => assert.fail('nothing is mapped or signalled for a refused device');
+  const ports: BackendPorts = { mapRegion: unused, createSharedMemory: unused, watchKick: unused, signal: unused, sendConfigChange: unused, close: unused };
+  const unimplemented = Object.assign(new HoldingDevice(), { features: featureBit(Feature.NOTIFICATION_DATA) });
+  assert.throws(() => new VhostUserBackend(unimplemented, ports, pino({ level: 'silent' })), /not implemented/);
+  const noQueueSize = Object.assign(new HoldingDevice(), { maxQueueSize: 0 });
+  assert.throws(() => new VhostUserBackend(noQueueSize, ports, pino({ level: 'silent' })), /queue size/);
+});

@@ -4,6 +4,7 @@ import { DeviceStatus, Feature, featureBit } from '../../../src/virtio/constants
 import { DeviceState } from '../../../src/virtio/device-state.ts';
 import { GuestMemory } from '../../../src/virtio/memory.ts';
 import { VirtqueueError } from '../../../src/virtio/queue.ts';
+import { createDeviceQueue, negotiatedQueueConfig } from '../../../src/virtio/ring.ts';
 import { placeSplitRing } from '../../../src/virtio/split-ring.ts';
 import { ScriptedDevice, WARN, captureLog } from './framework-fixture.ts';
 
@@ -213,6 +214,46 @@ test('DeviceContext.fail enters DEVICE_NEEDS_RESET, notifies, stops that queue o
   assert.equal(state.status & DEVICE_NEEDS_RESET, 0, 'reset clears it');
 });
 
+test('ring faults are counted per queue in the device counters', () => {
+  const { state, device } = setup();
+  start(state);
+  device.ctx!.fail(1, new VirtqueueError('chain too long', 'test.q1'));
+  const queues = device.counters.snapshot().queues;
+  assert.deepEqual([queues[0].ringFaults, queues[1].ringFaults], [0, 1]);
+});
+
+test('FEATURES_OK is refused for a feature accepted without the one it requires (§2.2.1)', () => {
+  const A = 1;
+  const B = 2;
+  class Dependent extends ScriptedDevice {
+    readonly featureRequirements = [{ feature: A, all: [B] }];
+    readonly featureNames = { [A]: 'NEEDS_B', [B]: 'B' };
+  }
+  const { state } = setup(new Dependent(undefined, 2, 16, featureBit(A) | featureBit(B)));
+  negotiate(state, V1 | featureBit(A));
+  assert.equal(state.status & FEATURES_OK, 0);
+  assert.equal(state.negotiateFeatures(V1 | featureBit(A)), 'NEEDS_B requires B, which the driver did not accept (§2.2.1)');
+  state.writeStatus(0);
+  negotiate(state, V1 | featureBit(A) | featureBit(B));
+  assert.equal(state.status & FEATURES_OK, FEATURES_OK);
+});
+
+test('a queue may have a smaller maximum than the device (queueMaxSize), and larger sizes are refused', () => {
+  class SmallControl extends ScriptedDevice {
+    queueMaxSize(index: number): number {
+      return index === 1 ? 4 : 16;
+    }
+  }
+  const { state } = setup(new SmallControl());
+  assert.deepEqual([state.queueMaxSize(0), state.queueMaxSize(1), state.queueMaxSize(2)], [16, 4, 0]);
+  assert.equal(state.queueSize(1), 4, 'a queue starts at its own maximum');
+  negotiate(state);
+  state.writeQueueSize(1, 8);
+  state.writeQueueReady(1, true);
+  assert.equal(state.queueReady(1), false);
+  assert.equal(state.status & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
+});
+
 test('the configuration space: reads past the end are zero, writes past it are dropped, changes bump the generation', () => {
   const device = new ScriptedDevice(undefined, 1, 16, 0n, 4);
   device.config.set([1, 2, 3, 4]);
@@ -255,4 +296,53 @@ test('notifications reach the device only for live queues of a running device', 
   state.notify(1);
   state.notify(99);
   assert.deepEqual(notified, [0], 'queue 1 was never enabled, 99 does not exist');
+});
+
+test('a transport that builds its rings: features in one step, attached queues, a start without DRIVER_OK', () => {
+  const device = new ScriptedDevice(undefined, 2, 16, featureBit(Feature.EVENT_IDX));
+  const events: string[] = [];
+  const failed: number[] = [];
+  const state = new DeviceState(
+    device,
+    undefined,
+    { usedBuffer: (q) => events.push(`used ${q}`), configChange: () => events.push('config'), queueFailed: (q) => failed.push(q) },
+    captureLog().log,
+  );
+  assert.match(state.negotiateFeatures(featureBit(Feature.EVENT_IDX))!, /VERSION_1/);
+  assert.equal(state.status & FEATURES_OK, 0);
+  assert.equal(state.negotiateFeatures(V1 | featureBit(Feature.EVENT_IDX)), undefined, 'sent again, the features replace the first ones');
+  assert.equal(state.status, FEATURES_OK);
+
+  state.start();
+  assert.equal(device.activations, 0, 'no activation without guest memory');
+  const memory = GuestMemory.allocate(0x10000);
+  state.useMemory(memory);
+  const ring = createDeviceQueue(memory, negotiatedQueueConfig(state.driverFeatures, 8, placeSplitRing(0x1000, 8)), false, 'q0');
+  state.attachQueue(0, ring);
+  assert.equal(state.queueReady(0), true);
+  state.start();
+  assert.equal(device.activations, 1, 'started without DRIVER_OK');
+  assert.equal(device.ctx?.queue(0), ring);
+  assert.equal(device.ctx?.memory, memory);
+  device.ctx!.configChanged();
+  assert.deepEqual(events, ['config'], 'a started device notifies configuration changes without DRIVER_OK');
+
+  device.ctx!.fail(0, new VirtqueueError('test rule', 'broken'));
+  assert.deepEqual(failed, [0], 'the transport hears which queue failed');
+  assert.equal(state.status & DEVICE_NEEDS_RESET, DEVICE_NEEDS_RESET);
+  assert.equal(device.ctx?.queue(0), undefined);
+
+  state.stop();
+  assert.equal(device.resets, 1);
+  assert.equal(state.status, FEATURES_OK, 'stopping answers DEVICE_NEEDS_RESET and keeps the features');
+  state.reset(true);
+  assert.equal(state.status, 0);
+  assert.equal(state.driverFeatures, V1 | featureBit(Feature.EVENT_IDX), 'a status reset may keep the front-end features');
+  state.reset();
+  assert.equal(state.driverFeatures, 0n);
+});
+
+test('a device offering a feature the framework does not implement, or a queue size no ring has, is refused', () => {
+  assert.throws(() => setup(new ScriptedDevice(undefined, 1, 16, featureBit(Feature.NOTIFICATION_DATA))), /not implemented/);
+  assert.throws(() => setup(new ScriptedDevice(undefined, 1, 0)), /queue size/);
 });

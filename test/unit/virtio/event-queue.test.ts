@@ -312,3 +312,18 @@ test('a producer refused before the queue failed is told there is room: what it 
   assert.equal(spaces, 1, 'a stalled producer is not left waiting forever');
   assert.deepEqual(q.used, [[0, 1]]);
 });
+
+test('withdrawn events never reach a buffer; the others keep their order, and a refused producer hears of the room', () => {
+  let space = 0;
+  const { q, eq } = records({ backlog: 3, overflow: 'refuse', onSpace: () => space++ });
+  for (const id of [1, 2, 3]) assert.equal(eq.offer(Uint8Array.of(id)), true);
+  assert.equal(eq.offer(Uint8Array.of(4)), false, 'the backlog is full');
+  assert.equal(eq.withdraw((e) => e[0] === 2), 1);
+  assert.equal(space, 1, 'withdrawing made room');
+  assert.equal(eq.withdraw((e) => e[0] === 9), 0);
+  const { chains, bytes } = buffers(3, 1);
+  q.available.push(...chains);
+  eq.kick();
+  assert.deepEqual(bytes.map((b) => b[0]), [1, 3, 0]);
+  assert.equal(eq.waiting, 0);
+});

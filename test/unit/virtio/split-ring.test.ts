@@ -388,7 +388,7 @@ test('resubmit hands a chain out again by its head without moving the available 
   ring.writeDesc(1, DATA + 64, 8, 0);
   // Entries 0-2 were consumed before a restart; entry 3 is the next new one.
   ring.makeAvailable([1], 3);
-  const again = dev.resubmit(5);
+  const again = dev.resubmit({ id: 5, descriptors: [] });
   assert.equal(again.id, 5);
   assert.equal(again.readableLength, 16);
   assert.equal(again.writableLength, 32);
@@ -403,12 +403,12 @@ test('resubmit hands a chain out again by its head without moving the available 
 test('resubmit refuses heads out of range, heads in flight, and broken chains', () => {
   const { ring, dev } = device(8);
   const refuses = (head: number, rule: string): void =>
-    assert.throws(() => dev.resubmit(head), (e: unknown) => e instanceof VirtqueueError && e.rule === rule);
+    assert.throws(() => dev.resubmit({ id: head, descriptors: [] }), (e: unknown) => e instanceof VirtqueueError && e.rule === rule);
   refuses(8, 'head out of range');
   refuses(-1, 'head out of range');
   refuses(1.5, 'head out of range');
   ring.writeDesc(2, DATA, 16, 0);
-  dev.resubmit(2);
+  dev.resubmit({ id: 2, descriptors: [] });
   refuses(2, 'head already in flight');
   ring.writeDesc(4, DATA, 16, NEXT, 9);
   refuses(4, 'next out of range');
@@ -422,8 +422,8 @@ test('IN_ORDER: resubmitted chains return before those popped after them', () =>
   const { ring, dev } = device(8, { inOrder: true }, 2);
   for (const i of [0, 1, 2]) ring.writeDesc(i, DATA + 64 * i, 16, WRITE);
   ring.makeAvailable([2], 2);
-  const a = dev.resubmit(0);
-  const b = dev.resubmit(1);
+  const a = dev.resubmit({ id: 0, descriptors: [] });
+  const b = dev.resubmit({ id: 1, descriptors: [] });
   const c = dev.pop()!;
   assert.throws(() => dev.push(c, 16), RangeError);
   dev.push(a, 16);

@@ -1,0 +1,105 @@
+/**
+ * virtio-scsi under the adversarial fuzzer (test/fuzz): a controller with one 16-block LUN in
+ * memory, attacked on its first request queue and on its control queue. Request-queue probes are
+ * READ(10) of one block, checked against the disk's pattern, and INQUIRY, checked for a disk's
+ * standard data; control-queue probes are ABORT TASK of a tag not in flight (FUNCTION COMPLETE)
+ * and AN_QUERY (no event class supported).
+ */
+import { MemoryBackend } from '../../storage/memory-backend.ts';
+import type { FuzzProfile, Probe, ProbeSeed } from '../device-type.ts';
+import { Op } from './cdb.ts';
+import { CONTROL_QUEUE, FIRST_REQUEST_QUEUE, ScsiDevice } from './device.ts';
+import { BLOCK_SIZE, ScsiDisk } from './disk.ts';
+import { ScsiTargets } from './target.ts';
+import {
+  AN_RESPONSE_SIZE,
+  ControlType,
+  DEFAULT_CDB_SIZE,
+  DEFAULT_SENSE_SIZE,
+  RESPONSE_HEADER_SIZE,
+  Response,
+  TaskAttr,
+  TmfSubtype,
+  decodeCommandResponse,
+  encodeAn,
+  encodeCommandHeader,
+  encodeLun,
+  encodeTmf,
+} from './wire.ts';
+
+const BLOCKS = 16;
+const RESP = RESPONSE_HEADER_SIZE + DEFAULT_SENSE_SIZE;
+
+function request(cdb: number[]): Uint8Array {
+  const bytes = new Uint8Array(DEFAULT_CDB_SIZE);
+  bytes.set(cdb);
+  return encodeCommandHeader({ lun: encodeLun({ target: 0, lun: 0 }), id: 1n, taskAttr: TaskAttr.SIMPLE, prio: 0, crn: 0, cdb: bytes }, DEFAULT_CDB_SIZE);
+}
+
+function probe(seed: ProbeSeed): Probe {
+  if (seed.choice % 2 === 0) {
+    const lba = seed.a % BLOCKS;
+    return {
+      readable: request([Op.READ_10, 0, 0, 0, 0, lba, 0, 0, 1, 0]),
+      writable: RESP + BLOCK_SIZE,
+      check(written, used) {
+        const r = decodeCommandResponse(written);
+        // The LUN's first command after power-on may report the reset instead (29/00, SAM-5 §5.14).
+        if (r.status === 2 && r.sense[2] === 6 && r.sense[12] === 0x29) return undefined;
+        if (r.response !== Response.OK || r.status !== 0) return `READ(10) answered response ${r.response} status ${r.status}`;
+        if (used !== RESP + BLOCK_SIZE) return `READ(10) used length ${used}`;
+        return written[RESP] === (lba & 0xff) ? undefined : `READ(10) of block ${lba} returned ${written[RESP]}`;
+      },
+    };
+  }
+  return {
+    readable: request([Op.INQUIRY, 0, 0, 0, 36, 0]),
+    writable: RESP + 36,
+    check(written) {
+      const r = decodeCommandResponse(written);
+      if (r.response !== Response.OK) return `INQUIRY answered response ${r.response}`;
+      return written[RESP] === 0 ? undefined : `INQUIRY peripheral byte ${written[RESP]}`;
+    },
+  };
+}
+
+function controlProbe(seed: ProbeSeed): Probe {
+  const lun = encodeLun({ target: 0, lun: 0 });
+  if (seed.choice % 2 === 0) {
+    return {
+      readable: encodeTmf({ subtype: TmfSubtype.ABORT_TASK, lun, id: BigInt(seed.a) + 1000n }),
+      writable: 1,
+      check: (written, used) => (used === 1 && written[0] === Response.OK ? undefined : `ABORT TASK answered ${written[0]} (used ${used})`),
+    };
+  }
+  return {
+    readable: encodeAn({ type: ControlType.AN_QUERY, lun, eventRequested: seed.b }),
+    writable: AN_RESPONSE_SIZE,
+    check: (written, used) =>
+      used === AN_RESPONSE_SIZE && written.subarray(0, 4).every((b) => b === 0) && written[4] === Response.OK ? undefined : `AN_QUERY answered ${[...written].join(',')} (used ${used})`,
+  };
+}
+
+/** A controller whose one LUN's block n starts with the byte n, so a probe knows what it must read back. */
+function controller(maxQueueSize: number): ScsiDevice {
+  const backend = new MemoryBackend(BLOCKS * BLOCK_SIZE);
+  for (let b = 0; b < BLOCKS; b++) backend.bytes[b * BLOCK_SIZE] = b;
+  const targets = new ScsiTargets();
+  targets.add({ target: 0, lun: 0 }, new ScsiDisk({ backend, serial: 'fuzz' }));
+  return new ScsiDevice({ targets, queueSize: maxQueueSize });
+}
+
+export const SCSI_FUZZ: readonly FuzzProfile[] = [
+  {
+    name: 'scsi requestq',
+    queue: FIRST_REQUEST_QUEUE,
+    minQueueSize: 2,
+    create: ({ maxQueueSize }) => ({ device: controller(maxQueueSize), probe, violation: () => undefined }),
+  },
+  {
+    name: 'scsi controlq',
+    queue: CONTROL_QUEUE,
+    minQueueSize: 2,
+    create: ({ maxQueueSize }) => ({ device: controller(maxQueueSize), probe: controlProbe, violation: () => undefined }),
+  },
+];
