@@ -78,6 +78,15 @@ export function integerIn(name: string, min: number, max: number): (value: strin
   };
 }
 
+/** One of `choices`, as written. */
+export function oneOf<T extends string>(name: string, choices: readonly T[]): (value: string) => T {
+  return (value: string): T => {
+    const found = choices.find((c) => c === value);
+    if (found === undefined) throw new OptionError(`${name} must be one of ${choices.join(', ')}, not "${value}".`);
+    return found;
+  };
+}
+
 /** A unicast MAC address, six hexadecimal bytes separated by ':' or '-'. */
 export function macAddress(value: string): Uint8Array {
   let mac: Uint8Array;

@@ -1,0 +1,416 @@
+/**
+ * The socket device (§5.10): the guest's vsock connections to the host (CID 2), each joined to a
+ * byte stream on the host (a Unix socket, see hybrid.ts). The guest sends packets on the tx
+ * queue, served as requests; packets to the guest go into the rx buffers it posts, through an
+ * event queue; the event queue carries TRANSPORT_RESET.
+ *
+ * Nothing is lost and memory stays bounded, both ways, by credit (§5.10.6.3, credit.ts):
+ * - guest to host: we advertise a receive buffer per connection and count bytes as forwarded
+ *   only once the host socket took them, so a slow host reader stops the guest's sender;
+ * - host to guest: a host socket is read only while the guest has credit for it and the rx
+ *   backlog has room, so a guest that reads slowly stops the host's sender.
+ * A packet that breaks a rule (wrong CIDs, an unknown op or type, a length that is not the
+ * payload's, more data than the credit given) resets its connection (RST); a tx buffer too
+ * short for a header is counted and returned.
+ */
+import type { Duplex } from 'node:stream';
+import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, featureBit } from '../../virtio/constants.ts';
+import { DeviceCounters } from '../../virtio/counters.ts';
+import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
+import { type EventLayout, EventQueue, ONE_PER_BUFFER } from '../../virtio/event-queue.ts';
+import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
+import { QueueServer, type Request } from '../../virtio/serve.ts';
+import { Credit } from './credit.ts';
+import {
+  EVENT_BYTES, EVENT_TRANSPORT_RESET, EVENTQ, HEADER_BYTES, HOST_CID, MAX_GUEST_CID, MIN_GUEST_CID, Op, type PacketHeader, RXQ,
+  SeqFlag, Shutdown, SocketType, TXQ, VSOCK_CONFIG, VsockFeature, decodeHeader, encodeHeader,
+} from './wire.ts';
+
+/** Where guest connections go on the host. */
+export interface VsockHost {
+  /** A stream to whatever listens on host port `port`; rejects when nothing does. */
+  connect(port: number): Promise<Duplex>;
+}
+
+export interface VsockDeviceOptions {
+  readonly guestCid: number;
+  readonly host: VsockHost;
+  readonly maxQueueSize?: number;
+  /** Receive buffer advertised per connection (default 256 KiB). */
+  readonly bufAlloc?: number;
+}
+
+/** Largest payload of one tx packet the device accepts (Linux sends at most 64 KiB). */
+const MAX_PAYLOAD = 64 * 1024;
+/** Packets waiting for rx buffers before host sockets stop being read. */
+const RX_BACKLOG = 256;
+/** First local port of host-initiated connections (as Firecracker numbers them). */
+const FIRST_LOCAL_PORT = 1 << 30;
+
+/** A packet for the guest; its len, buf_alloc and fwd_cnt are filled as it is written. */
+interface RxPacket {
+  readonly conn: Connection | undefined;
+  readonly header: Omit<PacketHeader, 'len' | 'bufAlloc' | 'fwdCnt'>;
+  readonly payload: Uint8Array;
+}
+
+type State = 'connecting' | 'connected' | 'closing';
+
+class Connection {
+  state: State;
+  readonly credit: Credit;
+  /** Host bytes read but not yet within the guest's credit. */
+  held: Uint8Array[] = [];
+  /** The host sent everything it will (EOF) after `held`. */
+  hostEnded = false;
+
+  constructor(
+    readonly guestPort: number,
+    readonly hostPort: number,
+    readonly type: number,
+    readonly socket: Duplex,
+    state: State,
+    bufAlloc: number,
+  ) {
+    this.state = state;
+    this.credit = new Credit(bufAlloc);
+  }
+
+  get key(): string {
+    return `${this.guestPort}:${this.hostPort}`;
+  }
+}
+
+export class VsockDevice implements VirtioDevice {
+  readonly deviceId = DeviceId.VSOCK;
+  readonly name = 'vsock';
+  /** §5.10.2: rx, tx, event. */
+  readonly numQueues = 3;
+  readonly maxQueueSize: number;
+  readonly features = FRAMEWORK_FEATURES | featureBit(VsockFeature.STREAM) | featureBit(VsockFeature.SEQPACKET);
+  readonly config = new Uint8Array(VSOCK_CONFIG.size);
+  readonly counters: DeviceCounters;
+  private readonly guestCid: number;
+  private readonly bufAlloc: number;
+  private readonly host: VsockHost;
+  private ctx: DeviceContext | undefined;
+  private rx: EventQueue<RxPacket> | undefined;
+  private events: EventQueue<Uint8Array> | undefined;
+  private tx: QueueServer | undefined;
+  /** Packets refused by a full rx backlog, sent first when it has room. */
+  private pending: RxPacket[] = [];
+  private readonly conns = new Map<string, Connection>();
+  /** Host-initiated connections waiting for the guest's RESPONSE or RST. */
+  private readonly connecting = new Map<string, (err?: Error) => void>();
+  private nextLocalPort = FIRST_LOCAL_PORT;
+  private activations = 0;
+  private readonly counts = { badPackets: 0, resets: 0, creditViolations: 0, refusedConnections: 0, connections: 0 };
+
+  constructor(options: VsockDeviceOptions) {
+    const { guestCid } = options;
+    if (!Number.isSafeInteger(guestCid) || guestCid < MIN_GUEST_CID || guestCid > MAX_GUEST_CID) {
+      throw new RangeError(`guest CID ${guestCid} must be an integer from ${MIN_GUEST_CID} to ${MAX_GUEST_CID}`);
+    }
+    this.guestCid = guestCid;
+    this.host = options.host;
+    this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
+    this.bufAlloc = options.bufAlloc ?? 256 * 1024;
+    VSOCK_CONFIG.encode({ guest_cid: guestCid }, this.config);
+    this.counters = new DeviceCounters(3, () => ({ ...this.counts, open: this.conns.size }));
+  }
+
+  /** Open connections. */
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  activate(ctx: DeviceContext): void {
+    this.ctx = ctx;
+    this.rx = new EventQueue(ctx, RXQ, {
+      layout: this.rxLayout,
+      backlog: RX_BACKLOG,
+      overflow: 'refuse',
+      minBuffer: { bytes: HEADER_BYTES, rule: '§5.10.6.2: an rx buffer holds at least a packet header' },
+      onSpace: () => this.flush(),
+    });
+    this.events = new EventQueue(ctx, EVENTQ, { layout: ONE_PER_BUFFER, backlog: 4, overflow: 'drop', minBuffer: { bytes: EVENT_BYTES, rule: '§5.10.6.3: an event buffer holds a virtio_vsock_event' } });
+    this.tx = new QueueServer(ctx, TXQ, (req) => this.transmit(req));
+    // §5.10.6.3: a driver that reconnects to a device that had connections learns they are gone.
+    if (this.activations++ > 0) {
+      const event = new Uint8Array(EVENT_BYTES);
+      new DataView(event.buffer).setUint32(0, EVENT_TRANSPORT_RESET, true);
+      this.events.offer(event);
+    }
+  }
+
+  queueNotify(index: number): void {
+    if (index === RXQ) this.rx?.kick();
+    else if (index === TXQ) this.tx?.kick();
+    else if (index === EVENTQ) this.events?.kick();
+  }
+
+  reset(): void {
+    this.ctx = undefined;
+    this.rx = undefined;
+    this.tx = undefined;
+    this.events = undefined;
+    this.pending = [];
+    for (const c of this.conns.values()) c.socket.destroy();
+    this.conns.clear();
+  }
+
+  /**
+   * A host program asks for a connection to guest port `port` (hybrid vsock's "CONNECT P"):
+   * `settled` is called with the local port the moment the guest accepts (before any of its
+   * data reaches `socket`), or with an error when it refuses or no driver runs.
+   */
+  connectToGuest(port: number, socket: Duplex, settled: (result: number | Error) => void): void {
+    if (this.ctx === undefined) {
+      settled(new Error('no guest driver is running'));
+      return;
+    }
+    const localPort = this.allocatePort();
+    const conn = new Connection(port, localPort, SocketType.STREAM, socket, 'connecting', this.bufAlloc);
+    this.conns.set(conn.key, conn);
+    this.connecting.set(conn.key, (err) => settled(err ?? localPort));
+    this.send(conn, Op.REQUEST);
+  }
+
+  private allocatePort(): number {
+    for (;;) {
+      const port = this.nextLocalPort;
+      this.nextLocalPort = this.nextLocalPort >= 0xffff_fffe ? FIRST_LOCAL_PORT : this.nextLocalPort + 1;
+      if (![...this.conns.values()].some((c) => c.hostPort === port)) return port;
+    }
+  }
+
+  // ---- guest to host ---------------------------------------------------------------------------
+
+  private transmit(req: Request): void {
+    const header = decodeHeader(req.reader.readExact(HEADER_BYTES) ?? new Uint8Array(0));
+    if (header === undefined) {
+      this.counts.badPackets++;
+      return;
+    }
+    const seqpacket = ((this.ctx?.features ?? 0n) & featureBit(VsockFeature.SEQPACKET)) !== 0n;
+    const typeOk = header.type === SocketType.STREAM || (seqpacket && header.type === SocketType.SEQPACKET);
+    // Packets not from this guest to the host are not ours to answer (§5.10.6.1).
+    if (header.srcCid !== this.guestCid || header.dstCid !== HOST_CID) {
+      this.counts.badPackets++;
+      return;
+    }
+    const key = `${header.srcPort}:${header.dstPort}`;
+    const conn = this.conns.get(key);
+    if (header.len > MAX_PAYLOAD || header.len !== req.reader.remaining || !typeOk || header.op === Op.INVALID || header.op > Op.CREDIT_REQUEST) {
+      this.counts.badPackets++;
+      if (header.op !== Op.RST) this.reply(header, Op.RST);
+      if (conn !== undefined) this.drop(conn);
+      return;
+    }
+    if (conn !== undefined) conn.credit.peerUpdate(header.bufAlloc, header.fwdCnt);
+    switch (header.op) {
+      case Op.REQUEST:
+        if (conn !== undefined) {
+          this.reply(header, Op.RST);
+          this.drop(conn);
+          return;
+        }
+        this.guestConnect(header);
+        return;
+      case Op.RST:
+        if (conn !== undefined) this.drop(conn, new Error('the guest refused the connection'));
+        return;
+    }
+    if (conn === undefined) {
+      // §5.10.6.4: a packet for no connection is answered with RST.
+      this.reply(header, Op.RST);
+      return;
+    }
+    switch (header.op) {
+      case Op.RESPONSE:
+        if (conn.state !== 'connecting') {
+          this.reset1(conn);
+          return;
+        }
+        conn.state = 'connected';
+        this.counts.connections++;
+        this.connecting.get(conn.key)?.();
+        this.connecting.delete(conn.key);
+        this.startReading(conn);
+        return;
+      case Op.RW: {
+        const payload = req.reader.readExact(header.len) ?? new Uint8Array(0);
+        if (conn.state !== 'connected' || !conn.credit.received(payload.length)) {
+          if (conn.state === 'connected') this.counts.creditViolations++;
+          this.reset1(conn);
+          return;
+        }
+        this.toHost(conn, payload);
+        this.pump(conn);
+        return;
+      }
+      case Op.SHUTDOWN:
+        if ((header.flags & Shutdown.SEND) !== 0) conn.socket.end();
+        if ((header.flags & (Shutdown.SEND | Shutdown.RCV)) === (Shutdown.SEND | Shutdown.RCV)) {
+          // §5.10.6.4: the guest closed; RST ends the connection. What it sent is still being
+          // written to the host socket, which closes once that is done.
+          this.send(conn, Op.RST);
+          this.conns.delete(conn.key);
+          conn.socket.once('finish', () => conn.socket.destroy());
+          conn.socket.end();
+        }
+        return;
+      case Op.CREDIT_REQUEST:
+        this.send(conn, Op.CREDIT_UPDATE);
+        return;
+      case Op.CREDIT_UPDATE:
+        this.pump(conn);
+        return;
+    }
+  }
+
+  /** A guest REQUEST for host port dst_port: connect to the host listener, answer RESPONSE or RST. */
+  private guestConnect(header: PacketHeader): void {
+    const ctx = this.ctx;
+    const pendingSocket = this.host.connect(header.dstPort);
+    void pendingSocket.then(
+      (socket) => {
+        if (this.ctx !== ctx || ctx === undefined) {
+          socket.destroy();
+          return;
+        }
+        const conn = new Connection(header.srcPort, header.dstPort, header.type, socket, 'connected', this.bufAlloc);
+        conn.credit.peerUpdate(header.bufAlloc, header.fwdCnt);
+        this.conns.set(conn.key, conn);
+        this.counts.connections++;
+        this.send(conn, Op.RESPONSE);
+        this.startReading(conn);
+      },
+      () => {
+        if (this.ctx !== ctx) return;
+        this.counts.refusedConnections++;
+        this.reply(header, Op.RST);
+      },
+    );
+  }
+
+  /** Hand guest bytes to the host socket; they count as forwarded once it took them. */
+  private toHost(conn: Connection, payload: Uint8Array): void {
+    if (payload.length === 0) return;
+    conn.socket.write(payload, (err) => {
+      if (err !== undefined && err !== null) return;
+      conn.credit.forwarded(payload.length);
+      if (this.conns.get(conn.key) === conn && conn.credit.updateDue) {
+        this.send(conn, Op.CREDIT_UPDATE);
+      }
+    });
+  }
+
+  // ---- host to guest ---------------------------------------------------------------------------
+
+  private startReading(conn: Connection): void {
+    const { socket } = conn;
+    socket.on('data', (chunk: Buffer) => {
+      conn.held.push(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length));
+      this.pump(conn);
+    });
+    socket.on('end', () => {
+      conn.hostEnded = true;
+      this.pump(conn);
+    });
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      if (this.conns.get(conn.key) !== conn) return;
+      // The host program is gone: what it sent is already queued; the guest hears SHUTDOWN and answers RST.
+      conn.hostEnded = true;
+      this.pump(conn);
+      if (conn.state === 'connected') {
+        this.send(conn, Op.SHUTDOWN, Shutdown.RCV | Shutdown.SEND);
+        conn.state = 'closing';
+      }
+    });
+    this.pump(conn);
+  }
+
+  /** Send held host bytes within the guest's credit; read more only when all went. */
+  private pump(conn: Connection): void {
+    if (conn.state !== 'connected' && conn.state !== 'closing') return;
+    while (conn.held.length > 0 && conn.credit.peerFree > 0 && this.pending.length === 0) {
+      const chunk = conn.held[0];
+      const n = Math.min(chunk.length, conn.credit.peerFree, MAX_PAYLOAD);
+      if (n < chunk.length) conn.held[0] = chunk.subarray(n);
+      else conn.held.shift();
+      conn.credit.sent(n);
+      this.send(conn, Op.RW, 0, chunk.slice(0, n));
+    }
+    if (conn.held.length === 0 && this.pending.length === 0) conn.socket.resume();
+    else conn.socket.pause();
+    if (conn.held.length === 0 && conn.hostEnded && conn.state === 'connected') {
+      this.send(conn, Op.SHUTDOWN, Shutdown.SEND);
+      conn.hostEnded = false;
+    }
+  }
+
+  /** The rx backlog has room: send what waited, then let connections read again. */
+  private flush(): void {
+    while (this.pending.length > 0 && this.rx !== undefined) {
+      if (!this.rx.offer(this.pending[0])) return;
+      this.pending.shift();
+    }
+    for (const c of this.conns.values()) this.pump(c);
+  }
+
+  private send(conn: Connection, op: number, flags = 0, payload: Uint8Array = new Uint8Array(0)): void {
+    const seqFlags = conn.type === SocketType.SEQPACKET && op === Op.RW ? flags | SeqFlag.EOM : flags;
+    this.enqueue({
+      conn,
+      header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: conn.hostPort, dstPort: conn.guestPort, type: conn.type, op, flags: seqFlags },
+      payload,
+    });
+  }
+
+  /** Answer a packet that has no connection (RST to a closed port). */
+  private reply(to: PacketHeader, op: number): void {
+    this.enqueue({
+      conn: undefined,
+      header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: to.dstPort, dstPort: to.srcPort, type: to.type === SocketType.SEQPACKET ? to.type : SocketType.STREAM, op, flags: 0 },
+      payload: new Uint8Array(0),
+    });
+  }
+
+  private enqueue(p: RxPacket): void {
+    if (this.rx === undefined) return;
+    if (this.pending.length > 0 || !this.rx.offer(p)) this.pending.push(p);
+  }
+
+  /** RST the guest's side and forget the connection. */
+  private reset1(conn: Connection): void {
+    this.counts.resets++;
+    this.send(conn, Op.RST);
+    this.drop(conn);
+  }
+
+  private drop(conn: Connection, err?: Error): void {
+    if (this.conns.get(conn.key) !== conn) return;
+    this.conns.delete(conn.key);
+    this.connecting.get(conn.key)?.(err ?? new Error('the connection was reset'));
+    this.connecting.delete(conn.key);
+    conn.socket.destroy();
+  }
+
+  /** Packets into rx buffers: header and as much payload as the buffer holds, the rest in the next. */
+  private readonly rxLayout: EventLayout<RxPacket> = {
+    fit: () => 1,
+    write: (p, writers) => {
+      const w = writers[0];
+      const room = w.remaining - HEADER_BYTES;
+      const n = Math.min(p.payload.length, room);
+      const rest = n < p.payload.length ? p.payload.subarray(n) : undefined;
+      const eom = rest !== undefined ? p.header.flags & ~SeqFlag.EOM : p.header.flags;
+      const credit = p.conn?.credit;
+      w.write(encodeHeader({ ...p.header, flags: eom, len: n, bufAlloc: credit?.bufAlloc ?? 0, fwdCnt: credit?.reported() ?? 0 }));
+      w.write(p.payload.subarray(0, n));
+      return rest === undefined ? undefined : { ...p, payload: rest };
+    },
+  };
+}
