@@ -14,9 +14,8 @@ import { ScsiTargets } from './target.ts';
 import {
   AN_RESPONSE_SIZE,
   ControlType,
-  DEFAULT_CDB_SIZE,
-  DEFAULT_SENSE_SIZE,
   RESPONSE_HEADER_SIZE,
+  SCSI_CONFIG,
   Response,
   TaskAttr,
   TmfSubtype,
@@ -28,23 +27,30 @@ import {
 } from './wire.ts';
 
 const BLOCKS = 16;
-const RESP = RESPONSE_HEADER_SIZE + DEFAULT_SENSE_SIZE;
 
-function request(cdb: number[]): Uint8Array {
-  const bytes = new Uint8Array(DEFAULT_CDB_SIZE);
+function request(cdb: number[], cdbSize: number): Uint8Array {
+  const bytes = new Uint8Array(Math.max(cdbSize, cdb.length));
   bytes.set(cdb);
-  return encodeCommandHeader({ lun: encodeLun({ target: 0, lun: 0 }), id: 1n, taskAttr: TaskAttr.SIMPLE, prio: 0, crn: 0, cdb: bytes }, DEFAULT_CDB_SIZE);
+  return encodeCommandHeader({ lun: encodeLun({ target: 0, lun: 0 }), id: 1n, taskAttr: TaskAttr.SIMPLE, prio: 0, crn: 0, cdb: bytes }, cdbSize);
 }
 
-function probe(seed: ProbeSeed): Probe {
+/**
+ * A request laid out with the sense_size and cdb_size the device uses now: the driver may write
+ * them (§5.6.4), and a hostile one does.
+ */
+function probe(device: ScsiDevice, seed: ProbeSeed): Probe {
+  const { senseSize, cdbSize } = SCSI_CONFIG.decode(device.config);
+  const RESP = RESPONSE_HEADER_SIZE + senseSize;
   if (seed.choice % 2 === 0) {
     const lba = seed.a % BLOCKS;
     return {
-      readable: request([Op.READ_10, 0, 0, 0, 0, lba, 0, 0, 1, 0]),
+      readable: request([Op.READ_10, 0, 0, 0, 0, lba, 0, 0, 1, 0], cdbSize),
       writable: RESP + BLOCK_SIZE,
       check(written, used) {
-        const r = decodeCommandResponse(written);
-        // The LUN's first command after power-on may report the reset instead (29/00, SAM-5 §5.14).
+        const r = decodeCommandResponse(written.subarray(0, RESP));
+        // The LUN's first command after power-on may report the reset instead (29/00, SAM-5 §5.14),
+        // whose sense a small sense_size cuts short.
+        if (r.status === 2 && r.sense.length < 13 && r.senseLen > r.sense.length) return undefined;
         if (r.status === 2 && r.sense[2] === 6 && r.sense[12] === 0x29) return undefined;
         if (r.response !== Response.OK || r.status !== 0) return `READ(10) answered response ${r.response} status ${r.status}`;
         if (used !== RESP + BLOCK_SIZE) return `READ(10) used length ${used}`;
@@ -53,10 +59,10 @@ function probe(seed: ProbeSeed): Probe {
     };
   }
   return {
-    readable: request([Op.INQUIRY, 0, 0, 0, 36, 0]),
+    readable: request([Op.INQUIRY, 0, 0, 0, 36, 0], cdbSize),
     writable: RESP + 36,
     check(written) {
-      const r = decodeCommandResponse(written);
+      const r = decodeCommandResponse(written.subarray(0, RESP));
       if (r.response !== Response.OK) return `INQUIRY answered response ${r.response}`;
       return written[RESP] === 0 ? undefined : `INQUIRY peripheral byte ${written[RESP]}`;
     },
@@ -94,7 +100,10 @@ export const SCSI_FUZZ: readonly FuzzProfile[] = [
     name: 'scsi requestq',
     queue: FIRST_REQUEST_QUEUE,
     minQueueSize: 2,
-    create: ({ maxQueueSize }) => ({ device: controller(maxQueueSize), probe, violation: () => undefined }),
+    create: ({ maxQueueSize }) => {
+      const device = controller(maxQueueSize);
+      return { device, probe: (seed) => probe(device, seed), violation: () => undefined };
+    },
   },
   {
     name: 'scsi controlq',
