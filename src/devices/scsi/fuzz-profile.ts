@@ -41,6 +41,8 @@ function request(cdb: number[], cdbSize: number): Uint8Array {
 function probe(device: ScsiDevice, seed: ProbeSeed): Probe {
   const { senseSize, cdbSize } = SCSI_CONFIG.decode(device.config);
   const RESP = RESPONSE_HEADER_SIZE + senseSize;
+  // A cdb_size too small for the CDB cuts it: the device sees another command, and may refuse it.
+  const cut = (cdbLength: number, r: { readonly status: number }): boolean => cdbSize < cdbLength && r.status === 2;
   if (seed.choice % 2 === 0) {
     const lba = seed.a % BLOCKS;
     return {
@@ -52,6 +54,7 @@ function probe(device: ScsiDevice, seed: ProbeSeed): Probe {
         // whose sense a small sense_size cuts short.
         if (r.status === 2 && r.sense.length < 13 && r.senseLen > r.sense.length) return undefined;
         if (r.status === 2 && r.sense[2] === 6 && r.sense[12] === 0x29) return undefined;
+        if (cut(10, r)) return undefined;
         if (r.response !== Response.OK || r.status !== 0) return `READ(10) answered response ${r.response} status ${r.status}`;
         if (used !== RESP + BLOCK_SIZE) return `READ(10) used length ${used}`;
         return written[RESP] === (lba & 0xff) ? undefined : `READ(10) of block ${lba} returned ${written[RESP]}`;
@@ -64,6 +67,7 @@ function probe(device: ScsiDevice, seed: ProbeSeed): Probe {
     check(written) {
       const r = decodeCommandResponse(written.subarray(0, RESP));
       if (r.response !== Response.OK) return `INQUIRY answered response ${r.response}`;
+      if (cut(6, r)) return undefined;
       return written[RESP] === 0 ? undefined : `INQUIRY peripheral byte ${written[RESP]}`;
     },
   };
