@@ -41,7 +41,7 @@ export class LinkedNetServer {
       return;
     }
     const server = this.server;
-    if (server === undefined || server.connection?.backend.hasProtocolFeature(ProtocolFeature.CONFIG) === true) return;
+    if (server === undefined || server.session?.backend.hasProtocolFeature(ProtocolFeature.CONFIG) === true) return;
     this.server = undefined;
     this.log.info({ socketPath: this.socketPath }, 'link down: the front-end is disconnected until the link is up');
     await server.close();

@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import type { DeviceType } from '../devices/device-type.ts';
 import { DEVICE_TYPES } from '../devices/registry.ts';
 import type { VirtioDevice } from '../virtio/device.ts';
-import type { BackendServer, Listen } from '../transports/vhost-user/backend-server.ts';
+import type { ClientSession, Listen, OneClientServer } from '../transports/socket-server.ts';
 import { commanderOption, integerIn, logLevel, type LogLevel } from './options.ts';
 
 /** Options every back-end takes ("Backend program conventions"). */
@@ -68,11 +68,8 @@ async function logger(level: LogLevel): Promise<Logger> {
   return pino({ name: 'paravirt', level });
 }
 
-/** What run() needs of either transport's server. */
-interface Server {
-  readonly closed: Promise<Error | undefined>;
-  close(): Promise<void>;
-}
+/** Either transport's server: one client at a time on a listening socket. */
+type Server = OneClientServer<ClientSession>;
 
 /** A listening server of `transport` for `device`. */
 async function listener(transport: Transport): Promise<(device: VirtioDevice, target: Listen, log: Logger) => Server> {
@@ -82,7 +79,7 @@ async function listener(transport: Transport): Promise<(device: VirtioDevice, ta
     return (device, target, log) => VfioUserServer.listen(new VirtioPciFunction(device, log), target, log);
   }
   const { BackendServer } = await import('../transports/vhost-user/backend-server.ts');
-  return (device, target, log): BackendServer => BackendServer.listen(device, target, log);
+  return (device, target, log) => BackendServer.listen(device, target, log);
 }
 
 /**

@@ -12,7 +12,8 @@ import { RngDevice } from '../../../src/devices/rng/device.ts';
 import { connectUnix, UnixListener, type UnixSocket } from '../../../src/native/unix-socket.ts';
 import { whenReadable } from '../../../src/native/readiness.ts';
 import { closeFd } from '../../../src/native/fd.ts';
-import { BackendServer, SocketPathError } from '../../../src/transports/vhost-user/backend-server.ts';
+import { SocketPathError } from '../../../src/transports/socket-server.ts';
+import { BackendServer } from '../../../src/transports/vhost-user/backend-server.ts';
 import { FrontendRequest as F } from '../../../src/transports/vhost-user/constants.ts';
 import { encodeMessage } from '../../../src/transports/vhost-user/messages.ts';
 import { MessageReader } from '../../../src/transports/vhost-user/reader.ts';
@@ -38,7 +39,7 @@ test('front-ends are served one at a time; the next is served when the first lea
   try {
     const first = await connectUnix(path);
     assert.equal(await queueNum(first), 1n);
-    const firstSession = server.connection!;
+    const firstSession = server.session!;
     // The second connects (it waits in the backlog) and is answered only after the first leaves.
     const second = await connectUnix(path);
     let answered = false;

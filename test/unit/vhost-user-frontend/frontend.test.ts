@@ -149,7 +149,7 @@ test('a new front-end on the same socket after close works, and close gives back
     assert.deepEqual(await blk.read(0, 512), new Uint8Array(512).fill(value));
     await blk.close();
     // The back-end ends its side once it sees the front-end go; wait for that before counting.
-    await server.connection?.ended;
+    await server.session?.ended;
   };
   await session(1);
   const before = openFds();
