@@ -11,8 +11,8 @@
  * Whoever can open the socket controls how much memory the guest keeps: its file mode is the
  * access control (created 0600).
  */
-import { chmodSync, rmSync } from 'node:fs';
-import { connect, createServer, type Server, type Socket } from 'node:net';
+import { connect } from 'node:net';
+import { type LocalServer, listenLocal, readLines } from '../local-socket.ts';
 import type { BalloonDevice, BalloonStats, BalloonStatus } from './device.ts';
 
 export type ControlRequest = { readonly op: 'set'; readonly bytes: number } | { readonly op: 'status' } | { readonly op: 'stats' };
@@ -52,35 +52,16 @@ function answer(device: BalloonDevice, line: string): ControlReply {
   }
 }
 
-/** Serve `device`'s controls on a Unix socket at `path` (replacing a stale socket file). */
-export async function listenControl(device: BalloonDevice, path: string): Promise<{ close(): Promise<void> }> {
-  rmSync(path, { force: true });
-  const server: Server = createServer((socket: Socket) => {
-    let pending = '';
-    socket.setEncoding('utf8');
-    socket.on('error', () => socket.destroy());
-    socket.on('data', (chunk: string) => {
-      pending += chunk;
-      for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
-        const line = pending.slice(0, nl);
-        pending = pending.slice(nl + 1);
-        socket.write(JSON.stringify(answer(device, line)) + '\n');
-      }
-      if (pending.length > MAX_LINE) socket.destroy();
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (err) => reject(new Error(`cannot listen on control socket ${path}: ${err.message}`)));
-    server.listen(path, resolve);
-  });
-  chmodSync(path, 0o600);
-  return {
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        rmSync(path, { force: true });
-      }),
-  };
+/** Serve `device`'s controls on a Unix socket at `path` (replacing a stale socket). */
+export function listenControl(device: BalloonDevice, path: string): Promise<LocalServer> {
+  return listenLocal(path, 'balloon control socket', (socket) =>
+    readLines(
+      socket,
+      MAX_LINE,
+      (line) => socket.write(JSON.stringify(answer(device, line)) + '\n'),
+      () => socket.destroy(),
+    ),
+  );
 }
 
 /** Send one request to the control socket at `path` and return the reply. */

@@ -13,8 +13,7 @@
  *
  * Answers: "ok", "leds ...", or "error <one sentence>" (a dropped event says so).
  */
-import { createServer, type Server, type Socket } from 'node:net';
-import { rmSync } from 'node:fs';
+import { type LocalServer, listenLocal, readLines } from '../local-socket.ts';
 import type { InputDevice } from './device.ts';
 import { BUTTON_CODES, keyCode, strokes } from './keys.ts';
 import { Abs, EvType, KEY_SHIFT, Led, Rel } from './wire.ts';
@@ -79,44 +78,16 @@ export function runInputCommand(device: InputDevice, line: string): string {
   }
 }
 
-/** A listening control socket; close() ends its connections too. */
-export interface InputControl {
-  close(): Promise<void>;
-}
-
-/** Serve runInputCommand on a Unix socket at `path` (replacing a stale socket file). */
-export async function listenInputControl(device: InputDevice, path: string): Promise<InputControl> {
-  rmSync(path, { force: true });
-  const clients = new Set<Socket>();
-  const server: Server = createServer((socket: Socket) => {
-    clients.add(socket);
-    socket.on('close', () => clients.delete(socket));
-    let pending = '';
-    socket.setEncoding('utf8');
-    socket.on('error', () => socket.destroy());
-    socket.on('data', (chunk: string) => {
-      pending += chunk;
-      let nl;
-      while ((nl = pending.indexOf('\n')) >= 0) {
-        const line = pending.slice(0, nl);
-        pending = pending.slice(nl + 1);
+/** Serve runInputCommand on a Unix socket at `path` (replacing a stale socket). */
+export function listenInputControl(device: InputDevice, path: string): Promise<LocalServer> {
+  return listenLocal(path, 'input control socket', (socket) =>
+    readLines(
+      socket,
+      MAX_LINE,
+      (line) => {
         if (line.trim() !== '') socket.write(`${runInputCommand(device, line)}\n`);
-      }
-      if (pending.length > MAX_LINE) socket.end(`error a command line is longer than ${MAX_LINE} bytes.\n`);
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(path, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  return {
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const c of clients) c.destroy();
-      }),
-  };
+      },
+      () => socket.end(`error a command line is longer than ${MAX_LINE} bytes.\n`),
+    ),
+  );
 }

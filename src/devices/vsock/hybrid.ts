@@ -5,8 +5,8 @@
  * - A host program connects to `PATH` and writes `CONNECT P\n`; once the guest accepted on port
  *   P it reads `OK <local port>\n`, then the stream. A refused connection is closed.
  */
-import { type Server, type Socket, connect, createServer } from 'node:net';
-import { rmSync } from 'node:fs';
+import { type Socket, connect } from 'node:net';
+import { type LocalServer, listenLocal } from '../local-socket.ts';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import type { VsockDevice, VsockHost } from './device.ts';
@@ -31,14 +31,10 @@ export function unixSocketHost(path: string): VsockHost {
 }
 
 /** Listen on `path` for host programs asking for a guest port with `CONNECT P\n`. */
-export async function listenHybrid(device: VsockDevice, path: string, log: Logger): Promise<{ close(): Promise<void> }> {
-  rmSync(path, { force: true });
-  const clients = new Set<Socket>();
-  const server: Server = createServer({ allowHalfOpen: true }, (socket: Socket) => {
-    clients.add(socket);
-    socket.on('close', () => clients.delete(socket));
+export function listenHybrid(device: VsockDevice, path: string, log: Logger): Promise<LocalServer> {
+  // The request line is read as bytes: what follows it is the stream's first bytes, unchanged.
+  const serve = (socket: Socket): void => {
     let line = Buffer.alloc(0);
-    socket.on('error', () => socket.destroy());
     const onData = (chunk: Buffer): void => {
       line = Buffer.concat([line, chunk]);
       const nl = line.indexOf(0x0a);
@@ -67,19 +63,7 @@ export async function listenHybrid(device: VsockDevice, path: string, log: Logge
       });
     };
     socket.on('data', onData);
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(path, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  return {
-    close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        for (const c of clients) c.destroy();
-      }),
   };
+  // Host programs of any user the socket's mode lets in may connect, as to Firecracker's.
+  return listenLocal(path, 'vsock socket', serve, { allowHalfOpen: true, ownerOnly: false });
 }

@@ -1,0 +1,77 @@
+/**
+ * A Unix socket a device's host side listens on: the control sockets of the running back-end
+ * (balloon target, input typing) and vsock's hybrid side. One place for what each needs:
+ *
+ * - a stale socket left by an earlier run is replaced, but never another kind of file (a typo
+ *   in a path must not delete someone's data);
+ * - a control socket is the owner's alone (mode 0600): whoever connects controls the device;
+ * - close() ends every connection, stops listening and removes the socket file;
+ * - a failure to listen is one sentence naming the path.
+ *
+ * Line-based protocols read their requests with `readLines`.
+ */
+import { chmodSync, lstatSync, rmSync } from 'node:fs';
+import { type Socket, createServer } from 'node:net';
+
+export interface LocalServer {
+  close(): Promise<void>;
+}
+
+/** Listen on `path` (`what` names it in errors: "balloon control socket"); `serve` takes each connection. */
+export async function listenLocal(
+  path: string,
+  what: string,
+  serve: (socket: Socket) => void,
+  options: { readonly allowHalfOpen?: boolean; readonly ownerOnly?: boolean } = {},
+): Promise<LocalServer> {
+  let existing: ReturnType<typeof lstatSync> | undefined;
+  try {
+    existing = lstatSync(path);
+  } catch {
+    existing = undefined;
+  }
+  if (existing !== undefined && !existing.isSocket()) throw new Error(`${what} ${path} exists and is not a socket.`);
+  if (existing !== undefined) rmSync(path);
+  const clients = new Set<Socket>();
+  const server = createServer({ allowHalfOpen: options.allowHalfOpen === true }, (socket) => {
+    clients.add(socket);
+    socket.on('close', () => clients.delete(socket));
+    socket.on('error', () => socket.destroy());
+    serve(socket);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err) => reject(new Error(`cannot listen on ${what} ${path}: ${err.message}.`)));
+    server.listen(path, resolve);
+  });
+  if (options.ownerOnly !== false) chmodSync(path, 0o600);
+  return {
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const c of clients) c.destroy();
+        server.close(() => resolve());
+        rmSync(path, { force: true });
+      }),
+  };
+}
+
+/**
+ * Call `onLine` for each newline-terminated line `socket` sends (UTF-8, without the newline);
+ * a line longer than `maxLine` calls `onTooLong` instead and reads no more.
+ */
+export function readLines(socket: Socket, maxLine: number, onLine: (line: string) => void, onTooLong: () => void): void {
+  let pending = '';
+  socket.setEncoding('utf8');
+  const onData = (chunk: string): void => {
+    pending += chunk;
+    for (let nl = pending.indexOf('\n'); nl >= 0; nl = pending.indexOf('\n')) {
+      const line = pending.slice(0, nl);
+      pending = pending.slice(nl + 1);
+      onLine(line);
+    }
+    if (pending.length > maxLine) {
+      socket.off('data', onData);
+      onTooLong();
+    }
+  };
+  socket.on('data', onData);
+}
