@@ -231,7 +231,7 @@ export class PackedInflight implements InflightRecord {
       }));
       found.push({ entries: chain, saved: { id: descriptors[descriptors.length - 1].id, descriptors }, counter: v.getBigUint64(this.at(first, COUNTER_AT), true) });
     }
-    // Equal counters (a garbled region) keep entry order: any order is as good as another then.
+    // Equal counters (a garbled region) keep entry order; every order is as good as another then.
     found.sort((a, b) => (a.counter < b.counter ? -1 : a.counter > b.counter ? 1 : a.entries[0] - b.entries[0]));
     // More ring slots in flight than the ring has: the newest records cannot be true.
     let slots = 0;

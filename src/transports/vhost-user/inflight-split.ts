@@ -102,7 +102,7 @@ export class SplitInflight implements InflightRecord {
       found.push({ head, counter });
       if (counter > newest) newest = counter;
     }
-    // Equal counters (a garbled region) keep head order: any order is as good as another then.
+    // Equal counters (a garbled region) keep head order; every order is as good as another then.
     found.sort((a, b) => (a.counter < b.counter ? -1 : a.counter > b.counter ? 1 : a.head - b.head));
     this.pending = found.map((f) => f.head);
     this.batchLength = 0;
