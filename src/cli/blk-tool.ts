@@ -16,7 +16,7 @@ import { BLK_CONFIG, BLK_FEATURE_NAMES, SECTOR_SIZE } from '../devices/blk/wire.
 import { ProtocolFeature } from '../transports/vhost-user/constants.ts';
 import type { VhostUserFrontend } from '../transports/vhost-user/frontend.ts';
 import { DeviceId } from '../virtio/constants.ts';
-import { describeFeatures } from '../virtio/features.ts';
+import { bitNames, describeFeatures } from '../virtio/features.ts';
 import { randomIo } from './blk-workload.ts';
 import { integerIn, logLevel, type LogLevel } from './options.ts';
 
@@ -26,9 +26,7 @@ interface ConnectionOptions {
   logLevel: LogLevel;
 }
 
-const PROTOCOL_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
-  Object.entries(ProtocolFeature).map(([name, bit]) => [bit, name]),
-);
+const PROTOCOL_FEATURE_NAMES: Readonly<Record<number, string>> = bitNames(ProtocolFeature);
 
 /**
  * Open the disk behind the socket, run `body`, and always close it. The driver, the front-end

@@ -25,6 +25,11 @@ const RESERVED_NAMES: ReadonlyMap<number, string> = new Map(
   Object.entries(Feature).map(([name, bit]) => [bit, name]),
 );
 
+/** A device type's table of feature bits (`{ FLUSH: 9, ... }`) as names by bit number, for messages. */
+export function bitNames(bits: Readonly<Record<string, number>>): Readonly<Record<number, string>> {
+  return Object.fromEntries(Object.entries(bits).map(([name, bit]) => [bit, name]));
+}
+
 /** Name of one feature bit: the §6 name for a reserved bit, else the device's name or "bit N". */
 export function featureName(bit: number, deviceNames?: Readonly<Record<number, string>>): string {
   return RESERVED_NAMES.get(bit) ?? deviceNames?.[bit] ?? `bit ${bit}`;

@@ -8,6 +8,7 @@
  * stays >= 2^53 after conversion and so still fails the capacity check.
  */
 import { ConfigLayout, type ValuesOf } from '../../virtio/config-layout.ts';
+import { bitNames } from '../../virtio/features.ts';
 
 /** The protocol unit: sector numbers and data lengths count 512-byte sectors whatever blk_size says (§5.2.5). */
 export const SECTOR_SIZE = 512;
@@ -32,9 +33,7 @@ export const BlkFeature = {
 } as const;
 
 /** Names for log and error messages (features.ts describeFeatures). */
-export const BLK_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
-  Object.entries(BlkFeature).map(([name, bit]) => [bit, name]),
-);
+export const BLK_FEATURE_NAMES: Readonly<Record<number, string>> = bitNames(BlkFeature);
 
 /** §5.2.6 request types. */
 export const RequestType = {

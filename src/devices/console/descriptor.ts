@@ -4,6 +4,7 @@ import type { DeviceType } from '../device-type.ts';
 import { integerIn, read } from '../host-options.ts';
 import { isEndpointSpec, isNamedEndpoint, parseEndpoint, parseNamedEndpoint } from './endpoints.ts';
 import { CONSOLE_CONFIG, ConsoleFeature, MAX_PORTS_LIMIT } from './wire.ts';
+import { bitNames } from '../../virtio/features.ts';
 
 const DEFAULT_MAX_PORTS = 8;
 
@@ -11,7 +12,7 @@ export const consoleType: DeviceType = {
   name: 'console',
   title: 'virtio-console serial ports (§5.3)',
   deviceId: DeviceId.CONSOLE,
-  featureNames: Object.fromEntries(Object.entries(ConsoleFeature).map(([name, bit]) => [bit, name])),
+  featureNames: bitNames(ConsoleFeature),
   config: CONSOLE_CONFIG,
   queues: [
     { name: 'receiveq', count: 'one per port', maxSize: FRONT_END_MAX_QUEUE_SIZE },

@@ -4,7 +4,7 @@
  * back-ends that carry offload metadata (tunnel, TAP) all encode and decode through this module.
  */
 import { ConfigLayout, type ValuesOf } from '../../virtio/config-layout.ts';
-import { type FeatureRequirement, missingRequirement } from '../../virtio/features.ts';
+import { bitNames, type FeatureRequirement, missingRequirement } from '../../virtio/features.ts';
 
 /** §5.1.3 feature bits (bit numbers) of VIRTIO 1.2. */
 export const NetFeature = {
@@ -49,9 +49,7 @@ export const NET_OFFLOAD_FEATURES: bigint = [
 ].reduce((acc, bit) => acc | (1n << BigInt(bit)), 0n);
 
 /** Names for log and error messages (features.ts describeFeatures). */
-export const NET_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
-  Object.entries(NetFeature).map(([name, bit]) => [bit, name]),
-);
+export const NET_FEATURE_NAMES: Readonly<Record<number, string>> = bitNames(NetFeature);
 
 /**
  * §5.1.3.1 feature dependencies: each feature and what it requires (all of `all`, and at least

@@ -3,6 +3,7 @@ import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { OptionError, integerIn, read } from '../host-options.ts';
 import { MAX_LUN, MAX_TARGET, SCSI_CONFIG, ScsiFeature } from './wire.ts';
+import { bitNames } from '../../virtio/features.ts';
 
 /** One --lun: an image file, read-only or not, its serial, and where it sits. */
 export interface LunSpec {
@@ -44,9 +45,7 @@ export function parseLunSpec(spec: string): LunSpec {
   return { path, readOnly, serial, target, lun };
 }
 
-export const SCSI_FEATURE_NAMES: Readonly<Record<number, string>> = Object.fromEntries(
-  Object.entries(ScsiFeature).map(([name, bit]) => [bit, name]),
-);
+export const SCSI_FEATURE_NAMES: Readonly<Record<number, string>> = bitNames(ScsiFeature);
 
 export const scsiType: DeviceType = {
   name: 'scsi',

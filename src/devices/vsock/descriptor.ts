@@ -6,12 +6,13 @@ import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { integerIn, read } from '../host-options.ts';
 import { MAX_GUEST_CID, MIN_GUEST_CID, VSOCK_CONFIG, VsockFeature } from './wire.ts';
+import { bitNames } from '../../virtio/features.ts';
 
 export const vsockType: DeviceType = {
   name: 'vsock',
   title: 'virtio-vsock host-guest sockets (§5.10)',
   deviceId: DeviceId.VSOCK,
-  featureNames: Object.fromEntries(Object.entries(VsockFeature).map(([name, bit]) => [bit, name])),
+  featureNames: bitNames(VsockFeature),
   config: VSOCK_CONFIG,
   queues: [
     { name: 'rx', count: '1', maxSize: FRONT_END_MAX_QUEUE_SIZE },
