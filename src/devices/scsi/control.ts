@@ -11,10 +11,10 @@
  * A bad request is answered {"ok":false,"error":"one sentence"}; the connection and the device
  * go on. Whoever can connect to the socket controls the LUNs: protect it like the vhost-user one.
  */
-import { createServer, type Server, type Socket } from 'node:net';
-import { rmSync } from 'node:fs';
+import type { Socket } from 'node:net';
 import { FileBackend } from '../../storage/file-backend.ts';
 import type { IoThreads } from '../../storage/io-thread.ts';
+import { type LocalServer, listenLocal, readLines } from '../local-socket.ts';
 import { parseLunSpec } from './descriptor.ts';
 import type { ScsiDevice } from './device.ts';
 import { openDisk } from './luns.ts';
@@ -33,23 +33,17 @@ function address(req: Record<string, unknown>): LunAddress {
 }
 
 export class ScsiControl {
-  private readonly server: Server;
-  private readonly sockets = new Set<Socket>();
+  private server: LocalServer | undefined;
 
   private constructor(
     private readonly device: ScsiDevice,
     private readonly threads: IoThreads,
     readonly path: string,
-  ) {
-    this.server = createServer((socket) => this.connection(socket));
-  }
+  ) {}
 
   static async listen(device: ScsiDevice, threads: IoThreads, path: string): Promise<ScsiControl> {
     const control = new ScsiControl(device, threads, path);
-    await new Promise<void>((resolve, reject) => {
-      control.server.once('error', reject);
-      control.server.listen(path, () => resolve());
-    });
+    control.server = await listenLocal(path, 'scsi control socket', (socket) => control.connection(socket));
     return control;
   }
 
@@ -102,34 +96,22 @@ export class ScsiControl {
   }
 
   private connection(socket: Socket): void {
-    this.sockets.add(socket);
-    socket.on('close', () => this.sockets.delete(socket));
-    socket.on('error', () => socket.destroy());
-    let buffered = '';
     let chain = Promise.resolve();
-    socket.setEncoding('utf8');
-    socket.on('data', (chunk: string) => {
-      buffered += chunk;
-      if (buffered.length > MAX_LINE && !buffered.includes('\n')) {
-        socket.destroy();
-        return;
-      }
-      let nl: number;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl);
-        buffered = buffered.slice(nl + 1);
+    readLines(
+      socket,
+      MAX_LINE,
+      (line) => {
         // One request at a time per connection, answered in order.
         chain = chain.then(async () => {
           const reply = await this.handle(line);
           if (!socket.destroyed) socket.write(`${JSON.stringify(reply)}\n`);
         });
-      }
-    });
+      },
+      () => socket.destroy(),
+    );
   }
 
   async close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
-    await new Promise<void>((resolve) => this.server.close(() => resolve()));
-    rmSync(this.path, { force: true });
+    await this.server?.close();
   }
 }
