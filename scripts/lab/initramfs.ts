@@ -21,7 +21,7 @@ export const WANTED_MODULES = [
   'virtio_blk', 'virtio_net', 'virtio_scsi', 'sd_mod', 'virtio_balloon', 'virtio_rng',
   'virtio_console', 'virtio_gpu', 'virtio_input', 'evdev', 'vmw_vsock_virtio_transport',
   'virtiofs', '9pnet_virtio', '9p', 'virtio_crypto', 'virtio_mem', 'virtio_pmem', 'nd_pmem',
-  'virtio_snd', 'virtio_rtc', 'virtio_iommu', 'virtio_mmio', 'virtio_dma_buf', 'ext4',
+  'virtio_snd', 'virtio_rtc', 'virtio_iommu', 'virtio_mmio', 'virtio_dma_buf', 'ext4', 'qxl',
 ];
 
 /** The name the kernel knows a module by: file name without suffixes, dashes as underscores. */
@@ -49,7 +49,7 @@ function readModulesDep(modulesDir: string): Map<string, ModuleDep> {
  */
 function guestPrograms(kernelDir: string): string[] {
   const dir = join(kernelDir, 'bin');
-  return existsSync(dir) ? readdirSync(dir).sort().map((f) => join(dir, f)) : [];
+  return existsSync(dir) ? readdirSync(dir).filter((f) => !f.startsWith('.')).sort().map((f) => join(dir, f)) : [];
 }
 
 /** Identifies an initramfs by everything it is made from. */

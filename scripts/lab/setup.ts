@@ -2,16 +2,20 @@
  * `npm run lab:setup [-- --refresh]`: prepares real peers for the peer and guest test tiers.
  *
  *  1. host packages from the distribution (QEMU 7.2 on Debian 12, qemu-storage-daemon, DPDK, busybox, ...);
- *  2. a Debian trixie chroot with QEMU from trixie-backports (used unless the host's QEMU is >= MIN_QEMU);
- *  3. the trixie-backports guest kernel and its modules;
- *  4. an initramfs: busybox, the virtio modules, and the agent the tests drive over a serial port.
+ *  2. a Debian trixie chroot with QEMU from trixie-backports (used unless the host's QEMU is >= MIN_QEMU),
+ *     its spice modules (QXL) and libvirt;
+ *  3. the trixie-backports guest kernel and its modules, plus virtio_rtc built from linux-source;
+ *  4. the guest's own static programs (scripts/lab/guest-programs/);
+ *  5. an initramfs: busybox, the virtio modules, those programs, and the agent the tests drive over a serial port.
  *
  * Each product is keyed by the versions it was made from, so a second run only checks that they
  * exist. `--refresh` asks the mirror for newer QEMU and kernel packages.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { MIN_QEMU, compareVersions, labPaths, qemuVersion, type LabManifest, type LabPaths } from '../../test/lab/qemu.ts';
 import { buildInitramfs, initramfsKey } from './initramfs.ts';
 
@@ -19,10 +23,22 @@ import { buildInitramfs, initramfsKey } from './initramfs.ts';
 const HOST_PACKAGES = [
   'qemu-system-x86', 'qemu-system-common', 'qemu-utils', 'dpdk', 'dpdk-dev', 'busybox-static', 'tshark',
   'debootstrap', 'xz-utils', 'zstd', 'cpio', 'fio', 'gzip', 'kmod', 'ca-certificates',
+  // The browser test tier drives Debian's own Chromium; nothing downloads a browser at install.
+  'chromium',
+];
+/**
+ * What the chroot carries beside QEMU: QEMU's spice modules (the QXL card), libvirt's QEMU driver
+ * and virsh (the libvirt tests), and a C compiler for the guest's own programs.
+ */
+const CHROOT_PACKAGES = [
+  'qemu-system-modules-spice', 'libvirt-daemon', 'libvirt-daemon-driver-qemu', 'libvirt-clients',
+  'gcc', 'libc6-dev',
 ];
 const SUITE = 'trixie';
 const BACKPORTS = 'trixie-backports';
 const ROOTFS_STAMP = '.paravirt-rootfs.json';
+const GUEST_PROGRAMS = fileURLToPath(new URL('guest-programs/', import.meta.url));
+const KEPT_INITRAMFS = 4;
 
 class SetupError extends Error {}
 
@@ -117,6 +133,45 @@ function ensureRootfs(paths: LabPaths, mirror: string, refresh: boolean): Rootfs
   const stamp: RootfsStamp = { mirror, qemuPackage };
   writeFileSync(stampFile, JSON.stringify(stamp, null, 2) + '\n');
   return stamp;
+}
+
+/** CHROOT_PACKAGES, from backports where it has them (so QEMU's modules match its QEMU). */
+function ensureChrootPackages(paths: LabPaths): void {
+  const missing = CHROOT_PACKAGES.filter((p) => {
+    const res = spawnSync('chroot', [paths.rootfs, 'dpkg-query', '-W', '-f', '${db:Status-Status}', p], { encoding: 'utf8' });
+    return res.stdout.trim() !== 'installed';
+  });
+  if (missing.length === 0) return;
+  step(`installing into the chroot: ${missing.join(' ')}`);
+  inRoot(paths.rootfs, `apt-get update && apt-get install -y -t ${BACKPORTS} --no-install-recommends ${missing.join(' ')}`, 'installing chroot packages');
+}
+
+/**
+ * The guest's own small programs (scripts/lab/guest-programs/*.c: what busybox cannot do, such as
+ * vsock sockets), compiled statically in the chroot into the kernel's bin/ directory, which the
+ * initramfs carries. Rebuilt when a source changes.
+ */
+function ensureGuestPrograms(paths: LabPaths, kernel: Kernel): void {
+  const sources = existsSync(GUEST_PROGRAMS) ? readdirSync(GUEST_PROGRAMS).filter((f) => f.endsWith('.c')).sort() : [];
+  const bin = join(kernel.dir, 'bin');
+  mkdirSync(bin, { recursive: true });
+  for (const file of sources) {
+    const name = file.slice(0, -2);
+    const text = readFileSync(join(GUEST_PROGRAMS, file));
+    const digest = createHash('sha256').update(text).digest('hex');
+    const stamp = join(bin, `.${name}.sha256`);
+    if (existsSync(join(bin, name)) && existsSync(stamp) && readFileSync(stamp, 'utf8') === digest) continue;
+    step(`compiling the guest program ${name}`);
+    const work = join(paths.rootfs, 'tmp/paravirt-guest-program');
+    rmSync(work, { recursive: true, force: true });
+    mkdirSync(work, { recursive: true });
+    writeFileSync(join(work, file), text);
+    inRoot(paths.rootfs, `cd /tmp/paravirt-guest-program && gcc -static -O2 -Wall -Werror -o ${name} ${file}`, `compiling ${file}`);
+    copyFileSync(join(work, name), join(bin, name));
+    chmodSync(join(bin, name), 0o755);
+    writeFileSync(stamp, digest);
+    rmSync(work, { recursive: true, force: true });
+  }
 }
 
 /** Host QEMU when it is new enough, else the chroot's. */
@@ -290,7 +345,9 @@ async function main(): Promise<void> {
   mkdirSync(paths.logDir, { recursive: true });
   const qemu = chooseQemu(paths);
   const kernel = ensureKernel(paths, refresh);
+  ensureChrootPackages(paths);
   ensureVirtioRtc(paths, kernel);
+  ensureGuestPrograms(paths, kernel);
 
   const key = initramfsKey(kernel.dir, kernel.release);
   const initramfs = join(paths.guestDir, `initramfs-${kernel.release}-${key}.cpio`);
@@ -304,10 +361,13 @@ async function main(): Promise<void> {
     modules = buildInitramfs(kernel.dir, kernel.release, initramfs, (m) => step(m));
     writeFileSync(modulesList, modules.join('\n') + '\n');
   }
-  // Older initramfs images are rebuilt from scratch in seconds; keep only the current one.
-  for (const f of readdirSync(paths.guestDir)) {
-    const full = join(paths.guestDir, f);
-    if (f.startsWith('initramfs-') && full !== initramfs && full !== modulesList) rmSync(full, { force: true });
+  // Older initramfs images are rebuilt from scratch in seconds; keep the newest few, because
+  // checkouts of different guest scripts (test/lab/qemu.ts picks by key) may share one lab.
+  const images = readdirSync(paths.guestDir).filter((f) => /^initramfs-.*\.cpio$/.test(f)).map((f) => join(paths.guestDir, f))
+    .sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs);
+  for (const old of images.slice(KEPT_INITRAMFS)) {
+    rmSync(old, { force: true });
+    rmSync(`${old}.modules`, { force: true });
   }
 
   const manifest: LabManifest = {
