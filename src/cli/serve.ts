@@ -7,8 +7,9 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import type { Logger } from 'pino';
 import type { DeviceType } from '../devices/device-type.ts';
+import { POLL_OPTION } from '../devices/host-options.ts';
 import { DEVICE_TYPES } from '../devices/registry.ts';
-import type { VirtioDevice } from '../virtio/device.ts';
+import type { ServingOptions, VirtioDevice } from '../virtio/device.ts';
 import type { ClientSession, Listen, OneClientServer } from '../transports/socket-server.ts';
 import { commanderOption, integerIn, logLevel, type LogLevel } from './options.ts';
 
@@ -21,6 +22,7 @@ interface CommonOptions {
   fd?: number | number[];
   printCapabilities?: boolean;
   logLevel: LogLevel;
+  pollUs: number;
 }
 
 /** Collect every occurrence of a repeatable option, each parsed by `parse`. */
@@ -48,6 +50,7 @@ function withCommonOptions(cmd: Command, many: boolean): Command {
         .choices(['vhost-user', 'vfio-user'])
         .default('vhost-user'),
     )
+    .addOption(commanderOption(POLL_OPTION))
     .option('--print-capabilities', 'print the back-end capabilities as JSON and exit')
     .addOption(new Option('--log-level <level>', 'least severe level of the JSON log lines written to stdout').argParser(logLevel).default('info'));
 }
@@ -72,14 +75,14 @@ async function logger(level: LogLevel): Promise<Logger> {
 type Server = OneClientServer<ClientSession>;
 
 /** A listening server of `transport` for `device`. */
-async function listener(transport: Transport): Promise<(device: VirtioDevice, target: Listen, log: Logger) => Server> {
+async function listener(transport: Transport, serving: ServingOptions): Promise<(device: VirtioDevice, target: Listen, log: Logger) => Server> {
   if (transport === 'vfio-user') {
     const { VfioUserServer } = await import('../transports/vfio-user/server.ts');
     const { VirtioPciFunction } = await import('../transports/pci-device/virtio-pci.ts');
-    return (device, target, log) => VfioUserServer.listen(new VirtioPciFunction(device, log), target, log);
+    return (device, target, log) => VfioUserServer.listen(new VirtioPciFunction(device, log, serving), target, log);
   }
   const { BackendServer } = await import('../transports/vhost-user/backend-server.ts');
-  return (device, target, log) => BackendServer.listen(device, target, log);
+  return (device, target, log) => BackendServer.listen(device, target, log, serving);
 }
 
 /**
@@ -87,8 +90,13 @@ async function listener(transport: Transport): Promise<(device: VirtioDevice, ta
  * A server that stops by itself (its listener failed) stops the others too, and its error is
  * the command's.
  */
-async function run(served: readonly { device: VirtioDevice; target: Listen }[], transport: Transport, log: Logger): Promise<void> {
-  const listen = await listener(transport);
+async function run(
+  served: readonly { device: VirtioDevice; target: Listen }[],
+  transport: Transport,
+  serving: ServingOptions,
+  log: Logger,
+): Promise<void> {
+  const listen = await listener(transport, serving);
   const servers: Server[] = [];
   const closeAll = (): Promise<unknown> => Promise.all(servers.map((s) => s.close()));
   try {
@@ -136,6 +144,7 @@ function addServeType(serve: Command, type: DeviceType): void {
       await run(
         built.devices.map((device, i) => ({ device, target: targets[i] })),
         options.transport,
+        { pollMicros: options.pollUs },
         log,
       );
     } finally {

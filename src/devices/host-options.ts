@@ -65,6 +65,25 @@ export const read = {
   },
 };
 
+/**
+ * Microseconds a queue keeps being polled after its last request when `--poll-us` is not given:
+ * long enough to bridge the gaps of a busy driver (a packet every few microseconds, a disk
+ * request every few tens), short enough that a quiet queue is asleep again at once.
+ * Measured in docs/performance.md ("Polling").
+ */
+export const DEFAULT_POLL_MICROS = 50;
+
+/**
+ * The poll budget every `paravirt serve <type>` takes (ServingOptions.pollMicros): how every
+ * device's queue servers wait for work, declared here once rather than by each device type.
+ */
+export const POLL_OPTION: OptionSpec = {
+  flags: '--poll-us <microseconds>',
+  description: 'poll a busy queue this long after its last request before sleeping on its notification (0: never poll)',
+  parse: integerIn('--poll-us', 0, 1_000_000),
+  defaultValue: DEFAULT_POLL_MICROS,
+};
+
 // --- parsers ---
 
 /** An integer in [min, max], written in decimal. */

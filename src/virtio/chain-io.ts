@@ -13,19 +13,26 @@ import type { DescriptorChain } from './queue.ts';
 export type LivenessCheck = () => boolean;
 
 const ALWAYS_LIVE: LivenessCheck = () => true;
+const NO_SEGMENTS: readonly Uint8Array[] = [];
 
-/** Cursor over an ordered list of byte segments. */
+/**
+ * Cursor over an ordered list of byte segments. Copies walk the segments in place; only
+ * `take`, which hands views out, allocates.
+ */
 class Cursor {
+  private segs: readonly Uint8Array[] = NO_SEGMENTS;
   private seg = 0;
   private off = 0;
-  private left: number;
+  private left = 0;
+  private live: LivenessCheck = ALWAYS_LIVE;
 
-  constructor(
-    private readonly segs: readonly Uint8Array[],
-    total: number,
-    private readonly live: LivenessCheck,
-  ) {
+  /** Start over on another chain part (cursors are reused from request to request). */
+  reset(segs: readonly Uint8Array[], total: number, live: LivenessCheck): void {
+    this.segs = segs;
+    this.seg = 0;
+    this.off = 0;
     this.left = total;
+    this.live = live;
   }
 
   get remaining(): number {
@@ -53,13 +60,65 @@ class Cursor {
     }
     return out;
   }
+
+  /**
+   * One view of the next `n` bytes when they lie in one segment (advancing past them), else
+   * undefined and nothing consumed.
+   */
+  view(n: number): Uint8Array | undefined {
+    if (n > this.left || !this.live()) return undefined;
+    const segs = this.segs;
+    while (this.seg < segs.length && this.off === segs[this.seg].length) {
+      this.seg++;
+      this.off = 0;
+    }
+    const s = segs[this.seg] as Uint8Array | undefined;
+    if (s === undefined) return n === 0 ? new Uint8Array(0) : undefined;
+    if (s.length - this.off < n) return undefined;
+    const v = new Uint8Array(s.buffer, s.byteOffset + this.off, n);
+    this.off += n;
+    this.left -= n;
+    return v;
+  }
+
+  /**
+   * Copy between the next bytes and `buf` (into `buf` when `out`), as many as both hold;
+   * returns how many. Nothing is copied once the request died.
+   */
+  copy(buf: Uint8Array, out: boolean): number {
+    if (!this.live()) return 0;
+    const total = Math.min(buf.length, this.left);
+    this.left -= total;
+    let at = 0;
+    while (at < total) {
+      const s = this.segs[this.seg];
+      const avail = s.length - this.off;
+      if (avail === 0) {
+        this.seg++;
+        this.off = 0;
+        continue;
+      }
+      const k = Math.min(avail, total - at);
+      if (out) buf.set(k === s.length ? s : s.subarray(this.off, this.off + k), at);
+      else s.set(k === buf.length ? buf : buf.subarray(at, at + k), this.off);
+      this.off += k;
+      at += k;
+    }
+    return total;
+  }
 }
 
 export class ChainReader {
-  private readonly cursor: Cursor;
+  private readonly cursor = new Cursor();
 
-  constructor(chain: DescriptorChain, live: LivenessCheck = ALWAYS_LIVE) {
-    this.cursor = new Cursor(chain.readable, chain.readableLength, live);
+  /** A reader of `chain`'s device-readable part; without a chain, one to reset() later. */
+  constructor(chain?: DescriptorChain, live: LivenessCheck = ALWAYS_LIVE) {
+    if (chain !== undefined) this.reset(chain, live);
+  }
+
+  /** Read `chain` from its start (readers are reused from request to request). */
+  reset(chain: DescriptorChain, live: LivenessCheck = ALWAYS_LIVE): void {
+    this.cursor.reset(chain.readable, chain.readableLength, live);
   }
 
   /** Device-readable bytes not consumed yet. */
@@ -69,12 +128,7 @@ export class ChainReader {
 
   /** Copy the next bytes into `dst`; returns how many were copied (less than dst.length at the end). */
   read(dst: Uint8Array): number {
-    let at = 0;
-    for (const s of this.cursor.take(dst.length)) {
-      dst.set(s, at);
-      at += s.length;
-    }
-    return at;
+    return this.cursor.copy(dst, true);
   }
 
   /** The next `n` bytes as a fresh copy, or undefined when fewer remain (consuming nothing) or the request died. */
@@ -82,6 +136,15 @@ export class ChainReader {
     if (n > this.remaining) return undefined;
     const out = new Uint8Array(n);
     return this.read(out) === n ? out : undefined;
+  }
+
+  /**
+   * The next `n` bytes without a copy: one view of guest memory when they lie in one descriptor,
+   * else undefined (consuming nothing; read() them instead). The view is the driver's memory: use
+   * it before the request completes and do not keep it.
+   */
+  view(n: number): Uint8Array | undefined {
+    return this.cursor.view(n);
   }
 
   /** Zero-copy views of the next `n` bytes (fewer at the end), e.g. for a vectored file write. */
@@ -95,11 +158,18 @@ export class ChainReader {
 }
 
 export class ChainWriter {
-  private readonly cursor: Cursor;
+  private readonly cursor = new Cursor();
   private count = 0;
 
-  constructor(chain: DescriptorChain, live: LivenessCheck = ALWAYS_LIVE) {
-    this.cursor = new Cursor(chain.writable, chain.writableLength, live);
+  /** A writer of `chain`'s device-writable part; without a chain, one to reset() later. */
+  constructor(chain?: DescriptorChain, live: LivenessCheck = ALWAYS_LIVE) {
+    if (chain !== undefined) this.reset(chain, live);
+  }
+
+  /** Write `chain` from its start (writers are reused from request to request). */
+  reset(chain: DescriptorChain, live: LivenessCheck = ALWAYS_LIVE): void {
+    this.cursor.reset(chain.writable, chain.writableLength, live);
+    this.count = 0;
   }
 
   /** Device-writable bytes still free. */
@@ -114,13 +184,9 @@ export class ChainWriter {
 
   /** Copy `src` (or as much of it as fits) into the chain; returns how many bytes were written. */
   write(src: Uint8Array): number {
-    let at = 0;
-    for (const s of this.cursor.take(src.length)) {
-      s.set(src.subarray(at, at + s.length));
-      at += s.length;
-    }
-    this.count += at;
-    return at;
+    const n = this.cursor.copy(src, false);
+    this.count += n;
+    return n;
   }
 
   /**

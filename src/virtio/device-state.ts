@@ -19,7 +19,7 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { DeviceStatus, Feature, featureBit } from './constants.ts';
 import type { DeviceCounters } from './counters.ts';
-import type { DeviceContext, VirtioDevice } from './device.ts';
+import type { DeviceContext, ServingOptions, VirtioDevice } from './device.ts';
 import { checkImplementable, describeFeatures, missingRequirement, refuseFeatures } from './features.ts';
 import type { GuestMemory } from './memory.ts';
 import { GuestMemoryError } from './memory.ts';
@@ -39,7 +39,7 @@ export interface InterruptSink {
 
 export type QueueArea = keyof QueueAddresses;
 
-export interface DeviceStateOptions {
+export interface DeviceStateOptions extends ServingOptions {
   /**
    * Whether DRIVER_OK activates the device (default). vhost-user says no: its back-end starts
    * the device itself once a ring is started and enabled, whether DRIVER_OK came or not, and
@@ -247,6 +247,11 @@ export class DeviceState {
 
   get driverFeatures(): bigint {
     return this.accepted;
+  }
+
+  /** The queue servers' poll budget (ServingOptions.pollMicros). */
+  get pollMicros(): number | undefined {
+    return this.options.pollMicros;
   }
 
   /** The driver wrote feature word `sel`. Ignored once FEATURES_OK is set (§3.1.1 step 5). */
@@ -474,11 +479,13 @@ class ActiveContext implements DeviceContext {
   readonly features: bigint;
   readonly log: Logger;
   readonly counters: DeviceCounters;
+  readonly pollMicros: number | undefined;
 
   constructor(private readonly state: DeviceState) {
     this.features = state.driverFeatures;
     this.log = state.log;
     this.counters = state.device.counters;
+    this.pollMicros = state.pollMicros;
   }
 
   /** The state's memory, which vhost-user may replace while the device runs; activation needs some. */

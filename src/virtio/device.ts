@@ -31,6 +31,23 @@ export interface DeviceContext {
   readonly log: Logger;
   /** The device's counters (VirtioDevice.counters), which queue servers and event queues bump. */
   readonly counters: DeviceCounters;
+  /**
+   * How long a queue server keeps polling a ring that had work before it sleeps on the driver's
+   * notification, in microseconds (ServingOptions.pollMicros); absent or 0, it never polls.
+   */
+  readonly pollMicros?: number;
+}
+
+/**
+ * How whoever runs a device (`paravirt serve`, an embedding program) wants its queues served,
+ * whatever the device type and transport.
+ */
+export interface ServingOptions {
+  /**
+   * Poll a ring for this many microseconds after the last request it brought, with the driver's
+   * notifications off, before re-enabling them and sleeping (0 or absent: never poll).
+   */
+  readonly pollMicros?: number;
 }
 
 export interface VirtioDevice {

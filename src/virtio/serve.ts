@@ -13,7 +13,7 @@
  * - a request that completes after a reset (or after the queue failed) touches neither its
  *   buffers nor the ring: the queue it came from is no longer the context's queue.
  */
-import { ChainReader, ChainWriter } from './chain-io.ts';
+import { ChainReader, ChainWriter, type LivenessCheck } from './chain-io.ts';
 import { Feature, hasFeature } from './constants.ts';
 import type { QueueCounters } from './counters.ts';
 import type { DeviceContext } from './device.ts';
@@ -38,15 +38,40 @@ export interface Request {
 /** Serve one request, synchronously or by returning a promise that settles when it is done. */
 export type RequestHandler = (req: Request) => void | Promise<void>;
 
-/** A popped request and whether its handler has finished. */
-interface Slot {
-  readonly req: Request;
-  done: boolean;
+/**
+ * A popped request, its reader and writer, and whether its handler has finished. Slots are
+ * recycled once their request went back to the driver, so serving a request allocates nothing
+ * but what the handler itself does (and, for an asynchronous handler, its promise).
+ */
+class Slot implements Request {
+  chain!: DescriptorChain;
+  readonly reader = new ChainReader();
+  readonly writer = new ChainWriter();
+  done = false;
+  /** The queue the chain was popped from: it goes back there, or nowhere once that queue is gone. */
+  queue: DeviceQueue | undefined;
+  /** Settlement callbacks of an asynchronous handler's promise, made once per slot. */
+  readonly settled: () => void;
+  readonly failed: (err: unknown) => void;
+
+  constructor(server: QueueServer) {
+    this.settled = () => server.settle(this);
+    this.failed = (err) => {
+      server.handlerFailed(err);
+      server.settle(this);
+    };
+  }
 }
 
 function asError(err: unknown): Error {
   return err instanceof Error ? err : new Error(String(err));
 }
+
+/**
+ * The poll budget a queue server uses when its context gives none: never poll, sleep on the
+ * driver's notification as soon as the ring is empty.
+ */
+const NO_POLL = 0;
 
 export class QueueServer {
   private draining = false;
@@ -58,6 +83,25 @@ export class QueueServer {
   /** With IN_ORDER: popped requests not yet returned, oldest first. */
   private readonly unreturned: Slot[] = [];
   private readonly counters: QueueCounters;
+  /** Slots of requests that went back, ready for the next pop. */
+  private readonly free: Slot[] = [];
+  /** The queue `live` answers for, and the check itself, made once per queue instead of per request. */
+  private liveFor: DeviceQueue | undefined;
+  private live: LivenessCheck = () => false;
+  /** How long to keep polling an empty ring after the last request, in milliseconds (0: never). */
+  private readonly pollMs: number;
+  /** When the last poll or kick found a request (performance.now()). */
+  private lastWork = 0;
+  private pollScheduled = false;
+  private readonly pollTurn = (): void => {
+    this.pollScheduled = false;
+    this.kick();
+  };
+  private readonly publishTurn = (): void => {
+    this.publishScheduled = false;
+    const queue = this.ctx.queue(this.index);
+    if (queue !== undefined && queue === this.liveFor) this.publish(queue);
+  };
 
   constructor(
     private readonly ctx: DeviceContext,
@@ -66,6 +110,7 @@ export class QueueServer {
   ) {
     this.inOrder = hasFeature(ctx.features, Feature.IN_ORDER);
     this.counters = ctx.counters.queue(index);
+    this.pollMs = (ctx.pollMicros ?? NO_POLL) / 1000;
   }
 
   /** Requests handed to the handler whose promise has not settled. */
@@ -73,20 +118,39 @@ export class QueueServer {
     return this.pending;
   }
 
-  /** Serve everything the driver made available; call from VirtioDevice.queueNotify. */
+  /**
+   * Serve everything the driver made available; call from VirtioDevice.queueNotify. With a poll
+   * budget, a ring that had work is looked at again on every turn of the event loop (after its
+   * I/O callbacks, so the control plane keeps running) until it stayed empty for the budget;
+   * notifications stay off meanwhile, so a busy driver stops paying for kicks and the device for
+   * wake-ups (QEMU's poll-max-ns, SPDK's pollers). Only then are notifications re-enabled.
+   */
   kick(): void {
     const queue = this.ctx.queue(this.index);
     // A kick from inside a handler finds the drain loop running; that loop pops again anyway.
     if (queue === undefined || this.draining) return;
+    if (queue !== this.liveFor) {
+      this.liveFor = queue;
+      this.live = () => this.ctx.queue(this.index) === queue;
+    }
     this.draining = true;
     try {
       for (;;) {
         queue.disableNotifications();
+        let popped = 0;
         for (let chain = queue.pop(); chain !== null; chain = this.isLive(queue) ? queue.pop() : null) {
+          popped++;
           this.start(queue, chain);
         }
         this.publish(queue);
-        if (!this.isLive(queue) || !queue.enableNotifications()) break;
+        if (!this.isLive(queue)) break;
+        if (this.pollMs > 0 && this.keepPolling(popped)) {
+          this.schedulePoll();
+          break;
+        }
+        // §2.7.10 / §2.8.10: re-enable, then look again; a buffer made available before the
+        // driver could see the re-enable sent no notification and is served now.
+        if (!queue.enableNotifications()) break;
       }
     } catch (err) {
       this.ctx.fail(this.index, asError(err));
@@ -95,73 +159,92 @@ export class QueueServer {
     }
   }
 
+  /** Whether the budget since the last request found is not spent yet; `popped` were just found. */
+  private keepPolling(popped: number): boolean {
+    const now = performance.now();
+    if (popped > 0) this.lastWork = now;
+    return now - this.lastWork < this.pollMs;
+  }
+
+  private schedulePoll(): void {
+    if (this.pollScheduled) return;
+    this.pollScheduled = true;
+    setImmediate(this.pollTurn);
+  }
+
   private isLive(queue: DeviceQueue): boolean {
     return this.ctx.queue(this.index) === queue;
   }
 
   private start(queue: DeviceQueue, chain: DescriptorChain): void {
-    const live = (): boolean => this.isLive(queue);
-    const slot: Slot = { req: { chain, reader: new ChainReader(chain, live), writer: new ChainWriter(chain, live) }, done: false };
+    const slot = this.free.pop() ?? new Slot(this);
+    slot.chain = chain;
+    slot.queue = queue;
+    slot.done = false;
+    slot.reader.reset(chain, this.live);
+    slot.writer.reset(chain, this.live);
     if (this.inOrder) this.unreturned.push(slot);
     let result: void | Promise<void>;
     try {
-      result = this.handler(slot.req);
+      result = this.handler(slot);
     } catch (err) {
       this.handlerFailed(err);
       result = undefined;
     }
     if (result instanceof Promise) {
       this.pending++;
-      result
-        .catch((err: unknown) => this.handlerFailed(err))
-        .then(() => {
-          this.pending--;
-          this.finished(queue, slot);
-        });
+      void result.then(slot.settled, slot.failed);
     } else {
-      this.finished(queue, slot);
+      this.finished(slot);
     }
   }
 
+  /** An asynchronous handler settled. */
+  settle(slot: Slot): void {
+    this.pending--;
+    this.finished(slot);
+  }
+
   /** Return a finished request, or with IN_ORDER every finished one no earlier request holds back. */
-  private finished(queue: DeviceQueue, slot: Slot): void {
+  private finished(slot: Slot): void {
     slot.done = true;
-    if (!this.inOrder) this.complete(queue, slot.req);
-    else while (this.unreturned.length > 0 && this.unreturned[0].done) this.complete(queue, this.unreturned.shift()!.req);
+    if (!this.inOrder) this.complete(slot);
+    else while (this.unreturned.length > 0 && this.unreturned[0].done) this.complete(this.unreturned.shift()!);
   }
 
   /**
    * A handler threw: a device bug, not the driver's doing. The chain still goes back (with what
    * was written) so the driver is not left waiting for it.
    */
-  private handlerFailed(err: unknown): void {
+  handlerFailed(err: unknown): void {
     this.counters.errors++;
     this.ctx.log.error({ err: asError(err) }, `queue ${this.index}: request handler failed`);
   }
 
-  private complete(queue: DeviceQueue, req: Request): void {
+  private complete(slot: Slot): void {
+    const queue = slot.queue!;
+    const chain = slot.chain;
+    const written = slot.writer.written;
+    slot.queue = undefined;
+    this.free.push(slot);
     if (!this.isLive(queue)) return;
     try {
-      queue.push(req.chain, req.writer.written);
+      queue.push(chain, written);
     } catch (err) {
       this.ctx.fail(this.index, asError(err));
       return;
     }
     const counts = this.counters;
     counts.requests++;
-    counts.readBytes += req.chain.readableLength;
-    counts.writtenBytes += req.writer.written;
+    counts.readBytes += chain.readableLength;
+    counts.writtenBytes += written;
     this.unpublished++;
     // Inside a drain the loop publishes at its end; late completions of one tick share a publish.
     if (!this.draining && !this.publishScheduled) {
       this.publishScheduled = true;
-      queueMicrotask(() => {
-        this.publishScheduled = false;
-        if (this.isLive(queue)) this.publish(queue);
-      });
+      queueMicrotask(this.publishTurn);
     }
   }
-
   private publish(queue: DeviceQueue): void {
     if (this.unpublished === 0) return;
     this.unpublished = 0;

@@ -204,5 +204,6 @@ function scopedContext(ctx: DeviceContext, live: () => boolean): DeviceContext {
     fail: (index, err) => ctx.fail(index, err),
     log: ctx.log,
     counters: ctx.counters,
+    pollMicros: ctx.pollMicros,
   };
 }

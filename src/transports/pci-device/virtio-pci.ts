@@ -12,7 +12,7 @@
 import type { Logger } from 'pino';
 import { DeviceState } from '../../virtio/device-state.ts';
 import type { QueueArea } from '../../virtio/device-state.ts';
-import type { VirtioDevice } from '../../virtio/device.ts';
+import type { ServingOptions, VirtioDevice } from '../../virtio/device.ts';
 import type { GuestMemory } from '../../virtio/memory.ts';
 import { CapabilityId } from '../pci/capabilities.ts';
 import { COMMON_CFG_SIZE, CommonCfg, IsrStatus } from '../pci/common-cfg.ts';
@@ -108,12 +108,13 @@ export class VirtioPciFunction {
   private queueVectors: number[];
   private isr = 0;
 
-  constructor(device: VirtioDevice, log?: Logger) {
+  constructor(device: VirtioDevice, log?: Logger, serving: ServingOptions = {}) {
     this.state = new DeviceState(
       device,
       undefined,
       { usedBuffer: (q) => this.interrupt(this.queueVectors[q] ?? NO_VECTOR, IsrStatus.QUEUE), configChange: () => this.interrupt(this.configVector, IsrStatus.CONFIG) },
       log,
+      serving,
     );
     this.queueVectors = new Array<number>(device.numQueues).fill(NO_VECTOR);
     // One vector for configuration changes and one per queue, as Linux asks for first.

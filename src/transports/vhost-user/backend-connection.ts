@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import { type Watcher, watch } from '../../native/readiness.ts';
 import type { UnixSocket } from '../../native/unix-socket.ts';
 import { drainSocket } from './socket-drain.ts';
-import type { VirtioDevice } from '../../virtio/device.ts';
+import type { ServingOptions, VirtioDevice } from '../../virtio/device.ts';
 import { type BackendPorts, FrontEndError, VhostUserBackend } from './backend.ts';
 import { createBackendPorts } from './backend-ports.ts';
 import { FrontendRequest, HeaderFlag, ProtocolFeature, VRING_INDEX_MASK, VRING_NOFD_MASK, frontendRequestName } from './constants.ts';
@@ -85,9 +85,10 @@ export class BackendConnection {
     private readonly socket: UnixSocket,
     device: VirtioDevice,
     private readonly log: Logger,
+    serving: ServingOptions = {},
   ) {
     this.ports = createBackendPorts(log);
-    this.backend = new VhostUserBackend(device, this.ports, log);
+    this.backend = new VhostUserBackend(device, this.ports, log, serving);
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
     this.watcher = watch(socket.fd, {
       readable: () => this.readable(),

@@ -4,12 +4,12 @@
  * goes away the device is reset and the next connection is served.
  */
 import type { Logger } from 'pino';
-import type { VirtioDevice } from '../../virtio/device.ts';
+import type { ServingOptions, VirtioDevice } from '../../virtio/device.ts';
 import { type Listen, OneClientServer } from '../socket-server.ts';
 import { BackendConnection } from './backend-connection.ts';
 
 export class BackendServer extends OneClientServer<BackendConnection> {
-  static listen(device: VirtioDevice, target: Listen, log: Logger): BackendServer {
-    return new BackendServer(target, (socket, sessionLog) => new BackendConnection(socket, device, sessionLog), 'front-end', log);
+  static listen(device: VirtioDevice, target: Listen, log: Logger, serving: ServingOptions = {}): BackendServer {
+    return new BackendServer(target, (socket, sessionLog) => new BackendConnection(socket, device, sessionLog, serving), 'front-end', log);
   }
 }

@@ -21,7 +21,7 @@
  */
 import type { Logger } from 'pino';
 import { featureBit, hasFeature } from '../../virtio/constants.ts';
-import type { VirtioDevice } from '../../virtio/device.ts';
+import type { ServingOptions, VirtioDevice } from '../../virtio/device.ts';
 import { DeviceState } from '../../virtio/device-state.ts';
 import type { DeviceQueue, QueueConfig } from '../../virtio/queue.ts';
 import { VirtqueueError } from '../../virtio/queue.ts';
@@ -117,6 +117,7 @@ export class VhostUserBackend {
     readonly device: VirtioDevice,
     private readonly ports: BackendPorts,
     readonly log: Logger,
+    serving: ServingOptions = {},
   ) {
     this.state = new DeviceState(
       device,
@@ -134,7 +135,7 @@ export class VhostUserBackend {
         queueFailed: (index) => this.ringFailed(index),
       },
       log,
-      { startOnDriverOk: false },
+      { ...serving, startOnDriverOk: false },
     );
     this.table = new MemoryTable(ports.mapRegion);
     this.inflight = new InflightMemory(ports, device.name, device.numQueues, log);

@@ -129,8 +129,8 @@ export function chain(id: number, writable = 4): DescriptorChain {
   return new DescriptorChain(id, 1, [], [new Uint8Array(writable)], 0, writable);
 }
 
-/** A context serving `queue` as queue 0 until `live` is cleared (as a reset does). */
-export function context(queue: DeviceQueue, features = 0n) {
+/** A context serving `queue` as queue 0 until `live` is cleared (as a reset does), polling for `pollMicros`. */
+export function context(queue: DeviceQueue, features = 0n, pollMicros?: number) {
   const notified: number[] = [];
   const failed: Error[] = [];
   const { log, lines } = captureLog();
@@ -147,6 +147,7 @@ export function context(queue: DeviceQueue, features = 0n) {
     },
     log,
     counters: new DeviceCounters(1),
+    pollMicros,
   };
   return { ctx, notified, failed, lines, ctl };
 }

@@ -24,6 +24,60 @@ test('notifications are off while the queue drains and back on at the end; a buf
   assert.deepEqual(notified, [0, 0]);
 });
 
+/** Let the event loop turn until `done` holds (each turn runs the queue server's poll, if any). */
+async function turnsUntil(done: () => boolean): Promise<void> {
+  while (!done()) await new Promise((r) => setImmediate(r));
+}
+
+test('with a poll budget, a ring that had work is polled with notifications off, then re-armed and left alone', async () => {
+  const q = new ScriptQueue([chain(0)]);
+  const { ctx } = context(q, 0n, 2000);
+  const served: number[] = [];
+  new QueueServer(ctx, 0, (req) => void served.push(req.chain.id)).kick();
+  assert.deepEqual(served, [0]);
+  assert.equal(q.notificationsOn, false, 'the server polls instead of waiting for a kick');
+  // The driver adds a buffer and, seeing notifications off, does not kick: a poll finds it.
+  q.available.push(chain(1));
+  await turnsUntil(() => served.length === 2);
+  assert.deepEqual(served, [0, 1]);
+  // Nothing more comes: the budget runs out, notifications go back on, and polling stops.
+  await turnsUntil(() => q.notificationsOn);
+  const calls = q.calls.length;
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(q.calls.length, calls, 'an idle queue is not polled');
+  assert.deepEqual(q.calls.slice(-3), ['disable', 'pop', 'enable'], 'the last poll found nothing and re-armed');
+});
+
+test('with a poll budget, a buffer that slips in while notifications are re-enabled is still served (§2.7.10)', async () => {
+  const q = new ScriptQueue([chain(0)]);
+  const { ctx } = context(q, 0n, 100);
+  const served: number[] = [];
+  new QueueServer(ctx, 0, (req) => void served.push(req.chain.id)).kick();
+  q.lateArrivals = [chain(1)];
+  await turnsUntil(() => served.length === 2);
+  await turnsUntil(() => q.notificationsOn);
+  assert.deepEqual(served, [0, 1]);
+});
+
+test('a kick that finds nothing does not start polling', () => {
+  const q = new ScriptQueue([]);
+  const { ctx } = context(q, 0n, 1_000_000);
+  new QueueServer(ctx, 0, () => {}).kick();
+  assert.deepEqual(q.calls, ['disable', 'pop', 'enable']);
+  assert.equal(q.notificationsOn, true);
+});
+
+test('polling stops when the queue goes away (reset)', async () => {
+  const q = new ScriptQueue([chain(0)]);
+  const { ctx, ctl } = context(q, 0n, 1_000_000);
+  new QueueServer(ctx, 0, () => {}).kick();
+  assert.equal(q.notificationsOn, false);
+  ctl.live = false;
+  const calls = q.calls.length;
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(q.calls.length, calls, 'a reset queue is not touched again');
+});
+
 test('synchronous completions share one publish, and the driver is notified only when publish says so', () => {
   const q = new ScriptQueue([chain(0), chain(1), chain(2)]);
   q.driverWantsNotify = false;
