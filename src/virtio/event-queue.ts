@@ -82,6 +82,12 @@ export interface EventQueueOptions<E> {
   readonly onDrop?: (event: E, reason: EventDropReason) => void;
   /** With overflow 'refuse': the backlog has room again after offer() returned false. */
   readonly onSpace?: () => void;
+  /**
+   * For events that are only lent to offer() (a net frame in a driver's transmit buffer): a copy
+   * the queue can keep, made only when the event has to wait in the backlog. Without it, events
+   * are kept as offered.
+   */
+  readonly retain?: (event: E) => E;
 }
 
 function asError(err: unknown): Error {
@@ -95,6 +101,8 @@ export class EventQueue<E> implements HeldBuffers {
   private heldFrom: DeviceQueue | undefined;
   /** Events waiting for buffers, oldest first; short (bounded by the backlog option), so shift() is cheap. */
   private readonly backlog: E[] = [];
+  /** Events taken off the front of the backlog (written or dropped), ever: offer() finds its event by it. */
+  private served = 0;
   private readonly layout: EventLayout<E>;
   private readonly limit: number;
   private readonly minBuffer: { readonly bytes: number; readonly rule: string };
@@ -139,8 +147,15 @@ export class EventQueue<E> implements HeldBuffers {
       this.drop(event, 'noBuffer');
       return false;
     }
+    const at = this.backlog.length;
+    const servedBefore = this.served;
     this.backlog.push(event);
     this.drain();
+    // What is left of this event (all of it, or the rest of a stream) now sits `served` places
+    // nearer the front; events from before it that still wait were retained when offered.
+    const retain = this.options.retain;
+    const left = at - (this.served - servedBefore);
+    if (retain !== undefined && left >= 0 && left < this.backlog.length) this.backlog[left] = retain(this.backlog[left]);
     return true;
   }
 
@@ -192,6 +207,7 @@ export class EventQueue<E> implements HeldBuffers {
         const fit = this.gather(queue, this.backlog[0]);
         if (fit === 'wait') break;
         if (fit === 'never') {
+          this.served++;
           this.drop(this.backlog.shift()!, 'tooLarge');
           continue;
         }
@@ -245,7 +261,10 @@ export class EventQueue<E> implements HeldBuffers {
     const chains = this.held.splice(0, count);
     const writers = chains.map((c) => new ChainWriter(c));
     const rest = this.layout.write(this.backlog[0], writers);
-    if (rest === undefined) this.backlog.shift();
+    if (rest === undefined) {
+      this.backlog.shift();
+      this.served++;
+    }
     else this.backlog[0] = rest;
     const counts = this.counters;
     for (let i = 0; i < count; i++) {

@@ -139,6 +139,8 @@ export class NetDevice implements VirtioDevice {
   private cfg: NetConfig;
   private linkUp: boolean;
   private active: Active | undefined;
+  /** Where a frame spread over several descriptors is gathered before it is lent to the port. */
+  private scratch = new Uint8Array(2048);
 
   constructor(options: NetDeviceOptions) {
     this.port = options.port;
@@ -337,12 +339,22 @@ export class NetDevice implements VirtioDevice {
       this.traffic.drop('linkDown');
       return;
     }
-    const frame = reader.readExact(length);
+    // Lent to the port (port.ts): a view of the driver's buffer when the frame is in one
+    // descriptor, which it is for every driver that puts the header in a buffer of its own or
+    // in front of the frame; otherwise gathered into a buffer of the device's.
+    const frame = reader.view(length) ?? this.gather(reader, length);
     if (frame === undefined) return;
     this.traffic.txPackets++;
     this.traffic.txBytes += length;
     if (a.activePairs > 1) this.learnFlow(a, frame, pair);
     this.port.send(frame, transmitOffload(meta));
+  }
+
+  /** The next `length` bytes of a frame spread over several descriptors, copied into `scratch`. */
+  private gather(reader: Request['reader'], length: number): Uint8Array | undefined {
+    if (this.scratch.length < length) this.scratch = new Uint8Array(Math.max(length, 2 * this.scratch.length));
+    const frame = this.scratch.subarray(0, length);
+    return reader.read(frame) === length ? frame : undefined;
   }
 
   /** §5.1.6.5.5: replies to a flow the driver sent on transmitqX should arrive on receiveqX. */

@@ -154,7 +154,8 @@ export class NetDriver {
   async bridge(port: NetPort): Promise<void> {
     if (hasFeature(this.features, NetFeature.CTRL_RX)) await this.setPromiscuous(true);
     port.onReceive((frame, meta) => {
-      this.send(frame, { meta }).catch(() => this.counters.txFailed++);
+      // send() may wait for a transmit buffer, and the frame is only lent for this call (port.ts).
+      this.send(frame.slice(), { meta }).catch(() => this.counters.txFailed++);
     });
     void (async () => {
       for await (const f of this.receive()) port.send(f.frame, f.meta);

@@ -4,8 +4,11 @@
  * UDP tunnels, TAP interfaces and pcap taps all implement it, so a device never knows what it
  * is connected to, and `patch` joins any two of them like a cable.
  *
- * Frames are immutable once sent: a receiver may keep the array (a switch floods one array to
- * every port), so a sender that reuses its buffer copies first.
+ * A frame is lent for the duration of the call, not given: it may be a view of a driver's transmit
+ * buffer, which goes back to the driver (and is written again) once send() returns, so that a
+ * frame crosses the switch from one guest's buffer into another's without a copy in between.
+ * Nobody writes to a frame they were handed; a receiver that keeps one past the call (a backlog
+ * waiting for receive buffers, an asynchronous socket write) copies it first.
  */
 import type { Offload } from './wire.ts';
 
@@ -37,7 +40,10 @@ export class PortCounters {
 export interface NetPort {
   /** For logs and counters, e.g. "sw0.p1". */
   readonly name: string;
-  /** Carry `frame` out of this port. Never throws for a frame it cannot carry: it drops and counts it. */
+  /**
+   * Carry `frame` out of this port; the frame is valid only during the call (see above). Never
+   * throws for a frame it cannot carry: it drops and counts it.
+   */
   send(frame: Uint8Array, meta: Offload): void;
   /** Frames arriving at this port go to `handler`; undefined detaches (arrivals are then dropped and counted). */
   onReceive(handler: FrameHandler | undefined): void;

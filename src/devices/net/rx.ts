@@ -57,5 +57,8 @@ export function receiveQueue(ctx: DeviceContext, index: number, mergeable: boole
     minBuffer: { bytes: NET_HDR_SIZE, rule: 'receive buffer too small' },
     // Without MRG_RXBUF the posted buffer is smaller than the frame; with it, the whole ring is.
     onDrop: (_, reason) => counters.drop(reason === 'noBuffer' ? 'noBuffer' : 'bufferTooSmall'),
+    // A frame is lent (port.ts): one that finds buffers goes straight from the sender's buffer
+    // into them; only one that must wait for the driver is copied.
+    retain: ({ frame, meta }) => ({ frame: frame.slice(), meta }),
   });
 }

@@ -6,7 +6,9 @@
  *
  * Time comes from an injectable clock and ageing is checked on lookup, so the switch runs no
  * timer and tests control time exactly. The address table is bounded: when full, the entry
- * least recently refreshed makes room.
+ * least recently refreshed makes room. A known source on its known port only has its time
+ * stamped (no allocation, no reordering); its place in the refresh order moves at most once per
+ * REORDER_MS, so "least recently refreshed" is exact to that granularity.
  */
 import { type FrameHandler, type NetPort, PortCounters } from './port.ts';
 import { ETH_HLEN, type Offload, isGroupMac, macKey } from './wire.ts';
@@ -23,9 +25,15 @@ export interface SwitchOptions {
 }
 
 interface Learned {
-  readonly port: SwitchPort;
-  readonly seen: number;
+  port: SwitchPort;
+  /** When a frame from this address last came in. */
+  seen: number;
+  /** When the entry last moved to the end of the table's refresh order. */
+  ordered: number;
 }
+
+/** How stale an entry's place in the refresh order may get before a frame moves it to the end. */
+const REORDER_MS = 1000;
 
 /** One switch port as what is plugged into it sees it: send into the switch, receive from it. */
 class SwitchPort implements NetPort {
@@ -134,12 +142,21 @@ export class L2Switch {
   }
 
   private learn(mac: number, port: SwitchPort, now: number): void {
-    // Delete first so the refreshed entry moves to the end of the Map's order.
-    this.table.delete(mac);
+    const known = this.table.get(mac);
+    if (known !== undefined) {
+      known.seen = now;
+      if (known.port === port && now - known.ordered < REORDER_MS) return;
+      // Moved to another port, or its place in the order is stale: re-insert at the end.
+      known.port = port;
+      known.ordered = now;
+      this.table.delete(mac);
+      this.table.set(mac, known);
+      return;
+    }
     if (this.table.size >= this.maxAddresses) {
       const oldest = this.table.keys().next();
       if (!oldest.done) this.table.delete(oldest.value);
     }
-    this.table.set(mac, { port, seen: now });
+    this.table.set(mac, { port, seen: now, ordered: now });
   }
 }

@@ -76,7 +76,8 @@ export class UdpTunnel implements NetPort {
       return;
     }
     this.counters.countTx(frame.length);
-    this.socket.send([encodeNetHeader(meta, 0), frame], peer.port, peer.address);
+    // The datagram may leave after this call returns, and the frame is only lent (port.ts).
+    this.socket.send([encodeNetHeader(meta, 0), frame.slice()], peer.port, peer.address);
   }
 
   onReceive(handler: FrameHandler | undefined): void {
