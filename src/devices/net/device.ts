@@ -141,6 +141,8 @@ export class NetDevice implements VirtioDevice {
   private active: Active | undefined;
   /** Where a frame spread over several descriptors is gathered before it is lent to the port. */
   private scratch = new Uint8Array(2048);
+  /** The transmit header being decoded (decodeOffload keeps nothing of it). */
+  private readonly txHeader = new Uint8Array(NET_HDR_SIZE);
 
   constructor(options: NetDeviceOptions) {
     this.port = options.port;
@@ -325,8 +327,8 @@ export class NetDevice implements VirtioDevice {
       this.traffic.drop('malformedBuffer');
       return;
     }
-    const hdr = reader.readExact(NET_HDR_SIZE);
-    if (hdr === undefined) return;
+    const hdr = this.txHeader;
+    if (reader.read(hdr) !== NET_HDR_SIZE) return;
     const meta = decodeOffload(hdr);
     const length = reader.remaining;
     // Checked before copying, so a hostile length costs nothing.
