@@ -72,6 +72,8 @@ function asError(err: unknown): Error {
  * driver's notification as soon as the ring is empty.
  */
 const NO_POLL = 0;
+/** The first poll window, in milliseconds, once requests come closer together than the budget. */
+const FIRST_WINDOW_MS = 0.004;
 
 export class QueueServer {
   private draining = false;
@@ -88,10 +90,12 @@ export class QueueServer {
   /** The queue `live` answers for, and the check itself, made once per queue instead of per request. */
   private liveFor: DeviceQueue | undefined;
   private live: LivenessCheck = () => false;
-  /** How long to keep polling an empty ring after the last request, in milliseconds (0: never). */
-  private readonly pollMs: number;
+  /** The most time an empty ring is polled after its last request, in milliseconds (0: never). */
+  private readonly pollMaxMs: number;
+  /** How long it is polled now: adapted to how far apart requests come, up to pollMaxMs. */
+  private pollWindowMs = 0;
   /** When the last poll or kick found a request (performance.now()). */
-  private lastWork = 0;
+  private lastWork = -Infinity;
   private pollScheduled = false;
   private readonly pollTurn = (): void => {
     this.pollScheduled = false;
@@ -110,7 +114,7 @@ export class QueueServer {
   ) {
     this.inOrder = hasFeature(ctx.features, Feature.IN_ORDER);
     this.counters = ctx.counters.queue(index);
-    this.pollMs = (ctx.pollMicros ?? NO_POLL) / 1000;
+    this.pollMaxMs = (ctx.pollMicros ?? NO_POLL) / 1000;
   }
 
   /** Requests handed to the handler whose promise has not settled. */
@@ -144,7 +148,7 @@ export class QueueServer {
         }
         this.publish(queue);
         if (!this.isLive(queue)) break;
-        if (this.pollMs > 0 && this.keepPolling(popped)) {
+        if (this.pollMaxMs > 0 && this.keepPolling(popped)) {
           this.schedulePoll();
           break;
         }
@@ -159,11 +163,23 @@ export class QueueServer {
     }
   }
 
-  /** Whether the budget since the last request found is not spent yet; `popped` were just found. */
+  /**
+   * Whether to poll on; `popped` requests were just found. The window adapts as QEMU's adaptive
+   * polling does: a request that came within the window needs no change, one that came later but
+   * within the budget grows the window (polling would have caught it without a wake-up), and a
+   * gap longer than the budget ends polling until requests come close together again, so a queue
+   * whose driver pauses (or is not scheduled, on a busy host) does not spin for nothing.
+   */
   private keepPolling(popped: number): boolean {
     const now = performance.now();
-    if (popped > 0) this.lastWork = now;
-    return now - this.lastWork < this.pollMs;
+    if (popped > 0) {
+      const gap = now - this.lastWork;
+      const max = this.pollMaxMs;
+      if (gap > max) this.pollWindowMs = 0;
+      else if (gap > this.pollWindowMs) this.pollWindowMs = Math.min(max, this.pollWindowMs === 0 ? FIRST_WINDOW_MS : 2 * this.pollWindowMs);
+      this.lastWork = now;
+    }
+    return now - this.lastWork < this.pollWindowMs;
   }
 
   private schedulePoll(): void {

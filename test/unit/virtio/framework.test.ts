@@ -24,39 +24,76 @@ test('notifications are off while the queue drains and back on at the end; a buf
   assert.deepEqual(notified, [0, 0]);
 });
 
-/** Let the event loop turn until `done` holds (each turn runs the queue server's poll, if any). */
+/**
+ * Let the event loop turn until `done` holds (each turn runs the queue server's poll, if any);
+ * a million turns without it is a failure, not a hang.
+ */
 async function turnsUntil(done: () => boolean): Promise<void> {
-  while (!done()) await new Promise((r) => setImmediate(r));
+  for (let turns = 0; !done(); turns++) {
+    assert.ok(turns < 1_000_000, 'the condition never held');
+    await new Promise((r) => setImmediate(r));
+  }
 }
 
-test('with a poll budget, a ring that had work is polled with notifications off, then re-armed and left alone', async () => {
-  const q = new ScriptQueue([chain(0)]);
-  const { ctx } = context(q, 0n, 2000);
+/**
+ * Serve `kicks` requests one kick each, back to back: requests this close together grow the poll
+ * window (it doubles from a few microseconds per request that came after it) up to the budget.
+ */
+function busyKicks(server: QueueServer, q: ScriptQueue, kicks: number, firstId = 0): void {
+  for (let i = 0; i < kicks; i++) {
+    q.available.push(chain(firstId + i));
+    server.kick();
+  }
+}
+
+test('with a poll budget, requests coming close together make the server poll with notifications off', async () => {
+  const q = new ScriptQueue([]);
+  const { ctx, ctl } = context(q, 0n, 1_000_000);
   const served: number[] = [];
-  new QueueServer(ctx, 0, (req) => void served.push(req.chain.id)).kick();
-  assert.deepEqual(served, [0]);
+  const server = new QueueServer(ctx, 0, (req) => void served.push(req.chain.id));
+  busyKicks(server, q, 24);
+  assert.equal(served.length, 24);
   assert.equal(q.notificationsOn, false, 'the server polls instead of waiting for a kick');
   // The driver adds a buffer and, seeing notifications off, does not kick: a poll finds it.
-  q.available.push(chain(1));
-  await turnsUntil(() => served.length === 2);
-  assert.deepEqual(served, [0, 1]);
-  // Nothing more comes: the budget runs out, notifications go back on, and polling stops.
+  q.available.push(chain(100));
+  await turnsUntil(() => served.length === 25);
+  assert.equal(served[24], 100);
+  ctl.live = false; // a reset: polling ends
+  const calls = q.calls.length;
+  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(q.calls.length, calls, 'a reset queue is not touched again');
+});
+
+test('when the poll window runs out, notifications go back on and an idle queue is left alone', async () => {
+  const q = new ScriptQueue([]);
+  const { ctx } = context(q, 0n, 100);
+  const server = new QueueServer(ctx, 0, () => {});
+  busyKicks(server, q, 10);
   await turnsUntil(() => q.notificationsOn);
   const calls = q.calls.length;
   for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
   assert.equal(q.calls.length, calls, 'an idle queue is not polled');
-  assert.deepEqual(q.calls.slice(-3), ['disable', 'pop', 'enable'], 'the last poll found nothing and re-armed');
+  assert.deepEqual(q.calls.slice(-3), ['disable', 'pop', 'enable'], 'the last look found nothing and re-armed');
 });
 
 test('with a poll budget, a buffer that slips in while notifications are re-enabled is still served (§2.7.10)', async () => {
-  const q = new ScriptQueue([chain(0)]);
+  const q = new ScriptQueue([]);
   const { ctx } = context(q, 0n, 100);
   const served: number[] = [];
-  new QueueServer(ctx, 0, (req) => void served.push(req.chain.id)).kick();
-  q.lateArrivals = [chain(1)];
-  await turnsUntil(() => served.length === 2);
+  const server = new QueueServer(ctx, 0, (req) => void served.push(req.chain.id));
+  busyKicks(server, q, 10);
+  q.lateArrivals = [chain(100)];
+  await turnsUntil(() => served.length === 11);
   await turnsUntil(() => q.notificationsOn);
-  assert.deepEqual(served, [0, 1]);
+  assert.equal(served[10], 100);
+});
+
+test('the first request after a quiet spell does not start polling', () => {
+  const q = new ScriptQueue([chain(0)]);
+  const { ctx } = context(q, 0n, 1_000_000);
+  new QueueServer(ctx, 0, () => {}).kick();
+  assert.deepEqual(q.calls, ['disable', 'pop', 'push 0', 'pop', 'publish', 'enable']);
+  assert.equal(q.notificationsOn, true);
 });
 
 test('a kick that finds nothing does not start polling', () => {
@@ -65,17 +102,6 @@ test('a kick that finds nothing does not start polling', () => {
   new QueueServer(ctx, 0, () => {}).kick();
   assert.deepEqual(q.calls, ['disable', 'pop', 'enable']);
   assert.equal(q.notificationsOn, true);
-});
-
-test('polling stops when the queue goes away (reset)', async () => {
-  const q = new ScriptQueue([chain(0)]);
-  const { ctx, ctl } = context(q, 0n, 1_000_000);
-  new QueueServer(ctx, 0, () => {}).kick();
-  assert.equal(q.notificationsOn, false);
-  ctl.live = false;
-  const calls = q.calls.length;
-  for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
-  assert.equal(q.calls.length, calls, 'a reset queue is not touched again');
 });
 
 test('synchronous completions share one publish, and the driver is notified only when publish says so', () => {
