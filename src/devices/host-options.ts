@@ -66,12 +66,13 @@ export const read = {
 };
 
 /**
- * Microseconds a queue keeps being polled after its last request when `--poll-us` is not given:
- * long enough to bridge the gaps of a busy driver (a packet every few microseconds, a disk
- * request every few tens), short enough that a quiet queue is asleep again at once.
+ * Microseconds a queue may keep being polled after its last request when `--poll-us` is not
+ * given (the most its adaptive window grows to, serve.ts): long enough to bridge the gaps of a
+ * busy driver (a packet every few microseconds, a disk request every few tens, a sender
+ * preempted on a shared host), short enough that a quiet queue is asleep again at once.
  * Measured in docs/performance.md ("Polling").
  */
-export const DEFAULT_POLL_MICROS = 50;
+export const DEFAULT_POLL_MICROS = 200;
 
 /**
  * The poll budget every `paravirt serve <type>` takes (ServingOptions.pollMicros): how every

@@ -164,18 +164,19 @@ export class QueueServer {
   }
 
   /**
-   * Whether to poll on; `popped` requests were just found. The window adapts as QEMU's adaptive
-   * polling does: a request that came within the window needs no change, one that came later but
-   * within the budget grows the window (polling would have caught it without a wake-up), and a
-   * gap longer than the budget ends polling until requests come close together again, so a queue
-   * whose driver pauses (or is not scheduled, on a busy host) does not spin for nothing.
+   * Whether to poll on; `popped` requests were just found. The window adapts in the manner of
+   * QEMU's adaptive polling: a request that came within the window needs no change, one that came
+   * later but within the budget grows the window (polling would have caught it without a
+   * wake-up), and a gap longer than the budget halves it, so a queue whose driver pauses (or is
+   * not scheduled, on a busy host) spins less and less for nothing, while a short stall of a busy
+   * driver does not throw away what the window learned.
    */
   private keepPolling(popped: number): boolean {
     const now = performance.now();
     if (popped > 0) {
       const gap = now - this.lastWork;
       const max = this.pollMaxMs;
-      if (gap > max) this.pollWindowMs = 0;
+      if (gap > max) this.pollWindowMs = this.pollWindowMs / 2 < FIRST_WINDOW_MS ? 0 : this.pollWindowMs / 2;
       else if (gap > this.pollWindowMs) this.pollWindowMs = Math.min(max, this.pollWindowMs === 0 ? FIRST_WINDOW_MS : 2 * this.pollWindowMs);
       this.lastWork = now;
     }
