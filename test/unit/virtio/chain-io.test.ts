@@ -43,3 +43,36 @@ test('once the request is no longer live, reads return nothing and writes leave 
   assert.deepEqual([...c.writable[0]], [0, 0, 0, 0]);
   assert.equal(writer.written, 0);
 });
+
+test('view() lends the next bytes of one descriptor without a copy, and declines bytes that span two', () => {
+  const c = chain([[1, 2], [], [3, 4, 5]], []);
+  const reader = new ChainReader(c);
+  const head = reader.view(2)!;
+  assert.deepEqual([...head], [1, 2]);
+  assert.equal(head.buffer, c.readable[0].buffer, 'a view of the driver buffer itself');
+  assert.equal(reader.view(4), undefined, 'more than remains');
+  const tail = reader.view(3)!;
+  assert.deepEqual([...tail], [3, 4, 5], 'an empty descriptor in between is stepped over');
+  assert.equal(reader.remaining, 0);
+  const spanning = new ChainReader(chain([[1], [2]], []));
+  assert.equal(spanning.view(2), undefined);
+  assert.equal(spanning.remaining, 2, 'nothing consumed');
+  assert.deepEqual([...spanning.readExact(2)!], [1, 2]);
+});
+
+test('a reader and a writer reset onto another chain start over on it', () => {
+  const reader = new ChainReader();
+  const writer = new ChainWriter();
+  const a = chain([[1, 2, 3]], [2]);
+  reader.reset(a);
+  writer.reset(a);
+  reader.skip(2);
+  writer.write(Uint8Array.from([7]));
+  const b = chain([[4, 5]], [3]);
+  reader.reset(b);
+  writer.reset(b);
+  assert.deepEqual([...reader.readExact(2)!], [4, 5]);
+  assert.equal(writer.written, 0);
+  assert.equal(writer.write(Uint8Array.from([8, 9, 10, 11])), 3);
+  assert.deepEqual([...b.writable[0]], [8, 9, 10]);
+});

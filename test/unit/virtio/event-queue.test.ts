@@ -327,3 +327,19 @@ test('withdrawn events never reach a buffer; the others keep their order, and a 
   assert.deepEqual(bytes.map((b) => b[0]), [1, 3, 0]);
   assert.equal(eq.waiting, 0);
 });
+
+test('with retain, a lent event is written straight into posted buffers, and copied only when it has to wait', () => {
+  const retained: number[] = [];
+  const { q, eq } = records({ retain: (e) => (retained.push(e[0]), e.slice()) }, [buffer(0, 4).chain]);
+  const lent = Uint8Array.of(1, 1);
+  eq.offer(lent);
+  assert.deepEqual(retained, [], 'a buffer was there: no copy');
+  const waiting = Uint8Array.of(2, 2);
+  eq.offer(waiting);
+  waiting.fill(9); // the lender reuses its buffer once offer() returns
+  assert.deepEqual(retained, [2]);
+  const { chains, bytes } = buffers(1, 4);
+  q.available.push(...chains);
+  eq.kick();
+  assert.deepEqual([...bytes[0]], [2, 2, 0, 0], 'what was offered, not what the lender wrote later');
+});
