@@ -19,7 +19,11 @@ import type { QueueCounters } from './counters.ts';
 import type { DeviceContext } from './device.ts';
 import type { DescriptorChain, DeviceQueue } from './queue.ts';
 
-/** One request being served. */
+/**
+ * One request being served. The object, its reader and writer are the server's and serve the
+ * next request once this one went back: a handler uses them until it returns (or its promise
+ * settles) and keeps none of them.
+ */
 export interface Request {
   readonly chain: DescriptorChain;
   /** The device-readable part. Reads after a reset return nothing. */
