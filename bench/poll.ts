@@ -1,10 +1,10 @@
 /**
- * `npm run bench -- poll`: what the poll budget (`paravirt serve --poll-us`) buys and costs. For
- * each budget, `paravirt serve blk` serves a raw file on tmpfs to paravirt's blk driver over the
- * vhost-user front-end (as bench/frontend.ts): 4 KiB random reads at queue depth 32 for a few
- * seconds, then the driver stays connected and quiet. Reported per budget: the IOPS while busy,
- * the back-end's CPU per read while busy, and its CPU while quiet (a percentage of one core, from
- * /proc; 1 % is 10 ms per second, the kernel's tick).
+ * `npm run bench -- poll`: what the poll budget (`paravirt serve --poll-us`) buys and costs. One
+ * `paravirt serve blk` per budget serves the same raw file on tmpfs to paravirt's blk driver over
+ * the vhost-user front-end (as bench/frontend.ts): 4 KiB random reads at queue depth 32 in
+ * alternating rounds of a few seconds, then every driver stays connected and quiet. Reported per
+ * budget: the median IOPS and its ratio to not polling, the back-end's CPU per read, and its CPU
+ * while quiet (a percentage of one core, from /proc; 0.25 % is one 10 ms tick in 4 s).
  */
 import { readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -23,7 +23,8 @@ const PARAVIRT = fileURLToPath(new URL('../bin/paravirt.js', import.meta.url));
 const DISK_BYTES = 64 * 1024 * 1024;
 const BLOCK = 4096;
 const DEPTH = 32;
-const BUSY_SECONDS = 3;
+const ROUND_SECONDS = 2;
+const ROUNDS = 3;
 const QUIET_SECONDS = 4;
 /** Budgets compared: never poll, the default, and a long one. */
 const BUDGETS = [0, DEFAULT_POLL_MICROS, 1000];
@@ -38,7 +39,18 @@ function cpuSeconds(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) / USER_HZ; // utime, stime: fields 14 and 15
 }
 
-async function measure(dir: string, image: string, pollUs: number): Promise<void> {
+interface Side {
+  readonly pollUs: number;
+  readonly serve: PeerProcess;
+  readonly pid: number;
+  blk?: BlkDriver;
+  readonly iops: number[];
+  readonly cpuMicrosPerRead: number[];
+}
+
+const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+
+async function start(dir: string, image: string, pollUs: number): Promise<Side> {
   const socketPath = join(dir, `poll-${pollUs}.sock`);
   step(`starting paravirt serve blk --poll-us ${pollUs}`);
   const serve = new PeerProcess(
@@ -46,41 +58,53 @@ async function measure(dir: string, image: string, pollUs: number): Promise<void
     [process.execPath, PARAVIRT, 'serve', 'blk', '--socket-path', socketPath, '--image', image, '--read-only', '--poll-us', String(pollUs)],
     { textStdout: true },
   );
-  let blk: BlkDriver | undefined;
-  try {
-    await serve.waitForOutput(/vhost-user back-end listening/, 0, 'starting to listen');
-    const pid = serve.child.pid!;
-    step(`reading through paravirt serve blk --poll-us ${pollUs}`);
-    blk = await BlkDriver.open(await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log }), { log });
-    await randomIo(blk, { depth: DEPTH, blockSize: BLOCK, seconds: 1 }); // warm-up
-    const busyStart = cpuSeconds(pid);
-    const busy = await randomIo(blk, { depth: DEPTH, blockSize: BLOCK, seconds: BUSY_SECONDS });
-    const busyCpu = cpuSeconds(pid) - busyStart;
-    step(`staying connected and quiet with --poll-us ${pollUs}`);
-    await delay(200); // the poll budget (at most 1 ms here) runs out
-    const quietStart = cpuSeconds(pid);
-    const t0 = performance.now();
-    await delay(QUIET_SECONDS * 1000);
-    const quietPercent = (100 * (cpuSeconds(pid) - quietStart)) / ((performance.now() - t0) / 1000);
-    const context = { pollUs, block: BLOCK, depth: DEPTH, busySeconds: BUSY_SECONDS, quietSeconds: QUIET_SECONDS, loadavg: loadavg()[0] };
-    report('poll', `read_4k_qd${DEPTH}_iops_poll_${pollUs}us`, Math.round(busy.iops), 'IOPS', {
-      ...context,
-      backend_cpu_us_per_read: Number(((busyCpu * 1e6) / busy.ops).toFixed(1)),
-    });
-    report('poll', `idle_cpu_poll_${pollUs}us`, Number(quietPercent.toFixed(2)), '% of a core', context);
-  } finally {
-    await blk?.close();
-    await serve.stop();
-  }
+  const side: Side = { pollUs, serve, pid: serve.child.pid!, iops: [], cpuMicrosPerRead: [] };
+  await serve.waitForOutput(/vhost-user back-end listening/, 0, 'starting to listen');
+  side.blk = await BlkDriver.open(await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log }), { log });
+  await randomIo(side.blk, { depth: DEPTH, blockSize: BLOCK, seconds: 1 }); // warm-up
+  return side;
+}
+
+async function round(side: Side): Promise<void> {
+  step(`reading through paravirt serve blk --poll-us ${side.pollUs}`);
+  const cpu = cpuSeconds(side.pid);
+  const busy = await randomIo(side.blk!, { depth: DEPTH, blockSize: BLOCK, seconds: ROUND_SECONDS });
+  side.iops.push(busy.iops);
+  side.cpuMicrosPerRead.push(((cpuSeconds(side.pid) - cpu) * 1e6) / busy.ops);
 }
 
 export async function main(): Promise<void> {
   const dir = mkdtempSync('/dev/shm/paravirt-bench-poll-');
+  const sides: Side[] = [];
   try {
     const image = join(dir, 'disk.img');
     writeFileSync(image, new Uint8Array(DISK_BYTES).fill(0xa5));
-    for (const budget of BUDGETS) await measure(dir, image, budget);
+    for (const budget of BUDGETS) sides.push(await start(dir, image, budget));
+    // Alternating rounds, so the machine's load moves over all budgets alike.
+    for (let r = 0; r < ROUNDS; r++) for (const side of r % 2 === 0 ? sides : [...sides].reverse()) await round(side);
+    step('staying connected and quiet');
+    await delay(200); // every poll window (at most 1 ms here) runs out
+    const before = sides.map((s) => cpuSeconds(s.pid));
+    const t0 = performance.now();
+    await delay(QUIET_SECONDS * 1000);
+    const seconds = (performance.now() - t0) / 1000;
+    const context = { block: BLOCK, depth: DEPTH, rounds: ROUNDS, roundSeconds: ROUND_SECONDS, quietSeconds: QUIET_SECONDS, loadavg: loadavg()[0] };
+    const base = median(sides[0].iops);
+    sides.forEach((side, i) => {
+      report('poll', `read_4k_qd${DEPTH}_iops_poll_${side.pollUs}us`, Math.round(median(side.iops)), 'IOPS', {
+        ...context,
+        runs: side.iops.map(Math.round),
+        over_no_poll: Number((median(side.iops) / base).toFixed(2)),
+        backend_cpu_us_per_read: Number(median(side.cpuMicrosPerRead).toFixed(1)),
+      });
+      report('poll', `idle_cpu_poll_${side.pollUs}us`, Number(((100 * (cpuSeconds(side.pid) - before[i])) / seconds).toFixed(2)), '% of a core', context);
+    });
   } finally {
+    step('closing the drivers and stopping the back-ends');
+    for (const side of sides) {
+      await side.blk?.close();
+      await side.serve.stop();
+    }
     rmSync(dir, { recursive: true, force: true });
   }
 }
