@@ -13,6 +13,7 @@ import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, Feature, featureBit, hasFeature } f
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { queueSizeError } from '../../virtio/ring.ts';
 import { QueueServer, type Request } from '../../virtio/serve.ts';
+import type { ChainReader } from '../../virtio/chain-io.ts';
 import { type ControlTarget, guestOffloadMask, serveControl } from './control.ts';
 import { NetCounters } from './counters.ts';
 import { DeviceCounters } from '../../virtio/counters.ts';
@@ -353,7 +354,7 @@ export class NetDevice implements VirtioDevice {
   }
 
   /** The next `length` bytes of a frame spread over several descriptors, copied into `scratch`. */
-  private gather(reader: Request['reader'], length: number): Uint8Array | undefined {
+  private gather(reader: ChainReader, length: number): Uint8Array | undefined {
     if (this.scratch.length < length) this.scratch = new Uint8Array(Math.max(length, 2 * this.scratch.length));
     const frame = this.scratch.subarray(0, length);
     return reader.read(frame) === length ? frame : undefined;
