@@ -1,0 +1,222 @@
+/**
+ * A private libvirt for one test: the lab chroot's libvirtd (12.9, with its QEMU driver) drives
+ * the chroot's QEMU 11.1, and `virsh` talks to it over a socket of its own.
+ *
+ *   const libvirt = await startLibvirt(t);
+ *   await libvirt.virsh('define', libvirt.qemuPath(xmlFile));
+ *   await libvirt.virsh('start', 'vm');
+ *
+ * Debian's libvirt 12.9 ships the monolithic libvirtd (libvirt-daemon), not the modular
+ * virtqemud. The daemon runs in a mount namespace of its own (`unshare --mount`, private
+ * propagation): there it gets /proc and /sys inside the chroot, and its directories
+ * (/etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt) are bind mounts of a fresh
+ * directory under the lab's share dir. Nothing is mounted on the host, the mounts vanish with
+ * the namespace's last process (the daemon and the QEMUs it starts), and two instances never
+ * see each other's domains. /dev stays the chroot's own few nodes (null, zero, random,
+ * urandom, ptmx…), which is all QEMU opens here. The capability cache (/var/cache/libvirt) is
+ * the chroot's, shared: probing QEMU again for every test would cost seconds.
+ *
+ * The embedded driver (`qemu:///embed?root=DIR`, no daemon) works for one `virsh` process, but
+ * every process opening it is a driver of its own that re-attaches to running QEMUs in a
+ * background thread and is torn down when it exits: consecutive `virsh` commands race (seen
+ * here: `destroy` answering "domain is not running" while it ran, and a later `virsh` stopping
+ * QEMU with "shutting down, reason=daemon"). A daemon is also what users run.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+import { PeerProcess } from './peer-process.ts';
+import { labPaths, qemuCommand } from './qemu.ts';
+import { waitForListening } from './qsd.ts';
+import { labUnavailable } from './require.ts';
+
+/**
+ * The private instance's qemu.conf. Each line turns off something a production host has and the
+ * lab does not need or lack, so that QEMU runs as the tests do: as root, in the chroot.
+ */
+const QEMU_CONF = `# Written by test/lab/libvirt.ts for one test's private libvirtd.
+# The tests run as root, and the chroot has no libvirt-qemu user: QEMU runs as root too.
+user = "root"
+group = "root"
+# Everything QEMU opens is root's already: nothing to chown, and no owner to remember in xattrs.
+dynamic_ownership = 0
+remember_owner = 0
+# The chroot's /sys is a fresh sysfs without the host's cgroup mounts, and the host's cgroups
+# belong to whatever runs the tests: libvirt must not move QEMU into cgroups of its own.
+cgroup_controllers = [ ]
+# A private /dev per QEMU (libvirt's "mount" namespace) limits the devices an unprivileged QEMU
+# can open; a root QEMU in a throw-away chroot gains nothing from it, and the sockets it must
+# reach stay plain paths under the share dir.
+namespaces = [ ]
+# QEMU's seccomp sandbox (-sandbox on,...): the lab starts QEMU without it too, and a filter
+# installed under TCG only makes a failure harder to read.
+seccomp_sandbox = 0
+# No AppArmor or SELinux in the chroot.
+security_driver = "none"
+# No virtlogd: QEMU's stderr goes straight to /var/log/libvirt/qemu/NAME.log.
+stdio_handler = "file"
+`;
+
+/**
+ * Run by `unshare --mount` (whose propagation is private by default) as `sh -c SCRIPT sh ROOT
+ * DIR`: mounts /proc and /sys in the chroot, puts the instance's directories over libvirt's,
+ * and becomes libvirtd. DIR is the instance's directory as the chroot sees it.
+ */
+const DAEMON_SCRIPT = `set -e
+root=$1 dir=$2
+mount -t proc proc "$root/proc"
+mount -t sysfs sysfs "$root/sys"
+mount --bind "$root$dir/etc" "$root/etc/libvirt"
+mount --bind "$root$dir/run" "$root/run/libvirt"
+mount --bind "$root$dir/lib" "$root/var/lib/libvirt"
+mount --bind "$root$dir/log" "$root/var/log/libvirt"
+exec chroot "$root" /usr/sbin/libvirtd --config "$dir/etc/libvirtd.conf" --pid-file "$dir/libvirtd.pid"
+`;
+
+/** What a private libvirtd leaves in its directory, as host paths. */
+interface Layout {
+  /** The instance's directory (under the lab's share dir). */
+  readonly dir: string;
+  /** libvirtd's read-write socket. */
+  readonly socket: string;
+  /** Where QEMU's own pid files go: /run/libvirt/qemu inside. */
+  readonly qemuRunDir: string;
+  readonly qemuLogDir: string;
+}
+
+function layout(dir: string): Layout {
+  return { dir, socket: join(dir, 'run', 'libvirt-sock'), qemuRunDir: join(dir, 'run', 'qemu'), qemuLogDir: join(dir, 'log', 'qemu') };
+}
+
+export interface Libvirt {
+  /** Host directory of this instance, under the lab's share dir; removed by close(). */
+  readonly dir: string;
+  /** The URI `virsh -c` takes, as the chroot sees the socket. */
+  readonly uri: string;
+  /** `hostPath` as libvirtd and QEMU see it (they run in the chroot). */
+  qemuPath(hostPath: string): string;
+  /** Runs `virsh -c URI ARGS…` in the chroot; resolves with stdout, rejects with its error and the daemon's last lines. */
+  virsh(...args: string[]): Promise<string>;
+  /** QEMU's command line and stderr for `domain`, as libvirt logged them. */
+  qemuLog(domain: string): string;
+  /** Destroys every running domain, stops the daemon and removes the directory; safe to call twice. */
+  close(): Promise<void>;
+}
+
+/** Why libvirt cannot run here, or undefined when it can. */
+export function libvirtUnavailable(): string | undefined {
+  const lab = labUnavailable();
+  if (lab !== undefined) return lab;
+  const { rootfs } = labPaths();
+  for (const program of ['/usr/sbin/libvirtd', '/usr/bin/virsh']) {
+    if (!existsSync(join(rootfs, program))) return `${program} is missing from the lab chroot ${rootfs}; run \`sudo npm run lab:setup\``;
+  }
+  if (!['/usr/bin/unshare', '/bin/unshare'].some((p) => existsSync(p))) return 'unshare (util-linux) is not installed on the host';
+  return undefined;
+}
+
+/** Pids of the QEMUs `dir`'s daemon started and that still have a pid file. */
+function qemuPids(l: Layout): number[] {
+  if (!existsSync(l.qemuRunDir)) return [];
+  const out = execFileSync('find', [l.qemuRunDir, '-maxdepth', '1', '-name', '*.pid'], { encoding: 'utf8' });
+  return out.split('\n').filter(Boolean).map((f) => Number(readFileSync(f, 'utf8').trim())).filter((pid) => Number.isInteger(pid) && pid > 0);
+}
+
+/**
+ * QEMUs libvirtd started outlive it (libvirt's design: a daemon restart keeps guests running), and
+ * they are not our children: a test process ending without close() kills them by pid file.
+ */
+const instances = new Set<Layout>();
+process.on('exit', () => {
+  for (const l of instances) {
+    for (const pid of qemuPids(l)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    }
+  }
+});
+
+/** Starts a private libvirtd and resolves once its socket accepts connections. */
+export async function launchLibvirt(name = 'libvirt'): Promise<Libvirt> {
+  const qemu = qemuCommand();
+  const { rootfs } = labPaths();
+  mkdirSync(qemu.shareDir, { recursive: true });
+  const l = layout(mkdtempSync(join(qemu.shareDir, `${name}-`)));
+  const inside = qemu.toQemuPath(l.dir);
+  // etc, run, lib and log of the instance, bind-mounted over libvirt's own in its namespace;
+  // run is also where libvirtd.conf puts the socket, so `virsh` finds it outside the namespace.
+  for (const d of ['etc', 'run', 'lib', 'log']) mkdirSync(join(l.dir, d));
+  writeFileSync(join(l.dir, 'etc', 'qemu.conf'), QEMU_CONF);
+  writeFileSync(join(l.dir, 'etc', 'libvirtd.conf'), [
+    `unix_sock_dir = "${inside}/run"`,
+    // The socket lives in a root-only directory of a root-only lab; libvirt's polkit default needs a D-Bus the chroot lacks.
+    'auth_unix_rw = "none"',
+    'auth_unix_ro = "none"',
+    // No TCP or TLS listeners (the defaults, said so), and the daemon never exits on its own while idle.
+    'listen_tcp = 0',
+    'listen_tls = 0',
+    '',
+  ].join('\n'));
+  const daemon = new PeerProcess('libvirtd', ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', DAEMON_SCRIPT, 'sh', rootfs, inside], { textStdout: true });
+  instances.add(l);
+  const uri = `qemu+unix:///system?socket=${inside}/run/libvirt-sock`;
+
+  const virsh = (...args: string[]): Promise<string> => new Promise((resolve, reject) => {
+    const run = new PeerProcess('virsh', ['chroot', rootfs, '/usr/bin/virsh', '--quiet', '--connect', uri, ...args], { textStdout: true });
+    void run.exited.then((exit) => {
+      if (exit.code === 0) resolve(run.stdout);
+      else {
+        const daemonTail = daemon.output.trim().split('\n').slice(-10).join('\n');
+        reject(new Error(`virsh ${args.join(' ')} failed (${exit.signal ?? `code ${exit.code}`}): ${run.output.trim()}\n--- libvirtd ---\n${daemonTail}`));
+      }
+    });
+  });
+
+  let closed: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closed ??= (async () => {
+      if (daemon.running) {
+        // Domains first: libvirtd leaves running QEMUs behind on purpose when it stops.
+        const running = (await virsh('list', '--name').catch(() => '')).split('\n').map((s) => s.trim()).filter(Boolean);
+        for (const domain of running) await virsh('destroy', domain).catch(() => undefined);
+      }
+      for (const pid of qemuPids(l)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // Gone already.
+        }
+      }
+      await daemon.stop();
+      instances.delete(l);
+      rmSync(l.dir, { recursive: true, force: true });
+    })();
+    return closed;
+  };
+
+  try {
+    await waitForListening(l.socket, daemon);
+  } catch (error) {
+    await close();
+    throw error;
+  }
+  return {
+    dir: l.dir,
+    uri,
+    qemuPath: (p) => qemu.toQemuPath(p),
+    virsh,
+    qemuLog: (domain) => readFileSync(join(l.qemuLogDir, `${domain}.log`), { encoding: 'utf8', flag: 'r' }),
+    close,
+  };
+}
+
+/** launchLibvirt() closed when the test ends, even when it fails. */
+export async function startLibvirt(t: TestContext, name?: string): Promise<Libvirt> {
+  const libvirt = await launchLibvirt(name);
+  t.after(() => libvirt.close());
+  return libvirt;
+}
