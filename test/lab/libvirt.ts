@@ -32,29 +32,26 @@ import { waitForListening } from './qsd.ts';
 import { labUnavailable } from './require.ts';
 
 /**
- * The private instance's qemu.conf. Each line turns off something a production host has and the
- * lab does not need or lack, so that QEMU runs as the tests do: as root, in the chroot.
+ * The private instance's qemu.conf: libvirt's defaults, but for what the lab lacks or must keep
+ * as it is. Everything else (QEMU's seccomp sandbox, the security driver, which finds neither
+ * AppArmor nor SELinux and is "none" anyway) stays as users get it.
  */
 const QEMU_CONF = `# Written by test/lab/libvirt.ts for one test's private libvirtd.
-# The tests run as root, and the chroot has no libvirt-qemu user: QEMU runs as root too.
+# The tests run as root, and the share dir, the back-ends' sockets and the lab's kernel are
+# root's: QEMU runs as root rather than libvirt-qemu, and libvirt changes no owner of them (nor
+# records owners in extended attributes of the lab's shared files).
 user = "root"
 group = "root"
-# Everything QEMU opens is root's already: nothing to chown, and no owner to remember in xattrs.
 dynamic_ownership = 0
 remember_owner = 0
-# The chroot's /sys is a fresh sysfs without the host's cgroup mounts, and the host's cgroups
-# belong to whatever runs the tests: libvirt must not move QEMU into cgroups of its own.
+# The chroot's /sys is a fresh sysfs without cgroup mounts, and the host's cgroups belong to
+# whatever runs the tests: no cgroups of libvirt's own.
 cgroup_controllers = [ ]
-# A private /dev per QEMU (libvirt's "mount" namespace) limits the devices an unprivileged QEMU
-# can open; a root QEMU in a throw-away chroot gains nothing from it, and the sockets it must
-# reach stay plain paths under the share dir.
+# libvirt's private /dev per QEMU starts from the /dev mount it finds, and the chroot's /dev is
+# a plain directory ("Unable to find any /dev mount" otherwise). QEMU sees the chroot's /dev.
 namespaces = [ ]
-# QEMU's seccomp sandbox (-sandbox on,...): the lab starts QEMU without it too, and a filter
-# installed under TCG only makes a failure harder to read.
-seccomp_sandbox = 0
-# No AppArmor or SELinux in the chroot.
-security_driver = "none"
-# No virtlogd: QEMU's stderr goes straight to /var/log/libvirt/qemu/NAME.log.
+# No virtlogd runs ("Failed to connect socket to '/run/libvirt/virtlogd-sock'" otherwise):
+# QEMU's stderr goes straight to /var/log/libvirt/qemu/NAME.log.
 stdio_handler = "file"
 `;
 
