@@ -22,8 +22,7 @@
  * here: `destroy` answering "domain is not running" while it ran, and a later `virsh` stopping
  * QEMU with "shutting down, reason=daemon"). A daemon is also what users run.
  */
-import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 import { PeerProcess } from './peer-process.ts';
@@ -95,7 +94,7 @@ export interface Libvirt {
   qemuPath(hostPath: string): string;
   /** Runs `virsh -c URI ARGS…` in the chroot; resolves with stdout, rejects with its error and the daemon's last lines. */
   virsh(...args: string[]): Promise<string>;
-  /** QEMU's command line and stderr for `domain`, as libvirt logged them. */
+  /** QEMU's command line and stderr for `domain`, as libvirt logged them ('' before its first start). */
   qemuLog(domain: string): string;
   /** Destroys every running domain, stops the daemon and removes the directory; safe to call twice. */
   close(): Promise<void>;
@@ -113,29 +112,52 @@ export function libvirtUnavailable(): string | undefined {
   return undefined;
 }
 
-/** Pids of the QEMUs `dir`'s daemon started and that still have a pid file. */
+/** Pids of the QEMUs the instance started that are still running, from libvirt's pid files. */
 function qemuPids(l: Layout): number[] {
-  if (!existsSync(l.qemuRunDir)) return [];
-  const out = execFileSync('find', [l.qemuRunDir, '-maxdepth', '1', '-name', '*.pid'], { encoding: 'utf8' });
-  return out.split('\n').filter(Boolean).map((f) => Number(readFileSync(f, 'utf8').trim())).filter((pid) => Number.isInteger(pid) && pid > 0);
+  const files = existsSync(l.qemuRunDir) ? readdirSync(l.qemuRunDir).filter((f) => f.endsWith('.pid')) : [];
+  const pids = files.map((f) => Number(readFileSync(join(l.qemuRunDir, f), 'utf8').trim()));
+  // A pid file outliving its QEMU must not name another process that took the number since.
+  const isQemu = (pid: number): boolean => {
+    try {
+      return readFileSync(`/proc/${pid}/comm`, 'utf8').startsWith('qemu');
+    } catch {
+      return false; // exited
+    }
+  };
+  return pids.filter((pid) => Number.isInteger(pid) && pid > 0 && isQemu(pid));
+}
+
+/** Kills what qemuPids() finds. */
+function killQemus(l: Layout): void {
+  for (const pid of qemuPids(l)) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // Gone already.
+    }
+  }
 }
 
 /**
  * QEMUs libvirtd started outlive it (libvirt's design: a daemon restart keeps guests running), and
- * they are not our children: a test process ending without close() kills them by pid file.
+ * they are not our children: a test process ending without close() kills them by pid file and
+ * removes the instance's directory.
  */
 const instances = new Set<Layout>();
-process.on('exit', () => {
+const killAll = (): void => {
   for (const l of instances) {
-    for (const pid of qemuPids(l)) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // Gone already.
-      }
-    }
+    killQemus(l);
+    rmSync(l.dir, { recursive: true, force: true });
   }
-});
+};
+process.on('exit', killAll);
+// An interrupted run ends without 'exit': kill them, then let the signal do what it would have.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    killAll();
+    process.kill(process.pid, signal);
+  });
+}
 
 /** Starts a private libvirtd and resolves once its socket accepts connections. */
 export async function launchLibvirt(name = 'libvirt'): Promise<Libvirt> {
@@ -153,9 +175,6 @@ export async function launchLibvirt(name = 'libvirt'): Promise<Libvirt> {
     // The socket lives in a root-only directory of a root-only lab; libvirt's polkit default needs a D-Bus the chroot lacks.
     'auth_unix_rw = "none"',
     'auth_unix_ro = "none"',
-    // No TCP or TLS listeners (the defaults, said so), and the daemon never exits on its own while idle.
-    'listen_tcp = 0',
-    'listen_tls = 0',
     '',
   ].join('\n'));
   const daemon = new PeerProcess('libvirtd', ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', DAEMON_SCRIPT, 'sh', rootfs, inside], { textStdout: true });
@@ -181,13 +200,7 @@ export async function launchLibvirt(name = 'libvirt'): Promise<Libvirt> {
         const running = (await virsh('list', '--name').catch(() => '')).split('\n').map((s) => s.trim()).filter(Boolean);
         for (const domain of running) await virsh('destroy', domain).catch(() => undefined);
       }
-      for (const pid of qemuPids(l)) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // Gone already.
-        }
-      }
+      killQemus(l);
       await daemon.stop();
       instances.delete(l);
       rmSync(l.dir, { recursive: true, force: true });
@@ -206,7 +219,10 @@ export async function launchLibvirt(name = 'libvirt'): Promise<Libvirt> {
     uri,
     qemuPath: (p) => qemu.toQemuPath(p),
     virsh,
-    qemuLog: (domain) => readFileSync(join(l.qemuLogDir, `${domain}.log`), { encoding: 'utf8', flag: 'r' }),
+    qemuLog: (domain) => {
+      const file = join(l.qemuLogDir, `${domain}.log`);
+      return existsSync(file) ? readFileSync(file, 'utf8') : '';
+    },
     close,
   };
 }
