@@ -237,6 +237,8 @@ test('libvirt: `virsh define` and `start` a domain on paravirt back-ends (vhost-
   await libvirt.virsh('define', share.qemuPath(file('domain.xml')));
   await libvirt.virsh('start', DOMAIN);
   assert.equal((await libvirt.virsh('domstate', DOMAIN)).trim(), 'running');
+  const version = await libvirt.virsh('version');
+  assert.match(version, new RegExp(`Running hypervisor: QEMU ${manifest.qemu.version.replaceAll('.', '\\.')}\\b`), "libvirt drives the lab's QEMU");
 
   const consoleTail = (): string => {
     const text = existsSync(file('console.log')) ? readFileSync(file('console.log'), 'utf8') : '';
