@@ -1,11 +1,12 @@
 /**
  * libvirt runs a virtual machine on paravirt back-ends, as docs/libvirt.md tells users to: the
  * `paravirt serve` commands listen, `virsh define` takes a domain whose disk and network
- * interface are vhost-user (libvirt's own elements) and whose rng and console come through
- * <qemu:commandline>, `virsh start` boots the lab's kernel, and a stock Linux guest uses every
- * one of them: it reads what the host put on the disk and writes what the host then finds in
- * the image file, pings a host-side port of the paravirt switch, reads /dev/hwrng and writes to
- * hvc0 reads a line from the host and answers. `virsh destroy` and `undefine` leave nothing running and nothing defined.
+ * interface are vhost-user (libvirt's own elements) and whose rng, console and second disk (a
+ * whole vfio-user PCI device) come through <qemu:commandline>, `virsh start` boots the lab's
+ * kernel, and a stock Linux guest uses every one of them: it reads what the host put on each
+ * disk and writes what the host then finds in the image file, pings a host-side port of the
+ * paravirt switch, reads /dev/hwrng, and reads a line from the host on hvc0 and answers it.
+ * `virsh destroy` and `undefine` leave nothing running and nothing defined.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -50,15 +51,17 @@ interface DomainPaths {
   readonly net: string;
   readonly rng: string;
   readonly console: string;
+  readonly vfioDisk: string;
   readonly serialLog: string;
   readonly agent: string;
 }
 
 /**
  * The domain of docs/libvirt.md with the lab's kernel, paths as QEMU sees them. Guest RAM is a
- * shared memfd: vhost-user back-ends map it. The passed-through devices are JSON: QEMU creates
- * devices given in its legacy syntax before libvirt's JSON ones, and the first would take the
- * PCI slot libvirt gave a root port. The console log (ttyS0) is a file, the test agent
+ * shared memfd: vhost-user and vfio-user back-ends map it. The passed-through devices are JSON:
+ * QEMU creates the devices given in its legacy syntax before the JSON ones libvirt gives
+ * (qemu_create_cli_devices in system/vl.c), and the first would take the PCI slot libvirt gave
+ * a root port. The console log (ttyS0) is a file, the test agent
  * (ttyS1) a Unix socket this process listens on.
  */
 function domainXml(p: DomainPaths): string {
@@ -119,6 +122,8 @@ ${arg('-chardev')}
 ${arg(`socket,id=paravirt-console,path=${p.console}`)}
 ${arg('-device')}
 ${arg(JSON.stringify({ driver: 'vhost-user-test-device-pci', chardev: 'paravirt-console', 'virtio-id': 3, num_vqs: 2 * CONSOLE_MAX_PORTS + 2, config_size: 12 }))}
+${arg('-device')}
+${arg(JSON.stringify({ driver: 'vfio-user-pci', socket: { type: 'unix', path: p.vfioDisk } }))}
   </qemu:commandline>
 </domain>
 `;
@@ -128,7 +133,7 @@ ${arg(JSON.stringify({ driver: 'vhost-user-test-device-pci', chardev: 'paravirt-
 async function serve(type: string, args: string[], sockets: number): Promise<PeerProcess> {
   const backend = new PeerProcess(`paravirt serve ${type}`, [process.execPath, PARAVIRT, 'serve', type, ...args], { textStdout: true });
   // The command logs JSON lines on stdout, one "listening" line per socket.
-  await backend.waitForOutput(new RegExp(`(vhost-user back-end listening[^]*){${sockets}}`), 0, `listening on ${sockets} socket(s)`);
+  await backend.waitForOutput(new RegExp(`((vhost-user back-end|vfio-user server) listening[^]*){${sockets}}`), 0, `listening on ${sockets} socket(s)`);
   return backend;
 }
 
@@ -193,21 +198,27 @@ async function answerPings(driver: NetDriver, seen: { echoes: number; senders: S
 
 const sha256 = (data: Uint8Array): string => createHash('sha256').update(data).digest('hex');
 
-test('libvirt: `virsh define` and `start` a domain on paravirt back-ends (vhost-user disk and interface, rng and console through qemu:commandline); the guest uses each; `destroy` and `undefine` clean up', { timeout: 300_000 }, async (t) => {
+test('libvirt: `virsh define` and `start` a domain on paravirt back-ends (vhost-user disk and interface; rng, console and a vfio-user disk through qemu:commandline); the guest uses each; `destroy` and `undefine` clean up', { timeout: 300_000 }, async (t) => {
   if (!requireLab(t, libvirtUnavailable())) return;
   const manifest = readManifest();
   const share = shareDir(t, 'libvirt-vm');
   const file = (name: string): string => join(share.dir, name);
   const log = pino({ level: process.env.PARAVIRT_LOG ?? 'warn' });
 
-  // A sparse 64 MiB image whose first MiB the host fills before the guest starts.
-  const image = file('disk.img');
-  const hostPattern = randomBytes(MiB);
-  writeFileSync(image, hostPattern);
-  truncateSync(image, 64 * MiB);
+  // Two sparse disks, 64 MiB behind vhost-user and 32 MiB behind vfio-user (the guest tells them
+  // apart by size), each with a first MiB the host fills before the guest starts.
+  const disks = [
+    { name: 'vhost-user', image: file('disk.img'), sectors: (64 * MiB) / 512, hostPattern: randomBytes(MiB) },
+    { name: 'vfio-user', image: file('vfio-disk.img'), sectors: (32 * MiB) / 512, hostPattern: randomBytes(MiB) },
+  ];
+  for (const disk of disks) {
+    writeFileSync(disk.image, disk.hostPattern);
+    truncateSync(disk.image, disk.sectors * 512);
+  }
 
   const backends = await Promise.all([
-    serve('blk', ['--socket-path', file('blk.sock'), '--image', image], 1),
+    serve('blk', ['--socket-path', file('blk.sock'), '--image', disks[0].image], 1),
+    serve('blk', ['--transport', 'vfio-user', '--socket-path', file('vfio-blk.sock'), '--image', disks[1].image], 1),
     serve('net', ['--switch', 'lan0', '--socket-path', file('vm.sock'), '--socket-path', file('host.sock')], 2),
     serve('rng', ['--socket-path', file('rng.sock')], 1),
     serve('console', ['--socket-path', file('console.sock'), '--console', `unix:${file('hvc0.sock')}`, '--max-ports', String(CONSOLE_MAX_PORTS)], 1),
@@ -230,6 +241,7 @@ test('libvirt: `virsh define` and `start` a domain on paravirt back-ends (vhost-
     net: share.qemuPath(file('vm.sock')),
     rng: share.qemuPath(file('rng.sock')),
     console: share.qemuPath(file('console.sock')),
+    vfioDisk: share.qemuPath(file('vfio-blk.sock')),
     serialLog: share.qemuPath(file('console.log')),
     agent: share.qemuPath(file('agent.sock')),
   });
@@ -257,11 +269,14 @@ test('libvirt: `virsh define` and `start` a domain on paravirt back-ends (vhost-
     return r.stdout;
   };
 
-  // The disk: what the host wrote is what the guest reads, and what the guest writes lands in the image file.
-  assert.equal((await check('cat /sys/block/vda/size')).trim(), String((64 * MiB) / 512), 'a 64 MiB disk');
-  assert.equal((await check('dd if=/dev/vda bs=1M count=1 iflag=direct 2>/dev/null | sha256sum')).split(' ')[0], sha256(hostPattern));
-  const written = (await check('dd if=/dev/urandom of=/tmp/p bs=1M count=1 2>/dev/null && dd if=/tmp/p of=/dev/vda bs=1M seek=8 oflag=direct 2>/dev/null && sha256sum < /tmp/p')).split(' ')[0];
-  assert.equal(sha256(readFileSync(image).subarray(8 * MiB, 9 * MiB)), written, 'the image file holds what the guest wrote');
+  // The disks: what the host wrote is what the guest reads, and what the guest writes lands in the image file.
+  for (const disk of disks) {
+    const dev = (await check(`for d in /sys/block/vd*; do if [ "$(cat $d/size)" = ${disk.sectors} ]; then echo /dev/\${d##*/}; fi; done`)).trim();
+    assert.match(dev, /^\/dev\/vd[a-z]$/, `the ${disk.name} disk, by its size`);
+    assert.equal((await check(`dd if=${dev} bs=1M count=1 iflag=direct 2>/dev/null | sha256sum`)).split(' ')[0], sha256(disk.hostPattern), `the ${disk.name} disk reads what the host wrote`);
+    const written = (await check(`dd if=/dev/urandom of=/tmp/p bs=1M count=1 2>/dev/null && dd if=/tmp/p of=${dev} bs=1M seek=8 oflag=direct 2>/dev/null && sha256sum < /tmp/p`)).split(' ')[0];
+    assert.equal(sha256(readFileSync(disk.image).subarray(8 * MiB, 9 * MiB)), written, `the ${disk.name} image file holds what the guest wrote`);
+  }
 
   // The network interface: libvirt's MAC, and pings answered by the host-side port of the switch.
   const ifname = (await check('basename /sys/bus/virtio/drivers/virtio_net/virtio*/net/*')).trim();
