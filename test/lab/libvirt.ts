@@ -70,6 +70,9 @@ mount --bind "$root$dir/log" "$root/var/log/libvirt"
 exec chroot "$root" /usr/sbin/libvirtd --config "$dir/etc/libvirtd.conf" --pid-file "$dir/libvirtd.pid"
 `;
 
+/** How long one `virsh` command may take: `start` under TCG on a busy machine takes seconds. */
+const VIRSH_DEADLINE_MS = 120_000;
+
 /** What a private libvirtd leaves in its directory, as host paths. */
 interface Layout {
   /** The instance's directory (under the lab's share dir). */
@@ -181,16 +184,17 @@ export async function launchLibvirt(name = 'libvirt'): Promise<Libvirt> {
   instances.add(l);
   const uri = `qemu+unix:///system?socket=${inside}/run/libvirt-sock`;
 
-  const virsh = (...args: string[]): Promise<string> => new Promise((resolve, reject) => {
+  const virsh = async (...args: string[]): Promise<string> => {
     const run = new PeerProcess('virsh', ['chroot', rootfs, '/usr/bin/virsh', '--quiet', '--connect', uri, ...args], { textStdout: true });
-    void run.exited.then((exit) => {
-      if (exit.code === 0) resolve(run.stdout);
-      else {
-        const daemonTail = daemon.output.trim().split('\n').slice(-10).join('\n');
-        reject(new Error(`virsh ${args.join(' ')} failed (${exit.signal ?? `code ${exit.code}`}): ${run.output.trim()}\n--- libvirtd ---\n${daemonTail}`));
-      }
-    });
-  });
+    // A daemon that stops answering must fail the test with its log rather than hang it.
+    const timer = setTimeout(() => void run.stop(), VIRSH_DEADLINE_MS);
+    const exit = await run.exited;
+    clearTimeout(timer);
+    if (exit.code === 0) return run.stdout;
+    const daemonTail = daemon.output.trim().split('\n').slice(-10).join('\n');
+    const how = exit.signal === null ? `code ${exit.code}` : `${exit.signal}, stopped after ${VIRSH_DEADLINE_MS} ms`;
+    throw new Error(`virsh ${args.join(' ')} failed (${how}): ${run.output.trim()}\n--- libvirtd ---\n${daemonTail}`);
+  };
 
   let closed: Promise<void> | undefined;
   const close = (): Promise<void> => {
