@@ -8,7 +8,7 @@
  * paravirt switch, reads /dev/hwrng, and reads a line from the host on hvc0 and answers it.
  * `virsh destroy` and `undefine` leave nothing running and nothing defined.
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -129,9 +129,10 @@ ${arg(JSON.stringify({ driver: 'vfio-user-pci', socket: { type: 'unix', path: p.
 `;
 }
 
-/** `paravirt serve TYPE ARGS…` as a user runs it, resolved once every socket listens. */
-async function serve(type: string, args: string[], sockets: number): Promise<PeerProcess> {
+/** `paravirt serve TYPE ARGS…` as a user runs it, resolved once every socket listens; stopped when the test ends. */
+async function serve(t: TestContext, type: string, args: string[], sockets: number): Promise<PeerProcess> {
   const backend = new PeerProcess(`paravirt serve ${type}`, [process.execPath, PARAVIRT, 'serve', type, ...args], { textStdout: true });
+  t.after(() => backend.stop());
   // The command logs JSON lines on stdout, one "listening" line per socket.
   await backend.waitForOutput(new RegExp(`((vhost-user back-end|vfio-user server) listening[^]*){${sockets}}`), 0, `listening on ${sockets} socket(s)`);
   return backend;
@@ -217,13 +218,12 @@ test('libvirt: `virsh define` and `start` a domain on paravirt back-ends (vhost-
   }
 
   const backends = await Promise.all([
-    serve('blk', ['--socket-path', file('blk.sock'), '--image', disks[0].image], 1),
-    serve('blk', ['--transport', 'vfio-user', '--socket-path', file('vfio-blk.sock'), '--image', disks[1].image], 1),
-    serve('net', ['--switch', 'lan0', '--socket-path', file('vm.sock'), '--socket-path', file('host.sock')], 2),
-    serve('rng', ['--socket-path', file('rng.sock')], 1),
-    serve('console', ['--socket-path', file('console.sock'), '--console', `unix:${file('hvc0.sock')}`, '--max-ports', String(CONSOLE_MAX_PORTS)], 1),
+    serve(t, 'blk', ['--socket-path', file('blk.sock'), '--image', disks[0].image], 1),
+    serve(t, 'blk', ['--transport', 'vfio-user', '--socket-path', file('vfio-blk.sock'), '--image', disks[1].image], 1),
+    serve(t, 'net', ['--switch', 'lan0', '--socket-path', file('vm.sock'), '--socket-path', file('host.sock')], 2),
+    serve(t, 'rng', ['--socket-path', file('rng.sock')], 1),
+    serve(t, 'console', ['--socket-path', file('console.sock'), '--console', `unix:${file('hvc0.sock')}`, '--max-ports', String(CONSOLE_MAX_PORTS)], 1),
   ]);
-  t.after(() => Promise.all(backends.map((b) => b.stop())));
 
   // The host's own port on the switch: paravirt's net driver on the second socket.
   const hostPort = await NetDriver.open(await VhostUserFrontend.connect(file('host.sock'), { deviceId: DeviceId.NET, log }), { log });
