@@ -91,7 +91,7 @@ function domainXml(p: DomainPaths): string {
     <disk type='vhostuser' device='disk'>
       <driver name='qemu' type='raw'/>
       <source type='unix' path='${attr(p.disk)}'>
-        <reconnect enabled='yes' timeout='10'/>
+        <reconnect enabled='yes' timeout='1'/>
       </source>
       <target dev='vda' bus='virtio'/>
     </disk>
@@ -270,13 +270,24 @@ test('libvirt: `virsh define` and `start` a domain on paravirt back-ends (vhost-
   };
 
   // The disks: what the host wrote is what the guest reads, and what the guest writes lands in the image file.
+  const guestWrote: string[] = [];
+  const guestDevices: string[] = [];
   for (const disk of disks) {
     const dev = (await check(`for d in /sys/block/vd*; do if [ "$(cat $d/size)" = ${disk.sectors} ]; then echo /dev/\${d##*/}; fi; done`)).trim();
     assert.match(dev, /^\/dev\/vd[a-z]$/, `the ${disk.name} disk, by its size`);
     assert.equal((await check(`dd if=${dev} bs=1M count=1 iflag=direct 2>/dev/null | sha256sum`)).split(' ')[0], sha256(disk.hostPattern), `the ${disk.name} disk reads what the host wrote`);
     const written = (await check(`dd if=/dev/urandom of=/tmp/p bs=1M count=1 2>/dev/null && dd if=/tmp/p of=${dev} bs=1M seek=8 oflag=direct 2>/dev/null && sha256sum < /tmp/p`)).split(' ')[0];
     assert.equal(sha256(readFileSync(disk.image).subarray(8 * MiB, 9 * MiB)), written, `the ${disk.name} image file holds what the guest wrote`);
+    guestWrote.push(written);
+    guestDevices.push(dev);
   }
+
+  // <reconnect> (every second here): the vhost-user disk's back-end stops and starts again on its
+  // socket; QEMU reconnects, and the guest's next read is served by the new process.
+  const [vhostDisk] = disks;
+  assert.equal((await backends[0].stop()).code, 0, 'the disk back-end exits cleanly on SIGTERM');
+  backends[0] = await serve(t, 'blk', ['--socket-path', file('blk.sock'), '--image', vhostDisk.image], 1);
+  assert.equal((await check(`dd if=${guestDevices[0]} bs=1M skip=8 count=1 iflag=direct 2>/dev/null | sha256sum`)).split(' ')[0], guestWrote[0], 'the guest reads its data through the restarted back-end');
 
   // The network interface: libvirt's MAC, and pings answered by the host-side port of the switch.
   const ifname = (await check('basename /sys/bus/virtio/drivers/virtio_net/virtio*/net/*')).trim();
