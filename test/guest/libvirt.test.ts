@@ -5,8 +5,9 @@
  * whole vfio-user PCI device) come through <qemu:commandline>, `virsh start` boots the lab's
  * kernel, and a stock Linux guest uses every one of them: it reads what the host put on each
  * disk and writes what the host then finds in the image file, pings a host-side port of the
- * paravirt switch, reads /dev/hwrng, and reads a line from the host on hvc0 and answers it.
- * `virsh destroy` and `undefine` leave nothing running and nothing defined.
+ * paravirt switch, reads /dev/hwrng, and reads a line from the host on hvc0 and answers it. The
+ * disk's back-end restarts under the running domain and QEMU reconnects. `virsh destroy` and
+ * `undefine` leave nothing running and nothing defined.
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
