@@ -63,6 +63,8 @@ const DAEMON_SCRIPT = `set -e
 root=$1 dir=$2
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
+# The packages make these, but /run/libvirt is also what a booted system would make at boot.
+mkdir -p "$root/etc/libvirt" "$root/run/libvirt" "$root/var/lib/libvirt" "$root/var/log/libvirt"
 mount --bind "$root$dir/etc" "$root/etc/libvirt"
 mount --bind "$root$dir/run" "$root/run/libvirt"
 mount --bind "$root$dir/lib" "$root/var/lib/libvirt"
