@@ -74,7 +74,7 @@ export interface Guest {
  * no_timer_check: the kernel's IO-APIC timer check fails (a panic) when a TCG vCPU is starved by
  * other work on the machine; it tests the host's load, not a device.
  */
-const KERNEL_ARGS = ['console=ttyS0', 'panic=-1', 'quiet', 'cryptomgr.notests', 'init_on_alloc=0', 'no_timer_check'];
+export const KERNEL_ARGS = ['console=ttyS0', 'panic=-1', 'quiet', 'cryptomgr.notests', 'init_on_alloc=0', 'no_timer_check'];
 const DEFAULT_BOOT_TIMEOUT_MS = 60_000;
 const DEFAULT_RUN_TIMEOUT_MS = 60_000;
 /** Console logs kept in the lab's log directory; older ones are deleted. */
@@ -110,7 +110,7 @@ export function machineArgs(
 }
 
 /** Listens on a Unix socket and resolves with the first connection (QEMU's). */
-function acceptOne(path: string): { server: Server; connection: Promise<Socket> } {
+export function acceptOne(path: string): { server: Server; connection: Promise<Socket> } {
   const server = createServer();
   const connection = new Promise<Socket>((resolve, reject) => {
     server.once('connection', resolve);

@@ -36,7 +36,7 @@ const optionValue = (s: string): string => s.replaceAll(',', ',,');
 const CONNECT_RETRY_MS = 10;
 
 /** Resolves once `path` accepts a connection (closed at once); fails if `peer` exits first. */
-async function waitForListening(path: string, peer: PeerProcess): Promise<void> {
+export async function waitForListening(path: string, peer: PeerProcess): Promise<void> {
   const deadline = Date.now() + PEER_DEADLINE_MS;
   for (;;) {
     const error = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
