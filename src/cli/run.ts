@@ -75,8 +75,7 @@ async function run(options: RunOptions): Promise<void> {
   }
   const { QemuProcess } = await import('../run/qemu-process.ts');
   const tty = process.stdin.isTTY;
-  // A raw terminal does not return the carriage at a line feed.
-  const qemu = new QemuProcess(vm.qemu, (text) => process.stderr.write(tty ? text.replace(/\n/g, '\r\n') : text));
+  const qemu = new QemuProcess(vm.qemu, (text) => process.stderr.write(text));
   const stop = (): void => void qemu.stop();
   const keys = tty ? new TerminalKeys(stop) : undefined;
   const input = keys === undefined ? process.stdin : process.stdin.pipe(keys);
@@ -84,7 +83,7 @@ async function run(options: RunOptions): Promise<void> {
   const disconnect = backend.console?.connect({ output: process.stdout, input }, { replay: true });
   process.stderr.write(
     `paravirt: a VM with ${backend.devices.map((d) => d.id).join(', ')} served by this process (pid ${process.pid}), QEMU pid ${qemu.pid}; ` +
-      `files in ${vm.dir}; ${tty ? 'Ctrl-C' : 'SIGINT or SIGTERM'} stops it.${tty ? '\r' : ''}\n`,
+      `files in ${vm.dir}; ${tty ? 'Ctrl-C' : 'SIGINT or SIGTERM'} stops it.\n`,
   );
   if (vm.left.length > 0) log.warn({ types: vm.left }, 'device types without a QEMU attachment are left out');
   process.on('SIGINT', stop);
