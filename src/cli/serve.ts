@@ -10,11 +10,12 @@ import type { DeviceType } from '../devices/device-type.ts';
 import { POLL_OPTION } from '../devices/host-options.ts';
 import { DEVICE_TYPES } from '../devices/registry.ts';
 import type { ServingOptions, VirtioDevice } from '../virtio/device.ts';
-import type { ClientSession, Listen, OneClientServer } from '../transports/socket-server.ts';
+import { deviceServer, type DeviceServer, type SocketTransport } from '../transports/device-server.ts';
+import type { Listen } from '../transports/socket-server.ts';
 import { commanderOption, integerIn, logLevel, type LogLevel } from './options.ts';
 
 /** Options every back-end takes ("Backend program conventions"). */
-type Transport = 'vhost-user' | 'vfio-user';
+type Transport = SocketTransport;
 
 interface CommonOptions {
   transport: Transport;
@@ -71,20 +72,6 @@ async function logger(level: LogLevel): Promise<Logger> {
   return pino({ name: 'paravirt', level });
 }
 
-/** Either transport's server: one client at a time on a listening socket. */
-type Server = OneClientServer<ClientSession>;
-
-/** A listening server of `transport` for `device`. */
-async function listener(transport: Transport, serving: ServingOptions): Promise<(device: VirtioDevice, target: Listen, log: Logger) => Server> {
-  if (transport === 'vfio-user') {
-    const { VfioUserServer } = await import('../transports/vfio-user/server.ts');
-    const { VirtioPciFunction } = await import('../transports/pci-device/virtio-pci.ts');
-    return (device, target, log) => VfioUserServer.listen(new VirtioPciFunction(device, log, serving), target, log);
-  }
-  const { BackendServer } = await import('../transports/vhost-user/backend-server.ts');
-  return (device, target, log) => BackendServer.listen(device, target, log, serving);
-}
-
 /**
  * Serve each device on its listening target until a termination signal, then shut down cleanly.
  * A server that stops by itself (its listener failed) stops the others too, and its error is
@@ -96,8 +83,8 @@ async function run(
   serving: ServingOptions,
   log: Logger,
 ): Promise<void> {
-  const listen = await listener(transport, serving);
-  const servers: Server[] = [];
+  const listen = await deviceServer(transport, serving);
+  const servers: DeviceServer[] = [];
   const closeAll = (): Promise<unknown> => Promise.all(servers.map((s) => s.close()));
   try {
     for (const { device, target } of served) {
