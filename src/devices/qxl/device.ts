@@ -20,7 +20,8 @@ import type { PciEndpoint } from '../../transports/vfio-user/session.ts';
 import type { GuestMemory } from '../../virtio/memory.ts';
 import { type BarMemory, GuestBug, MemSlots } from './memslots.ts';
 import { QxlWorker, type CursorState } from './worker.ts';
-import { type Surface, placeSurface, toRgba } from './render.ts';
+import { type Surface, placeSurface, showIn } from './render.ts';
+import { Framebuffer } from '../display/framebuffer.ts';
 import { buildRom, ramLayout, ROM_SIZE, type RamLayout } from './rom.ts';
 import {
   Bar,
@@ -41,6 +42,7 @@ import {
   RAM_MAGIC,
   RELEASE_RING_SIZE,
   RingHeader,
+  type Rect,
   Rom,
   SurfaceCreate,
   SurfaceFormat,
@@ -142,6 +144,8 @@ export class QxlDevice implements PciEndpoint {
   private readonly log: Logger | undefined;
   private sink: PciInterruptSink | undefined;
   private primary: Surface | undefined;
+  /** What the primary surface shows, kept up to date as drawables land on it. */
+  private display: Framebuffer | undefined;
   private heads: MonitorHead[] = [];
   private bug: string | undefined;
   private loudLines = 0;
@@ -159,6 +163,9 @@ export class QxlDevice implements PciEndpoint {
       primary: () => this.primary,
       counters: this.counters,
       release: (info) => this.releaseRing.release(info),
+      drawn: (id, areas) => {
+        if (id === 0) for (const a of areas) this.show(a);
+      },
     });
     const romBar: BarHandler = {
       size: ROM_SIZE,
@@ -388,7 +395,7 @@ export class QxlDevice implements PciEndpoint {
     if (format !== SurfaceFormat.X_RGB_32 && format !== SurfaceFormat.A_RGB_32) throw new GuestBug(`primary surface format ${format} is not supported (32-bit xRGB and ARGB are)`);
     const type = v.getUint32(at + SurfaceCreate.TYPE, true);
     if (type !== 0) throw new GuestBug(`create_surface type ${type} is not QXL_SURF_TYPE_PRIMARY`);
-    this.primary = placeSurface(
+    const primary = placeSurface(
       this.slots,
       v.getBigUint64(at + SurfaceCreate.MEM, true),
       v.getUint32(at + SurfaceCreate.WIDTH, true),
@@ -397,6 +404,17 @@ export class QxlDevice implements PciEndpoint {
       format,
       'primary surface',
     );
+    this.primary = primary;
+    if (this.display?.width !== primary.width || this.display.height !== primary.height) this.display = new Framebuffer(primary.width, primary.height);
+    // QXL_SURF_FLAG_KEEP_DATA or not, the memory is what the surface shows now.
+    this.show({ top: 0, left: 0, bottom: primary.height, right: primary.width });
+  }
+
+  /** Copy `area` of the primary surface into the framebuffer and tell its viewers. */
+  private show(area: Rect): void {
+    if (this.primary === undefined || this.display === undefined) return;
+    showIn(this.display, this.primary, area);
+    this.display.markDirty({ x: area.left, y: area.top, width: area.right - area.left, height: area.bottom - area.top });
   }
 
   /** QXL_IO_MONITORS_CONFIG_ASYNC: the heads the driver shows, from ram.monitors_config. */
@@ -517,10 +535,20 @@ export class QxlDevice implements PciEndpoint {
 
   // --- what the host sees ---
 
-  /** The primary surface as RGBA (row 0 first), or undefined while there is none. */
-  snapshot(): { readonly width: number; readonly height: number; readonly rgba: Uint8Array } | undefined {
+  /** The bytes of the RAM or VRAM BAR, as the guest maps them. */
+  barBytes(bar: typeof Bar.RAM | typeof Bar.VRAM): Uint8Array {
+    return bar === Bar.RAM ? this.ram.bytes : this.vram.bytes;
+  }
+
+  /**
+   * The framebuffer of the primary surface, refreshed from guest memory (a driver may also write
+   * the surface directly), or undefined while there is no primary surface.
+   */
+  framebuffer(): Framebuffer | undefined {
     const p = this.primary;
-    return p === undefined ? undefined : { width: p.width, height: p.height, rgba: toRgba(p) };
+    if (p === undefined) return undefined;
+    this.show({ top: 0, left: 0, bottom: p.height, right: p.width });
+    return this.display;
   }
 
   status(): QxlStatus {

@@ -10,6 +10,7 @@
  * the reader needs and MAX_CHUNKS links, so a loop or a short list is a GuestBug, not a hang.
  */
 import { BITMAP_TOP_DOWN, BitmapFormat, Chunk, type Rect, RECT_SIZE, readRect } from './wire.ts';
+import type { Framebuffer } from '../display/framebuffer.ts';
 import { GuestBug, type MemSlots } from './memslots.ts';
 
 /** Widest and tallest surface or bitmap accepted (QEMU's qxl checks the same bound for the primary). */
@@ -180,19 +181,20 @@ export function copy(surface: Surface, areas: readonly Rect[], bbox: Rect, bitma
   }
 }
 
-/** The surface as RGBA bytes, row 0 first, alpha opaque (x8r8g8b8 has no alpha to show). */
-export function toRgba(surface: Surface): Uint8Array {
-  const out = new Uint8Array(surface.width * surface.height * 4);
+/**
+ * Show `area` of `surface` in `fb` (RGBA, same size): x8r8g8b8 bytes B, G, R become R, G, B with
+ * alpha opaque (an xRGB surface has no alpha to show).
+ */
+export function showIn(fb: Framebuffer, surface: Surface, area: Rect): void {
   const b = surface.bytes;
-  for (let y = 0; y < surface.height; y++) {
+  const out = fb.pixels;
+  for (let y = area.top; y < area.bottom; y++) {
     const row = rowOffset(surface, y);
-    const o = y * surface.width * 4;
-    for (let x = 0; x < surface.width; x++) {
-      out[o + 4 * x] = b[row + 4 * x + 2];
-      out[o + 4 * x + 1] = b[row + 4 * x + 1];
-      out[o + 4 * x + 2] = b[row + 4 * x];
-      out[o + 4 * x + 3] = 0xff;
+    for (let x = area.left, o = (y * fb.width + x) * 4; x < area.right; x++, o += 4) {
+      out[o] = b[row + 4 * x + 2];
+      out[o + 1] = b[row + 4 * x + 1];
+      out[o + 2] = b[row + 4 * x];
+      out[o + 3] = 0xff;
     }
   }
-  return out;
 }

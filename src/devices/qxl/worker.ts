@@ -53,6 +53,8 @@ export interface WorkerContext {
   /** Surface 0, created by the CREATE_PRIMARY port rather than a command. */
   primary(): Surface | undefined;
   readonly counters: { draws: number; fills: number; copies: number; unsupportedDraws: number; surfaceCommands: number; cursorCommands: number };
+  /** `areas` of surface `id` changed. */
+  drawn(id: number, areas: readonly Rect[]): void;
   /** Hand a command back: `info` is its release_info. */
   release(info: { view: DataView; offset: number }): void;
 }
@@ -116,7 +118,8 @@ export class QxlWorker {
       this.ctx.counters.unsupportedDraws++;
       return;
     }
-    const surface = this.target(v.getUint32(at + Drawable.SURFACE_ID, true));
+    const id = v.getUint32(at + Drawable.SURFACE_ID, true);
+    const surface = this.target(id);
     const bbox = readRect(v, at + Drawable.BBOX);
     const clipType = v.getUint32(at + Drawable.CLIP_TYPE, true);
     let clips: Rect[] | undefined;
@@ -125,6 +128,7 @@ export class QxlWorker {
     const areas = drawnAreas(surface, bbox, clips);
     if (type === DrawType.FILL) this.fill(data, surface, areas);
     else this.copy(data, surface, areas, bbox);
+    this.ctx.drawn(id, areas);
   }
 
   private fill(data: bigint, surface: Surface, areas: Rect[]): void {

@@ -209,7 +209,7 @@ export class PciFunction {
     const at = ConfigReg.BAR0 + 4 * index;
     const low = this.view.getUint32(at, true);
     const enabled = this.command & (bar.io === true ? Command.IO : Command.MEMORY);
-    const address = bar.io === true ? low & 0xffff_fffc : (low & 0xffff_fff0) + (bar.wide === true ? this.view.getUint32(at + 4, true) * 2 ** 32 : 0);
+    const address = bar.io === true ? (low & 0xffff_fffc) >>> 0 : ((low & 0xffff_fff0) >>> 0) + (bar.wide === true ? this.view.getUint32(at + 4, true) * 2 ** 32 : 0);
     return enabled === 0 || address === 0 ? undefined : address;
   }
 
