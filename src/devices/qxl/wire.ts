@@ -156,6 +156,8 @@ export const Drawable = {
   CLIP_TYPE: 47,
   CLIP_DATA: 51,
   MM_TIME: 59,
+  /** int32 surfaces_dest[3]: surfaces the drawable reads (-1: none). */
+  SURFACES_DEST: 63,
   /** The union of the drawing operations. */
   U: 123,
 } as const;
