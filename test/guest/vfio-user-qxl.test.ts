@@ -125,5 +125,5 @@ test('vfio-user qxl: Linux qxl binds, /dev/fb0 has the offered mode, console tex
   const status = await controlRequest(control, { op: 'status' });
   assert.ok(status.ok && status.status !== undefined);
   assert.equal(status.status.guestBug, null);
-  t.diagnostic(`qxl counters: ${JSON.stringify(status.status.counters)}; heads ${JSON.stringify(status.status.heads)}`);
+  t.diagnostic(`qxl counters: ${JSON.stringify(status.status.counters)}; ports written: ${JSON.stringify(status.status.ports)}; heads ${JSON.stringify(status.status.heads)}`);
 });

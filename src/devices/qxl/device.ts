@@ -93,6 +93,8 @@ export interface QxlStatus {
   readonly primary: { readonly width: number; readonly height: number; readonly stride: number; readonly format: number } | null;
   readonly heads: readonly MonitorHead[];
   readonly cursor: { readonly visible: boolean; readonly x: number; readonly y: number; readonly width: number; readonly height: number } | null;
+  /** Writes to each I/O port by name, since the device was made (which ports a driver uses). */
+  readonly ports: Readonly<Record<string, number>>;
   /** The last guest bug since reset, if the device waits for a reset. */
   readonly guestBug: string | null;
   readonly counters: QxlCounters;
@@ -149,6 +151,7 @@ export class QxlDevice implements PciEndpoint {
   private heads: MonitorHead[] = [];
   private bug: string | undefined;
   private loudLines = 0;
+  private readonly portWrites = new Map<string, number>();
   private drainScheduled = false;
   private closed = false;
 
@@ -304,6 +307,8 @@ export class QxlDevice implements PciEndpoint {
   // --- I/O ports ---
 
   private ioWrite(port: number, value: number): void {
+    const name = PORT_NAMES.get(port) ?? `port ${port}`;
+    this.portWrites.set(name, (this.portWrites.get(name) ?? 0) + 1);
     if (this.bug !== undefined && port !== IoPort.RESET) return;
     try {
       this.io(port, value);
@@ -558,11 +563,14 @@ export class QxlDevice implements PciEndpoint {
       primary: p === undefined ? null : { width: p.width, height: p.height, stride: p.stride, format: p.format },
       heads: this.heads,
       cursor: c === undefined ? null : { visible: c.visible, x: c.x, y: c.y, width: c.width, height: c.height },
+      ports: Object.fromEntries(this.portWrites),
       guestBug: this.bug ?? null,
       counters: { ...this.counters },
     };
   }
 }
+
+const PORT_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(IoPort).filter(([name]) => name !== 'COUNT').map(([name, port]) => [port, name]));
 
 /** The qxl-3 and qxl-4 ports that complete with QXL_INTERRUPT_IO_CMD. */
 function isAsync(port: number): boolean {
