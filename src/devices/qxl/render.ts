@@ -87,13 +87,23 @@ export function readClipRects(slots: MemSlots, address: bigint): Rect[] {
   return Array.from({ length: count }, (_, i) => readRect(view, i * RECT_SIZE));
 }
 
-/** The areas of `surface` a drawable with bounding box `bbox` and clip `clips` (none: the whole box) touches. */
+/** Clip rectangles may overlap, but one drawable may not paint more than this many surfaces' worth of pixels. */
+export const MAX_OVERDRAW = 4;
+
+/**
+ * The areas of `surface` a drawable with bounding box `bbox` and clip `clips` (none: the whole
+ * box) touches. Overlapping clips are drawn once each, so their total is bounded: thousands of
+ * full-surface clips would keep the process busy for minutes.
+ */
 export function drawnAreas(surface: Surface, bbox: Rect, clips: readonly Rect[] | undefined): Rect[] {
   const bounds = { top: 0, left: 0, bottom: surface.height, right: surface.width };
   const box = intersect(bbox, bounds);
   if (box === undefined) return [];
   if (clips === undefined) return [box];
-  return clips.map((c) => intersect(c, box)).filter((r): r is Rect => r !== undefined);
+  const areas = clips.map((c) => intersect(c, box)).filter((r): r is Rect => r !== undefined);
+  const pixels = areas.reduce((n, r) => n + (r.bottom - r.top) * (r.right - r.left), 0);
+  if (pixels > MAX_OVERDRAW * surface.width * surface.height) throw new GuestBug(`${clips.length} clip rectangles paint ${pixels} pixels, more than ${MAX_OVERDRAW} times the surface`);
+  return areas;
 }
 
 /** QXL_DRAW_FILL with a solid brush and OP_PUT: `color` (x8r8g8b8) over each area. */
