@@ -62,7 +62,7 @@ async function screenUntil(control: string, done: (s: { pixels: Uint8Array }) =>
   return last;
 }
 
-test('vfio-user qxl: Linux qxl binds, /dev/fb0 has the offered mode, console text and a written pattern reach paravirt\'s PNG pixel-exact', async (t) => {
+test('vfio-user qxl: Linux qxl binds, /dev/fb0 has the offered mode, console text and a written pattern reach paravirt\'s PNG pixel-exact, a new monitor size reaches the guest', async (t) => {
   if (!requireLab(t)) return;
   const share = shareDir(t, 'vfu-qxl');
   const socketPath = join(share.dir, 'qxl.sock');
@@ -122,6 +122,15 @@ test('vfio-user qxl: Linux qxl binds, /dev/fb0 has the offered mode, console tex
   const file = join(share.dir, 'screen.png');
   await promisify(execFile)(process.execPath, [PARAVIRT, 'qxl', '--control', control, 'png', file]);
   assert.equal(mismatches(decodePng(readFileSync(file))), 0, '`paravirt qxl png` writes the same picture');
+  // A new monitor size reaches the guest: its connector now prefers it.
+  const resized = await controlRequest(control, { op: 'resize', width: 160, height: 120 });
+  assert.ok(resized.ok, 'the control socket takes the new size');
+  const preferred = await guest.check(
+    'c=$(ls -d /sys/class/drm/card*-Virtual-1 | head -1); for i in $(seq 300); do echo detect > $c/status; m=$(head -1 $c/modes); [ "$m" = 160x120 ] && break; sleep 0.2; done; echo "$m"',
+    { timeoutMs: SLOW_MS },
+  );
+  assert.equal(preferred.trim(), '160x120', 'the guest offers the new monitor size as its preferred mode');
+
   const status = await controlRequest(control, { op: 'status' });
   assert.ok(status.ok && status.status !== undefined);
   assert.equal(status.status.guestBug, null);

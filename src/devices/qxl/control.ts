@@ -5,6 +5,7 @@
  *
  *   {"op":"png"}     →  {"ok":true,"width":W,"height":H,"png":"<base64>"}
  *   {"op":"status"}  →  {"ok":true,"status":{...}}
+ *   {"op":"resize","width":W,"height":H}  →  {"ok":true,"status":{...}}  (the guest is told of a new monitor size)
  *   anything refused →  {"ok":false,"error":"one sentence"}
  *
  * Whoever can open the socket sees the guest's screen: its file mode is the access control
@@ -14,7 +15,7 @@ import { connect } from 'node:net';
 import { type LocalServer, listenLocal, readLines } from '../local-socket.ts';
 import type { QxlDevice, QxlStatus } from './device.ts';
 
-export type ControlRequest = { readonly op: 'png' } | { readonly op: 'status' };
+export type ControlRequest = { readonly op: 'png' } | { readonly op: 'status' } | { readonly op: 'resize'; readonly width: number; readonly height: number };
 
 export type ControlReply =
   | { readonly ok: true; readonly status?: QxlStatus; readonly width?: number; readonly height?: number; readonly png?: string }
@@ -39,8 +40,18 @@ function answer(device: QxlDevice, line: string): ControlReply {
     }
     case 'status':
       return { ok: true, status: device.status() };
+    case 'resize': {
+      const { width, height } = req as { width?: unknown; height?: unknown };
+      if (typeof width !== 'number' || typeof height !== 'number') return { ok: false, error: 'resize needs "width" and "height" in pixels.' };
+      try {
+        device.setMonitor(width, height);
+      } catch (err) {
+        return { ok: false, error: (err as Error).message };
+      }
+      return { ok: true, status: device.status() };
+    }
     default:
-      return { ok: false, error: `unknown control operation ${JSON.stringify(op)}; use png or status.` };
+      return { ok: false, error: `unknown control operation ${JSON.stringify(op)}; use png, status or resize.` };
   }
 }
 

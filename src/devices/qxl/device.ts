@@ -22,7 +22,7 @@ import { type BarMemory, GuestBug, MemSlots } from './memslots.ts';
 import { QxlWorker, type CursorState } from './worker.ts';
 import { type Surface, placeSurface, showIn } from './render.ts';
 import { Framebuffer } from '../display/framebuffer.ts';
-import { buildRom, ramLayout, ROM_SIZE, type RamLayout } from './rom.ts';
+import { buildRom, ramLayout, ROM_SIZE, setClientMonitor, type RamLayout } from './rom.ts';
 import {
   Bar,
   CLASS_DISPLAY_OTHER,
@@ -538,7 +538,21 @@ export class QxlDevice implements PciEndpoint {
     },
   };
 
-  // --- what the host sees ---
+  // --- what the host sees and changes ---
+
+  /**
+   * The host's monitor becomes `width`×`height`: the ROM's client monitors configuration changes
+   * and QXL_INTERRUPT_CLIENT_MONITORS_CONFIG tells the driver, which offers it as the preferred
+   * mode. A size the surface 0 area cannot hold is an Error of one sentence.
+   */
+  setMonitor(width: number, height: number): void {
+    if (!Number.isInteger(width) || !Number.isInteger(height) || width < 64 || height < 64 || width > 8192 || height > 8192) {
+      throw new RangeError(`a monitor of ${width}x${height} is not between 64x64 and 8192x8192`);
+    }
+    if (width * height * 4 > this.layout.surface0AreaSize) throw new RangeError(`a ${width}x${height} monitor does not fit the ${this.layout.surface0AreaSize}-byte surface 0 area (raise --ram-size)`);
+    setClientMonitor(this.rom, width, height);
+    if (this.bug === undefined) this.raise(Interrupt.CLIENT_MONITORS_CONFIG);
+  }
 
   /** The bytes of the RAM or VRAM BAR, as the guest maps them. */
   barBytes(bar: typeof Bar.RAM | typeof Bar.VRAM): Uint8Array {

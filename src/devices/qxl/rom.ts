@@ -79,15 +79,22 @@ export function buildRom(layout: RamLayout, width: number, height: number): Uint
     [i, w, h, 32, w * 4, Math.round((w * 25.4) / 96), Math.round((h * 25.4) / 96), 0].forEach((value, k) => v.setUint32(at + 4 * k, value, true));
   });
 
-  // One client monitor of the configured size, so the guest's preferred mode is that size.
   v.setUint8(Rom.CLIENT_PRESENT, 1);
+  setClientMonitor(rom, width, height);
+  return rom;
+}
+
+/**
+ * One client monitor of `width`×`height` in the ROM, with the CRC Linux checks: the guest's
+ * preferred mode is that size (QEMU's qxl_client_monitors_config does the same for a spice client).
+ */
+export function setClientMonitor(rom: Uint8Array, width: number, height: number): void {
+  const v = new DataView(rom.buffer, rom.byteOffset, rom.byteLength);
   const heads = Rom.CLIENT_MONITORS_CONFIG;
+  rom.fill(0, heads, heads + Rom.CLIENT_MONITORS_CONFIG_SIZE);
   v.setUint16(heads, 1, true);
   // struct qxl_urect: top, left, bottom, right
-  v.setUint32(heads + 4, 0, true);
-  v.setUint32(heads + 8, 0, true);
   v.setUint32(heads + 12, height, true);
   v.setUint32(heads + 16, width, true);
   v.setUint32(Rom.CLIENT_MONITORS_CONFIG_CRC, crc32Raw(rom.subarray(heads, heads + Rom.CLIENT_MONITORS_CONFIG_SIZE)), true);
-  return rom;
 }

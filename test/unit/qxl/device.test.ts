@@ -174,3 +174,19 @@ test('random bytes in the rings, commands and ports never throw out of the devic
   bus.push(Ram.CMD_RING, bus.fill(0x1000, 1n, { top: 0, left: 0, bottom: 1, right: 1 }, RED), CommandType.DRAW);
   assert.deepEqual(pixel(bus, 0, 0), [0xff, 0, 0, 0xff], 'still draws after the storm and a reset');
 });
+
+test('a monitor resize rewrites the ROM client monitors config with its CRC and raises CLIENT_MONITORS_CONFIG', (t) => {
+  const bus = new QxlBus({ ramSize: 1 << 22 });
+  t.after(() => bus.device.close());
+  bus.init();
+  bus.setHdr(Ram.INT_PENDING, 0);
+  bus.device.setMonitor(160, 120);
+  const config = new Uint8Array(Rom.CLIENT_MONITORS_CONFIG_SIZE);
+  bus.device.pci.bars[2]!.read(Rom.CLIENT_MONITORS_CONFIG, config);
+  const v = new DataView(config.buffer);
+  assert.deepEqual([v.getUint16(0, true), v.getUint32(4 + 8, true), v.getUint32(4 + 12, true)], [1, 120, 160], 'one head, bottom 120, right 160');
+  assert.equal(bus.rom(Rom.CLIENT_MONITORS_CONFIG_CRC), crc32Raw(config));
+  assert.equal(bus.hdr(Ram.INT_PENDING) & Interrupt.CLIENT_MONITORS_CONFIG, Interrupt.CLIENT_MONITORS_CONFIG);
+  assert.throws(() => bus.device.setMonitor(4096, 4096), /does not fit the 1048576-byte surface 0 area/);
+  assert.throws(() => bus.device.setMonitor(10, 10), /not between 64x64/);
+});
