@@ -19,6 +19,7 @@ import type { PciInterruptSink } from '../../transports/pci-device/virtio-pci.ts
 import type { PciEndpoint } from '../../transports/vfio-user/session.ts';
 import type { GuestMemory } from '../../virtio/memory.ts';
 import { type BarMemory, GuestBug, MemSlots } from './memslots.ts';
+import { ReleaseRing } from './release-ring.ts';
 import { QxlWorker, type CursorState } from './worker.ts';
 import { type Surface, placeSurface, showIn } from './render.ts';
 import { Framebuffer } from '../display/framebuffer.ts';
@@ -143,6 +144,7 @@ export class QxlDevice implements PciEndpoint {
   private readonly rom: Uint8Array;
   private readonly slots: MemSlots;
   private readonly worker: QxlWorker;
+  private readonly releaseRing: ReleaseRing;
   private readonly log: Logger | undefined;
   private sink: PciInterruptSink | undefined;
   private primary: Surface | undefined;
@@ -161,11 +163,15 @@ export class QxlDevice implements PciEndpoint {
     this.ram = new SharedBar(Bar.RAM, options.ramSize, 'qxl-ram');
     this.vram = new SharedBar(Bar.VRAM, options.vramSize, 'qxl-vram');
     this.rom = buildRom(this.layout, options.width, options.height);
+    this.releaseRing = new ReleaseRing(this.ram.view, this.layout.ramHeaderOffset + Ram.RELEASE_RING, () => this.raise(Interrupt.DISPLAY));
     this.slots = new MemSlots((start, end) => this.locate(start, end), () => this.rom[Rom.SLOT_GENERATION]);
     this.worker = new QxlWorker(this.slots, {
       primary: () => this.primary,
       counters: this.counters,
-      release: (info) => this.releaseRing.release(info),
+      release: (info) => {
+        this.counters.releases++;
+        this.releaseRing.release(info);
+      },
       drawn: (id, areas) => {
         if (id === 0) for (const a of areas) this.show(a);
       },
@@ -415,11 +421,11 @@ export class QxlDevice implements PciEndpoint {
     this.show({ top: 0, left: 0, bottom: primary.height, right: primary.width });
   }
 
-  /** Copy `area` of the primary surface into the framebuffer and tell its viewers. */
-  private show(area: Rect): void {
+  /** Copy `area` of the primary surface into the framebuffer and, when it was drawn, tell its viewers. */
+  private show(area: Rect, drawn = true): void {
     if (this.primary === undefined || this.display === undefined) return;
     showIn(this.display, this.primary, area);
-    this.display.markDirty({ x: area.left, y: area.top, width: area.right - area.left, height: area.bottom - area.top });
+    if (drawn) this.display.markDirty({ x: area.left, y: area.top, width: area.right - area.left, height: area.bottom - area.top });
   }
 
   /** QXL_IO_MONITORS_CONFIG_ASYNC: the heads the driver shows, from ram.monitors_config. */
@@ -499,45 +505,6 @@ export class QxlDevice implements PciEndpoint {
     });
   }
 
-  /**
-   * The release ring (device produces, driver consumes). Released commands are chained through
-   * their release_info.next into the item at prod, which is published at once unless the ring
-   * is full; then the chain grows until the driver makes room (FLUSH_RELEASE or the next release
-   * pushes it). QEMU's interface_release_resource / qxl_push_free_res, with no batching.
-   */
-  private readonly releaseRing = {
-    /** Where the last release_info of the pending chain is, to link the next one after it. */
-    last: undefined as { view: DataView; offset: number } | undefined,
-    reset: (): void => {
-      this.releaseRing.last = undefined;
-    },
-    release: (info: { view: DataView; offset: number }): void => {
-      const ring = this.header + Ram.RELEASE_RING;
-      const prod = this.u32(Ram.RELEASE_RING + RingHeader.PROD);
-      const item = ring + RingHeader.SIZE + (prod % RELEASE_RING_SIZE) * 8;
-      const id = info.view.getBigUint64(info.offset, true);
-      const last = this.releaseRing.last;
-      if (last === undefined) this.ram.view.setBigUint64(item, id, true);
-      else last.view.setBigUint64(last.offset, id, true);
-      info.view.setBigUint64(info.offset, 0n, true);
-      this.releaseRing.last = info;
-      this.counters.releases++;
-      this.releaseRing.push();
-    },
-    push: (): void => {
-      if (this.releaseRing.last === undefined) return;
-      const prod = this.u32(Ram.RELEASE_RING + RingHeader.PROD);
-      const cons = this.u32(Ram.RELEASE_RING + RingHeader.CONS);
-      // One item is always the device's own, where the next chain grows.
-      if (((prod - cons + 1) >>> 0) >= RELEASE_RING_SIZE) return;
-      const next = (prod + 1) >>> 0;
-      this.setU32(Ram.RELEASE_RING + RingHeader.PROD, next);
-      this.ram.view.setBigUint64(this.header + Ram.RELEASE_RING + RingHeader.SIZE + (next % RELEASE_RING_SIZE) * 8, 0n, true);
-      this.releaseRing.last = undefined;
-      if (next === this.u32(Ram.RELEASE_RING + RingHeader.NOTIFY_ON_PROD)) this.raise(Interrupt.DISPLAY);
-    },
-  };
-
   // --- what the host sees and changes ---
 
   /**
@@ -566,7 +533,7 @@ export class QxlDevice implements PciEndpoint {
   framebuffer(): Framebuffer | undefined {
     const p = this.primary;
     if (p === undefined) return undefined;
-    this.show({ top: 0, left: 0, bottom: p.height, right: p.width });
+    this.show({ top: 0, left: 0, bottom: p.height, right: p.width }, false);
     return this.display;
   }
 
