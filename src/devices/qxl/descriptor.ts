@@ -21,7 +21,7 @@ export const qxlType: PciDeviceType = {
   pci: { vendorId: QXL_VENDOR_ID, deviceId: QXL_DEVICE_ID, classCode: CLASS_DISPLAY_OTHER },
   host: {
     summary: 'a QXL display card (vfio-user only): Linux\'s qxl drives it, its screen is a PNG on demand',
-    help: 'QEMU: -device vfio-user-pci,socket=PATH (guest RAM need not be shared: QXL draws from its own BARs). Screenshot: paravirt qxl --control CTL png OUT.png',
+    help: 'QEMU: -device \'{"driver":"vfio-user-pci","socket":{"path":"PATH","type":"unix"}}\' (QXL draws from its own BARs, never guest RAM). Screenshot: paravirt qxl --control CTL png OUT.png',
     options: [
       { flags: '--ram-size <MiB>', description: 'RAM BAR (commands, rings, surface 0 area): a power of two', parse: barMib('--ram-size', 4, 1024), defaultValue: 64 },
       { flags: '--vram-size <MiB>', description: 'VRAM BAR (surfaces): a power of two', parse: barMib('--vram-size', 4, 1024), defaultValue: 64 },
