@@ -4,8 +4,8 @@
  * registry, so the list cannot drift from what `serve` offers.
  */
 import type { Command } from 'commander';
-import type { DeviceType } from '../devices/device-type.ts';
-import { DEVICE_TYPES } from '../devices/registry.ts';
+import type { DeviceType, PciDeviceType } from '../devices/device-type.ts';
+import { DEVICE_TYPES, PCI_DEVICE_TYPES } from '../devices/registry.ts';
 
 /**
  * How a host half reaches a driver: `paravirt serve <type>` over vhost-user, and in-process over
@@ -39,13 +39,32 @@ function text(type: DeviceType): string {
   return lines.join('\n');
 }
 
+/** A PCI device that is not virtio: its PCI identity, and vfio-user as its only transport. */
+function describePci(type: PciDeviceType): Record<string, unknown> {
+  return { name: type.name, title: type.title, pci: type.pci, transports: ['vfio-user'] };
+}
+
+function hex(n: number, digits: number): string {
+  return `0x${n.toString(16).padStart(digits, '0')}`;
+}
+
+function textPci(type: PciDeviceType): string {
+  return [
+    `${type.name} — ${type.title}, PCI ${hex(type.pci.vendorId, 4)}:${hex(type.pci.deviceId, 4)} class ${hex(type.pci.classCode, 6)}`,
+    '  transports: vfio-user (a PCI device, not virtio)',
+  ].join('\n');
+}
+
 export function addDevicesCommand(program: Command): void {
   program
     .command('devices')
     .description('list the device types paravirt serves, with their transports, queues, features and configuration')
     .option('--json', 'print one JSON object per line instead of text')
     .action((options: { json?: boolean }) => {
-      const out = options.json === true ? DEVICE_TYPES.map((t) => JSON.stringify(describe(t))) : DEVICE_TYPES.map(text);
+      const out =
+        options.json === true
+          ? [...DEVICE_TYPES.map((t) => JSON.stringify(describe(t))), ...PCI_DEVICE_TYPES.map((t) => JSON.stringify(describePci(t)))]
+          : [...DEVICE_TYPES.map(text), ...PCI_DEVICE_TYPES.map(textPci)];
       process.stdout.write(`${out.join(options.json === true ? '\n' : '\n\n')}\n`);
     });
 }

@@ -6,10 +6,9 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import type { Logger } from 'pino';
-import type { DeviceType } from '../devices/device-type.ts';
+import type { DeviceType, PciDeviceType } from '../devices/device-type.ts';
 import { POLL_OPTION } from '../devices/host-options.ts';
-import { DEVICE_TYPES } from '../devices/registry.ts';
-import type { ServingOptions, VirtioDevice } from '../virtio/device.ts';
+import { DEVICE_TYPES, PCI_DEVICE_TYPES } from '../devices/registry.ts';
 import { deviceServer, type DeviceServer, type SocketTransport } from '../transports/device-server.ts';
 import type { Listen } from '../transports/socket-server.ts';
 import { commanderOption, integerIn, logLevel, type LogLevel } from './options.ts';
@@ -23,7 +22,8 @@ interface CommonOptions {
   fd?: number | number[];
   printCapabilities?: boolean;
   logLevel: LogLevel;
-  pollUs: number;
+  /** Absent for device types without virtqueues (qxl). */
+  pollUs?: number;
 }
 
 /** Collect every occurrence of a repeatable option, each parsed by `parse`. */
@@ -32,7 +32,7 @@ function repeatable<T>(parse: (value: string) => T): (value: string, previous: T
 }
 
 /** The conventions' options; with `many`, --socket-path and --fd may be repeated, one front-end on each. */
-function withCommonOptions(cmd: Command, many: boolean): Command {
+function withCommonOptions(cmd: Command, many: boolean, transports: readonly Transport[] = ['vhost-user', 'vfio-user']): Command {
   const parseFd = integerIn('--fd', 0, 0x7fff_ffff);
   const each = many ? ' (repeat for more front-ends)' : '';
   const socketPath = new Option('--socket-path <path>', `listen for the front-end on this Unix socket${each}`).conflicts('fd');
@@ -47,11 +47,10 @@ function withCommonOptions(cmd: Command, many: boolean): Command {
     .addOption(socketPath)
     .addOption(fd)
     .addOption(
-      new Option('--transport <transport>', 'vhost-user: a back-end for a VMM\'s virtio device; vfio-user: the whole virtio-pci device')
-        .choices(['vhost-user', 'vfio-user'])
-        .default('vhost-user'),
+      new Option('--transport <transport>', 'vhost-user: a back-end for a VMM\'s virtio device; vfio-user: the whole PCI device')
+        .choices(transports)
+        .default(transports[0]),
     )
-    .addOption(commanderOption(POLL_OPTION))
     .option('--print-capabilities', 'print the back-end capabilities as JSON and exit')
     .addOption(new Option('--log-level <level>', 'least severe level of the JSON log lines written to stdout').argParser(logLevel).default('info'));
 }
@@ -72,25 +71,26 @@ async function logger(level: LogLevel): Promise<Logger> {
   return pino({ name: 'paravirt', level });
 }
 
+/** One thing to serve: its name for the log, where, and how to start its server. */
+interface Served {
+  readonly name: string;
+  readonly target: Listen;
+  listen(log: Logger): DeviceServer;
+}
+
 /**
  * Serve each device on its listening target until a termination signal, then shut down cleanly.
  * A server that stops by itself (its listener failed) stops the others too, and its error is
  * the command's.
  */
-async function run(
-  served: readonly { device: VirtioDevice; target: Listen }[],
-  transport: Transport,
-  serving: ServingOptions,
-  log: Logger,
-): Promise<void> {
-  const listen = await deviceServer(transport, serving);
+async function run(served: readonly Served[], transport: Transport, log: Logger): Promise<void> {
   const servers: DeviceServer[] = [];
   const closeAll = (): Promise<unknown> => Promise.all(servers.map((s) => s.close()));
   try {
-    for (const { device, target } of served) {
-      const server = listen(device, target, served.length > 1 ? log.child({ socket: servers.length }) : log);
+    for (const one of served) {
+      const server = one.listen(served.length > 1 ? log.child({ socket: servers.length }) : log);
       servers.push(server);
-      log.info({ device: device.name, ...target }, transport === 'vfio-user' ? 'vfio-user server listening' : 'vhost-user back-end listening');
+      log.info({ device: one.name, ...one.target }, transport === 'vfio-user' ? 'vfio-user server listening' : 'vhost-user back-end listening');
     }
   } catch (err) {
     await closeAll();
@@ -117,6 +117,7 @@ function addServeType(serve: Command, type: DeviceType): void {
   const host = type.host;
   const many = host.manySockets === true;
   const cmd = withCommonOptions(serve.command(type.name).description(host.summary), many);
+  cmd.addOption(commanderOption(POLL_OPTION));
   for (const spec of host.options) cmd.addOption(commanderOption(spec));
   if (host.help !== undefined) cmd.addHelpText('after', host.help);
   cmd.action(async (options: CommonOptions & Record<string, unknown>, command: Command) => {
@@ -128,10 +129,34 @@ function addServeType(serve: Command, type: DeviceType): void {
     const log = await logger(options.logLevel);
     const built = await host.create(options, { sockets: targets.length, log });
     try {
+      const listen = await deviceServer(options.transport, { pollMicros: options.pollUs });
       await run(
-        built.devices.map((device, i) => ({ device, target: targets[i] })),
+        built.devices.map((device, i) => ({ name: device.name, target: targets[i], listen: (l) => listen(device, targets[i], l) })),
         options.transport,
-        { pollMicros: options.pollUs },
+        log,
+      );
+    } finally {
+      await built.close();
+    }
+  });
+}
+
+/** `paravirt serve <type.name>` for a PCI device that is not virtio: vfio-user only. */
+function addServePciType(serve: Command, type: PciDeviceType): void {
+  const host = type.host;
+  const cmd = withCommonOptions(serve.command(type.name).description(host.summary), false, ['vfio-user']);
+  for (const spec of host.options) cmd.addOption(commanderOption(spec));
+  if (host.help !== undefined) cmd.addHelpText('after', host.help);
+  cmd.action(async (options: CommonOptions & Record<string, unknown>, command: Command) => {
+    if (options.printCapabilities === true) command.error(`error: ${type.name} is not a vhost-user back-end, so it has no vhost-user capabilities.`, { exitCode: 1 });
+    const targets = listenTargets(options, command);
+    const log = await logger(options.logLevel);
+    const built = await host.create(options, { sockets: targets.length, log });
+    try {
+      const { VfioUserServer } = await import('../transports/vfio-user/server.ts');
+      await run(
+        built.endpoints.map((endpoint, i) => ({ name: type.name, target: targets[i], listen: (l) => VfioUserServer.listen(endpoint, targets[i], l) })),
+        'vfio-user',
         log,
       );
     } finally {
@@ -143,4 +168,5 @@ function addServeType(serve: Command, type: DeviceType): void {
 export function addServeCommand(program: Command): void {
   const serve = program.command('serve').description('serve a device to vhost-user front-ends (QEMU and others)');
   for (const type of DEVICE_TYPES) addServeType(serve, type);
+  for (const type of PCI_DEVICE_TYPES) addServePciType(serve, type);
 }

@@ -15,6 +15,7 @@ import type { DriverTransport } from '../virtio/driver.ts';
 import type { FeatureRequirement } from '../virtio/features.ts';
 import type { VirtioDriver } from '../virtio/driver-core.ts';
 import type { OptionSpec, OptionValues } from './host-options.ts';
+import type { PciEndpoint } from '../transports/vfio-user/session.ts';
 
 /** A kind of queue a device has (§5.x "Virtqueues"): receiveq, transmitq, controlq, requestq... */
 export interface QueueRole {
@@ -181,4 +182,30 @@ export interface DeviceType {
   readonly qemu?: QemuAttachment;
   /** The queues the adversarial fuzzer attacks; loaded only by the fuzzer. */
   fuzz(): Promise<readonly FuzzProfile[]>;
+}
+
+/** Endpoints a PCI device type's host half built for one `serve` command. */
+export interface HostEndpoints {
+  /** One PCI function per listening socket, in the order the sockets were given. */
+  readonly endpoints: readonly PciEndpoint[];
+  close(): Promise<void>;
+}
+
+/**
+ * A PCI device that is not virtio (the QXL display): it brings its own PCI function — BARs,
+ * registers, interrupts — so vfio-user serves it whole, and none of the virtio parts of a
+ * DeviceType (queues, features, vhost-user, the virtio fuzzer) apply.
+ */
+export interface PciDeviceType {
+  readonly name: string;
+  /** The interface's name and where it is specified: "QXL display (spice-protocol qxl_dev.h)". */
+  readonly title: string;
+  readonly pci: { readonly vendorId: number; readonly deviceId: number; readonly classCode: number };
+  readonly host: {
+    readonly summary: string;
+    readonly help?: string;
+    readonly options: readonly OptionSpec[];
+    /** Build the functions from parsed options; a bad value is an Error of one sentence naming it. */
+    create(values: OptionValues, env: HostEnvironment): Promise<HostEndpoints>;
+  };
 }

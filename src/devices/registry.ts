@@ -5,15 +5,19 @@
 import { balloonType } from './balloon/descriptor.ts';
 import { blkType } from './blk/descriptor.ts';
 import { consoleType } from './console/descriptor.ts';
-import type { DeviceType } from './device-type.ts';
+import type { DeviceType, PciDeviceType } from './device-type.ts';
 import { inputType } from './input/descriptor.ts';
 import { netType } from './net/descriptor.ts';
+import { qxlType } from './qxl/descriptor.ts';
 import { rngType } from './rng/descriptor.ts';
 import { rtcType } from './rtc/descriptor.ts';
 import { scsiType } from './scsi/descriptor.ts';
 import { vsockType } from './vsock/descriptor.ts';
 
 export const DEVICE_TYPES: readonly DeviceType[] = [balloonType, blkType, consoleType, inputType, netType, rngType, rtcType, scsiType, vsockType];
+
+/** PCI devices that are not virtio, served whole over vfio-user. */
+export const PCI_DEVICE_TYPES: readonly PciDeviceType[] = [qxlType];
 
 /** The registered type called `name`, or undefined. */
 export function deviceType(name: string): DeviceType | undefined {

@@ -21,12 +21,16 @@ const Reg = {
 
 /** Status register bit 3: the function is asserting INTx (PCI 3.0 §6.2.3). */
 const STATUS_INTERRUPT = 0x08;
-/** Command bits a type-0 function without I/O BARs implements: memory, bus master, interrupt disable. */
+/** Command bits a type-0 function implements: memory, bus master, interrupt disable (and I/O space when it has an I/O BAR). */
 const COMMAND_WRITABLE = Command.MEMORY | Command.BUS_MASTER | Command.INTX_DISABLE;
 const FIRST_CAPABILITY = 0x40;
 const BAR_COUNT = 6;
 const BAR_MEMORY_64 = 0x4;
 const BAR_PREFETCHABLE = 0x8;
+/** Bit 0 of a BAR: it decodes I/O space (PCI 3.0 §6.2.5.1); address bits start at bit 2. */
+const BAR_IO_SPACE = 0x1;
+/** Largest I/O BAR: x86 I/O space is 64 KiB, and PCI 3.0 §6.2.5.1 allows 256 bytes per BAR. */
+const MAX_IO_BAR = 256;
 
 /** One region a BAR decodes: its size and who serves its bytes. */
 export interface BarHandler {
@@ -35,6 +39,14 @@ export interface BarHandler {
   /** A 64-bit BAR (uses the next index too). */
   readonly wide?: boolean;
   readonly prefetchable?: boolean;
+  /** The BAR decodes I/O space (port I/O) rather than memory; at most 256 bytes. */
+  readonly io?: boolean;
+  /**
+   * Memory that backs the whole region, shared with a client that maps it (vfio-user hands the
+   * descriptor over so guest accesses reach these pages without a message): a memfd of exactly
+   * `size` bytes, which read and write serve too when the client does not map it.
+   */
+  readonly sharedFd?: number;
   /** Bytes [offset, offset+data.length) of the region; the caller has checked they are inside it. */
   read(offset: number, data: Uint8Array): void;
   write(offset: number, data: Uint8Array): void;
@@ -102,8 +114,9 @@ export class PciFunction {
     v.setUint16(ConfigReg.COMMAND, 0, true);
     this.writable.fill(0xff, Reg.CACHE_LINE_SIZE, Reg.LATENCY_TIMER + 1);
     this.writable[Reg.INTERRUPT_LINE] = 0xff;
-    this.writable[ConfigReg.COMMAND] = COMMAND_WRITABLE & 0xff;
-    this.writable[ConfigReg.COMMAND + 1] = COMMAND_WRITABLE >>> 8;
+    const commandWritable = COMMAND_WRITABLE | (options.bars.some((b) => b?.io === true) ? Command.IO : 0);
+    this.writable[ConfigReg.COMMAND] = commandWritable & 0xff;
+    this.writable[ConfigReg.COMMAND + 1] = commandWritable >>> 8;
     this.placeBars(options.bars);
     this.capabilityOffsets = this.placeCapabilities(options.capabilities);
     this.initial = this.space.slice();
@@ -118,6 +131,12 @@ export class PciFunction {
       if (bar.wide === true && (i === BAR_COUNT - 1 || bars[i + 1] !== undefined)) throw new RangeError(`64-bit BAR ${i} needs BAR ${i + 1} free`);
       if (bar.wide !== true && bar.size > 2 ** 31) throw new RangeError(`BAR ${i} of ${bar.size} bytes must be 64-bit`);
       const at = ConfigReg.BAR0 + 4 * i;
+      if (bar.io === true) {
+        if (bar.wide === true || bar.prefetchable === true || bar.size > MAX_IO_BAR) throw new RangeError(`I/O BAR ${i} must be 32-bit, not prefetchable, and at most ${MAX_IO_BAR} bytes`);
+        this.view.setUint32(at, BAR_IO_SPACE, true);
+        this.setWritable(at, 4, (0x1_0000_0000 - bar.size) & 0xffff_fffc);
+        return;
+      }
       const type = (bar.wide === true ? BAR_MEMORY_64 : 0) | (bar.prefetchable === true ? BAR_PREFETCHABLE : 0);
       this.view.setUint32(at, type, true);
       // Address bits at and above log2(size) are writable; the low 4 bits are the type.
@@ -178,6 +197,20 @@ export class PciFunction {
   /** A configuration dword/word/byte the function itself reads (capability registers). */
   configView(): DataView {
     return this.view;
+  }
+
+  /**
+   * The address the driver placed BAR `index` at, or undefined while that BAR is absent, unassigned
+   * (zero), or its decoding (memory or I/O space in the command register) is off.
+   */
+  barAddress(index: number): number | undefined {
+    const bar = this.bars[index];
+    if (bar === undefined) return undefined;
+    const at = ConfigReg.BAR0 + 4 * index;
+    const low = this.view.getUint32(at, true);
+    const enabled = this.command & (bar.io === true ? Command.IO : Command.MEMORY);
+    const address = bar.io === true ? (low & 0xffff_fffc) >>> 0 : ((low & 0xffff_fff0) >>> 0) + (bar.wide === true ? this.view.getUint32(at + 4, true) * 2 ** 32 : 0);
+    return enabled === 0 || address === 0 ? undefined : address;
   }
 
   get command(): number {

@@ -19,8 +19,8 @@ export class ClientConnection {
   private readonly framer = new MessageFramer();
   private readonly session: Session;
   private readonly watcher: Watcher;
-  /** Reply bytes the socket has not taken yet. */
-  private outgoing: Uint8Array[] = [];
+  /** Replies the socket has not taken yet: bytes, and descriptors that go with their first byte. */
+  private outgoing: { bytes: Uint8Array; fds: readonly number[] }[] = [];
   private finished = false;
   private resolveEnded!: () => void;
   readonly ended: Promise<void>;
@@ -86,14 +86,14 @@ export class ClientConnection {
         this.end('internal error');
         return false;
       }
-      if (outcome !== undefined) this.send(outcome.reply);
+      if (outcome !== undefined) this.send(outcome.reply, outcome.fds ?? []);
       if (this.finished) return false;
     }
     return true;
   }
 
-  private send(bytes: Uint8Array): void {
-    this.outgoing.push(bytes);
+  private send(bytes: Uint8Array, fds: readonly number[]): void {
+    this.outgoing.push({ bytes, fds });
     if (!this.flush() && !this.finished) this.watcher.update({ writable: () => this.writable(), error: (err) => this.end(`socket error: ${err.message}`) });
   }
 
@@ -109,13 +109,14 @@ export class ClientConnection {
       const head = this.outgoing[0];
       let n: number;
       try {
-        n = this.socket.send(head);
+        n = this.socket.send(head.bytes, head.fds);
       } catch (err) {
         this.end(`send failed: ${(err as Error).message}`);
         return false;
       }
-      if (n < head.length) {
-        this.outgoing[0] = head.subarray(n);
+      if (n < head.bytes.length) {
+        // The descriptors went with the first byte sent; the rest carries none.
+        this.outgoing[0] = { bytes: head.bytes.subarray(n), fds: n > 0 ? [] : head.fds };
         return false;
       }
       this.outgoing.shift();

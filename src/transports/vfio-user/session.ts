@@ -52,8 +52,8 @@ export interface PciEndpoint {
   reset(): void;
 }
 
-/** What to send back: nothing (a posted write), or a reply. */
-export type Outcome = { readonly reply: Uint8Array } | undefined;
+/** What to send back: nothing (a posted write), or a reply with the descriptors it carries (stay owned by the server). */
+export type Outcome = { readonly reply: Uint8Array; readonly fds?: readonly number[] } | undefined;
 
 interface DmaRange {
   readonly iova: number;
@@ -71,6 +71,8 @@ export class Session {
   private readonly irqs: ClientInterrupts;
   private warned = 0;
   private unbackedLogged = false;
+  /** Descriptors the reply being built carries (a region's shared memory). */
+  private replyFds: number[] = [];
 
   constructor(
     private readonly endpoint: PciEndpoint,
@@ -92,9 +94,11 @@ export class Session {
       if ((header.flags & HeaderFlag.TYPE_MASK) !== HeaderFlag.COMMAND) throw new RequestError(Errno.EINVAL, 'a client sends commands, not replies');
       if (fds.length > MAX_MESSAGE_FDS) throw new RequestError(Errno.EINVAL, `${fds.length} descriptors exceed max_msg_fds ${MAX_MESSAGE_FDS}`);
       if (!this.versioned && header.command !== Command.VERSION) throw new RequestError(Errno.EINVAL, `command ${header.command} before VERSION`);
+      this.replyFds = [];
       const payload = this.dispatch(message);
-      return noReply ? undefined : { reply: encodeReply(header, payload) };
+      return noReply ? undefined : { reply: encodeReply(header, payload), fds: this.replyFds };
     } catch (err) {
+      this.replyFds = [];
       if (!(err instanceof RequestError)) throw err;
       this.refused(header.command, header.id, err.message);
       return noReply ? undefined : { reply: encodeReply(header, new Uint8Array(0), err.errno) };
@@ -293,10 +297,14 @@ export class Session {
     const index = view.getUint32(8, true);
     if (index >= PciRegion.COUNT) throw new RequestError(Errno.EINVAL, `region ${index} does not exist (${PciRegion.COUNT} regions)`);
     const size = this.regionSize(index);
+    // A BAR backed by shared memory is offered for mmap: the reply carries its descriptor, and
+    // the whole region maps from file offset 0 (no sparse areas).
+    const sharedFd = index <= PciRegion.BAR5 ? this.endpoint.pci.bars[index]?.sharedFd : undefined;
+    if (sharedFd !== undefined) this.replyFds = [sharedFd];
     const out = new Uint8Array(Math.min(argsz, PayloadSize.REGION_INFO));
     const v = new DataView(out.buffer);
     v.setUint32(0, PayloadSize.REGION_INFO, true);
-    v.setUint32(4, size === 0 ? 0 : RegionFlag.READ | RegionFlag.WRITE, true);
+    v.setUint32(4, size === 0 ? 0 : RegionFlag.READ | RegionFlag.WRITE | (sharedFd !== undefined ? RegionFlag.MMAP : 0), true);
     v.setUint32(8, index, true);
     v.setUint32(12, 0, true);
     v.setBigUint64(16, BigInt(size), true);

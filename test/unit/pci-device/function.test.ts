@@ -83,3 +83,24 @@ test('out-of-range offsets read zero and write nothing', () => {
   f.writeConfig(Number.NaN, new Uint8Array([1]));
   assert.equal(read(f, 0, 2), 0x1b36);
 });
+
+test('an I/O BAR: bit 0 set, sized like memory, decoded only with I/O space enabled; barAddress follows the command register', () => {
+  const f = new PciFunction({
+    identity: { vendorId: 0x1b36, deviceId: 0x0100, subsystemVendorId: 0x1af4, subsystemId: 0x1100, revision: 4, classCode: 0x03_80_00 },
+    bars: [bar(0x1000), undefined, undefined, { ...bar(32), io: true }],
+    capabilities: [],
+    interruptPin: 1,
+  });
+  assert.equal(read(f, 0x1c, 4), 0x1, 'an I/O BAR reads back bit 0');
+  write(f, 0x1c, 4, 0xffff_ffff);
+  assert.equal(read(f, 0x1c, 4) >>> 0, 0xffff_ffe1, '32 ports: address bits from bit 5');
+  write(f, 0x1c, 4, 0xc040);
+  write(f, 0x10, 4, 0xe000_0000);
+  assert.equal(f.barAddress(3), undefined, 'not decoded before Command.IO');
+  assert.equal(f.barAddress(0), undefined, 'not decoded before Command.MEMORY');
+  write(f, 0x04, 2, 0x3);
+  assert.equal(read(f, 0x04, 2), 0x3, 'I/O space is writable with an I/O BAR');
+  assert.equal(f.barAddress(3), 0xc040);
+  assert.equal(f.barAddress(0), 0xe000_0000, 'a high address reads back unsigned');
+  assert.equal(f.barAddress(1), undefined, 'an absent BAR has no address');
+});

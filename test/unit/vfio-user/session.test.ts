@@ -10,6 +10,8 @@ import { fstatSync } from 'node:fs';
 import fc from 'fast-check';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
 import { createMemfd } from '../../../src/native/memfd.ts';
+import { closeFd } from '../../../src/native/fd.ts';
+import { PciFunction } from '../../../src/transports/pci-device/function.ts';
 import { EventFd } from '../../../src/native/eventfd.ts';
 import { findVirtioStructures } from '../../../src/transports/pci/virtio-structures.ts';
 import { VirtioPciFunction } from '../../../src/transports/pci-device/virtio-pci.ts';
@@ -224,4 +226,31 @@ test('fuzz: any message is answered with its id, or not at all when posted, and 
     ),
     { numRuns: 3000 },
   );
+});
+
+test('a BAR backed by shared memory is offered for mmap, its memfd attached to the region info reply', () => {
+  const memfd = createMemfd('bar', 0x10000);
+  const fn = new PciFunction({
+    identity: { vendorId: 0x1b36, deviceId: 0x0100, subsystemVendorId: 0, subsystemId: 0, revision: 4, classCode: 0x03_80_00 },
+    bars: [{ size: 0x10000, sharedFd: memfd, read: (_o, d) => d.fill(0), write: () => {} }, { size: 16, read: (_o, d) => d.fill(0), write: () => {} }],
+    capabilities: [],
+    interruptPin: 1,
+  });
+  const endpoint = { pci: fn, msixVectors: 0, attachInterrupts: () => {}, useMemory: () => {}, reset: () => fn.reset() };
+  const session = new Session(endpoint, quiet);
+  session.handle(message(0, Command.VERSION, versionPayload()));
+  const info = (index: number): { flags: number; size: bigint; fds: readonly number[] } => {
+    const out = session.handle(message(1, Command.DEVICE_GET_REGION_INFO, fields([4, 32], [4, 0], [4, index], [4, 0], [8, 0], [8, 0])))!;
+    const r = reply(out.reply);
+    return { flags: r.view.getUint32(4, true), size: r.view.getBigUint64(16, true), fds: out.fds ?? [] };
+  };
+  const shared = info(PciRegion.BAR0);
+  assert.equal(shared.flags, 0x7, 'READ | WRITE | MMAP');
+  assert.equal(shared.size, 0x10000n);
+  assert.deepEqual(shared.fds, [memfd], 'the memfd goes with the reply');
+  const plain = info(1);
+  assert.equal(plain.flags, 0x3, 'a BAR without shared memory is not mappable');
+  assert.deepEqual(plain.fds, []);
+  assert.equal(isOpen(memfd), true, 'the server keeps its descriptor');
+  closeFd(memfd);
 });
