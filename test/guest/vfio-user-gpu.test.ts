@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -41,7 +41,7 @@ async function screenshot(control: string): Promise<{ width: number; height: num
   return decodePng(Buffer.from(reply.png, 'base64'));
 }
 
-/** Polls `probe` until it returns true; the deadline fails the test with `what`. */
+/** Polls `probe` until it returns true (the guest's deferred I/O and work queues have no event to wait on); the deadline fails the test with `what`. */
 async function until(what: string, probe: () => Promise<boolean>): Promise<void> {
   const deadline = Date.now() + SETTLE_MS;
   while (!(await probe())) {
@@ -125,12 +125,22 @@ test('vfio-user gpu: virtio_gpu binds, /dev/fb0 has the mode, its pixels reach t
   const file = join(dir, 'screen.png');
   await run(process.execPath, [PARAVIRT, 'gpu', '--control', control, 'screenshot', file]);
   const saved = decodePng(readFileSync(file));
+  // The README's picture is this file: PARAVIRT_GPU_SCREENSHOT=path keeps a copy.
+  if (process.env.PARAVIRT_GPU_SCREENSHOT) copyFileSync(file, process.env.PARAVIRT_GPU_SCREENSHOT);
   assert.deepEqual([saved.width, saved.height], [WIDTH, HEIGHT]);
   const o = ((PATTERN_TOP + 7) * WIDTH + 300) * 4;
   assert.deepEqual([...saved.pixels.subarray(o, o + 4)], [...pattern(300, PATTERN_TOP + 7), 255]);
 
   // A display change: the guest is told (events_read, configuration interrupt), reads the
   // displays and EDID again, and its connector offers the new mode.
+  const configInterrupts = async (): Promise<number> => Number(/^\s*\d+:\s+(\d+).*virtio\d+-config$/m.exec(await guest.check('cat /proc/interrupts'))?.[1] ?? Number.NaN);
+  const before = await configInterrupts();
   await run(process.execPath, [PARAVIRT, 'gpu', '--control', control, 'mode', '800x600']);
-  await until('the guest connector offering 800x600', async () => (await connectorModes(guest))[0] === '800x600');
+  await until('a configuration change interrupt in the guest', async () => (await configInterrupts()) > before);
+  // The driver re-read the displays and EDID on that interrupt; a probe of the connector (which
+  // reads only what the driver cached) now offers the new mode first.
+  await until('the guest connector offering 800x600', async () => {
+    await guest.check('for s in /sys/class/drm/card*-Virtual-1/status; do echo detect > $s; done');
+    return (await connectorModes(guest))[0] === '800x600';
+  });
 });
