@@ -11,6 +11,7 @@
  *   paravirt balloon --control PATH set SIZE|status|stats (a running balloon's controls)
  *   paravirt serve qxl --transport vfio-user --socket-path S [--width W --height H] [--control C]
  *   paravirt qxl --control PATH png FILE|status             (a running QXL display's screen)
+ *   paravirt gpu --control PATH screenshot FILE|mode WxH|status (a running gpu's screen)
  *   paravirt devices [--json]                            (the registered device types)
  *
  * `serve` follows vhost-user.rst "Backend program conventions": --socket-path or an inherited
@@ -21,6 +22,7 @@ import { Command, CommanderError } from 'commander';
 import { addBalloonCommand } from './balloon-tool.ts';
 import { addBlkCommand } from './blk-tool.ts';
 import { addDevicesCommand } from './devices.ts';
+import { addGpuCommand } from './gpu-tool.ts';
 import { addQxlCommand } from './qxl-tool.ts';
 import { addRunCommand } from './run.ts';
 import { addScsiCommand } from './scsi-tool.ts';
@@ -48,6 +50,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   addScsiCommand(program);
   addBalloonCommand(program);
   addQxlCommand(program);
+  addGpuCommand(program);
   addDevicesCommand(program);
   try {
     await program.parseAsync([...argv]);

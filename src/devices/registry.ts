@@ -6,6 +6,7 @@ import { balloonType } from './balloon/descriptor.ts';
 import { blkType } from './blk/descriptor.ts';
 import { consoleType } from './console/descriptor.ts';
 import type { DeviceType, PciDeviceType } from './device-type.ts';
+import { gpuType } from './gpu/descriptor.ts';
 import { inputType } from './input/descriptor.ts';
 import { netType } from './net/descriptor.ts';
 import { qxlType } from './qxl/descriptor.ts';
@@ -14,7 +15,7 @@ import { rtcType } from './rtc/descriptor.ts';
 import { scsiType } from './scsi/descriptor.ts';
 import { vsockType } from './vsock/descriptor.ts';
 
-export const DEVICE_TYPES: readonly DeviceType[] = [balloonType, blkType, consoleType, inputType, netType, rngType, rtcType, scsiType, vsockType];
+export const DEVICE_TYPES: readonly DeviceType[] = [balloonType, blkType, consoleType, gpuType, inputType, netType, rngType, rtcType, scsiType, vsockType];
 
 /** PCI devices that are not virtio, served whole over vfio-user. */
 export const PCI_DEVICE_TYPES: readonly PciDeviceType[] = [qxlType];
