@@ -242,9 +242,16 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
     else this.servers.get(index)?.kick();
   }
 
-  /** The held statistics buffer goes back (as a request) so the ring can stop. */
+  /**
+   * The held statistics buffer goes back unused, so the ring can stop (or its memory change): the
+   * driver's buffer stays available and is taken again when the queue runs (QEMU gives it back
+   * so at reset too).
+   */
   queueStopping(index: number): void {
-    if (index === this.queues.stats) this.requestStats();
+    if (index !== this.queues.stats) return;
+    const chain = this.heldStats;
+    this.heldStats = undefined;
+    if (chain !== undefined) this.ctx?.queue(index)?.unpop(chain);
   }
 
   configWritten(offset: number, length: number): void {
