@@ -7,7 +7,7 @@
  *   paravirt serve net --socket-path S [--socket-path S2 ...] [--tap IF | --tunnel HOST:PORT] [--queues N] [--pcap F]
  *   paravirt blk --socket-path S info|read|write|bench   (a vhost-user-blk back-end as a disk)
  *   paravirt scsi --socket-path S info|read|write        (a vhost-user-scsi back-end's LUNs)
- *   paravirt balloon --control PATH set SIZE|status|stats (a running balloon's controls)
+ *   paravirt balloon --control PATH set SIZE [--wait SECONDS]|status|stats (a running balloon's controls)
  *   paravirt devices [--json]                            (the registered device types)
  *
  * `serve` follows vhost-user.rst "Backend program conventions": --socket-path or an inherited

@@ -117,7 +117,10 @@ interface Counts {
   statsUnknownTags: number;
 }
 
-export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats: [stats: BalloonStats]; reported: [bytes: number] }> implements VirtioDevice {
+export class BalloonDevice
+  extends EventEmitter<{ actual: [pages: number]; target: [pages: number]; stats: [stats: BalloonStats]; reported: [bytes: number] }>
+  implements VirtioDevice
+{
   readonly deviceId = DeviceId.BALLOON;
   readonly name = 'balloon';
   readonly numQueues = BALLOON_QUEUES;
@@ -180,6 +183,7 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
     this.targetPages = pages;
     BALLOON_CONFIG.set(this.config, 'numPages', pages);
     this.ctx?.configChanged(); // §5.5.6: the driver reacts to a configuration change
+    this.emit('target', pages);
   }
 
   status(): BalloonStatus {
