@@ -239,6 +239,9 @@ export class BalloonDevice
       this.timer = setInterval(() => this.requestStats(), this.statsIntervalMs);
       this.timer.unref();
     }
+    // Linux posts its statistics buffer and kicks while probing, before DRIVER_OK, when a
+    // transport does not pass notifications on (§3.1.1): look for it now.
+    if (this.queues.stats !== undefined) this.takeStats(this.queues.stats);
   }
 
   queueNotify(index: number): void {
