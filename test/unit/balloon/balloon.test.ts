@@ -4,12 +4,14 @@ import { once } from 'node:events';
 import { closeSync, fstatSync, writeSync } from 'node:fs';
 import { BalloonDevice, BalloonTargetError, MAX_PFNS_PER_BUFFER } from '../../../src/devices/balloon/device.ts';
 import { BalloonDriver, PageRange } from '../../../src/devices/balloon/driver.ts';
-import { BALLOON_PAGE_SIZE, BalloonFeature, StatTag, encodePfns } from '../../../src/devices/balloon/wire.ts';
+import { BALLOON_PAGE_SIZE, BalloonFeature, StatTag, encodePfns, encodeStats } from '../../../src/devices/balloon/wire.ts';
 import { createMemfd } from '../../../src/native/memfd.ts';
 import { mapRegion } from '../../../src/transports/vhost-user/backend-ports.ts';
 import { createLoopback, type Loopback } from '../../../src/transports/mmio/loopback.ts';
 import { featureBit, hasFeature } from '../../../src/virtio/constants.ts';
 import { GuestMemory } from '../../../src/virtio/memory.ts';
+import { DescriptorChain } from '../../../src/virtio/queue.ts';
+import { ScriptQueue, context } from '../virtio/framework-fixture.ts';
 
 const MiB = 1024 * 1024;
 const PAGE = BALLOON_PAGE_SIZE;
@@ -214,4 +216,15 @@ test('vhost-user mapping discard: the shared memory file really gives its blocks
   } finally {
     closeSync(fd);
   }
+});
+
+test('balloon: a statistics buffer made available before DRIVER_OK (Linux kicks while probing) is taken at activation', () => {
+  const stats = encodeStats([{ tag: StatTag.MEMFREE, value: 42 * PAGE }]);
+  const queue = new ScriptQueue([new DescriptorChain(0, 1, [stats], [], stats.length, 0)]);
+  const { ctx } = context(queue, featureBit(BalloonFeature.STATS_VQ));
+  const device = new BalloonDevice();
+  // inflateq, deflateq, statsq: the stats queue is 2.
+  device.activate({ ...ctx, queue: (i) => (i === 2 ? queue : undefined) });
+  assert.deepEqual(device.stats?.values['free-memory'], { value: 42 * PAGE, unit: 'bytes' });
+  assert.equal(queue.inFlight, 1, 'held until the host asks for fresh statistics');
 });
