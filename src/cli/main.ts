@@ -8,7 +8,7 @@
  *   paravirt serve net --socket-path S [--socket-path S2 ...] [--tap IF | --tunnel HOST:PORT] [--queues N] [--pcap F]
  *   paravirt blk --socket-path S info|read|write|bench   (a vhost-user-blk back-end as a disk)
  *   paravirt scsi --socket-path S info|read|write        (a vhost-user-scsi back-end's LUNs)
- *   paravirt balloon --control PATH set SIZE|status|stats (a running balloon's controls)
+ *   paravirt balloon --control PATH set SIZE [--wait SECONDS]|status|stats (a running balloon's controls)
  *   paravirt serve qxl --transport vfio-user --socket-path S [--width W --height H] [--control C]
  *   paravirt qxl --control PATH png FILE|status             (a running QXL display's screen)
  *   paravirt gpu --control PATH screenshot FILE|mode WxH|status (a running gpu's screen)

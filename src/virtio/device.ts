@@ -87,9 +87,11 @@ export interface VirtioDevice {
   /** The driver notified queue `index` (§2.3.3 / a kick). */
   queueNotify(index: number): void;
   /**
-   * Queue `index` is about to stop (vhost-user GET_VRING_BASE, a front-end leaving) and the
-   * transport waits for every chain popped from it: return now the buffers the device holds
-   * until some later event (the balloon's statistics buffer, §5.5.6.3).
+   * Queue `index` is about to stop (vhost-user GET_VRING_BASE, a front-end leaving) or to pause
+   * while guest memory changes, and the transport waits for every chain popped from it: give back
+   * now, unused (DeviceQueue.unpop), the buffers the device holds until some later event (the
+   * balloon's statistics buffer, §5.5.6.3; receive buffers a waiting frame does not fit yet). A
+   * paused queue is kicked when it runs again.
    */
   queueStopping?(index: number): void;
   /**

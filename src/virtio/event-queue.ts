@@ -5,8 +5,11 @@
  * the next posted buffer(s) and returns them used.
  *
  * - Buffers are popped when an event needs them and held until it can be written whole, so an
- *   event is never half-written and a popped buffer never goes back unused (which
+ *   event is never half-written and a popped buffer is never returned used out of turn (which
  *   VIRTIO_F_IN_ORDER would forbid, §2.7.9 / §2.8.20). Held buffers are used oldest first.
+ * - When the transport stops the queue it waits for every popped buffer, so the device calls
+ *   queueStopping() from VirtioDevice.queueStopping: held buffers go back to the ring unused, as
+ *   if never popped (DeviceQueue.unpop), and the events wait for the queue to run again.
  * - An EventLayout says how many held buffers an event takes and writes it: one buffer for a
  *   fixed-size event, several for a frame spread over merged buffers, or as much of a byte stream
  *   as the next buffer holds, the rest waiting for the buffer after.
@@ -172,6 +175,24 @@ export class EventQueue<E> implements HeldBuffers {
     const removed = before - kept.length;
     if (removed > 0) this.spaceFreed();
     return removed;
+  }
+
+  /**
+   * The queue is about to stop, or to pause for a memory change (VirtioDevice.queueStopping), and
+   * the transport waits for every chain popped from it: give the held buffers back unused, newest
+   * first, so they are available again from the ring's position. Waiting events stay; a pause
+   * ends with a kick, which pops the buffers again.
+   */
+  queueStopping(): void {
+    const queue = this.heldFrom;
+    // Buffers of a queue the context no longer serves are forgotten by the next drain instead.
+    if (queue === undefined || queue !== this.ctx.queue(this.index)) return;
+    try {
+      for (let chain = this.held.pop(); chain !== undefined; chain = this.held.pop()) queue.unpop(chain);
+    } finally {
+      this.held = [];
+      this.heldBytes = 0;
+    }
   }
 
   /** The driver posted buffers (a kick on this queue); call from VirtioDevice.queueNotify. */

@@ -94,6 +94,17 @@ export interface DeviceQueue {
   readonly base: number;
   /** Chains popped and not yet pushed (in flight), for reset and reconnect bookkeeping. */
   readonly inFlight: number;
+  /**
+   * Give back unused a chain pop() returned, as if it had never been popped: it is no longer in
+   * flight and the available position moves back over it (a packed ring's wrap counter with it,
+   * §2.8.1), so the next pop(), or whoever resumes from `base`, takes it again. QEMU's
+   * virtqueue_unpop. Only the newest chain popped and not given back yet may be given back (so
+   * several go back newest first), before any chain popped after it was pushed: a packed ring
+   * writes used descriptors over the slots of chains in flight (§2.8.8), never over those of
+   * chains popped after every pushed one. With IN_ORDER (§2.7.9, §2.8.20) a chain is then never
+   * pushed out of order.
+   */
+  unpop(chain: DescriptorChain): void;
 }
 
 /** One descriptor as the driver wrote it in the ring (§2.8.13 struct pvirtq_desc; a split ring's id is unused). */
@@ -131,6 +142,12 @@ export interface ResubmittingQueue extends DeviceQueue {
    * for an id out of range or already in flight, or a chain that breaks a ring rule.
    */
   resubmit(saved: SavedChain): DescriptorChain;
+  /**
+   * Give back unused a chain resubmit() returned, newest first as with unpop(): no longer in
+   * flight, while the available position stays past it, as it was consumed before the restart
+   * (the record that named it still owes it).
+   */
+  unresubmit(chain: DescriptorChain): void;
 }
 
 /** One buffer the device returned to the driver. `len` is device-claimed and not yet trusted. */

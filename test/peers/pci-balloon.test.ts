@@ -1,8 +1,11 @@
 /**
  * paravirt's balloon driver against QEMU's own virtio-balloon-pci, over virtio-pci on a qtest
- * machine: features negotiated with QEMU, the statistics the driver sends are what qom-get
- * guest-stats shows (at start and after QEMU polls), and pages the driver reports free are
- * released by QEMU from the file backing guest RAM.
+ * machine: features negotiated with QEMU; QEMU's `balloon` command sets the target, the driver
+ * inflates from guest RAM (seeing QEMU's configuration change interrupt through INTx and ISR
+ * status), QEMU's query-balloon shows what the driver wrote into `actual` and QEMU releases the
+ * pages from the file backing guest RAM, and deflating gives them back; the statistics the
+ * driver sends are what qom-get guest-stats shows (at start and after QEMU polls); and pages the
+ * driver reports free are released by QEMU from that file too.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,7 +25,7 @@ import { requireLab } from '../lab/require.ts';
 const MiB = 1024 * 1024;
 const RAM_MiB = 128;
 
-test("paravirt's balloon driver with QEMU's virtio-balloon-pci: features, statistics, free page reporting", async (t) => {
+test("paravirt's balloon driver with QEMU's virtio-balloon-pci: features, target and actual, released memory, statistics, free page reporting", async (t) => {
   if (!requireLab(t)) return;
   const share = shareDir(t, 'qtest-balloon');
   const qmpPath = join(share.dir, 'qmp.sock');
@@ -54,6 +57,30 @@ test("paravirt's balloon driver with QEMU's virtio-balloon-pci: features, statis
   for (const bit of [BalloonFeature.STATS_VQ, BalloonFeature.DEFLATE_ON_OOM, BalloonFeature.PAGE_REPORTING]) {
     assert.ok(hasFeature(driver.core.features, bit), `feature ${bit} negotiated with QEMU`);
   }
+
+  // QEMU's `balloon` names the memory the guest keeps: 96 MiB leaves 32 MiB in the balloon.
+  // QEMU's query-balloon answers RAM less what the driver wrote into actual.
+  const query = async (): Promise<number> => ((await qmp.execute('query-balloon')) as { actual: number }).actual;
+  const balloonTo = async (guestBytes: number): Promise<void> => {
+    await qmp.execute('balloon', { value: guestBytes });
+    for (let actual = await query(); actual !== guestBytes; ) {
+      // Each write of actual sends BALLOON_CHANGE, at most one a second, timed on the virtual
+      // clock under qtest: step past the window so one held back goes out.
+      const next = qmp.nextEvent('BALLOON_CHANGE');
+      await m.bus.clockStep(1_000_000_000n);
+      actual = ((await next).data as { actual: number }).actual;
+    }
+  };
+  await balloonTo(96 * MiB);
+  assert.equal(driver.size, (32 * MiB) / 4096);
+  assert.equal(await query(), 96 * MiB);
+  const inflated = ramBlocks();
+  t.diagnostic(`QEMU's RAM file: ${(touched / MiB).toFixed(1)} MiB touched, ${(inflated / MiB).toFixed(1)} MiB after inflating 32 MiB`);
+  assert.ok(touched - inflated >= 32 * MiB, `QEMU released ${touched - inflated} bytes of the RAM file`);
+
+  // Back to no balloon: every page comes back to the driver's owner.
+  await balloonTo(RAM_MiB * MiB);
+  assert.equal(driver.size, 0);
 
   // Statistics: the buffer posted at start reached QEMU; after a poll, fresh ones do.
   const stats = async (): Promise<Record<string, number>> =>

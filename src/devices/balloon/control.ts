@@ -6,16 +6,23 @@
  *   {"op":"set","bytes":268435456}  →  {"ok":true,"status":{...}}
  *   {"op":"status"}                 →  {"ok":true,"status":{...}}
  *   {"op":"stats"}                  →  {"ok":true,"stats":{...}|null}
+ *   {"op":"wait"}                   →  {"ok":true,"status":{...}} once actual equals the target
  *   anything refused                →  {"ok":false,"error":"one sentence"}
+ *
+ * Requests on one connection are answered in order; a client that stops waiting closes it.
  *
  * Whoever can open the socket controls how much memory the guest keeps: its file mode is the
  * access control (created 0600).
  */
-import { connect } from 'node:net';
+import { type Socket, connect } from 'node:net';
 import { type LocalServer, listenLocal, readLines } from '../local-socket.ts';
 import type { BalloonDevice, BalloonStats, BalloonStatus } from './device.ts';
 
-export type ControlRequest = { readonly op: 'set'; readonly bytes: number } | { readonly op: 'status' } | { readonly op: 'stats' };
+export type ControlRequest =
+  | { readonly op: 'set'; readonly bytes: number }
+  | { readonly op: 'status' }
+  | { readonly op: 'stats' }
+  | { readonly op: 'wait' };
 
 export type ControlReply =
   | { readonly ok: true; readonly status?: BalloonStatus; readonly stats?: BalloonStats | null }
@@ -24,7 +31,28 @@ export type ControlReply =
 /** A request line longer than this is not a control request; the connection is closed. */
 const MAX_LINE = 4096;
 
-function answer(device: BalloonDevice, line: string): ControlReply {
+/** The status once the driver's actual equals the target, or never if `socket` closes first. */
+function settled(device: BalloonDevice, socket: Socket): Promise<ControlReply> {
+  return new Promise((resolve) => {
+    const check = (): void => {
+      const status = device.status();
+      if (status.actualBytes !== status.targetBytes) return;
+      stop();
+      resolve({ ok: true, status });
+    };
+    const stop = (): void => {
+      device.off('actual', check);
+      device.off('target', check);
+      socket.off('close', stop);
+    };
+    device.on('actual', check);
+    device.on('target', check);
+    socket.on('close', stop);
+    check();
+  });
+}
+
+function answer(device: BalloonDevice, line: string, socket: Socket): ControlReply | Promise<ControlReply> {
   let req: unknown;
   try {
     req = JSON.parse(line);
@@ -47,26 +75,48 @@ function answer(device: BalloonDevice, line: string): ControlReply {
       return { ok: true, status: device.status() };
     case 'stats':
       return { ok: true, stats: device.stats ?? null };
+    case 'wait':
+      return settled(device, socket);
     default:
-      return { ok: false, error: `unknown control operation ${JSON.stringify(op)}; use set, status or stats.` };
+      return { ok: false, error: `unknown control operation ${JSON.stringify(op)}; use set, status, stats or wait.` };
   }
 }
 
 /** Serve `device`'s controls on a Unix socket at `path` (replacing a stale socket). */
 export function listenControl(device: BalloonDevice, path: string): Promise<LocalServer> {
-  return listenLocal(path, 'balloon control socket', (socket) =>
+  return listenLocal(path, 'balloon control socket', (socket) => {
+    // A wait holds its answer: later requests are answered after it, in order.
+    let answered: Promise<void> = Promise.resolve();
     readLines(
       socket,
       MAX_LINE,
-      (line) => socket.write(JSON.stringify(answer(device, line)) + '\n'),
+      (line) => {
+        answered = answered
+          .then(() => answer(device, line, socket))
+          .then((reply) => {
+            if (!socket.destroyed) socket.write(JSON.stringify(reply) + '\n');
+          });
+      },
       () => socket.destroy(),
-    ),
-  );
+    );
+  });
 }
 
-/** Send one request to the control socket at `path` and return the reply. */
-export async function controlRequest(path: string, request: ControlRequest): Promise<ControlReply> {
+/** No reply came within the time the caller gave (a wait for a guest that does not follow). */
+export class ControlTimeout extends Error {
+  constructor(path: string, ms: number) {
+    super(`the balloon control socket ${path} did not answer within ${ms} ms.`);
+    this.name = 'ControlTimeout';
+  }
+}
+
+/**
+ * Send one request to the control socket at `path` and return the reply; with `timeoutMs`,
+ * give up (ControlTimeout) when none came by then.
+ */
+export async function controlRequest(path: string, request: ControlRequest, timeoutMs?: number): Promise<ControlReply> {
   const socket = connect(path);
+  if (timeoutMs !== undefined) socket.setTimeout(timeoutMs, () => socket.destroy(new ControlTimeout(path, timeoutMs)));
   try {
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
@@ -75,6 +125,7 @@ export async function controlRequest(path: string, request: ControlRequest): Pro
     socket.setEncoding('utf8');
     socket.write(JSON.stringify(request) + '\n');
     let text = '';
+    // A timeout destroys the socket with its ControlTimeout, which this loop throws.
     for await (const chunk of socket) {
       text += chunk as string;
       const nl = text.indexOf('\n');

@@ -5,7 +5,7 @@
 import { join } from 'node:path';
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
-import { integerIn, read } from '../host-options.ts';
+import { integerIn, oneOf, read } from '../host-options.ts';
 import { BALLOON_CONFIG, BALLOON_FEATURE_NAMES } from './wire.ts';
 
 export const balloonType: DeviceType = {
@@ -33,6 +33,13 @@ export const balloonType: DeviceType = {
         parse: integerIn('--stats-interval', 0, 86400),
         defaultValue: 0,
       },
+      {
+        // As QEMU's virtio-balloon free-page-reporting=on|off.
+        flags: '--free-page-reporting <on|off>',
+        description: 'offer free page reporting: memory the guest frees is released on the host without a target change',
+        parse: oneOf('--free-page-reporting', ['on', 'off']),
+        defaultValue: 'on',
+      },
       { flags: '--control <path>', description: 'a Unix socket for `paravirt balloon --control PATH set|status|stats`' },
     ],
     async create(values) {
@@ -40,6 +47,7 @@ export const balloonType: DeviceType = {
       const device = new BalloonDevice({
         maxQueueSize: FRONT_END_MAX_QUEUE_SIZE,
         statsIntervalMs: (read.number(values, 'statsInterval') ?? 0) * 1000,
+        reporting: read.string(values, 'freePageReporting') !== 'off',
       });
       const controlPath = read.string(values, 'control');
       const { listenControl } = await import('./control.ts');

@@ -117,7 +117,10 @@ interface Counts {
   statsUnknownTags: number;
 }
 
-export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats: [stats: BalloonStats]; reported: [bytes: number] }> implements VirtioDevice {
+export class BalloonDevice
+  extends EventEmitter<{ actual: [pages: number]; target: [pages: number]; stats: [stats: BalloonStats]; reported: [bytes: number] }>
+  implements VirtioDevice
+{
   readonly deviceId = DeviceId.BALLOON;
   readonly name = 'balloon';
   readonly numQueues = BALLOON_QUEUES;
@@ -180,6 +183,7 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
     this.targetPages = pages;
     BALLOON_CONFIG.set(this.config, 'numPages', pages);
     this.ctx?.configChanged(); // §5.5.6: the driver reacts to a configuration change
+    this.emit('target', pages);
   }
 
   status(): BalloonStatus {
@@ -235,6 +239,9 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
       this.timer = setInterval(() => this.requestStats(), this.statsIntervalMs);
       this.timer.unref();
     }
+    // Linux posts its statistics buffer and kicks while probing, before DRIVER_OK, when a
+    // transport does not pass notifications on (§3.1.1): look for it now.
+    if (this.queues.stats !== undefined) this.takeStats(this.queues.stats);
   }
 
   queueNotify(index: number): void {
@@ -242,9 +249,16 @@ export class BalloonDevice extends EventEmitter<{ actual: [pages: number]; stats
     else this.servers.get(index)?.kick();
   }
 
-  /** The held statistics buffer goes back (as a request) so the ring can stop. */
+  /**
+   * The held statistics buffer goes back unused, so the ring can stop (or its memory change): the
+   * driver's buffer stays available and is taken again when the queue runs (QEMU gives it back
+   * so at reset too).
+   */
   queueStopping(index: number): void {
-    if (index === this.queues.stats) this.requestStats();
+    if (index !== this.queues.stats) return;
+    const chain = this.heldStats;
+    this.heldStats = undefined;
+    if (chain !== undefined) this.ctx?.queue(index)?.unpop(chain);
   }
 
   configWritten(offset: number, length: number): void {

@@ -287,6 +287,11 @@ export class NetDevice implements VirtioDevice {
     else a.tx[(index - 1) / 2]?.kick();
   }
 
+  /** A receive queue may hold buffers too small for the frame waiting: they go back so the ring can stop. */
+  queueStopping(index: number): void {
+    if (index % 2 === 0 && index !== this.active?.ctrlIndex) this.active?.rx[index / 2]?.queueStopping();
+  }
+
   /** §2.4: forget the activation; the address MAC_ADDR_SET chose and a pending announce go too. */
   reset(): void {
     this.active = undefined;

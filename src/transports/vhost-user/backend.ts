@@ -588,6 +588,8 @@ export class VhostUserBackend {
    */
   private async changeMemory(change: () => RegionMapping[]): Promise<void> {
     const running = this.vrings.filter((v) => v.gate !== undefined);
+    // Buffers the device holds for a later event go back; the kick after the change pops them again.
+    for (const v of running) this.device.queueStopping?.(v.index);
     await Promise.all(running.map((v) => v.gate!.close()));
     let dropped: RegionMapping[];
     try {

@@ -15,6 +15,7 @@ const DETACHED: DeviceQueue = {
   inFlight: 0,
   pop: () => null,
   push: () => {},
+  unpop: () => {},
   publish: () => false,
   enableNotifications: () => false,
   disableNotifications: () => {},
@@ -59,14 +60,23 @@ export class GatedQueue implements DeviceQueue {
     const notify = this.inner.publish();
     // Completion is observed here, not in push(): a waiter may only proceed once the used
     // entries are visible to the driver, because the next step may hand the ring back.
-    if (this.inner.inFlight === 0 && this.waiters.length > 0) {
-      const waiting = this.waiters;
-      this.waiters = [];
-      queueMicrotask(() => {
-        for (const w of waiting) w();
-      });
-    }
+    this.settled();
     return notify;
+  }
+
+  /** A chain given back is no longer in flight, and its position is the ring's again: nothing to publish. */
+  unpop(chain: DescriptorChain): void {
+    this.inner.unpop(chain);
+    this.settled();
+  }
+
+  private settled(): void {
+    if (this.inner.inFlight !== 0 || this.waiters.length === 0) return;
+    const waiting = this.waiters;
+    this.waiters = [];
+    queueMicrotask(() => {
+      for (const w of waiting) w();
+    });
   }
 
   enableNotifications(): boolean {

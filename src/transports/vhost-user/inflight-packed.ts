@@ -307,6 +307,21 @@ export class PackedInflight implements InflightRecord {
     this.headOf[chain.id] = first;
   }
 
+  /** The newest chain taken was given back: its flag goes first, so a crash after it leaves entries nobody claims. */
+  untaken(chain: DescriptorChain): void {
+    const first = chain.id < this.entries ? this.headOf[chain.id] : -1;
+    if (first === -1) return;
+    this.view.setUint8(this.at(first, INFLIGHT_AT), 0);
+    this.headOf[chain.id] = -1;
+    this.free.push(...this.chainEntries[first]!.reverse());
+    this.chainEntries[first] = undefined;
+  }
+
+  /** Its entries stay in flight, as recovery found them. */
+  unresubmitted(saved: SavedChain): void {
+    this.pending.unshift(saved);
+  }
+
   /** The ring stopped with nothing owed: the record is cleared, and the next start takes the front-end's position. */
   clear(): void {
     new Uint8Array(this.view.buffer, this.view.byteOffset, this.view.byteLength).fill(0);

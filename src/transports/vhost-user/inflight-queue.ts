@@ -15,6 +15,10 @@ export interface InflightRecord {
   readonly hasPending: boolean;
   /** A chain was taken from the ring; `descriptors` are its copies when the ring needs them saved. */
   taken(chain: DescriptorChain, descriptors: readonly RingDescriptor[]): void;
+  /** A chain taken from the ring was given back unused (DeviceQueue.unpop): it is no longer in flight. */
+  untaken(chain: DescriptorChain): void;
+  /** A resubmitted chain was given back unused: it is owed still, and handed out again first. */
+  unresubmitted(saved: SavedChain): void;
   /** A chain was returned; it joins the batch the next publish makes visible. */
   returned(chain: DescriptorChain): void;
   /** The batch is about to become visible to the driver. */
@@ -29,6 +33,9 @@ export interface InflightRecord {
 }
 
 export class InflightQueue implements DeviceQueue {
+  /** Resubmitted chains in flight, by the chain handed out: given back, they are owed again, not untaken. */
+  private readonly resubmitted = new Map<DescriptorChain, SavedChain>();
+
   constructor(
     private readonly inner: ResubmittingQueue,
     private readonly record: InflightRecord,
@@ -53,7 +60,11 @@ export class InflightQueue implements DeviceQueue {
    */
   pop(): DescriptorChain | null {
     const saved = this.record.nextResubmit();
-    if (saved !== undefined) return this.inner.resubmit(saved);
+    if (saved !== undefined) {
+      const again = this.inner.resubmit(saved);
+      this.resubmitted.set(again, saved);
+      return again;
+    }
     const chain = this.inner.pop();
     if (chain !== null) this.record.taken(chain, this.inner.savesDescriptors ? this.inner.poppedDescriptors(chain) : []);
     return chain;
@@ -62,6 +73,19 @@ export class InflightQueue implements DeviceQueue {
   push(chain: DescriptorChain, written: number): void {
     this.inner.push(chain, written);
     this.record.returned(chain);
+    if (this.resubmitted.size > 0) this.resubmitted.delete(chain);
+  }
+
+  unpop(chain: DescriptorChain): void {
+    const saved = this.resubmitted.get(chain);
+    if (saved === undefined) {
+      this.inner.unpop(chain);
+      this.record.untaken(chain);
+      return;
+    }
+    this.resubmitted.delete(chain);
+    this.inner.unresubmit(chain);
+    this.record.unresubmitted(saved);
   }
 
   publish(): boolean {

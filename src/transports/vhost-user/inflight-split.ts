@@ -154,6 +154,16 @@ export class SplitInflight implements InflightRecord {
     this.view.setUint8(HEADER_SIZE + head * DESC_SIZE + INFLIGHT_AT, 1);
   }
 
+  /** The newest chain taken was given back: its entry is no longer in flight (a crash now leaves nothing to resubmit for it). */
+  untaken(chain: Pick<DescriptorChain, 'id'>): void {
+    this.view.setUint8(HEADER_SIZE + chain.id * DESC_SIZE + INFLIGHT_AT, 0);
+  }
+
+  /** Its entry stays in flight, as recovery found it. */
+  unresubmitted(saved: SavedChain): void {
+    this.pending.unshift(saved.id);
+  }
+
   private writeCounter(head: number, counter: number): void {
     const at = HEADER_SIZE + head * DESC_SIZE + COUNTER_AT;
     this.view.setUint32(at, counter >>> 0, true);

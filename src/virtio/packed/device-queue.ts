@@ -377,6 +377,25 @@ export class PackedDeviceQueue implements ResubmittingQueue {
     return ((Atomics.load(this.halves, this.availPos * 8 + 7) & DescFlag.AVAIL) !== 0) === this.availWrap;
   }
 
+  unpop(chain: DescriptorChain): void {
+    this.unresubmit(chain);
+    this.held -= chain.ringDescriptors;
+    // §2.8.1: stepping back over the start of the ring steps back a lap, the wrap counter too.
+    this.availPos -= chain.ringDescriptors;
+    if (this.availPos < 0) {
+      this.availPos += this.size;
+      this.availWrap = !this.availWrap;
+    }
+  }
+
+  unresubmit(chain: DescriptorChain): void {
+    const id = chain.id;
+    if (this.idInFlight[id] !== 1 || chain.ringDescriptors > this.held) throw new RangeError(`${this.name}: buffer ${id} is not in flight`);
+    this.idInFlight[id] = 0;
+    this.chainsInFlight--;
+    if (this.inOrder) this.popOrderCount--;
+  }
+
   disableNotifications(): void {
     Atomics.store(this.deviceEvent, 0, eventWord(RingEventFlags.DISABLE));
   }

@@ -303,6 +303,19 @@ export class SplitDeviceQueue implements ResubmittingQueue {
     return Atomics.load(this.avail, RING_IDX) !== this.lastAvail;
   }
 
+  unpop(chain: DescriptorChain): void {
+    this.unresubmit(chain);
+    this.lastAvail = (this.lastAvail - 1) & 0xffff;
+  }
+
+  unresubmit(chain: DescriptorChain): void {
+    const id = chain.id;
+    if (this.popped[id] !== 1) throw new RangeError(`${this.name}: chain ${id} is not in flight`);
+    this.popped[id] = 0;
+    this.inFlightCount--;
+    if (this.popOrder !== undefined) this.popSeq = (this.popSeq - 1) & this.mask;
+  }
+
   disableNotifications(): void {
     // With EVENT_IDX flags must stay 0 (§2.7.10); an avail_event one behind the last popped entry
     // is only reached after 65535 more buffers, more than the ring can hold before the device

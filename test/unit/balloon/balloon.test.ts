@@ -4,12 +4,14 @@ import { once } from 'node:events';
 import { closeSync, fstatSync, writeSync } from 'node:fs';
 import { BalloonDevice, BalloonTargetError, MAX_PFNS_PER_BUFFER } from '../../../src/devices/balloon/device.ts';
 import { BalloonDriver, PageRange } from '../../../src/devices/balloon/driver.ts';
-import { BALLOON_PAGE_SIZE, BalloonFeature, StatTag, encodePfns } from '../../../src/devices/balloon/wire.ts';
+import { BALLOON_PAGE_SIZE, BalloonFeature, StatTag, encodePfns, encodeStats } from '../../../src/devices/balloon/wire.ts';
 import { createMemfd } from '../../../src/native/memfd.ts';
 import { mapRegion } from '../../../src/transports/vhost-user/backend-ports.ts';
 import { createLoopback, type Loopback } from '../../../src/transports/mmio/loopback.ts';
 import { featureBit, hasFeature } from '../../../src/virtio/constants.ts';
 import { GuestMemory } from '../../../src/virtio/memory.ts';
+import { DescriptorChain } from '../../../src/virtio/queue.ts';
+import { ScriptQueue, context } from '../virtio/framework-fixture.ts';
 
 const MiB = 1024 * 1024;
 const PAGE = BALLOON_PAGE_SIZE;
@@ -77,11 +79,15 @@ test('balloon: statistics reach the host with names and units, and fresh ones on
   assert.equal(device.requestStats(), true);
   assert.equal((await next)[0].values['free-memory'].value, 500 * PAGE);
   assert.equal(device.counters.snapshot().device.statsUnknownTags, 2);
-  // A transport stopping the stats queue gets the held buffer back, as a request.
-  const again = once(device, 'stats');
+  // A transport stopping the stats queue gets the held buffer back unused: available again, not used.
   device.queueStopping(2);
-  assert.equal(device.counters.snapshot().queues[2].requests, 2);
-  await again;
+  assert.equal(device.requestStats(), false, 'no buffer is held any more');
+  assert.equal(device.counters.snapshot().queues[2].requests, 1);
+  // The queue runs again: the same buffer is taken again, with the statistics it holds.
+  const again = once(device, 'stats');
+  device.queueNotify(2);
+  assert.equal((await again)[0].values['free-memory'].value, 500 * PAGE);
+  assert.equal(device.requestStats(), true);
   await driver.close();
 });
 
@@ -210,4 +216,15 @@ test('vhost-user mapping discard: the shared memory file really gives its blocks
   } finally {
     closeSync(fd);
   }
+});
+
+test('balloon: a statistics buffer made available before DRIVER_OK (Linux kicks while probing) is taken at activation', () => {
+  const stats = encodeStats([{ tag: StatTag.MEMFREE, value: 42 * PAGE }]);
+  const queue = new ScriptQueue([new DescriptorChain(0, 1, [stats], [], stats.length, 0)]);
+  const { ctx } = context(queue, featureBit(BalloonFeature.STATS_VQ));
+  const device = new BalloonDevice();
+  // inflateq, deflateq, statsq: the stats queue is 2.
+  device.activate({ ...ctx, queue: (i) => (i === 2 ? queue : undefined) });
+  assert.deepEqual(device.stats?.values['free-memory'], { value: 42 * PAGE, unit: 'bytes' });
+  assert.equal(queue.inFlight, 1, 'held until the host asks for fresh statistics');
 });

@@ -15,6 +15,12 @@ import type { BackendPorts } from '../../../src/transports/vhost-user/backend.ts
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
 import { inflightQueueBytes } from '../../../src/transports/vhost-user/inflight.ts';
 import { DeviceCounters } from '../../../src/virtio/counters.ts';
+import { BalloonDevice } from '../../../src/devices/balloon/device.ts';
+import { BalloonFeature, StatTag, encodeStats } from '../../../src/devices/balloon/wire.ts';
+import { NetDevice } from '../../../src/devices/net/device.ts';
+import { createCable } from '../../../src/devices/net/port.ts';
+import { NO_OFFLOAD, NetFeature } from '../../../src/devices/net/wire.ts';
+import { MAC_A, MAC_B, frame } from '../net/fixture.ts';
 
 const RAM_SIZE = 0x10_0000;
 /** Where the front-end maps guest RAM in its own address space. */
@@ -70,9 +76,9 @@ class HoldingDevice implements VirtioDevice {
   }
 }
 
-interface Harness {
+interface Harness<D extends VirtioDevice = HoldingDevice> {
   backend: VhostUserBackend;
-  device: HoldingDevice;
+  device: D;
   driver: DriverQueue<number>;
   kick(fd?: number): void;
   signals: number[];
@@ -87,6 +93,11 @@ interface Harness {
  * (with a new device) in front of the same guest: its RAM, its driver and the files it holds.
  */
 function harness(numQueues = 1, restartOf?: Harness): Harness {
+  return harnessOf(new HoldingDevice(numQueues), restartOf);
+}
+
+/** The harness in front of any device. */
+function harnessOf<D extends VirtioDevice>(device: D, restartOf?: Harness<VirtioDevice>): Harness<D> {
   const ram = restartOf?.ram ?? new Uint8Array(RAM_SIZE);
   const files = restartOf?.files ?? new Map<number, Uint8Array>([[RAM_FD, ram]]);
   const kicks = new Map<number, () => void>();
@@ -112,7 +123,6 @@ function harness(numQueues = 1, restartOf?: Harness): Harness {
     sendConfigChange: () => {},
     close: (fd) => closed.push(fd),
   };
-  const device = new HoldingDevice(numQueues);
   const backend = new VhostUserBackend(device, ports, pino({ level: 'silent' }));
   const driver = restartOf?.driver ?? createDriverQueue<number>(
     new GuestMemory([{ guestAddr: 0, bytes: ram }]),
@@ -126,16 +136,16 @@ function harness(numQueues = 1, restartOf?: Harness): Harness {
 const userAddr = (gpa: number): bigint => USER_BASE + BigInt(gpa);
 
 /** The front-end's usual start sequence (QEMU's vhost_dev_start) for ring 0, up to but not including the kick fd. */
-async function setUpRing(h: Harness, features = featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES)): Promise<void> {
+async function setUpRing(h: Harness<VirtioDevice>, features = featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES), index = 0): Promise<void> {
   h.backend.setFeatures(features);
   await h.backend.setMemTable([{ guestAddr: 0n, size: BigInt(RAM_SIZE), userAddr: USER_BASE, mmapOffset: 0n }], [RAM_FD]);
-  h.backend.setVringNum(0, QUEUE_SIZE);
-  h.backend.setVringBase(0, 0);
-  h.backend.setVringAddr(0, { desc: userAddr(RING.desc), driver: userAddr(RING.driver), device: userAddr(RING.device) });
-  h.backend.setVringCall(0, CALL_FD);
+  h.backend.setVringNum(index, QUEUE_SIZE);
+  h.backend.setVringBase(index, 0);
+  h.backend.setVringAddr(index, { desc: userAddr(RING.desc), driver: userAddr(RING.driver), device: userAddr(RING.device) });
+  h.backend.setVringCall(index, CALL_FD);
 }
 
-function offer(h: Harness, n: number): void {
+function offer(h: Harness<VirtioDevice>, n: number): void {
   for (let i = 0; i < n; i++) assert.ok(h.driver.add([], [{ addr: 0x8000 + i * 64, len: 64 }], i));
   h.driver.kick();
 }
@@ -350,7 +360,7 @@ test('a ring that fails while GET_VRING_BASE waits for it does not hang the stop
 });
 
 /** QEMU's start with an inflight region: SET_INFLIGHT_FD, the ring set up at `base`, kicked and enabled. */
-async function startTracked(h: Harness, region: { mmapSize: bigint; fd: number }, base: number): Promise<void> {
+async function startTracked(h: Harness<VirtioDevice>, region: { mmapSize: bigint; fd: number }, base: number): Promise<void> {
   h.backend.setProtocolFeatures(featureBit(ProtocolFeature.INFLIGHT_SHMFD));
   h.backend.setInflightFd(region.mmapSize, 0n, 1, QUEUE_SIZE, region.fd);
   await setUpRing(h);
@@ -454,4 +464,81 @@ test('a device the framework cannot serve is refused as under every transport: u
   assert.throws(() => new VhostUserBackend(unimplemented, ports, pino({ level: 'silent' })), /not implemented/);
   const noQueueSize = Object.assign(new HoldingDevice(), { maxQueueSize: 0 });
   assert.throws(() => new VhostUserBackend(noQueueSize, ports, pino({ level: 'silent' })), /queue size/);
+});
+
+test('GET_VRING_BASE answers while the balloon holds its statistics buffer: the buffer goes back unused, and is taken again', async () => {
+  const device = new BalloonDevice();
+  const h = harnessOf(device);
+  const STATS = 2; // inflateq, deflateq, statsq
+  await setUpRing(h, featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES) | featureBit(BalloonFeature.STATS_VQ), STATS);
+  const stats = encodeStats([{ tag: StatTag.MEMFREE, value: 1234 * 4096 }]);
+  h.ram.set(stats, 0x8000);
+  assert.ok(h.driver.add([{ addr: 0x8000, len: stats.length }], [], 7));
+  h.driver.kick();
+  h.backend.setVringKick(STATS, KICK_FD);
+  h.backend.setVringEnable(STATS, 1);
+  assert.equal(device.stats?.values['free-memory'].value, 1234 * 4096, 'the buffer was taken and is held');
+  // A memory change pauses the ring: it completes, and the buffer is taken again after it.
+  await h.backend.setMemTable([{ guestAddr: 0n, size: BigInt(RAM_SIZE), userAddr: USER_BASE, mmapOffset: 0n }], [RAM_FD]);
+  assert.equal(device.counters.snapshot().device.statsReceived, 2);
+  const base = await h.backend.getVringBase(STATS);
+  assert.equal(base, 0, 'the position is before the buffer given back');
+  assert.equal(h.driver.getUsed(), null, 'the buffer was not used');
+  // The ring restarts there: the same buffer is taken, and used when the host asks for statistics.
+  h.backend.setVringBase(STATS, base);
+  h.backend.setVringKick(STATS, KICK_FD + 10);
+  h.backend.setVringEnable(STATS, 1);
+  assert.equal(device.requestStats(), true);
+  assert.equal(h.driver.getUsed()?.token, 7);
+});
+
+test('GET_VRING_BASE answers while a receive queue holds a buffer too small for the waiting frame; the buffer serves after the restart', async () => {
+  const [port, end] = createCable();
+  const device = new NetDevice({ port, mac: MAC_A });
+  const h = harnessOf(device);
+  await setUpRing(h, featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES) | featureBit(NetFeature.MRG_RXBUF), 0);
+  h.backend.setVringKick(0, KICK_FD);
+  h.backend.setVringEnable(0, 1);
+  offer(h, 1);
+  h.kick();
+  // 64 bytes take the header and 52 of the frame's 200: the buffer is held for more.
+  end.send(frame(MAC_A, MAC_B, 200), NO_OFFLOAD);
+  assert.equal(h.backend.getStatus() & DeviceStatus.DEVICE_NEEDS_RESET, 0);
+  const base = await h.backend.getVringBase(0);
+  assert.equal(base, 0, 'the position is before the buffer given back');
+  assert.equal(h.driver.getUsed(), null, 'the buffer was not used');
+  h.backend.setVringBase(0, base);
+  h.backend.setVringKick(0, KICK_FD + 10);
+  h.backend.setVringEnable(0, 1);
+  for (let i = 1; i <= 2; i++) assert.ok(h.driver.add([], [{ addr: 0x9000 + i * 64, len: 64 }], 10 + i));
+  h.driver.kick();
+  h.kick();
+  end.send(frame(MAC_A, MAC_B, 100), NO_OFFLOAD);
+  assert.deepEqual([h.driver.getUsed()?.token, h.driver.getUsed()?.token], [0, 11], 'the frame fills the buffer given back, then the next');
+  assert.equal(h.driver.getUsed(), null);
+});
+
+test('with an inflight region, chains given back are no longer recorded, and resubmitted ones given back stay owed', async () => {
+  const h = harness();
+  h.backend.setProtocolFeatures(featureBit(ProtocolFeature.INFLIGHT_SHMFD));
+  const region = h.backend.getInflightFd(1, QUEUE_SIZE);
+  await startTracked(h, region, 0);
+  offer(h, 2);
+  h.kick();
+  const [first, second] = h.device.held;
+  h.device.ctx!.queue(0)!.unpop(second);
+  // A crash: only the chain still held comes back, then the one given back, from the ring.
+  const r = harness(1, h);
+  await startTracked(r, region, 0);
+  assert.deepEqual(r.device.held.map((c) => c.id), [first.id, second.id]);
+  // Both given back, newest first: the ring stops at once, the resubmitted chain still owed.
+  const q = r.device.ctx!.queue(0)!;
+  for (const c of r.device.held.splice(0).reverse()) q.unpop(c);
+  const base = await r.backend.getVringBase(0);
+  assert.equal(base, 1, 'past the resubmitted chain, before the one taken from the ring');
+  const s = harness(1, r);
+  await startTracked(s, region, base);
+  assert.deepEqual(s.device.held.map((c) => c.id), [first.id, second.id], 'each once: the owed chain resubmitted, the other popped');
+  s.device.completeAll();
+  assert.deepEqual([s.driver.getUsed()?.token, s.driver.getUsed()?.token, s.driver.getUsed()], [0, 1, null]);
 });

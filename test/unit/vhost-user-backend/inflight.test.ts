@@ -286,11 +286,12 @@ class CrashRig {
 
 for (const packed of [false, true]) {
   const layout = packed ? 'packed' : 'split';
-  test(`property (${layout}): through a crash of the device at any point, every buffer the driver made available is used exactly once`, () => {
-    type Op = { kind: 'add'; two: boolean } | { kind: 'pop' } | { kind: 'push'; pick: number } | { kind: 'publish' } | { kind: 'collect' };
+  test(`property (${layout}): through a crash of the device at any point, chains given back unused among them, every buffer the driver made available is used exactly once`, () => {
+    type Op = { kind: 'add'; two: boolean } | { kind: 'pop' } | { kind: 'unpop' } | { kind: 'push'; pick: number } | { kind: 'publish' } | { kind: 'collect' };
     const op = fc.oneof(
       fc.boolean().map<Op>((two) => ({ kind: 'add', two })),
       fc.constant<Op>({ kind: 'pop' }),
+      fc.constant<Op>({ kind: 'unpop' }),
       fc.nat().map<Op>((pick) => ({ kind: 'push', pick })),
       fc.constant<Op>({ kind: 'publish' }),
       fc.constant<Op>({ kind: 'collect' }),
@@ -305,14 +306,24 @@ for (const packed of [false, true]) {
           const rig = new CrashRig(size, packed, inOrder);
           for (const ops of lives) {
             const held: DescriptorChain[] = [];
+            // Pops not given back, newest last: only the newest, while not pushed, may go back unused.
+            const popped: DescriptorChain[] = [];
+            const pushed = new Set<DescriptorChain>();
             for (const o of ops) {
               if (o.kind === 'add') rig.add(o.two);
               else if (o.kind === 'pop') {
                 const c = rig.device.pop();
                 if (c !== null) held.push(c);
+                if (c !== null) popped.push(c);
+              } else if (o.kind === 'unpop' && popped.length > 0 && !pushed.has(popped[popped.length - 1])) {
+                const c = popped.pop()!;
+                held.splice(held.indexOf(c), 1);
+                rig.device.unpop(c);
               } else if (o.kind === 'push' && held.length > 0) {
                 // IN_ORDER devices return buffers in the order they took them (§2.7.9, §2.8.8).
-                rig.complete(held.splice(inOrder ? 0 : o.pick % held.length, 1)[0]);
+                const c = held.splice(inOrder ? 0 : o.pick % held.length, 1)[0];
+                pushed.add(c);
+                rig.complete(c);
               } else if (o.kind === 'publish') rig.device.publish();
               else if (o.kind === 'collect') rig.collect();
             }

@@ -343,3 +343,21 @@ test('with retain, a lent event is written straight into posted buffers, and cop
   eq.kick();
   assert.deepEqual([...bytes[0]], [2, 2, 0, 0], 'what was offered, not what the lender wrote later');
 });
+
+test('a stopping queue gets its held buffers back unused, newest first; the event waits and is written when the queue runs again', () => {
+  const { chains, bytes } = buffers(2, 4);
+  const { q, eq } = records({ layout: MERGED }, chains);
+  // A 9-byte frame needs 10 bytes: the two 4-byte buffers are held, waiting for a third.
+  eq.offer(new Uint8Array(9).fill(7));
+  assert.equal(q.inFlight, 2);
+  eq.queueStopping();
+  assert.deepEqual(q.calls.filter((c) => c.startsWith('unpop')), ['unpop 1', 'unpop 0']);
+  assert.equal(q.inFlight, 0);
+  assert.deepEqual(q.used, [], 'nothing was used');
+  assert.equal(eq.waiting, 1);
+  // Running again (the same queue after a pause): the buffers are popped again, with a third.
+  q.available.push(buffer(2, 4).chain);
+  eq.kick();
+  assert.deepEqual(q.used, [[0, 4], [1, 4], [2, 2]]);
+  assert.deepEqual([...bytes[0]], [3, 7, 7, 7]);
+});

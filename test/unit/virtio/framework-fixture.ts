@@ -106,6 +106,12 @@ export class ScriptQueue implements DeviceQueue {
     this.inFlight--;
   }
 
+  unpop(chain: DescriptorChain): void {
+    this.calls.push(`unpop ${chain.id}`);
+    this.available.unshift(chain);
+    this.inFlight--;
+  }
+
   publish(): boolean {
     this.calls.push('publish');
     return this.driverWantsNotify;

@@ -752,3 +752,62 @@ test('driver: a device cannot use a buffer added after the last kick', () => {
   drv.kick();
   assert.deepEqual(drv.getUsed(), { token: 'not kicked', len: 0 }, 'after kick the same answer is fine');
 });
+
+test('unpop gives the newest chains back unused: the avail position moves back, and its wrap counter over the ring\'s start (§2.8.1)', () => {
+  for (const inOrder of [false, true]) {
+    const { mem, config } = setup(5, { inOrder });
+    const drv = new PackedDriverQueue<number>(mem, config, 'q');
+    const dev = new PackedDeviceQueue(mem, config, 'q');
+    // Three buffers used: the next avail position is slot 3 of the first lap.
+    for (let t = 0; t < 3; t++) drv.add([{ addr: DATA, len: 4 }], [], t);
+    drv.kick();
+    for (let c = dev.pop(); c !== null; c = dev.pop()) dev.push(c, 0);
+    dev.publish();
+    while (drv.getUsed() !== null);
+    // A buffer at slot 3, then a chain over slots 4 and 0: its end lies in the second lap.
+    drv.add([{ addr: DATA, len: 4 }], [], 10);
+    drv.add([{ addr: DATA, len: 4 }], [{ addr: DATA + 64, len: 8 }], 11);
+    drv.kick();
+    const a = dev.pop()!;
+    const b = dev.pop()!;
+    assert.equal(b.ringDescriptors, 2);
+    assert.equal(dev.base, base(1, 0, 3, 1));
+    dev.unpop(b);
+    assert.equal(dev.base, base(4, 1, 3, 1), 'back over the start of the ring, a lap back');
+    assert.equal(dev.inFlight, 1);
+    assert.throws(() => dev.unpop(b), RangeError, 'a chain given back is not in flight');
+    // What the ring says at base is what a device resuming from it finds.
+    const resumed = new PackedDeviceQueue(mem, config, 'q', dev.base);
+    assert.equal(resumed.pop()?.writableLength, 8);
+    dev.unpop(a);
+    assert.equal(dev.base, base(3, 1, 3, 1));
+    assert.equal(dev.inFlight, 0);
+    // Popped again, used once each.
+    const a2 = dev.pop()!;
+    const b2 = dev.pop()!;
+    assert.deepEqual([a2.ringDescriptors, b2.writableLength], [1, 8]);
+    dev.push(a2, 0);
+    dev.push(b2, 8);
+    dev.publish();
+    const tokens: number[] = [];
+    for (let u = drv.getUsed(); u !== null; u = drv.getUsed()) tokens.push(u.token);
+    assert.deepEqual(tokens, [10, 11]);
+    assert.equal(drv.freeDescriptors, 5);
+  }
+});
+
+test('unresubmit gives a resubmitted chain back: the avail position stays past it', () => {
+  const { mem, config, put } = setup(5);
+  put(0, { addr: DATA, len: 8, id: 3, flags: avail(1) | WRITE });
+  // The chain at slot 0 was popped before a restart: avail at 1, used at 0.
+  const dev = new PackedDeviceQueue(mem, config, 'q', base(1, 1, 0, 1));
+  const saved = { id: 3, descriptors: [{ addr: DATA, len: 8, id: 3, flags: avail(1) | WRITE }] };
+  const again = dev.resubmit(saved);
+  dev.unresubmit(again);
+  assert.equal(dev.inFlight, 0);
+  assert.equal(dev.base, base(1, 1, 0, 1));
+  const third = dev.resubmit(saved);
+  dev.push(third, 8);
+  dev.publish();
+  assert.equal(dev.base, base(1, 1, 1, 1));
+});

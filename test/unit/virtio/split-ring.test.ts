@@ -432,3 +432,46 @@ test('IN_ORDER: resubmitted chains return before those popped after them', () =>
   dev.publish();
   assert.equal(ring.usedIdx, 3);
 });
+
+test('unpop gives the newest chains back unused: the available index moves back over them, across the 16-bit wrap', () => {
+  for (const inOrder of [false, true]) {
+    const { ring, dev } = device(8, { inOrder }, 0xfffe);
+    for (const i of [0, 1, 2]) ring.writeDesc(i, DATA + 64 * i, 16, WRITE);
+    ring.makeAvailable([0, 1, 2], 0xfffe);
+    const a = dev.pop()!;
+    const b = dev.pop()!;
+    const c = dev.pop()!;
+    assert.equal(dev.base, 1);
+    dev.unpop(c);
+    dev.unpop(b);
+    assert.equal(dev.base, 0xffff, 'back over the wrap of the available index');
+    assert.equal(dev.inFlight, 1);
+    assert.throws(() => dev.unpop(b), RangeError, 'a chain given back is not in flight');
+    assert.throws(() => dev.push(b, 16), RangeError, 'nor can it be used');
+    // The same heads come out again, and IN_ORDER holds them to the order of the pops.
+    const b2 = dev.pop()!;
+    const c2 = dev.pop()!;
+    assert.deepEqual([b2.id, c2.id], [1, 2]);
+    assert.equal(dev.pop(), null);
+    dev.push(a, 16);
+    dev.push(b2, 16);
+    dev.push(c2, 4);
+    dev.publish();
+    assert.equal(ring.usedIdx, 3, 'each buffer used once');
+    assert.deepEqual(ring.usedElem(0), inOrder ? { id: 2, len: 4 } : { id: 0, len: 16 });
+    assert.equal(dev.inFlight, 0);
+  }
+});
+
+test('unresubmit gives a resubmitted chain back without moving the available index', () => {
+  const { ring, dev } = device(8, { inOrder: true }, 3);
+  ring.writeDesc(5, DATA, 16, WRITE);
+  const again = dev.resubmit({ id: 5, descriptors: [] });
+  dev.unresubmit(again);
+  assert.equal(dev.base, 3);
+  assert.equal(dev.inFlight, 0);
+  const third = dev.resubmit({ id: 5, descriptors: [] });
+  dev.push(third, 16);
+  dev.publish();
+  assert.deepEqual(ring.usedElem(0), { id: 5, len: 16 });
+});
