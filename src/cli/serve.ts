@@ -9,11 +9,12 @@ import type { Logger } from 'pino';
 import type { DeviceType } from '../devices/device-type.ts';
 import { DEVICE_TYPES } from '../devices/registry.ts';
 import type { VirtioDevice } from '../virtio/device.ts';
-import type { ClientSession, Listen, OneClientServer } from '../transports/socket-server.ts';
+import { deviceServer, type DeviceServer, type SocketTransport } from '../transports/device-server.ts';
+import type { Listen } from '../transports/socket-server.ts';
 import { commanderOption, integerIn, logLevel, type LogLevel } from './options.ts';
 
 /** Options every back-end takes ("Backend program conventions"). */
-type Transport = 'vhost-user' | 'vfio-user';
+type Transport = SocketTransport;
 
 interface CommonOptions {
   transport: Transport;
@@ -68,28 +69,14 @@ async function logger(level: LogLevel): Promise<Logger> {
   return pino({ name: 'paravirt', level });
 }
 
-/** Either transport's server: one client at a time on a listening socket. */
-type Server = OneClientServer<ClientSession>;
-
-/** A listening server of `transport` for `device`. */
-async function listener(transport: Transport): Promise<(device: VirtioDevice, target: Listen, log: Logger) => Server> {
-  if (transport === 'vfio-user') {
-    const { VfioUserServer } = await import('../transports/vfio-user/server.ts');
-    const { VirtioPciFunction } = await import('../transports/pci-device/virtio-pci.ts');
-    return (device, target, log) => VfioUserServer.listen(new VirtioPciFunction(device, log), target, log);
-  }
-  const { BackendServer } = await import('../transports/vhost-user/backend-server.ts');
-  return (device, target, log) => BackendServer.listen(device, target, log);
-}
-
 /**
  * Serve each device on its listening target until a termination signal, then shut down cleanly.
  * A server that stops by itself (its listener failed) stops the others too, and its error is
  * the command's.
  */
 async function run(served: readonly { device: VirtioDevice; target: Listen }[], transport: Transport, log: Logger): Promise<void> {
-  const listen = await listener(transport);
-  const servers: Server[] = [];
+  const listen = await deviceServer(transport);
+  const servers: DeviceServer[] = [];
   const closeAll = (): Promise<unknown> => Promise.all(servers.map((s) => s.close()));
   try {
     for (const { device, target } of served) {

@@ -11,18 +11,22 @@
  * - `pty`: a new pseudo-terminal in raw mode, its path logged (`screen /dev/pts/N`); always
  *   connected (the back-end keeps its terminal side open, as a terminal program may come and go),
  *   so guest output waits in the terminal's queue until a program reads it.
+ * - a `link` given by a program embedding the device (never parsed from a command line): the
+ *   host client it names is attached for the device's lifetime, as `paravirt run` shares the
+ *   console between the terminal and other viewers.
  */
 import { lstatSync, openSync, unlinkSync, createWriteStream, closeSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Logger } from 'pino';
 import { OptionError } from '../host-options.ts';
-import type { ConsolePort } from './port.ts';
+import type { ConsolePort, HostLink } from './port.ts';
 
 export type EndpointSpec =
   | { readonly kind: 'unix'; readonly path: string }
   | { readonly kind: 'file'; readonly path: string }
   | { readonly kind: 'stdio' }
-  | { readonly kind: 'pty' };
+  | { readonly kind: 'pty' }
+  | { readonly kind: 'link'; readonly link: HostLink };
 
 /** A named port's host end: `--port NAME=ENDPOINT`. */
 export interface NamedEndpoint {
@@ -93,6 +97,9 @@ export async function openEndpoint(spec: EndpointSpec, port: ConsolePort, log: L
     }
     case 'unix':
       return listen(spec.path, port, log);
+    case 'link':
+      port.attach(spec.link);
+      return async () => port.detach();
     case 'pty': {
       const { PtyStream } = await import('./pty-stream.ts');
       const pty = new PtyStream();

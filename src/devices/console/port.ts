@@ -177,7 +177,7 @@ export class ConsolePort extends EventEmitter {
 }
 
 /** Settles when `out` drains or closes (a closed end discards what follows, see transmit). */
-function drained(out: Writable): Promise<void> {
+export function drained(out: Writable): Promise<void> {
   return new Promise((resolve) => {
     const done = (): void => {
       out.off('drain', done);

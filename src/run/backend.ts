@@ -1,0 +1,110 @@
+/**
+ * One back-end process serving many devices at once: each planned device is built by its type's
+ * host half (the registry's `host.create`) and served on its own socket, vhost-user or
+ * vfio-user. `paravirt run` starts one for its VM; a dashboard reads the same devices (their
+ * counters, their controls) and shares the guest's console.
+ */
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import type { DeviceType, HostDevices } from '../devices/device-type.ts';
+import type { OptionValues } from '../devices/host-options.ts';
+import { deviceServer, type DeviceServer, type SocketTransport } from '../transports/device-server.ts';
+import { SharedConsole } from './shared-console.ts';
+
+/** One device of the plan: a registered type and its host options, as `paravirt serve` parses them. */
+export interface DevicePlan {
+  /** Names the device in logs and its socket: "blk0". */
+  readonly id: string;
+  readonly type: DeviceType;
+  readonly values: OptionValues;
+  /** vhost-user unless the VMM has no vhost-user device for the type. */
+  readonly transport?: SocketTransport;
+}
+
+export interface BackendPlan {
+  /** Directory the sockets are made in, `<id>.sock` each. */
+  readonly socketDir: string;
+  readonly devices: readonly DevicePlan[];
+  /**
+   * The id of a console device whose console port (the guest's hvc0) is shared through
+   * `Backend.console`; its `console` option is filled in by the back-end.
+   */
+  readonly console?: string;
+}
+
+export interface HostedDevice {
+  readonly id: string;
+  readonly type: DeviceType;
+  readonly transport: SocketTransport;
+  readonly socketPath: string;
+  /** What the type's host half built: `instance.devices[0]` is the device on `socketPath`. */
+  readonly instance: HostDevices;
+}
+
+export class Backend {
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    readonly devices: readonly HostedDevice[],
+    /** The shared guest console, when the plan names one. */
+    readonly console: SharedConsole | undefined,
+    private readonly servers: readonly DeviceServer[],
+    /**
+     * Settles when a server stopped by itself (its listening socket failed), with its error;
+     * never when close() stopped them.
+     */
+    readonly failed: Promise<Error>,
+  ) {}
+
+  /** Build every planned device and listen on its socket; on any failure what was built is released. */
+  static async start(plan: BackendPlan, log: Logger): Promise<Backend> {
+    const ids = new Set<string>();
+    for (const { id } of plan.devices) {
+      if (ids.has(id)) throw new Error(`device id ${id} is planned twice.`);
+      ids.add(id);
+    }
+    if (plan.console !== undefined && !ids.has(plan.console)) throw new Error(`the console device ${plan.console} is not in the plan.`);
+    const console = plan.console === undefined ? undefined : new SharedConsole();
+    const hosted: HostedDevice[] = [];
+    const servers: DeviceServer[] = [];
+    const release = async (): Promise<void> => {
+      await Promise.all(servers.map((s) => s.close()));
+      for (const h of hosted.reverse()) await h.instance.close();
+    };
+    try {
+      for (const entry of plan.devices) {
+        const transport = entry.transport ?? 'vhost-user';
+        const socketPath = join(plan.socketDir, `${entry.id}.sock`);
+        const deviceLog = log.child({ device: entry.id });
+        const values = entry.id === plan.console && console !== undefined ? { ...entry.values, console: { kind: 'link', link: console.link } } : entry.values;
+        const instance = await entry.type.host.create(values, { sockets: 1, log: deviceLog });
+        hosted.push({ id: entry.id, type: entry.type, transport, socketPath, instance });
+        if (instance.devices.length !== 1) throw new Error(`device ${entry.id} (${entry.type.name}) built ${instance.devices.length} devices for one socket.`);
+        const listen = await deviceServer(transport);
+        servers.push(listen(instance.devices[0], { socketPath }, deviceLog));
+        deviceLog.info({ socketPath, transport }, `${entry.type.name} listening`);
+      }
+    } catch (err) {
+      await release();
+      throw err;
+    }
+    const failed = new Promise<Error>((resolve) => {
+      for (const s of servers) void s.closed.then((failure) => failure !== undefined && resolve(failure));
+    });
+    return new Backend(hosted, console, servers, failed);
+  }
+
+  /** The hosted device called `id`. */
+  device(id: string): HostedDevice | undefined {
+    return this.devices.find((d) => d.id === id);
+  }
+
+  /** Stop every server (sessions end, sockets are removed), then release every device. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await Promise.all(this.servers.map((s) => s.close()));
+      for (const h of [...this.devices].reverse()) await h.instance.close();
+    })();
+    return this.closing;
+  }
+}
