@@ -2,6 +2,7 @@
  * The `paravirt` command: it serves devices to vhost-user front-ends, and drives vhost-user-blk
  * back-ends as a front-end with paravirt's own driver:
  *
+ *   paravirt run [--disk IMAGE] [--memory SIZE] [--tap IF]    (a VM on every device, its console here)
  *   paravirt serve blk --socket-path S --image F [--read-only] [--queues N] [--queue-size N]
  *   paravirt serve rng --socket-path S
  *   paravirt serve net --socket-path S [--socket-path S2 ...] [--tap IF | --tunnel HOST:PORT] [--queues N] [--pcap F]
@@ -18,6 +19,7 @@ import { Command, CommanderError } from 'commander';
 import { addBalloonCommand } from './balloon-tool.ts';
 import { addBlkCommand } from './blk-tool.ts';
 import { addDevicesCommand } from './devices.ts';
+import { addRunCommand } from './run.ts';
 import { addScsiCommand } from './scsi-tool.ts';
 import { addServeCommand } from './serve.ts';
 
@@ -37,6 +39,7 @@ export async function main(argv: readonly string[]): Promise<number> {
     .version(packageVersion())
     .exitOverride()
     .configureOutput({ outputError: (text, write) => write(text) });
+  addRunCommand(program);
   addServeCommand(program);
   addBlkCommand(program);
   addScsiCommand(program);

@@ -74,6 +74,37 @@ export interface HostHalf {
   create(values: OptionValues, env: HostEnvironment): Promise<HostDevices>;
 }
 
+/** Where `paravirt run` attaches a device to its VM. */
+export interface VmContext {
+  /** A directory for the device's files (sockets, scratch images), removed when the VM stops. */
+  readonly dir: string;
+  /** --disk: the user's disk image, for the device the guest boots from. */
+  readonly disk?: string;
+  /** --tap: a host TAP interface for the VM's network. */
+  readonly tap?: string;
+  /** False when only the QEMU command line is printed: name files, do not make them. */
+  readonly makeFiles: boolean;
+}
+
+/**
+ * How `paravirt run` attaches one device of the type to a QEMU VM: the host options of the
+ * device it serves, and the QEMU device that is its front-end.
+ */
+export interface QemuAttachment {
+  /** Host options of the VM's device, as `paravirt serve <type>` would parse them (defaults are added). */
+  options(vm: VmContext): Promise<OptionValues>;
+  /**
+   * The device carries the VM's console, the guest's terminal by this name ("hvc0"): `run`
+   * shares it with viewers through its `console` option (an endpoint of kind `link`).
+   */
+  readonly console?: string;
+  /**
+   * QEMU's arguments for the front-end of the vhost-user back-end on chardev `chardev` (the
+   * caller declares the chardev). Without it the VM gets the whole device over vfio-user.
+   */
+  vhostUser?(device: { readonly id: string; readonly chardev: string; readonly values: OptionValues }): string[];
+}
+
 /**
  * The part of a device a VMM implements itself when its back-end offers no vhost-user CONFIG
  * protocol feature (QEMU's virtio-net over vhost-user-net): see LocalDeviceModel in the
@@ -152,6 +183,8 @@ export interface DeviceType {
   readonly host: HostHalf;
   readonly guest: GuestHalf;
   readonly localModel?: LocalModel;
+  /** How `paravirt run` attaches the type to its VM; a type without it is left out. */
+  readonly qemu?: QemuAttachment;
   /** The queues the adversarial fuzzer attacks; loaded only by the fuzzer. */
   fuzz(): Promise<readonly FuzzProfile[]>;
 }

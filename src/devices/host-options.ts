@@ -37,6 +37,13 @@ export function optionKey(flags: string): string {
   return long.replace(/-([a-z0-9])/g, (_, c: string) => c.toUpperCase());
 }
 
+/** `values` with every option it lacks at its declared default, as a command line parser would give them. */
+export function withDefaults(options: readonly OptionSpec[], values: OptionValues): OptionValues {
+  const all: Record<string, unknown> = {};
+  for (const o of options) if (o.defaultValue !== undefined) all[optionKey(o.flags)] = o.defaultValue;
+  return { ...all, ...values };
+}
+
 /** Typed reads of OptionValues; a value of the wrong type is a declaration bug, not the user's. */
 export const read = {
   string(values: OptionValues, key: string): string | undefined {

@@ -1,10 +1,12 @@
 /**
  * A Unix socket a device's host side listens on: the control sockets of the running back-end
- * (balloon target, input typing) and vsock's hybrid side. One place for what each needs:
+ * (balloon target, input typing), console ports and vsock's hybrid side. One place for what
+ * each needs:
  *
  * - a stale socket left by an earlier run is replaced, but never another kind of file (a typo
  *   in a path must not delete someone's data);
- * - a control socket is the owner's alone (mode 0600): whoever connects controls the device;
+ * - a control socket is the owner's alone (mode 0600): whoever connects controls the device
+ *   (a console port too: whoever connects types into the guest);
  * - close() ends every connection, stops listening and removes the socket file;
  * - a failure to listen is one sentence naming the path.
  *

@@ -13,7 +13,9 @@
  * request: see "Threading" in docs/performance.md.
  *
  * Requests on one thread run one after another; several threads let a real disk see several at
- * once. The first thread starts with the first transfer, another only when every running one is busy.
+ * once. The first thread starts with the first transfer, another only when every running one is
+ * busy; threads left idle for a while stop (a Node worker holds about 10 MiB), and the next
+ * transfer starts one again.
  */
 import { Worker } from 'node:worker_threads';
 import { EventFd } from '../native/eventfd.ts';
@@ -124,8 +126,16 @@ class IoThread {
   }
 }
 
+/** How long the threads may sit idle before they stop. */
+const IDLE_STOP_MS = 5000;
+
 export class IoThreads {
-  private readonly threads: IoThread[] = [];
+  private threads: IoThread[] = [];
+  /** Threads stopped for idleness and not yet exited, which close() waits for. */
+  private readonly stopped = new Set<IoThread>();
+  /** When the last transfer was submitted (Date.now()). */
+  private lastUse = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
   private readonly wake = EventFd.create();
   private readonly wakePending = new SharedArrayBuffer(4);
   private readonly wakeFlag = new Int32Array(this.wakePending);
@@ -136,11 +146,20 @@ export class IoThreads {
   /**
    * Up to `max` threads (at least 1). The first starts with the first transfer, not here: an idle
    * back-end waiting for its front-end then holds no thread (a Node worker is about 10 MiB), and
-   * a thread of compiled code starts in well under a second.
+   * a thread of compiled code starts in well under a second. After `idleMs` without a transfer
+   * the threads stop.
    */
-  constructor(private readonly max: number) {
+  constructor(
+    private readonly max: number,
+    private readonly idleMs = IDLE_STOP_MS,
+  ) {
     this.watcher = watch(this.wake.fd, { readable: () => this.collect() });
     this.watcher.unref();
+  }
+
+  /** Threads running now. */
+  get running(): number {
+    return this.threads.length;
   }
 
   /** Transfers submitted and not yet settled, on all threads. */
@@ -159,6 +178,7 @@ export class IoThreads {
         reject(this.failure);
         return;
       }
+      this.lastUse = Date.now();
       const thread = this.pick();
       // An idle thread keeps no process alive; one with a transfer in flight does.
       if (thread.inFlight === 0) thread.worker.ref();
@@ -178,7 +198,28 @@ export class IoThreads {
     const thread = new IoThread({ wakeFd: this.wake.fd, wakePending: this.wakePending }, (err) => this.fail(err));
     thread.worker.unref();
     this.threads.push(thread);
+    this.idleTimer ??= this.idleCheck(this.idleMs);
     return thread;
+  }
+
+  /** In `ms`, stop the threads if nothing was submitted for idleMs and nothing is in flight; else look again later. */
+  private idleCheck(ms: number): NodeJS.Timeout {
+    const timer = setTimeout(() => {
+      const idleFor = Date.now() - this.lastUse;
+      if (this.closing !== undefined) this.idleTimer = undefined;
+      else if (this.inFlight > 0 || idleFor < this.idleMs) this.idleTimer = this.idleCheck(Math.max(1, this.idleMs - idleFor));
+      else {
+        this.idleTimer = undefined;
+        for (const t of this.threads) {
+          t.stop();
+          this.stopped.add(t);
+          void t.exited.then(() => this.stopped.delete(t));
+        }
+        this.threads = [];
+      }
+    }, ms);
+    timer.unref();
+    return timer;
   }
 
   private collect(): void {
@@ -204,11 +245,12 @@ export class IoThreads {
   }
 
   private async shutdown(): Promise<void> {
+    clearTimeout(this.idleTimer);
     for (const t of this.threads) {
       t.stop();
       t.worker.ref();
     }
-    await Promise.all(this.threads.map((t) => t.exited));
+    await Promise.all([...this.threads, ...this.stopped].map((t) => t.exited));
     if (this.failure === undefined) this.collect();
     this.failure ??= new Error('block I/O threads are closed');
     for (const t of this.threads) t.fail(this.failure);

@@ -104,9 +104,9 @@ export class PeerProcess {
 
   /**
    * Resolves with the first match of `pattern` in stdout from offset `from` on.
-   * Fails if the peer exits first or nothing matches within the deadline.
+   * Fails if the peer exits first or nothing matches within `deadlineMs` (a booting guest needs more).
    */
-  waitForOutput(pattern: RegExp, from = 0, what = `printing ${pattern}`): Promise<RegExpExecArray> {
+  waitForOutput(pattern: RegExp, from = 0, what = `printing ${pattern}`, deadlineMs = PEER_DEADLINE_MS): Promise<RegExpExecArray> {
     return new Promise((resolve, reject) => {
       const check = (): void => {
         const match = pattern.exec(this.stdoutText.slice(from));
@@ -120,8 +120,8 @@ export class PeerProcess {
       };
       const timer = setTimeout(() => {
         finish();
-        reject(new Error(this.describe(`${what} (gave up after ${PEER_DEADLINE_MS} ms)`)));
-      }, PEER_DEADLINE_MS);
+        reject(new Error(this.describe(`${what} (gave up after ${deadlineMs} ms)`)));
+      }, deadlineMs);
       const finish = (): void => {
         clearTimeout(timer);
         this.wake.delete(check);

@@ -6,11 +6,12 @@
  * This module only reads that manifest: tests never build anything.
  */
 import { initramfsKey } from '../../scripts/lab/initramfs.ts';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
+import { DEFAULT_LAB_DIR, LabMissingError, labDir, readLabManifest, type LabManifest } from '../../src/run/lab.ts';
 import { dirname, join, relative, resolve, isAbsolute } from 'node:path';
 import { execFileSync } from 'node:child_process';
 
-export const DEFAULT_LAB_DIR = '/var/cache/paravirt-lab';
+export { DEFAULT_LAB_DIR, LabMissingError, type LabManifest };
 
 /** The first QEMU release with every device model the peers and guest tests rely on. */
 export const MIN_QEMU = '10.1';
@@ -31,7 +32,7 @@ export interface LabPaths {
 }
 
 export function labPaths(): LabPaths {
-  const dir = resolve(process.env.PARAVIRT_LAB_DIR || DEFAULT_LAB_DIR);
+  const dir = labDir();
   const rootfs = join(dir, 'rootfs-trixie');
   return {
     dir,
@@ -43,37 +44,8 @@ export function labPaths(): LabPaths {
   };
 }
 
-/** What lab:setup recorded. Paths are host paths. */
-export interface LabManifest {
-  format: 1;
-  mirror: string;
-  qemu: {
-    /** Absolute path of qemu-system-x86_64: inside `chroot` when that is set. */
-    binary: string;
-    /** Run the binary under `chroot <chroot>`; undefined when the host's own QEMU is new enough. */
-    chroot?: string;
-    version: string;
-  };
-  /** vmlinuz is Debian's bzImage; vmlinux the ELF inside it, which QEMU boots through PVH. */
-  kernel: { release: string; package: string; vmlinuz: string; vmlinux: string };
-  initramfs: string;
-  /** Kernel modules packed into the initramfs (module names, dependencies included). */
-  modules: string[];
-}
-
-/** Thrown when the lab has not been set up on this machine; requireLab() turns it into a skip or a failure. */
-export class LabMissingError extends Error {
-  override name = 'LabMissingError';
-}
-
 export function readManifest(paths: LabPaths = labPaths()): LabManifest {
-  if (!existsSync(paths.manifest)) {
-    throw new LabMissingError(`the lab is not set up (${paths.manifest} does not exist); run \`sudo npm run lab:setup\``);
-  }
-  const manifest = JSON.parse(readFileSync(paths.manifest, 'utf8')) as LabManifest;
-  if (manifest.format !== 1) {
-    throw new LabMissingError(`${paths.manifest} has an unknown format; run \`sudo npm run lab:setup\` again`);
-  }
+  const manifest = readLabManifest(paths.dir);
   // Initramfs images are kept side by side, named by the guest scripts they were built from: a
   // checkout whose image was built before uses it, whichever checkout set the lab up last.
   const own = join(dirname(manifest.initramfs), `initramfs-${manifest.kernel.release}-${initramfsKey(dirname(manifest.kernel.vmlinux), manifest.kernel.release)}.cpio`);

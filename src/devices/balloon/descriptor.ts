@@ -2,6 +2,7 @@
  * The memory balloon's registry entry (§5.5): inflate and deflate queues, statistics and free
  * page reporting queues, a 16-byte configuration space.
  */
+import { join } from 'node:path';
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { integerIn, read } from '../host-options.ts';
@@ -45,6 +46,12 @@ export const balloonType: DeviceType = {
       const control = controlPath === undefined ? undefined : await listenControl(device, controlPath);
       return { devices: [device], close: async () => control?.close() };
     },
+  },
+  qemu: {
+    async options(vm) {
+      return { control: join(vm.dir, 'balloon.ctl') };
+    },
+    vhostUser: ({ id, chardev }) => ['-device', `vhost-user-test-device-pci,id=${id},chardev=${chardev},virtio-id=5,num_vqs=4,config_size=16`],
   },
   async fuzz() {
     return (await import('./fuzz-profile.ts')).BALLOON_FUZZ;

@@ -1,8 +1,13 @@
 /** The block device's registry entry (§5.2): a disk served from a raw image file. */
+import { join } from 'node:path';
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
+import { scratchImage } from '../../storage/scratch-image.ts';
 import type { DeviceType } from '../device-type.ts';
 import { integerIn, read } from '../host-options.ts';
 import { BLK_CONFIG, BLK_FEATURE_NAMES } from './wire.ts';
+
+/** The disk a VM gets when it was given none. */
+const SCRATCH_DISK_BYTES = 256 * 1024 * 1024;
 
 export const blkType: DeviceType = {
   name: 'blk',
@@ -40,6 +45,12 @@ export const blkType: DeviceType = {
         throw err;
       }
     },
+  },
+  qemu: {
+    async options(vm) {
+      return { image: vm.disk ?? scratchImage(join(vm.dir, 'disk.img'), SCRATCH_DISK_BYTES, vm.makeFiles) };
+    },
+    vhostUser: ({ id, chardev, values }) => ['-device', `vhost-user-blk-pci,id=${id},chardev=${chardev},num-queues=${read.number(values, 'queues') ?? 1}`],
   },
   async fuzz() {
     return (await import('./fuzz-profile.ts')).BLK_FUZZ;

@@ -80,6 +80,16 @@ export const consoleType: DeviceType = {
       return { devices: [device], close };
     },
   },
+  qemu: {
+    console: 'hvc0',
+    async options() {
+      return { maxPorts: DEFAULT_MAX_PORTS };
+    },
+    vhostUser: ({ id, chardev, values }) => [
+      '-device',
+      `vhost-user-test-device-pci,id=${id},chardev=${chardev},virtio-id=3,num_vqs=${2 * (read.number(values, 'maxPorts') ?? DEFAULT_MAX_PORTS) + 2},config_size=12`,
+    ],
+  },
   async fuzz() {
     return (await import('./fuzz-profile.ts')).CONSOLE_FUZZ;
   },

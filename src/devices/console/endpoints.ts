@@ -15,10 +15,10 @@
  *   host client it names is attached for the device's lifetime, as `paravirt run` shares the
  *   console between the terminal and other viewers.
  */
-import { lstatSync, openSync, unlinkSync, createWriteStream, closeSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { openSync, createWriteStream, closeSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { OptionError } from '../host-options.ts';
+import { listenLocal } from '../local-socket.ts';
 import type { ConsolePort, HostLink } from './port.ts';
 
 export type EndpointSpec =
@@ -113,39 +113,16 @@ export async function openEndpoint(spec: EndpointSpec, port: ConsolePort, log: L
   }
 }
 
+/** A listening socket taking one client at a time, as a QEMU socket chardev does. */
 async function listen(path: string, port: ConsolePort, log: Logger): Promise<() => Promise<void>> {
-  removeStaleSocket(path);
-  const clients = new Set<Socket>();
-  const server: Server = createServer((socket) => {
+  const server = await listenLocal(path, `port ${port.name ?? port.id} socket`, (socket) => {
     if (port.hostConnected) {
-      // One client at a time, as a QEMU socket chardev.
       log.warn({ path }, `port ${port.name ?? port.id}: a second client was refused`);
       socket.destroy();
       return;
     }
-    clients.add(socket);
-    socket.on('error', () => {}); // the 'close' that follows detaches
-    socket.on('close', () => {
-      clients.delete(socket);
-      port.detach();
-    });
+    socket.on('close', () => port.detach());
     port.attach({ input: socket, output: socket });
   });
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) => reject(new Error(`port ${port.name ?? port.id}: cannot listen on ${path} (${err.code ?? err.message}).`)));
-    server.listen(path, resolve);
-  });
-  return async () => {
-    for (const c of clients) c.destroy();
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-  };
-}
-
-/** A socket file left by an earlier run is replaced; any other file is not touched. */
-function removeStaleSocket(path: string): void {
-  try {
-    if (lstatSync(path).isSocket()) unlinkSync(path);
-  } catch {
-    // absent: nothing to remove
-  }
+  return () => server.close();
 }

@@ -2,6 +2,7 @@
  * The input device's registry entry (§5.8): a keyboard, mouse or tablet the host types into
  * through a control socket (control.ts).
  */
+import { join } from 'node:path';
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { oneOf, read } from '../host-options.ts';
@@ -51,6 +52,12 @@ export const inputType: DeviceType = {
         close: async () => control?.close(),
       };
     },
+  },
+  qemu: {
+    async options(vm) {
+      return { controlSocket: join(vm.dir, 'input.ctl') };
+    },
+    vhostUser: ({ id, chardev }) => ['-device', `vhost-user-input-pci,id=${id},chardev=${chardev}`],
   },
   async fuzz() {
     return (await import('./fuzz-profile.ts')).INPUT_FUZZ;

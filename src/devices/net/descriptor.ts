@@ -80,6 +80,19 @@ With --queues N, give QEMU -netdev vhost-user,...,queues=N and -device virtio-ne
       };
     },
   },
+  qemu: {
+    async options(vm) {
+      return { tap: vm.tap };
+    },
+    vhostUser: ({ id, chardev, values }) => {
+      const pairs = read.number(values, 'queues') ?? 1;
+      return [
+        '-netdev', `vhost-user,id=${id},chardev=${chardev},queues=${pairs}`,
+        // One vector per queue, one for the control queue, one for configuration changes.
+        '-device', `virtio-net-pci,id=${id},netdev=${id}${pairs > 1 ? `,mq=on,vectors=${2 * pairs + 2}` : ''}`,
+      ];
+    },
+  },
   async fuzz() {
     return (await import('./fuzz-profile.ts')).NET_FUZZ;
   },

@@ -18,6 +18,12 @@ export const rngType: DeviceType = {
       return { devices: [device], close: async () => {} };
     },
   },
+  qemu: {
+    async options() {
+      return {};
+    },
+    vhostUser: ({ id, chardev }) => ['-device', `vhost-user-rng-pci,id=${id},chardev=${chardev}`],
+  },
   async fuzz() {
     return (await import('./fuzz-profile.ts')).RNG_FUZZ;
   },

@@ -85,6 +85,12 @@ export const rtcType: DeviceType = {
       return { devices: [device], close: async () => device.close() };
     },
   },
+  qemu: {
+    async options() {
+      return {};
+    },
+    vhostUser: ({ id, chardev }) => ['-device', `vhost-user-rtc-pci,id=${id},chardev=${chardev}`],
+  },
   async fuzz() {
     return (await import('./fuzz-profile.ts')).RTC_FUZZ;
   },

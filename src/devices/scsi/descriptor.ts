@@ -1,5 +1,7 @@
 /** The SCSI controller's registry entry (§5.6): disk LUNs served from raw image files. */
+import { join } from 'node:path';
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
+import { scratchImage } from '../../storage/scratch-image.ts';
 import type { DeviceType } from '../device-type.ts';
 import { OptionError, integerIn, read } from '../host-options.ts';
 import { MAX_LUN, MAX_TARGET, SCSI_CONFIG, ScsiFeature } from './wire.ts';
@@ -46,6 +48,9 @@ export function parseLunSpec(spec: string): LunSpec {
 }
 
 export const SCSI_FEATURE_NAMES: Readonly<Record<number, string>> = bitNames(ScsiFeature);
+
+/** The LUN a VM's controller gets to show hot-plug and resize on. */
+const SCRATCH_LUN_BYTES = 64 * 1024 * 1024;
 
 export const scsiType: DeviceType = {
   name: 'scsi',
@@ -104,6 +109,13 @@ export const scsiType: DeviceType = {
         throw err;
       }
     },
+  },
+  qemu: {
+    async options(vm) {
+      const image = scratchImage(join(vm.dir, 'lun0.img'), SCRATCH_LUN_BYTES, vm.makeFiles);
+      return { lun: [parseLunSpec(image)], controlSocket: join(vm.dir, 'scsi.ctl') };
+    },
+    vhostUser: ({ id, chardev, values }) => ['-device', `vhost-user-scsi-pci,id=${id},chardev=${chardev},num_queues=${read.number(values, 'queues') ?? 1}`],
   },
   guest: {
     async open(transport, log) {

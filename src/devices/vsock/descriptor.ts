@@ -2,6 +2,7 @@
  * The socket device's registry entry (§5.10): the guest's vsock bridged to Unix sockets on the
  * host, as Firecracker and cloud-hypervisor do it (hybrid.ts).
  */
+import { join } from 'node:path';
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { integerIn, read } from '../host-options.ts';
@@ -43,6 +44,13 @@ export const vsockType: DeviceType = {
       env.log.info({ udsPath }, 'vsock: host connections on the Unix socket');
       return { devices: [device], close: () => server.close() };
     },
+  },
+  qemu: {
+    async options(vm) {
+      // The first CID a guest may have (2 is the host).
+      return { guestCid: MIN_GUEST_CID, udsPath: join(vm.dir, 'vsock.sock') };
+    },
+    vhostUser: ({ id, chardev }) => ['-device', `vhost-user-vsock-pci,id=${id},chardev=${chardev}`],
   },
   async fuzz() {
     return (await import('./fuzz-profile.ts')).VSOCK_FUZZ;

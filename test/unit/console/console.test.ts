@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { ReadStream } from 'node:tty';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -321,6 +321,9 @@ test('console host ends: a Unix socket takes one client at a time; a file is app
   await closeFile();
   assert.equal(readFileSync(join(dir, 'log.txt'), 'utf8'), 'earlier\nfrom the guest\n');
   await closeSocket();
+  assert.throws(() => statSync(join(dir, 'p.sock')), 'closing removes the socket file');
+  await assert.rejects(openEndpoint({ kind: 'unix', path: join(dir, 'log.txt') }, device.port(1)!, log), /port sock socket .*log\.txt exists and is not a socket/);
+  assert.match(readFileSync(join(dir, 'log.txt'), 'utf8'), /from the guest/, 'another kind of file is never replaced');
   await driver.close();
 });
 

@@ -60,3 +60,24 @@ test('after close, transfers are refused with an error saying so', async () => {
   await threads.close();
   await assert.rejects(threads.transfer(Op.read, 0, 0, [new Uint8Array(1)]), /closed/);
 });
+
+test('threads stop after idleMs without a transfer, and the next transfer starts one again', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  await withFile(pattern(4096), async (fd) => {
+    const threads = new IoThreads(1, 1000);
+    try {
+      const buf = new Uint8Array(16);
+      assert.equal(await threads.transfer(Op.read, fd, 0, [buf]), 16);
+      assert.equal(threads.running, 1);
+      t.mock.timers.tick(999);
+      assert.equal(threads.running, 1, 'not idle long enough yet');
+      t.mock.timers.tick(1);
+      assert.equal(threads.running, 0, 'the idle thread stopped');
+      assert.equal(await threads.transfer(Op.read, fd, 16, [buf]), 16);
+      assert.deepEqual(buf, pattern(32).subarray(16));
+      assert.equal(threads.running, 1);
+    } finally {
+      await threads.close();
+    }
+  });
+});
