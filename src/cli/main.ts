@@ -9,6 +9,7 @@
  *   paravirt blk --socket-path S info|read|write|bench   (a vhost-user-blk back-end as a disk)
  *   paravirt scsi --socket-path S info|read|write        (a vhost-user-scsi back-end's LUNs)
  *   paravirt balloon --control PATH set SIZE|status|stats (a running balloon's controls)
+ *   paravirt gpu --control PATH screenshot FILE|mode WxH|status (a running gpu's screen)
  *   paravirt devices [--json]                            (the registered device types)
  *
  * `serve` follows vhost-user.rst "Backend program conventions": --socket-path or an inherited
@@ -19,6 +20,7 @@ import { Command, CommanderError } from 'commander';
 import { addBalloonCommand } from './balloon-tool.ts';
 import { addBlkCommand } from './blk-tool.ts';
 import { addDevicesCommand } from './devices.ts';
+import { addGpuCommand } from './gpu-tool.ts';
 import { addRunCommand } from './run.ts';
 import { addScsiCommand } from './scsi-tool.ts';
 import { addServeCommand } from './serve.ts';
@@ -44,6 +46,7 @@ export async function main(argv: readonly string[]): Promise<number> {
   addBlkCommand(program);
   addScsiCommand(program);
   addBalloonCommand(program);
+  addGpuCommand(program);
   addDevicesCommand(program);
   try {
     await program.parseAsync([...argv]);

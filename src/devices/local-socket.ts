@@ -13,7 +13,7 @@
  * Line-based protocols read their requests with `readLines`.
  */
 import { chmodSync, lstatSync, rmSync } from 'node:fs';
-import { type Socket, createServer } from 'node:net';
+import { type Socket, connect, createServer } from 'node:net';
 
 export interface LocalServer {
   close(): Promise<void>;
@@ -76,4 +76,29 @@ export function readLines(socket: Socket, maxLine: number, onLine: (line: string
     }
   };
   socket.on('data', onData);
+}
+
+/**
+ * The client side of a line protocol: send `line` to the socket at `path` (`what` names it in
+ * errors) and resolve with the first line of the answer, without its newline.
+ */
+export async function requestLine(path: string, what: string, line: string): Promise<string> {
+  const socket = connect(path);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', (err) => reject(new Error(`cannot reach the ${what} ${path}: ${err.message}.`)));
+    });
+    socket.setEncoding('utf8');
+    socket.write(line + '\n');
+    let text = '';
+    for await (const chunk of socket) {
+      text += chunk as string;
+      const nl = text.indexOf('\n');
+      if (nl >= 0) return text.slice(0, nl);
+    }
+    throw new Error(`the ${what} ${path} closed without answering.`);
+  } finally {
+    socket.destroy();
+  }
 }

@@ -6,6 +6,7 @@ import { balloonType } from './balloon/descriptor.ts';
 import { blkType } from './blk/descriptor.ts';
 import { consoleType } from './console/descriptor.ts';
 import type { DeviceType } from './device-type.ts';
+import { gpuType } from './gpu/descriptor.ts';
 import { inputType } from './input/descriptor.ts';
 import { netType } from './net/descriptor.ts';
 import { rngType } from './rng/descriptor.ts';
@@ -13,7 +14,7 @@ import { rtcType } from './rtc/descriptor.ts';
 import { scsiType } from './scsi/descriptor.ts';
 import { vsockType } from './vsock/descriptor.ts';
 
-export const DEVICE_TYPES: readonly DeviceType[] = [balloonType, blkType, consoleType, inputType, netType, rngType, rtcType, scsiType, vsockType];
+export const DEVICE_TYPES: readonly DeviceType[] = [balloonType, blkType, consoleType, gpuType, inputType, netType, rngType, rtcType, scsiType, vsockType];
 
 /** The registered type called `name`, or undefined. */
 export function deviceType(name: string): DeviceType | undefined {
