@@ -128,7 +128,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   });
 
   await new Promise<void>((resolve, reject) => {
-    server.once('error', (err: NodeJS.ErrnoException) => reject(new Error(`the dashboard cannot listen on ${host}:${options.listen.port} (${err.code ?? err.message}).`)));
+    server.once('error', (err: NodeJS.ErrnoException) => reject(new Error(`the dashboard cannot listen on ${host}:${options.listen.port} (${err.code ?? err.message}).`, { cause: err })));
     server.listen(options.listen.port, host, () => resolve());
   });
   const { port } = server.address() as AddressInfo;
