@@ -1,11 +1,12 @@
 /**
  * The dashboard in a real browser against a running VM: Debian's Chromium, headless, driven by
  * playwright-core, shows the page a back-end process serves while a stock Linux guest uses that
- * process's devices (a console, a balloon, a keyboard and a tablet over vhost-user). What a
- * user would check: the guest's prompt in the page's console and a command typed there running
- * in the guest, a key pressed on the page's display arriving in the guest's /dev/input/eventN,
- * a balloon target set on the page moving what the guest reports as `actual`, and counters on
- * the page moving with it all.
+ * process's devices (a console, a balloon, a keyboard and a tablet over vhost-user, a virtio-gpu
+ * over vfio-user). What a user would check: the guest's prompt in the page's console and a
+ * command typed there running in the guest, a key pressed on the page's display arriving in the
+ * guest's /dev/input/eventN, a balloon target set on the page moving what the guest reports as
+ * `actual`, the guest's framebuffer pattern on the page's canvas, and counters on the page
+ * moving with it all.
  *
  * Set DASHBOARD_SCREENSHOT=FILE to keep a picture of the page at the end (docs/dashboard.png).
  */
@@ -28,6 +29,14 @@ import { requireLab } from '../lab/require.ts';
 /** Debian's chromium package; `npm run lab:setup` installs it. Nothing is downloaded. */
 const CHROMIUM = '/usr/bin/chromium';
 const GUEST_MiB = 512;
+/** The graphics device's mode, and where the guest draws its pattern. */
+const WIDTH = 640;
+const HEIGHT = 480;
+const PATTERN_TOP = 200;
+const PATTERN_ROWS = 32;
+
+/** The guest's pattern: no two neighbouring pixels alike. Also evaluated in the page, so plain JavaScript. */
+const pattern = (x: number, y: number): number[] => [(x * 5 + y * 3) & 0xff, (x + y * 11) & 0xff, (x * y) & 0xff];
 const MiB = 1024 * 1024;
 /** Generous: the guest runs under TCG on a shared machine. */
 const PAGE_TIMEOUT_MS = 120_000;
@@ -57,7 +66,7 @@ async function counterAbove(page: Page, device: string, queue: number, name: str
   return counter(page, device, queue, name);
 }
 
-test('dashboard in Chromium against a running guest: console, keyboard, balloon and counters', { timeout: 900_000 }, async (t) => {
+test('dashboard in Chromium against a running guest: console, keyboard, balloon, display and counters', { timeout: 900_000 }, async (t) => {
   if (!requireLab(t) || !requireLab(t, chromiumUnavailable())) return;
   const log = pino({ level: process.env.PARAVIRT_LOG ?? 'warn' });
   const share = shareDir(t, 'dashboard');
@@ -71,6 +80,8 @@ test('dashboard in Chromium against a running guest: console, keyboard, balloon 
         { id: 'balloon0', type: type('balloon'), values: {} },
         { id: 'keyboard0', type: type('input'), values: { kind: 'keyboard' } },
         { id: 'tablet0', type: type('input'), values: { kind: 'tablet' } },
+        // QEMU has no vhost-user-gpu for a 2D back-end: the whole PCI function over vfio-user.
+        { id: 'gpu0', type: type('gpu'), values: { width: WIDTH, height: HEIGHT }, transport: 'vfio-user' },
       ],
     },
     log,
@@ -95,6 +106,7 @@ test('dashboard in Chromium against a running guest: console, keyboard, balloon 
       '-device', 'vhost-user-test-device-pci,chardev=bal0,virtio-id=5,num_vqs=4,config_size=16',
       '-chardev', `socket,id=kbd0,path=${socket('keyboard0')}`, '-device', 'vhost-user-input-pci,chardev=kbd0',
       '-chardev', `socket,id=tab0,path=${socket('tablet0')}`, '-device', 'vhost-user-input-pci,chardev=tab0',
+      '-device', JSON.stringify({ driver: 'vfio-user-pci', socket: { path: socket('gpu0'), type: 'unix' } }),
     ],
   });
   undo.push(() => guest.shutdown());
@@ -143,6 +155,34 @@ test('dashboard in Chromium against a running guest: console, keyboard, balloon 
     while (balloon.status().actualBytes !== 64 * MiB) await once(balloon, 'actual');
     await card.locator('.state').filter({ hasText: 'actual 64 MiB' }).waitFor();
     assert.ok((await counter(page, 'balloon0', 0, 'requests')) > 0, 'the inflateq counted the page numbers the guest sent');
+  });
+
+  await t.test("the display canvas shows the guest's framebuffer pattern", async () => {
+    // virtio_gpu binds and fbdev makes /dev/fb0; fbcon stops drawing so that only the pattern writes.
+    await guest.check('until [ -e /dev/fb0 ]; do sleep 0.1; done; for v in /sys/class/vtconsole/vtcon*; do grep -q "frame buffer" $v/name && echo 0 > $v/bind; done; true', { timeoutMs: 120_000 });
+    const stride = Number((await guest.check('cat /sys/class/graphics/fb0/stride')).trim());
+    const rows = Buffer.alloc(stride * PATTERN_ROWS);
+    for (let y = 0; y < PATTERN_ROWS; y++) {
+      for (let x = 0; x < WIDTH; x++) {
+        const [r, g, b] = pattern(x, PATTERN_TOP + y);
+        rows.set([b, g, r, 0], y * stride + x * 4); // XRGB8888
+      }
+    }
+    const flushes = await counter(page, 'gpu0', 0, 'requests');
+    await guest.check(`printf '%s' '${rows.toString('base64')}' | base64 -d | dd of=/dev/fb0 bs=${stride} seek=${PATTERN_TOP} conv=notrunc 2>/dev/null`);
+    // Every pixel of the pattern's rows, read back from the page's canvas.
+    await page.waitForFunction(`(() => {
+      const pattern = ${pattern.toString()};
+      const canvas = document.getElementById('display');
+      if (canvas.width !== ${WIDTH} || canvas.height !== ${HEIGHT}) return false;
+      const data = canvas.getContext('2d').getImageData(0, ${PATTERN_TOP}, ${WIDTH}, ${PATTERN_ROWS}).data;
+      for (let y = 0; y < ${PATTERN_ROWS}; y++) for (let x = 0; x < ${WIDTH}; x++) {
+        const want = pattern(x, ${PATTERN_TOP} + y), o = (y * ${WIDTH} + x) * 4;
+        if (data[o] !== want[0] || data[o + 1] !== want[1] || data[o + 2] !== want[2]) return false;
+      }
+      return true;
+    })()`);
+    assert.ok((await counterAbove(page, 'gpu0', 0, 'requests', flushes)) > flushes, 'the controlq counted the transfers and flushes');
   });
 
   if (process.env.DASHBOARD_SCREENSHOT !== undefined) await page.screenshot({ path: process.env.DASHBOARD_SCREENSHOT, fullPage: true });
