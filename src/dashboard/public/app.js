@@ -54,11 +54,11 @@ control.addEventListener('message', (e) => {
 
 const QUEUE_COLUMNS = [
   ['requests', 'requests'],
-  ['readBytes', 'bytes in'],
-  ['writtenBytes', 'bytes out'],
+  ['readBytes', 'bytes read'],
+  ['writtenBytes', 'bytes written'],
   ['errors', 'errors'],
   ['ringFaults', 'faults'],
-  ['notifications', 'notifications'],
+  ['notifications', 'interrupts'],
   ['suppressed', 'suppressed'],
 ];
 const MiB = 1024 * 1024;
@@ -139,7 +139,8 @@ function card(view) {
     el('h3', {}, `${view.id} `, el('small', {}, view.title)),
     el('div', { class: 'state', 'data-state': '' }),
     el('table', {}, el('thead', {}, head), el('tbody')),
-    el('div', { class: 'extra' }),
+    el('div', { class: 'idle-queues extra' }),
+    el('div', { class: 'counts extra' }),
   );
   const controls = controlsFor(view, c);
   if (controls.length > 0) c.append(el('div', { class: 'controls' }, ...controls, el('span', { class: 'reply' })));
@@ -153,12 +154,16 @@ function renderDevices(list) {
     const c = card(view);
     c.querySelector('.state').textContent = stateText(view);
     const body = c.querySelector('tbody');
+    // Queues that never carried anything (a console's unused ports) take no room.
+    const idle = (q) => QUEUE_COLUMNS.every(([key]) => q[key] === 0);
     body.replaceChildren(
       ...view.counters.queues.map((q, i) =>
-        el('tr', { 'data-queue': String(i) }, el('td', {}, String(i)), ...QUEUE_COLUMNS.map(([key]) => el('td', { 'data-counter': key }, String(q[key])))),
+        el('tr', { 'data-queue': String(i), class: idle(q) ? 'idle' : '' }, el('td', {}, String(i)), ...QUEUE_COLUMNS.map(([key]) => el('td', { 'data-counter': key }, String(q[key])))),
       ),
     );
-    c.querySelector('.extra').textContent = Object.entries(view.counters.device).map(([k, v]) => `${k} ${v}`).join(' · ');
+    const idleCount = view.counters.queues.filter(idle).length;
+    c.querySelector('.idle-queues').textContent = idleCount === 0 ? '' : `${idleCount} of ${view.counters.queues.length} queues idle`;
+    c.querySelector('.counts').textContent = Object.entries(view.counters.device).map(([k, v]) => `${k} ${v}`).join(' · ');
   }
 }
 
