@@ -99,6 +99,8 @@ test('dashboard in Chromium against a running guest: console, keyboard, balloon,
   const guest = await bootGuest({
     name: 'dashboard',
     memoryMiB: GUEST_MiB,
+    // Five devices to probe under TCG on a shared machine: more than the default minute.
+    timeoutMs: 240_000,
     devices: [
       '-chardev', `socket,id=con0,path=${socket('console0')}`,
       '-device', 'vhost-user-test-device-pci,chardev=con0,virtio-id=3,num_vqs=18,config_size=12',
