@@ -15,9 +15,9 @@
  * that powers off ends the command.
  */
 import { rmSync } from 'node:fs';
-import { Transform, type TransformCallback } from 'node:stream';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import type { Logger } from 'pino';
+import { TerminalKeys } from '../run/terminal-keys.ts';
 import { logLevel, integerIn, listenAddress, type ListenAddress, type LogLevel } from './options.ts';
 
 interface RunOptions {
@@ -45,36 +45,6 @@ function memorySize(text: string): number {
   const mib = m === null ? Number.NaN : Number(m[1]) * (m[2].toUpperCase() === 'G' ? 1024 : 1);
   if (!Number.isSafeInteger(mib) || mib < 64 || mib > 1024 * 1024) throw new InvalidArgumentError(`--memory must be a size from 64M to 1024G such as 512M or 2G, not "${text}".`);
   return mib;
-}
-
-const CTRL_A = 0x01;
-const CTRL_C = 0x03;
-
-/**
- * Keys from the terminal to the guest: Ctrl-C calls `stop` instead; Ctrl-A c sends Ctrl-C and
- * Ctrl-A Ctrl-A sends Ctrl-A.
- */
-class TerminalKeys extends Transform {
-  private escape = false;
-
-  constructor(private readonly stop: () => void) {
-    super();
-  }
-
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
-    const out: number[] = [];
-    for (const byte of chunk) {
-      if (this.escape) {
-        this.escape = false;
-        if (byte === 0x63 || byte === 0x43) out.push(CTRL_C);
-        else if (byte === CTRL_A) out.push(CTRL_A);
-        else out.push(CTRL_A, byte);
-      } else if (byte === CTRL_A) this.escape = true;
-      else if (byte === CTRL_C) this.stop();
-      else out.push(byte);
-    }
-    done(null, out.length === 0 ? undefined : Buffer.from(out));
-  }
 }
 
 async function logger(level: LogLevel): Promise<Logger> {
@@ -129,16 +99,17 @@ async function run(options: RunOptions): Promise<void> {
     }
   }
   const { QemuProcess } = await import('../run/qemu-process.ts');
-  const qemu = new QemuProcess(vm.qemu, process.stderr);
-  const stop = (): void => void qemu.stop();
   const tty = process.stdin.isTTY;
+  const qemu = new QemuProcess(vm.qemu, (text) => process.stderr.write(text));
+  const stop = (): void => void qemu.stop();
   const keys = tty ? new TerminalKeys(stop) : undefined;
   const input = keys === undefined ? process.stdin : process.stdin.pipe(keys);
   if (tty) process.stdin.setRawMode(true);
   const disconnect = backend.console?.connect({ output: process.stdout, input }, { replay: true });
   process.stderr.write(
     `paravirt: a VM with ${backend.devices.map((d) => d.id).join(', ')} served by this process (pid ${process.pid}), QEMU pid ${qemu.pid}; ` +
-      `files in ${vm.dir}; ${dashboard === undefined ? '' : `dashboard on ${dashboard.url}; `}${tty ? 'Ctrl-C' : 'SIGINT or SIGTERM'} stops it.${tty ? '\r' : ''}\n`,
+      `files in ${vm.dir}; ${dashboard === undefined ? '' : `dashboard on ${dashboard.url}; `}${tty ? 'Ctrl-C' : 'SIGINT or SIGTERM'} stops it.
+`,
   );
   if (vm.left.length > 0) log.warn({ types: vm.left }, 'device types without a QEMU attachment are left out');
   process.on('SIGINT', stop);

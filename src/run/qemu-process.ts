@@ -24,12 +24,12 @@ export class QemuProcess {
   private stopping = false;
   private lines: string[] = [];
 
-  /** Start `argv`; QEMU's stderr is copied to `stderr` as it comes and its tail kept. */
-  constructor(argv: readonly string[], stderr: NodeJS.WritableStream) {
+  /** Start `argv`; QEMU's stderr goes to `onStderr` as it comes, and its tail is kept. */
+  constructor(argv: readonly string[], onStderr: (text: string) => void) {
     this.child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
     let partial = '';
     this.child.stderr!.setEncoding('utf8').on('data', (text: string) => {
-      stderr.write(text);
+      onStderr(text);
       const lines = (partial + text).split('\n');
       partial = lines.pop() ?? '';
       this.lines.push(...lines);

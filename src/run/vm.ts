@@ -6,7 +6,7 @@
  * (vhost-user.rst "Memory regions"). The lab's QEMU runs in a chroot: every file it opens (kernel,
  * initramfs, sockets) must be inside it, and is named to QEMU by its path there.
  */
-import { existsSync, mkdtempSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join, relative, resolve } from 'node:path';
 import type { DeviceType, VmContext } from '../devices/device-type.ts';
@@ -125,35 +125,38 @@ export async function planVm(options: VmOptions): Promise<VmPlan> {
   const kernel = options.kernel === undefined ? labKernel : regularFile('--kernel', options.kernel);
   const initrd = options.initrd === undefined ? labInitrd : regularFile('--initrd', options.initrd);
   if (kernel === undefined) throw new Error('--kernel <file> is required with --qemu.');
+  const boot = ['-kernel', host.see('--kernel', kernel), ...(initrd === undefined ? [] : ['-initrd', host.see('--initrd', initrd)])];
   const disk = options.disk === undefined ? undefined : regularFile('--disk', options.disk);
-  let dir: string;
   if (options.dir !== undefined) {
     if (!existsSync(options.dir) || !statSync(options.dir).isDirectory()) throw new Error(`--dir ${options.dir} is not a directory.`);
-    dir = resolve(options.dir);
-  } else {
-    dir = options.printOnly ? join(host.base, 'paravirt-run') : mkdtempSync(join(host.base, 'paravirt-run-'));
+    return plan(resolve(options.dir), false);
   }
-  const { devices, console, left } = await devicePlans({ dir, disk, tap: options.tap, makeFiles: !options.printOnly });
-  const mem = `${options.memoryMiB}M`;
-  const qemu = [
-    ...host.argv,
-    '-name', 'paravirt', '-machine', 'q35', '-accel', existsSync('/dev/kvm') ? 'kvm' : 'tcg', '-cpu', 'max', '-smp', String(options.cpus),
-    '-m', mem, '-object', `memory-backend-memfd,id=ram,size=${mem},share=on`, '-machine', 'memory-backend=ram',
-    '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
-    '-serial', `file:${host.see('--dir', join(dir, 'serial.log'))}`,
-    '-qmp', `unix:${host.see('--dir', join(dir, 'qmp.sock'))},server=on,wait=off`,
-    '-kernel', host.see('--kernel', kernel),
-    ...(initrd === undefined ? [] : ['-initrd', host.see('--initrd', initrd)]),
-    '-append', [...KERNEL_ARGS, ...(console === undefined ? [] : [`console=${console.name}`]), options.append ?? ''].join(' ').trim(),
-    ...devices.flatMap((d) => deviceArgs(d.type, d, host.see('--dir', join(dir, `${d.id}.sock`)))),
-  ];
-  return {
-    dir,
-    ownDir: options.dir === undefined,
-    backend: { socketDir: dir, devices, console: console?.id },
-    qemu,
-    left,
-  };
+  if (options.printOnly) return plan(join(host.base, 'paravirt-run'), true);
+  const dir = mkdtempSync(join(host.base, 'paravirt-run-'));
+  try {
+    return await plan(dir, true);
+  } catch (err) {
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+
+  async function plan(dir: string, ownDir: boolean): Promise<VmPlan> {
+    const inDir = (file: string): string => host.see('--dir', join(dir, file));
+    const { devices, console, left } = await devicePlans({ dir, disk, tap: options.tap, makeFiles: !options.printOnly });
+    const mem = `${options.memoryMiB}M`;
+    const qemu = [
+      ...host.argv,
+      '-name', 'paravirt', '-machine', 'q35', '-accel', existsSync('/dev/kvm') ? 'kvm' : 'tcg', '-cpu', 'max', '-smp', String(options.cpus),
+      '-m', mem, '-object', `memory-backend-memfd,id=ram,size=${mem},share=on`, '-machine', 'memory-backend=ram',
+      '-nodefaults', '-no-user-config', '-display', 'none', '-no-reboot',
+      '-serial', `file:${inDir('serial.log')}`,
+      '-qmp', `unix:${inDir('qmp.sock')},server=on,wait=off`,
+      ...boot,
+      '-append', [...KERNEL_ARGS, ...(console === undefined ? [] : [`console=${console.name}`]), options.append ?? ''].join(' ').trim(),
+      ...devices.flatMap((d) => deviceArgs(d.type, d, inDir(`${d.id}.sock`))),
+    ];
+    return { dir, ownDir, backend: { socketDir: dir, devices, console: console?.id }, qemu, left };
+  }
 }
 
 /** `argv` as one line a POSIX shell reads back as the same words. */

@@ -1,0 +1,56 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import type { ConsoleDevice } from '../../../src/devices/console/device.ts';
+import { withDefaults } from '../../../src/devices/host-options.ts';
+import { deviceType } from '../../../src/devices/registry.ts';
+import { Backend, type DevicePlan } from '../../../src/run/backend.ts';
+
+const log = pino({ level: 'silent' });
+
+function plan(id: string, name: string, values: Record<string, unknown> = {}): DevicePlan {
+  const type = deviceType(name)!;
+  return { id, type, values: withDefaults(type.host.options, values) };
+}
+
+function scratchDir(t: { after(fn: () => void): void }): string {
+  const dir = mkdtempSync(join(tmpdir(), 'paravirt-backend-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('one back-end serves several device types, each on its own socket, and close removes them', async (t) => {
+  const dir = scratchDir(t);
+  const backend = await Backend.start({ socketDir: dir, devices: [plan('rng0', 'rng'), plan('console0', 'console'), plan('rtc0', 'rtc')], console: 'console0' }, log);
+  try {
+    assert.deepEqual(backend.devices.map((d) => [d.id, d.type.name, d.transport, d.socketPath]), [
+      ['rng0', 'rng', 'vhost-user', join(dir, 'rng0.sock')],
+      ['console0', 'console', 'vhost-user', join(dir, 'console0.sock')],
+      ['rtc0', 'rtc', 'vhost-user', join(dir, 'rtc0.sock')],
+    ]);
+    for (const d of backend.devices) assert.ok(existsSync(d.socketPath), `${d.id} listens`);
+    assert.equal(backend.device('rng0')?.instance.devices[0].counters.snapshot().queues.length, 1, 'counters are there to read');
+    // The console's port 0 is attached to the shared console from the start.
+    const console = backend.device('console0')!.instance.devices[0] as ConsoleDevice;
+    assert.equal(console.port(0)?.hostConnected, true);
+    assert.ok(backend.console !== undefined);
+  } finally {
+    await backend.close();
+  }
+  for (const d of backend.devices) assert.equal(existsSync(d.socketPath), false, `${d.id}'s socket is removed`);
+});
+
+test('a device that cannot be built fails the start in one sentence, and what was built is released', async (t) => {
+  const dir = scratchDir(t);
+  await assert.rejects(Backend.start({ socketDir: dir, devices: [plan('rng0', 'rng'), plan('blk0', 'blk')] }, log), /^Error: --image <path> is required\.$/);
+  assert.equal(existsSync(join(dir, 'rng0.sock')), false, 'the rng socket made before is gone');
+});
+
+test('a plan naming a device twice, or a console that is not in it, is refused', async (t) => {
+  const dir = scratchDir(t);
+  await assert.rejects(Backend.start({ socketDir: dir, devices: [plan('x', 'rng'), plan('x', 'rng')] }, log), /device id x is planned twice/);
+  await assert.rejects(Backend.start({ socketDir: dir, devices: [plan('rng0', 'rng')], console: 'console0' }, log), /console device console0 is not in the plan/);
+});
