@@ -59,6 +59,12 @@ export interface VirtioDevice {
   readonly config: Uint8Array;
   /** The driver wrote [offset, offset+length) of the configuration space (already stored in `config`). */
   configWritten?(offset: number, length: number): void;
+  /**
+   * A GPU back-end's display socket (vhost-user GPU_SET_SOCKET): the stream on which the device
+   * sends what its scanouts show to the front-end (QEMU's vhost-user-gpu.rst). The device owns
+   * the descriptor from then on; a device without a display does not implement this.
+   */
+  displaySocket?(fd: number): void;
   /** DRIVER_OK was set: start serving (§3.1.1). */
   activate(ctx: DeviceContext): void;
   /** The driver notified queue `index` (§2.3.3 / a kick). */

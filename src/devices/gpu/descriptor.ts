@@ -25,7 +25,8 @@ export const gpuType: DeviceType = {
   host: {
     summary: 'a virtio-gpu 2D display whose scanouts paravirt renders and shows as PNG',
     help:
-      'QEMU: -device vfio-user-pci,socket=S with `--transport vfio-user` (the guest\'s virtio_gpu drives it). ' +
+      'QEMU: -device vfio-user-pci,socket=S with `--transport vfio-user` (paravirt shows the display), or ' +
+      '-chardev socket,id=G,path=S -device vhost-user-gpu-pci,chardev=G,xres=W,yres=H (QEMU shows it; match --width/--height). ' +
       'Screenshots and display changes: `paravirt gpu --control PATH screenshot out.png | mode WxH | status`.',
     options: [
       { flags: '--width <pixels>', description: 'width of each display mode', parse: integerIn('--width', MIN_SIDE, MAX_SIDE), defaultValue: 1024 },
@@ -39,18 +40,25 @@ export const gpuType: DeviceType = {
       },
       { flags: '--control <path>', description: 'a Unix socket for `paravirt gpu --control PATH screenshot|mode|status`' },
     ],
-    async create(values) {
+    async create(values, env) {
       const { GpuDevice } = await import('./device.ts');
       const mode = { width: read.number(values, 'width') ?? 1024, height: read.number(values, 'height') ?? 768 };
       const device = new GpuDevice({
         maxQueueSize: FRONT_END_MAX_QUEUE_SIZE,
         scanouts: Array.from({ length: read.number(values, 'scanouts') ?? 1 }, () => mode),
         maxResourceMemory: (read.number(values, 'maxResourceMemory') ?? 256) * 1024 * 1024,
+        log: env.log,
       });
       const controlPath = read.string(values, 'control');
       const { listenGpuControl } = await import('./control.ts');
       const control = controlPath === undefined ? undefined : await listenGpuControl(device, controlPath);
-      return { devices: [device], close: async () => control?.close() };
+      return {
+        devices: [device],
+        close: async () => {
+          device.close();
+          await control?.close();
+        },
+      };
     },
   },
   async fuzz() {

@@ -12,6 +12,7 @@
  * a fenced request's response (§5.7.6.7: FLAG_FENCE, the same fence_id) means it is done.
  */
 import { EventEmitter } from 'node:events';
+import { type Logger, pino } from 'pino';
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, featureBit, hasFeature } from '../../virtio/constants.ts';
 import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
@@ -21,6 +22,7 @@ import { QueueServer, type Request } from '../../virtio/serve.ts';
 import { Framebuffer } from '../display/framebuffer.ts';
 import { EDID_MAX_SIDE, buildEdid } from './edid.ts';
 import { Backing, type MemEntry, Resource } from './resources.ts';
+import { VhostUserGpuDisplay } from './vhost-user-display.ts';
 import {
   BYTES_PER_PIXEL,
   CTRL_HDR_SIZE,
@@ -80,6 +82,8 @@ export interface GpuDeviceOptions {
   readonly maxResourceMemory?: number;
   /** Offer F_EDID (default true). */
   readonly edid?: boolean;
+  /** Where the display stream (vhost-user-gpu) logs; queues log through their DeviceContext. */
+  readonly log?: Logger;
 }
 
 /** The pointer as the driver last set it (§5.7.6.10). */
@@ -150,9 +154,12 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
   private ctx: DeviceContext | undefined;
   private control: QueueServer | undefined;
   private cursorq: QueueServer | undefined;
+  private display: VhostUserGpuDisplay | undefined;
+  private readonly log: Logger;
 
   constructor(options: GpuDeviceOptions = {}) {
     super();
+    this.log = options.log ?? pino({ name: 'paravirt' });
     this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     this.features = FRAMEWORK_FEATURES | (options.edid === false ? 0n : featureBit(GpuFeature.EDID));
     this.maxResourceMemory = options.maxResourceMemory ?? DEFAULT_MAX_RESOURCE_MEMORY;
@@ -207,7 +214,19 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
     this.ctx?.configChanged();
   }
 
+  /** Stops a vhost-user-gpu display stream, if one runs. */
+  close(): void {
+    this.display?.close();
+    this.display = undefined;
+  }
+
   // --- VirtioDevice ---
+
+  /** vhost-user GPU_SET_SOCKET: the front-end shows the scanouts from now on (a new socket replaces the old). */
+  displaySocket(fd: number): void {
+    this.display?.close();
+    this.display = new VhostUserGpuDisplay(this, fd, this.log);
+  }
 
   activate(ctx: DeviceContext): void {
     this.ctx = ctx;

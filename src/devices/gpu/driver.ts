@@ -192,8 +192,9 @@ export class GpuDriver {
     return this.submit(0, type, body, respSize, fence);
   }
 
+  /** Cursor commands carry no response buffer, as Linux sends them; QEMU answers none (used length 0). */
   private async cursorCommand(type: number, body: Uint8Array): Promise<void> {
-    await this.submit(1, type, body, CTRL_HDR_SIZE, false);
+    await this.submit(1, type, body, 0, false);
   }
 
   private async submit(queue: number, type: number, body: Uint8Array, respSize: number, fence: boolean): Promise<Uint8Array> {
@@ -208,7 +209,8 @@ export class GpuDriver {
       req.set(body, CTRL_HDR_SIZE);
       memory.write(addr, req);
       const out: Segment[] = [{ addr, len: reqSize }];
-      const used = await this.core.queue(queue).submit(out, [{ addr: addr + reqSize, len: respSize }]);
+      const used = await this.core.queue(queue).submit(out, respSize === 0 ? [] : [{ addr: addr + reqSize, len: respSize }]);
+      if (respSize === 0) return new Uint8Array(0);
       const resp = memory.slice(addr + reqSize, respSize).slice();
       if (used < CTRL_HDR_SIZE) throw new Error(`gpu: ${GPU_TYPE_NAMES[type]} got a ${used}-byte response`);
       const hdr = decodeHdr(new DataView(resp.buffer));

@@ -334,6 +334,9 @@ export class BackendConnection {
       case F.SET_BACKEND_REQ_FD:
         b.setBackendReqFd(m.fds[0]);
         return undefined;
+      case F.GPU_SET_SOCKET:
+        b.setGpuSocket(m.fds[0]);
+        return undefined;
       default:
         // Every other request belongs to a feature this back-end does not offer.
         for (const fd of m.fds) this.closeQuietly(fd);

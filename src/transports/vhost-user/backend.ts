@@ -391,6 +391,15 @@ export class VhostUserBackend {
     this.backendReqFd = fd;
   }
 
+  /** GPU_SET_SOCKET: the display socket of a GPU device (vhost-user-gpu.rst); refused for any other device. */
+  setGpuSocket(fd: number): void {
+    if (this.device.displaySocket === undefined) {
+      this.ports.close(fd);
+      throw new FrontEndError(`GPU_SET_SOCKET for a ${this.device.name} device, which has no display`);
+    }
+    this.device.displaySocket(fd);
+  }
+
   /**
    * The front-end went away: stop every ring once its requests complete, reset the device and
    * release every mapping and descriptor, leaving the device ready for the next session.
