@@ -99,6 +99,12 @@ export interface QemuAttachment {
    */
   readonly console?: string;
   /**
+   * QEMU connects again when the back-end's socket goes away (`reconnect-ms`): for a front-end
+   * that starts without waiting for its back-end (QEMU's virtio-net over a vhost-user netdev,
+   * which takes its link down while the socket is gone); others fail to start with it.
+   */
+  readonly reconnect?: boolean;
+  /**
    * QEMU's arguments for the front-end of the vhost-user back-end on chardev `chardev` (the
    * caller declares the chardev). Without it the VM gets the whole device over vfio-user.
    */

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { DeviceType, HostDevices } from '../devices/device-type.ts';
 import type { OptionValues } from '../devices/host-options.ts';
-import { deviceServer, type DeviceServer, type SocketTransport } from '../transports/device-server.ts';
+import { deviceServer, type DeviceServer, type ListenDevice, type SocketTransport } from '../transports/device-server.ts';
 import { SharedConsole } from './shared-console.ts';
 
 /** One device of the plan: a registered type and its host options, as `paravirt serve` parses them. */
@@ -41,20 +41,29 @@ export interface HostedDevice {
   readonly instance: HostDevices;
 }
 
+/** A hosted device's server while it listens, and how to listen again. */
+interface Serving {
+  server: DeviceServer | undefined;
+  readonly listen: () => DeviceServer;
+}
+
 export class Backend {
   private closing: Promise<void> | undefined;
+  private reportFailure: (err: Error) => void = () => {};
+  /**
+   * Settles when a server stopped by itself (its listening socket failed), with its error;
+   * never when close() or setListening() stopped it.
+   */
+  readonly failed = new Promise<Error>((resolve) => (this.reportFailure = resolve));
 
   private constructor(
     readonly devices: readonly HostedDevice[],
     /** The shared guest console, when the plan names one. */
     readonly console: SharedConsole | undefined,
-    private readonly servers: readonly DeviceServer[],
-    /**
-     * Settles when a server stopped by itself (its listening socket failed), with its error;
-     * never when close() stopped them.
-     */
-    readonly failed: Promise<Error>,
-  ) {}
+    private readonly serving: ReadonlyMap<string, Serving>,
+  ) {
+    for (const s of serving.values()) this.watch(s.server);
+  }
 
   /** Build every planned device and listen on its socket; on any failure what was built is released. */
   static async start(plan: BackendPlan, log: Logger): Promise<Backend> {
@@ -66,9 +75,9 @@ export class Backend {
     if (plan.console !== undefined && !ids.has(plan.console)) throw new Error(`the console device ${plan.console} is not in the plan.`);
     const console = plan.console === undefined ? undefined : new SharedConsole();
     const hosted: HostedDevice[] = [];
-    const servers: DeviceServer[] = [];
+    const serving = new Map<string, Serving>();
     const release = async (): Promise<void> => {
-      await Promise.all(servers.map((s) => s.close()));
+      await Promise.all([...serving.values()].map((s) => s.server?.close()));
       for (const h of hosted.reverse()) await h.instance.close();
     };
     try {
@@ -80,18 +89,19 @@ export class Backend {
         const instance = await entry.type.host.create(values, { sockets: 1, log: deviceLog });
         hosted.push({ id: entry.id, type: entry.type, transport, socketPath, instance });
         if (instance.devices.length !== 1) throw new Error(`device ${entry.id} (${entry.type.name}) built ${instance.devices.length} devices for one socket.`);
-        const listen = await deviceServer(transport);
-        servers.push(listen(instance.devices[0], { socketPath }, deviceLog));
-        deviceLog.info({ socketPath, transport }, `${entry.type.name} listening`);
+        const listen: ListenDevice = await deviceServer(transport);
+        const serve = (): DeviceServer => {
+          const server = listen(instance.devices[0], { socketPath }, deviceLog);
+          deviceLog.info({ socketPath, transport }, `${entry.type.name} listening`);
+          return server;
+        };
+        serving.set(entry.id, { server: serve(), listen: serve });
       }
     } catch (err) {
       await release();
       throw err;
     }
-    const failed = new Promise<Error>((resolve) => {
-      for (const s of servers) void s.closed.then((failure) => failure !== undefined && resolve(failure));
-    });
-    return new Backend(hosted, console, servers, failed);
+    return new Backend(hosted, console, serving);
   }
 
   /** The hosted device called `id`. */
@@ -99,12 +109,39 @@ export class Backend {
     return this.devices.find((d) => d.id === id);
   }
 
+  /**
+   * Stop serving device `id` (its front-end is disconnected and its socket removed), or serve it
+   * again. The device keeps its state and counters. QEMU's virtio-net follows its back-end's
+   * socket for the link it shows the guest (it reads no link state from a back-end): with
+   * `-chardev socket,...,reconnect-ms=N`, as `paravirt run` gives it (QemuAttachment.reconnect), this takes the guest's
+   * link down and up (with `NetDevice.setLink` for front-ends that do read it).
+   */
+  async setListening(id: string, listening: boolean): Promise<void> {
+    const s = this.serving.get(id);
+    if (s === undefined) throw new Error(`no hosted device is called ${id}.`);
+    if (this.closing !== undefined) return;
+    if (listening) {
+      if (s.server === undefined) {
+        s.server = s.listen();
+        this.watch(s.server);
+      }
+      return;
+    }
+    const server = s.server;
+    s.server = undefined;
+    await server?.close();
+  }
+
   /** Stop every server (sessions end, sockets are removed), then release every device. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      await Promise.all(this.servers.map((s) => s.close()));
+      await Promise.all([...this.serving.values()].map((s) => s.server?.close()));
       for (const h of [...this.devices].reverse()) await h.instance.close();
     })();
     return this.closing;
+  }
+
+  private watch(server: DeviceServer | undefined): void {
+    void server?.closed.then((failure) => failure !== undefined && this.reportFailure(failure));
   }
 }

@@ -52,6 +52,9 @@ export interface VmPlan {
  */
 const KERNEL_ARGS = ['console=ttyS0', 'panic=-1', 'quiet', 'cryptomgr.notests', 'init_on_alloc=0', 'no_timer_check', 'paravirt.shell=1'];
 
+/** How soon QEMU tries a vhost-user socket again after its back-end went away. */
+const RECONNECT_MS = 1000;
+
 /** The file at `path` (named by `option`) exists and is a regular file, or a one-sentence error. */
 function regularFile(option: string, path: string): string {
   const st = statSync(path, { throwIfNoEntry: false });
@@ -117,7 +120,8 @@ function deviceArgs(type: DeviceType, device: DevicePlan, socket: string): strin
     return ['-device', JSON.stringify({ driver: 'vfio-user-pci', id: device.id, socket: { path: socket, type: 'unix' } })];
   }
   const chardev = `${device.id}-sock`;
-  return ['-chardev', `socket,id=${chardev},path=${socket}`, ...vhostUser({ id: device.id, chardev, values: device.values })];
+  const reconnect = type.qemu?.reconnect === true ? `,reconnect-ms=${RECONNECT_MS}` : '';
+  return ['-chardev', `socket,id=${chardev},path=${socket}${reconnect}`, ...vhostUser({ id: device.id, chardev, values: device.values })];
 }
 
 export async function planVm(options: VmOptions): Promise<VmPlan> {

@@ -84,6 +84,7 @@ With --queues N, give QEMU -netdev vhost-user,...,queues=N and -device virtio-ne
     async options(vm) {
       return { tap: vm.tap };
     },
+    reconnect: true,
     vhostUser: ({ id, chardev, values }) => {
       const pairs = read.number(values, 'queues') ?? 1;
       return [

@@ -54,3 +54,19 @@ test('a plan naming a device twice, or a console that is not in it, is refused',
   await assert.rejects(Backend.start({ socketDir: dir, devices: [plan('x', 'rng'), plan('x', 'rng')] }, log), /device id x is planned twice/);
   await assert.rejects(Backend.start({ socketDir: dir, devices: [plan('rng0', 'rng')], console: 'console0' }, log), /console device console0 is not in the plan/);
 });
+
+test('a device can stop being served and be served again, its socket going and coming', async (t) => {
+  const dir = scratchDir(t);
+  const backend = await Backend.start({ socketDir: dir, devices: [plan('net0', 'net'), plan('rng0', 'rng')] }, log);
+  try {
+    const socket = join(dir, 'net0.sock');
+    await backend.setListening('net0', false);
+    assert.equal(existsSync(socket), false);
+    assert.ok(existsSync(join(dir, 'rng0.sock')), 'the other devices are still served');
+    await backend.setListening('net0', true);
+    assert.ok(existsSync(socket));
+    await assert.rejects(backend.setListening('nope', true), /no hosted device is called nope/);
+  } finally {
+    await backend.close();
+  }
+});

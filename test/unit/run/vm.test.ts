@@ -28,7 +28,7 @@ test('the VM has one device of every type, each on its socket in the VM director
     assert.ok(argv.includes(`path=${socket}`), `QEMU connects to ${socket}`);
   }
   assert.match(argv, /-device vhost-user-blk-pci,id=blk0,chardev=blk0-sock,num-queues=1/);
-  assert.match(argv, /-netdev vhost-user,id=net0,chardev=net0-sock,queues=1 -device virtio-net-pci,id=net0,netdev=net0/);
+  assert.match(argv, /-chardev socket,id=net0-sock,path=[^ ]*net0.sock,reconnect-ms=1000 -netdev vhost-user,id=net0,chardev=net0-sock,queues=1 -device virtio-net-pci,id=net0,netdev=net0/);
   // The console device carries the VM's console, named last so that it is /dev/console.
   assert.equal(vm.backend.console, 'console0');
   assert.match(vm.qemu[vm.qemu.indexOf('-append') + 1], / console=hvc0$/);
