@@ -144,7 +144,12 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
     fences: 0,
     displayEvents: 0,
   };
-  readonly counters = new DeviceCounters(2, () => ({ ...this.counts, resources: this.resources.size, resourceBytes: this.usedBytes }));
+  readonly counters = new DeviceCounters(2, () => ({
+    ...this.counts,
+    resources: this.resources.size,
+    resourceBytes: this.usedBytes,
+    displayUpdatesSkipped: this.skippedBefore + (this.display?.skippedUpdates ?? 0),
+  }));
   readonly maxResourceMemory: number;
   private readonly scanouts: Scanout[];
   private readonly resources = new Map<number, Resource>();
@@ -155,11 +160,13 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
   private control: QueueServer | undefined;
   private cursorq: QueueServer | undefined;
   private display: VhostUserGpuDisplay | undefined;
-  private readonly log: Logger;
+  /** Display updates skipped by streams that ended, for the counters. */
+  private skippedBefore = 0;
+  private readonly log: Logger | undefined;
 
   constructor(options: GpuDeviceOptions = {}) {
     super();
-    this.log = options.log ?? pino({ name: 'paravirt' });
+    this.log = options.log;
     this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     this.features = FRAMEWORK_FEATURES | (options.edid === false ? 0n : featureBit(GpuFeature.EDID));
     this.maxResourceMemory = options.maxResourceMemory ?? DEFAULT_MAX_RESOURCE_MEMORY;
@@ -216,6 +223,7 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
 
   /** Stops a vhost-user-gpu display stream, if one runs. */
   close(): void {
+    this.skippedBefore += this.display?.skippedUpdates ?? 0;
     this.display?.close();
     this.display = undefined;
   }
@@ -224,8 +232,8 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
 
   /** vhost-user GPU_SET_SOCKET: the front-end shows the scanouts from now on (a new socket replaces the old). */
   displaySocket(fd: number): void {
-    this.display?.close();
-    this.display = new VhostUserGpuDisplay(this, fd, this.log);
+    this.close();
+    this.display = new VhostUserGpuDisplay(this, fd, this.log ?? pino({ name: 'paravirt' }));
   }
 
   activate(ctx: DeviceContext): void {
