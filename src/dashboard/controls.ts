@@ -59,7 +59,7 @@ const isUnit = (v: unknown): v is number => typeof v === 'number' && v >= 0 && v
  * Applies browser requests to the hosted devices:
  *
  *   {"op":"balloon","device":ID,"bytes":N}                       the balloon's target size
- *   {"op":"link","device":ID,"up":true|false}                    a net device's link
+ *   {"op":"link","device":ID,"up":true|false}                    a net device's link (and its socket)
  *   {"op":"lun","device":ID, ...}                                the scsi control request (attach, detach, list)
  *   {"op":"key","code":"KeyA","down":true|false}                 a key on the first keyboard
  *   {"op":"pointer","x":0..1,"y":0..1}                           absolute position on the first tablet
@@ -67,11 +67,22 @@ const isUnit = (v: unknown): v is number => typeof v === 'number' && v >= 0 && v
  *   {"op":"button","button":"left|right|middle","down":bool}     a button on the first tablet or mouse
  *   {"op":"wheel","clicks":N}                                    the wheel of the first tablet or mouse
  */
+/** What the controls need of the back-end (src/run/backend.ts Backend). */
+export interface ControlledBackend {
+  readonly devices: readonly DashboardDevice[];
+  /** Stop serving a device's socket, or serve it again. */
+  setListening(id: string, listening: boolean): Promise<void>;
+}
+
 export class DashboardControls {
-  constructor(private readonly devices: () => readonly DashboardDevice[]) {}
+  constructor(private readonly backend: ControlledBackend) {}
 
   views(): DeviceView[] {
     return this.devices().map(deviceView);
+  }
+
+  private devices(): readonly DashboardDevice[] {
+    return this.backend.devices;
   }
 
   /** Perform one request (a parsed JSON value); never throws. */
@@ -92,7 +103,12 @@ export class DashboardControls {
         return { ok: true, status: balloon.status() };
       }
       case 'link': {
-        this.device(req, NetDevice, 'a net device').setLink(field(req, 'up', isBoolean, 'true or false'));
+        const net = this.device(req, NetDevice, 'a net device');
+        const up = field(req, 'up', isBoolean, 'true or false');
+        net.setLink(up);
+        // QEMU's virtio-net reads no link state from its back-end: it shows the guest the state
+        // of the back-end's socket, so the socket goes away while the link is down.
+        await this.backend.setListening(field(req, 'device', isString, 'a device id'), up);
         return { ok: true };
       }
       case 'lun': {

@@ -30,7 +30,7 @@ import { METRICS_CONTENT_TYPE, prometheusText } from './metrics.ts';
 
 export interface DashboardOptions {
   readonly listen: { readonly host: string; readonly port: number };
-  readonly backend: Pick<Backend, 'devices' | 'console'>;
+  readonly backend: Pick<Backend, 'devices' | 'console' | 'setListening'>;
   readonly log: Logger;
 }
 
@@ -78,7 +78,7 @@ function isLoopback(host: string): boolean {
 export async function startDashboard(options: DashboardOptions): Promise<Dashboard> {
   const { backend, log } = options;
   const { host } = options.listen;
-  const controls = new DashboardControls(() => backend.devices);
+  const controls = new DashboardControls(backend);
   let hosts = new Set<string>();
   /** Loopback listeners accept only their own names; one bound to a wider address, any name it is reached by. */
   const hostAllowed = (req: IncomingMessage): boolean => !isLoopback(host) || hosts.has(req.headers.host ?? '');

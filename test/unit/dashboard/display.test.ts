@@ -45,7 +45,7 @@ type Message = { kind: 'mode'; width: number; height: number } | { kind: 'rect';
 async function open(t: TestContext, devices: object[]) {
   const hosted = devices.map((device, i) => ({ id: `d${i}`, type: { name: 'gpu', title: 'a display' }, instance: { devices: [device], close: async () => {} } })) as unknown as HostedDevice[];
   const log = pino({ level: 'silent' });
-  const dashboard = await startDashboard({ listen: { host: '127.0.0.1', port: 0 }, backend: { devices: hosted, console: undefined }, log });
+  const dashboard = await startDashboard({ listen: { host: '127.0.0.1', port: 0 }, backend: { devices: hosted, console: undefined, setListening: async () => {} }, log });
   const origin = dashboard.url.replace(/\/$/, '');
   const ws = new WebSocket(`${origin.replace('http', 'ws')}/ws/display`, { origin });
   const messages: Message[] = [];

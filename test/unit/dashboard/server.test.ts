@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -154,7 +154,7 @@ test('dashboard: the console carries the guest output to the page, with what cam
 });
 
 test('dashboard: controls set the balloon, type on the keyboard, point the tablet and take the link down; bad requests get one sentence', async (t) => {
-  const { device, origin } = await setUp(t);
+  const { backend, device, origin } = await setUp(t);
   const control = await controlClient(origin);
   t.after(() => control.ws.close());
 
@@ -191,8 +191,14 @@ test('dashboard: controls set the balloon, type on the keyboard, point the table
   const [x] = (await once(tablet.events, 'data')) as [{ value: number }];
   assert.equal(x.value, 16384);
 
+  // The link goes down with the socket (QEMU's virtio-net follows the socket), and comes back up.
+  const netSocket = backend.device('net0')!.socketPath;
+  assert.equal(existsSync(netSocket), true);
   assert.equal((await control.request({ op: 'link', device: 'net0', up: false })).ok, true);
+  assert.equal(existsSync(netSocket), false, 'nobody is served on the socket while the link is down');
   while (((await control.nextView()).find((v) => v.id === 'net0')!.state as { link: boolean }).link !== false);
+  assert.equal((await control.request({ op: 'link', device: 'net0', up: true })).ok, true);
+  assert.equal(existsSync(netSocket), true);
 
   for (const [bad, error] of [
     [{ op: 'explode' }, /"op" must be/],
