@@ -37,6 +37,8 @@ export interface HostedDevice {
   readonly type: DeviceType;
   readonly transport: SocketTransport;
   readonly socketPath: string;
+  /** The host options it was built with (its control sockets' paths among them). */
+  readonly values: OptionValues;
   /** What the type's host half built: `instance.devices[0]` is the device on `socketPath`. */
   readonly instance: HostDevices;
 }
@@ -87,7 +89,7 @@ export class Backend {
         const deviceLog = log.child({ device: entry.id });
         const values = entry.id === plan.console && console !== undefined ? { ...entry.values, console: { kind: 'link', link: console.link } } : entry.values;
         const instance = await entry.type.host.create(values, { sockets: 1, log: deviceLog });
-        hosted.push({ id: entry.id, type: entry.type, transport, socketPath, instance });
+        hosted.push({ id: entry.id, type: entry.type, transport, socketPath, values, instance });
         if (instance.devices.length !== 1) throw new Error(`device ${entry.id} (${entry.type.name}) built ${instance.devices.length} devices for one socket.`);
         const listen: ListenDevice = await deviceServer(transport);
         const serve = (): DeviceServer => {

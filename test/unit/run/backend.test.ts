@@ -33,6 +33,7 @@ test('one back-end serves several device types, each on its own socket, and clos
     ]);
     for (const d of backend.devices) assert.ok(existsSync(d.socketPath), `${d.id} listens`);
     assert.equal(backend.device('rng0')?.instance.devices[0].counters.snapshot().queues.length, 1, 'counters are there to read');
+    assert.deepEqual(backend.device('rtc0')?.values.clocks, deviceType('rtc')!.host.options.find((o) => o.flags.startsWith('--clocks'))?.defaultValue);
     // The console's port 0 is attached to the shared console from the start.
     const console = backend.device('console0')!.instance.devices[0] as ConsoleDevice;
     assert.equal(console.port(0)?.hostConnected, true);
