@@ -368,7 +368,16 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
     // The product of two 32-bit sides may pass 2^53 and lose precision, but never below the bound.
     const bytes = width * height * BYTES_PER_PIXEL;
     if (!this.reserve(bytes)) return err(GpuResp.ERR_OUT_OF_MEMORY);
-    this.resources.set(id, new Resource(id, format, layout, width, height));
+    let res: Resource;
+    try {
+      res = new Resource(id, format, layout, width, height);
+    } catch {
+      // The host could not allocate what the bound allowed (a bound set above the host's memory).
+      this.usedBytes -= bytes;
+      this.counts.outOfMemory++;
+      return err(GpuResp.ERR_OUT_OF_MEMORY);
+    }
+    this.resources.set(id, res);
     this.counts.resourcesCreated++;
     return ok;
   }
@@ -440,7 +449,9 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
     }
     const res = this.resources.get(id);
     if (res === undefined) return this.bad(GpuResp.ERR_INVALID_RESOURCE_ID);
-    if (rect.width === 0 || rect.height === 0 || !res.contains(rect)) return this.bad(GpuResp.ERR_INVALID_PARAMETER);
+    // A scanout's picture is host memory outside the resource bound: no side past the largest mode.
+    const side = (n: number): boolean => n >= 1 && n <= MAX_MODE_SIDE;
+    if (!side(rect.width) || !side(rect.height) || !res.contains(rect)) return this.bad(GpuResp.ERR_INVALID_PARAMETER);
     const s = this.scanouts[index]!;
     s.resourceId = id;
     s.rect = rect;
