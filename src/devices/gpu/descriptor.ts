@@ -66,8 +66,8 @@ export const gpuType: DeviceType = {
     async options(vm) {
       return { control: join(vm.dir, 'gpu.ctl') };
     },
-    // No vhostUser: QEMU's vhost-user-gpu shows the display itself and wants a 3D-capable
-    // back-end protocol; over vfio-user the whole function is paravirt's, and so is the display.
+    // No vhostUser: over vfio-user the whole function is paravirt's and so is its display, which
+    // the dashboard shows; behind QEMU's vhost-user-gpu-pci, QEMU would show it instead.
   },
   async fuzz() {
     return (await import('./fuzz-profile.ts')).GPU_FUZZ;
