@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -222,4 +222,30 @@ test('dashboard: controls set the balloon, type on the keyboard, point the table
   );
   control.ws.send('not json');
   assert.deepEqual(await refused, { ok: false, error: 'a request is one JSON object.', t: 'reply', id: null });
+});
+
+test('dashboard: SCSI LUNs are listed, attached and detached through the controller\'s own control requests', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dashboard-scsi-'));
+  const [a, b] = [join(dir, 'a.img'), join(dir, 'b.img')];
+  writeFileSync(a, new Uint8Array(1 << 20));
+  writeFileSync(b, new Uint8Array(2 << 20));
+  const backend = await Backend.start({ socketDir: dir, devices: [{ id: 'scsi0', type: deviceType('scsi')!, values: { lun: [{ path: a, readOnly: false }] } }] }, log);
+  const dashboard = await startDashboard({ listen: { host: '127.0.0.1', port: 0 }, backend, log });
+  const control = await controlClient(dashboard.url.replace(/\/$/, ''));
+  t.after(async () => {
+    control.ws.close();
+    await dashboard.close();
+    await backend.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const lun = (request: Record<string, unknown>) => control.request({ op: 'lun', device: 'scsi0', request });
+  assert.equal((await lun({ op: 'attach', lun: `${b},ro`, target: 0, number: 4 })).ok, true);
+  const listed = await lun({ op: 'list' });
+  assert.deepEqual(
+    (listed.luns as { number: number; sectors: number; readOnly: boolean }[]).map(({ number, sectors, readOnly }) => ({ number, sectors, readOnly })),
+    [{ number: 0, sectors: 2048, readOnly: false }, { number: 4, sectors: 4096, readOnly: true }],
+  );
+  assert.equal((await lun({ op: 'detach', target: 0, number: 4 })).ok, true);
+  assert.match(String((await lun({ op: 'detach', target: 0, number: 4 })).error), /no SCSI LUN 0:4/);
+  assert.match(String((await control.request({ op: 'lun', device: 'scsi0', request: 'list' })).error), /"request" must be/);
 });
