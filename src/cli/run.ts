@@ -17,6 +17,7 @@
 import { rmSync } from 'node:fs';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import type { Logger } from 'pino';
+import type { SharedConsole } from '../run/shared-console.ts';
 import { TerminalKeys } from '../run/terminal-keys.ts';
 import { logLevel, integerIn, listenAddress, type ListenAddress, type LogLevel } from './options.ts';
 
@@ -99,17 +100,12 @@ async function run(options: RunOptions): Promise<void> {
     }
   }
   const { QemuProcess } = await import('../run/qemu-process.ts');
-  const tty = process.stdin.isTTY;
   const qemu = new QemuProcess(vm.qemu, (text) => process.stderr.write(text));
   const stop = (): void => void qemu.stop();
-  const keys = tty ? new TerminalKeys(stop) : undefined;
-  const input = keys === undefined ? process.stdin : process.stdin.pipe(keys);
-  if (tty) process.stdin.setRawMode(true);
-  const disconnect = backend.console?.connect({ output: process.stdout, input }, { replay: true });
+  const detach = attachTerminal(backend.console, stop);
   process.stderr.write(
     `paravirt: a VM with ${backend.devices.map((d) => d.id).join(', ')} served by this process (pid ${process.pid}), QEMU pid ${qemu.pid}; ` +
-      `files in ${vm.dir}; ${dashboard === undefined ? '' : `dashboard on ${dashboard.url}; `}${tty ? 'Ctrl-C' : 'SIGINT or SIGTERM'} stops it.
-`,
+      `files in ${vm.dir}; ${dashboard === undefined ? '' : `dashboard on ${dashboard.url}; `}${process.stdin.isTTY ? 'Ctrl-C' : 'SIGINT or SIGTERM'} stops it.\n`,
   );
   if (vm.left.length > 0) log.warn({ types: vm.left }, 'device types without a QEMU attachment are left out');
   process.on('SIGINT', stop);
@@ -122,10 +118,7 @@ async function run(options: RunOptions): Promise<void> {
   const exit = await qemu.exited;
   process.off('SIGINT', stop);
   process.off('SIGTERM', stop);
-  disconnect?.();
-  if (tty) process.stdin.setRawMode(false);
-  if (keys !== undefined) process.stdin.unpipe(keys);
-  process.stdin.pause();
+  detach();
   await dashboard?.close();
   await backend.close();
   removeDir();
@@ -135,6 +128,24 @@ async function run(options: RunOptions): Promise<void> {
     const how = exit.signal !== null ? `was killed by ${exit.signal}` : exit.code === null ? 'did not start' : `exited with code ${exit.code}`;
     throw new Error(`QEMU ${how}${exit.tail === '' ? '.' : `; its last lines:\n${exit.tail}`}`);
   }
+}
+
+/**
+ * The guest's console on this process's stdin and stdout (a terminal raw, its Ctrl-C calling
+ * `stop`); returns how to give the terminal back.
+ */
+function attachTerminal(console: SharedConsole | undefined, stop: () => void): () => void {
+  const tty = process.stdin.isTTY;
+  const keys = tty ? new TerminalKeys(stop) : undefined;
+  const input = keys === undefined ? process.stdin : process.stdin.pipe(keys);
+  if (tty) process.stdin.setRawMode(true);
+  const disconnect = console?.connect({ output: process.stdout, input }, { replay: true });
+  return () => {
+    disconnect?.();
+    if (tty) process.stdin.setRawMode(false);
+    if (keys !== undefined) process.stdin.unpipe(keys);
+    process.stdin.pause();
+  };
 }
 
 export function addRunCommand(program: Command): void {
