@@ -205,3 +205,15 @@ test('gpu: device options out of range are refused with a sentence', () => {
   assert.throws(() => new GpuDevice({ scanouts: [{ width: 5000, height: 100 }] }), /display mode 5000x100/);
   assert.throws(() => new GpuDevice({ maxResourceMemory: -1 }), /maxResourceMemory/);
 });
+
+test('gpu: EDID blocks stay valid at the largest mode (the pixel clock fits its 16 bits by lowering the refresh)', async () => {
+  const { buildEdid } = await import('../../../src/devices/gpu/edid.ts');
+  for (const [w, h] of [[16, 16], [1920, 1080], [4095, 4095]] as const) {
+    const e = buildEdid(w, h);
+    assert.equal(e.reduce((s, b) => s + b, 0) % 256, 0, `checksum at ${w}x${h}`);
+    assert.deepEqual([e[56]! | ((e[58]! >> 4) << 8), e[59]! | ((e[61]! >> 4) << 8)], [w, h]);
+    const clock10kHz = e[54]! | (e[55]! << 8);
+    assert.ok(clock10kHz > 0, `a pixel clock at ${w}x${h}`);
+  }
+  assert.throws(() => buildEdid(4096, 10), /EDID mode 4096x10/);
+});
