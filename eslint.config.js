@@ -16,4 +16,13 @@ export default tseslint.config(
     files: ['**/*.js'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly' } },
   },
+  {
+    // The dashboard's page runs in a browser.
+    files: ['src/dashboard/public/**/*.js'],
+    languageOptions: {
+      globals: Object.fromEntries(
+        ['window', 'document', 'location', 'WebSocket', 'TextEncoder', 'ImageData', 'requestAnimationFrame', 'cancelAnimationFrame', 'queueMicrotask'].map((g) => [g, 'readonly']),
+      ),
+    },
+  },
 );

@@ -34,6 +34,22 @@ export function integerIn(name: string, min: number, max: number): (value: strin
   return forCommander(declaredIntegerIn(name, min, max));
 }
 
+/** Where a server listens: a host name or address and a port (0: any free one). */
+export interface ListenAddress {
+  readonly host: string;
+  readonly port: number;
+}
+
+/** "HOST:PORT": "127.0.0.1:7080", "localhost:0", "[::1]:7080" (an IPv6 address in brackets). */
+export function listenAddress(name: string): (value: string) => ListenAddress {
+  return (value) => {
+    const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:\s[\]]+)):(\d{1,5})$/.exec(value);
+    const port = m === null ? Number.NaN : Number(m[3]);
+    if (m === null || port > 65535) throw new InvalidArgumentError(`${name} must be HOST:PORT with a port from 0 to 65535, such as 127.0.0.1:7080, not "${value}".`);
+    return { host: m[1] ?? m[2], port };
+  };
+}
+
 /** The commander Option for a declared one. */
 export function commanderOption(spec: OptionSpec): Option {
   const option = new Option(spec.flags, spec.description);

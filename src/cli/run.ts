@@ -2,8 +2,13 @@
  * `paravirt run`: a Linux VM under QEMU with every registered paravirt device attached, all
  * served by this one process (src/run/backend.ts), the guest's console on the terminal.
  *
- *   paravirt run [--disk IMAGE] [--memory 1G] [--tap IF] [--qemu Q --kernel K --initrd I]
+ *   paravirt run [--disk IMAGE] [--memory 1G] [--tap IF] [--qemu Q --kernel K --initrd I] [--http HOST:PORT | --no-http]
  *   paravirt run --print-qemu-cmdline
+ *
+ * The same process serves the dashboard (src/dashboard/) on --http, 127.0.0.1:7080 by default:
+ * the console, display, counters and controls of the VM in a browser. It authenticates nobody
+ * and types into the guest, so it stays on the loopback interface unless told otherwise
+ * (docs/security.md).
  *
  * The terminal is raw, as with `qemu -nographic`: keys go to the guest, except Ctrl-C, which
  * stops the VM (Ctrl-A c sends the guest a Ctrl-C). SIGINT and SIGTERM stop it too; a guest
@@ -15,7 +20,7 @@ import type { Logger } from 'pino';
 import type { SharedConsole } from '../run/shared-console.ts';
 import { TerminalKeys } from '../run/terminal-keys.ts';
 import { POLL_OPTION } from '../devices/host-options.ts';
-import { commanderOption, logLevel, integerIn, type LogLevel } from './options.ts';
+import { commanderOption, logLevel, integerIn, listenAddress, type ListenAddress, type LogLevel } from './options.ts';
 
 interface RunOptions {
   qemu?: string;
@@ -28,9 +33,14 @@ interface RunOptions {
   append?: string;
   dir?: string;
   printQemuCmdline?: boolean;
+  /** Where the dashboard listens; false with --no-http. */
+  http: ListenAddress | false;
   logLevel: LogLevel;
   pollUs: number;
 }
+
+/** The dashboard's address unless --http says otherwise: this machine only, a port of its own. */
+const DEFAULT_HTTP: ListenAddress = { host: '127.0.0.1', port: 7080 };
 
 /** "512M", "2G": guest RAM in MiB, from 64 MiB to 1 TiB. */
 function memorySize(text: string): number {
@@ -76,13 +86,28 @@ async function run(options: RunOptions): Promise<void> {
     removeDir();
     throw err;
   }
+  let dashboard;
+  if (options.http !== false) {
+    const { startDashboard } = await import('../dashboard/server.ts');
+    try {
+      dashboard = await startDashboard({ listen: options.http, backend, log }).catch((err: Error) => {
+        // Another program (or VM) has the default port: any free one will do, the URL is printed.
+        if (options.http !== DEFAULT_HTTP || (err.cause as NodeJS.ErrnoException | undefined)?.code !== 'EADDRINUSE') throw err;
+        return startDashboard({ listen: { ...DEFAULT_HTTP, port: 0 }, backend, log });
+      });
+    } catch (err) {
+      await backend.close();
+      removeDir();
+      throw err;
+    }
+  }
   const { QemuProcess } = await import('../run/qemu-process.ts');
   const qemu = new QemuProcess(vm.qemu, (text) => process.stderr.write(text));
   const stop = (): void => void qemu.stop();
   const detach = attachTerminal(backend.console, stop);
   process.stderr.write(
     `paravirt: a VM with ${backend.devices.map((d) => d.id).join(', ')} served by this process (pid ${process.pid}), QEMU pid ${qemu.pid}; ` +
-      `files in ${vm.dir}; ${process.stdin.isTTY ? 'Ctrl-C' : 'SIGINT or SIGTERM'} stops it.\n`,
+      `files in ${vm.dir}; ${dashboard === undefined ? '' : `dashboard on ${dashboard.url}; `}${process.stdin.isTTY ? 'Ctrl-C' : 'SIGINT or SIGTERM'} stops it.\n`,
   );
   if (vm.left.length > 0) log.warn({ types: vm.left }, 'device types without a QEMU attachment are left out');
   process.on('SIGINT', stop);
@@ -96,6 +121,7 @@ async function run(options: RunOptions): Promise<void> {
   process.off('SIGINT', stop);
   process.off('SIGTERM', stop);
   detach();
+  await dashboard?.close();
   await backend.close();
   removeDir();
   const socketFailure = await Promise.race([failure, Promise.resolve(undefined)]);
@@ -139,6 +165,12 @@ export function addRunCommand(program: Command): void {
     .option('--dir <path>', "directory for the VM's sockets and scratch disks, kept afterwards (default: a fresh one, removed)")
     .option('--print-qemu-cmdline', 'print the QEMU command line and exit')
     .addOption(commanderOption(POLL_OPTION))
+    .addOption(
+      new Option('--http <host:port>', 'serve the dashboard (console, display, counters, controls) here; it authenticates nobody: keep it on loopback')
+        .argParser(listenAddress('--http'))
+        .default(DEFAULT_HTTP, '127.0.0.1:7080'),
+    )
+    .option('--no-http', 'serve no dashboard')
     .addOption(new Option('--log-level <level>', 'least severe level of the JSON log lines written to stderr').argParser(logLevel).default('warn'))
     .action(async (options: RunOptions) => run(options));
 }

@@ -39,7 +39,19 @@ export interface VhostUserCapabilities {
 export interface HostDevices {
   /** One device per listening socket, in the order the sockets were given. */
   readonly devices: readonly VirtioDevice[];
+  /**
+   * The type's control requests served in the same process (a dashboard): one JSON request in,
+   * one reply out, as on its control socket. Absent when the type has none.
+   */
+  readonly control?: (request: string) => Promise<ControlReply>;
   close(): Promise<void>;
+}
+
+/** A control request's answer: `ok`, what was asked for, or `error`, one sentence. */
+export interface ControlReply {
+  readonly ok: boolean;
+  readonly error?: string;
+  readonly [key: string]: unknown;
 }
 
 /** Where a host half is being built: how many sockets it serves and where it logs. */

@@ -3,7 +3,7 @@
  * every registered device, all served by the command's own process; the guest's shell is on the
  * command's stdin and stdout. The guest binds its stock driver to each device and shows the
  * device where a user looks for it; SIGINT (Ctrl-C) stops QEMU and the back-end and removes the
- * VM's sockets and scratch disks.
+ * VM's sockets and scratch disks. The command's dashboard counts the devices' requests on /metrics.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -73,6 +73,13 @@ test('paravirt run: a VM on every registered device, one back-end process, the s
   const rss = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   t.diagnostic(`back-end process RSS with ${attached.length} devices, guest at its prompt: ${rss?.[1]} kB`);
   for (const type of attached) assert.ok(existsSync(`${dir}/${type.name}0.sock`), `${type.name}0's socket is in ${dir}`);
+
+  // The same process serves the dashboard, on loopback, with the devices' counters.
+  const url = /dashboard on (http:\/\/127\.0\.0\.1:\d+\/);/.exec(run.output)?.[1];
+  assert.ok(url !== undefined, `the command gives the dashboard's URL: ${run.output}`);
+  const metrics = await (await fetch(`${url}metrics`)).text();
+  const requests = /^paravirt_queue_requests_total\{device="blk0",type="blk",queue="0"\} (\d+)$/m.exec(metrics)?.[1];
+  assert.ok(Number(requests) > 0, `the disk's requests are counted on /metrics: ${requests}`);
 
   run.child.kill('SIGINT');
   const exit = await run.exited;

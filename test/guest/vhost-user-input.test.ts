@@ -16,12 +16,11 @@ import { keyCode } from '../../src/devices/input/keys.ts';
 import { Abs, EvType, KEY_SHIFT, Led, SYN_REPORT } from '../../src/devices/input/wire.ts';
 import { PeerProcess } from '../lab/peer-process.ts';
 import { type Guest, startGuest } from '../lab/guest.ts';
+import { eventNode, readRecords, startReader } from '../lab/guest-input.ts';
 import { qemuCommand } from '../lab/qemu.ts';
 import { requireLab } from '../lab/require.ts';
 
 const PARAVIRT = fileURLToPath(new URL('../../bin/paravirt.js', import.meta.url));
-/** struct input_event on x86-64: a 16-byte timeval, then type, code, value. */
-const RECORD = 24;
 
 /** `paravirt serve input --kind KIND` with a control socket, and a line-at-a-time client of it. */
 async function serveInput(t: TestContext, kind: string): Promise<{ socketPath: string; command(line: string): Promise<string>; backend: PeerProcess }> {
@@ -63,40 +62,6 @@ async function bootWith(t: TestContext, socketPath: string): Promise<Guest> {
   });
   await guest.check('modprobe evdev');
   return guest;
-}
-
-/** The eventN handler of the input device called `name`, from /proc/bus/input/devices. */
-async function eventNode(guest: Guest, name: string): Promise<string> {
-  const devices = await guest.check('cat /proc/bus/input/devices');
-  const block = devices.split('\n\n').find((b) => b.includes(`N: Name="${name}"`));
-  assert.ok(block !== undefined, `the guest lists an input device named "${name}":\n${devices}`);
-  const handler = /H: Handlers=.*\b(event\d+)\b/.exec(block)?.[1];
-  assert.ok(handler !== undefined, `evdev handles it:\n${block}`);
-  return `/dev/input/${handler}`;
-}
-
-/**
- * Start reading `count` records from `node` in the background; resolves once the reader has the
- * device open (evdev gives a client only events that come after its open).
- */
-async function startReader(guest: Guest, node: string, count: number): Promise<void> {
-  await guest.check(
-    `dd if=${node} of=/tmp/events bs=${RECORD} count=${count} 2>/dev/null & pid=$!; ` +
-      `until ls -l /proc/$pid/fd 2>/dev/null | grep -q ${node}; do sleep 0.05; done`,
-  );
-}
-
-/** The records once `count` have arrived, as [type, code, value]. */
-async function readRecords(guest: Guest, count: number): Promise<[number, number, number][]> {
-  const hex = await guest.check(
-    `until [ "$(stat -c %s /tmp/events)" -ge ${count * RECORD} ]; do sleep 0.05; done; od -An -v -tx1 /tmp/events`,
-  );
-  const bytes = Buffer.from(hex.replace(/\s+/g, ''), 'hex');
-  assert.equal(bytes.length, count * RECORD);
-  return Array.from({ length: count }, (_, i) => {
-    const at = i * RECORD + 16;
-    return [bytes.readUInt16LE(at), bytes.readUInt16LE(at + 2), bytes.readInt32LE(at + 4)];
-  });
 }
 
 test('vhost-user-input keyboard: the guest sees its name, and keys typed from the host arrive in /dev/input in order', async (t) => {

@@ -2,6 +2,7 @@
  * The GPU device's registry entry (§5.7): 2D mode, a control queue and a cursor queue, a 16-byte
  * configuration space, one or more scanouts rendered to RGBA and seen as PNG.
  */
+import { join } from 'node:path';
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE } from '../../virtio/constants.ts';
 import type { DeviceType } from '../device-type.ts';
 import { integerIn, read } from '../host-options.ts';
@@ -60,6 +61,13 @@ export const gpuType: DeviceType = {
         },
       };
     },
+  },
+  qemu: {
+    async options(vm) {
+      return { control: join(vm.dir, 'gpu.ctl') };
+    },
+    // No vhostUser: over vfio-user the whole function is paravirt's and so is its display, which
+    // the dashboard shows; behind QEMU's vhost-user-gpu-pci, QEMU would show it instead.
   },
   async fuzz() {
     return (await import('./fuzz-profile.ts')).GPU_FUZZ;

@@ -35,14 +35,14 @@ function address(req: Record<string, unknown>): LunAddress {
 export class ScsiControl {
   private server: LocalServer | undefined;
 
-  private constructor(
+  /** The controls for a caller in the same process (a dashboard): handle() without a socket. */
+  constructor(
     private readonly device: ScsiDevice,
     private readonly threads: IoThreads,
-    readonly path: string,
   ) {}
 
   static async listen(device: ScsiDevice, threads: IoThreads, path: string): Promise<ScsiControl> {
-    const control = new ScsiControl(device, threads, path);
+    const control = new ScsiControl(device, threads);
     control.server = await listenLocal(path, 'scsi control socket', (socket) => control.connection(socket));
     return control;
   }

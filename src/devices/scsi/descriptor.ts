@@ -95,11 +95,12 @@ export const scsiType: DeviceType = {
         const device = new ScsiDevice({ targets: luns.targets, queues: read.number(values, 'queues'), queueSize: read.number(values, 'queueSize') });
         const controlPath = read.string(values, 'controlSocket');
         const { ScsiControl } = await import('./control.ts');
-        const control = controlPath === undefined ? undefined : await ScsiControl.listen(device, luns.threads, controlPath);
+        const control = controlPath === undefined ? new ScsiControl(device, luns.threads) : await ScsiControl.listen(device, luns.threads, controlPath);
         return {
           devices: [device],
+          control: (request) => control.handle(request),
           close: async () => {
-            await control?.close();
+            await control.close();
             await luns.close();
           },
         };
