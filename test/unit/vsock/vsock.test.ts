@@ -5,7 +5,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { type Duplex, duplexPair } from 'node:stream';
 import { VsockDevice, type VsockHost } from '../../../src/devices/vsock/device.ts';
 import { VsockDriver } from '../../../src/devices/vsock/driver.ts';
@@ -19,6 +18,7 @@ import { DeviceId } from '../../../src/virtio/constants.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { EventReceiver } from '../../../src/virtio/event-receiver.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
+import { readAll, writeAll } from '../../lab/streams.ts';
 
 const CID = 42;
 
@@ -52,32 +52,6 @@ function sha(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
-/** Read a stream to its end, `slow` taking one small chunk per event-loop turn. */
-async function readAll(s: Duplex, slow = false): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  if (!slow) {
-    for await (const c of s.iterator({ destroyOnReturn: false })) parts.push(c as Buffer);
-    return Buffer.concat(parts);
-  }
-  for (;;) {
-    const c = s.read(1024) as Buffer | null;
-    if (c !== null) {
-      parts.push(c);
-      await new Promise((r) => setImmediate(r));
-      continue;
-    }
-    if (s.readableEnded) return Buffer.concat(parts);
-    await Promise.race([once(s, 'readable'), once(s, 'end')]);
-  }
-}
-
-async function writeAll(s: Duplex, data: Uint8Array): Promise<void> {
-  for (let at = 0; at < data.length; at += 32 * 1024) {
-    if (!s.write(data.subarray(at, at + 32 * 1024))) await once(s, 'drain');
-  }
-  s.end();
-}
-
 async function setup(ports: number[], bufAlloc = 64 * 1024) {
   const mem = memoryHost(ports);
   const device = new VsockDevice({ guestCid: CID, host: mem.host, bufAlloc });
@@ -98,7 +72,7 @@ test('guest to host: 1 MiB each way through one connection, the host reading slo
   const [guest, host] = await Promise.all([driver.connect(5000), mem.next()]);
   const up = randomBytes(1 << 20);
   const down = randomBytes(1 << 20);
-  const [gotUp, gotDown] = await Promise.all([readAll(host, true), readAll(guest), writeAll(guest, up), writeAll(host, down)]);
+  const [gotUp, gotDown] = await Promise.all([readAll(host, { slowChunk: 1024 }), readAll(guest), writeAll(guest, up), writeAll(host, down)]);
   assert.equal(sha(gotUp), sha(up));
   assert.equal(sha(gotDown), sha(down));
   assert.equal(device.counters.snapshot().device.creditViolations, 0);
@@ -113,7 +87,7 @@ test('host to guest (connectToGuest, as `CONNECT P`): the guest accepts on a lis
   assert.equal(typeof local, 'number');
   const guest = await accepted;
   const data = randomBytes(300_000);
-  const [got] = await Promise.all([readAll(guest, true), writeAll(program, data)]);
+  const [got] = await Promise.all([readAll(guest, { slowChunk: 1024 }), writeAll(program, data)]);
   assert.equal(sha(got), sha(data));
 
   const [ours2] = duplexPair();
