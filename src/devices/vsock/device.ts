@@ -104,7 +104,13 @@ export class VsockDevice implements VirtioDevice {
   private readonly connecting = new Map<string, (err?: Error) => void>();
   private nextLocalPort = FIRST_LOCAL_PORT;
   private activations = 0;
-  private readonly counts = { badPackets: 0, resets: 0, creditViolations: 0, refusedConnections: 0, connections: 0 };
+  private readonly counts = { badPackets: 0, resets: 0, creditViolations: 0, refusedConnections: 0, connections: 0, creditExhausted: 0 };
+  /**
+   * Bytes the back-end holds, now and at most so far: guest bytes handed to host sockets and not
+   * yet taken by them (bounded by the credit we give, bufAlloc per connection), and host bytes
+   * read and not yet in rx buffers (bounded by the guest's credit and the rx backlog).
+   */
+  private readonly buffered = { toHost: 0, toHostPeak: 0, toGuest: 0, toGuestPeak: 0 };
 
   constructor(options: VsockDeviceOptions) {
     const { guestCid } = options;
@@ -116,7 +122,14 @@ export class VsockDevice implements VirtioDevice {
     this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     this.bufAlloc = options.bufAlloc ?? 256 * 1024;
     VSOCK_CONFIG.encode({ guest_cid: guestCid }, this.config);
-    this.counters = new DeviceCounters(3, () => ({ ...this.counts, open: this.conns.size }));
+    this.counters = new DeviceCounters(3, () => ({
+      ...this.counts,
+      open: this.conns.size,
+      bufferedToHost: this.buffered.toHost,
+      bufferedToHostPeak: this.buffered.toHostPeak,
+      bufferedToGuest: this.buffered.toGuest,
+      bufferedToGuestPeak: this.buffered.toGuestPeak,
+    }));
   }
 
   /** Open connections. */
@@ -157,6 +170,8 @@ export class VsockDevice implements VirtioDevice {
     this.pending = [];
     for (const c of this.conns.values()) c.socket.destroy();
     this.conns.clear();
+    // Held host bytes and the rx backlog went with the queues and connections.
+    this.buffered.toGuest = 0;
   }
 
   /**
@@ -297,7 +312,13 @@ export class VsockDevice implements VirtioDevice {
   /** Hand guest bytes to the host socket; they count as forwarded once it took them. */
   private toHost(conn: Connection, payload: Uint8Array): void {
     if (payload.length === 0) return;
+    const b = this.buffered;
+    b.toHost += payload.length;
+    if (b.toHost > b.toHostPeak) b.toHostPeak = b.toHost;
+    // The guest used all the credit we gave: it waits for our CREDIT_UPDATE (a slow host reader).
+    if (conn.credit.advertisedFree === 0) this.counts.creditExhausted++;
     conn.socket.write(payload, (err) => {
+      b.toHost -= payload.length;
       if (err !== undefined && err !== null) return;
       conn.credit.forwarded(payload.length);
       if (this.conns.get(conn.key) === conn && conn.credit.updateDue) {
@@ -311,6 +332,9 @@ export class VsockDevice implements VirtioDevice {
   private startReading(conn: Connection): void {
     const { socket } = conn;
     socket.on('data', (chunk: Buffer) => {
+      const b = this.buffered;
+      b.toGuest += chunk.length;
+      if (b.toGuest > b.toGuestPeak) b.toGuestPeak = b.toGuest;
       conn.held.push(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length));
       this.pump(conn);
     });
@@ -395,6 +419,8 @@ export class VsockDevice implements VirtioDevice {
     this.conns.delete(conn.key);
     this.connecting.get(conn.key)?.(err ?? new Error('the connection was reset'));
     this.connecting.delete(conn.key);
+    for (const chunk of conn.held) this.buffered.toGuest -= chunk.length;
+    conn.held = [];
     conn.socket.destroy();
   }
 
@@ -410,6 +436,7 @@ export class VsockDevice implements VirtioDevice {
       const credit = p.conn?.credit;
       w.write(encodeHeader({ ...p.header, flags: eom, len: n, bufAlloc: credit?.bufAlloc ?? 0, fwdCnt: credit?.reported() ?? 0 }));
       w.write(p.payload.subarray(0, n));
+      if (p.conn !== undefined) this.buffered.toGuest -= n;
       return rest === undefined ? undefined : { ...p, payload: rest };
     },
   };

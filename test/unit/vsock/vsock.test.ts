@@ -75,7 +75,13 @@ test('guest to host: 1 MiB each way through one connection, the host reading slo
   const [gotUp, gotDown] = await Promise.all([readAll(host, { slowChunk: 1024 }), readAll(guest), writeAll(guest, up), writeAll(host, down)]);
   assert.equal(sha(gotUp), sha(up));
   assert.equal(sha(gotDown), sha(down));
-  assert.equal(device.counters.snapshot().device.creditViolations, 0);
+  const counts = device.counters.snapshot().device;
+  assert.equal(counts.creditViolations, 0);
+  // The slow host reader held the guest back through credit, not through the back-end's memory.
+  assert.ok(counts.creditExhausted > 0, 'the guest ran out of credit while the host read slowly');
+  assert.ok(counts.bufferedToHostPeak <= 64 * 1024, `at most one receive buffer held for the host, saw ${counts.bufferedToHostPeak}`);
+  assert.ok(counts.bufferedToGuestPeak <= 256 * 1024, `host bytes held for the guest stay near its credit, saw ${counts.bufferedToGuestPeak}`);
+  assert.deepEqual([counts.bufferedToHost, counts.bufferedToGuest], [0, 0]);
   await driver.close();
 });
 
