@@ -17,6 +17,8 @@ export interface ReadAllOptions {
    * buffered at once.
    */
   readonly slowChunk?: number;
+  /** With slowChunk: wait this many milliseconds between reads instead of one turn, a reader slower still. */
+  readonly pauseMs?: number;
   /** Called with the byte count after each read (progress, or to sample a peer's counters). */
   readonly onRead?: (total: number) => void;
 }
@@ -33,7 +35,10 @@ export async function readAll(s: Readable, options: ReadAllOptions = {}): Promis
       parts.push(c);
       total += c.length;
       options.onRead?.(total);
-      if (options.slowChunk !== undefined) await new Promise((r) => setImmediate(r));
+      if (options.slowChunk !== undefined) {
+        const pauseMs = options.pauseMs;
+        await new Promise((r) => (pauseMs === undefined ? setImmediate(r) : setTimeout(r, pauseMs)));
+      }
       continue;
     }
     if (s.readableEnded) return Buffer.concat(parts);
