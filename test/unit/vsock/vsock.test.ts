@@ -231,3 +231,45 @@ test('credit arithmetic wraps at 2^32', () => {
   c.forwarded(500);
   assert.equal(c.received(500), true);
 });
+
+test('a host program that sends and closes: the guest reads every byte, then the end of the stream', async () => {
+  const { driver, mem } = await setup([5000]);
+  const [guest, host] = await Promise.all([driver.connect(5000), mem.next()]);
+  const data = randomBytes(300_000);
+  host.end(data, () => host.destroy());
+  assert.equal(sha(await readAll(guest, { slowChunk: 4096 })), sha(data), 'nothing sent before the close is lost');
+  await driver.close();
+});
+
+test('a host program that breaks off mid-stream: the guest connection is reset, not left waiting for credit', async () => {
+  const { device, driver, mem } = await setup([5000]);
+  const [guest, host] = await Promise.all([driver.connect(5000), mem.next()]);
+  const hostRead = new Promise<void>((resolve) => {
+    let got = 0;
+    host.on('data', (c: Buffer) => {
+      got += c.length;
+      if (got >= 100_000) {
+        host.destroy();
+        resolve();
+      }
+    });
+  });
+  const [, written] = await Promise.allSettled([hostRead, writeAll(guest, randomBytes(4 << 20))]);
+  assert.equal(written.status, 'rejected', 'the guest writer hears of the reset');
+  assert.match(String((written as PromiseRejectedResult).reason), /reset/);
+  while (device.connections > 0) await new Promise((r) => setImmediate(r));
+  assert.ok(device.counters.snapshot().device.resets >= 1);
+  await driver.close();
+});
+
+test('answers to a guest that posts no rx buffers are bounded: past the backlog they are dropped and counted', async () => {
+  const device = new VsockDevice({ guestCid: CID, host: memoryHost([]).host });
+  const g = await rawGuest(device, false);
+  for (let i = 0; i < 300; i++) await g.send({ op: Op.RW, srcPort: 1000 + i }, new Uint8Array(1));
+  const counts = device.counters.snapshot().device;
+  assert.equal(counts.droppedReplies, 300 - 256, 'the rx backlog holds 256 answers, the rest are dropped');
+  g.post();
+  await g.until(256);
+  assert.equal(g.rx.every((h) => h.op === Op.RST), true);
+  await g.core.close();
+});
