@@ -84,29 +84,3 @@ test('vsock host to guest: CONNECT P reaches the listener on port P, answered OK
   assert.equal(refused.bytesRead, 0, 'nothing listens on guest port 4321: the host program is closed without an answer');
   await driver.close();
 });
-
-test('vsock throughput against a Unix-socket copy on this machine (reported, not asserted)', async (t) => {
-  const { dir, uds, driver } = await serveVsock(t);
-  const data = randomBytes(2 * MiB);
-  const accepted = await hostListener(t, `${uds}_6000`);
-  const guest = await driver.connect(6000);
-  const host = await accepted.connection;
-  let start = process.hrtime.bigint();
-  const [viaVsock] = await Promise.all([readAll(host), writeAll(guest, data)]);
-  const vsockNs = Number(process.hrtime.bigint() - start);
-  assert.equal(viaVsock.length, data.length);
-
-  const plain = await hostListener(t, join(dir, 'plain.sock'));
-  const client = connect({ path: join(dir, 'plain.sock'), allowHalfOpen: true });
-  const server = await plain.connection;
-  start = process.hrtime.bigint();
-  const [viaUnix] = await Promise.all([readAll(server), writeAll(client, data)]);
-  const unixNs = Number(process.hrtime.bigint() - start);
-  assert.equal(viaUnix.length, data.length);
-  const mibps = (ns: number): number => Math.round((2 * 1e9) / ns);
-  t.diagnostic(JSON.stringify({ bench: 'vsock-stream', metric: 'guest-to-host', value: mibps(vsockNs), unit: 'MiB/s' }));
-  t.diagnostic(JSON.stringify({ bench: 'unix-socket-copy', metric: 'one-way', value: mibps(unixNs), unit: 'MiB/s' }));
-  t.diagnostic(`ratio vsock/unix ${(unixNs / vsockNs).toFixed(3)}`);
-  client.destroy();
-  await driver.close();
-});
