@@ -61,8 +61,16 @@ class Connection {
   readonly credit: Credit;
   /** Host bytes read but not yet within the guest's credit. */
   held: Uint8Array[] = [];
-  /** The host sent everything it will (EOF) after `held`. */
-  hostEnded = false;
+  /**
+   * How the host side ended, told to the guest as SHUTDOWN flags once `held` went out
+   * (§5.10.6.4): SEND when the host program finished sending (EOF), RCV | SEND when its socket
+   * closed (it reads nothing more either).
+   */
+  hostShutdown = 0;
+  /** SHUTDOWN flags already sent to the guest. */
+  shutdownSent = 0;
+  /** A CREDIT_UPDATE for this connection waits for an rx buffer: another would say nothing new. */
+  creditUpdateQueued = false;
 
   constructor(
     readonly guestPort: number,
@@ -104,7 +112,13 @@ export class VsockDevice implements VirtioDevice {
   private readonly connecting = new Map<string, (err?: Error) => void>();
   private nextLocalPort = FIRST_LOCAL_PORT;
   private activations = 0;
-  private readonly counts = { badPackets: 0, resets: 0, creditViolations: 0, refusedConnections: 0, connections: 0 };
+  private readonly counts = { badPackets: 0, resets: 0, creditViolations: 0, refusedConnections: 0, connections: 0, creditExhausted: 0, droppedReplies: 0 };
+  /**
+   * Bytes the back-end holds, now and at most so far: guest bytes handed to host sockets and not
+   * yet taken by them (bounded by the credit we give, bufAlloc per connection), and host bytes
+   * read and not yet in rx buffers (bounded by the guest's credit and the rx backlog).
+   */
+  private readonly buffered = { toHost: 0, toHostPeak: 0, toGuest: 0, toGuestPeak: 0 };
 
   constructor(options: VsockDeviceOptions) {
     const { guestCid } = options;
@@ -116,7 +130,14 @@ export class VsockDevice implements VirtioDevice {
     this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     this.bufAlloc = options.bufAlloc ?? 256 * 1024;
     VSOCK_CONFIG.encode({ guest_cid: guestCid }, this.config);
-    this.counters = new DeviceCounters(3, () => ({ ...this.counts, open: this.conns.size }));
+    this.counters = new DeviceCounters(3, () => ({
+      ...this.counts,
+      open: this.conns.size,
+      bufferedToHost: this.buffered.toHost,
+      bufferedToHostPeak: this.buffered.toHostPeak,
+      bufferedToGuest: this.buffered.toGuest,
+      bufferedToGuestPeak: this.buffered.toGuestPeak,
+    }));
   }
 
   /** Open connections. */
@@ -157,6 +178,8 @@ export class VsockDevice implements VirtioDevice {
     this.pending = [];
     for (const c of this.conns.values()) c.socket.destroy();
     this.conns.clear();
+    // Held host bytes and the rx backlog went with the queues and connections.
+    this.buffered.toGuest = 0;
   }
 
   /**
@@ -261,7 +284,7 @@ export class VsockDevice implements VirtioDevice {
         }
         return;
       case Op.CREDIT_REQUEST:
-        this.send(conn, Op.CREDIT_UPDATE);
+        this.creditUpdate(conn);
         return;
       case Op.CREDIT_UPDATE:
         this.pump(conn);
@@ -297,12 +320,16 @@ export class VsockDevice implements VirtioDevice {
   /** Hand guest bytes to the host socket; they count as forwarded once it took them. */
   private toHost(conn: Connection, payload: Uint8Array): void {
     if (payload.length === 0) return;
+    const b = this.buffered;
+    b.toHost += payload.length;
+    if (b.toHost > b.toHostPeak) b.toHostPeak = b.toHost;
+    // The guest used all the credit we gave: it waits for our CREDIT_UPDATE (a slow host reader).
+    if (conn.credit.advertisedFree === 0) this.counts.creditExhausted++;
     conn.socket.write(payload, (err) => {
+      b.toHost -= payload.length;
       if (err !== undefined && err !== null) return;
       conn.credit.forwarded(payload.length);
-      if (this.conns.get(conn.key) === conn && conn.credit.updateDue) {
-        this.send(conn, Op.CREDIT_UPDATE);
-      }
+      if (this.conns.get(conn.key) === conn && conn.credit.updateDue) this.creditUpdate(conn);
     });
   }
 
@@ -311,23 +338,29 @@ export class VsockDevice implements VirtioDevice {
   private startReading(conn: Connection): void {
     const { socket } = conn;
     socket.on('data', (chunk: Buffer) => {
+      const b = this.buffered;
+      b.toGuest += chunk.length;
+      if (b.toGuest > b.toGuestPeak) b.toGuestPeak = b.toGuest;
       conn.held.push(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length));
       this.pump(conn);
     });
     socket.on('end', () => {
-      conn.hostEnded = true;
+      conn.hostShutdown |= Shutdown.SEND;
       this.pump(conn);
     });
     socket.on('error', () => socket.destroy());
-    socket.on('close', () => {
+    socket.on('close', (hadError: boolean) => {
       if (this.conns.get(conn.key) !== conn) return;
-      // The host program is gone: what it sent is already queued; the guest hears SHUTDOWN and answers RST.
-      conn.hostEnded = true;
-      this.pump(conn);
-      if (conn.state === 'connected') {
-        this.send(conn, Op.SHUTDOWN, Shutdown.RCV | Shutdown.SEND);
-        conn.state = 'closing';
+      if (hadError) {
+        // The host stream broke (reset, or a write failed): bytes were lost, so the guest must
+        // not take what it got for the whole stream. RST is the abortive close (§5.10.6.4).
+        this.reset1(conn);
+        return;
       }
+      // Closed in order: what the host program sent goes to the guest first, then SHUTDOWN; the
+      // guest answers RST once it has read it.
+      conn.hostShutdown |= Shutdown.RCV | Shutdown.SEND;
+      this.pump(conn);
     });
     this.pump(conn);
   }
@@ -345,9 +378,12 @@ export class VsockDevice implements VirtioDevice {
     }
     if (conn.held.length === 0 && this.pending.length === 0) conn.socket.resume();
     else conn.socket.pause();
-    if (conn.held.length === 0 && conn.hostEnded && conn.state === 'connected') {
-      this.send(conn, Op.SHUTDOWN, Shutdown.SEND);
-      conn.hostEnded = false;
+    const shutdown = conn.hostShutdown & ~conn.shutdownSent;
+    if (conn.held.length === 0 && shutdown !== 0 && conn.state === 'connected') {
+      conn.shutdownSent |= conn.hostShutdown;
+      this.send(conn, Op.SHUTDOWN, conn.shutdownSent);
+      // Both ways shut: the guest's RST (or its own SHUTDOWN) ends the connection; its data now finds no reader.
+      if ((conn.shutdownSent & Shutdown.RCV) !== 0) conn.state = 'closing';
     }
   }
 
@@ -369,13 +405,29 @@ export class VsockDevice implements VirtioDevice {
     });
   }
 
-  /** Answer a packet that has no connection (RST to a closed port). */
+  /** Tell the guest our fwd_cnt, unless a packet already on its way will. */
+  private creditUpdate(conn: Connection): void {
+    if (conn.creditUpdateQueued) return;
+    conn.creditUpdateQueued = true;
+    this.send(conn, Op.CREDIT_UPDATE);
+  }
+
+  /**
+   * Answer a packet that has no connection (RST to a closed port). Such answers are not queued
+   * behind a full rx backlog: a guest sending packets while posting no rx buffers would grow it
+   * without bound. Dropped ones are counted; the guest's own timeout ends its attempt.
+   */
   private reply(to: PacketHeader, op: number): void {
-    this.enqueue({
+    if (this.rx === undefined || this.pending.length > 0) {
+      this.counts.droppedReplies++;
+      return;
+    }
+    const sent = this.rx.offer({
       conn: undefined,
       header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: to.dstPort, dstPort: to.srcPort, type: to.type === SocketType.SEQPACKET ? to.type : SocketType.STREAM, op, flags: 0 },
       payload: new Uint8Array(0),
     });
+    if (!sent) this.counts.droppedReplies++;
   }
 
   private enqueue(p: RxPacket): void {
@@ -395,6 +447,8 @@ export class VsockDevice implements VirtioDevice {
     this.conns.delete(conn.key);
     this.connecting.get(conn.key)?.(err ?? new Error('the connection was reset'));
     this.connecting.delete(conn.key);
+    for (const chunk of conn.held) this.buffered.toGuest -= chunk.length;
+    conn.held = [];
     conn.socket.destroy();
   }
 
@@ -408,8 +462,10 @@ export class VsockDevice implements VirtioDevice {
       const rest = n < p.payload.length ? p.payload.subarray(n) : undefined;
       const eom = rest !== undefined ? p.header.flags & ~SeqFlag.EOM : p.header.flags;
       const credit = p.conn?.credit;
+      if (p.header.op === Op.CREDIT_UPDATE && p.conn !== undefined) p.conn.creditUpdateQueued = false;
       w.write(encodeHeader({ ...p.header, flags: eom, len: n, bufAlloc: credit?.bufAlloc ?? 0, fwdCnt: credit?.reported() ?? 0 }));
       w.write(p.payload.subarray(0, n));
+      if (p.conn !== undefined) this.buffered.toGuest -= n;
       return rest === undefined ? undefined : { ...p, payload: rest };
     },
   };

@@ -5,7 +5,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import { type Duplex, duplexPair } from 'node:stream';
 import { VsockDevice, type VsockHost } from '../../../src/devices/vsock/device.ts';
 import { VsockDriver } from '../../../src/devices/vsock/driver.ts';
@@ -19,6 +18,7 @@ import { DeviceId } from '../../../src/virtio/constants.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { EventReceiver } from '../../../src/virtio/event-receiver.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
+import { readAll, writeAll } from '../../lab/streams.ts';
 
 const CID = 42;
 
@@ -52,32 +52,6 @@ function sha(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
-/** Read a stream to its end, `slow` taking one small chunk per event-loop turn. */
-async function readAll(s: Duplex, slow = false): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  if (!slow) {
-    for await (const c of s.iterator({ destroyOnReturn: false })) parts.push(c as Buffer);
-    return Buffer.concat(parts);
-  }
-  for (;;) {
-    const c = s.read(1024) as Buffer | null;
-    if (c !== null) {
-      parts.push(c);
-      await new Promise((r) => setImmediate(r));
-      continue;
-    }
-    if (s.readableEnded) return Buffer.concat(parts);
-    await Promise.race([once(s, 'readable'), once(s, 'end')]);
-  }
-}
-
-async function writeAll(s: Duplex, data: Uint8Array): Promise<void> {
-  for (let at = 0; at < data.length; at += 32 * 1024) {
-    if (!s.write(data.subarray(at, at + 32 * 1024))) await once(s, 'drain');
-  }
-  s.end();
-}
-
 async function setup(ports: number[], bufAlloc = 64 * 1024) {
   const mem = memoryHost(ports);
   const device = new VsockDevice({ guestCid: CID, host: mem.host, bufAlloc });
@@ -98,10 +72,16 @@ test('guest to host: 1 MiB each way through one connection, the host reading slo
   const [guest, host] = await Promise.all([driver.connect(5000), mem.next()]);
   const up = randomBytes(1 << 20);
   const down = randomBytes(1 << 20);
-  const [gotUp, gotDown] = await Promise.all([readAll(host, true), readAll(guest), writeAll(guest, up), writeAll(host, down)]);
+  const [gotUp, gotDown] = await Promise.all([readAll(host, { slowChunk: 1024 }), readAll(guest), writeAll(guest, up), writeAll(host, down)]);
   assert.equal(sha(gotUp), sha(up));
   assert.equal(sha(gotDown), sha(down));
-  assert.equal(device.counters.snapshot().device.creditViolations, 0);
+  const counts = device.counters.snapshot().device;
+  assert.equal(counts.creditViolations, 0);
+  // The slow host reader held the guest back through credit, not through the back-end's memory.
+  assert.ok(counts.creditExhausted > 0, 'the guest ran out of credit while the host read slowly');
+  assert.ok(counts.bufferedToHostPeak <= 64 * 1024, `at most one receive buffer held for the host, saw ${counts.bufferedToHostPeak}`);
+  assert.ok(counts.bufferedToGuestPeak <= 256 * 1024, `host bytes held for the guest stay near its credit, saw ${counts.bufferedToGuestPeak}`);
+  assert.deepEqual([counts.bufferedToHost, counts.bufferedToGuest], [0, 0]);
   await driver.close();
 });
 
@@ -113,7 +93,7 @@ test('host to guest (connectToGuest, as `CONNECT P`): the guest accepts on a lis
   assert.equal(typeof local, 'number');
   const guest = await accepted;
   const data = randomBytes(300_000);
-  const [got] = await Promise.all([readAll(guest, true), writeAll(program, data)]);
+  const [got] = await Promise.all([readAll(guest, { slowChunk: 1024 }), writeAll(program, data)]);
   assert.equal(sha(got), sha(data));
 
   const [ours2] = duplexPair();
@@ -250,4 +230,46 @@ test('credit arithmetic wraps at 2^32', () => {
   assert.equal(c.received(1), false);
   c.forwarded(500);
   assert.equal(c.received(500), true);
+});
+
+test('a host program that sends and closes: the guest reads every byte, then the end of the stream', async () => {
+  const { driver, mem } = await setup([5000]);
+  const [guest, host] = await Promise.all([driver.connect(5000), mem.next()]);
+  const data = randomBytes(300_000);
+  host.end(data, () => host.destroy());
+  assert.equal(sha(await readAll(guest, { slowChunk: 4096 })), sha(data), 'nothing sent before the close is lost');
+  await driver.close();
+});
+
+test('a host program that breaks off mid-stream: the guest connection is reset, not left waiting for credit', async () => {
+  const { device, driver, mem } = await setup([5000]);
+  const [guest, host] = await Promise.all([driver.connect(5000), mem.next()]);
+  const hostRead = new Promise<void>((resolve) => {
+    let got = 0;
+    host.on('data', (c: Buffer) => {
+      got += c.length;
+      if (got >= 100_000) {
+        host.destroy();
+        resolve();
+      }
+    });
+  });
+  const [, written] = await Promise.allSettled([hostRead, writeAll(guest, randomBytes(4 << 20))]);
+  assert.equal(written.status, 'rejected', 'the guest writer hears of the reset');
+  assert.match(String((written as PromiseRejectedResult).reason), /reset/);
+  while (device.connections > 0) await new Promise((r) => setImmediate(r));
+  assert.ok(device.counters.snapshot().device.resets >= 1);
+  await driver.close();
+});
+
+test('answers to a guest that posts no rx buffers are bounded: past the backlog they are dropped and counted', async () => {
+  const device = new VsockDevice({ guestCid: CID, host: memoryHost([]).host });
+  const g = await rawGuest(device, false);
+  for (let i = 0; i < 300; i++) await g.send({ op: Op.RW, srcPort: 1000 + i }, new Uint8Array(1));
+  const counts = device.counters.snapshot().device;
+  assert.equal(counts.droppedReplies, 300 - 256, 'the rx backlog holds 256 answers, the rest are dropped');
+  g.post();
+  await g.until(256);
+  assert.equal(g.rx.every((h) => h.op === Op.RST), true);
+  await g.core.close();
 });
