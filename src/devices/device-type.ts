@@ -147,12 +147,23 @@ export interface Probe {
   readonly writable: number;
   /** Why the device's answer (the writable part after completion, and the used length) is wrong, or undefined. */
   check(written: Uint8Array, usedLength: number): string | undefined;
+  /**
+   * On an event queue (the device fills posted buffers when the host has something, see
+   * src/virtio/event-queue.ts): make the device have the one event this probe's buffer must
+   * receive, once the buffer is posted. Without it the probe is a request the device answers.
+   */
+  deliver?(): void;
 }
 
 /** One device the fuzzer attacks, on in-memory back-ends. */
 export interface FuzzSubject {
   readonly device: VirtioDevice;
   probe(seed: ProbeSeed): Probe;
+  /**
+   * On an event queue: make the device have one event to deliver (host input), so that buffers the
+   * driver made available are popped and validated. Absent on request queues.
+   */
+  produce?(seed: ProbeSeed): void;
   /** Something the back-end must never have been asked (a disk range past the end), or undefined. */
   violation(): string | undefined;
 }
@@ -168,6 +179,11 @@ export interface FuzzProfile {
   readonly queue: number;
   /** Smallest ring every probe fits in (a blk request takes a header and a status descriptor). */
   readonly minQueueSize: number;
+  /**
+   * Device feature bits the hostile driver leaves out though offered (it takes all the others):
+   * console's MULTIPORT, without which port 0's receiveq runs with no control queue set up.
+   */
+  readonly withheldFeatures?: bigint;
   /** A fresh device whose back-end calls each take `delayTurns` microtask turns. */
   create(options: { readonly maxQueueSize: number; readonly delayTurns: number }): FuzzSubject;
 }

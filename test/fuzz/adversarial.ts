@@ -40,6 +40,8 @@ const MAX_TURNS = 2000;
 const VALID_READABLE = DATA_BASE;
 const VALID_WRITABLE = DATA_BASE + 0x800;
 const UNWRITTEN = 0xee;
+/** A well-formed event-queue buffer taking whatever the device still has waiting. */
+const SINK_BYTES = 2048;
 
 /** What one case saw, for the run's summary. */
 export interface Outcome {
@@ -110,14 +112,26 @@ class Case {
     return this.regs.state.liveQueue(this.driver.queue)?.inFlight ?? 0;
   }
 
-  /** Let asynchronous completions run until nothing is in flight, within MAX_TURNS microtask turns. */
+  /** The attacked queue is an event queue: the device fills buffers when the host has something. */
+  get eventQueue(): boolean {
+    return this.subject.produce !== undefined;
+  }
+
+  /**
+   * Let asynchronous completions run until nothing is in flight, within MAX_TURNS microtask turns.
+   * On an event queue, buffers held for an event that needs more of them, or that no event fits,
+   * are the queue's contract (event-queue.ts): there it is enough that nothing changes any more.
+   */
   async drain(what: string): Promise<void> {
     let quiet = 0;
+    let last = this.inFlight();
     for (let turn = 0; turn < MAX_TURNS; turn++) {
       await null;
+      const now = this.inFlight();
       // A few turns past the last completion let a scheduled publish run.
-      quiet = this.inFlight() === 0 ? quiet + 1 : 0;
-      if (quiet > 4) {
+      quiet = now === 0 || (this.eventQueue && now === last) ? quiet + 1 : 0;
+      last = now;
+      if (quiet > 4 + this.target.backendDelay) {
         this.checkInvariants(what);
         return;
       }
@@ -166,6 +180,11 @@ class Case {
       case 'valid':
         if (await this.serve(a.request, what)) this.servedAmidGarbage++;
         return;
+      case 'produce':
+        if (!this.eventQueue) return;
+        this.act(what, () => this.subject.produce?.(a.seed));
+        await this.drain(what);
+        return;
       case 'reset':
         this.act(what, () => d.init());
         return;
@@ -192,9 +211,13 @@ class Case {
     // Let the device take whatever garbage is still pending, first.
     this.act(what, () => d.notify());
     await this.drain(what);
-    if (!d.running()) return false;
-    const inFlight = this.inFlight();
-    if (inFlight !== 0) throw new Finding(`${what}: ${inFlight} chains popped and never returned`);
+    if (this.eventQueue) {
+      if (!(await this.flushEvents(req, what))) return false;
+    } else {
+      if (!d.running()) return false;
+      const inFlight = this.inFlight();
+      if (inFlight !== 0) throw new Finding(`${what}: ${inFlight} chains popped and never returned`);
+    }
 
     const request = this.layOut(req);
     const useIndirect = req.indirect && this.target.indirect;
@@ -205,6 +228,7 @@ class Case {
       completion = d.placeValid(descs, useIndirect);
       d.notify();
     });
+    if (request.deliver !== undefined) this.act(what, request.deliver);
     await this.drain(what);
     const used = completion();
     if (used === undefined) {
@@ -218,11 +242,48 @@ class Case {
     return true;
   }
 
+  /**
+   * Before a probe on an event queue: the device pops only when it has an event, so the host
+   * produces events until no garbage is left available, then the driver posts well-formed sink
+   * buffers until nothing is left waiting in the device (a rest of a byte stream, the second half
+   * of an input group, a frame waiting for more merged buffers). True when the queue then runs,
+   * holds nothing and has nothing waiting, so the probe's buffer must receive the probe's event;
+   * false when garbage stopped the queue, or when the device legitimately holds a buffer no event
+   * fits (event-queue.ts drops such events, and the buffer waits for one that fits).
+   */
+  private async flushEvents(req: ValidRequest, what: string): Promise<boolean> {
+    const d = this.driver;
+    // Each round pops at least one chain, or uses a sink: a ring of garbage, then a ring of sinks.
+    for (let round = 0; round < 2 * d.size + 4; round++) {
+      if (!d.running()) return false;
+      if (d.hasAvailable()) {
+        this.act(what, () => this.subject.produce?.(req.seed));
+        await this.drain(what);
+        continue;
+      }
+      const before = this.inFlight();
+      let completion: () => { id: number; len: number } | undefined = () => undefined;
+      this.act(what, () => {
+        completion = d.placeValid([{ addr: VALID_WRITABLE, len: SINK_BYTES, flags: DescFlag.WRITE, idOrNext: 0 }], false);
+        d.notify();
+      });
+      await this.drain(what);
+      if (!d.running()) return false;
+      if (completion() === undefined && this.inFlight() === before) {
+        // Nothing waited for the sink, which stays available where the probe goes now.
+        return before === 0;
+      }
+      d.resync();
+    }
+    throw new Finding(`${what}: the device still took buffers after ${2 * d.size + 4} rounds of events and sink buffers`);
+  }
+
   /** The buffers of a well-formed request, written to guest memory, and how to check its answer. */
   private layOut(req: ValidRequest): {
     descs: DescWords[];
     merged: DescWords[];
     check: (len: number, what: string) => void;
+    deliver: (() => void) | undefined;
   } {
     const mem = this.memory.driver;
     const probe = this.subject.probe(req.seed);
@@ -247,7 +308,7 @@ class Case {
       ...parts(VALID_READABLE, readable.length, readParts, 0),
       ...parts(VALID_WRITABLE, writableLen, writeParts, DescFlag.WRITE),
     ];
-    return { descs: chain(req.readParts, req.writeParts), merged: chain(1, 1), check };
+    return { descs: chain(req.readParts, req.writeParts), merged: chain(1, 1), check, deliver: probe.deliver?.bind(probe) };
   }
 }
 

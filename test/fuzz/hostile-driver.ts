@@ -104,9 +104,10 @@ export class HostileDriver {
       (target.indirect ? featureBit(Feature.INDIRECT_DESC) : 0n) |
       (target.inOrder ? featureBit(Feature.IN_ORDER) : 0n);
     // Every device-specific bit the device offers (so more request types are live), plus the chosen ring features.
-    this.features = (offered & ~RING_FEATURES) | (wanted & offered);
+    const profile = profileNamed(target.profile);
+    this.features = (offered & ~RING_FEATURES & ~(profile.withheldFeatures ?? 0n)) | (wanted & offered);
     this.size = target.queueSize;
-    this.queue = profileNamed(target.profile).queue;
+    this.queue = profile.queue;
     this.layout = ringLayout(this.size, target.packed);
     this.areas = placeRingAreas(this.layout, RING_BASE);
   }
@@ -233,6 +234,18 @@ export class HostileDriver {
     } else {
       this.availIdx = q.base;
     }
+  }
+
+  /**
+   * Whether the device would find a chain available where it looks next: split, avail->idx ahead
+   * of its position; packed, the descriptor there flagged available for its wrap counter (§2.8.1).
+   */
+  hasAvailable(): boolean {
+    const q = this.regs.state.liveQueue(this.queue);
+    if (q === undefined) return false;
+    if (!this.target.packed) return this.mem.readU16(this.areas.driver + 2) !== (q.base & 0xffff);
+    const flags = this.mem.readU16(this.areas.desc + (q.base & 0x7fff) * 16 + 14);
+    return (flags & AVAIL_USED) === availablePattern((q.base & 0x8000) !== 0);
   }
 
   // --- ring memory ---

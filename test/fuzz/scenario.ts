@@ -115,6 +115,8 @@ export type Action =
   /** Let asynchronous completions run. */
   | { readonly op: 'drain' }
   | { readonly op: 'valid'; readonly request: ValidRequest }
+  /** On an event queue: the host has one event for the device to deliver (nothing on a request queue). */
+  | { readonly op: 'produce'; readonly seed: ProbeSeed }
   /** Reset and set the device up again properly, as a recovering driver does. */
   | { readonly op: 'reset' }
   /** Set the device up with steps left out or in the wrong order. */
@@ -192,8 +194,15 @@ const publish: fc.Arbitrary<Publish> = fc.record({
 
 const slot = fc.oneof({ weight: 4, arbitrary: fc.integer({ min: 0, max: 17 }) }, { weight: 1, arbitrary: u16 });
 
+const probeSeed: fc.Arbitrary<ProbeSeed> = fc.record({
+  choice: fc.nat({ max: 15 }),
+  a: fc.nat({ max: 0xffff }),
+  b: fc.nat({ max: 0xffff }),
+  fill: fc.integer({ min: 1, max: 255 }),
+});
+
 export const validRequest: fc.Arbitrary<ValidRequest> = fc.record({
-  seed: fc.record({ choice: fc.nat({ max: 15 }), a: fc.nat({ max: 0xffff }), b: fc.nat({ max: 0xffff }), fill: fc.integer({ min: 1, max: 255 }) }),
+  seed: probeSeed,
   readParts: fc.integer({ min: 1, max: 2 }),
   writeParts: fc.integer({ min: 1, max: 2 }),
   indirect: fc.boolean(),
@@ -246,6 +255,7 @@ const action: fc.Arbitrary<Action> = fc.oneof(
   { weight: 4, arbitrary: fc.record({ op: fc.constant('notify' as const), queue: fc.oneof({ weight: 6, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary: u32 }) }) },
   { weight: 1, arbitrary: fc.constant({ op: 'drain' as const }) },
   { weight: 3, arbitrary: fc.record({ op: fc.constant('valid' as const), request: validRequest }) },
+  { weight: 4, arbitrary: fc.record({ op: fc.constant('produce' as const), seed: probeSeed }) },
   { weight: 1, arbitrary: fc.constant({ op: 'reset' as const }) },
   {
     weight: 1,
