@@ -1,13 +1,21 @@
 /**
  * virtio-vsock under the adversarial fuzzer (test/fuzz): the tx queue, whose packets the device
- * reads and returns with nothing written (§5.10.6.2); a probe is a credit request for a
- * connection that does not exist, which the device answers on the rx queue, not in the buffer.
+ * reads and returns with nothing written (§5.10.6.2), where a probe is a credit request for a
+ * connection that does not exist, which the device answers on the rx queue, not in the buffer;
+ * and the rx queue, where a probe is a buffer a host program's connection request must fill
+ * (an OP_REQUEST packet, §5.10.6.4).
  */
+import { PassThrough } from 'node:stream';
 import type { FuzzProfile } from '../device-type.ts';
 import { VsockDevice } from './device.ts';
-import { HOST_CID, Op, SocketType, TXQ, encodeHeader } from './wire.ts';
+import { HEADER_BYTES, HOST_CID, Op, RXQ, SocketType, TXQ, decodeHeader, encodeHeader } from './wire.ts';
 
 const GUEST_CID = 3;
+
+/** A device whose host side has nothing listening: guest connections are refused. */
+function vsock(maxQueueSize: number): VsockDevice {
+  return new VsockDevice({ guestCid: GUEST_CID, maxQueueSize, host: { connect: () => Promise.reject(new Error('no host listeners in the fuzzer')) } });
+}
 
 export const VSOCK_FUZZ: readonly FuzzProfile[] = [
   {
@@ -15,7 +23,7 @@ export const VSOCK_FUZZ: readonly FuzzProfile[] = [
     queue: TXQ,
     minQueueSize: 1,
     create({ maxQueueSize }) {
-      const device = new VsockDevice({ guestCid: GUEST_CID, maxQueueSize, host: { connect: () => Promise.reject(new Error('no host listeners in the fuzzer')) } });
+      const device = vsock(maxQueueSize);
       return {
         device,
         probe: (seed) => ({
@@ -25,6 +33,34 @@ export const VSOCK_FUZZ: readonly FuzzProfile[] = [
           }),
           writable: 0,
           check: (_written, used) => (used === 0 ? undefined : `used length ${used} for a tx packet, which the device only reads`),
+        }),
+        violation: () => undefined,
+      };
+    },
+  },
+  {
+    name: 'vsock rx',
+    queue: RXQ,
+    minQueueSize: 1,
+    create({ maxQueueSize }) {
+      const device = vsock(maxQueueSize);
+      // A host program connecting to a guest port; the guest never answers (its tx queue is not set up).
+      const connect = (port: number): void => device.connectToGuest(port, new PassThrough(), () => {});
+      return {
+        device,
+        produce: (seed) => connect(seed.a),
+        probe: (seed) => ({
+          readable: new Uint8Array(0),
+          writable: HEADER_BYTES + (seed.b % 64),
+          deliver: () => connect(seed.a),
+          check(written, used) {
+            if (used !== HEADER_BYTES) return `used length ${used} for a connection request`;
+            const h = decodeHeader(written.subarray(0, HEADER_BYTES));
+            if (h === undefined) return 'no packet header';
+            const wrong =
+              h.op !== Op.REQUEST || h.type !== SocketType.STREAM || h.srcCid !== HOST_CID || h.dstCid !== GUEST_CID || h.dstPort !== seed.a || h.len !== 0;
+            return wrong ? `connection request arrived as ${JSON.stringify(h, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}` : undefined;
+          },
         }),
         violation: () => undefined,
       };
