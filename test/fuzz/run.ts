@@ -1,8 +1,8 @@
 /**
- * npm run fuzz -- --cases N [--device TYPE] [--seed S] [--path P]
+ * npm run fuzz -- --cases N [--device TYPE [--queue NAME]] [--seed S] [--path P]
  *
  * Plays N adversarial-driver scenarios (adversarial.ts) against every registered device type's
- * fuzz profiles, or one type's with --device, and prints progress and a summary. On a
+ * fuzz profiles, or one type's with --device (one of its queues with --queue), and prints progress and a summary. On a
  * finding it prints the shrunk scenario, the broken promise and the command that replays exactly
  * that case, and exits 1.
  */
@@ -29,16 +29,26 @@ function integer(value: string): number {
 const options = new Command('fuzz')
   .description('play a hostile driver against the registered device types')
   .option('--device <type>', `attack only this device type (${DEVICE_TYPES.map((t) => t.name).join(', ')})`)
+  .option('--queue <name>', 'with --device, attack only this queue of it ("receiveq")')
   .option('--cases <n>', 'scenarios to play', positiveInteger('--cases'), 1000)
   .option('--seed <s>', 'fast-check seed (default: random)', integer)
   .option('--path <p>', 'replay one counterexample path printed by an earlier run')
   .option('--progress <n>', 'print progress every n cases', positiveInteger('--progress'), 10_000)
   .parse()
-  .opts<{ cases: number; device?: string; seed?: number; path?: string; progress: number }>();
+  .opts<{ cases: number; device?: string; queue?: string; seed?: number; path?: string; progress: number }>();
 
-const profiles = options.device === undefined ? PROFILES : PROFILES.filter((p) => p.name.startsWith(`${options.device} `));
-if (profiles.length === 0) {
+const ofDevice = options.device === undefined ? PROFILES : PROFILES.filter((p) => p.name.startsWith(`${options.device} `));
+if (ofDevice.length === 0) {
   console.error(`fuzz: --device must be one of ${DEVICE_TYPES.map((t) => t.name).join(', ')}, not "${options.device}".`);
+  process.exit(2);
+}
+if (options.queue !== undefined && options.device === undefined) {
+  console.error('fuzz: --queue needs --device, whose queue it names.');
+  process.exit(2);
+}
+const profiles = options.queue === undefined ? ofDevice : ofDevice.filter((p) => p.name === `${options.device} ${options.queue}`);
+if (profiles.length === 0) {
+  console.error(`fuzz: --queue must be one of ${ofDevice.map((p) => p.name.slice(`${options.device} `.length)).join(', ')}, not "${options.queue}".`);
   process.exit(2);
 }
 const perProfile: Record<string, number> = Object.fromEntries(profiles.map((p) => [p.name, 0]));

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import fc from 'fast-check';
 import { type Outcome, property, runScenario } from '../../fuzz/adversarial.ts';
-import { PROFILES, type Scenario, type ValidRequest } from '../../fuzz/scenario.ts';
+import { DescFlag } from '../../../src/virtio/constants.ts';
+import { type Action, PROFILES, type Scenario, type ValidRequest } from '../../fuzz/scenario.ts';
 
 test('property: a hostile driver never breaks the device, which serves again or needs reset', async () => {
   const outcomes: Outcome[] = [];
@@ -82,5 +83,32 @@ for (const packed of [false, true]) {
     const o = await runScenario(s);
     assert.equal(o.neededReset, false);
     assert.equal(o.servedAmidGarbage, 3);
+  });
+}
+
+/** An event-queue probe seed: input key 4 going down, console's 4 bytes into a buffer of 8. */
+const event: ValidRequest = { seed: { choice: 0, a: 3, b: 7, fill: 0x41 }, readParts: 1, writeParts: 1, indirect: false };
+const writable = (len: number): Action => ({
+  op: 'chain',
+  start: 0,
+  descs: [{ addr: { kind: 'data', offset: 0x1000 }, len, flags: DescFlag.WRITE, next: 0 }],
+  publish: { entry: undefined, advance: 1, lie: undefined },
+  kick: true,
+});
+
+for (const packed of [false, true]) {
+  const ring = packed ? 'packed' : 'split';
+  const on = (profile: string): Scenario['target'] => ({ profile, packed, eventIdx: false, indirect: false, inOrder: true, queueSize: 4, backendDelay: 0 });
+
+  test(`${ring}: an input eventq buffer too small for an event is popped by the next key press and needs reset`, async () => {
+    const s: Scenario = { target: on('input eventq'), actions: [writable(4), { op: 'produce', seed: event.seed }], recover: false, final: event };
+    assert.equal((await runScenario(s)).neededReset, true);
+  });
+
+  test(`${ring}: console host input fills a hostile driver's buffer first, then the probe's`, async () => {
+    const s: Scenario = { target: on('console receiveq'), actions: [writable(3), { op: 'valid', request: event }], recover: false, final: event };
+    const o = await runScenario(s);
+    assert.equal(o.neededReset, false);
+    assert.equal(o.servedAmidGarbage, 2);
   });
 }
