@@ -42,6 +42,8 @@ const VALID_WRITABLE = DATA_BASE + 0x800;
 const UNWRITTEN = 0xee;
 /** A well-formed event-queue buffer taking whatever the device still has waiting. */
 const SINK_BYTES = 2048;
+/** More events than any device keeps waiting for buffers. */
+const MAX_WAITING_EVENTS = 1024;
 
 /** What one case saw, for the run's summary. */
 export interface Outcome {
@@ -253,8 +255,10 @@ class Case {
    */
   private async flushEvents(req: ValidRequest, what: string): Promise<boolean> {
     const d = this.driver;
-    // Each round pops at least one chain, or uses a sink: a ring of garbage, then a ring of sinks.
-    for (let round = 0; round < 2 * d.size + 4; round++) {
+    // Each round pops at least one chain or takes one waiting event: a ring of garbage, then the
+    // events the device keeps waiting (its backlog: input's and vsock's 256), one a sink.
+    const rounds = 2 * d.size + MAX_WAITING_EVENTS;
+    for (let round = 0; round < rounds; round++) {
       if (!d.running()) return false;
       if (d.hasAvailable()) {
         this.act(what, () => this.subject.produce?.(req.seed));
@@ -275,7 +279,7 @@ class Case {
       }
       d.resync();
     }
-    throw new Finding(`${what}: the device still took buffers after ${2 * d.size + 4} rounds of events and sink buffers`);
+    throw new Finding(`${what}: the device still took buffers after ${rounds} rounds of events and sink buffers`);
   }
 
   /** The buffers of a well-formed request, written to guest memory, and how to check its answer. */

@@ -102,7 +102,7 @@ if (details.failed) {
   console.log(`finding: ${details.errorInstance instanceof Error ? details.errorInstance.message : String(details.errorInstance)}`);
   console.log(`scenario: ${fc.stringify(details.counterexample)}`);
   console.log(
-    `reproduce: npm run fuzz -- --cases 1 --seed ${details.seed} --path ${details.counterexamplePath ?? ''}`,
+    `reproduce: npm run fuzz --${options.device === undefined ? '' : ` --device ${options.device}`}${options.queue === undefined ? '' : ` --queue ${options.queue}`} --cases 1 --seed ${details.seed} --path ${details.counterexamplePath ?? ''}`,
   );
   process.exit(1);
 }
