@@ -261,9 +261,15 @@ class Case {
     for (let round = 0; round < rounds; round++) {
       if (!d.running()) return false;
       if (d.hasAvailable()) {
+        const [base, held] = [d.position, this.inFlight()];
         this.act(what, () => this.subject.produce?.(req.seed));
         await this.drain(what);
-        continue;
+        if (d.position !== base || this.inFlight() !== held) continue;
+        // The event took no buffer: the device holds as many as the ring can make available at
+        // once (a frame larger than a ring of merged buffers, §5.1.6.3.1 lets each be as small as
+        // the header) and drops what does not fit them. Only buffers held can excuse it.
+        if (held === 0) throw new Finding(`${what}: an event left the available buffers where they were, and none is held`);
+        return false;
       }
       const before = this.inFlight();
       let completion: () => { id: number; len: number } | undefined = () => undefined;

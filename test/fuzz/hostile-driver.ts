@@ -236,6 +236,11 @@ export class HostileDriver {
     }
   }
 
+  /** The device's ring position (DeviceQueue.base), undefined without a live queue. */
+  get position(): number | undefined {
+    return this.regs.state.liveQueue(this.queue)?.base;
+  }
+
   /**
    * Whether the device would find a chain available where it looks next: split, avail->idx ahead
    * of its position; packed, the descriptor there flagged available for its wrap counter (§2.8.1).
