@@ -105,6 +105,14 @@ for (const packed of [false, true]) {
     assert.equal((await runScenario(s)).neededReset, true);
   });
 
+  test(`${ring}: a net receiveq ring of header-sized buffers is held, every frame dropped, until a reset`, async () => {
+    // MRG_RXBUF lets each buffer be as small as virtio_net_hdr (§5.1.6.3.1); a ring of one cannot take a frame.
+    const s: Scenario = { target: { ...on('net receiveq'), queueSize: 1 }, actions: [writable(12), { op: 'valid', request: event }], recover: false, final: event };
+    const o = await runScenario(s);
+    assert.equal(o.neededReset, false);
+    assert.equal(o.servedAmidGarbage, 0);
+  });
+
   test(`${ring}: console host input fills a hostile driver's buffer first, then the probe's`, async () => {
     const s: Scenario = { target: on('console receiveq'), actions: [writable(3), { op: 'valid', request: event }], recover: false, final: event };
     const o = await runScenario(s);
