@@ -3,7 +3,8 @@
  * `paravirt serve balloon --control PATH`, through its control socket.
  */
 import type { Command } from 'commander';
-import { ControlTimeout, controlRequest, parseSize, type ControlReply, type ControlRequest } from '../devices/balloon/control.ts';
+import { RequestTimeout } from '../devices/local-socket.ts';
+import { controlRequest, parseSize, type ControlReply, type ControlRequest } from '../devices/balloon/control.ts';
 import { integerIn } from '../devices/host-options.ts';
 
 async function ask(path: string, request: ControlRequest, timeoutMs?: number): Promise<Extract<ControlReply, { ok: true }>> {
@@ -25,7 +26,7 @@ async function set(path: string, bytes: number, waitSeconds: number | undefined)
     const reply = await ask(path, { op: 'wait' }, waitSeconds * 1000);
     process.stdout.write(JSON.stringify(reply.status) + '\n');
   } catch (err) {
-    if (!(err instanceof ControlTimeout)) throw err;
+    if (!(err instanceof RequestTimeout)) throw err;
     const { status } = await ask(path, { op: 'status' });
     throw new Error(`after ${waitSeconds} seconds the guest's balloon holds ${status?.actualBytes} bytes, not the ${status?.targetBytes} asked for.`, { cause: err });
   }

@@ -78,12 +78,22 @@ export function readLines(socket: Socket, maxLine: number, onLine: (line: string
   socket.on('data', onData);
 }
 
+/** A line request whose answer did not come in time. */
+export class RequestTimeout extends Error {
+  constructor(what: string, path: string, ms: number) {
+    super(`the ${what} ${path} did not answer within ${ms} ms.`);
+    this.name = 'RequestTimeout';
+  }
+}
+
 /**
  * The client side of a line protocol: send `line` to the socket at `path` (`what` names it in
- * errors) and resolve with the first line of the answer, without its newline.
+ * errors) and resolve with the first line of the answer, without its newline; with `timeoutMs`,
+ * give up with a RequestTimeout when none came by then.
  */
-export async function requestLine(path: string, what: string, line: string): Promise<string> {
+export async function requestLine(path: string, what: string, line: string, timeoutMs?: number): Promise<string> {
   const socket = connect(path);
+  if (timeoutMs !== undefined) socket.setTimeout(timeoutMs, () => socket.destroy(new RequestTimeout(what, path, timeoutMs)));
   try {
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
@@ -92,6 +102,7 @@ export async function requestLine(path: string, what: string, line: string): Pro
     socket.setEncoding('utf8');
     socket.write(line + '\n');
     let text = '';
+    // A timeout destroys the socket with its RequestTimeout, which this loop throws.
     for await (const chunk of socket) {
       text += chunk as string;
       const nl = text.indexOf('\n');

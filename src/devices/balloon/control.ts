@@ -14,8 +14,8 @@
  * Whoever can open the socket controls how much memory the guest keeps: its file mode is the
  * access control (created 0600).
  */
-import { type Socket, connect } from 'node:net';
-import { type LocalServer, listenLocal, readLines } from '../local-socket.ts';
+import type { Socket } from 'node:net';
+import { type LocalServer, listenLocal, readLines, requestLine } from '../local-socket.ts';
 import type { BalloonDevice, BalloonStats, BalloonStatus } from './device.ts';
 
 export type ControlRequest =
@@ -103,38 +103,12 @@ export function listenControl(device: BalloonDevice, path: string): Promise<Loca
 }
 
 /** No reply came within the time the caller gave (a wait for a guest that does not follow). */
-export class ControlTimeout extends Error {
-  constructor(path: string, ms: number) {
-    super(`the balloon control socket ${path} did not answer within ${ms} ms.`);
-    this.name = 'ControlTimeout';
-  }
-}
-
 /**
  * Send one request to the control socket at `path` and return the reply; with `timeoutMs`,
- * give up (ControlTimeout) when none came by then.
+ * give up (RequestTimeout) when none came by then.
  */
 export async function controlRequest(path: string, request: ControlRequest, timeoutMs?: number): Promise<ControlReply> {
-  const socket = connect(path);
-  if (timeoutMs !== undefined) socket.setTimeout(timeoutMs, () => socket.destroy(new ControlTimeout(path, timeoutMs)));
-  try {
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', (err) => reject(new Error(`cannot reach the balloon control socket ${path}: ${err.message}`)));
-    });
-    socket.setEncoding('utf8');
-    socket.write(JSON.stringify(request) + '\n');
-    let text = '';
-    // A timeout destroys the socket with its ControlTimeout, which this loop throws.
-    for await (const chunk of socket) {
-      text += chunk as string;
-      const nl = text.indexOf('\n');
-      if (nl >= 0) return JSON.parse(text.slice(0, nl)) as ControlReply;
-    }
-    throw new Error(`the balloon control socket ${path} closed without answering`);
-  } finally {
-    socket.destroy();
-  }
+  return JSON.parse(await requestLine(path, 'balloon control socket', JSON.stringify(request), timeoutMs)) as ControlReply;
 }
 
 const UNITS: Readonly<Record<string, number>> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };

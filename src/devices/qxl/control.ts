@@ -11,8 +11,7 @@
  * Whoever can open the socket sees the guest's screen: its file mode is the access control
  * (created 0600).
  */
-import { connect } from 'node:net';
-import { type LocalServer, listenLocal, readLines } from '../local-socket.ts';
+import { type LocalServer, listenLocal, readLines, requestLine } from '../local-socket.ts';
 import type { QxlDevice, QxlStatus } from './device.ts';
 
 export type ControlRequest = { readonly op: 'png' } | { readonly op: 'status' } | { readonly op: 'resize'; readonly width: number; readonly height: number };
@@ -69,22 +68,5 @@ export function listenControl(device: QxlDevice, path: string): Promise<LocalSer
 
 /** Send one request to the control socket at `path` and return the reply. */
 export async function controlRequest(path: string, request: ControlRequest): Promise<ControlReply> {
-  const socket = connect(path);
-  try {
-    await new Promise<void>((resolve, reject) => {
-      socket.once('connect', resolve);
-      socket.once('error', (err) => reject(new Error(`cannot reach the qxl control socket ${path}: ${err.message}`)));
-    });
-    socket.setEncoding('utf8');
-    socket.write(JSON.stringify(request) + '\n');
-    let text = '';
-    for await (const chunk of socket) {
-      text += chunk as string;
-      const nl = text.indexOf('\n');
-      if (nl >= 0) return JSON.parse(text.slice(0, nl)) as ControlReply;
-    }
-    throw new Error(`the qxl control socket ${path} closed without answering`);
-  } finally {
-    socket.destroy();
-  }
+  return JSON.parse(await requestLine(path, 'qxl control socket', JSON.stringify(request))) as ControlReply;
 }
