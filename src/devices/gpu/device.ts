@@ -63,6 +63,14 @@ export const MAX_MODE_SIDE = EDID_MAX_SIDE;
  */
 export const MAX_BACKING_ENTRIES = 16384;
 
+/**
+ * What a resource and a scatter list entry cost the host beside their pixels: the objects and
+ * map entry holding them. Charged against the bound so that many tiny resources (1x1, four bytes
+ * of pixels each) run into it as surely as a few large ones, instead of into the process's heap.
+ */
+const RESOURCE_OVERHEAD = 512;
+const ENTRY_OVERHEAD = 128;
+
 /** Default bound of host memory held for resources: QEMU's virtio-gpu default (max_hostmem). */
 export const DEFAULT_MAX_RESOURCE_MEMORY = 256 * 1024 * 1024;
 
@@ -366,7 +374,7 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
     if (id === 0 || this.resources.has(id)) return this.bad(GpuResp.ERR_INVALID_RESOURCE_ID);
     if (layout === undefined || width === 0 || height === 0) return this.bad(GpuResp.ERR_INVALID_PARAMETER);
     // The product of two 32-bit sides may pass 2^53 and lose precision, but never below the bound.
-    const bytes = width * height * BYTES_PER_PIXEL;
+    const bytes = width * height * BYTES_PER_PIXEL + RESOURCE_OVERHEAD;
     if (!this.reserve(bytes)) return err(GpuResp.ERR_OUT_OF_MEMORY);
     let res: Resource;
     try {
@@ -400,7 +408,7 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
       if (s.resourceId === id) this.showNothing(i);
     });
     this.dropBacking(res);
-    this.usedBytes -= res.pixels.length;
+    this.usedBytes -= res.pixels.length + RESOURCE_OVERHEAD;
     this.resources.delete(id);
     return ok;
   }
@@ -421,7 +429,7 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
       if (!memory.contains(entry.addr, entry.length)) return this.bad(GpuResp.ERR_INVALID_PARAMETER);
       entries.push(entry);
     }
-    if (!this.reserve(count * MEM_ENTRY_SIZE)) return err(GpuResp.ERR_OUT_OF_MEMORY);
+    if (!this.reserve(count * ENTRY_OVERHEAD)) return err(GpuResp.ERR_OUT_OF_MEMORY);
     res.backing = new Backing(entries);
     return ok;
   }
@@ -436,7 +444,7 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
 
   private dropBacking(res: Resource): void {
     if (res.backing === undefined) return;
-    this.usedBytes -= res.backing.entries.length * MEM_ENTRY_SIZE;
+    this.usedBytes -= res.backing.entries.length * ENTRY_OVERHEAD;
     res.backing = undefined;
   }
 

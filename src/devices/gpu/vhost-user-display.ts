@@ -67,6 +67,8 @@ export class VhostUserGpuDisplay {
   /** The size last announced with SCANOUT, per scanout. */
   private readonly announced = new Map<number, string>();
   private readonly stops: (() => void)[] = [];
+  /** Per scanout, how to stop watching the framebuffer it shows (a replaced one is let go). */
+  private readonly watching = new Map<number, () => void>();
   private lastCursorImage: Framebuffer | undefined;
   /** Scanouts whose updates were skipped while the socket was full. */
   private readonly stale = new Set<number>();
@@ -105,16 +107,17 @@ export class VhostUserGpuDisplay {
     if (this.closed) return;
     this.closed = true;
     for (const stop of this.stops) stop();
+    for (const stop of this.watching.values()) stop();
+    this.watching.clear();
     this.socket.destroy();
   }
 
   private watch(index: number, fb: Framebuffer): void {
     if (this.closed) return;
-    const stop = fb.onDirty((rect) => {
-      // A replaced framebuffer (the scanout changed size) no longer speaks for the scanout.
-      if (this.device.framebuffer(index) === fb) this.update(index, fb, rect);
-    });
-    this.stops.push(stop);
+    // A replaced framebuffer (the scanout changed size) no longer speaks for the scanout, and
+    // holding on to it would keep every picture a guest ever made the scanout show.
+    this.watching.get(index)?.();
+    this.watching.set(index, fb.onDirty((rect) => this.update(index, fb, rect)));
   }
 
   private update(index: number, fb: Framebuffer, rect: Rect): void {

@@ -147,6 +147,25 @@ test('gpu: the cursor takes its image from a resource and moves', async () => {
   await gpu.close();
 });
 
+test('gpu: many tiny resources reach the memory bound too, not the host heap', async () => {
+  const { device, gpu } = await open({ maxResourceMemory: 64 << 10 });
+  const u32 = (...v: number[]): Uint8Array => new Uint8Array(new Uint32Array(v).buffer);
+  let created = 0;
+  for (let id = 1; id <= 1000; id++) {
+    try {
+      await gpu.command(GpuCmd.RESOURCE_CREATE_2D, u32(id, 2, 1, 1));
+    } catch (err) {
+      assert.ok(err instanceof GpuCommandError && err.response === GpuResp.ERR_OUT_OF_MEMORY, String(err));
+      break;
+    }
+    created++;
+  }
+  // Four bytes of pixels each, but each resource is charged what holding it costs the host.
+  assert.ok(created > 0 && created < 200, `${created} 1x1 resources fit in 64 KiB`);
+  assert.equal(device.counters.snapshot().device.outOfMemory, 1);
+  await gpu.close();
+});
+
 test('gpu: hostile commands get the error the spec names, and the device keeps serving', async () => {
   const { device, gpu, memoryBytes } = await open({ maxResourceMemory: 1 << 20 });
   const u32 = (...v: number[]): Uint8Array => new Uint8Array(new Uint32Array(v).buffer);
