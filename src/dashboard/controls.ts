@@ -4,6 +4,8 @@
  * maps a browser's request onto them, and checks every field first: a page is a client like a
  * control socket's, whatever it sends is validated and answered with one sentence, never thrown.
  */
+import { realpathSync } from 'node:fs';
+import { resolve, sep } from 'node:path';
 import { BalloonDevice, type BalloonStatus } from '../devices/balloon/device.ts';
 import type { ControlReply, HostDevices } from '../devices/device-type.ts';
 import { InputDevice } from '../devices/input/device.ts';
@@ -69,6 +71,8 @@ const isUnit = (v: unknown): v is number => typeof v === 'number' && v >= 0 && v
  */
 /** What the controls need of the back-end (src/run/backend.ts Backend). */
 export interface ControlledBackend {
+  /** The VM's directory: the only place the dashboard attaches disk images from. */
+  readonly dir: string;
   readonly devices: readonly DashboardDevice[];
   /** Stop serving a device's socket, or serve it again. */
   setListening(id: string, listening: boolean): Promise<void>;
@@ -76,6 +80,24 @@ export interface ControlledBackend {
 
 export class DashboardControls {
   constructor(private readonly backend: ControlledBackend) {}
+
+  /**
+   * A page may attach only images in the VM's directory: anyone reaching the dashboard (any local
+   * user, on loopback TCP) would otherwise hand the guest whatever file the back-end can open.
+   * Symbolic links are resolved first, so a link there to a file elsewhere is refused too.
+   */
+  private imageInVmDir(lun: unknown): void {
+    if (typeof lun !== 'string') return; // the scsi control request answers a missing path itself
+    const path = lun.split(',')[0];
+    const dir = realpathSync(this.backend.dir);
+    let real: string;
+    try {
+      real = realpathSync(resolve(dir, path));
+    } catch {
+      throw new RequestError(`the image ${path} does not exist in the VM directory ${dir}.`);
+    }
+    if (!real.startsWith(dir + sep)) throw new RequestError(`the dashboard attaches only images in the VM directory ${dir}; ${path} is not there.`);
+  }
 
   views(): DeviceView[] {
     return this.devices().map(deviceView);
@@ -117,6 +139,7 @@ export class DashboardControls {
         if (hosted.type.name !== 'scsi' || control === undefined) throw new RequestError(`device ${hosted.id} has no LUNs to plug.`);
         const { op: _op, device: _device, request: sub } = req;
         if (typeof sub !== 'object' || sub === null) throw new RequestError('"request" must be a scsi control request object.');
+        if ((sub as { op?: unknown }).op === 'attach') this.imageInVmDir((sub as { lun?: unknown }).lun);
         return control(JSON.stringify(sub));
       }
       case 'key': {

@@ -16,7 +16,7 @@
 import { readFile } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
-import type { AddressInfo } from 'node:net';
+import { type AddressInfo, isIP } from 'node:net';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Logger } from 'pino';
@@ -30,7 +30,7 @@ import { METRICS_CONTENT_TYPE, prometheusText } from './metrics.ts';
 
 export interface DashboardOptions {
   readonly listen: { readonly host: string; readonly port: number };
-  readonly backend: Pick<Backend, 'devices' | 'console' | 'setListening'>;
+  readonly backend: Pick<Backend, 'dir' | 'devices' | 'console' | 'setListening'>;
   readonly log: Logger;
 }
 
@@ -80,8 +80,19 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   const { host } = options.listen;
   const controls = new DashboardControls(backend);
   let hosts = new Set<string>();
-  /** Loopback listeners accept only their own names; one bound to a wider address, any name it is reached by. */
-  const hostAllowed = (req: IncomingMessage): boolean => !isLoopback(host) || hosts.has(req.headers.host ?? '');
+  let listeningPort = 0;
+  /**
+   * Loopback listeners accept only their own names. One bound to a wider address accepts it
+   * reached by any IP address (which it cannot list: 0.0.0.0 answers on every interface) but by
+   * no DNS name, since a name is what a rebinding site controls.
+   */
+  const hostAllowed = (req: IncomingMessage): boolean => {
+    const named = req.headers.host ?? '';
+    if (isLoopback(host)) return hosts.has(named);
+    if (!URL.canParse(`http://${named}`)) return false;
+    const url = new URL(`http://${named}`);
+    return isIP(url.hostname.replace(/^\[|\]$/g, '')) !== 0 && Number(url.port || 80) === listeningPort;
+  };
 
   const server = createServer((req, res) => {
     void respond(req, res).catch((err: unknown) => {
@@ -101,7 +112,14 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     const file = Object.hasOwn(FILES, path) ? FILES[path] : undefined;
     if (file === undefined) return void res.writeHead(404, { 'content-type': 'text/plain' }).end('Not found.\n');
     const body = await readFile(file.path);
-    res.writeHead(200, { 'content-type': file.type, 'cache-control': 'no-cache', 'x-content-type-options': 'nosniff' });
+    // Never inside another site's frame: a framed page would take the visitor's keystrokes.
+    res.writeHead(200, {
+      'content-type': file.type,
+      'cache-control': 'no-cache',
+      'x-content-type-options': 'nosniff',
+      'x-frame-options': 'DENY',
+      'content-security-policy': "frame-ancestors 'none'",
+    });
     res.end(req.method === 'HEAD' ? undefined : body);
   };
 
@@ -133,6 +151,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   });
   const { port } = server.address() as AddressInfo;
   hosts = acceptedHosts(host, port);
+  listeningPort = port;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}/`;
   log.info({ url }, `dashboard on ${url}`);
   return {

@@ -50,6 +50,11 @@ export interface HostedDevice {
 interface Serving {
   server: DeviceServer | undefined;
   readonly listen: () => DeviceServer;
+  /**
+   * The last start or stop, which the next one waits for: a stop removes the socket file when its
+   * server is closed, which must not happen after a start has listened on the same path.
+   */
+  settled: Promise<void>;
 }
 
 export class Backend {
@@ -62,6 +67,8 @@ export class Backend {
   readonly failed = new Promise<Error>((resolve) => (this.reportFailure = resolve));
 
   private constructor(
+    /** The directory the sockets are in (the plan's socketDir). */
+    readonly dir: string,
     readonly devices: readonly HostedDevice[],
     /** The shared guest console, when the plan names one. */
     readonly console: SharedConsole | undefined,
@@ -100,13 +107,13 @@ export class Backend {
           deviceLog.info({ socketPath, transport }, `${entry.type.name} listening`);
           return server;
         };
-        serving.set(entry.id, { server: serve(), listen: serve });
+        serving.set(entry.id, { server: serve(), listen: serve, settled: Promise.resolve() });
       }
     } catch (err) {
       await release();
       throw err;
     }
-    return new Backend(hosted, console, serving);
+    return new Backend(plan.socketDir, hosted, console, serving);
   }
 
   /** The hosted device called `id`. */
@@ -124,17 +131,21 @@ export class Backend {
   async setListening(id: string, listening: boolean): Promise<void> {
     const s = this.serving.get(id);
     if (s === undefined) throw new Error(`no hosted device is called ${id}.`);
-    if (this.closing !== undefined) return;
-    if (listening) {
-      if (s.server === undefined) {
-        s.server = s.listen();
-        this.watch(s.server);
+    const change = s.settled.then(async () => {
+      if (this.closing !== undefined) return;
+      if (listening) {
+        if (s.server === undefined) {
+          s.server = s.listen();
+          this.watch(s.server);
+        }
+        return;
       }
-      return;
-    }
-    const server = s.server;
-    s.server = undefined;
-    await server?.close();
+      const server = s.server;
+      s.server = undefined;
+      await server?.close();
+    });
+    s.settled = change.catch(() => {});
+    return change;
   }
 
   /** Stop every server (sessions end, sockets are removed), then release every device. */

@@ -91,7 +91,7 @@ function controlsFor(view, card) {
         el('button', { 'data-control': 'link-down', onclick: () => act(card, { op: 'link', device: id, up: false }) }, 'Link down'),
       ];
     case 'scsi': {
-      const file = el('input', { type: 'text', placeholder: '/path/to/disk.img[,ro]', 'aria-label': 'image file', 'data-control': 'lun-file' });
+      const file = el('input', { type: 'text', placeholder: 'an image in the VM directory[,ro]', 'aria-label': 'image file', 'data-control': 'lun-file' });
       const target = el('input', { type: 'number', min: '0', max: '255', value: '0', style: 'width:4em', 'aria-label': 'target' });
       const lun = el('input', { type: 'number', min: '0', max: '16383', value: '1', style: 'width:5em', 'aria-label': 'LUN' });
       const address = () => ({ target: Number(target.value), number: Number(lun.value) });

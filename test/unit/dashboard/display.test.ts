@@ -5,6 +5,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
+import { tmpdir } from 'node:os';
 import { pino } from 'pino';
 import { WebSocket } from 'ws';
 import type { FramebufferView, Rect } from '../../../src/dashboard/display-socket.ts';
@@ -45,7 +46,7 @@ type Message = { kind: 'mode'; width: number; height: number } | { kind: 'rect';
 async function open(t: TestContext, devices: object[]) {
   const hosted = devices.map((device, i) => ({ id: `d${i}`, type: { name: 'gpu', title: 'a display' }, instance: { devices: [device], close: async () => {} } })) as unknown as HostedDevice[];
   const log = pino({ level: 'silent' });
-  const dashboard = await startDashboard({ listen: { host: '127.0.0.1', port: 0 }, backend: { devices: hosted, console: undefined, setListening: async () => {} }, log });
+  const dashboard = await startDashboard({ listen: { host: '127.0.0.1', port: 0 }, backend: { dir: tmpdir(), devices: hosted, console: undefined, setListening: async () => {} }, log });
   const origin = dashboard.url.replace(/\/$/, '');
   const ws = new WebSocket(`${origin.replace('http', 'ws')}/ws/display`, { origin });
   const messages: Message[] = [];

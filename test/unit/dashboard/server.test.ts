@@ -7,7 +7,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -117,6 +117,31 @@ test('dashboard: the page, xterm.js and /metrics are served; other names and met
     req.end();
   });
   assert.equal(status, 421);
+});
+
+test('dashboard: on a wider address it is reached by IP address, never by a DNS name; no site may frame it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dashboard-wide-'));
+  const backend = await Backend.start({ socketDir: dir, devices: [{ id: 'rng0', type: deviceType('rng')!, values: {} }] }, log);
+  const dashboard = await startDashboard({ listen: { host: '0.0.0.0', port: 0 }, backend, log });
+  t.after(async () => {
+    await dashboard.close();
+    await backend.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const port = new URL(dashboard.url).port;
+  const { request } = await import('node:http');
+  const get = (host: string): Promise<{ status?: number; frame?: string | string[] }> =>
+    new Promise((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, path: '/', headers: { host } }, (res) => {
+        res.resume();
+        resolve({ status: res.statusCode, frame: res.headers['x-frame-options'] });
+      });
+      req.on('error', reject);
+      req.end();
+    });
+  assert.deepEqual(await get(`127.0.0.1:${port}`), { status: 200, frame: 'DENY' });
+  assert.equal((await get(`attacker.example:${port}`)).status, 421, 'a rebound DNS name');
+  assert.equal((await get('127.0.0.1:1')).status, 421, 'another port');
 });
 
 test('dashboard: a WebSocket must come from the dashboard page itself', async (t) => {
@@ -246,6 +271,10 @@ test('dashboard: SCSI LUNs are listed, attached and detached through the control
     [{ number: 0, sectors: 2048, readOnly: false }, { number: 4, sectors: 4096, readOnly: true }],
   );
   assert.equal((await lun({ op: 'detach', target: 0, number: 4 })).ok, true);
+  // Only images in the VM directory: not a host file, not a link there to one.
+  assert.match(String((await lun({ op: 'attach', lun: '/etc/hostname,ro', target: 0, number: 5 })).error), /only images in the VM directory/);
+  symlinkSync('/etc/hostname', join(dir, 'link.img'));
+  assert.match(String((await lun({ op: 'attach', lun: join(dir, 'link.img'), target: 0, number: 5 })).error), /only images in the VM directory/);
   assert.match(String((await lun({ op: 'detach', target: 0, number: 4 })).error), /no SCSI LUN 0:4/);
   assert.match(String((await control.request({ op: 'lun', device: 'scsi0', request: 'list' })).error), /"request" must be/);
 });

@@ -66,6 +66,9 @@ test('a device can stop being served and be served again, its socket going and c
     assert.ok(existsSync(join(dir, 'rng0.sock')), 'the other devices are still served');
     await backend.setListening('net0', true);
     assert.ok(existsSync(socket));
+    // Off and on again from two places at once: the stop's removal of the socket comes first.
+    await Promise.all([backend.setListening('net0', false), backend.setListening('net0', true)]);
+    assert.ok(existsSync(socket), 'the socket of the second request is there');
     await assert.rejects(backend.setListening('nope', true), /no hosted device is called nope/);
   } finally {
     await backend.close();
