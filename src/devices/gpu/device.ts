@@ -69,6 +69,12 @@ export const MAX_BACKING_ENTRIES = 16384;
  * of pixels each) run into it as surely as a few large ones, instead of into the process's heap.
  */
 const RESOURCE_OVERHEAD = 512;
+/**
+ * Largest side of a resource. Linux's virtio_gpu makes none above 8192 (its mode_config
+ * limits); without a bound a 1x67M resource inside the memory bound would make each transfer
+ * 67 million row copies, stalling every device the process serves.
+ */
+export const MAX_RESOURCE_SIDE = 16384;
 const ENTRY_OVERHEAD = 128;
 
 /** Default bound of host memory held for resources: QEMU's virtio-gpu default (max_hostmem). */
@@ -376,6 +382,10 @@ export class GpuDevice extends EventEmitter<{ framebuffer: [scanout: number, fra
     // The product of two 32-bit sides may pass 2^53 and lose precision, but never below the bound.
     const bytes = width * height * BYTES_PER_PIXEL + RESOURCE_OVERHEAD;
     if (!this.reserve(bytes)) return err(GpuResp.ERR_OUT_OF_MEMORY);
+    if (width > MAX_RESOURCE_SIDE || height > MAX_RESOURCE_SIDE) {
+      this.usedBytes -= bytes;
+      return this.bad(GpuResp.ERR_INVALID_PARAMETER);
+    }
     let res: Resource;
     try {
       res = new Resource(id, format, layout, width, height);

@@ -70,6 +70,8 @@ export class VhostUserGpuDisplay {
   /** Per scanout, how to stop watching the framebuffer it shows (a replaced one is let go). */
   private readonly watching = new Map<number, () => void>();
   private lastCursorImage: Framebuffer | undefined;
+  /** The cursor changed while the front-end was not reading: sent as it is then, once it reads. */
+  private cursorStale = false;
   /** Scanouts whose updates were skipped while the socket was full. */
   private readonly stale = new Set<number>();
   private closed = false;
@@ -136,6 +138,10 @@ export class VhostUserGpuDisplay {
   }
 
   private refreshStale(): void {
+    if (this.cursorStale) {
+      this.cursorStale = false;
+      this.cursor(this.device.cursor);
+    }
     for (const index of this.stale) {
       this.stale.delete(index);
       const fb = this.device.framebuffer(index);
@@ -144,6 +150,14 @@ export class VhostUserGpuDisplay {
   }
 
   private cursor(c: CursorState): void {
+    // The cursor's messages are bounded like the pictures': a guest moving it faster than the
+    // front-end reads must not grow the socket's queue without end.
+    if (this.socket.writableLength > MAX_BACKLOG) {
+      this.skippedUpdates++;
+      this.cursorStale = true;
+      this.lastCursorImage = undefined;
+      return;
+    }
     const pos = [c.scanout, c.x, c.y];
     if (c.image === undefined) {
       this.lastCursorImage = undefined;

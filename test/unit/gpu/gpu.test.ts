@@ -202,6 +202,7 @@ test('gpu: hostile commands get the error the spec names, and the device keeps s
   await rejectsWith(cmd(GpuCmd.SET_SCANOUT, 0, 0, 16, 16, 0, 10), GpuResp.ERR_INVALID_RESOURCE_ID);
   await rejectsWith(cmd(GpuCmd.SET_SCANOUT, 1, 0, 16, 16, 0, 9), GpuResp.ERR_INVALID_PARAMETER);
   await rejectsWith(cmd(GpuCmd.SET_SCANOUT, 0, 0, 0, 16, 0, 9), GpuResp.ERR_INVALID_PARAMETER);
+  await rejectsWith(cmd(GpuCmd.RESOURCE_CREATE_2D, 11, 2, 1, 16385), GpuResp.ERR_INVALID_PARAMETER); // a side past any mode
   await cmd(GpuCmd.RESOURCE_CREATE_2D, 11, 2, 8192, 1);
   await rejectsWith(cmd(GpuCmd.SET_SCANOUT, 0, 0, 8192, 1, 0, 11), GpuResp.ERR_INVALID_PARAMETER); // wider than any mode
   await cmd(GpuCmd.RESOURCE_UNREF, 11, 0);
@@ -215,7 +216,7 @@ test('gpu: hostile commands get the error the spec names, and the device keeps s
   // Still alive and serving.
   assert.equal((await gpu.core.transport.getStatus()) & DeviceStatus.DEVICE_NEEDS_RESET, 0);
   assert.equal((await gpu.displayInfo()).length, 1);
-  assert.equal(device.counters.snapshot().queues[0]!.errors, 30, "each error response counted");
+  assert.equal(device.counters.snapshot().queues[0]!.errors, 31, "each error response counted");
   await gpu.close();
 });
 
