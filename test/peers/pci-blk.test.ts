@@ -20,6 +20,7 @@ import { shareDir } from '../lab/guest.ts';
 import { startQtest } from '../lab/qtest.ts';
 import { virtioPciTransport } from '../lab/qtest-pci.ts';
 import { requireLab } from '../lab/require.ts';
+import { pattern, random } from '../lab/disk-pattern.ts';
 
 const SECTOR = 512;
 /** The disk is cut into slots; the requests of one concurrent batch touch distinct slots. */
@@ -29,21 +30,6 @@ const DISK_BYTES = SLOTS * SLOT_SECTORS * SECTOR;
 const BATCHES = 40;
 const SEED = 0x5eed;
 const BLK_NAMES: Readonly<Record<number, string>> = Object.fromEntries(Object.entries(BlkFeature).map(([name, bit]) => [bit, name]));
-
-/** xorshift32: a reproducible mix, named by SEED in every failure message. */
-function random(seed: number): (n: number) => number {
-  let state = seed >>> 0 || 1;
-  return (n) => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state % n;
-  };
-}
-
-const pattern = (seed: number, bytes: number): Uint8Array => Uint8Array.from({ length: bytes }, (_, i) => (seed * 31 + i * 7 + (i >> 9)) & 0xff);
 
 const VARIANTS = [
   { packed: false, inOrder: false },

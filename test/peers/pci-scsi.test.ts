@@ -16,6 +16,7 @@ import { shareDir } from '../lab/guest.ts';
 import { startQtest } from '../lab/qtest.ts';
 import { virtioPciTransport } from '../lab/qtest-pci.ts';
 import { requireLab } from '../lab/require.ts';
+import { pattern, random } from '../lab/disk-pattern.ts';
 
 const SECTOR = 512;
 const DISK_SECTORS = 512;
@@ -26,20 +27,6 @@ const DISKS = [
   { target: 0, lun: 3 },
   { target: 2, lun: 0 },
 ];
-
-function random(seed: number): (n: number) => number {
-  let state = seed >>> 0 || 1;
-  return (n) => {
-    state ^= state << 13;
-    state >>>= 0;
-    state ^= state >>> 17;
-    state ^= state << 5;
-    state >>>= 0;
-    return state % n;
-  };
-}
-
-const pattern = (seed: number, bytes: number): Uint8Array => Uint8Array.from({ length: bytes }, (_, i) => (seed * 31 + i * 7 + (i >> 9)) & 0xff);
 
 // On a packed ring QEMU 11.1's virtio-scsi-pci returns data-out commands with used length 0,
 // which §2.7.8.2 allows (an underestimate); the driver reads the response regardless.
