@@ -64,6 +64,17 @@ export interface QxlOptions {
 
 /** Commands one drain takes from a ring before yielding to the event loop (a driver that never stops producing cannot starve the process). */
 const COMMANDS_PER_DRAIN = 4 * COMMAND_RING_SIZE;
+/**
+ * Pixels one turn of the event loop draws (filled, copied, shown, read from bitmaps) before the
+ * drain yields: one drawable may paint several large surfaces, so a ring full of them would
+ * otherwise keep the process from its control plane and other devices for seconds.
+ */
+export const PIXELS_PER_DRAIN = 4 * 1024 * 1024;
+/**
+ * Port writes that may wait behind a yielded drain. Linux waits for each write to complete
+ * (it returns, or QXL_INTERRUPT_IO_CMD arrives) before the next, so it has at most one waiting.
+ */
+const MAX_WAITING_PORTS = 16;
 /** Guest log lines (QXL_IO_LOG) and guest bugs logged at warn before the rest go to debug. */
 const LOUD_LINES = 32;
 const MAX_HEADS = 64;
@@ -79,6 +90,8 @@ export interface QxlCounters {
   releases: number;
   interrupts: number;
   guestBugs: number;
+  /** Drains that used their budget and went on in a later turn of the event loop. */
+  yieldedDrains: number;
 }
 
 export interface MonitorHead {
@@ -138,7 +151,7 @@ export class QxlDevice implements PciEndpoint {
   readonly pci: PciFunction;
   readonly msixVectors = 0;
   readonly layout: RamLayout;
-  readonly counters: QxlCounters = { commands: 0, draws: 0, fills: 0, copies: 0, unsupportedDraws: 0, surfaceCommands: 0, cursorCommands: 0, releases: 0, interrupts: 0, guestBugs: 0 };
+  readonly counters: QxlCounters = { commands: 0, draws: 0, fills: 0, copies: 0, unsupportedDraws: 0, surfaceCommands: 0, cursorCommands: 0, releases: 0, interrupts: 0, guestBugs: 0, yieldedDrains: 0 };
   private readonly ram: SharedBar;
   private readonly vram: SharedBar;
   private readonly rom: Uint8Array;
@@ -154,7 +167,12 @@ export class QxlDevice implements PciEndpoint {
   private bug: string | undefined;
   private loudLines = 0;
   private readonly portWrites = new Map<string, number>();
-  private drainScheduled = false;
+  /** The next part of a drain that yielded, while one is due. */
+  private continuation: NodeJS.Immediate | undefined;
+  /** Port writes made while a drain was yielded, run in order once the rings are drained. */
+  private waiting: { port: number; value: number }[] = [];
+  /** Pixels drawn in this turn of the event loop (PIXELS_PER_DRAIN). */
+  private work = 0;
   private closed = false;
 
   constructor(options: QxlOptions) {
@@ -237,6 +255,7 @@ export class QxlDevice implements PciEndpoint {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    clearImmediate(this.continuation);
     this.ram.close();
     this.vram.close();
   }
@@ -245,6 +264,9 @@ export class QxlDevice implements PciEndpoint {
 
   /** QEMU's qxl_reset_state: no memslots, no surfaces, empty rings, interrupts clear. */
   private resetState(): void {
+    clearImmediate(this.continuation);
+    this.continuation = undefined;
+    this.waiting = [];
     this.slots.clear();
     this.worker.reset();
     this.primary = undefined;
@@ -316,6 +338,19 @@ export class QxlDevice implements PciEndpoint {
     const name = PORT_NAMES.get(port) ?? `port ${port}`;
     this.portWrites.set(name, (this.portWrites.get(name) ?? 0) + 1);
     if (this.bug !== undefined && port !== IoPort.RESET) return;
+    if (this.continuation !== undefined && !UNORDERED_PORTS.has(port)) {
+      // Commands the driver produced before this write are still to run: a notification is
+      // already answered by the drain going on, anything else waits its turn behind them.
+      if (NOTIFY_PORTS.has(port)) return;
+      if (this.waiting.length >= MAX_WAITING_PORTS) this.guestBug(`${MAX_WAITING_PORTS} port writes wait for the rings to drain, and ${name} would be one more`);
+      else this.waiting.push({ port, value });
+      return;
+    }
+    this.work = 0;
+    this.run(port, value);
+  }
+
+  private run(port: number, value: number): void {
     try {
       this.io(port, value);
     } catch (err) {
@@ -324,13 +359,24 @@ export class QxlDevice implements PciEndpoint {
     }
   }
 
+  /**
+   * Drain the rings before `port` does its part; false when the drain yielded (the write then
+   * waits, first in line, and completes once the rings are empty) or hit a guest bug.
+   */
+  private drained(port: number, value: number): boolean {
+    if (this.drain()) return true;
+    if (this.bug === undefined) this.waiting.unshift({ port, value });
+    return false;
+  }
+
   private io(port: number, value: number): void {
     switch (port) {
       case IoPort.NOTIFY_CMD:
       case IoPort.NOTIFY_CURSOR:
       case IoPort.UPDATE_AREA:
       case IoPort.NOTIFY_OOM:
-        // Commands run as they are taken, so an area is up to date once the rings are drained.
+        // Commands run as they are taken, so an area is up to date once the rings are drained
+        // (when the drain yields, not until it has gone on: the synchronous form cannot wait).
         this.drain();
         return;
       case IoPort.UPDATE_IRQ:
@@ -358,23 +404,23 @@ export class QxlDevice implements PciEndpoint {
       case IoPort.DESTROY_PRIMARY:
       case IoPort.DESTROY_PRIMARY_ASYNC:
       case IoPort.DETACH_PRIMARY:
-        this.drain();
+        if (!this.drained(port, value)) return;
         this.primary = undefined;
         break;
       case IoPort.DESTROY_SURFACE_WAIT:
       case IoPort.DESTROY_SURFACE_ASYNC:
-        this.drain();
+        if (!this.drained(port, value)) return;
         this.worker.destroySurface(value);
         break;
       case IoPort.DESTROY_ALL_SURFACES:
       case IoPort.DESTROY_ALL_SURFACES_ASYNC:
-        this.drain();
+        if (!this.drained(port, value)) return;
         this.worker.reset();
         this.primary = undefined;
         break;
       case IoPort.UPDATE_AREA_ASYNC:
       case IoPort.FLUSH_SURFACES_ASYNC:
-        this.drain();
+        if (!this.drained(port, value)) return;
         break;
       case IoPort.FLUSH_RELEASE:
         this.releaseRing.push();
@@ -448,17 +494,20 @@ export class QxlDevice implements PciEndpoint {
    * Take and run the commands of the command and cursor rings (Linux announces both on
    * NOTIFY_CMD). A ring found empty asks for a notification of its next command
    * (notify_on_prod), then is looked at once more, so a command produced meanwhile is not missed.
+   * True when both rings are empty; false when the drain yielded (it goes on in a later turn of
+   * the event loop) or the device hit a guest bug.
    */
-  private drain(): void {
+  private drain(): boolean {
     for (const [at, interrupt] of [
       [Ram.CMD_RING, Interrupt.DISPLAY],
       [Ram.CURSOR_RING, Interrupt.CURSOR],
     ] as const) {
-      if (!this.drainRing(at, interrupt)) return;
+      if (!this.drainRing(at, interrupt)) return false;
     }
+    return true;
   }
 
-  /** Run a ring's commands; false once the device hit a guest bug. */
+  /** Run a ring's commands; true once it is empty, false when the drain yielded or hit a guest bug. */
   private drainRing(ring: number, interrupt: number): boolean {
     const items = ring === Ram.CMD_RING ? COMMAND_RING_SIZE : CURSOR_RING_SIZE;
     for (let taken = 0; ; ) {
@@ -473,9 +522,9 @@ export class QxlDevice implements PciEndpoint {
         this.guestBug(`ring at 0x${ring.toString(16)} has prod ${prod} and cons ${cons}, more than its ${items} items apart`);
         return false;
       }
-      if (taken >= COMMANDS_PER_DRAIN) {
+      if (taken >= COMMANDS_PER_DRAIN || this.work >= PIXELS_PER_DRAIN) {
         this.scheduleDrain();
-        return true;
+        return false;
       }
       const item = this.header + ring + RingHeader.SIZE + (cons % items) * COMMAND_SIZE;
       const data = this.ram.view.getBigUint64(item, true);
@@ -487,7 +536,7 @@ export class QxlDevice implements PciEndpoint {
       // A driver waiting for room asked to hear when the device consumed up to notify_on_cons.
       if (cons === this.u32(ring + RingHeader.NOTIFY_ON_CONS)) this.raise(interrupt);
       try {
-        this.worker.execute(type, data);
+        this.work += this.worker.execute(type, data);
       } catch (err) {
         if (!(err instanceof GuestBug)) throw err;
         this.guestBug(err.message);
@@ -496,12 +545,19 @@ export class QxlDevice implements PciEndpoint {
     }
   }
 
+  /** Go on draining in the next turn of the event loop; once the rings are empty, the port writes that waited run in order. */
   private scheduleDrain(): void {
-    if (this.drainScheduled) return;
-    this.drainScheduled = true;
-    setImmediate(() => {
-      this.drainScheduled = false;
-      if (!this.closed && this.bug === undefined) this.drain();
+    this.counters.yieldedDrains++;
+    this.continuation ??= setImmediate(() => {
+      this.continuation = undefined;
+      if (this.closed || this.bug !== undefined) return;
+      this.work = 0;
+      if (!this.drain()) return;
+      while (this.continuation === undefined && this.bug === undefined) {
+        const next = this.waiting.shift();
+        if (next === undefined) return;
+        this.run(next.port, next.value);
+      }
     });
   }
 
@@ -550,6 +606,11 @@ export class QxlDevice implements PciEndpoint {
     };
   }
 }
+
+/** Ports that act at once even while a drain is yielded: they neither read the rings nor depend on what the commands do. */
+const UNORDERED_PORTS: ReadonlySet<number> = new Set([IoPort.RESET, IoPort.UPDATE_IRQ, IoPort.LOG, IoPort.FLUSH_RELEASE]);
+/** Ports that only ask for the rings to be drained. */
+const NOTIFY_PORTS: ReadonlySet<number> = new Set([IoPort.NOTIFY_CMD, IoPort.NOTIFY_CURSOR, IoPort.NOTIFY_OOM, IoPort.UPDATE_AREA]);
 
 const PORT_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(IoPort).filter(([name]) => name !== 'COUNT').map(([name, port]) => [port, name]));
 

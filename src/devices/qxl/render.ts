@@ -110,10 +110,14 @@ export function drawnAreas(surface: Surface, bbox: Rect, clips: readonly Rect[] 
 export function fill(surface: Surface, areas: readonly Rect[], color: number): void {
   const pixel = new Uint8Array(4);
   new DataView(pixel.buffer).setUint32(0, color >>> 0, true);
+  const bytes = surface.bytes;
   for (const a of areas) {
     for (let y = a.top; y < a.bottom; y++) {
-      const row = rowOffset(surface, y);
-      for (let x = a.left; x < a.right; x++) surface.bytes.set(pixel, row + 4 * x);
+      // One pixel written, then the filled part of the row doubled until the row is full.
+      const start = rowOffset(surface, y) + 4 * a.left;
+      const end = start + 4 * (a.right - a.left);
+      bytes.set(pixel, start);
+      for (let filled = start + 4; filled < end; filled += Math.min(filled - start, end - filled)) bytes.copyWithin(filled, start, start + Math.min(filled - start, end - filled));
     }
   }
 }

@@ -77,13 +77,18 @@ export class QxlWorker {
     this.surfaces.delete(id);
   }
 
-  /** Run one command of `type` whose structure is at QXLPHYSICAL `data`; a GuestBug leaves it unreleased. */
-  execute(type: number, data: bigint): void {
+  /**
+   * Run one command of `type` whose structure is at QXLPHYSICAL `data`; a GuestBug leaves it
+   * unreleased. Returns the pixels it touched (drawn, shown and read from bitmaps): the work a
+   * drain charges against its budget.
+   */
+  execute(type: number, data: bigint): number {
+    let pixels = 0;
     switch (type) {
       case CommandType.NOP:
-        return;
+        return 0;
       case CommandType.DRAW:
-        this.draw(data);
+        pixels = this.draw(data);
         break;
       case CommandType.SURFACE:
         this.surface(data);
@@ -99,6 +104,7 @@ export class QxlWorker {
     }
     const info = this.slots.span(data, RELEASE_INFO_SIZE, 'release info');
     this.ctx.release(info);
+    return pixels;
   }
 
   private target(id: number): Surface {
@@ -107,16 +113,17 @@ export class QxlWorker {
     return s;
   }
 
-  private draw(data: bigint): void {
+  /** A drawable; returns the pixels it touched. */
+  private draw(data: bigint): number {
     this.ctx.counters.draws++;
     const head = this.slots.span(data, Drawable.U, 'drawable');
     const v = head.view;
     const at = head.offset;
     const type = v.getUint8(at + Drawable.TYPE);
-    if (type === DrawType.NOP) return;
+    if (type === DrawType.NOP) return 0;
     if (type !== DrawType.FILL && type !== DrawType.COPY) {
       this.ctx.counters.unsupportedDraws++;
-      return;
+      return 0;
     }
     const id = v.getUint32(at + Drawable.SURFACE_ID, true);
     const surface = this.target(id);
@@ -126,31 +133,34 @@ export class QxlWorker {
     if (clipType === ClipType.RECTS) clips = readClipRects(this.slots, v.getBigUint64(at + Drawable.CLIP_DATA, true));
     else if (clipType !== ClipType.NONE) throw new GuestBug(`clip type ${clipType} is unknown`);
     const areas = drawnAreas(surface, bbox, clips);
-    if (type === DrawType.FILL) this.fill(data, surface, areas);
-    else this.copy(data, surface, areas, bbox);
+    const read = type === DrawType.FILL ? this.fill(data, surface, areas) : this.copy(data, surface, areas, bbox);
     this.ctx.drawn(id, areas);
+    return read + areas.reduce((n, r) => n + (r.bottom - r.top) * (r.right - r.left), 0);
   }
 
-  private fill(data: bigint, surface: Surface, areas: Rect[]): void {
+  /** Returns the bitmap pixels read (none for a fill). */
+  private fill(data: bigint, surface: Surface, areas: Rect[]): number {
     const op = this.slots.span(data, Drawable.U + Fill.SIZE, 'fill drawable');
     const at = op.offset + Drawable.U;
     const v = op.view;
     const solid = v.getUint32(at + Fill.BRUSH_TYPE, true) === BrushType.SOLID;
     if (!solid || v.getUint16(at + Fill.ROP_DESCRIPTOR, true) !== ROPD_OP_PUT || v.getBigUint64(at + Fill.MASK_BITMAP, true) !== 0n) {
       this.ctx.counters.unsupportedDraws++;
-      return;
+      return 0;
     }
     fill(surface, areas, v.getUint32(at + Fill.BRUSH_COLOR, true));
     this.ctx.counters.fills++;
+    return 0;
   }
 
-  private copy(data: bigint, surface: Surface, areas: Rect[], bbox: Rect): void {
+  /** Returns the bitmap pixels read out of guest memory. */
+  private copy(data: bigint, surface: Surface, areas: Rect[], bbox: Rect): number {
     const op = this.slots.span(data, Drawable.U + Copy.SIZE, 'copy drawable');
     const at = op.offset + Drawable.U;
     const v = op.view;
     if (v.getUint16(at + Copy.ROP_DESCRIPTOR, true) !== ROPD_OP_PUT || v.getBigUint64(at + Copy.MASK_BITMAP, true) !== 0n) {
       this.ctx.counters.unsupportedDraws++;
-      return;
+      return 0;
     }
     const src = readRect(v, at + Copy.SRC_AREA);
     const image = this.slots.span(v.getBigUint64(at + Copy.SRC_BITMAP, true), Image.SIZE, 'copy image');
@@ -158,9 +168,9 @@ export class QxlWorker {
     const io = image.offset;
     if (iv.getUint8(io + Image.TYPE) !== ImageType.BITMAP) {
       this.ctx.counters.unsupportedDraws++;
-      return;
+      return 0;
     }
-    if (areas.length === 0) return;
+    if (areas.length === 0) return 0;
     const bitmap = readBitmap(
       this.slots,
       iv.getUint8(io + Image.BITMAP_FORMAT),
@@ -172,6 +182,7 @@ export class QxlWorker {
     );
     copy(surface, areas, bbox, bitmap, src);
     this.ctx.counters.copies++;
+    return bitmap.width * bitmap.height;
   }
 
   /** QXL_CMD_SURFACE: an off-screen surface created in, or destroyed from, guest memory. */

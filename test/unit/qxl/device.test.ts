@@ -1,6 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
+import { once } from 'node:events';
+import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
+import { PIXELS_PER_DRAIN } from '../../../src/devices/qxl/device.ts';
 import { CommandType, Interrupt, IoPort, Ram, RingHeader, Rom, ROM_MAGIC } from '../../../src/devices/qxl/wire.ts';
 import { crc32Raw } from '../../../src/devices/qxl/rom.ts';
 import { MAIN_SLOT, QxlBus, phys } from './qxl-bus.ts';
@@ -95,6 +98,58 @@ test('a full command ring is drained in order; the release ring chains releases 
     id = bus.ram.getBigUint64(0x1000 + 0x100 * (Number(id) - 1), true);
   }
   assert.deepEqual([...heads, ...chain], Array.from({ length: 40 }, (_, i) => BigInt(i + 1)));
+});
+
+test('a ring full of large fills is drained over several turns: socket I/O and immediates run in between, every fill completes, and a port write waits for them', async (t) => {
+  const side = 1024;
+  const bus = new QxlBus({ vramSize: 4 * side * side });
+  t.after(() => bus.device.close());
+  bus.init();
+  bus.createPrimary(side, side);
+  // A connected socket pair: what another device or the control plane would be waiting on.
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.after(() => server.close());
+  const accepted = once(server, 'connection');
+  const client = connect((server.address() as AddressInfo).port, '127.0.0.1');
+  const [peer] = (await accepted) as [Socket];
+  t.after(() => {
+    client.destroy();
+    peer.destroy();
+  });
+  const fillsWhenDataArrived = once(peer, 'data').then(() => bus.device.status().counters.fills);
+  let ioCmd!: () => void;
+  const destroyed = new Promise<void>((resolve) => (ioCmd = resolve));
+  bus.device.attachInterrupts({ msix: () => {}, intx: () => {
+    if ((bus.hdr(Ram.INT_PENDING) & Interrupt.IO_CMD) !== 0) ioCmd();
+  } });
+  bus.setHdr(Ram.INT_PENDING, 0);
+
+  const fills = 32;
+  for (let i = 0; i < fills; i++) bus.produce(Ram.CMD_RING, bus.fill(0x1000 + 0x100 * i, BigInt(i + 1), { top: 0, left: 0, bottom: side, right: side }, 0x0001_0000 * (i + 1)), CommandType.DRAW);
+  bus.out(IoPort.NOTIFY_CMD);
+  const first = bus.device.status().counters.fills;
+  assert.equal(first, PIXELS_PER_DRAIN / (side * side), 'the notify returns once its pixel budget is spent');
+  // The driver tears the primary down behind its fills: that waits until they are drawn.
+  bus.out(IoPort.DESTROY_PRIMARY_ASYNC);
+  assert.notEqual(bus.device.status().primary, null, 'the primary outlives the fills queued before its destruction');
+  assert.equal(bus.hdr(Ram.INT_PENDING) & Interrupt.IO_CMD, 0);
+  client.write('ping');
+  const fillsAtImmediate = await new Promise<number>((resolve) => setImmediate(() => resolve(bus.device.status().counters.fills)));
+  assert.ok(fillsAtImmediate < fills, `an immediate ran after ${fillsAtImmediate} of ${fills} fills`);
+  const atData = await fillsWhenDataArrived;
+  assert.ok(atData < fills, `socket data was read after ${atData} of ${fills} fills`);
+
+  await destroyed;
+  const status = bus.device.status();
+  assert.equal(status.counters.fills, fills);
+  assert.equal(status.counters.releases, fills, 'every fill released');
+  assert.equal(status.counters.yieldedDrains, (fills * side * side) / PIXELS_PER_DRAIN - 1);
+  assert.equal(status.guestBug, null);
+  assert.equal(status.primary, null, 'the primary is destroyed once the fills are done');
+  const last = bus.vram.getUint32(4 * (side * side - 1), true);
+  assert.equal(last, 0x0001_0000 * fills, 'the last fill is the one left on the surface');
 });
 
 test('hostile pointers are guest bugs: ERROR raised, nothing served until RESET, then the device works again', (t) => {

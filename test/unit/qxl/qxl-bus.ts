@@ -94,12 +94,17 @@ export class QxlBus {
 
   /** Put a command in a ring and notify, as qxl_ring_push does. */
   push(ring: number, data: bigint, type: number): void {
+    this.produce(ring, data, type);
+    if (this.hdr(ring + RingHeader.PROD) === this.hdr(ring + RingHeader.NOTIFY_ON_PROD)) this.out(IoPort.NOTIFY_CMD);
+  }
+
+  /** Put a command in a ring without notifying (a driver filling the ring before one NOTIFY_CMD). */
+  produce(ring: number, data: bigint, type: number): void {
     const prod = this.hdr(ring + RingHeader.PROD);
     const item = this.header + ring + RingHeader.SIZE + (prod % 32) * COMMAND_SIZE;
     this.ram.setBigUint64(item, data, true);
     this.ram.setUint32(item + 8, type, true);
     this.setHdr(ring + RingHeader.PROD, prod + 1);
-    if (prod + 1 === this.hdr(ring + RingHeader.NOTIFY_ON_PROD)) this.out(IoPort.NOTIFY_CMD);
   }
 
   /** The release ids the device published, popped as qxl_garbage_collect does (following next links). */
