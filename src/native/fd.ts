@@ -8,7 +8,7 @@ import { Errno, SyscallError, check, lastErrno } from './syscall-error.ts';
 
 const closeFn = declare<(fd: number) => number>('int close(int fd)');
 // fcntl is variadic: the third argument is passed with its type, koffi style.
-const fcntl = declare<(fd: number, cmd: number, ...rest: unknown[]) => number>('int fcntl(int fd, int cmd, ...)');
+export const fcntl = declare<(fd: number, cmd: number, ...rest: unknown[]) => number>('int fcntl(int fd, int cmd, ...)');
 
 const F_GETFL = 3;
 const F_SETFL = 4;

@@ -126,7 +126,8 @@ class SharedBar implements BarHandler, BarMemory {
     readonly size: number,
     name: string,
   ) {
-    this.sharedFd = createMemfd(name, size);
+    // The client maps this descriptor too: sealed, it cannot shrink the memory under our mapping.
+    this.sharedFd = createMemfd(name, size, { fixedSize: true });
     this.mapping = Mapping.shared(this.sharedFd, size);
     this.bytes = this.mapping.bytes;
     this.view = new DataView(this.bytes.buffer, this.bytes.byteOffset, this.bytes.byteLength);

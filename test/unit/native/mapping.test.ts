@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createMemfd } from '../../../src/native/memfd.ts';
+import { createMemfd, truncate } from '../../../src/native/memfd.ts';
 import { Mapping, PAGE_SIZE } from '../../../src/native/mapping.ts';
 import { closeFd } from '../../../src/native/fd.ts';
 import { SyscallError } from '../../../src/native/syscall-error.ts';
@@ -76,4 +76,22 @@ test('a mapping reaching past the end of its file is refused, since touching it 
   assert.throws(() => Mapping.shared(fd, 2 * PAGE_SIZE), new RegExp(`the file behind fd \\d+ has ${PAGE_SIZE} bytes, fewer than the mapping's end at ${2 * PAGE_SIZE}`));
   assert.throws(() => Mapping.shared(fd, PAGE_SIZE, { offset: PAGE_SIZE }), /fewer than the mapping's end/);
   closeFd(fd);
+});
+
+test('a memfd made with a fixed size cannot be shrunk or grown by anyone holding it, and stays readable', () => {
+  const fd = createMemfd('fixed', 2 * PAGE_SIZE, { fixedSize: true });
+  const m = Mapping.shared(fd, 2 * PAGE_SIZE);
+  try {
+    assert.throws(() => truncate(fd, PAGE_SIZE), (e: unknown) => e instanceof SyscallError && e.code === 'EPERM', 'shrinking is refused');
+    assert.throws(() => truncate(fd, 0), (e: unknown) => e instanceof SyscallError && e.code === 'EPERM', 'emptying is refused');
+    assert.throws(() => truncate(fd, 4 * PAGE_SIZE), (e: unknown) => e instanceof SyscallError && e.code === 'EPERM', 'growing is refused');
+    m.bytes[2 * PAGE_SIZE - 1] = 7;
+    assert.equal(m.bytes[2 * PAGE_SIZE - 1], 7, 'the last page is still there');
+  } finally {
+    m.unmap();
+    closeFd(fd);
+  }
+  const loose = createMemfd('loose', PAGE_SIZE);
+  truncate(loose, 0);
+  closeFd(loose);
 });

@@ -4,7 +4,9 @@ import fc from 'fast-check';
 import { once } from 'node:events';
 import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
 import { PIXELS_PER_DRAIN } from '../../../src/devices/qxl/device.ts';
-import { CommandType, Interrupt, IoPort, Ram, RingHeader, Rom, ROM_MAGIC } from '../../../src/devices/qxl/wire.ts';
+import { Bar, CommandType, Interrupt, IoPort, Ram, RingHeader, Rom, ROM_MAGIC } from '../../../src/devices/qxl/wire.ts';
+import { truncate } from '../../../src/native/memfd.ts';
+import { SyscallError } from '../../../src/native/syscall-error.ts';
 import { crc32Raw } from '../../../src/devices/qxl/rom.ts';
 import { MAIN_SLOT, QxlBus, phys } from './qxl-bus.ts';
 
@@ -150,6 +152,20 @@ test('a ring full of large fills is drained over several turns: socket I/O and i
   assert.equal(status.primary, null, 'the primary is destroyed once the fills are done');
   const last = bus.vram.getUint32(4 * (side * side - 1), true);
   assert.equal(last, 0x0001_0000 * fills, 'the last fill is the one left on the surface');
+});
+
+test('the RAM and VRAM descriptors handed to the client cannot be shrunk or grown under the device', (t) => {
+  const bus = new QxlBus();
+  t.after(() => bus.device.close());
+  for (const bar of [Bar.RAM, Bar.VRAM]) {
+    const fd = bus.device.pci.bars[bar]!.sharedFd!;
+    assert.throws(() => truncate(fd, 4096), (e: unknown) => e instanceof SyscallError && e.code === 'EPERM', `BAR ${bar} shrunk`);
+    assert.throws(() => truncate(fd, 2 << 20), (e: unknown) => e instanceof SyscallError && e.code === 'EPERM', `BAR ${bar} grown`);
+  }
+  bus.init();
+  bus.createPrimary(64, 48);
+  bus.push(Ram.CMD_RING, bus.fill(0x1000, 1n, { top: 40, left: 60, bottom: 48, right: 64 }, RED), CommandType.DRAW);
+  assert.deepEqual(pixel(bus, 63, 47), [0xff, 0, 0, 0xff], 'the device still draws to the end of VRAM');
 });
 
 test('hostile pointers are guest bugs: ERROR raised, nothing served until RESET, then the device works again', (t) => {
