@@ -11,11 +11,27 @@
  * at the alarm time and never longer than CHECK_MS away, so a UTC or TAI clock the host steps
  * past the alarm time is noticed within that. Alarms are not kept across a device reset: time 0,
  * disabled, as the spec requires of a device that does not retain them.
+ *
+ * The waiting is an AlarmTimer: a real timer unless the host drives time itself (a test, the
+ * fuzzer), so that nothing of an alarm has to run on the event loop's clock.
  */
 import type { RtcClock } from './clocks.ts';
 
 /** Longest wait between two looks at a clock with an enabled alarm, in milliseconds. */
 export const CHECK_MS = 1000;
+
+/** How an alarm waits before it looks at its clock again. */
+export interface AlarmTimer {
+  /** Call `look` in about `ms` milliseconds; the function returned cancels that. */
+  after(ms: number, look: () => void): () => void;
+}
+
+export const REAL_TIMER: AlarmTimer = {
+  after(ms, look) {
+    const timer = setTimeout(look, ms);
+    return () => clearTimeout(timer);
+  },
+};
 
 export interface AlarmState {
   readonly time: bigint;
@@ -27,12 +43,13 @@ export class Alarm implements AlarmState {
   enabled = false;
   /** The clock was at or past `time` at the last look: the expiration was served. */
   private reached = false;
-  private timer: NodeJS.Timeout | undefined;
+  private cancel: (() => void) | undefined;
 
   constructor(
     private readonly clock: RtcClock,
     /** An expiration event: the device notifies the driver. */
     private readonly expire: () => void,
+    private readonly timer: AlarmTimer = REAL_TIMER,
   ) {}
 
   /** SET_ALARM. */
@@ -70,11 +87,11 @@ export class Alarm implements AlarmState {
     }
     // Keep looking while enabled: a clock stepping backwards re-arms an expired alarm.
     const delayMs = this.reached ? BigInt(CHECK_MS) : this.clock.hostDelay(now, this.time) / 1_000_000n + 1n;
-    this.timer = setTimeout(() => this.check(), Number(delayMs < BigInt(CHECK_MS) ? delayMs : BigInt(CHECK_MS)));
+    this.cancel = this.timer.after(Number(delayMs < BigInt(CHECK_MS) ? delayMs : BigInt(CHECK_MS)), () => this.check());
   }
 
   private stopTimer(): void {
-    if (this.timer !== undefined) clearTimeout(this.timer);
-    this.timer = undefined;
+    this.cancel?.();
+    this.cancel = undefined;
   }
 }

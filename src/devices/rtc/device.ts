@@ -15,10 +15,10 @@ import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { EventQueue, ONE_PER_BUFFER } from '../../virtio/event-queue.ts';
 import { FRAMEWORK_FEATURES, featureMask } from '../../virtio/features.ts';
 import { QueueServer, type Request } from '../../virtio/serve.ts';
-import { Alarm } from './alarms.ts';
+import { Alarm, type AlarmTimer } from './alarms.ts';
 import type { RtcClock } from './clocks.ts';
 import {
-  FLAG_ALARM_CAP, FLAG_ALARM_ENABLED, HEAD_SIZE, HwCounter, MAX_REQUEST_SIZE, MESSAGE_SIZES, MsgType, NOTIF_ALARM_SIZE, RtcFeature, RtcStatus,
+  FLAG_ALARM_CAP, FLAG_ALARM_ENABLED, HEAD_SIZE, HwCounter, MAX_REQUEST_SIZE, MESSAGE_SIZES, MsgType, NOTIF_ALARM_SIZE, RtcFeature, RtcStatus, U64_MAX,
   decodeRequest, encodeAlarmNotification, encodeResponse, type RtcRequest, type RtcResponse,
 } from './wire.ts';
 
@@ -32,6 +32,8 @@ export interface RtcDeviceOptions {
   readonly alarm?: boolean;
   /** Largest queue size offered (default FRONT_END_MAX_QUEUE_SIZE: QEMU's vhost-user-rtc asks for 1024). */
   readonly maxQueueSize?: number;
+  /** How alarms wait to look at their clocks again (default a real timer; alarms.ts). */
+  readonly alarmTimer?: AlarmTimer;
 }
 
 /** Status of one answered request, counted by name. */
@@ -63,7 +65,7 @@ export class RtcDevice implements VirtioDevice {
     this.clocks = options.clocks;
     this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     this.features = FRAMEWORK_FEATURES | (options.alarm === true ? featureMask([RtcFeature.ALARM]) : 0n);
-    this.alarms = options.alarm === true ? this.clocks.map((c, id) => new Alarm(c, () => this.expired(id))) : undefined;
+    this.alarms = options.alarm === true ? this.clocks.map((c, id) => new Alarm(c, () => this.expired(id), options.alarmTimer)) : undefined;
     this.counters = new DeviceCounters(this.numQueues, () => ({
       ...Object.fromEntries(Object.entries(this.answered).map(([k, v]) => [`status_${k}`, v])),
       alarms_expired: this.alarmsExpired,
@@ -100,6 +102,21 @@ export class RtcDevice implements VirtioDevice {
   /** Stop every alarm's timer: the device is going away. */
   close(): void {
     this.reset();
+  }
+
+  /**
+   * The host sets clock `clockId`'s alarm as a driver's SET_ALARM would (a host waking its guest at
+   * a time of its choosing): a time the clock has reached expires at once, and the driver reads
+   * the alarm back with READ_ALARM. False when no running driver negotiated VIRTIO_RTC_F_ALARM
+   * or the clock does not exist.
+   */
+  setAlarm(clockId: number, time: bigint, enabled: boolean): boolean {
+    if (time < 0n || time > U64_MAX) throw new RangeError(`alarm time ${time} is outside the le64 range`);
+    const alarm = this.alarmNegotiated ? this.alarms?.[clockId] : undefined;
+    if (alarm === undefined) return false;
+    this.withdraw(clockId);
+    alarm.set(time, enabled);
+    return true;
   }
 
   /** An alarm of clock `id` expired: one notification, replacing any still waiting for it. */

@@ -172,6 +172,43 @@ test('rtc alarms: a far-future alarm is kept and does not fire; the clock reachi
   await driver.close();
 });
 
+test('rtc alarms: the host sets an alarm the driver hears of and reads back; alarms wait on the timer given, not on the clock of the event loop', async () => {
+  const waits: { ms: number; look: () => void; cancelled: boolean }[] = [];
+  const alarmTimer = {
+    after(ms: number, look: () => void) {
+      const wait = { ms, look, cancelled: false };
+      waits.push(wait);
+      return () => void (wait.cancelled = true);
+    },
+  };
+  const clock = manualClock(ClockType.UTC_SMEARED, 1_000n, Smear.NOON_LINEAR);
+  const device = new RtcDevice({ clocks: [clock], alarm: true, alarmTimer });
+  assert.equal(device.setAlarm(0, 5n, true), false, 'no driver has negotiated alarms yet');
+  const { transport } = createLoopback(device, { memoryBytes: 1 << 20 });
+  const driver = await RtcDriver.open(transport);
+
+  assert.equal(device.setAlarm(0, 5_000n, true), true);
+  assert.deepEqual(await driver.readAlarm(0), { time: 5_000n, enabled: true }, 'the driver reads the host\'s alarm back');
+  assert.equal(counter(device, 'alarms_expired'), 0);
+  const pending = waits.filter((w) => !w.cancelled);
+  assert.equal(pending.length, 1, 'one wait for the clock to reach the alarm');
+  const fired = driver.nextAlarm(0);
+  clock.now = 5_000n;
+  pending[0].look();
+  await fired;
+  assert.equal(counter(device, 'alarms_expired'), 1);
+
+  // A time already reached expires at once; one past the le64 range is refused.
+  const again = driver.nextAlarm(0);
+  assert.equal(device.setAlarm(0, 1n, true), true);
+  await again;
+  assert.equal(counter(device, 'alarms_expired'), 2);
+  assert.equal(device.setAlarm(1, 1n, true), false, 'there is no clock 1');
+  assert.throws(() => device.setAlarm(0, U64_MAX + 1n, true), /outside the le64 range/);
+  await driver.close();
+  assert.ok(waits.every((w) => w.cancelled), 'a reset leaves no wait behind');
+});
+
 test('rtc alarms: an alarmq buffer smaller than a notification breaks the driver rule and fails that queue alone', async () => {
   const device = new RtcDevice({ clocks: [manualClock(ClockType.UTC, 1_000n)], alarm: true });
   const { transport } = createLoopback(device, { memoryBytes: 1 << 20 });
