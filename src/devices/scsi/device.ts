@@ -135,7 +135,7 @@ export class ScsiDevice implements VirtioDevice {
     this.control = new QueueServer(ctx, CONTROL_QUEUE, async (req) => {
       if (!(await serveControl({ targets: this.targets, tasks: this.tasks }, req))) ctx.counters.queue(CONTROL_QUEUE).errors++;
     });
-    this.events = new ScsiEvents(ctx, EVENT_QUEUE);
+    this.events = new ScsiEvents(ctx, EVENT_QUEUE, () => this.stats.eventsDropped++);
     this.servers = Array.from({ length: this.numQueues - FIRST_REQUEST_QUEUE }, (_, i) => {
       const index = FIRST_REQUEST_QUEUE + i;
       return new QueueServer(ctx, index, (req) => this.command(req, index));

@@ -15,9 +15,9 @@ const BACKLOG = 64;
 export class ScsiEvents {
   private readonly queue: EventQueue<Uint8Array>;
   private missed = false;
-  droppedCount = 0;
 
-  constructor(ctx: DeviceContext, index: number) {
+  /** `dropped` counts each event the full backlog had no room for. */
+  constructor(ctx: DeviceContext, index: number, dropped: () => void) {
     this.queue = new EventQueue(ctx, index, {
       layout: ONE_PER_BUFFER,
       backlog: BACKLOG,
@@ -25,7 +25,7 @@ export class ScsiEvents {
       minBuffer: { bytes: EVENT_SIZE, rule: '§5.6.6.3: an event buffer holds a virtio_scsi_event' },
       onDrop: () => {
         this.missed = true;
-        this.droppedCount++;
+        dropped();
       },
     });
   }

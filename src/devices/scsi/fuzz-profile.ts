@@ -3,17 +3,24 @@
  * memory, attacked on its first request queue and on its control queue. Request-queue probes are
  * READ(10) of one block, checked against the disk's pattern, and INQUIRY, checked for a disk's
  * standard data; control-queue probes are ABORT TASK of a tag not in flight (FUNCTION COMPLETE)
- * and AN_QUERY (no event class supported).
+ * and AN_QUERY (no event class supported). On the event queue the host's events are a resize of
+ * LUN 0 (PARAM_CHANGE) and hot-plugs and unplugs of LUNs 1 to 4 (TRANSPORT_RESET RESCAN or
+ * REMOVED); a probe is a buffer its event must fill.
  */
 import { MemoryBackend } from '../../storage/memory-backend.ts';
-import type { FuzzProfile, Probe, ProbeSeed } from '../device-type.ts';
+import type { FuzzProfile, FuzzSubject, Probe, ProbeSeed } from '../device-type.ts';
 import { Op } from './cdb.ts';
-import { CONTROL_QUEUE, FIRST_REQUEST_QUEUE, ScsiDevice } from './device.ts';
+import { CONTROL_QUEUE, EVENT_QUEUE, FIRST_REQUEST_QUEUE, ScsiDevice } from './device.ts';
 import { BLOCK_SIZE, ScsiDisk } from './disk.ts';
 import { ScsiTargets } from './target.ts';
 import {
   AN_RESPONSE_SIZE,
   ControlType,
+  EVENTS_MISSED,
+  EVENT_SIZE,
+  EventType,
+  ResetReason,
+  type ScsiEvent,
   RESPONSE_HEADER_SIZE,
   SCSI_CONFIG,
   Response,
@@ -22,6 +29,7 @@ import {
   decodeCommandResponse,
   encodeAn,
   encodeCommandHeader,
+  encodeEvent,
   encodeLun,
   encodeTmf,
 } from './wire.ts';
@@ -99,6 +107,58 @@ function controller(maxQueueSize: number): ScsiDevice {
   return new ScsiDevice({ targets, queueSize: maxQueueSize });
 }
 
+function disk(): ScsiDisk {
+  return new ScsiDisk({ backend: new MemoryBackend(BLOCKS * BLOCK_SIZE), serial: 'fuzz' });
+}
+
+/**
+ * The host's side of the event queue: each event is one the device must announce, and the record
+ * it must write (§5.6.6.3.1, §5.6.6.3.3; both features are offered, and the fuzzer's driver takes them).
+ */
+function eventSubject(maxQueueSize: number): FuzzSubject {
+  const device = controller(maxQueueSize);
+  const happen = (seed: ProbeSeed): ScsiEvent => {
+    if (seed.choice % 3 === 0) {
+      const address = { target: 0, lun: 0 };
+      device.resize(address, new MemoryBackend(BLOCKS * BLOCK_SIZE));
+      // CAPACITY DATA HAS CHANGED: ASC 0x2a, ASCQ 0x09, as reason's ASC and ASCQ bytes.
+      return { event: EventType.PARAM_CHANGE, address, reason: (0x09 << 8) | 0x2a };
+    }
+    const address = { target: 0, lun: 1 + (seed.b % 4) };
+    if (device.targets.get(address) === undefined) {
+      device.attach(address, disk());
+      return { event: EventType.TRANSPORT_RESET, address, reason: ResetReason.RESCAN };
+    }
+    void device.detach(address);
+    return { event: EventType.TRANSPORT_RESET, address, reason: ResetReason.REMOVED };
+  };
+  return {
+    device,
+    produce: (seed) => void happen(seed),
+    probe: (seed) => {
+      let expected: ScsiEvent | undefined;
+      return {
+        readable: new Uint8Array(0),
+        writable: EVENT_SIZE,
+        deliver: () => {
+          expected = happen(seed);
+        },
+        check: (written, used) => {
+          if (expected === undefined) return 'no event was delivered';
+          const want = encodeEvent(expected);
+          const got = written.slice(0, EVENT_SIZE);
+          // An event the full backlog dropped is announced on the next one delivered (§5.6.6.3.1).
+          const missed = (new DataView(got.buffer).getUint32(0, true) & EVENTS_MISSED) !== 0;
+          if (missed && (device.counters.snapshot().device.eventsDropped ?? 0) === 0) return 'EVENTS_MISSED is set, and no event was dropped';
+          if (missed) got[3] &= 0x7f;
+          return used === EVENT_SIZE && got.every((v, i) => v === want[i]) ? undefined : `event ${[...written].join(',')} with used length ${used}, expected ${[...want].join(',')}`;
+        },
+      };
+    },
+    violation: () => undefined,
+  };
+}
+
 export const SCSI_FUZZ: readonly FuzzProfile[] = [
   {
     name: 'scsi requestq',
@@ -114,5 +174,11 @@ export const SCSI_FUZZ: readonly FuzzProfile[] = [
     queue: CONTROL_QUEUE,
     minQueueSize: 2,
     create: ({ maxQueueSize }) => ({ device: controller(maxQueueSize), probe: controlProbe, violation: () => undefined }),
+  },
+  {
+    name: 'scsi eventq',
+    queue: EVENT_QUEUE,
+    minQueueSize: 1,
+    create: ({ maxQueueSize }) => eventSubject(maxQueueSize),
   },
 ];

@@ -11,8 +11,11 @@ import { ScsiDevice } from '../../../src/devices/scsi/device.ts';
 import { BLOCK_SIZE, ScsiDisk } from '../../../src/devices/scsi/disk.ts';
 import { ScsiCheckCondition, ScsiInitiator, ScsiTransportError } from '../../../src/devices/scsi/initiator.ts';
 import { ScsiTargets } from '../../../src/devices/scsi/target.ts';
-import { Response, TmfSubtype } from '../../../src/devices/scsi/wire.ts';
+import { EVENTS_MISSED, EVENT_SIZE, EventType, Response, ScsiFeature, TmfSubtype, decodeEvent } from '../../../src/devices/scsi/wire.ts';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
+import { DeviceId } from '../../../src/virtio/constants.ts';
+import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
+import { FRAMEWORK_FEATURES, featureMask } from '../../../src/virtio/features.ts';
 
 function controller(luns: { target: number; lun: number; backend: BlockBackend; readOnly?: boolean }[]): ScsiDevice {
   const targets = new ScsiTargets();
@@ -135,6 +138,31 @@ test('hot-plug, hot-unplug and a capacity change reach the initiator as events',
   assert.equal(await changed, 24, 'PARAM_CHANGE: the initiator re-read the capacity');
   await init.luns.get('0:0')!.read(16, 512);
   await init.close();
+});
+
+test('events a driver posts no buffers for wait in a bounded backlog; one dropped past it is counted and flagged EVENTS_MISSED on the next event', async () => {
+  const device = controller([{ target: 0, lun: 0, backend: new MemoryBackend(8 * BLOCK_SIZE) }]);
+  const { transport } = createLoopback(device, { memoryBytes: 4 << 20 });
+  const core = await VirtioDriver.start(transport, { name: 'scsi', deviceId: DeviceId.SCSI, features: FRAMEWORK_FEATURES | featureMask([ScsiFeature.CHANGE]), queues: device.numQueues });
+  const resize = (): void => void device.resize({ target: 0, lun: 0 }, new MemoryBackend(8 * BLOCK_SIZE));
+  const dropped = (): number => device.counters.snapshot().device.eventsDropped;
+  // No buffer posted: the backlog fills, then one more event is dropped.
+  let backlog = 0;
+  while (dropped() === 0) {
+    resize();
+    backlog++;
+  }
+  assert.equal(dropped(), 1);
+  const waiting = backlog - 1;
+  const buffers = Array.from({ length: waiting + 1 }, () => transport.dma.alloc(EVENT_SIZE, 8)!);
+  const used = buffers.map((addr) => core.queue(1).submit([], [{ addr, len: EVENT_SIZE }]));
+  await Promise.all(used.slice(0, waiting));
+  const event = (addr: number) => decodeEvent(transport.memory.slice(addr, EVENT_SIZE));
+  assert.ok(buffers.slice(0, waiting).every((addr) => event(addr).event === EventType.PARAM_CHANGE), 'the events that waited arrive unflagged');
+  resize();
+  assert.equal(await used[waiting], EVENT_SIZE);
+  assert.equal(event(buffers[waiting]).event, (EventType.PARAM_CHANGE | EVENTS_MISSED) >>> 0, 'the driver learns it missed one and rescans');
+  await core.close();
 });
 
 test('malformed requests are answered or returned empty, and the device keeps serving', async () => {
