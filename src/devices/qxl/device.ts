@@ -66,8 +66,9 @@ export interface QxlOptions {
 const COMMANDS_PER_DRAIN = 4 * COMMAND_RING_SIZE;
 /**
  * Pixels one turn of the event loop draws (filled, copied, shown, read from bitmaps) before the
- * drain yields: one drawable may paint several large surfaces, so a ring full of them would
- * otherwise keep the process from its control plane and other devices for seconds.
+ * drain yields: one drawable may paint several large surfaces, so a ring full of them, or one of
+ * them, would otherwise keep the process from its control plane and other devices for seconds.
+ * A drawable larger than what is left of the budget is painted on in the next turns.
  */
 export const PIXELS_PER_DRAIN = 4 * 1024 * 1024;
 /**
@@ -499,6 +500,12 @@ export class QxlDevice implements PciEndpoint {
    * the event loop) or the device hit a guest bug.
    */
   private drain(): boolean {
+    // A drawable left half-painted comes before any command after it.
+    this.work += this.worker.resume(PIXELS_PER_DRAIN - this.work);
+    if (this.worker.busy) {
+      this.scheduleDrain();
+      return false;
+    }
     for (const [at, interrupt] of [
       [Ram.CMD_RING, Interrupt.DISPLAY],
       [Ram.CURSOR_RING, Interrupt.CURSOR],
@@ -537,10 +544,14 @@ export class QxlDevice implements PciEndpoint {
       // A driver waiting for room asked to hear when the device consumed up to notify_on_cons.
       if (cons === this.u32(ring + RingHeader.NOTIFY_ON_CONS)) this.raise(interrupt);
       try {
-        this.work += this.worker.execute(type, data);
+        this.work += this.worker.execute(type, data, PIXELS_PER_DRAIN - this.work);
       } catch (err) {
         if (!(err instanceof GuestBug)) throw err;
         this.guestBug(err.message);
+        return false;
+      }
+      if (this.worker.busy) {
+        this.scheduleDrain();
         return false;
       }
     }

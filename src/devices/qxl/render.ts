@@ -106,20 +106,62 @@ export function drawnAreas(surface: Surface, bbox: Rect, clips: readonly Rect[] 
   return areas;
 }
 
+/**
+ * A drawable's areas painted a band of rows at a time, so that one drawable painting several
+ * large surfaces' worth of pixels can be spread over turns of the event loop. `row` paints
+ * columns [left, right) of row y; `painted` hears of each band once it is done.
+ */
+export class Painting {
+  private index = 0;
+  private y: number;
+
+  constructor(
+    private readonly areas: readonly Rect[],
+    private readonly row: (y: number, left: number, right: number) => void,
+    private readonly painted: (band: Rect) => void,
+  ) {
+    this.y = areas[0]?.top ?? 0;
+  }
+
+  get done(): boolean {
+    return this.index >= this.areas.length;
+  }
+
+  /** Paint whole rows until at least `budget` pixels are done, or all are; returns the pixels painted. */
+  paint(budget: number): number {
+    let pixels = 0;
+    while (!this.done && pixels < budget) {
+      const a = this.areas[this.index];
+      const top = this.y;
+      let y = top;
+      for (; y < a.bottom && pixels < budget; y++) {
+        this.row(y, a.left, a.right);
+        pixels += a.right - a.left;
+      }
+      this.painted({ top, left: a.left, bottom: y, right: a.right });
+      if (y < a.bottom) {
+        this.y = y;
+      } else {
+        this.index++;
+        this.y = this.areas[this.index]?.top ?? 0;
+      }
+    }
+    return pixels;
+  }
+}
+
 /** QXL_DRAW_FILL with a solid brush and OP_PUT: `color` (x8r8g8b8) over each area. */
-export function fill(surface: Surface, areas: readonly Rect[], color: number): void {
+export function fill(surface: Surface, areas: readonly Rect[], color: number, painted: (band: Rect) => void): Painting {
   const pixel = new Uint8Array(4);
   new DataView(pixel.buffer).setUint32(0, color >>> 0, true);
   const bytes = surface.bytes;
-  for (const a of areas) {
-    for (let y = a.top; y < a.bottom; y++) {
-      // One pixel written, then the filled part of the row doubled until the row is full.
-      const start = rowOffset(surface, y) + 4 * a.left;
-      const end = start + 4 * (a.right - a.left);
-      bytes.set(pixel, start);
-      for (let filled = start + 4; filled < end; filled += Math.min(filled - start, end - filled)) bytes.copyWithin(filled, start, start + Math.min(filled - start, end - filled));
-    }
-  }
+  return new Painting(areas, (y, left, right) => {
+    // One pixel written, then the filled part of the row doubled until the row is full.
+    const start = rowOffset(surface, y) + 4 * left;
+    const end = start + 4 * (right - left);
+    bytes.set(pixel, start);
+    for (let filled = start + 4; filled < end; filled += Math.min(filled - start, end - filled)) bytes.copyWithin(filled, start, start + Math.min(filled - start, end - filled));
+  }, painted);
 }
 
 /** A bitmap copied out of guest memory (struct qxl_bitmap and its data chunks). */
@@ -172,7 +214,7 @@ function bitmapPixel(b: Bitmap, x: number, y: number): number {
  * QXL_DRAW_COPY with OP_PUT: `src` (an area of the bitmap) stretched over `bbox`, drawn where
  * `areas` allow. Equal sizes copy pixel for pixel; others scale by nearest neighbour.
  */
-export function copy(surface: Surface, areas: readonly Rect[], bbox: Rect, bitmap: Bitmap, src: Rect): void {
+export function copy(surface: Surface, areas: readonly Rect[], bbox: Rect, bitmap: Bitmap, src: Rect, painted: (band: Rect) => void): Painting {
   const whole = { top: 0, left: 0, bottom: bitmap.height, right: bitmap.width };
   const inside = intersect(src, whole);
   if (inside === undefined || inside.top !== src.top || inside.left !== src.left || inside.bottom !== src.bottom || inside.right !== src.right) {
@@ -183,16 +225,14 @@ export function copy(surface: Surface, areas: readonly Rect[], bbox: Rect, bitma
   const sw = src.right - src.left;
   const sh = src.bottom - src.top;
   const view = new DataView(surface.bytes.buffer, surface.bytes.byteOffset, surface.bytes.byteLength);
-  for (const a of areas) {
-    for (let y = a.top; y < a.bottom; y++) {
-      const sy = src.top + Math.floor(((y - bbox.top) * sh) / dh);
-      const row = rowOffset(surface, y);
-      for (let x = a.left; x < a.right; x++) {
-        const sx = src.left + Math.floor(((x - bbox.left) * sw) / dw);
-        view.setUint32(row + 4 * x, bitmapPixel(bitmap, sx, sy), true);
-      }
+  return new Painting(areas, (y, left, right) => {
+    const sy = src.top + Math.floor(((y - bbox.top) * sh) / dh);
+    const row = rowOffset(surface, y);
+    for (let x = left; x < right; x++) {
+      const sx = src.left + Math.floor(((x - bbox.left) * sw) / dw);
+      view.setUint32(row + 4 * x, bitmapPixel(bitmap, sx, sy), true);
     }
-  }
+  }, painted);
 }
 
 /**

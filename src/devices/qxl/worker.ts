@@ -7,9 +7,13 @@
  * Drawables this device does not render (other than NOP, FILL with a solid brush and COPY of a
  * bitmap, with OP_PUT and no mask) are counted and released: Linux's qxl sends only COPY (its
  * framebuffer damage, qxl_draw_dirty_fb) among them.
+ *
+ * A drawable is checked whole first, then painted a band of rows at a time within the pixel
+ * budget its caller gives: one that paints more is left half-done (`busy`) and `resume`d in a
+ * later turn of the event loop, and released only once it is painted.
  */
 import { GuestBug, type MemSlots, type Span } from './memslots.ts';
-import { type Surface, copy, drawnAreas, fill, placeSurface, readBitmap, readChunks, readClipRects } from './render.ts';
+import { type Painting, type Surface, copy, drawnAreas, fill, placeSurface, readBitmap, readChunks, readClipRects } from './render.ts';
 import { N_SURFACES } from './rom.ts';
 import {
   BrushType,
@@ -33,6 +37,12 @@ import {
   SurfaceFormat,
   readRect,
 } from './wire.ts';
+
+/** What a drawable costs before it is painted (bitmap pixels read) and its painting, if any. */
+interface Drawing {
+  readonly read: number;
+  readonly painting?: Painting;
+}
 
 /** Largest cursor shape accepted (Linux sends 64x64). */
 export const MAX_CURSOR_DIMENSION = 256;
@@ -61,6 +71,8 @@ export interface WorkerContext {
 
 export class QxlWorker {
   private readonly surfaces = new Map<number, Surface>();
+  /** A drawable painted in part: the rest of it and the release waiting for it. */
+  private pending: { painting: Painting; release: Span } | undefined;
   cursor: CursorState | undefined;
 
   constructor(
@@ -71,6 +83,12 @@ export class QxlWorker {
   reset(): void {
     this.surfaces.clear();
     this.cursor = undefined;
+    this.pending = undefined;
+  }
+
+  /** A drawable is painted in part: resume it before the next command. */
+  get busy(): boolean {
+    return this.pending !== undefined;
   }
 
   destroySurface(id: number): void {
@@ -78,17 +96,17 @@ export class QxlWorker {
   }
 
   /**
-   * Run one command of `type` whose structure is at QXLPHYSICAL `data`; a GuestBug leaves it
-   * unreleased. Returns the pixels it touched (drawn, shown and read from bitmaps): the work a
-   * drain charges against its budget.
+   * Run one command of `type` whose structure is at QXLPHYSICAL `data`, painting about `budget`
+   * pixels of it at most (the rest waits for resume()); a GuestBug leaves it unreleased. Returns
+   * the pixels it touched (drawn, shown and read from bitmaps): the work charged to the budget.
    */
-  execute(type: number, data: bigint): number {
-    let pixels = 0;
+  execute(type: number, data: bigint, budget: number): number {
+    let drawing: Drawing | undefined;
     switch (type) {
       case CommandType.NOP:
         return 0;
       case CommandType.DRAW:
-        pixels = this.draw(data);
+        drawing = this.draw(data);
         break;
       case CommandType.SURFACE:
         this.surface(data);
@@ -103,7 +121,23 @@ export class QxlWorker {
         throw new GuestBug(`command type ${type} is unknown`);
     }
     const info = this.slots.span(data, RELEASE_INFO_SIZE, 'release info');
-    this.ctx.release(info);
+    if (drawing?.painting === undefined) {
+      this.ctx.release(info);
+      return drawing?.read ?? 0;
+    }
+    this.pending = { painting: drawing.painting, release: info };
+    return drawing.read + this.resume(budget - drawing.read);
+  }
+
+  /** Paint about `budget` more pixels of the drawable in part painted, releasing it once done; returns the pixels painted. */
+  resume(budget: number): number {
+    const p = this.pending;
+    if (p === undefined) return 0;
+    const pixels = p.painting.paint(budget);
+    if (p.painting.done) {
+      this.pending = undefined;
+      this.ctx.release(p.release);
+    }
     return pixels;
   }
 
@@ -113,17 +147,17 @@ export class QxlWorker {
     return s;
   }
 
-  /** A drawable; returns the pixels it touched. */
-  private draw(data: bigint): number {
+  /** A drawable, checked and ready to paint. */
+  private draw(data: bigint): Drawing | undefined {
     this.ctx.counters.draws++;
     const head = this.slots.span(data, Drawable.U, 'drawable');
     const v = head.view;
     const at = head.offset;
     const type = v.getUint8(at + Drawable.TYPE);
-    if (type === DrawType.NOP) return 0;
+    if (type === DrawType.NOP) return undefined;
     if (type !== DrawType.FILL && type !== DrawType.COPY) {
       this.ctx.counters.unsupportedDraws++;
-      return 0;
+      return undefined;
     }
     const id = v.getUint32(at + Drawable.SURFACE_ID, true);
     const surface = this.target(id);
@@ -133,34 +167,31 @@ export class QxlWorker {
     if (clipType === ClipType.RECTS) clips = readClipRects(this.slots, v.getBigUint64(at + Drawable.CLIP_DATA, true));
     else if (clipType !== ClipType.NONE) throw new GuestBug(`clip type ${clipType} is unknown`);
     const areas = drawnAreas(surface, bbox, clips);
-    const read = type === DrawType.FILL ? this.fill(data, surface, areas) : this.copy(data, surface, areas, bbox);
-    this.ctx.drawn(id, areas);
-    return read + areas.reduce((n, r) => n + (r.bottom - r.top) * (r.right - r.left), 0);
+    const painted = (band: Rect): void => this.ctx.drawn(id, [band]);
+    return type === DrawType.FILL ? this.fill(data, surface, areas, painted) : this.copy(data, surface, areas, bbox, painted);
   }
 
-  /** Returns the bitmap pixels read (none for a fill). */
-  private fill(data: bigint, surface: Surface, areas: Rect[]): number {
+  private fill(data: bigint, surface: Surface, areas: Rect[], painted: (band: Rect) => void): Drawing | undefined {
     const op = this.slots.span(data, Drawable.U + Fill.SIZE, 'fill drawable');
     const at = op.offset + Drawable.U;
     const v = op.view;
     const solid = v.getUint32(at + Fill.BRUSH_TYPE, true) === BrushType.SOLID;
     if (!solid || v.getUint16(at + Fill.ROP_DESCRIPTOR, true) !== ROPD_OP_PUT || v.getBigUint64(at + Fill.MASK_BITMAP, true) !== 0n) {
       this.ctx.counters.unsupportedDraws++;
-      return 0;
+      return undefined;
     }
-    fill(surface, areas, v.getUint32(at + Fill.BRUSH_COLOR, true));
     this.ctx.counters.fills++;
-    return 0;
+    return { read: 0, painting: fill(surface, areas, v.getUint32(at + Fill.BRUSH_COLOR, true), painted) };
   }
 
-  /** Returns the bitmap pixels read out of guest memory. */
-  private copy(data: bigint, surface: Surface, areas: Rect[], bbox: Rect): number {
+  /** A COPY's bitmap is read out of guest memory at once; its pixels count as work read. */
+  private copy(data: bigint, surface: Surface, areas: Rect[], bbox: Rect, painted: (band: Rect) => void): Drawing | undefined {
     const op = this.slots.span(data, Drawable.U + Copy.SIZE, 'copy drawable');
     const at = op.offset + Drawable.U;
     const v = op.view;
     if (v.getUint16(at + Copy.ROP_DESCRIPTOR, true) !== ROPD_OP_PUT || v.getBigUint64(at + Copy.MASK_BITMAP, true) !== 0n) {
       this.ctx.counters.unsupportedDraws++;
-      return 0;
+      return undefined;
     }
     const src = readRect(v, at + Copy.SRC_AREA);
     const image = this.slots.span(v.getBigUint64(at + Copy.SRC_BITMAP, true), Image.SIZE, 'copy image');
@@ -168,9 +199,9 @@ export class QxlWorker {
     const io = image.offset;
     if (iv.getUint8(io + Image.TYPE) !== ImageType.BITMAP) {
       this.ctx.counters.unsupportedDraws++;
-      return 0;
+      return undefined;
     }
-    if (areas.length === 0) return 0;
+    if (areas.length === 0) return undefined;
     const bitmap = readBitmap(
       this.slots,
       iv.getUint8(io + Image.BITMAP_FORMAT),
@@ -180,9 +211,9 @@ export class QxlWorker {
       iv.getUint32(io + Image.BITMAP_STRIDE, true),
       iv.getBigUint64(io + Image.BITMAP_DATA, true),
     );
-    copy(surface, areas, bbox, bitmap, src);
+    const painting = copy(surface, areas, bbox, bitmap, src, painted);
     this.ctx.counters.copies++;
-    return bitmap.width * bitmap.height;
+    return { read: bitmap.width * bitmap.height, painting };
   }
 
   /** QXL_CMD_SURFACE: an off-screen surface created in, or destroyed from, guest memory. */

@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import { once } from 'node:events';
 import { createServer, connect, type AddressInfo, type Socket } from 'node:net';
 import { PIXELS_PER_DRAIN } from '../../../src/devices/qxl/device.ts';
-import { Bar, CommandType, Interrupt, IoPort, Ram, RingHeader, Rom, ROM_MAGIC } from '../../../src/devices/qxl/wire.ts';
+import { Bar, CommandType, Drawable, Interrupt, IoPort, Ram, RingHeader, Rom, ROM_MAGIC } from '../../../src/devices/qxl/wire.ts';
 import { truncate } from '../../../src/native/memfd.ts';
 import { SyscallError } from '../../../src/native/syscall-error.ts';
 import { crc32Raw } from '../../../src/devices/qxl/rom.ts';
@@ -152,6 +152,45 @@ test('a ring full of large fills is drained over several turns: socket I/O and i
   assert.equal(status.primary, null, 'the primary is destroyed once the fills are done');
   const last = bus.vram.getUint32(4 * (side * side - 1), true);
   assert.equal(last, 0x0001_0000 * fills, 'the last fill is the one left on the surface');
+});
+
+test('one drawable painting four surfaces\' worth of pixels is painted over several turns, released once done, and the command after it waits its turn', async (t) => {
+  const side = 2048;
+  const bus = new QxlBus({ vramSize: 4 * side * side });
+  t.after(() => bus.device.close());
+  bus.init();
+  bus.createPrimary(side, side);
+  let ioCmd!: () => void;
+  const flushed = new Promise<void>((resolve) => (ioCmd = resolve));
+  bus.device.attachInterrupts({ msix: () => {}, intx: () => {
+    if ((bus.hdr(Ram.INT_PENDING) & Interrupt.IO_CMD) !== 0) ioCmd();
+  } });
+  bus.setHdr(Ram.INT_PENDING, 0);
+  // Four clip rectangles, each the whole surface: the most overdraw one drawable may ask for.
+  const clips = 0x3800;
+  bus.ram.setUint32(clips, 4, true);
+  const rects = new Uint8Array(4 * 16);
+  const rv = new DataView(rects.buffer);
+  for (let i = 0; i < 4; i++) [0, 0, side, side].forEach((v, k) => rv.setInt32(16 * i + 4 * k, v, true));
+  bus.chunk(clips + 4, rects, 0n);
+  const big = bus.fill(0x1000, 1n, { top: 0, left: 0, bottom: side, right: side }, RED);
+  bus.ram.setUint32(0x1000 + Drawable.CLIP_TYPE, 1, true);
+  bus.ram.setBigUint64(0x1000 + Drawable.CLIP_DATA, phys(MAIN_SLOT, clips), true);
+  bus.produce(Ram.CMD_RING, big, CommandType.DRAW);
+  bus.produce(Ram.CMD_RING, bus.fill(0x1100, 2n, { top: 0, left: 0, bottom: 1, right: 1 }, 0x0000_ff00), CommandType.DRAW);
+  bus.out(IoPort.NOTIFY_CMD);
+  bus.out(IoPort.FLUSH_SURFACES_ASYNC);
+
+  const afterNotify = bus.device.status().counters;
+  assert.deepEqual([afterNotify.fills, afterNotify.releases], [1, 0], 'the notify returns with the first drawable painted in part, not released');
+  const atImmediate = await new Promise<number>((resolve) => setImmediate(() => resolve(bus.device.status().counters.releases)));
+  assert.equal(atImmediate, 0, 'an immediate ran while the drawable was still being painted');
+  await flushed;
+  const done = bus.device.status().counters;
+  assert.deepEqual([done.fills, done.releases, done.guestBugs], [2, 2, 0]);
+  assert.ok(done.yieldedDrains >= (4 * side * side) / PIXELS_PER_DRAIN - 1, `${done.yieldedDrains} yields`);
+  assert.deepEqual(pixel(bus, side - 1, side - 1), [0xff, 0, 0, 0xff], 'the big fill reached the last row');
+  assert.deepEqual(pixel(bus, 0, 0), [0, 0xff, 0, 0xff], 'the fill after it came after it');
 });
 
 test('the RAM and VRAM descriptors handed to the client cannot be shrunk or grown under the device', (t) => {
