@@ -2,8 +2,8 @@
  * Reads a V8 CPU profile (`node --cpu-prof`) and ranks functions by self time: the samples
  * taken while that function itself, not something it called, was on top of the stack.
  */
-import { readFileSync } from 'node:fs';
-import { relative } from 'node:path';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
 
 /** The parts of the .cpuprofile format (Chrome DevTools Profiler.Profile) that are read here. */
 interface CpuProfile {
@@ -65,4 +65,15 @@ export function summarizeCpuProfile(path: string, root: string, count: number): 
     .slice(0, count)
     .map(([frame, us]) => ({ frame, micros: us, share: busy > 0 ? us / busy : 0 }));
   return { totalMicros: total, busyMicros: busy, top };
+}
+
+/**
+ * The profile `node --cpu-prof --cpu-prof-dir=DIR` wrote for the main thread of process `pid`.
+ * Node writes one profile per thread, named CPU.<date>.<time>.<pid>.<thread id>.<n>.cpuprofile;
+ * thread 0 is the main one (the others are the tsx loader's and a back-end's I/O threads).
+ */
+export function mainThreadProfile(dir: string, pid: number): string {
+  const main = readdirSync(dir).find((f) => f.startsWith('CPU.') && f.endsWith('.cpuprofile') && f.split('.')[3] === String(pid) && f.split('.')[4] === '0');
+  if (main === undefined) throw new Error(`process ${pid} wrote no CPU profile of its main thread into ${dir} (did it exit cleanly?)`);
+  return join(dir, main);
 }

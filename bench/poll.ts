@@ -6,11 +6,12 @@
  * budget: the median IOPS and its ratio to not polling, the back-end's CPU per read, and its CPU
  * while quiet (a percentage of one core, from /proc; 0.25 % is one 10 ms tick in 4 s).
  */
-import { readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
+import { cpuSeconds } from './_process-cpu.ts';
 import { report, step } from './_report.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
@@ -28,18 +29,10 @@ const ROUNDS = 3;
 const QUIET_SECONDS = 4;
 /** Budgets compared: never poll, the default, and a long one. */
 const BUDGETS = [0, DEFAULT_POLL_MICROS, 1000];
-const USER_HZ = 100;
 const log = pino({ level: 'warn' });
 /** Three back-ends started and warmed up, nine rounds, the quiet window: about 70 s at a load of 16. */
 export const deadlineSeconds = 180;
 const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** CPU seconds (user + system, all threads) process `pid` has used so far. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / USER_HZ; // utime, stime: fields 14 and 15
-}
 
 interface Side {
   readonly pollUs: number;

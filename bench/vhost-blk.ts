@@ -22,7 +22,7 @@ import { bootGuest, type Guest } from '../test/lab/guest.ts';
 import { PeerProcess } from '../test/lab/peer-process.ts';
 import { qemuCommand, type QemuCommand } from '../test/lab/qemu.ts';
 import { startStorageDaemon } from '../test/lab/qsd.ts';
-import { summarizeCpuProfile } from './_cpuprofile.ts';
+import { mainThreadProfile, summarizeCpuProfile } from './_cpuprofile.ts';
 import { report, step } from './_report.ts';
 
 const BENCH = 'vhost-blk';
@@ -209,15 +209,9 @@ function threadMedians(runs: readonly Sample[]): Record<string, number> {
   return out;
 }
 
-/**
- * Reports the busiest functions of the back-end's event loop. Node writes one profile per
- * thread, named CPU.<date>.<time>.<pid>.<thread id>.<n>.cpuprofile; thread 0 is the main one
- * (the others are the tsx loader's and the back-end's I/O threads).
- */
+/** Reports the busiest functions of the back-end's event loop. */
 function reportProfile(profileDir: string, pid: number, context: Record<string, unknown>): void {
-  const main = readdirSync(profileDir).find((f) => f.startsWith('CPU.') && f.endsWith('.cpuprofile') && f.split('.')[3] === String(pid) && f.split('.')[4] === '0');
-  if (main === undefined) throw new Error(`the paravirt back-end (pid ${pid}) wrote no CPU profile of its main thread into ${profileDir} (did it exit cleanly?)`);
-  const path = join(profileDir, main);
+  const path = mainThreadProfile(profileDir, pid);
   const summary = summarizeCpuProfile(path, repo, PROFILE_TOP);
   report(BENCH, 'profile_busy_share_paravirt', round2((100 * summary.busyMicros) / summary.totalMicros), '%', { profile: path, ...context });
   summary.top.forEach((entry, rank) =>
