@@ -37,10 +37,18 @@ export interface Request {
    * A device that must never write after a reset bounces such data through `writer.write()`.
    */
   readonly writer: ChainWriter;
+  /** For a handler that returned LATER: the request is done. Call it once, before or after returning. */
+  readonly finish: () => void;
 }
 
-/** Serve one request, synchronously or by returning a promise that settles when it is done. */
-export type RequestHandler = (req: Request) => void | Promise<void>;
+/** What a handler returns when it calls `req.finish()` itself: no promise per request. */
+export const LATER = Symbol('later');
+
+/**
+ * Serve one request: synchronously, by returning a promise that settles when it is done, or by
+ * returning LATER and calling `req.finish()` when it is done.
+ */
+export type RequestHandler = (req: Request) => void | Promise<void> | typeof LATER;
 
 /**
  * A popped request, its reader and writer, and whether its handler has finished. Slots are
@@ -54,12 +62,12 @@ class Slot implements Request {
   done = false;
   /** The queue the chain was popped from: it goes back there, or nowhere once that queue is gone. */
   queue: DeviceQueue | undefined;
-  /** Settlement callbacks of an asynchronous handler's promise, made once per slot. */
-  readonly settled: () => void;
+  /** Settlement callbacks of an asynchronous handler (its promise, or LATER), made once per slot. */
+  readonly finish: () => void;
   readonly failed: (err: unknown) => void;
 
   constructor(server: QueueServer) {
-    this.settled = () => server.settle(this);
+    this.finish = () => server.settle(this);
     this.failed = (err) => {
       server.handlerFailed(err);
       server.settle(this);
@@ -121,7 +129,7 @@ export class QueueServer {
     this.pollMaxMs = (ctx.pollMicros ?? NO_POLL) / 1000;
   }
 
-  /** Requests handed to the handler whose promise has not settled. */
+  /** Requests handed to the handler that have not finished. */
   get inFlight(): number {
     return this.pending;
   }
@@ -205,22 +213,25 @@ export class QueueServer {
     slot.reader.reset(chain, this.live);
     slot.writer.reset(chain, this.live);
     if (this.inOrder) this.unreturned.push(slot);
-    let result: void | Promise<void>;
+    // Counted before the handler runs: a LATER handler may finish() before it returns.
+    this.pending++;
+    let result: ReturnType<RequestHandler>;
     try {
       result = this.handler(slot);
     } catch (err) {
       this.handlerFailed(err);
       result = undefined;
     }
+    if (result === LATER) return;
     if (result instanceof Promise) {
-      this.pending++;
-      void result.then(slot.settled, slot.failed);
+      void result.then(slot.finish, slot.failed);
     } else {
+      this.pending--;
       this.finished(slot);
     }
   }
 
-  /** An asynchronous handler settled. */
+  /** An asynchronous handler finished. */
   settle(slot: Slot): void {
     this.pending--;
     this.finished(slot);
