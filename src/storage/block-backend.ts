@@ -13,6 +13,13 @@
  */
 export const SECTOR_SIZE = 512;
 
+/** Which way a transfer goes: into the request's buffers (read) or out of them (write). */
+export const Op = { read: 0, write: 1 } as const;
+export type Op = (typeof Op)[keyof typeof Op];
+
+/** How a transfer ended: `err` undefined on success. Called with the tag the transfer was given. */
+export type TransferDone<T> = (tag: T, err: Error | undefined) => void;
+
 /**
  * Where a disk device keeps its bytes. Every call is asynchronous and a backend accepts many
  * calls in flight at once: the device issues one per request without waiting for the previous.
@@ -29,6 +36,13 @@ export interface BlockBackend {
   read(offset: number, segments: readonly Uint8Array[]): Promise<void>;
   /** Store `segments`, in order, starting at `offset`. */
   write(offset: number, segments: readonly Uint8Array[]): Promise<void>;
+  /**
+   * read() or write() without a promise, for a device's per-request path: `done(tag, err)` is
+   * called once, possibly before transfer returns (a backend that finished at once: memory, a
+   * file in memory or in the page cache). Passing a function made once and a tag per request
+   * (the request itself) makes no closure per request. `done` must not throw.
+   */
+  transfer<T>(op: Op, offset: number, segments: readonly Uint8Array[], done: TransferDone<T>, tag: T): void;
   /** Make every completed write durable (a file: fdatasync). */
   flush(): Promise<void>;
   /** The range's contents become unspecified; the backend may deallocate it (a file: punch a hole). */

@@ -9,9 +9,10 @@
  *
  * A slot carries a Linux iovec array (struct iovec { void *iov_base; size_t iov_len; }) that
  * points straight at guest memory: a worker thread is in the same process, so the event loop's
- * addresses are valid there and preadv/pwritev fill or drain the guest's buffers with no copy.
+ * addresses are valid there and preadv2/pwritev2 fill or drain the guest's buffers with no copy.
  */
-import { addressOf } from '../native/vectored-io.ts';
+import { IOVEC_BYTES, IovecArray } from '../native/vectored-io.ts';
+import { Op } from './block-backend.ts';
 
 /** Request slots; a power of two. More requests than this wait on the event loop side. */
 export const SLOTS = 128;
@@ -30,11 +31,9 @@ export const Counter = {
   stop: 3,
 } as const;
 
-export const Op = { read: 0, write: 1 } as const;
-export type Op = (typeof Op)[keyof typeof Op];
+export { Op };
 
 const CONTROL_BYTES = 64;
-const IOVEC_BYTES = 16;
 /** Slot layout: f64 position, f64 result (bytes or -errno), i32 op, i32 fd, i32 iovcnt, pad, then iovecs. */
 const IOVECS_AT = 32;
 const SLOT_BYTES = IOVECS_AT + MAX_IOVECS * IOVEC_BYTES;
@@ -44,18 +43,14 @@ export class IoRing {
   readonly control: Int32Array;
   private readonly f64: Float64Array;
   private readonly i32: Int32Array;
-  private readonly u64: BigUint64Array;
-  private readonly u32: Uint32Array;
-  /** Per slot, its iovec array as bytes: what preadv/pwritev are handed. */
-  readonly iovecs: Uint8Array[];
+  /** Per slot, its iovec array. */
+  readonly iovecs: IovecArray[];
 
   constructor(readonly buffer: SharedArrayBuffer = new SharedArrayBuffer(CONTROL_BYTES + SLOTS * SLOT_BYTES)) {
     this.control = new Int32Array(buffer, 0, CONTROL_BYTES / 4);
     this.f64 = new Float64Array(buffer, CONTROL_BYTES);
     this.i32 = new Int32Array(buffer, CONTROL_BYTES);
-    this.u64 = new BigUint64Array(buffer, CONTROL_BYTES);
-    this.u32 = new Uint32Array(buffer, CONTROL_BYTES);
-    this.iovecs = Array.from({ length: SLOTS }, (_, s) => new Uint8Array(buffer, CONTROL_BYTES + s * SLOT_BYTES + IOVECS_AT, MAX_IOVECS * IOVEC_BYTES));
+    this.iovecs = Array.from({ length: SLOTS }, (_, s) => new IovecArray(MAX_IOVECS, buffer, CONTROL_BYTES + s * SLOT_BYTES + IOVECS_AT));
   }
 
   /** Fill slot `s` with a vectored request on `segments` (at most MAX_IOVECS, each kept alive until it completes). */
@@ -64,14 +59,7 @@ export class IoRing {
     this.f64[base] = position;
     this.i32[base * 2 + 4] = op;
     this.i32[base * 2 + 5] = fd;
-    this.i32[base * 2 + 6] = segments.length;
-    for (let i = 0; i < segments.length; i++) {
-      const at = base + IOVECS_AT / 8 + 2 * i;
-      this.u64[at] = addressOf(segments[i]);
-      // iov_len as two 32-bit halves: no BigInt per request (a segment is far below 4 GiB).
-      this.u32[at * 2 + 2] = segments[i].length;
-      this.u32[at * 2 + 3] = 0;
-    }
+    this.i32[base * 2 + 6] = this.iovecs[s].set(segments);
   }
 
   op(s: number): Op {

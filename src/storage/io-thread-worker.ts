@@ -1,13 +1,13 @@
 /**
  * The body of an I/O thread (started by io-thread.ts): perform the ring's requests in order
- * with blocking preadv/pwritev, store each result, and wake the event loop through its eventfd
+ * with blocking preadv2/pwritev2, store each result, and wake the event loop through its eventfd
  * only when no earlier wake-up is still unread, so a busy ring costs one signal per batch the
  * event loop takes, not one per request. With nothing to do the thread sleeps in Atomics.wait.
  */
 import { workerData } from 'node:worker_threads';
 import { EventFd } from '../native/eventfd.ts';
 import { Errno, lastErrno } from '../native/syscall-error.ts';
-import { preadv, pwritev } from '../native/vectored-io.ts';
+import { preadv2, pwritev2 } from '../native/vectored-io.ts';
 import { Counter, IoRing, Op, SLOTS } from './io-ring.ts';
 
 export interface IoThreadData {
@@ -26,9 +26,9 @@ const wakePending = new Int32Array(data.wakePending);
 
 /** Bytes transferred, or -errno; a call interrupted by a signal is simply made again. */
 function perform(s: number): number {
-  const call = ring.op(s) === Op.read ? preadv : pwritev;
+  const call = ring.op(s) === Op.read ? preadv2 : pwritev2;
   for (;;) {
-    const n = call(ring.fd(s), ring.iovecs[s], ring.iovcnt(s), ring.position(s));
+    const n = call(ring.fd(s), ring.iovecs[s].bytes, ring.iovcnt(s), ring.position(s), 0);
     if (n >= 0) return n;
     const errno = lastErrno();
     if (errno !== Errno.EINTR) return -errno;

@@ -36,14 +36,17 @@ const THREAD: { readonly url: URL; readonly entry?: string } = new URL(import.me
   ? { url: new URL('./io-thread-boot.mjs', import.meta.url), entry: new URL('./io-thread-worker.ts', import.meta.url).href }
   : { url: new URL('./io-thread-worker.js', import.meta.url) };
 
+/** How a vectored call on an I/O thread ended: the bytes transferred, or its error. Called with the call's tag; must not throw. */
+export type CallDone<T> = (tag: T, result: number | Error) => void;
+
 interface Transfer {
   readonly op: Op;
   readonly fd: number;
   readonly position: number;
   /** Held until the transfer completes: the thread writes into (or reads from) their memory. */
   readonly segments: readonly Uint8Array[];
-  resolve(bytes: number): void;
-  reject(err: Error): void;
+  readonly done: CallDone<unknown>;
+  readonly tag: unknown;
 }
 
 /** One I/O thread and its ring, seen from the event loop. */
@@ -58,6 +61,7 @@ class IoThread {
   private submitted = 0;
   private completed = 0;
   private publishScheduled = false;
+  private readonly publishTurn = (): void => this.publish();
 
   constructor(wake: Omit<IoThreadData, 'buffer'>, onError: (err: Error) => void) {
     const data: IoThreadData & { entry?: string } = { ...wake, entry: THREAD.entry, buffer: this.ring.buffer };
@@ -84,7 +88,7 @@ class IoThread {
     this.submitted = (this.submitted + 1) | 0;
     if (!this.publishScheduled) {
       this.publishScheduled = true;
-      queueMicrotask(() => this.publish());
+      queueMicrotask(this.publishTurn);
     }
     return true;
   }
@@ -106,17 +110,16 @@ class IoThread {
       this.inRing[s] = undefined;
       this.completed = (this.completed + 1) | 0;
       const result = this.ring.result(s);
-      if (result >= 0) t.resolve(result);
-      else t.reject(new SyscallError(t.op === Op.read ? 'preadv' : 'pwritev', -result, `at byte ${t.position} of fd ${t.fd}`));
+      t.done(t.tag, result >= 0 ? result : new SyscallError(t.op === Op.read ? 'preadv2' : 'pwritev2', -result, `at byte ${t.position} of fd ${t.fd}`));
     }
     while (this.waiting.length > 0 && this.place(this.waiting[0])) this.waiting.shift();
   }
 
   /** Reject everything not settled yet with `err`. */
   fail(err: Error): void {
-    for (let s = 0; s < SLOTS; s++) this.inRing[s]?.reject(err);
+    const dropped = [...this.inRing, ...this.waiting.splice(0)];
     this.inRing.fill(undefined);
-    for (const t of this.waiting.splice(0)) t.reject(err);
+    for (const t of dropped) t?.done(t.tag, err);
   }
 
   /** Ask the thread to exit once its ring is empty. */
@@ -168,22 +171,20 @@ export class IoThreads {
   }
 
   /**
-   * Read into or write out of `segments` (at most MAX_IOVECS) at byte `position` of `fd`.
-   * Resolves with the bytes transferred, which may be fewer than asked (end of file); a failed
-   * call rejects with its SyscallError.
+   * Read into or write out of `segments` (at most MAX_IOVECS) at byte `position` of `fd`, then
+   * call `done(tag, result)` with the bytes transferred, which may be fewer than asked (end of
+   * file), or the failed call's SyscallError; at once when the threads have failed or closed.
    */
-  transfer(op: Op, fd: number, position: number, segments: readonly Uint8Array[]): Promise<number> {
-    return new Promise<number>((resolve, reject) => {
-      if (this.failure !== undefined) {
-        reject(this.failure);
-        return;
-      }
-      this.lastUse = Date.now();
-      const thread = this.pick();
-      // An idle thread keeps no process alive; one with a transfer in flight does.
-      if (thread.inFlight === 0) thread.worker.ref();
-      thread.submit({ op, fd, position, segments, resolve, reject });
-    });
+  submit<T>(op: Op, fd: number, position: number, segments: readonly Uint8Array[], done: CallDone<T>, tag: T): void {
+    if (this.failure !== undefined) {
+      done(tag, this.failure);
+      return;
+    }
+    this.lastUse = Date.now();
+    const thread = this.pick();
+    // An idle thread keeps no process alive; one with a transfer in flight does.
+    if (thread.inFlight === 0) thread.worker.ref();
+    thread.submit({ op, fd, position, segments, done: done as CallDone<unknown>, tag });
   }
 
   /** The least busy thread; another starts only when every running one is busy. */

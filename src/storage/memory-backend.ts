@@ -2,7 +2,7 @@
  * A block backend held in host memory: for tests, benchmarks and scratch disks. Each call
  * copies synchronously when made, so a request's data is never touched after its promise settles.
  */
-import { type BlockBackend, SECTOR_SIZE } from './block-backend.ts';
+import { type BlockBackend, Op, SECTOR_SIZE, type TransferDone } from './block-backend.ts';
 
 export interface MemoryBackendOptions {
   readonly readOnly?: boolean;
@@ -29,21 +29,28 @@ export class MemoryBackend implements BlockBackend {
   }
 
   read(offset: number, segments: readonly Uint8Array[]): Promise<void> {
-    let at = offset;
-    for (const s of segments) {
-      s.set(this.bytes.subarray(at, at + s.length));
-      at += s.length;
-    }
+    this.copy(Op.read, offset, segments);
     return Promise.resolve();
   }
 
   write(offset: number, segments: readonly Uint8Array[]): Promise<void> {
+    this.copy(Op.write, offset, segments);
+    return Promise.resolve();
+  }
+
+  /** Done before it returns. */
+  transfer<T>(op: Op, offset: number, segments: readonly Uint8Array[], done: TransferDone<T>, tag: T): void {
+    this.copy(op, offset, segments);
+    done(tag, undefined);
+  }
+
+  private copy(op: Op, offset: number, segments: readonly Uint8Array[]): void {
     let at = offset;
     for (const s of segments) {
-      this.bytes.set(s, at);
+      if (op === Op.read) s.set(this.bytes.subarray(at, at + s.length));
+      else this.bytes.set(s, at);
       at += s.length;
     }
-    return Promise.resolve();
   }
 
   flush(): Promise<void> {

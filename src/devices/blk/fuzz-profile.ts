@@ -5,7 +5,7 @@
  * capacity first, §5.2.6.2). Probes are reads, writes, flushes and GET_ID, checked byte for byte.
  */
 import type { FuzzProfile, FuzzSubject, Probe, ProbeSeed } from '../device-type.ts';
-import type { BlockBackend } from '../../storage/block-backend.ts';
+import { type BlockBackend, Op, type TransferDone } from '../../storage/block-backend.ts';
 import { BlkDevice } from './device.ts';
 import { MemoryBackend } from '../../storage/memory-backend.ts';
 import { BlkStatus, ID_SIZE, RequestType, SECTOR_SIZE, encodeRequestHeader } from './wire.ts';
@@ -48,6 +48,12 @@ class CheckedBackend implements BlockBackend {
     this.check('write', offset, total(segs));
     await this.later();
     return this.inner.write(offset, segs);
+  }
+  transfer<T>(op: Op, offset: number, segs: readonly Uint8Array[], done: TransferDone<T>, tag: T): void {
+    (op === Op.read ? this.read(offset, segs) : this.write(offset, segs)).then(
+      () => done(tag, undefined),
+      (err: Error) => done(tag, err),
+    );
   }
   async flush(): Promise<void> {
     await this.later();

@@ -3,11 +3,11 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm, writeFile, chmod, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DiskImageError } from '../../../src/storage/block-backend.ts';
+import { DiskImageError, Op } from '../../../src/storage/block-backend.ts';
 import { FileBackend } from '../../../src/storage/file-backend.ts';
 
-async function withDir(body: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'paravirt-blk-'));
+async function withDir(body: (dir: string) => Promise<void>, parent = tmpdir()): Promise<void> {
+  const dir = await mkdtemp(join(parent, 'paravirt-blk-'));
   try {
     await body(dir);
   } finally {
@@ -17,12 +17,25 @@ async function withDir(body: (dir: string) => Promise<void>): Promise<void> {
 
 const pattern = (n: number, seed: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 13 + seed) & 0xff);
 
-for (const io of ['threads', 'thread-pool'] as const) {
-  test(`reads and writes go through scattered segments at any offset (io ${io})`, () =>
+/**
+ * The ways a read or write is made: on the thread pool; on I/O threads only; on I/O threads or,
+ * when small and the page cache has it, on the event loop (tmpdir); on the event loop whenever
+ * small, the file being in memory (/dev/shm, tmpfs).
+ */
+const MODES = [
+  { io: 'thread-pool', inline: false, parent: tmpdir() },
+  { io: 'threads', inline: false, parent: tmpdir() },
+  { io: 'threads', inline: true, parent: tmpdir() },
+  { io: 'threads', inline: true, parent: '/dev/shm' },
+] as const;
+
+for (const { io, inline, parent } of MODES) {
+  const mode = `io ${io}${inline ? `, in line in ${parent}` : ''}`;
+  test(`reads and writes go through scattered segments at any offset (${mode})`, () =>
     withDir(async (dir) => {
       const path = join(dir, 'disk.img');
       await writeFile(path, new Uint8Array(8192));
-      const disk = await FileBackend.open(path, { io });
+      const disk = await FileBackend.open(path, { io, inline });
       try {
         assert.equal(disk.size, 8192);
         const data = pattern(1536, 1);
@@ -36,13 +49,13 @@ for (const io of ['threads', 'thread-pool'] as const) {
         await disk.close();
       }
       assert.deepEqual((await readFile(path)).subarray(1024, 2560), Buffer.from(pattern(1536, 1)));
-    }));
+    }, parent));
 
-  test(`more segments than one vectored call takes are all transferred (io ${io})`, () =>
+  test(`more segments than one vectored call takes are all transferred (${mode})`, () =>
     withDir(async (dir) => {
       const path = join(dir, 'disk.img');
       await writeFile(path, new Uint8Array(4096 * 2));
-      const disk = await FileBackend.open(path, { io });
+      const disk = await FileBackend.open(path, { io, inline });
       try {
         const data = pattern(4096, 5);
         const segs = Array.from({ length: 2048 }, (_, i) => data.subarray(i * 2, i * 2 + 2));
@@ -53,8 +66,29 @@ for (const io of ['threads', 'thread-pool'] as const) {
       } finally {
         await disk.close();
       }
-    }));
+    }, parent));
 }
+
+test('on a file in memory a small transfer is done when transfer returns, a large one later on a thread', () =>
+  withDir(async (dir) => {
+    const path = join(dir, 'disk.img');
+    await writeFile(path, pattern(1024 * 1024, 9));
+    const disk = await FileBackend.open(path);
+    try {
+      const ended: string[] = [];
+      const small = new Uint8Array(4096);
+      disk.transfer(Op.read, 4096, [small], (tag, err) => ended.push(`${tag} ${err?.message ?? 'ok'}`), 'small');
+      assert.deepEqual(ended, ['small ok']);
+      assert.deepEqual(small, pattern(1024 * 1024, 9).subarray(4096, 8192));
+      const large = new Uint8Array(512 * 1024);
+      const done = new Promise<Error | undefined>((resolve) => disk.transfer(Op.read, 0, [large], (_, err) => resolve(err), undefined));
+      assert.equal(ended.length, 1);
+      assert.equal(await done, undefined);
+      assert.deepEqual(large, pattern(1024 * 1024, 9).subarray(0, 512 * 1024));
+    } finally {
+      await disk.close();
+    }
+  }, '/dev/shm'));
 
 test('discard and write-zeroes make the range read back as zeroes, and only that range', () =>
   withDir(async (dir) => {
