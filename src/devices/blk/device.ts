@@ -8,9 +8,9 @@ import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, Feature, featureBit, hasFeature } f
 import { DeviceCounters } from '../../virtio/counters.ts';
 import type { DeviceContext, VirtioDevice } from '../../virtio/device.ts';
 import { queueSizeError } from '../../virtio/ring.ts';
-import { QueueServer, type Request } from '../../virtio/serve.ts';
+import { QueueServer } from '../../virtio/serve.ts';
 import type { BlockBackend } from '../../storage/block-backend.ts';
-import { type RangeLimits, type RequestTarget, serveRequest } from './request.ts';
+import { type RangeLimits, type RequestTarget, requestHandler } from './request.ts';
 import { BLK_CONFIG, BLK_FEATURE_NAMES, BlkFeature, type BlkConfig, ID_SIZE, SECTOR_SIZE } from './wire.ts';
 
 /** Optional features, each on by default where it makes sense. */
@@ -258,7 +258,7 @@ export class BlkDevice implements VirtioDevice {
       writethrough: () => !flush || (configWce && this.cfg.writeback === 0),
       backendFailed: (what, err) => ctx.log.warn({ err }, `${what} failed; request answered IOERR`),
     };
-    const serve = (req: Request): Promise<void> => serveRequest(req, target);
+    const serve = requestHandler(target);
     this.servers = Array.from({ length: this.numQueues }, (_, i) => new QueueServer(ctx, i, serve));
     for (const s of this.servers) s.kick();
   }

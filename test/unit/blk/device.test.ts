@@ -148,12 +148,11 @@ test('a reset with requests in flight fails them at the driver and a new driver 
   const gate: (() => void)[] = [];
   let called!: () => void;
   const reached = new Promise<void>((resolve) => (called = resolve));
-  const read = backend.read.bind(backend);
-  backend.read = (offset, segments) =>
-    new Promise<void>((resolve) => {
-      gate.push(() => void read(offset, segments).then(resolve));
-      called();
-    });
+  const transfer = backend.transfer.bind(backend);
+  backend.transfer = (op, offset, segments, done, tag) => {
+    gate.push(() => transfer(op, offset, segments, done, tag));
+    called();
+  };
   const { transport } = createLoopback(new BlkDevice({ backend }), { memoryBytes: 1 << 20 });
   const first = await BlkDriver.open(transport);
   const pending = first.read(0, 512);
@@ -162,7 +161,7 @@ test('a reset with requests in flight fails them at the driver and a new driver 
   await assert.rejects(pending, /driver closed/);
   for (const release of gate.splice(0)) release();
 
-  backend.read = read;
+  backend.transfer = transfer;
   const second = await BlkDriver.open(transport);
   backend.bytes.fill(0x11, 0, 512);
   assert.deepEqual(await second.read(0, 512), new Uint8Array(512).fill(0x11));

@@ -305,7 +305,7 @@ test('the driver distrusts the status: unknown values and a missing status byte 
 
 test('a backend failure reaches the driver as IOERR naming the request', async () => {
   const backend = new MemoryBackend(SECTORS * 512);
-  backend.read = () => Promise.reject(new Error('medium error'));
+  backend.transfer = (_op, _offset, _segments, done, tag) => done(tag, new Error('medium error'));
   const { blk } = await connect({ backend });
   try {
     logged.length = 0;

@@ -2,8 +2,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { MemoryBackend } from '../../../src/storage/memory-backend.ts';
-import { serveRequest, type RequestTarget } from '../../../src/devices/blk/request.ts';
+import { requestHandler, type RequestTarget } from '../../../src/devices/blk/request.ts';
 import { ChainReader, ChainWriter } from '../../../src/virtio/chain-io.ts';
+import { LATER } from '../../../src/virtio/serve.ts';
 import {
   BlkStatus,
   RangeFlag,
@@ -51,6 +52,15 @@ function harness(over: Partial<RequestTarget> = {}, backend = new MemoryBackend(
 
 const header = (type: number, sector = 0): Uint8Array => encodeRequestHeader({ type, reserved: 0, sector });
 const pattern = (n: number, seed: number): Uint8Array => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff);
+
+/** Serve one request as the queue server does; resolves once it finished. */
+function serveRequest(req: { chain: DescriptorChain; reader: ChainReader; writer: ChainWriter }, target: RequestTarget): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const result = requestHandler(target)({ ...req, finish: resolve });
+    if (result instanceof Promise) result.then(resolve, reject);
+    else if (result !== LATER) resolve();
+  });
+}
 
 /** Run the request and return [status byte, used length, the chain]. */
 async function run(h: Harness, parts: readonly Part[]): Promise<{ status: number; len: number; chain: DescriptorChain }> {
@@ -130,6 +140,32 @@ test('DISCARD and WRITE_ZEROES zero every segment and leave the rest', async () 
     assert.equal(r.status, BlkStatus.OK);
     const zeroed = (s: number): boolean => h.backend.bytes.subarray(s * 512, s * 512 + 512).every((b) => b === 0);
     assert.deepEqual([0, 1, 2, 3, 9, 10, 11].map(zeroed), [false, true, true, false, false, true, false]);
+  }
+});
+
+test('a range request with a failing segment completes only after its other segments ended, then IOERR', async () => {
+  for (const type of [RequestType.DISCARD, RequestType.WRITE_ZEROES]) {
+    const h = harness();
+    let endSecond = (): void => {};
+    const fail = (): Promise<void> => Promise.reject(new Error('medium error'));
+    const slow = (): Promise<void> => new Promise<void>((resolve) => (endSecond = resolve));
+    let call = 0;
+    const segmentCall = (): Promise<void> => (call++ === 0 ? fail() : slow());
+    h.backend.discard = segmentCall;
+    h.backend.writeZeroes = segmentCall;
+    let answered = false;
+    const served = run(h, ranges(type, [{ sector: 1, numSectors: 1, flags: 0 }, { sector: 10, numSectors: 1, flags: 0 }])).then((r) => {
+      answered = true;
+      return r;
+    });
+    // Let the first segment's failure propagate as far as it would.
+    for (let i = 0; i < 20; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+    assert.equal(call, 2);
+    assert.equal(answered, false, 'answered while a segment was still running');
+    endSecond();
+    const r = await served;
+    assert.equal(r.status, BlkStatus.IOERR);
+    assert.deepEqual(h.failures, [type === RequestType.DISCARD ? 'discard' : 'write zeroes']);
   }
 });
 
@@ -219,7 +255,7 @@ test('a data transfer larger than seg_max × size_max is IOERR', async () => {
 
 test('a failing backend answers IOERR and reports what failed', async () => {
   const h = harness();
-  h.backend.read = () => Promise.reject(new Error('medium error'));
+  h.backend.transfer = (_op, _offset, _segs, done, tag) => done(tag, new Error('medium error'));
   const r = await run(h, [{ bytes: header(RequestType.IN) }, { bytes: 513, writable: true }]);
   assert.equal(r.status, BlkStatus.IOERR);
   assert.equal(r.len, 513);
@@ -248,7 +284,7 @@ test('any bytes in any chain shape are answered without throwing', async () => {
 test('a request whose device was reset while in flight writes no status byte', async () => {
   const h = harness();
   let finishRead = (): void => {};
-  h.backend.read = () => new Promise<void>((resolve) => (finishRead = resolve));
+  h.backend.transfer = (_op, _offset, _segs, done, tag) => (finishRead = () => done(tag, undefined));
   const chain = chainOf([{ bytes: header(RequestType.IN) }, { bytes: new Uint8Array(513).fill(0xcc), writable: true }]);
   let live = true;
   const writer = new ChainWriter(chain, () => live);
