@@ -9,6 +9,10 @@
  * counts once the back-end has room for it, so the sender runs exactly as fast as the back-end
  * takes frames off the ring (txonly drops what does not fit and does not count it).
  *
+ * Next to the rate, the CPU each back-end process used over the window per packet it took
+ * (user + system time of all its threads, /proc): net_vhost's forwarding thread polls a whole
+ * core whatever the rate, paravirt's event loop polls only while the ring has work.
+ *
  * The paravirt back-end runs under `node --cpu-prof`; the functions with the most self time are
  * reported at the end. Two cores: the sender's forwarding thread on CPU 0, the back-end (the
  * node process, or net_vhost's forwarding thread) on CPU 1.
@@ -20,6 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { startTestpmd, type Testpmd } from '../test/lab/dpdk.ts';
 import { PeerProcess } from '../test/lab/peer-process.ts';
 import { summarizeCpuProfile } from './_cpuprofile.ts';
+import { cpuSeconds } from './_proc-cpu.ts';
 import { report, step } from './_report.ts';
 
 const BENCH = 'net';
@@ -40,10 +45,20 @@ type SideName = 'paravirt' | 'dpdk';
 interface Side {
   readonly name: SideName;
   readonly socketPath: string;
+  /** The back-end's process, set once it runs. */
+  pid?: number;
+}
+
+/** One round's result. */
+interface Round {
+  readonly pps: number;
+  /** CPU microseconds the back-end process used per packet over the window. */
+  readonly cpuMicrosPerPacket: number;
 }
 
 const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const round2 = (x: number): number => Math.round(x * 100) / 100;
+const round3 = (x: number): number => Math.round(x * 1000) / 1000;
 const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** `paravirt serve net` as a user runs it, on CPU 1, under the V8 CPU profiler. */
@@ -55,8 +70,10 @@ async function startParavirt(socketPath: string, profileDir: string): Promise<Pe
   return peer;
 }
 
-/** One round: a fresh virtio-user sender on `side`, its transmit rate over the window in packets/s. */
-async function measure(side: Side, frameBytes: number, vhost: Testpmd): Promise<number> {
+/** One round: a fresh virtio-user sender on `side`; its transmit rate and the back-end's CPU per packet over the window. */
+async function measure(side: Side, frameBytes: number, vhost: Testpmd): Promise<Round> {
+  const pid = side.pid;
+  if (pid === undefined) throw new Error(`the ${side.name} back-end has no process id (did it start?)`);
   const what = `DPDK txonly at ${frameBytes} B into ${side.name === 'dpdk' ? 'net_vhost' : 'paravirt'}`;
   // net_vhost polls only while its forwarding runs: keep it off CPU 1 while paravirt is measured.
   if (side.name === 'dpdk') {
@@ -76,13 +93,16 @@ async function measure(side: Side, frameBytes: number, vhost: Testpmd): Promise<
     step(`waiting for ${what}`);
     await delay(WARMUP_MS);
     const before = await sender.portStats();
+    const cpu0 = cpuSeconds(pid);
     const t0 = performance.now();
     await delay(WINDOW_MS);
     const after = await sender.portStats();
+    const cpu = cpuSeconds(pid) - cpu0;
     const seconds = (performance.now() - t0) / 1000;
     step(`stopping ${what}`);
     await sender.stop();
-    return (after.txPackets - before.txPackets) / seconds;
+    const packets = after.txPackets - before.txPackets;
+    return { pps: packets / seconds, cpuMicrosPerPacket: packets > 0 ? (cpu * 1e6) / packets : Infinity };
   } finally {
     step(`quitting ${what}`);
     await sender.close();
@@ -112,21 +132,26 @@ export async function main(): Promise<void> {
   ];
   step('starting paravirt serve net');
   const paravirt = await startParavirt(sides[0].socketPath, profileDir);
+  sides[0].pid = paravirt.child.pid;
   let vhost: Testpmd | undefined;
   try {
     step('starting DPDK net_vhost');
     vhost = await startTestpmd({ name: 'net-vhost', port: { kind: 'vhost', socketPath: sides[1].socketPath }, forwardMode: 'rxonly', lcores: { main: 0, forward: 1 } });
+    sides[1].pid = vhost.process.child.pid;
     const context = { rounds: ROUNDS, windowMs: WINDOW_MS, sender: 'testpmd net_virtio_user txonly, split ring, mrg_rxbuf' };
     for (const frameBytes of FRAME_SIZES) {
-      const rates: Record<SideName, number[]> = { paravirt: [], dpdk: [] };
+      const rounds: Record<SideName, Round[]> = { paravirt: [], dpdk: [] };
       for (let round = 0; round < ROUNDS; round++) {
         // Alternate which side goes first, so drift in the machine's load falls on both.
         const order = round % 2 === 0 ? sides : [...sides].reverse();
-        for (const side of order) rates[side.name].push(await measure(side, frameBytes, vhost));
+        for (const side of order) rounds[side.name].push(await measure(side, frameBytes, vhost));
       }
+      const rates = { paravirt: rounds.paravirt.map((r) => r.pps), dpdk: rounds.dpdk.map((r) => r.pps) };
       const medians = { paravirt: median(rates.paravirt), dpdk: median(rates.dpdk) };
       for (const name of ['paravirt', 'dpdk'] as const) {
         report(BENCH, `tx_${frameBytes}b_pps_${name}`, Math.round(medians[name]), 'packets/s', { runs: rates[name].map(Math.round), ...context });
+        const cpu = rounds[name].map((r) => r.cpuMicrosPerPacket);
+        report(BENCH, `tx_${frameBytes}b_cpu_us_per_packet_${name}`, round3(median(cpu)), 'CPU µs/packet', { runs: cpu.map(round3), process: name === 'dpdk' ? 'testpmd net_vhost rxonly' : 'paravirt serve net' });
       }
       report(BENCH, `tx_${frameBytes}b_ratio_paravirt_over_dpdk`, round2(medians.paravirt / medians.dpdk), 'x', context);
     }
