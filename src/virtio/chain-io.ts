@@ -14,6 +14,8 @@ export type LivenessCheck = () => boolean;
 
 const ALWAYS_LIVE: LivenessCheck = () => true;
 const NO_SEGMENTS: readonly Uint8Array[] = [];
+/** Copies up to this many bytes go byte by byte (request and frame headers are 8 to 64 bytes). */
+const SMALL_COPY = 64;
 
 /**
  * Cursor over an ordered list of byte segments. Copies walk the segments in place; only
@@ -99,7 +101,12 @@ class Cursor {
         continue;
       }
       const k = Math.min(avail, total - at);
-      if (out) buf.set(k === s.length ? s : s.subarray(this.off, this.off + k), at);
+      if (k <= SMALL_COPY) {
+        // A header's worth: byte by byte, rather than a subarray allocated per request.
+        const off = this.off;
+        if (out) for (let i = 0; i < k; i++) buf[at + i] = s[off + i];
+        else for (let i = 0; i < k; i++) s[off + i] = buf[at + i];
+      } else if (out) buf.set(k === s.length ? s : s.subarray(this.off, this.off + k), at);
       else s.set(k === buf.length ? buf : buf.subarray(at, at + k), this.off);
       this.off += k;
       at += k;
