@@ -18,7 +18,9 @@
  *   with `overflow: 'refuse'` the producer keeps it and is called back (`onSpace`) once the
  *   backlog has room again, so a stream loses nothing.
  * - Used buffers are published once per drain and the driver is notified only when publish()
- *   says it asked to be (§2.7.10 / §2.8.10). Notifications are turned on only while an event
+ *   says it asked to be (§2.7.10 / §2.8.10). With `burst`, the events offered in one synchronous
+ *   run (the frames a switch forwards from another queue's drain) share one publish, made in a
+ *   microtask after the last of them, and so at most one notification. Notifications are turned on only while an event
  *   waits for buffers, re-checking for buffers that slipped in before they were visible (the race
  *   of §2.7.10); otherwise the driver posts without kicking and the next event pops.
  * - A ring fault fails the queue through DeviceContext.fail. Once the queue is gone (failed or
@@ -56,6 +58,7 @@ export type Fit = number | 'more' | 'never';
 export interface EventLayout<E> {
   fit(event: E, held: HeldBuffers): Fit;
   /**
+   * The writers are the queue's and serve the next event after the call: keep none of them.
    * Write `event` into the buffers fit() chose (their writers, oldest first); `writer.written`
    * becomes each used length. Returns what is left of the event to write into later buffers
    * (a byte stream split across buffers), or undefined when it was written whole.
@@ -86,6 +89,12 @@ export interface EventQueueOptions<E> {
   /** With overflow 'refuse': the backlog has room again after offer() returned false. */
   readonly onSpace?: () => void;
   /**
+   * Offers come in bursts (frames forwarded from a transmit queue's drain): what one synchronous
+   * run of offers writes is published once, in a microtask, instead of once per offer. A kick
+   * still publishes at once.
+   */
+  readonly burst?: boolean;
+  /**
    * For events that are only lent to offer() (a net frame in a driver's transmit buffer): a copy
    * the queue can keep, made only when the event has to wait in the backlog. Without it, events
    * are kept as offered.
@@ -114,6 +123,15 @@ export class EventQueue<E> implements HeldBuffers {
   private refused = false;
   private readonly dropCounts: Record<EventDropReason, number> = { noBuffer: 0, tooLarge: 0 };
   private readonly counters: QueueCounters;
+  /** The writer of an event that takes one buffer, the common case, reused from event to event. */
+  private readonly oneWriter = [new ChainWriter()];
+  /** With `burst`: the queue whose used buffers wait for the microtask that publishes them. */
+  private unpublished: DeviceQueue | undefined;
+  private readonly publishTurn = (): void => {
+    const queue = this.unpublished;
+    this.unpublished = undefined;
+    if (queue !== undefined && queue === this.ctx.queue(this.index)) this.publish(queue);
+  };
 
   constructor(
     private readonly ctx: DeviceContext,
@@ -153,7 +171,7 @@ export class EventQueue<E> implements HeldBuffers {
     const at = this.backlog.length;
     const servedBefore = this.served;
     this.backlog.push(event);
-    this.drain();
+    this.drain(this.options.burst === true);
     // What is left of this event (all of it, or the rest of a stream) now sits `served` places
     // nearer the front; events from before it that still wait were retained when offered.
     const retain = this.options.retain;
@@ -187,6 +205,8 @@ export class EventQueue<E> implements HeldBuffers {
     const queue = this.heldFrom;
     // Buffers of a queue the context no longer serves are forgotten by the next drain instead.
     if (queue === undefined || queue !== this.ctx.queue(this.index)) return;
+    // What a burst wrote goes to the driver before the ring stops.
+    if (this.unpublished === queue) this.publishTurn();
     try {
       for (let chain = this.held.pop(); chain !== undefined; chain = this.held.pop()) queue.unpop(chain);
     } finally {
@@ -197,7 +217,7 @@ export class EventQueue<E> implements HeldBuffers {
 
   /** The driver posted buffers (a kick on this queue); call from VirtioDevice.queueNotify. */
   kick(): void {
-    this.drain();
+    this.drain(false);
   }
 
   // HeldBuffers, as layouts see them.
@@ -213,7 +233,8 @@ export class EventQueue<E> implements HeldBuffers {
     return this.held[i].writableLength;
   }
 
-  private drain(): void {
+  /** Write what the held and posted buffers take; publish at once, or with `deferPublish` at the end of the burst. */
+  private drain(deferPublish: boolean): void {
     if (this.draining) return; // an offer from inside the loop (onDrop, say): the loop takes it
     const queue = this.ctx.queue(this.index);
     if (queue !== this.heldFrom) this.queueGone(queue);
@@ -234,7 +255,11 @@ export class EventQueue<E> implements HeldBuffers {
         }
         pushed += this.place(queue, fit);
       }
-      if (pushed > 0) this.publish(queue);
+      if (pushed > 0 && deferPublish) this.publishLater(queue);
+      else if (pushed > 0 || this.unpublished === queue) {
+        this.unpublished = undefined;
+        this.publish(queue);
+      }
     } catch (err) {
       // A ring fault: the queue is dead until reset, and nothing held can be returned.
       this.queueGone(undefined);
@@ -279,8 +304,9 @@ export class EventQueue<E> implements HeldBuffers {
 
   /** Write the oldest event into the first `count` held buffers and push them; returns `count`. */
   private place(queue: DeviceQueue, count: number): number {
-    const chains = this.held.splice(0, count);
-    const writers = chains.map((c) => new ChainWriter(c));
+    const held = this.held;
+    const writers = count === 1 ? this.oneWriter : Array.from({ length: count }, () => new ChainWriter());
+    for (let i = 0; i < count; i++) writers[i].reset(held[i]);
     const rest = this.layout.write(this.backlog[0], writers);
     if (rest === undefined) {
       this.backlog.shift();
@@ -289,13 +315,23 @@ export class EventQueue<E> implements HeldBuffers {
     else this.backlog[0] = rest;
     const counts = this.counters;
     for (let i = 0; i < count; i++) {
-      this.heldBytes -= chains[i].writableLength;
-      queue.push(chains[i], writers[i].written);
+      const chain = held.shift()!;
+      const written = writers[i].written;
+      this.heldBytes -= chain.writableLength;
+      queue.push(chain, written);
       counts.requests++;
-      counts.readBytes += chains[i].readableLength;
-      counts.writtenBytes += writers[i].written;
+      counts.readBytes += chain.readableLength;
+      counts.writtenBytes += written;
     }
     return count;
+  }
+
+  /** Publish `queue` in a microtask, once for all the offers of this synchronous run. */
+  private publishLater(queue: DeviceQueue): void {
+    if (this.unpublished === queue) return;
+    // Used buffers of a queue that is no longer served are never published.
+    this.unpublished = queue;
+    queueMicrotask(this.publishTurn);
   }
 
   private publish(queue: DeviceQueue): void {
@@ -318,6 +354,7 @@ export class EventQueue<E> implements HeldBuffers {
    */
   private queueGone(now: DeviceQueue | undefined): void {
     if (this.heldFrom !== undefined) this.backlog.length = 0;
+    this.unpublished = undefined;
     this.held = [];
     this.heldBytes = 0;
     this.heldFrom = now;

@@ -93,6 +93,29 @@ test('the queue counts used buffers, bytes written and notifications sent or sup
   });
 });
 
+test('with burst, the offers of one synchronous run share one publish and one notification, after them', async () => {
+  const { q, eq, notified } = records({ burst: true, backlog: 8 }, buffers(4, 4).chains);
+  for (const i of [1, 2, 3]) eq.offer(Uint8Array.of(i));
+  assert.deepEqual(q.used, [[0, 1], [1, 1], [2, 1]], 'each event is written into its buffer as it is offered');
+  assert.equal(q.calls.filter((c) => c === 'publish').length, 0, 'nothing published yet');
+  await Promise.resolve();
+  assert.equal(q.calls.filter((c) => c === 'publish').length, 1);
+  assert.deepEqual(notified, [0]);
+  eq.offer(Uint8Array.of(4));
+  eq.queueStopping();
+  assert.equal(q.calls.filter((c) => c === 'publish').length, 2, 'a stopping queue gets what the burst wrote first');
+});
+
+test('an event that takes one buffer is written with the same writer every time', () => {
+  const seen: unknown[] = [];
+  const layout: EventLayout<Uint8Array> = { fit: () => 1, write: (_, writers) => void seen.push(writers[0], writers) };
+  const { eq } = records({ layout }, buffers(2, 4).chains);
+  eq.offer(Uint8Array.of(1));
+  eq.offer(Uint8Array.of(2));
+  assert.equal(seen[0], seen[2], 'one writer');
+  assert.equal(seen[1], seen[3], 'one array');
+});
+
 test('a buffer made available while notifications are re-enabled is popped, not slept on (§2.7.10)', () => {
   const { q, eq } = records();
   q.lateArrivals = [buffer(0, 4).chain];
