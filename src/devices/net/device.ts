@@ -18,7 +18,7 @@ import { type ControlTarget, guestOffloadMask, serveControl } from './control.ts
 import { NetCounters } from './counters.ts';
 import { DeviceCounters } from '../../virtio/counters.ts';
 import { RxFilter } from './filter.ts';
-import { plainFrameLimit, receiveOffload, transmitOffload, transmitRefusal } from './offload.ts';
+import { Delivery, plainFrameLimit, receiveOffload, transmitOffload, transmitRefusal } from './offload.ts';
 import type { NetPort } from './port.ts';
 import { type ReceiveQueue, receiveQueue } from './rx.ts';
 import {
@@ -144,6 +144,8 @@ export class NetDevice implements VirtioDevice {
   private scratch = new Uint8Array(2048);
   /** The transmit header being decoded (decodeOffload keeps nothing of it). */
   private readonly txHeader = new Uint8Array(NET_HDR_SIZE);
+  /** The frame being received and its header, handed to the receive queue (which copies what it keeps). */
+  private readonly delivery = new Delivery();
 
   constructor(options: NetDeviceOptions) {
     this.port = options.port;
@@ -391,12 +393,14 @@ export class NetDevice implements VirtioDevice {
       this.traffic.drop('filtered');
       return;
     }
-    const out = receiveOffload(frame, meta, a.guestOffloads);
+    const out = receiveOffload(frame, meta, a.guestOffloads, this.delivery);
     if (typeof out === 'string') {
       this.traffic.drop(out);
       return;
     }
     a.rx[this.steer(a, frame)].offer(out);
+    // The frame was lent for this call: let it go.
+    out.clear();
   }
 
   /** The receive queue for a frame: where its flow was last sent from, else by source address. */

@@ -58,13 +58,36 @@ export interface Deliverable {
   readonly meta: Offload;
 }
 
+const NO_FRAME = new Uint8Array(0);
+
+/**
+ * The Deliverable a device fills for each frame it receives, so that a frame costs no object:
+ * valid until the next frame, like the frame itself (port.ts); a receive queue that keeps one
+ * makes its own copy (rx.ts).
+ */
+export class Delivery implements Deliverable {
+  frame: Uint8Array = NO_FRAME;
+  meta: Offload = NO_OFFLOAD;
+
+  set(frame: Uint8Array, meta: Offload): this {
+    this.frame = frame;
+    this.meta = meta;
+    return this;
+  }
+
+  /** Let go of the frame once it was delivered (it was only lent). */
+  clear(): void {
+    this.set(NO_FRAME, NO_OFFLOAD);
+  }
+}
+
 /**
  * Adapt a frame from the network to the guest offloads `enabled` (negotiated GUEST_* bits, as
- * GUEST_OFFLOADS_SET last left them), or say why it cannot be delivered (§5.1.6.4.1).
+ * GUEST_OFFLOADS_SET last left them), filling `into`, or say why it cannot be delivered (§5.1.6.4.1).
  */
-export function receiveOffload(frame: Uint8Array, meta: Offload, enabled: bigint): Deliverable | DropReason {
+export function receiveOffload(frame: Uint8Array, meta: Offload, enabled: bigint, into: Delivery): Delivery | DropReason {
   // The common case, a complete frame, needs no feature lookups.
-  if (meta.flags === 0 && meta.gsoType === GsoType.NONE) return { frame, meta };
+  if (meta.flags === 0 && meta.gsoType === GsoType.NONE) return into.set(frame, meta);
   if (meta.gsoType !== GsoType.NONE) {
     const gso = GSO_FEATURES.get(meta.gsoType & ~GsoType.ECN);
     if (gso === undefined) return 'badOffload';
@@ -75,12 +98,12 @@ export function receiveOffload(frame: Uint8Array, meta: Offload, enabled: bigint
   if (needsCsum && !checksumInside(meta, frame.length)) return 'badOffload';
   if (hasFeature(enabled, NetFeature.GUEST_CSUM)) {
     const flags = meta.flags & (HdrFlag.NEEDS_CSUM | HdrFlag.DATA_VALID);
-    return { frame, meta: flags === meta.flags ? meta : { ...meta, flags } };
+    return into.set(frame, flags === meta.flags ? meta : { ...meta, flags });
   }
   // §5.1.6.4.1: without GUEST_CSUM, flags are zero and the packet is fully checksummed.
-  if (!needsCsum) return { frame, meta: meta.flags === 0 ? meta : { ...meta, flags: 0 } };
+  if (!needsCsum) return into.set(frame, meta.flags === 0 ? meta : { ...meta, flags: 0 });
   if (meta.gsoType !== GsoType.NONE) return 'offloadUnsupported';
-  return { frame: completeChecksum(frame, meta.csumStart, meta.csumOffset), meta: NO_OFFLOAD };
+  return into.set(completeChecksum(frame, meta.csumStart, meta.csumOffset), NO_OFFLOAD);
 }
 
 /**

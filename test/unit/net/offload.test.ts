@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { completeChecksum, receiveOffload, transmitOffload, transmitRefusal } from '../../../src/devices/net/offload.ts';
+import { Delivery, completeChecksum, receiveOffload, transmitOffload, transmitRefusal } from '../../../src/devices/net/offload.ts';
 import { GsoType, HdrFlag, NO_OFFLOAD, NetFeature, type Offload } from '../../../src/devices/net/wire.ts';
 import { featureBit } from '../../../src/virtio/constants.ts';
 
@@ -36,15 +36,18 @@ test('transmit: offloads need their HOST_* features, checksums inside the frame,
 test('receive: offloads the driver has not enabled are completed or refused', () => {
   const frame = new Uint8Array(100);
   const guestAll = bits(NetFeature.GUEST_CSUM, NetFeature.GUEST_TSO4, NetFeature.GUEST_ECN);
-  assert.deepEqual(receiveOffload(frame, TSO, guestAll), { frame, meta: TSO });
-  assert.equal(receiveOffload(frame, TSO, bits(NetFeature.GUEST_CSUM)), 'offloadUnsupported');
-  assert.equal(receiveOffload(frame, { ...TSO, gsoType: GsoType.TCPV4 | GsoType.ECN }, bits(NetFeature.GUEST_CSUM, NetFeature.GUEST_TSO4)), 'offloadUnsupported');
-  assert.equal(receiveOffload(frame, { ...CSUM, csumStart: 90 }, guestAll), 'badOffload');
-  const done = receiveOffload(frame, CSUM, 0n);
+  const into = new Delivery();
+  const passed = receiveOffload(frame, TSO, guestAll, into);
+  assert.equal(passed, into, 'filled in place');
+  assert.deepEqual({ frame: into.frame, meta: into.meta }, { frame, meta: TSO });
+  assert.equal(receiveOffload(frame, TSO, bits(NetFeature.GUEST_CSUM), into), 'offloadUnsupported');
+  assert.equal(receiveOffload(frame, { ...TSO, gsoType: GsoType.TCPV4 | GsoType.ECN }, bits(NetFeature.GUEST_CSUM, NetFeature.GUEST_TSO4), into), 'offloadUnsupported');
+  assert.equal(receiveOffload(frame, { ...CSUM, csumStart: 90 }, guestAll, into), 'badOffload');
+  const done = receiveOffload(frame, CSUM, 0n, into);
   assert.ok(typeof done !== 'string');
   assert.equal(done.meta, NO_OFFLOAD);
   assert.notEqual(done.frame, frame, 'a checksummed copy');
-  const valid = receiveOffload(frame, { ...NO_OFFLOAD, flags: HdrFlag.DATA_VALID }, 0n);
+  const valid = receiveOffload(frame, { ...NO_OFFLOAD, flags: HdrFlag.DATA_VALID }, 0n, into);
   assert.ok(typeof valid !== 'string');
   assert.equal(valid.meta.flags, 0, 'without GUEST_CSUM flags are zero');
 });
