@@ -98,6 +98,23 @@ test('the address table is bounded: the least recently refreshed entry makes roo
   assert.equal(ports[2].counters.drops, 1, 'sending into a closed port is dropped');
 });
 
+test('what a port remembers of its last lookup follows the table: learned, moved, evicted, relearned', () => {
+  const { ports, got } = rig(3, { maxAddresses: 2 });
+  ports[0].send(frame(MAC[1], MAC[0]), NO_OFFLOAD);
+  assert.deepEqual(counts(got), [0, 1, 1], 'unknown: flooded');
+  ports[2].send(frame(BROADCAST, MAC[1]), NO_OFFLOAD);
+  ports[0].send(frame(MAC[1], MAC[0]), NO_OFFLOAD);
+  assert.deepEqual(counts(got), [1, 2, 2], 'learned since port 0 last asked: to port 2 only');
+  ports[1].send(frame(BROADCAST, MAC[1]), NO_OFFLOAD);
+  ports[0].send(frame(MAC[1], MAC[0]), NO_OFFLOAD);
+  assert.deepEqual(counts(got), [2, 3, 3], 'moved to port 1: follows it');
+  // The table holds two addresses: MAC[2] pushes out MAC[0], MAC[3] pushes out MAC[1].
+  ports[2].send(frame(BROADCAST, MAC[2]), NO_OFFLOAD);
+  ports[2].send(frame(BROADCAST, MAC[3]), NO_OFFLOAD);
+  ports[0].send(frame(MAC[1], MAC[0]), NO_OFFLOAD);
+  assert.deepEqual(counts(got), [4, 6, 4], 'evicted: flooded again');
+});
+
 test('switch options are checked', () => {
   assert.throws(() => new L2Switch({ ageingMs: 0 }), /ageing time 0 ms is not positive/);
   assert.throws(() => new L2Switch({ maxAddresses: 0 }), /address table size 0/);
