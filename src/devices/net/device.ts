@@ -31,6 +31,7 @@ import {
   type NetConfig,
   NetFeature,
   NetStatus,
+  NO_OFFLOAD,
   type Offload,
   SPEED_UNKNOWN,
   VQ_PAIRS_MAX,
@@ -84,6 +85,8 @@ export interface NetDeviceOptions {
 }
 
 const DEFAULT_BACKLOG = 256;
+/** struct virtio_net_hdr up to num_buffers: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (§5.1.6). */
+const OFFLOAD_FIELDS_SIZE = 10;
 /** Flows remembered for receive steering (§5.1.6.5.5); the table starts over when full. */
 const STEERING_ENTRIES = 4096;
 
@@ -144,6 +147,13 @@ export class NetDevice implements VirtioDevice {
   private scratch = new Uint8Array(2048);
   /** The transmit header being decoded (decodeOffload keeps nothing of it). */
   private readonly txHeader = new Uint8Array(NET_HDR_SIZE);
+  /**
+   * The offload fields (the header but num_buffers) of the last transmitted frame and what they
+   * decoded to: a stream's frames carry the same header (checksum offload for TCP, say), so they
+   * share one Offload (immutable) instead of decoding a new object per frame.
+   */
+  private readonly lastTxHeader = new Uint8Array(OFFLOAD_FIELDS_SIZE);
+  private lastTxOffload: Offload = NO_OFFLOAD;
   /** The frame being received and its header, handed to the receive queue (which copies what it keeps). */
   private readonly delivery = new Delivery();
 
@@ -337,7 +347,7 @@ export class NetDevice implements VirtioDevice {
     }
     const hdr = this.txHeader;
     if (reader.read(hdr) !== NET_HDR_SIZE) return;
-    const meta = decodeOffload(hdr);
+    const meta = this.transmitMeta(hdr);
     const length = reader.remaining;
     // Checked before copying, so a hostile length costs nothing.
     const refusal = transmitRefusal(meta, length, a.ctx.features, this.mtu);
@@ -358,6 +368,20 @@ export class NetDevice implements VirtioDevice {
     this.traffic.txBytes += length;
     if (a.activePairs > 1) this.learnFlow(a, frame, pair);
     this.port.send(frame, transmitOffload(meta));
+  }
+
+  /** The offload metadata of a transmit header: the last frame's when the fields are the same. */
+  private transmitMeta(hdr: Uint8Array): Offload {
+    const last = this.lastTxHeader;
+    let same = true;
+    for (let i = 0; i < OFFLOAD_FIELDS_SIZE; i++) {
+      if (hdr[i] !== last[i]) {
+        same = false;
+        last[i] = hdr[i];
+      }
+    }
+    if (!same) this.lastTxOffload = decodeOffload(hdr);
+    return this.lastTxOffload;
   }
 
   /** The next `length` bytes of a frame spread over several descriptors, copied into `scratch`. */

@@ -348,6 +348,23 @@ test('multiqueue: VQ_PAIRS_SET, transmit on any pair in use, replies steered to 
   }
 });
 
+test('frames of a stream with the same transmit header share one decoded Offload; another header decodes anew', async () => {
+  const [port, end] = createCable();
+  const metas: Offload[] = [];
+  end.onReceive((_, meta) => metas.push(meta));
+  const a = await station(port, { mac: MAC_A });
+  try {
+    const csum: Offload = { ...NO_OFFLOAD, flags: HdrFlag.NEEDS_CSUM, csumStart: 34, csumOffset: 16 };
+    const other: Offload = { ...csum, csumOffset: 6 };
+    for (const meta of [csum, csum, other, csum]) await a.drv.send(frame(MAC_B, MAC_A, 100), { meta });
+    assert.deepEqual(metas, [csum, csum, other, csum]);
+    assert.equal(metas[0], metas[1], 'the second frame reuses the first one\'s');
+    assert.equal(a.dev.traffic.txPackets, 4);
+  } finally {
+    await a.drv.close();
+  }
+});
+
 /** A device on a cable and a bare VirtioDriver, to hand the device buffers a NetDriver would never make. */
 async function rawDevice(backlog = 256): Promise<{ dev: NetDevice; end: ReturnType<typeof createCable>[1]; core: VirtioDriver }> {
   const [port, end] = createCable();
