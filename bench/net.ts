@@ -24,7 +24,7 @@ import { fileURLToPath } from 'node:url';
 import { startTestpmd, type Testpmd } from '../test/lab/dpdk.ts';
 import { PeerProcess } from '../test/lab/peer-process.ts';
 import { summarizeCpuProfile } from './_cpuprofile.ts';
-import { cpuSeconds } from './_proc-cpu.ts';
+import { cpuSeconds } from './_process-cpu.ts';
 import { report, step } from './_report.ts';
 
 const BENCH = 'net';

@@ -13,7 +13,6 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { cpuSeconds } from './_process-cpu.ts';
 import { report, step } from './_report.ts';
-import { cpuSeconds } from './_proc-cpu.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
 import { DEFAULT_POLL_MICROS } from '../src/devices/host-options.ts';
