@@ -318,9 +318,10 @@ export class EventQueue<E> implements HeldBuffers {
       const chain = held.shift()!;
       const written = writers[i].written;
       this.heldBytes -= chain.writableLength;
+      counts.readBytes += chain.readableLength;
+      // Pushed, the chain is the queue's again (DeviceQueue.pop): nothing of it is read after.
       queue.push(chain, written);
       counts.requests++;
-      counts.readBytes += chain.readableLength;
       counts.writtenBytes += written;
     }
     return count;

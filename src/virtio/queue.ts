@@ -50,6 +50,10 @@ export class VirtqueueError extends Error {
  * A validated descriptor chain (§2.7.4.2, §2.8.6): every segment lies inside guest memory, the
  * device-readable part precedes the device-writable part, and the lengths do not overflow.
  * The buffers are zero-copy views of guest memory.
+ *
+ * A chain pop() returns is the queue's record of that chain id, with its segment lists: the queue
+ * refills the same object when the id is popped again, once the chain went back (see
+ * DeviceQueue.pop). Read-only for everyone else.
  */
 export class DescriptorChain {
   constructor(
@@ -70,9 +74,17 @@ export interface DeviceQueue {
   /**
    * The next chain the driver made available, or null when there is none.
    * Throws VirtqueueError when the driver broke a rule; the queue is then unusable until reset.
+   *
+   * The chain, its segment lists and their views stay valid and unchanged while the chain is in
+   * flight, that is until push() or unpop() (unresubmit()) gives it back, however many other
+   * chains are popped and pushed meanwhile. After that the queue may return the same object,
+   * refilled, from a later pop(): a device reads nothing of a chain after giving it back.
    */
   pop(): DescriptorChain | null;
-  /** Return a chain, `written` bytes of its writable part filled. Visible to the driver after publish(). */
+  /**
+   * Return a chain, `written` bytes of its writable part filled. Visible to the driver after
+   * publish(). The chain is the queue's again: read what is needed of it (e.g. its lengths) before.
+   */
   push(chain: DescriptorChain, written: number): void;
   /**
    * Make every pushed chain visible to the driver, with the memory ordering of §2.7.13 / §2.8.21,
@@ -150,11 +162,17 @@ export interface ResubmittingQueue extends DeviceQueue {
   unresubmit(chain: DescriptorChain): void;
 }
 
-/** One buffer the device returned to the driver. `len` is device-claimed and not yet trusted. */
+/**
+ * One buffer the device returned to the driver. `len` is device-claimed and not yet trusted.
+ * getUsed() fills the same object each time: read it before the next call.
+ */
 export interface UsedBuffer<T> {
   readonly token: T;
   readonly len: number;
 }
+
+/** The UsedBuffer a driver queue's getUsed() fills and returns, one per queue: a plain object, as a result should look. */
+export type UsedRecord<T> = { -readonly [K in keyof UsedBuffer<T>]: UsedBuffer<T>[K] };
 
 /** Driver side of one virtqueue. */
 export interface DriverQueue<T> {
@@ -171,7 +189,10 @@ export interface DriverQueue<T> {
    * asked to be notified (event suppression).
    */
   kick(): boolean;
-  /** The next buffer the device used, or null. */
+  /**
+   * The next buffer the device used, or null. The result is the queue's one UsedBuffer, valid
+   * until the next getUsed() (no allocation per buffer): copy out token and len, do not keep it.
+   */
   getUsed(): UsedBuffer<T> | null;
   /** Ask the device to interrupt on used buffers; returns true if used buffers are already pending. */
   enableInterrupts(): boolean;

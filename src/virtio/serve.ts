@@ -22,7 +22,8 @@ import type { DescriptorChain, DeviceQueue } from './queue.ts';
 /**
  * One request being served. The object, its reader and writer are the server's and serve the
  * next request once this one went back: a handler uses them until it returns (or its promise
- * settles) and keeps none of them.
+ * settles) and keeps none of them. The same holds for the chain and its views, which the queue
+ * refills for a later request once this one is pushed (DeviceQueue.pop).
  */
 export interface Request {
   readonly chain: DescriptorChain;
@@ -257,10 +258,12 @@ export class QueueServer {
     const queue = slot.queue!;
     const chain = slot.chain;
     const written = slot.writer.written;
+    const readBytes = chain.readableLength;
     slot.queue = undefined;
     this.free.push(slot);
     if (!this.isLive(queue)) return;
     try {
+      // The chain is the queue's again from here (DeviceQueue.pop): its next pop may refill it.
       queue.push(chain, written);
     } catch (err) {
       this.ctx.fail(this.index, asError(err));
@@ -268,7 +271,7 @@ export class QueueServer {
     }
     const counts = this.counters;
     counts.requests++;
-    counts.readBytes += chain.readableLength;
+    counts.readBytes += readBytes;
     counts.writtenBytes += written;
     this.unpublished++;
     // Inside a drain the loop publishes at its end; late completions of one tick share a publish.

@@ -5,6 +5,9 @@
  */
 import type { DescriptorChain, DeviceQueue, ResubmittingQueue, RingDescriptor, SavedChain } from '../../virtio/queue.ts';
 
+/** What a split ring's record is given for each chain: its head names it, no copies needed. */
+const NO_DESCRIPTORS: readonly RingDescriptor[] = [];
+
 /**
  * One ring's record in the inflight region, in either of vhost-user.rst's layouts. The queue calls
  * it in the order the layouts need for a crash between any two steps to be repairable.
@@ -66,7 +69,7 @@ export class InflightQueue implements DeviceQueue {
       return again;
     }
     const chain = this.inner.pop();
-    if (chain !== null) this.record.taken(chain, this.inner.savesDescriptors ? this.inner.poppedDescriptors(chain) : []);
+    if (chain !== null) this.record.taken(chain, this.inner.savesDescriptors ? this.inner.poppedDescriptors(chain) : NO_DESCRIPTORS);
     return chain;
   }
 

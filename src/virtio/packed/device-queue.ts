@@ -103,7 +103,7 @@ export class PackedDeviceQueue implements ResubmittingQueue {
     this.halves = views.halves;
     this.driverEvent = views.driverEvent;
     this.deviceEvent = views.deviceEvent;
-    this.builder = new ChainBuilder(memory, name);
+    this.builder = new ChainBuilder(memory, name, size);
     this.eventIdx = config.eventIdx;
     this.indirect = config.indirect;
     this.inOrder = config.inOrder;
@@ -173,7 +173,7 @@ export class PackedDeviceQueue implements ResubmittingQueue {
         }
         this.readIndirect(addr, len);
       } else {
-        builder.add(addr, len, (flags & WRITE) !== 0, size);
+        builder.add(addr, len, (flags & WRITE) !== 0, size, pos);
       }
       slots++;
       const id = halves[pos * 8 + 6];
@@ -181,7 +181,7 @@ export class PackedDeviceQueue implements ResubmittingQueue {
         pos = 0;
         wrap = !wrap;
       }
-      if ((flags & NEXT) === 0) return this.accept(builder.build(id, slots), pos, wrap);
+      if ((flags & NEXT) === 0) return this.accept(id, slots, pos, wrap);
       flags = halves[pos * 8 + 7];
       // §2.8.6: the driver makes the first descriptor available after the rest, so every later one must already be.
       if ((flags & AVAIL_USED) !== availablePattern(wrap)) {
@@ -209,20 +209,23 @@ export class PackedDeviceQueue implements ResubmittingQueue {
     }
   }
 
-  /** Last checks on a walked chain, then commit: nothing changes before a chain is known good. */
-  private accept(chain: DescriptorChain, pos: number, wrap: boolean): DescriptorChain {
-    this.checkId(chain.id);
-    if (this.held + chain.ringDescriptors > this.size) {
+  /**
+   * Last checks on a walked chain of `slots` ring descriptors, then commit: nothing changes, the
+   * record of a buffer id in flight included, before a chain is known good.
+   */
+  private accept(id: number, slots: number, pos: number, wrap: boolean): DescriptorChain {
+    this.checkId(id);
+    if (this.held + slots > this.size) {
       throw new VirtqueueError(
         'ring overrun',
         `${this.name}: the driver made available descriptors the device has not used yet`,
       );
     }
-    this.held += chain.ringDescriptors;
+    this.held += slots;
     this.availPos = pos;
     this.availWrap = wrap;
-    this.hold(chain.id);
-    return chain;
+    this.hold(id);
+    return this.builder.build(id, slots);
   }
 
   private checkId(id: number): void {
@@ -283,10 +286,10 @@ export class PackedDeviceQueue implements ResubmittingQueue {
         builder.add(addr, len, (flags & WRITE) !== 0, this.size);
       }
     }
-    const chain = builder.build(descriptors[n - 1].id, n);
-    this.checkId(chain.id);
-    this.hold(chain.id);
-    return chain;
+    const id = descriptors[n - 1].id;
+    this.checkId(id);
+    this.hold(id);
+    return builder.build(id, n);
   }
 
   private badFlags(pos: number, flags: number): VirtqueueError {

@@ -10,7 +10,7 @@
 import { DESC_SIZE, DescFlag } from '../constants.ts';
 import type { GuestMemory } from '../memory.ts';
 import { type IndirectTables, indirectTablesBytes } from '../split-ring.ts';
-import { type DriverQueue, type QueueConfig, type Segment, type UsedBuffer, VirtqueueError } from '../queue.ts';
+import { type DriverQueue, type QueueConfig, type Segment, type UsedBuffer, type UsedRecord, VirtqueueError } from '../queue.ts';
 import {
   AVAIL_USED as AVAIL_USEDBinding,
   RingEventFlags,
@@ -90,6 +90,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   /** With IN_ORDER: the last id and length of a used batch still being handed out, or -1. */
   private batchEndId = -1;
   private batchEndLen = 0;
+  /** What getUsed() returns, refilled each call. */
+  private readonly used: UsedRecord<T> = { token: undefined as T, len: 0 };
 
   constructor(
     memory: GuestMemory,
@@ -293,7 +295,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.tokens[id] = undefined;
     this.idState[id] = ID_FREE;
     this.freeIds[this.freeCount++] = id;
-    return { token, len };
+    const used = this.used;
+    used.token = token;
+    used.len = len;
+    return used;
   }
 
   enableInterrupts(): boolean {

@@ -97,7 +97,7 @@ export class SplitDeviceQueue implements ResubmittingQueue {
     this.eventIdx = config.eventIdx;
     this.indirect = config.indirect;
     this.inOrder = config.inOrder;
-    this.builder = new ChainBuilder(memory, name);
+    this.builder = new ChainBuilder(memory, name, config.size);
     this.popped = new Uint8Array(config.size);
     this.popOrder = config.inOrder ? new Uint16Array(config.size) : undefined;
     this.lastAvail = base;
@@ -200,7 +200,7 @@ export class SplitDeviceQueue implements ResubmittingQueue {
         i = 0;
         continue;
       }
-      builder.add(addr, len, (flagsNext & DescFlag.WRITE) !== 0, limit);
+      builder.add(addr, len, (flagsNext & DescFlag.WRITE) !== 0, limit, nested ? -1 : i);
       data++;
       if ((flagsNext & DescFlag.NEXT) === 0) {
         return builder.build(head, nested ? ringDescriptors : data);

@@ -9,7 +9,7 @@
  */
 import { DESC_SIZE, DescFlag, MAX_QUEUE_SIZE } from '../constants.ts';
 import type { GuestMemory } from '../memory.ts';
-import { VirtqueueError, type DriverQueue, type QueueConfig, type Segment, type UsedBuffer } from '../queue.ts';
+import { type UsedRecord, VirtqueueError, type DriverQueue, type QueueConfig, type Segment, type UsedBuffer } from '../queue.ts';
 import {
   AVAIL_F_NO_INTERRUPT,
   AVAIL_RING,
@@ -96,6 +96,8 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   /** IN_ORDER: buffers still to hand out from the batch the last used element returned, and its len. */
   private batchRemaining = 0;
   private batchLen = 0;
+  /** What getUsed() returns, refilled each call. */
+  private readonly used: UsedRecord<T> = { token: undefined as T, len: 0 };
 
   /**
    * The caller allocated the three areas at the config's addresses (see splitRingLayout); the
@@ -244,7 +246,10 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const token = this.tokens[head] as T;
     this.release(head);
     this.lastUsed = (last + 1) & 0xffff;
-    return { token, len };
+    const used = this.used;
+    used.token = token;
+    used.len = len;
+    return used;
   }
 
   /** Whether used->idx is past the next element to collect, checking it against what is in flight. */

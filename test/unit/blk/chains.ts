@@ -13,7 +13,7 @@ export function chainOf(parts: readonly Part[]): DescriptorChain {
   const sizes = parts.map((p) => (typeof p.bytes === 'number' ? p.bytes : p.bytes.length));
   // One spare byte so that a zero-length descriptor at the end still lies inside guest memory.
   const memory = GuestMemory.allocate(sizes.reduce((a, b) => a + b, 0) + 1);
-  const builder = new ChainBuilder(memory, 'test');
+  const builder = new ChainBuilder(memory, 'test', 1);
   let addr = 0;
   parts.forEach((p, i) => {
     if (typeof p.bytes !== 'number') memory.write(addr, p.bytes);

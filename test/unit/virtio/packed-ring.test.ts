@@ -663,8 +663,13 @@ test('driver IN_ORDER: a batched used descriptor returns every buffer up to its 
   dev.push(chains[2], 5);
   dev.push(chains[3], 8);
   dev.publish();
+  // getUsed() refills one object: copy each result before the next call.
+  const next = () => {
+    const used = drv.getUsed();
+    return used && { ...used };
+  };
   assert.deepEqual(
-    [drv.getUsed(), drv.getUsed(), drv.getUsed(), drv.getUsed(), drv.getUsed()],
+    [next(), next(), next(), next(), next()],
     [{ token: 'a', len: 8 }, { token: 'b', len: 8 }, { token: 'c', len: 5 }, { token: 'd', len: 8 }, null],
   );
   assert.equal(drv.freeDescriptors, 7);
