@@ -16,6 +16,7 @@ import { isMainThread, parentPort, Worker, workerData } from 'node:worker_thread
 import { pino } from 'pino';
 import { vhostUserBlkDevice } from '../src/devices/blk/device.ts';
 import { FileBackend } from '../src/storage/file-backend.ts';
+import { IoThreads } from '../src/storage/io-thread.ts';
 import { BackendServer } from '../src/transports/vhost-user/backend-server.ts';
 
 interface DeviceData {
@@ -24,14 +25,25 @@ interface DeviceData {
   readonly pollMicros: number;
 }
 
+/**
+ * How long the device's I/O threads may idle before they stop: longer than the benchmark. Rounds
+ * alternate between back-ends, so each sits idle for longer than the 5 s after which
+ * `paravirt serve` stops them; restarted from source (under tsx) at a load of 12, a thread took
+ * seconds to boot, and a round spent waiting for it measured that instead of serving.
+ */
+const IO_THREADS_IDLE_MS = 10 * 60 * 1000;
+const IO_THREADS = 2;
+
 /** Serve one device until `stop` resolves. */
 async function serve({ image, socketPath, pollMicros }: DeviceData, listening: () => void, stop: Promise<void>): Promise<void> {
-  const backend = await FileBackend.open(image, { readOnly: true });
+  const threads = new IoThreads(IO_THREADS, IO_THREADS_IDLE_MS);
+  const backend = await FileBackend.open(image, { readOnly: true, sharedThreads: threads });
   const server = BackendServer.listen(vhostUserBlkDevice(backend, { readOnly: true }), { socketPath }, pino({ level: 'warn' }), { pollMicros });
   listening();
   await stop;
   await server.close();
   await backend.close();
+  await threads.close();
 }
 
 /** Run from source: the worker needs the TypeScript loader first (see src/storage/io-thread.ts). */

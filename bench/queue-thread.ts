@@ -35,8 +35,6 @@ const DEPTH = 32;
 const ROUND_SECONDS = 2;
 const ROUNDS = 3;
 const QUIET_SECONDS = 4;
-/** How long FileBackend's I/O threads stay up with nothing to do (IDLE_STOP_MS in src/storage/io-thread.ts). */
-const IO_THREADS_IDLE_MS = 5000;
 const USER_HZ = 100;
 const log = pino({ level: 'warn' });
 /** Two back-ends and qsd started, 15 rounds of 2 s, the quiet window: about 60 s at a load of 15. */
@@ -130,9 +128,7 @@ export async function main(): Promise<void> {
       for (const side of r % 2 === 0 ? [onMain, inWorkers] : [inWorkers, onMain]) await round(side, side.drivers, side.two);
     }
     step('staying connected and quiet');
-    // Every poll window runs out, and the I/O threads of both back-ends stop (5 s idle, see
-    // src/storage/io-thread.ts): a thread's exit costs CPU, which is not what an idle back-end burns.
-    await delay(IO_THREADS_IDLE_MS + 1000);
+    await delay(200); // every poll window runs out; the I/O threads stay up (bench/_blk-serve-threads.ts)
     const paravirt = [onMain, inWorkers];
     const before = paravirt.map((s) => cpuSeconds(s.pid!));
     const t0 = performance.now();
