@@ -136,7 +136,11 @@ export async function main(): Promise<void> {
     const seconds = (performance.now() - t0) / 1000;
     const context = { block: BLOCK, depth: DEPTH, rounds: ROUNDS, roundSeconds: ROUND_SECONDS, pollUs: DEFAULT_POLL_MICROS, loadavg: loadavg()[0] };
     for (const side of sides) {
-      report('queue-thread', `one_device_read_4k_qd${DEPTH}_iops_${side.name}`, Math.round(median(side.one.iops)), 'IOPS', { ...context, ...summary(side.one) });
+      report('queue-thread', `one_device_read_4k_qd${DEPTH}_iops_${side.name}`, Math.round(median(side.one.iops)), 'IOPS', {
+        ...context,
+        ...(side === qsd ? { qsd: daemon.version } : {}),
+        ...summary(side.one),
+      });
     }
     report('queue-thread', 'one_device_worker_over_main', Number((median(inWorkers.one.iops) / median(onMain.one.iops)).toFixed(2)), 'ratio');
     report('queue-thread', 'one_device_worker_over_qsd', Number((median(inWorkers.one.iops) / median(qsd.one.iops)).toFixed(2)), 'ratio');
