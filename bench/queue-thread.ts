@@ -35,6 +35,8 @@ const DEPTH = 32;
 const ROUND_SECONDS = 2;
 const ROUNDS = 3;
 const QUIET_SECONDS = 4;
+/** From the last round to the quiet window: longer than one round, so both back-ends have been idle for it. */
+const SETTLE_MS = ROUND_SECONDS * 1000 + 1000;
 const USER_HZ = 100;
 const log = pino({ level: 'warn' });
 /** Two back-ends and qsd started, 15 rounds of 2 s, the quiet window: about 60 s at a load of 15. */
@@ -128,7 +130,10 @@ export async function main(): Promise<void> {
       for (const side of r % 2 === 0 ? [onMain, inWorkers] : [inWorkers, onMain]) await round(side, side.drivers, side.two);
     }
     step('staying connected and quiet');
-    await delay(200); // every poll window runs out; the I/O threads stay up (bench/_blk-serve-threads.ts)
+    // Every poll window runs out, and the side busy last settles as long as the other did: right
+    // after a burst V8 still collects and shrinks its heaps for a second or two. The I/O threads
+    // stay up (bench/_blk-serve-threads.ts).
+    await delay(SETTLE_MS);
     const paravirt = [onMain, inWorkers];
     const before = paravirt.map((s) => cpuSeconds(s.pid!));
     const t0 = performance.now();
