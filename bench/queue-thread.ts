@@ -12,7 +12,8 @@
  *   threads beat two queues sharing one event loop.
  *
  * Reported per side: median IOPS, the back-end's CPU per read (all its threads, from /proc), the
- * driver process's CPU per read, and the back-end's CPU while connected and quiet.
+ * driver process's CPU per read, and the back-end's CPU while connected and quiet. The poll
+ * budget is the default, or PARAVIRT_BENCH_POLL_US (0: never poll).
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
@@ -38,6 +39,13 @@ const QUIET_SECONDS = 4;
 /** From the last round to the quiet window: longer than one round, so both back-ends have been idle for it. */
 const SETTLE_MS = ROUND_SECONDS * 1000 + 1000;
 const USER_HZ = 100;
+const POLL_US = pollBudget(process.env.PARAVIRT_BENCH_POLL_US);
+
+function pollBudget(value: string | undefined): number {
+  if (value === undefined) return DEFAULT_POLL_MICROS;
+  if (!/^\d+$/.test(value)) throw new Error(`PARAVIRT_BENCH_POLL_US "${value}" is not a whole number of microseconds`);
+  return Number(value);
+}
 const log = pino({ level: 'warn' });
 /** Two back-ends and qsd started, 15 rounds of 2 s, the quiet window: about 60 s at a load of 15. */
 export const deadlineSeconds = 180;
@@ -90,7 +98,7 @@ async function round(side: Side, drivers: readonly BlkDriver[], into: Runs): Pro
 async function startParavirt(dir: string, image: string, mode: 'main' | 'worker', stops: (() => Promise<unknown>)[]): Promise<Side> {
   step(`starting the ${mode}-thread back-end`);
   const sockets = [0, 1].map((i) => join(dir, `${mode}-${i}.sock`));
-  const serve = new PeerProcess(`blk back-end (${mode})`, [process.execPath, '--import', 'tsx', SERVE, mode, String(DEFAULT_POLL_MICROS), image, ...sockets], {
+  const serve = new PeerProcess(`blk back-end (${mode})`, [process.execPath, '--import', 'tsx', SERVE, mode, String(POLL_US), image, ...sockets], {
     textStdout: true,
   });
   stops.push(() => serve.stop());
@@ -139,7 +147,7 @@ export async function main(): Promise<void> {
     const t0 = performance.now();
     await delay(QUIET_SECONDS * 1000);
     const seconds = (performance.now() - t0) / 1000;
-    const context = { block: BLOCK, depth: DEPTH, rounds: ROUNDS, roundSeconds: ROUND_SECONDS, pollUs: DEFAULT_POLL_MICROS, loadavg: loadavg()[0] };
+    const context = { block: BLOCK, depth: DEPTH, rounds: ROUNDS, roundSeconds: ROUND_SECONDS, pollUs: POLL_US, loadavg: loadavg()[0] };
     for (const side of sides) {
       report('queue-thread', `one_device_read_4k_qd${DEPTH}_iops_${side.name}`, Math.round(median(side.one.iops)), 'IOPS', {
         ...context,
