@@ -15,11 +15,12 @@
  * driver process's CPU per read, and the back-end's CPU while connected and quiet. The poll
  * budget is the default, or PARAVIRT_BENCH_POLL_US (0: never poll).
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
+import { cpuSeconds } from './_process-cpu.ts';
 import { report, step } from './_report.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
@@ -38,7 +39,6 @@ const ROUNDS = 3;
 const QUIET_SECONDS = 4;
 /** From the last round to the quiet window: longer than one round, so both back-ends have been idle for it. */
 const SETTLE_MS = ROUND_SECONDS * 1000 + 1000;
-const USER_HZ = 100;
 const POLL_US = pollBudget(process.env.PARAVIRT_BENCH_POLL_US);
 
 function pollBudget(value: string | undefined): number {
@@ -51,13 +51,6 @@ const log = pino({ level: 'warn' });
 export const deadlineSeconds = 180;
 const delay = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-
-/** CPU seconds (user + system, all threads) process `pid` has used so far. */
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / USER_HZ;
-}
 
 interface Runs {
   readonly iops: number[];
