@@ -106,6 +106,14 @@ export interface QemuAttachment {
    */
   readonly reconnect?: boolean;
   /**
+   * QEMU's front-end provides the configuration space itself and expects a back-end without
+   * VHOST_USER_PROTOCOL_F_CONFIG, warning of one that offers it (hw/virtio/vhost-user.c): its
+   * virtio-net over a vhost-user netdev and its vhost-user-scsi, whose spaces come from their own
+   * properties. `run` serves such a device without offering CONFIG. By default it is so for a
+   * type with a LocalModel (the VMM models that part of the device, configuration space included).
+   */
+  readonly frontEndConfig?: boolean;
+  /**
    * QEMU's arguments for the front-end of the vhost-user back-end on chardev `chardev` (the
    * caller declares the chardev). Without it the VM gets the whole device over vfio-user.
    */

@@ -107,7 +107,7 @@ async function devicePlans(vm: VmContext): Promise<{ devices: DevicePlan[]; cons
     }
     const id = `${type.name}0`;
     const values = withDefaults(type.host.options, await attach.options(vm));
-    devices.push({ id, type, values, transport: attach.vhostUser === undefined ? 'vfio-user' : 'vhost-user' });
+    devices.push({ id, type, values, transport: attach.vhostUser === undefined ? 'vfio-user' : 'vhost-user', offerConfig: !(attach.frontEndConfig ?? type.localModel !== undefined) });
     if (attach.console !== undefined && console === undefined) console = { id, name: attach.console };
   }
   return { devices, console, left };
