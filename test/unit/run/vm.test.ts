@@ -36,6 +36,12 @@ test('the VM has one device of every type, each on its socket in the VM director
   assert.deepEqual(vm.left, []);
 });
 
+test('the back-ends offer the vhost-user CONFIG protocol feature except where QEMU\'s front-end provides the configuration space', async () => {
+  const vm = await planVm(base);
+  const withoutConfig = vm.backend.devices.filter((d) => d.transport === 'vhost-user' && d.offerConfig === false).map((d) => d.id);
+  assert.deepEqual(withoutConfig.sort(), ['net0', 'scsi0'], 'virtio-net over a vhost-user netdev and vhost-user-scsi-pci');
+});
+
 test('the disk given is the one served; without it a scratch image is made in the VM directory', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'paravirt-vm-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
