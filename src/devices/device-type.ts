@@ -95,6 +95,11 @@ export interface QemuAttachment {
   /** Host options of the VM's device, as `paravirt serve <type>` would parse them (defaults are added). */
   options(vm: VmContext): Promise<OptionValues>;
   /**
+   * Host options of further devices of the type in the VM, attached the same way (input's tablet
+   * next to its keyboard, so that the dashboard's screen has a pointer to drive).
+   */
+  more?(vm: VmContext): Promise<OptionValues[]>;
+  /**
    * The device carries the VM's console, the guest's terminal by this name ("hvc0"): `run`
    * shares it with viewers through its `console` option (an endpoint of kind `link`).
    */

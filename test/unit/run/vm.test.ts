@@ -36,6 +36,13 @@ test('the VM has one device of every type, each on its socket in the VM director
   assert.deepEqual(vm.left, []);
 });
 
+test('next to the keyboard the VM has a tablet, the pointer the dashboard\'s screen moves', async () => {
+  const vm = await planVm(base);
+  const inputs = vm.backend.devices.filter((d) => d.type.name === 'input').map((d) => [d.id, d.values.kind]);
+  assert.deepEqual(inputs, [['input0', 'keyboard'], ['input1', 'tablet']]);
+  assert.match(vm.qemu.join(' '), /-chardev socket,id=input1-sock,path=[^ ]*input1.sock -device vhost-user-input-pci,id=input1,chardev=input1-sock/);
+});
+
 test('the back-ends offer the vhost-user CONFIG protocol feature except where QEMU\'s front-end provides the configuration space', async () => {
   const vm = await planVm(base);
   const withoutConfig = vm.backend.devices.filter((d) => d.transport === 'vhost-user' && d.offerConfig === false).map((d) => d.id);
