@@ -95,6 +95,11 @@ export interface QemuAttachment {
   /** Host options of the VM's device, as `paravirt serve <type>` would parse them (defaults are added). */
   options(vm: VmContext): Promise<OptionValues>;
   /**
+   * Host options of further devices of the type in the VM, attached the same way (input's tablet
+   * next to its keyboard, so that the dashboard's screen has a pointer to drive).
+   */
+  more?(vm: VmContext): Promise<OptionValues[]>;
+  /**
    * The device carries the VM's console, the guest's terminal by this name ("hvc0"): `run`
    * shares it with viewers through its `console` option (an endpoint of kind `link`).
    */
@@ -105,6 +110,14 @@ export interface QemuAttachment {
    * which takes its link down while the socket is gone); others fail to start with it.
    */
   readonly reconnect?: boolean;
+  /**
+   * QEMU's front-end provides the configuration space itself and expects a back-end without
+   * VHOST_USER_PROTOCOL_F_CONFIG, warning of one that offers it (hw/virtio/vhost-user.c): its
+   * virtio-net over a vhost-user netdev and its vhost-user-scsi, whose spaces come from their own
+   * properties. `run` serves such a device without offering CONFIG. By default it is so for a
+   * type with a LocalModel (the VMM models that part of the device, configuration space included).
+   */
+  readonly frontEndConfig?: boolean;
   /**
    * QEMU's arguments for the front-end of the vhost-user back-end on chardev `chardev` (the
    * caller declares the chardev). Without it the VM gets the whole device over vfio-user.

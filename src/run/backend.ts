@@ -20,6 +20,8 @@ export interface DevicePlan {
   readonly values: OptionValues;
   /** vhost-user unless the VMM has no vhost-user device for the type. */
   readonly transport?: SocketTransport;
+  /** vhost-user: offer the CONFIG protocol feature (VhostUserServing.offerConfig); by default it is offered. */
+  readonly offerConfig?: boolean;
 }
 
 export interface BackendPlan {
@@ -101,7 +103,7 @@ export class Backend {
         const instance = await entry.type.host.create(values, { sockets: 1, log: deviceLog });
         hosted.push({ id: entry.id, type: entry.type, transport, socketPath, values, instance });
         if (instance.devices.length !== 1) throw new Error(`device ${entry.id} (${entry.type.name}) built ${instance.devices.length} devices for one socket.`);
-        const listen: ListenDevice = await deviceServer(transport, plan.serving);
+        const listen: ListenDevice = await deviceServer(transport, { ...plan.serving, offerConfig: entry.offerConfig });
         const serve = (): DeviceServer => {
           const server = listen(instance.devices[0], { socketPath }, deviceLog);
           deviceLog.info({ socketPath, transport }, `${entry.type.name} listening`);

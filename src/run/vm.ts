@@ -105,10 +105,11 @@ async function devicePlans(vm: VmContext): Promise<{ devices: DevicePlan[]; cons
       left.push(type.name);
       continue;
     }
-    const id = `${type.name}0`;
-    const values = withDefaults(type.host.options, await attach.options(vm));
-    devices.push({ id, type, values, transport: attach.vhostUser === undefined ? 'vfio-user' : 'vhost-user' });
-    if (attach.console !== undefined && console === undefined) console = { id, name: attach.console };
+    const transport = attach.vhostUser === undefined ? 'vfio-user' : 'vhost-user';
+    const offerConfig = !(attach.frontEndConfig ?? type.localModel !== undefined);
+    const all = [await attach.options(vm), ...((await attach.more?.(vm)) ?? [])];
+    all.forEach((options, n) => devices.push({ id: `${type.name}${n}`, type, values: withDefaults(type.host.options, options), transport, offerConfig }));
+    if (attach.console !== undefined && console === undefined) console = { id: `${type.name}0`, name: attach.console };
   }
   return { devices, console, left };
 }

@@ -4,7 +4,8 @@
  * function). The transport's modules are imported only when a server of that kind is wanted.
  */
 import type { Logger } from 'pino';
-import type { ServingOptions, VirtioDevice } from '../virtio/device.ts';
+import type { VirtioDevice } from '../virtio/device.ts';
+import type { VhostUserServing } from './vhost-user/backend.ts';
 import type { ClientSession, Listen, OneClientServer } from './socket-server.ts';
 
 export type SocketTransport = 'vhost-user' | 'vfio-user';
@@ -14,8 +15,11 @@ export type DeviceServer = OneClientServer<ClientSession>;
 
 export type ListenDevice = (device: VirtioDevice, target: Listen, log: Logger) => DeviceServer;
 
-/** How to serve a device over `transport`, its queues served as `serving` says. */
-export async function deviceServer(transport: SocketTransport, serving: ServingOptions = {}): Promise<ListenDevice> {
+/**
+ * How to serve a device over `transport`, its queues served as `serving` says (`offerConfig`
+ * concerns vhost-user only: over vfio-user the configuration space is always the back-end's).
+ */
+export async function deviceServer(transport: SocketTransport, serving: VhostUserServing = {}): Promise<ListenDevice> {
   if (transport === 'vfio-user') {
     const { VfioUserServer } = await import('./vfio-user/server.ts');
     const { VirtioPciFunction } = await import('./pci-device/virtio-pci.ts');

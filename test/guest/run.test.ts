@@ -4,11 +4,14 @@
  * command's stdin and stdout. The guest binds its stock driver to each device and shows the
  * device where a user looks for it; SIGINT (Ctrl-C) stops QEMU and the back-end and removes the
  * VM's sockets and scratch disks. The command's dashboard counts the devices' requests on /metrics.
+ * QEMU, whose stderr is the command's, warns of no vhost-user protocol feature at start.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { WebSocket } from 'ws';
 import { DEVICE_TYPES } from '../../src/devices/registry.ts';
 import { DeviceId } from '../../src/virtio/constants.ts';
 import { PeerProcess } from '../lab/peer-process.ts';
@@ -62,6 +65,13 @@ test('paravirt run: a VM on every registered device, one back-end process, the s
     assert.equal(bound.get(type.deviceId), view.driver, `the guest bound ${view.driver} to ${type.name}`);
     await shell(view.sees);
   }
+  // QEMU's stderr is the command's: each back-end offers VHOST_USER_PROTOCOL_F_CONFIG exactly
+  // where QEMU's front-end of its type reads the configuration space from it, so QEMU warns of none.
+  assert.doesNotMatch(run.output, /VHOST_USER_PROTOCOL_F_CONFIG/, 'QEMU warns of no CONFIG protocol feature offered or missing');
+
+  // Next to the keyboard, a tablet: an absolute pointer (EV_ABS with ABS_X and ABS_Y) for the dashboard's screen.
+  await shell('grep -A9 \'Name="paravirt virtio tablet"\' /proc/bus/input/devices | grep -q "^B: ABS=3$"');
+
   // The shell the test types into is the paravirt console's port, hvc0.
   assert.match(await shell('tty'), /\/dev\/hvc0/);
 
@@ -80,6 +90,25 @@ test('paravirt run: a VM on every registered device, one back-end process, the s
   const metrics = await (await fetch(`${url}metrics`)).text();
   const requests = /^paravirt_queue_requests_total\{device="blk0",type="blk",queue="0"\} (\d+)$/m.exec(metrics)?.[1];
   assert.ok(Number(requests) > 0, `the disk's requests are counted on /metrics: ${requests}`);
+
+  // The dashboard's screen moves the tablet: its pointer request reaches the guest's eventq.
+  const origin = new URL(url).origin;
+  const control = new WebSocket(`${origin.replace('http', 'ws')}/ws/control`, { origin });
+  t.after(() => control.close());
+  const replies = new Map<number, (reply: { ok: boolean; error?: string }) => void>();
+  control.on('message', (data: Buffer) => {
+    const message = JSON.parse(data.toString('utf8')) as { t: string; id: number; ok: boolean; error?: string };
+    if (message.t === 'reply') replies.get(message.id)?.(message);
+  });
+  await once(control, 'open');
+  const eventsDelivered = async (): Promise<number> =>
+    Number(/^paravirt_queue_requests_total\{device="input1",type="input",queue="0"\} (\d+)$/m.exec(await (await fetch(`${url}metrics`)).text())?.[1] ?? 0);
+  const before = await eventsDelivered();
+  const reply = new Promise<{ ok: boolean; error?: string }>((resolve) => replies.set(1, resolve));
+  control.send(JSON.stringify({ id: 1, op: 'pointer', x: 0.25, y: 0.75 }));
+  assert.deepEqual(await reply, { ok: true, t: 'reply', id: 1 }, 'the dashboard has a tablet to move');
+  assert.ok((await eventsDelivered()) > before, 'the pointer events went into the buffers the guest posted');
+  control.close();
 
   run.child.kill('SIGINT');
   const exit = await run.exited;

@@ -57,6 +57,10 @@ export const inputType: DeviceType = {
     async options(vm) {
       return { controlSocket: join(vm.dir, 'input.ctl') };
     },
+    // A tablet (an absolute pointer): the dashboard's screen moves it to where the mouse is.
+    async more(vm) {
+      return [{ kind: 'tablet', controlSocket: join(vm.dir, 'tablet.ctl') }];
+    },
     vhostUser: ({ id, chardev }) => ['-device', `vhost-user-input-pci,id=${id},chardev=${chardev}`],
   },
   async fuzz() {

@@ -115,6 +115,8 @@ export const scsiType: DeviceType = {
       const image = scratchImage(join(vm.dir, 'lun0.img'), SCRATCH_LUN_BYTES, vm.makeFiles);
       return { lun: [parseLunSpec(image)], controlSocket: join(vm.dir, 'scsi.ctl') };
     },
+    // hw/scsi/vhost-user-scsi.c builds the virtio-scsi configuration space from its properties.
+    frontEndConfig: true,
     vhostUser: ({ id, chardev, values }) => ['-device', `vhost-user-scsi-pci,id=${id},chardev=${chardev},num_queues=${read.number(values, 'queues') ?? 1}`],
   },
   guest: {

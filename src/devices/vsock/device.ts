@@ -12,6 +12,11 @@
  * A packet that breaks a rule (wrong CIDs, an unknown op or type, a length that is not the
  * payload's, more data than the credit given) resets its connection (RST); a tx buffer too
  * short for a header is counted and returned.
+ *
+ * Only stream sockets are offered, not VIRTIO_VSOCK_F_SEQPACKET: the host end of a connection is
+ * a byte stream (a Unix stream socket), which cannot keep the message boundaries a SEQPACKET
+ * connection promises (§5.10.6.6, VIRTIO_VSOCK_SEQ_EOM and EOR) in either direction. A guest's
+ * SOCK_SEQPACKET connect fails at once (Linux: ESOCKTNOSUPPORT) instead of merging its messages.
  */
 import type { Duplex } from 'node:stream';
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, featureBit } from '../../virtio/constants.ts';
@@ -23,7 +28,7 @@ import { QueueServer, type Request } from '../../virtio/serve.ts';
 import { Credit } from './credit.ts';
 import {
   EVENT_BYTES, EVENT_TRANSPORT_RESET, EVENTQ, HEADER_BYTES, HOST_CID, MAX_GUEST_CID, MIN_GUEST_CID, Op, type PacketHeader, RXQ,
-  SeqFlag, Shutdown, SocketType, TXQ, VSOCK_CONFIG, VsockFeature, decodeHeader, encodeHeader,
+  Shutdown, SocketType, TXQ, VSOCK_CONFIG, VsockFeature, decodeHeader, encodeHeader,
 } from './wire.ts';
 
 /** Where guest connections go on the host. */
@@ -75,7 +80,6 @@ class Connection {
   constructor(
     readonly guestPort: number,
     readonly hostPort: number,
-    readonly type: number,
     readonly socket: Duplex,
     state: State,
     bufAlloc: number,
@@ -95,7 +99,7 @@ export class VsockDevice implements VirtioDevice {
   /** §5.10.2: rx, tx, event. */
   readonly numQueues = 3;
   readonly maxQueueSize: number;
-  readonly features = FRAMEWORK_FEATURES | featureBit(VsockFeature.STREAM) | featureBit(VsockFeature.SEQPACKET);
+  readonly features = FRAMEWORK_FEATURES | featureBit(VsockFeature.STREAM);
   readonly config = new Uint8Array(VSOCK_CONFIG.size);
   readonly counters: DeviceCounters;
   private readonly guestCid: number;
@@ -193,7 +197,7 @@ export class VsockDevice implements VirtioDevice {
       return;
     }
     const localPort = this.allocatePort();
-    const conn = new Connection(port, localPort, SocketType.STREAM, socket, 'connecting', this.bufAlloc);
+    const conn = new Connection(port, localPort, socket, 'connecting', this.bufAlloc);
     this.conns.set(conn.key, conn);
     this.connecting.set(conn.key, (err) => settled(err ?? localPort));
     this.send(conn, Op.REQUEST);
@@ -215,8 +219,6 @@ export class VsockDevice implements VirtioDevice {
       this.counts.badPackets++;
       return;
     }
-    const seqpacket = ((this.ctx?.features ?? 0n) & featureBit(VsockFeature.SEQPACKET)) !== 0n;
-    const typeOk = header.type === SocketType.STREAM || (seqpacket && header.type === SocketType.SEQPACKET);
     // Packets not from this guest to the host are not ours to answer (§5.10.6.1).
     if (header.srcCid !== this.guestCid || header.dstCid !== HOST_CID) {
       this.counts.badPackets++;
@@ -224,7 +226,7 @@ export class VsockDevice implements VirtioDevice {
     }
     const key = `${header.srcPort}:${header.dstPort}`;
     const conn = this.conns.get(key);
-    if (header.len > MAX_PAYLOAD || header.len !== req.reader.remaining || !typeOk || header.op === Op.INVALID || header.op > Op.CREDIT_REQUEST) {
+    if (header.len > MAX_PAYLOAD || header.len !== req.reader.remaining || header.type !== SocketType.STREAM || header.op === Op.INVALID || header.op > Op.CREDIT_REQUEST) {
       this.counts.badPackets++;
       if (header.op !== Op.RST) this.reply(header, Op.RST);
       if (conn !== undefined) this.drop(conn);
@@ -302,7 +304,7 @@ export class VsockDevice implements VirtioDevice {
           socket.destroy();
           return;
         }
-        const conn = new Connection(header.srcPort, header.dstPort, header.type, socket, 'connected', this.bufAlloc);
+        const conn = new Connection(header.srcPort, header.dstPort, socket, 'connected', this.bufAlloc);
         conn.credit.peerUpdate(header.bufAlloc, header.fwdCnt);
         this.conns.set(conn.key, conn);
         this.counts.connections++;
@@ -397,10 +399,9 @@ export class VsockDevice implements VirtioDevice {
   }
 
   private send(conn: Connection, op: number, flags = 0, payload: Uint8Array = new Uint8Array(0)): void {
-    const seqFlags = conn.type === SocketType.SEQPACKET && op === Op.RW ? flags | SeqFlag.EOM : flags;
     this.enqueue({
       conn,
-      header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: conn.hostPort, dstPort: conn.guestPort, type: conn.type, op, flags: seqFlags },
+      header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: conn.hostPort, dstPort: conn.guestPort, type: SocketType.STREAM, op, flags },
       payload,
     });
   }
@@ -424,7 +425,7 @@ export class VsockDevice implements VirtioDevice {
     }
     const sent = this.rx.offer({
       conn: undefined,
-      header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: to.dstPort, dstPort: to.srcPort, type: to.type === SocketType.SEQPACKET ? to.type : SocketType.STREAM, op, flags: 0 },
+      header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: to.dstPort, dstPort: to.srcPort, type: SocketType.STREAM, op, flags: 0 },
       payload: new Uint8Array(0),
     });
     if (!sent) this.counts.droppedReplies++;
@@ -460,10 +461,9 @@ export class VsockDevice implements VirtioDevice {
       const room = w.remaining - HEADER_BYTES;
       const n = Math.min(p.payload.length, room);
       const rest = n < p.payload.length ? p.payload.subarray(n) : undefined;
-      const eom = rest !== undefined ? p.header.flags & ~SeqFlag.EOM : p.header.flags;
       const credit = p.conn?.credit;
       if (p.header.op === Op.CREDIT_UPDATE && p.conn !== undefined) p.conn.creditUpdateQueued = false;
-      w.write(encodeHeader({ ...p.header, flags: eom, len: n, bufAlloc: credit?.bufAlloc ?? 0, fwdCnt: credit?.reported() ?? 0 }));
+      w.write(encodeHeader({ ...p.header, len: n, bufAlloc: credit?.bufAlloc ?? 0, fwdCnt: credit?.reported() ?? 0 }));
       w.write(p.payload.subarray(0, n));
       if (p.conn !== undefined) this.buffered.toGuest -= n;
       return rest === undefined ? undefined : { ...p, payload: rest };

@@ -44,8 +44,6 @@ export const SocketType = { STREAM: 1, SEQPACKET: 2 } as const;
 
 /** §5.10.6.4 SHUTDOWN flags. */
 export const Shutdown = { RCV: 1, SEND: 2 } as const;
-/** §5.10.6.6 SEQPACKET RW flags: end of message, end of record. */
-export const SeqFlag = { EOM: 1, EOR: 2 } as const;
 
 /** §5.10.6.3 event id. */
 export const EVENT_TRANSPORT_RESET = 0;

@@ -13,8 +13,8 @@ import type { Logger } from 'pino';
 import { type Watcher, watch } from '../../native/readiness.ts';
 import type { UnixSocket } from '../../native/unix-socket.ts';
 import { drainSocket } from './socket-drain.ts';
-import type { ServingOptions, VirtioDevice } from '../../virtio/device.ts';
-import { type BackendPorts, FrontEndError, VhostUserBackend } from './backend.ts';
+import type { VirtioDevice } from '../../virtio/device.ts';
+import { type BackendPorts, FrontEndError, VhostUserBackend, type VhostUserServing } from './backend.ts';
 import { createBackendPorts } from './backend-ports.ts';
 import { FrontendRequest, HeaderFlag, ProtocolFeature, VRING_INDEX_MASK, VRING_NOFD_MASK, frontendRequestName } from './constants.ts';
 import {
@@ -85,7 +85,7 @@ export class BackendConnection {
     private readonly socket: UnixSocket,
     device: VirtioDevice,
     private readonly log: Logger,
-    serving: ServingOptions = {},
+    serving: VhostUserServing = {},
   ) {
     this.ports = createBackendPorts(log);
     this.backend = new VhostUserBackend(device, this.ports, log, serving);

@@ -53,6 +53,21 @@ const OFFERED_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.INFLIGHT_SHMFD,
 ].reduce((mask, bit) => mask | featureBit(bit), 0n);
 
+/**
+ * How a vhost-user back-end is served: its queues as ServingOptions says, and what it tells the
+ * front-end about the device.
+ */
+export interface VhostUserServing extends ServingOptions {
+  /**
+   * Offer VHOST_USER_PROTOCOL_F_CONFIG for a device that has a configuration space (the
+   * default). False when the front-end provides the configuration space itself and does not
+   * expect the back-end to offer it: QEMU's virtio-net over a vhost-user netdev and its
+   * vhost-user-scsi build the space from their own properties (neither sets `supports_config`
+   * in hw/virtio/vhost-user.c's sense) and warn of a back-end that offers it.
+   */
+  readonly offerConfig?: boolean;
+}
+
 /** What the back-end needs from the operating system; backend-connection.ts supplies the real ones. */
 export interface BackendPorts {
   readonly mapRegion: MapRegion;
@@ -117,7 +132,7 @@ export class VhostUserBackend {
     readonly device: VirtioDevice,
     private readonly ports: BackendPorts,
     readonly log: Logger,
-    serving: ServingOptions = {},
+    private readonly serving: VhostUserServing = {},
   ) {
     this.state = new DeviceState(
       device,
@@ -178,9 +193,13 @@ export class VhostUserBackend {
     if (refusal !== undefined) this.log.debug(`features without FEATURES_OK: ${refusal}`);
   }
 
-  /** GET_PROTOCOL_FEATURES: CONFIG only for a device that has a configuration space. */
+  /**
+   * GET_PROTOCOL_FEATURES: CONFIG only for a device that has a configuration space and a
+   * front-end that reads it from the back-end (VhostUserServing.offerConfig).
+   */
   get offeredProtocolFeatures(): bigint {
-    return this.device.config.length > 0 ? OFFERED_PROTOCOL_FEATURES : OFFERED_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
+    const offerConfig = this.device.config.length > 0 && this.serving.offerConfig !== false;
+    return offerConfig ? OFFERED_PROTOCOL_FEATURES : OFFERED_PROTOCOL_FEATURES & ~featureBit(ProtocolFeature.CONFIG);
   }
 
   /** SET_PROTOCOL_FEATURES: legal once bit 30 was offered, which it always is here. */

@@ -36,6 +36,19 @@ test('the VM has one device of every type, each on its socket in the VM director
   assert.deepEqual(vm.left, []);
 });
 
+test('next to the keyboard the VM has a tablet, the pointer the dashboard\'s screen moves', async () => {
+  const vm = await planVm(base);
+  const inputs = vm.backend.devices.filter((d) => d.type.name === 'input').map((d) => [d.id, d.values.kind]);
+  assert.deepEqual(inputs, [['input0', 'keyboard'], ['input1', 'tablet']]);
+  assert.match(vm.qemu.join(' '), /-chardev socket,id=input1-sock,path=[^ ]*input1.sock -device vhost-user-input-pci,id=input1,chardev=input1-sock/);
+});
+
+test('the back-ends offer the vhost-user CONFIG protocol feature except where QEMU\'s front-end provides the configuration space', async () => {
+  const vm = await planVm(base);
+  const withoutConfig = vm.backend.devices.filter((d) => d.transport === 'vhost-user' && d.offerConfig === false).map((d) => d.id);
+  assert.deepEqual(withoutConfig.sort(), ['net0', 'scsi0'], 'virtio-net over a vhost-user netdev and vhost-user-scsi-pci');
+});
+
 test('the disk given is the one served; without it a scratch image is made in the VM directory', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'paravirt-vm-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -10,7 +10,7 @@ import type { DeviceContext, VirtioDevice } from '../../../src/virtio/device.ts'
 import { GuestMemory } from '../../../src/virtio/memory.ts';
 import { VirtqueueError, type DescriptorChain, type DriverQueue } from '../../../src/virtio/queue.ts';
 import { createDriverQueue } from '../../../src/virtio/ring.ts';
-import { FrontEndError, VhostUserBackend } from '../../../src/transports/vhost-user/backend.ts';
+import { FrontEndError, VhostUserBackend, type VhostUserServing } from '../../../src/transports/vhost-user/backend.ts';
 import type { BackendPorts } from '../../../src/transports/vhost-user/backend.ts';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/transports/vhost-user/constants.ts';
 import { inflightQueueBytes } from '../../../src/transports/vhost-user/inflight.ts';
@@ -97,7 +97,7 @@ function harness(numQueues = 1, restartOf?: Harness): Harness {
 }
 
 /** The harness in front of any device. */
-function harnessOf<D extends VirtioDevice>(device: D, restartOf?: Harness<VirtioDevice>): Harness<D> {
+function harnessOf<D extends VirtioDevice>(device: D, restartOf?: Harness<VirtioDevice>, serving?: VhostUserServing): Harness<D> {
   const ram = restartOf?.ram ?? new Uint8Array(RAM_SIZE);
   const files = restartOf?.files ?? new Map<number, Uint8Array>([[RAM_FD, ram]]);
   const kicks = new Map<number, () => void>();
@@ -123,7 +123,7 @@ function harnessOf<D extends VirtioDevice>(device: D, restartOf?: Harness<Virtio
     sendConfigChange: () => {},
     close: (fd) => closed.push(fd),
   };
-  const backend = new VhostUserBackend(device, ports, pino({ level: 'silent' }));
+  const backend = new VhostUserBackend(device, ports, pino({ level: 'silent' }), serving);
   const driver = restartOf?.driver ?? createDriverQueue<number>(
     new GuestMemory([{ guestAddr: 0, bytes: ram }]),
     { ...RING, size: QUEUE_SIZE, eventIdx: false, indirect: false, inOrder: false },
@@ -206,6 +206,14 @@ test('SET_STATUS is recorded for GET_STATUS, and status 0 resets the device', as
 test('CONFIG is offered only to a device with a configuration space', () => {
   const { backend } = harness();
   assert.ok((backend.offeredProtocolFeatures & featureBit(ProtocolFeature.CONFIG)) !== 0n);
+});
+
+test('CONFIG is not offered to a front-end that provides the configuration space itself, and cannot be acked', () => {
+  const { backend } = harnessOf(new HoldingDevice(1), undefined, { offerConfig: false });
+  const config = featureBit(ProtocolFeature.CONFIG);
+  assert.equal(backend.offeredProtocolFeatures & config, 0n);
+  assert.notEqual(backend.offeredProtocolFeatures & featureBit(ProtocolFeature.MQ), 0n, 'the other protocol features are still offered');
+  assert.throws(() => backend.setProtocolFeatures(backend.offeredProtocolFeatures | config), FrontEndError);
 });
 
 test('GET_VRING_BASE waits for chains in flight, then reports the position and resets the device', async () => {

@@ -11,10 +11,10 @@ import { VsockDriver } from '../../../src/devices/vsock/driver.ts';
 import { unixSocketHost } from '../../../src/devices/vsock/hybrid.ts';
 import { Credit } from '../../../src/devices/vsock/credit.ts';
 import {
-  HEADER_BYTES, HOST_CID, Op, type PacketHeader, RXQ, SocketType, TXQ, decodeHeader, encodeHeader,
+  HEADER_BYTES, HOST_CID, Op, type PacketHeader, RXQ, SocketType, TXQ, VsockFeature, decodeHeader, encodeHeader,
 } from '../../../src/devices/vsock/wire.ts';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
-import { DeviceId } from '../../../src/virtio/constants.ts';
+import { DeviceId, featureBit, hasFeature } from '../../../src/virtio/constants.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { EventReceiver } from '../../../src/virtio/event-receiver.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
@@ -121,9 +121,9 @@ test('a connection to a host port nobody listens on is refused with RST', async 
 });
 
 /** A driver of raw packets: what the device puts in rx buffers, as headers. */
-async function rawGuest(device: VsockDevice, postRx = true) {
+async function rawGuest(device: VsockDevice, postRx = true, features = FRAMEWORK_FEATURES) {
   const loop = createLoopback(device, { memoryBytes: 4 << 20 });
-  const core = await VirtioDriver.start(loop.transport, { name: 'raw', deviceId: DeviceId.VSOCK, features: FRAMEWORK_FEATURES, queues: 3, queueSize: 16 });
+  const core = await VirtioDriver.start(loop.transport, { name: 'raw', deviceId: DeviceId.VSOCK, features, queues: 3, queueSize: 16 });
   const rx: PacketHeader[] = [];
   const waiters: (() => void)[] = [];
   const post = (): EventReceiver =>
@@ -171,6 +171,23 @@ test('malformed packets, unknown ops and packets for no connection: counted or a
   await g.until(4);
   assert.equal(g.rx[3].op, Op.RST, 'an unknown socket type');
   assert.equal(g.rx.every((h) => h.srcCid === HOST_CID && h.dstCid === CID), true);
+  await g.core.close();
+});
+
+test('SEQPACKET is not offered, since the host end is a byte stream: a guest asking for it gets stream sockets only, and a SEQPACKET connection is refused with RST', async () => {
+  const mem = memoryHost([200]);
+  const device = new VsockDevice({ guestCid: CID, host: mem.host });
+  const wanted = FRAMEWORK_FEATURES | featureBit(VsockFeature.STREAM) | featureBit(VsockFeature.SEQPACKET);
+  const g = await rawGuest(device, true, wanted);
+  assert.equal(hasFeature(g.core.features, VsockFeature.SEQPACKET), false, 'VIRTIO_VSOCK_F_SEQPACKET is not negotiated');
+  await g.send({ op: Op.REQUEST, type: SocketType.SEQPACKET });
+  await g.until(1);
+  assert.deepEqual([g.rx[0].op, g.rx[0].dstPort, g.rx[0].srcPort], [Op.RST, 100, 200]);
+  assert.equal(device.connections, 0);
+  assert.equal(mem.accepted.length, 0, 'no host program was connected');
+  await g.send({ op: Op.REQUEST });
+  await g.until(2);
+  assert.equal(g.rx[1].op, Op.RESPONSE, 'a stream connection to the same port is accepted');
   await g.core.close();
 });
 
