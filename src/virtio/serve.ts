@@ -226,14 +226,24 @@ export class QueueServer {
     if (result === LATER) return;
     if (result instanceof Promise) {
       void result.then(slot.finish, slot.failed);
-    } else {
+    } else if (!slot.done) {
+      // (A LATER handler that called finish() and then threw is done already.)
       this.pending--;
       this.finished(slot);
     }
   }
 
-  /** An asynchronous handler finished. */
+  /**
+   * An asynchronous handler finished. A second finish() of one request is a device bug that would
+   * push the chain twice (and the chain is the queue's record, refilled once pushed): it is
+   * logged and ignored while the slot has not served another request yet, which is as far as a
+   * check without an allocation per request can see.
+   */
   settle(slot: Slot): void {
+    if (slot.done) {
+      this.handlerFailed(new Error('a request finished more than once'));
+      return;
+    }
     this.pending--;
     this.finished(slot);
   }

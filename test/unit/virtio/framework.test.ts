@@ -5,7 +5,7 @@ import { Feature, featureBit } from '../../../src/virtio/constants.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { DescriptorChain, VirtqueueError } from '../../../src/virtio/queue.ts';
-import { QueueServer } from '../../../src/virtio/serve.ts';
+import { LATER, QueueServer } from '../../../src/virtio/serve.ts';
 import type { Request } from '../../../src/virtio/serve.ts';
 import { ScriptQueue, ScriptedDevice, chain, context, deferred } from './framework-fixture.ts';
 
@@ -185,6 +185,32 @@ test('a handler that throws is logged and its chain still goes back to the drive
   assert.deepEqual(q.used, [[0, 0]]);
   assert.equal(lines.length, 1);
   assert.match(lines[0].msg, /request handler failed/);
+});
+
+test('a request finished twice goes back to the driver once, and the second finish is logged as a handler failure', () => {
+  const q = new ScriptQueue([chain(0), chain(1)]);
+  const { ctx, lines } = context(q);
+  const server = new QueueServer(ctx, 0, (req) => {
+    req.finish();
+    if (req.chain.id === 0) req.finish();
+    return LATER;
+  });
+  server.kick();
+  assert.deepEqual(q.used.map(([id]) => id), [0, 1]);
+  assert.equal(server.inFlight, 0);
+  assert.equal(lines.filter((l) => /request handler failed/.test(l.msg)).length, 1);
+});
+
+test('a handler that finishes its request and then throws returns it once', () => {
+  const q = new ScriptQueue([chain(0)]);
+  const { ctx } = context(q);
+  const server = new QueueServer(ctx, 0, (req) => {
+    req.finish();
+    throw new Error('after finishing');
+  });
+  server.kick();
+  assert.deepEqual(q.used, [[0, 0]]);
+  assert.equal(server.inFlight, 0);
 });
 
 test('the queue counts requests, bytes, handler failures and notifications sent or suppressed', () => {
