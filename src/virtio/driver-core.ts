@@ -37,6 +37,11 @@ export interface DriverOptions {
    * set it so that each request takes one ring slot.
    */
   readonly indirectSegments?: number;
+  /**
+   * Microseconds each queue keeps polling its used ring after a completion before it sleeps on
+   * the device's notification again (default 0: never poll; see request-queue.ts).
+   */
+  readonly pollMicros?: number;
   readonly log?: Logger;
 }
 
@@ -212,6 +217,8 @@ async function setUpQueues(
   if (!Number.isSafeInteger(segments) || segments < 0) {
     throw new RangeError(`${name}: option indirectSegments ${segments} is not a non-negative integer`);
   }
+  const pollMicros = options.pollMicros ?? 0;
+  if (!Number.isFinite(pollMicros) || pollMicros < 0) throw new RangeError(`${name}: option pollMicros ${pollMicros} is not a non-negative number`);
   const count = typeof options.queues === 'function' ? options.queues(features) : (options.queues ?? (await transport.numQueues()));
   if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`${name}: option queues ${count} is not a positive integer`);
 
@@ -234,7 +241,7 @@ async function setUpQueues(
     const queueName = `${name}.q${index}`;
     const ring = createDriverQueue<number>(transport.memory, config, packed, queueName, tables);
     await transport.enableQueue(index, size, addrs);
-    queues.push(new RequestQueue(ring, queueName, () => transport.notify(index), log));
+    queues.push(new RequestQueue(ring, queueName, () => transport.notify(index), log, { pollMicros }));
   }
   return queues;
 }

@@ -1,31 +1,94 @@
 /**
- * A driver-side queue as a request/response API: submit(out, in) resolves with the used length
- * once the device returns the buffer. Requests are matched by token, wait (in order, without
- * polling) while the ring is full, and are kicked in batches: one kick per turn of the
- * microtask queue however many requests were added in it.
+ * A driver-side queue as a request/response API. Two ways in:
+ *
+ * - `submit(out, in)` resolves with the used length once the device returns the buffer;
+ * - `start(request)` takes a QueueRequest the caller keeps and reuses, and calls it back: the
+ *   path for drivers that must not allocate per request (a promise and its closures are garbage
+ *   on every request; a kept object is not).
+ *
+ * Requests wait (in order) while the ring is full, and are kicked in batches: one kick per turn
+ * of the microtask queue however many requests were added in it, and only when the device asked
+ * for one (event suppression, §2.7.10 / §2.8.10).
+ *
+ * With a poll budget, a queue that has requests in flight and just had some completed keeps
+ * looking at its used ring on every turn of the event loop, with used-buffer notifications off,
+ * until nothing came back for its adaptive window (poll-window.ts); then it re-enables them and
+ * sleeps. A queue with nothing in flight never polls, so an idle driver costs nothing.
  *
  * The device is not trusted: a used length beyond the writable part is clamped (and logged
  * once), a token the driver never issued is ignored, and a ring fault fails the queue.
  */
 import type { Logger } from 'pino';
+import { PollWindow } from './poll-window.ts';
 import type { DriverQueue, Segment } from './queue.ts';
 
-interface Pending {
+/**
+ * A request a driver keeps and starts again and again. The queue reads `out` and `inSegs` when
+ * it places the request in the ring (at start(), or later when it had to wait for room), and
+ * calls exactly one of the callbacks per start. A request is started again only after that.
+ */
+export interface QueueRequest {
+  /** Device-readable segments. */
   readonly out: readonly Segment[];
+  /** Device-writable segments, after the readable ones. */
   readonly inSegs: readonly Segment[];
-  /** Total device-writable bytes: the most a used length may claim. */
-  readonly writable: number;
-  resolve(len: number): void;
-  reject(err: Error): void;
+  /** The device returned the buffer having written `len` bytes (at most the total of inSegs). */
+  completed(len: number): void;
+  /** The request will not complete: the queue failed (reset, DEVICE_NEEDS_RESET, close) or it can never fit. */
+  failed(err: Error): void;
+}
+
+/** A submit() in flight: a QueueRequest that settles a promise. */
+class PromisedRequest implements QueueRequest {
+  constructor(
+    readonly out: readonly Segment[],
+    readonly inSegs: readonly Segment[],
+    readonly completed: (len: number) => void,
+    readonly failed: (err: Error) => void,
+  ) {}
+}
+
+function writableBytes(segs: readonly Segment[]): number {
+  let n = 0;
+  for (let i = 0; i < segs.length; i++) n += segs[i].len;
+  return n;
+}
+
+export interface RequestQueueOptions {
+  /**
+   * Microseconds to keep polling the used ring after the last completion before sleeping on the
+   * device's notification (default 0: never poll).
+   */
+  readonly pollMicros?: number;
 }
 
 export class RequestQueue {
-  private readonly inFlight = new Map<number, Pending>();
-  private readonly waiting: Pending[] = [];
-  private nextToken = 0;
+  /** In-flight requests by token; a token is a slot of this table, free or taken. */
+  private readonly slots: (QueueRequest | undefined)[];
+  /** Writable bytes of the request in each slot: the most its used length may claim. */
+  private readonly slotWritable: Float64Array;
+  /** Free tokens, first in first out (a ring buffer of `size` entries). */
+  private readonly freeTokens: Uint16Array;
+  private freeHead = 0;
+  private freeCount: number;
+  private readonly waiting: QueueRequest[] = [];
+  /** Requests and used lengths of one collection pass, reaped before any callback runs. */
+  private readonly reapedRequests: (QueueRequest | undefined)[];
+  private readonly reapedLens: Float64Array;
   private kickScheduled = false;
   private failure: Error | undefined;
   private warnedLength = false;
+  private readonly poll: PollWindow;
+  private pollScheduled = false;
+  private collecting = false;
+  private readonly kickTurn = (): void => {
+    this.kickScheduled = false;
+    if (this.failure === undefined && this.ring.kick()) this.notifyDevice();
+  };
+  private readonly pollTurn = (): void => {
+    this.pollScheduled = false;
+    this.collect();
+  };
 
   constructor(
     private readonly ring: DriverQueue<number>,
@@ -34,7 +97,18 @@ export class RequestQueue {
     /** Available buffer notification to the device. */
     private readonly notifyDevice: () => void,
     private readonly log: Logger,
-  ) {}
+    options: RequestQueueOptions = {},
+  ) {
+    const size = ring.size;
+    this.slots = new Array<QueueRequest | undefined>(size).fill(undefined);
+    this.slotWritable = new Float64Array(size);
+    this.freeTokens = new Uint16Array(size);
+    for (let i = 0; i < size; i++) this.freeTokens[i] = i;
+    this.freeCount = size;
+    this.reapedRequests = new Array<QueueRequest | undefined>(size).fill(undefined);
+    this.reapedLens = new Float64Array(size);
+    this.poll = new PollWindow(options.pollMicros ?? 0);
+  }
 
   get size(): number {
     return this.ring.size;
@@ -42,7 +116,11 @@ export class RequestQueue {
 
   /** Requests submitted and not completed, in the ring or waiting for room. */
   get outstanding(): number {
-    return this.inFlight.size + this.waiting.length;
+    return this.inFlight + this.waiting.length;
+  }
+
+  private get inFlight(): number {
+    return this.ring.size - this.freeCount;
   }
 
   /**
@@ -50,92 +128,178 @@ export class RequestQueue {
    * of bytes the device wrote, at most the total of `inSegs`.
    */
   submit(out: readonly Segment[], inSegs: readonly Segment[]): Promise<number> {
-    return new Promise<number>((resolve, reject) => {
-      if (this.failure !== undefined) {
-        reject(this.failure);
-        return;
-      }
-      if (out.length + inSegs.length === 0) {
-        reject(new RangeError(`${this.name}: a request needs at least one buffer segment`));
-        return;
-      }
-      const writable = inSegs.reduce((n, s) => n + s.len, 0);
-      const req: Pending = { out, inSegs, writable, resolve, reject };
-      // Keep submission order: nothing overtakes a request already waiting for room.
-      if (this.waiting.length > 0 || !this.place(req)) this.waiting.push(req);
-    });
+    return new Promise<number>((resolve, reject) => this.start(new PromisedRequest(out, inSegs, resolve, reject)));
   }
 
   /**
-   * Add a request to the ring, or reject it when it can never fit; false when it has to wait
+   * Start `req`: place it in the ring, or queue it behind the requests waiting for room. Its
+   * `failed` is called at once when the queue has failed or the request is empty.
+   */
+  start(req: QueueRequest): void {
+    if (this.failure !== undefined) {
+      req.failed(this.failure);
+      return;
+    }
+    if (req.out.length + req.inSegs.length === 0) {
+      req.failed(new RangeError(`${this.name}: a request needs at least one buffer segment`));
+      return;
+    }
+    // Keep submission order: nothing overtakes a request already waiting for room.
+    if (this.waiting.length > 0 || !this.place(req)) this.waiting.push(req);
+  }
+
+  /**
+   * Add a request to the ring, or fail it when it can never fit; false when it has to wait
    * for the device to return buffers.
    */
-  private place(req: Pending): boolean {
-    const token = this.nextToken;
-    if (this.ring.add(req.out, req.inSegs, token)) {
-      this.nextToken++;
-      this.inFlight.set(token, req);
-      this.scheduleKick();
-      return true;
+  private place(req: QueueRequest): boolean {
+    // Every buffer takes at least one descriptor, so a free token exists whenever the ring has room.
+    if (this.freeCount > 0) {
+      const token = this.freeTokens[this.freeHead];
+      if (this.ring.add(req.out, req.inSegs, token)) {
+        this.freeHead = this.freeHead + 1 === this.freeTokens.length ? 0 : this.freeHead + 1;
+        this.freeCount--;
+        this.slots[token] = req;
+        this.slotWritable[token] = writableBytes(req.inSegs);
+        this.scheduleKick();
+        return true;
+      }
     }
-    if (this.inFlight.size > 0) return false;
+    if (this.inFlight > 0) return false;
     // Nothing in flight, so the ring is empty: a request that does not fit now never will.
     const segments = req.out.length + req.inSegs.length;
-    req.reject(new RangeError(`${this.name}: a request of ${segments} segments does not fit a queue of size ${this.ring.size}`));
+    req.failed(new RangeError(`${this.name}: a request of ${segments} segments does not fit a queue of size ${this.ring.size}`));
     return true;
   }
 
   private scheduleKick(): void {
     if (this.kickScheduled) return;
     this.kickScheduled = true;
-    queueMicrotask(() => {
-      this.kickScheduled = false;
-      if (this.failure === undefined && this.ring.kick()) this.notifyDevice();
-    });
+    queueMicrotask(this.kickTurn);
   }
 
-  /** A used buffer notification arrived: complete what the device returned, then fill the room it made. */
+  /**
+   * A used buffer notification arrived (or a poll turn came): complete what the device
+   * returned, fill the room it made, and either poll on or sleep on the next notification.
+   */
   collect(): void {
-    if (this.failure !== undefined) return;
+    // A completion callback that ends up here (through a transport calling back at once) finds
+    // the loop below running, which looks at the ring again anyway.
+    if (this.failure !== undefined || this.collecting) return;
+    this.collecting = true;
     try {
-      do {
+      for (;;) {
         this.ring.disableInterrupts();
-        for (let used = this.ring.getUsed(); used !== null; used = this.ring.getUsed()) {
-          this.complete(used.token, used.len);
+        const found = this.reap();
+        if (found < 0) return;
+        // Requests that waited for room go first: they were submitted before any a callback adds.
+        while (this.waiting.length > 0 && this.place(this.waiting[0])) this.waiting.shift();
+        this.dispatch(found);
+        if (this.failure !== undefined) return;
+        if (this.inFlight > 0 && this.poll.keepPolling(found)) {
+          this.schedulePoll();
+          return;
         }
         // §2.7.10: re-enabling can race with the device; a true return means more are already used.
-      } while (this.ring.enableInterrupts());
-    } catch (err) {
-      this.fail(new Error(`${this.name}: device broke the ring protocol: ${err instanceof Error ? err.message : String(err)}`));
-      return;
-    }
-    while (this.waiting.length > 0 && this.place(this.waiting[0])) this.waiting.shift();
-  }
-
-  private complete(token: number, len: number): void {
-    const req = this.inFlight.get(token);
-    if (req === undefined) {
-      this.log.warn({ queue: this.name }, `${this.name}: device returned a buffer that is not in flight (token ${token})`);
-      return;
-    }
-    this.inFlight.delete(token);
-    if (len > req.writable) {
-      if (!this.warnedLength) {
-        this.warnedLength = true;
-        this.log.warn({ queue: this.name }, `${this.name}: device claimed ${len} bytes written into ${req.writable}; clamped`);
+        if (!this.ring.enableInterrupts()) return;
       }
-      len = req.writable;
+    } finally {
+      this.collecting = false;
     }
-    req.resolve(len);
   }
 
-  /** Reject every outstanding and future request with `err` (device reset, NEEDS_RESET, close). */
+  /**
+   * Take every used buffer off the ring, freeing its token, into reapedRequests/Lens before any
+   * callback runs (a callback may start requests, which must not change the ring under this
+   * loop). Returns how many, or -1 when the ring broke.
+   */
+  private reap(): number {
+    const reqs = this.reapedRequests;
+    const lens = this.reapedLens;
+    let n = 0;
+    try {
+      // Never more than the ring holds in flight; a device repeating itself is a ring fault.
+      while (n < reqs.length) {
+        const used = this.ring.getUsed();
+        if (used === null) break;
+        const token = used.token;
+        const req = token < this.slots.length ? this.slots[token] : undefined;
+        if (req === undefined) {
+          this.log.warn({ queue: this.name }, `${this.name}: device returned a buffer that is not in flight (token ${token})`);
+          continue;
+        }
+        let len = used.len;
+        const writable = this.slotWritable[token];
+        if (len > writable) {
+          if (!this.warnedLength) {
+            this.warnedLength = true;
+            this.log.warn({ queue: this.name }, `${this.name}: device claimed ${len} bytes written into ${writable}; clamped`);
+          }
+          len = writable;
+        }
+        this.release(token);
+        reqs[n] = req;
+        lens[n] = len;
+        n++;
+      }
+    } catch (err) {
+      this.dispatch(n);
+      this.fail(new Error(`${this.name}: device broke the ring protocol: ${err instanceof Error ? err.message : String(err)}`));
+      return -1;
+    }
+    return n;
+  }
+
+  /** Call back the `count` requests reap() took off the ring. */
+  private dispatch(count: number): void {
+    const reqs = this.reapedRequests;
+    for (let i = 0; i < count; i++) {
+      const req = reqs[i]!;
+      reqs[i] = undefined;
+      try {
+        req.completed(this.reapedLens[i]);
+      } catch (err) {
+        this.log.error({ err, queue: this.name }, `${this.name}: a request's completion failed`);
+      }
+    }
+  }
+
+  private release(token: number): void {
+    this.slots[token] = undefined;
+    const size = this.freeTokens.length;
+    const at = this.freeHead + this.freeCount;
+    this.freeTokens[at >= size ? at - size : at] = token;
+    this.freeCount++;
+  }
+
+  private schedulePoll(): void {
+    if (this.pollScheduled) return;
+    this.pollScheduled = true;
+    // After the event loop's I/O callbacks: the control plane and other queues keep running.
+    setImmediate(this.pollTurn);
+  }
+
+  /** Fail every outstanding and future request with `err` (device reset, NEEDS_RESET, close). */
   fail(err: Error): void {
     if (this.failure !== undefined) return;
     this.failure = err;
-    const all = [...this.inFlight.values(), ...this.waiting];
-    this.inFlight.clear();
+    const all: QueueRequest[] = [];
+    for (let token = 0; token < this.slots.length; token++) {
+      const req = this.slots[token];
+      if (req !== undefined) all.push(req);
+      this.slots[token] = undefined;
+    }
+    all.push(...this.waiting);
     this.waiting.length = 0;
-    for (const req of all) req.reject(err);
+    for (let i = 0; i < this.freeTokens.length; i++) this.freeTokens[i] = i;
+    this.freeHead = 0;
+    this.freeCount = this.freeTokens.length;
+    for (const req of all) {
+      try {
+        req.failed(err);
+      } catch (e) {
+        this.log.error({ err: e, queue: this.name }, `${this.name}: a request's failure handler failed`);
+      }
+    }
   }
 }
