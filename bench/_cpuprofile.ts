@@ -2,7 +2,8 @@
  * Reads a V8 CPU profile (`node --cpu-prof`) and ranks functions by self time: the samples
  * taken while that function itself, not something it called, was on top of the stack.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { join, relative } from 'node:path';
 
 /** The parts of the .cpuprofile format (Chrome DevTools Profiler.Profile) that are read here. */
@@ -76,4 +77,61 @@ export function mainThreadProfile(dir: string, pid: number): string {
   const main = readdirSync(dir).find((f) => f.startsWith('CPU.') && f.endsWith('.cpuprofile') && f.split('.')[3] === String(pid) && f.split('.')[4] === '0');
   if (main === undefined) throw new Error(`process ${pid} wrote no CPU profile of its main thread into ${dir} (did it exit cleanly?)`);
   return join(dir, main);
+}
+
+/** How InProcessProfiler names its files, apart from those `node --cpu-prof` writes (CPU.*) into the same directory. */
+const PROFILE_PREFIX = 'in-process-';
+
+/**
+ * The V8 CPU profiler on this very process, for benchmarks whose code under test runs in the
+ * benchmark's own process (a driver): the same profile `node --cpu-prof` writes, taken only
+ * around the parts given to `around`, one file each in `dir`.
+ */
+export class InProcessProfiler {
+  private constructor(
+    private readonly session: Session,
+    readonly dir: string,
+  ) {}
+
+  /** A profiler writing to `dir`, or undefined when `dir` is (profiling is off). */
+  static async open(dir: string | undefined): Promise<InProcessProfiler | undefined> {
+    if (dir === undefined) return undefined;
+    mkdirSync(dir, { recursive: true });
+    const session = new Session();
+    session.connect();
+    await session.post('Profiler.enable');
+    return new InProcessProfiler(session, dir);
+  }
+
+  /** Run `body` under the profiler and write its profile. */
+  async around<T>(body: () => Promise<T>): Promise<T> {
+    await this.session.post('Profiler.start');
+    try {
+      return await body();
+    } finally {
+      const { profile } = await this.session.post('Profiler.stop');
+      // V8 charges the time from Profiler.start to the first sample to that sample: it was not sampled.
+      if (profile.timeDeltas !== undefined && profile.timeDeltas.length > 0) profile.timeDeltas[0] = 0;
+      writeFileSync(join(this.dir, `${PROFILE_PREFIX}${Date.now()}.cpuprofile`), JSON.stringify(profile));
+    }
+  }
+
+  /** The `count` functions with the most self time over every profile written, as shares of the busy time. */
+  summary(root: string, count: number): { frame: string; share: number; micros: number }[] {
+    const totals = new Map<string, number>();
+    let busy = 0;
+    for (const file of readdirSync(this.dir).filter((f) => f.startsWith(PROFILE_PREFIX) && f.endsWith('.cpuprofile'))) {
+      const summary = summarizeCpuProfile(join(this.dir, file), root, Number.MAX_SAFE_INTEGER);
+      busy += summary.busyMicros;
+      for (const entry of summary.top) totals.set(entry.frame, (totals.get(entry.frame) ?? 0) + entry.micros);
+    }
+    return [...totals]
+      .sort((a, b) => b[1] - a[1])
+      .slice(0, count)
+      .map(([frame, micros]) => ({ frame, micros, share: busy > 0 ? micros / busy : 0 }));
+  }
+
+  close(): void {
+    this.session.disconnect();
+  }
 }

@@ -13,14 +13,13 @@
  * written to DIR and the functions with the most self time over them all are reported.
  */
 import { execFileSync } from 'node:child_process';
-import { Session } from 'node:inspector/promises';
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { summarizeCpuProfile } from './_cpuprofile.ts';
+import { InProcessProfiler } from './_cpuprofile.ts';
 import { report, step } from './_report.ts';
 import { NetDriver } from '../src/devices/net/driver.ts';
 import { connectNet } from '../src/transports/vhost-user/frontend-net.ts';
@@ -115,29 +114,8 @@ function median(values: readonly number[]): number {
 
 const round2 = (v: number): number => Math.round(v * 100) / 100;
 
-/** Runs `body` under the V8 CPU profiler when `profileDir` is set, writing the profile there. */
-async function profiled<T>(profileDir: string, session: Session | undefined, body: () => Promise<T>): Promise<T> {
-  if (session === undefined) return body();
-  await session.post('Profiler.start');
-  try {
-    return await body();
-  } finally {
-    const { profile } = await session.post('Profiler.stop');
-    // V8 charges the time from Profiler.start to the first sample to that sample: it was not sampled.
-    if (profile.timeDeltas !== undefined && profile.timeDeltas.length > 0) profile.timeDeltas[0] = 0;
-    writeFileSync(join(profileDir, `paravirt-${Date.now()}.cpuprofile`), JSON.stringify(profile));
-  }
-}
-
 export async function main(): Promise<void> {
-  const profileDir = process.env.PARAVIRT_BENCH_CPU_PROF;
-  let session: Session | undefined;
-  if (profileDir !== undefined) {
-    mkdirSync(profileDir, { recursive: true });
-    session = new Session();
-    session.connect();
-    await session.post('Profiler.enable');
-  }
+  const profiler = await InProcessProfiler.open(process.env.PARAVIRT_BENCH_CPU_PROF);
   // This process is the paravirt driver: on CPU 0, where virtio-user's forwarding lcore runs in its turn.
   execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
   const dir = mkdtempSync(join(tmpdir(), 'paravirt-bench-net-'));
@@ -155,7 +133,7 @@ export async function main(): Promise<void> {
         dpdk.push(await virtioUserRound(vhost, socketPath, packed));
       }
       // The profiler slows what it watches: its round is one more, not one of those measured.
-      if (profileDir !== undefined) await profiled(profileDir, session, () => paravirtRound(vhost, socketPath, packed));
+      if (profiler !== undefined) await profiler.around(() => paravirtRound(vhost, socketPath, packed));
       const context = { ring, frame_bytes: FRAME_BYTES, queue_size: QUEUE_SIZE, rounds: ROUNDS, round_seconds: ROUND_SECONDS, loadavg: loadavg()[0] };
       const paravirtPps = median(paravirt.map((r) => r.pps));
       const dpdkPps = median(dpdk.map((r) => r.pps));
@@ -174,22 +152,14 @@ export async function main(): Promise<void> {
     step('quitting DPDK net_vhost');
     await vhost.close();
     rmSync(dir, { recursive: true, force: true });
-    session?.disconnect();
   }
-  if (profileDir !== undefined) reportProfile(profileDir);
+  if (profiler !== undefined) reportProfile(profiler);
 }
 
-function reportProfile(profileDir: string): void {
+function reportProfile(profiler: InProcessProfiler): void {
   // All paravirt rounds together: self time per function summed over every round's profile.
-  const totals = new Map<string, number>();
-  let busy = 0;
-  for (const file of readdirSync(profileDir).filter((f) => f.endsWith('.cpuprofile'))) {
-    const summary = summarizeCpuProfile(join(profileDir, file), repo, Number.MAX_SAFE_INTEGER);
-    busy += summary.busyMicros;
-    for (const entry of summary.top) totals.set(entry.frame, (totals.get(entry.frame) ?? 0) + entry.micros);
-  }
-  [...totals]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, PROFILE_TOP)
-    .forEach(([frame, micros], rank) => report(BENCH, 'profile_self_paravirt', round2((100 * micros) / busy), '% of busy', { rank: rank + 1, frame, ms: Math.round(micros / 1000) }));
+  profiler.close();
+  profiler
+    .summary(repo, PROFILE_TOP)
+    .forEach(({ frame, share, micros }, rank) => report(BENCH, 'profile_self_paravirt', round2(100 * share), '% of busy', { rank: rank + 1, frame, ms: Math.round(micros / 1000) }));
 }

@@ -9,7 +9,9 @@
  *
  * With PARAVIRT_BENCH_CPU_PROF=DIR `paravirt serve blk` runs under `node --cpu-prof` (profiles
  * written to DIR when it stops) and the functions of its event loop with the most self time are
- * reported; its busy share covers the whole run, the qsd rounds included.
+ * reported; its busy share covers the whole run, the qsd rounds included. One more round against
+ * paravirt's back-end then runs with this process (the driver) under the V8 CPU profiler, and the
+ * driver's busiest functions are reported too (`profile_self_driver`).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -17,7 +19,7 @@ import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
-import { mainThreadProfile, summarizeCpuProfile } from './_cpuprofile.ts';
+import { InProcessProfiler, mainThreadProfile, summarizeCpuProfile } from './_cpuprofile.ts';
 import { cpuSeconds } from './_process-cpu.ts';
 import { report, step } from './_report.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
@@ -132,6 +134,13 @@ export async function main(): Promise<void> {
     sides.push(await open('qsd', daemon.socketPath, pidOf(daemon.process)), await open('paravirt', socketPath, pidOf(serve)));
     for (let i = 0; i < ROUNDS; i++) for (const side of sides) await round(side);
     const [qsd, paravirt] = sides;
+    // The profiler slows what it watches: its round is one more, not one of those measured.
+    const driverProfiler = await InProcessProfiler.open(profileDir === undefined ? undefined : join(profileDir, 'driver'));
+    if (driverProfiler !== undefined) {
+      step('profiling the driver against paravirt serve blk');
+      await driverProfiler.around(() => randomIo(paravirt.blk, { depth: DEPTH, blockSize: BLOCK, seconds: ROUND_SECONDS }));
+      driverProfiler.close();
+    }
     const context = { block: BLOCK, depth: DEPTH, rounds: ROUNDS, round_seconds: ROUND_SECONDS, file: 'tmpfs', loadavg: loadavg()[0] };
     for (const side of sides) {
       report('frontend', `read_4k_qd${DEPTH}_${side.name}_iops`, Math.round(median(side.iops)), 'IOPS', {
@@ -153,6 +162,9 @@ export async function main(): Promise<void> {
       await serve.stop();
       reportProfile(mainThreadProfile(profileDir, pidOf(serve)));
     }
+    driverProfiler?.summary(repo, PROFILE_TOP).forEach(({ frame, share, micros }, rank) =>
+      report('frontend', 'profile_self_driver', Math.round(10000 * share) / 100, '% of busy', { rank: rank + 1, frame, ms: Math.round(micros / 1000) }),
+    );
   } finally {
     step('closing the drivers and stopping the back-ends');
     for (const side of sides) await side.blk.close();
