@@ -12,7 +12,8 @@
 import type { Logger } from 'pino';
 import type { DmaAllocator } from './driver.ts';
 import type { GuestMemory } from './memory.ts';
-import type { RequestQueue } from './request-queue.ts';
+import type { Segment } from './queue.ts';
+import type { QueueRequest, RequestQueue } from './request-queue.ts';
 
 export interface EventReceiverOptions {
   /** Bytes per buffer. */
@@ -27,10 +28,34 @@ export interface EventReceiverOptions {
   readonly log: Logger;
 }
 
+/** One posted buffer and the request that carries it, started again each time it comes back. */
+class PostedBuffer implements QueueRequest {
+  readonly out: readonly Segment[] = [];
+  readonly inSegs: readonly Segment[];
+
+  constructor(
+    private readonly receiver: EventReceiver,
+    readonly addr: number,
+    bufferSize: number,
+  ) {
+    this.inSegs = [{ addr, len: bufferSize }];
+  }
+
+  completed(len: number): void {
+    this.receiver.filled(this, len);
+  }
+
+  failed(): void {
+    this.receiver.retired();
+  }
+}
+
 export class EventReceiver {
   /** Settles when every buffer is back for good (the queue failed) and their memory was freed. */
   readonly stopped: Promise<void>;
   private delivered = 0;
+  private posted: number;
+  private stop!: () => void;
 
   constructor(
     private readonly queue: RequestQueue,
@@ -44,8 +69,9 @@ export class EventReceiver {
     if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`${queue.name}: event buffer count ${count} is not a positive integer`);
     const addr = dma.alloc(count * bufferSize, 16);
     if (addr === undefined) throw new Error(`${queue.name}: DMA memory exhausted allocating ${count} event buffers of ${bufferSize} bytes`);
-    const cycles = Array.from({ length: count }, (_, i) => this.cycle(addr + i * bufferSize));
-    this.stopped = Promise.all(cycles).then(() => dma.free(addr));
+    this.posted = count;
+    this.stopped = new Promise<void>((resolve) => (this.stop = resolve)).then(() => dma.free(addr));
+    for (let i = 0; i < count; i++) queue.start(new PostedBuffer(this, addr + i * bufferSize, bufferSize));
   }
 
   /** Buffers the device has returned so far. */
@@ -53,22 +79,19 @@ export class EventReceiver {
     return this.delivered;
   }
 
-  /** Keep one buffer posted: hand each filling to onBuffer, post it again at once. */
-  private async cycle(addr: number): Promise<void> {
-    const { bufferSize, onBuffer, log } = this.options;
-    for (;;) {
-      let len: number;
-      try {
-        len = await this.queue.submit([], [{ addr, len: bufferSize }]);
-      } catch {
-        return; // the queue failed or the driver closed
-      }
-      this.delivered++;
-      try {
-        onBuffer(this.memory.slice(addr, len));
-      } catch (err) {
-        log.error({ err }, `${this.queue.name}: event consumer failed`);
-      }
+  /** The device filled `buf` with `len` bytes: hand them to onBuffer, post the buffer again at once. */
+  filled(buf: PostedBuffer, len: number): void {
+    this.delivered++;
+    try {
+      this.options.onBuffer(this.memory.slice(buf.addr, len));
+    } catch (err) {
+      this.options.log.error({ err }, `${this.queue.name}: event consumer failed`);
     }
+    this.queue.start(buf);
+  }
+
+  /** A buffer is back for good (the queue failed or the driver closed). */
+  retired(): void {
+    if (--this.posted === 0) this.stop();
   }
 }

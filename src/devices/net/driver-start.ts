@@ -33,6 +33,11 @@ export interface NetDriverOptions {
   readonly inbox?: number;
   /** The address to use; sent with MAC_ADDR_SET when the device supports it (default the device's, or random). */
   readonly mac?: string | Uint8Array;
+  /**
+   * Microseconds each queue keeps polling for used buffers after a completion before it sleeps
+   * on the device's notification (default 0: never poll; request-queue.ts).
+   */
+  readonly pollMicros?: number;
   readonly log?: Logger;
 }
 
@@ -72,6 +77,7 @@ export async function startDevice(transport: DriverTransport, options: NetDriver
     features: wanted,
     queues: 2 * pairs + (has(NetFeature.CTRL_VQ) ? 1 : 0),
     queueSize: options.queueSize,
+    pollMicros: options.pollMicros,
     log: options.log,
   });
   try {

@@ -1,20 +1,77 @@
 /**
  * The driver's transmit path (§5.1.6.2): each frame goes out in one device-readable buffer, a
- * virtio_net_hdr first. Buffers for frames up to the MTU come from a pool of at most one per
- * transmit ring entry, so a burst waits for the device instead of exhausting memory; a GSO frame
- * larger than a pool buffer gets its own.
+ * virtio_net_hdr first. Buffers for frames up to the MTU are transmit slots, at most one per
+ * transmit ring entry, made once and reused: a slot is its DMA buffer, a view of it, its segment
+ * and the request RequestQueue calls back, so sending a frame allocates nothing. A burst waits
+ * for the device instead of exhausting memory; a GSO frame larger than a slot gets its own buffer.
+ *
+ * Two ways to send: trySend() copies the frame into a free slot and returns at once (false when
+ * none is free; whenWritable() says when one is), the path for a sender that must not allocate
+ * per frame; send() waits for a slot and resolves once the device has taken the frame.
  */
 import type { VirtioDriver } from '../../virtio/driver-core.ts';
+import type { QueueRequest } from '../../virtio/request-queue.ts';
+import type { Segment } from '../../virtio/queue.ts';
 import type { NetDriverCounters } from './counters.ts';
 import { plainFrameLimit } from './offload.ts';
 import { ETH_HLEN, GsoType, MAX_GSO_FRAME, NET_HDR_SIZE, type Offload, encodeNetHeader } from './wire.ts';
 
+const NO_SEGMENTS: readonly Segment[] = [];
+
+/** One transmit buffer and the request that carries it, reused frame after frame. */
+class TxSlot implements QueueRequest {
+  /** The buffer's one segment; its length is set per frame. */
+  private readonly segment: { readonly addr: number; len: number };
+  readonly out: readonly Segment[];
+  readonly inSegs = NO_SEGMENTS;
+  /** Frame bytes now in the buffer. */
+  private frameBytes = 0;
+  /** Settles a send() waiting for this frame; undefined for trySend(). */
+  private settle: ((err: Error | undefined) => void) | undefined;
+
+  constructor(
+    private readonly pool: NetTransmitter,
+    readonly addr: number,
+    /** The whole buffer, a view made once. */
+    readonly view: Uint8Array,
+  ) {
+    this.segment = { addr, len: 0 };
+    this.out = [this.segment];
+  }
+
+  /** Copy header and frame into the buffer. */
+  fill(frame: Uint8Array, meta: Offload, settle: ((err: Error | undefined) => void) | undefined): void {
+    encodeNetHeader(meta, 0, this.view);
+    this.view.set(frame, NET_HDR_SIZE);
+    this.segment.len = NET_HDR_SIZE + frame.length;
+    this.frameBytes = frame.length;
+    this.settle = settle;
+  }
+
+  completed(): void {
+    const settle = this.settle;
+    this.settle = undefined;
+    this.pool.sent(this.frameBytes);
+    this.pool.put(this);
+    settle?.(undefined);
+  }
+
+  failed(err: Error): void {
+    const settle = this.settle;
+    this.settle = undefined;
+    // A send() hears of it; a frame given to trySend() is counted lost.
+    if (settle === undefined) this.pool.failedOne();
+    this.pool.put(this);
+    settle?.(err);
+  }
+}
+
 export class NetTransmitter {
-  private readonly slots: number[] = [];
+  private readonly free: TxSlot[] = [];
   private slotsMade = 0;
   private readonly waiters: (() => void)[] = [];
   private closed = false;
-  /** Pool buffers hold a header and the largest plain frame. */
+  /** Slot buffers hold a header and the largest plain frame. */
   private readonly slotSize: number;
 
   constructor(
@@ -30,58 +87,112 @@ export class NetTransmitter {
     return this.slotSize - NET_HDR_SIZE;
   }
 
-  /** Transmit `frame` on the transmitq of `pair` (in use, checked by the caller); `pairs` in use size the pool. */
+  /**
+   * Copy `frame` into a free transmit slot and queue it on the transmitq of `pair` (in use,
+   * checked by the caller); false when every slot is in flight (see whenWritable). Only frames
+   * that fit a slot (no GSO beyond the MTU) go this way.
+   */
+  trySend(frame: Uint8Array, meta: Offload, pair: number, pairs: number): boolean {
+    this.check(frame, this.plainLimit);
+    const slot = this.take(pairs);
+    if (slot === undefined) {
+      if (this.closed) throw new Error('net: the driver is closed');
+      if (this.slotsMade === this.free.length) throw new Error(`net: DMA memory exhausted sending a frame of ${frame.length} bytes`);
+      return false;
+    }
+    slot.fill(frame, meta, undefined);
+    this.core.queue(2 * pair + 1).start(slot);
+    return true;
+  }
+
+  /** Resolves when a transmit slot may be free for `pairs` in use (at once when one is, or the driver closed). */
+  whenWritable(pairs: number): Promise<void> {
+    if (this.free.length > 0 || this.closed || this.slotsMade < this.core.queue(1).size * pairs) return Promise.resolve();
+    return new Promise<void>((resolve) => this.waiters.push(resolve));
+  }
+
+  /** Transmit `frame` on the transmitq of `pair`; resolves when the device has taken it. */
   async send(frame: Uint8Array, meta: Offload, pair: number, pairs: number): Promise<void> {
     const limit = meta.gsoType === GsoType.NONE ? this.plainLimit : MAX_GSO_FRAME;
+    this.check(frame, limit);
+    if (NET_HDR_SIZE + frame.length > this.slotSize) {
+      await this.sendLarge(frame, meta, pair);
+      return;
+    }
+    let slot = this.take(pairs);
+    while (slot === undefined) {
+      // With no slot in flight, none will come back to wait for: the allocator is exhausted.
+      if (this.closed || this.slotsMade === this.free.length) throw new Error(`net: DMA memory exhausted sending a frame of ${frame.length} bytes`);
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+      slot = this.take(pairs);
+    }
+    const taken = slot;
+    await new Promise<void>((resolve, reject) => {
+      taken.fill(frame, meta, (err) => (err === undefined ? resolve() : reject(err)));
+      this.core.queue(2 * pair + 1).start(taken);
+    });
+  }
+
+  /** The driver closed: senders waiting for a buffer fail, the slots' memory goes back. */
+  close(): void {
+    this.closed = true;
+    for (const wake of this.waiters.splice(0)) wake();
+    for (const slot of this.free.splice(0)) this.core.transport.dma.free(slot.addr);
+  }
+
+  /** A slot's frame went out. */
+  sent(bytes: number): void {
+    this.counters.txPackets++;
+    this.counters.txBytes += bytes;
+  }
+
+  /** A slot's frame did not go out (the queue failed). */
+  failedOne(): void {
+    this.counters.txFailed++;
+  }
+
+  /** A slot is free again. */
+  put(slot: TxSlot): void {
+    if (this.closed) {
+      this.core.transport.dma.free(slot.addr);
+      return;
+    }
+    this.free.push(slot);
+    this.waiters.shift()?.();
+  }
+
+  private check(frame: Uint8Array, limit: number): void {
     if (frame.length < ETH_HLEN || frame.length > limit) {
       throw new RangeError(`net: a frame of ${frame.length} bytes is outside ${ETH_HLEN}..${limit} bytes`);
     }
+  }
+
+  /** A free slot, made when fewer than one per transmit ring entry of the pairs in use exist; undefined when none. */
+  private take(pairs: number): TxSlot | undefined {
+    const slot = this.free.pop();
+    if (slot !== undefined || this.closed) return slot;
+    if (this.slotsMade >= this.core.queue(1).size * pairs) return undefined;
+    const { dma, memory } = this.core.transport;
+    const addr = dma.alloc(this.slotSize, 16);
+    if (addr === undefined) return undefined;
+    this.slotsMade++;
+    return new TxSlot(this, addr, memory.slice(addr, this.slotSize));
+  }
+
+  /** A GSO frame beyond a slot: a buffer of its own for this one frame. */
+  private async sendLarge(frame: Uint8Array, meta: Offload, pair: number): Promise<void> {
     const bytes = NET_HDR_SIZE + frame.length;
     const { dma, memory } = this.core.transport;
-    const pooled = bytes <= this.slotSize;
-    const addr = pooled ? await this.take(pairs) : dma.alloc(bytes, 16);
+    const addr = dma.alloc(bytes, 16);
     if (addr === undefined) throw new Error(`net: DMA memory exhausted sending a frame of ${frame.length} bytes`);
     try {
       const block = memory.slice(addr, bytes);
       encodeNetHeader(meta, 0, block);
       block.set(frame, NET_HDR_SIZE);
       await this.core.queue(2 * pair + 1).submit([{ addr, len: bytes }], []);
-      this.counters.txPackets++;
-      this.counters.txBytes += frame.length;
+      this.sent(frame.length);
     } finally {
-      if (pooled) this.put(addr);
-      else dma.free(addr);
+      dma.free(addr);
     }
-  }
-
-  /** The driver closed: senders waiting for a buffer fail, the pool's memory goes back. */
-  close(): void {
-    this.closed = true;
-    for (const wake of this.waiters.splice(0)) wake();
-    for (const addr of this.slots.splice(0)) this.core.transport.dma.free(addr);
-  }
-
-  /** A pool buffer; at most one per transmit ring entry of the pairs in use exist. */
-  private async take(pairs: number): Promise<number | undefined> {
-    for (;;) {
-      const addr = this.slots.pop();
-      if (addr !== undefined) return addr;
-      if (this.closed) return undefined;
-      if (this.slotsMade < this.core.queue(1).size * pairs) {
-        const made = this.core.transport.dma.alloc(this.slotSize, 16);
-        if (made !== undefined) this.slotsMade++;
-        return made;
-      }
-      await new Promise<void>((resolve) => this.waiters.push(resolve));
-    }
-  }
-
-  private put(addr: number): void {
-    if (this.closed) {
-      this.core.transport.dma.free(addr);
-      return;
-    }
-    this.slots.push(addr);
-    this.waiters.shift()?.();
   }
 }

@@ -127,11 +127,30 @@ export class NetDriver {
 
   /** Transmit one Ethernet frame (without virtio_net_hdr); resolves when the device has taken it. */
   async send(frame: Uint8Array, options: SendOptions = {}): Promise<void> {
+    await this.tx.send(frame, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);
+  }
+
+  /**
+   * Copy one Ethernet frame (up to the MTU: no GSO beyond it) into a free transmit buffer and
+   * queue it, without waiting: false when every buffer is in flight, then whenWritable() says
+   * when to try again. Nothing is allocated per frame; a frame the device never takes (the
+   * driver closed or was reset) is counted in txFailed. `frame` may be reused at once.
+   */
+  trySend(frame: Uint8Array, options: SendOptions = {}): boolean {
+    return this.tx.trySend(frame, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);
+  }
+
+  /** Resolves when trySend() may find a free transmit buffer again. */
+  whenWritable(): Promise<void> {
+    return this.tx.whenWritable(this.pairsInUse);
+  }
+
+  private pairOf(options: SendOptions): number {
     const pair = options.pair ?? 0;
     if (!Number.isInteger(pair) || pair < 0 || pair >= this.pairsInUse) {
       throw new RangeError(`net: queue pair ${pair} is not in use (${this.pairsInUse} in use)`);
     }
-    await this.tx.send(frame, options.meta ?? NO_OFFLOAD, pair, this.pairsInUse);
+    return pair;
   }
 
   /** The next received frame; undefined once the driver is closed. */
