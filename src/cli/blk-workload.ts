@@ -4,7 +4,7 @@
  * bench` and bench/frontend.ts so that both measure the same thing.
  */
 import { performance } from 'node:perf_hooks';
-import type { BlkDriver } from '../devices/blk/driver.ts';
+import type { BlkDriver, BlkIo } from '../devices/blk/driver.ts';
 import { SECTOR_SIZE } from '../devices/blk/wire.ts';
 
 export interface WorkloadOptions {
@@ -32,6 +32,7 @@ export async function randomIo(blk: BlkDriver, options: WorkloadOptions): Promis
   if (!Number.isSafeInteger(blockSize) || blockSize < SECTOR_SIZE || blockSize % SECTOR_SIZE !== 0) {
     throw new RangeError(`block size ${blockSize} is not a positive multiple of ${SECTOR_SIZE}`);
   }
+  if (blockSize > blk.transferLimit) throw new RangeError(`block size ${blockSize} is beyond the ${blk.transferLimit} bytes the disk takes in one request`);
   const blockSectors = blockSize / SECTOR_SIZE;
   const blocks = Math.floor(blk.capacity / blockSectors);
   if (blocks < 1) throw new RangeError(`the disk of ${blk.capacity} sectors is smaller than one ${blockSize}-byte block`);
@@ -42,18 +43,47 @@ export async function randomIo(blk: BlkDriver, options: WorkloadOptions): Promis
     options.onProgress === undefined
       ? undefined
       : setInterval(() => options.onProgress?.(ops, (performance.now() - start) / 1000), 1000);
-  const worker = async (): Promise<void> => {
-    // One buffer per worker: reads land in it, writes send it.
-    const buffer = new Uint8Array(blockSize);
-    while (performance.now() < deadline) {
-      const sector = Math.floor(Math.random() * blocks) * blockSectors;
-      if (options.write === true) await blk.write(sector, buffer);
-      else await blk.read(sector, buffer);
-      ops++;
-    }
-  };
+  // `depth` operations, each started again from its own completion: no promise per request.
+  const ios: BlkIo[] = [];
   try {
-    await Promise.all(Array.from({ length: depth }, worker));
+    await new Promise<void>((resolve, reject) => {
+      let running = depth;
+      let failed = false;
+      const fail = (err: Error): void => {
+        if (failed) return;
+        failed = true;
+        reject(err);
+      };
+      const next = (io: BlkIo): void => {
+        io.sector = Math.floor(Math.random() * blocks) * blockSectors;
+        try {
+          blk.start(io);
+        } catch (err) {
+          // A request the driver refuses outright: no completion follows.
+          fail(err as Error);
+          if (--running === 0) resolve();
+        }
+      };
+      for (let i = 0; i < depth; i++) {
+        const io: BlkIo = {
+          write: options.write === true,
+          sector: 0,
+          // One buffer per operation: reads land in it, writes send it.
+          buffer: new Uint8Array(blockSize),
+          done: (err) => {
+            if (err !== undefined) fail(err);
+            else ops++;
+            if (failed || performance.now() >= deadline) {
+              if (--running === 0) resolve();
+              return;
+            }
+            next(io);
+          },
+        };
+        ios.push(io);
+      }
+      for (const io of ios) next(io);
+    });
   } finally {
     clearInterval(progress);
   }

@@ -133,7 +133,7 @@ export class RequestQueue {
 
   /**
    * Start `req`: place it in the ring, or queue it behind the requests waiting for room. Its
-   * `failed` is called at once when the queue has failed or the request is empty.
+   * `failed` is called at once when the queue has failed or the ring refuses the request.
    */
   start(req: QueueRequest): void {
     if (this.failure !== undefined) {
@@ -145,7 +145,26 @@ export class RequestQueue {
       return;
     }
     // Keep submission order: nothing overtakes a request already waiting for room.
-    if (this.waiting.length > 0 || !this.place(req)) this.waiting.push(req);
+    if (this.waiting.length > 0) {
+      this.waiting.push(req);
+      return;
+    }
+    if (!this.tryPlace(req)) this.waiting.push(req);
+  }
+
+  /** place(), with segments the ring refuses (a length beyond 32 bits, say) failing that request alone. */
+  private tryPlace(req: QueueRequest): boolean {
+    try {
+      return this.place(req);
+    } catch (err) {
+      req.failed(err instanceof Error ? err : new Error(String(err)));
+      return true;
+    }
+  }
+
+  /** Move requests that waited for room into the ring, oldest first, while it has room. */
+  private placeWaiting(): void {
+    while (this.waiting.length > 0 && this.tryPlace(this.waiting[0])) this.waiting.shift();
   }
 
   /**
@@ -193,7 +212,7 @@ export class RequestQueue {
         const found = this.reap();
         if (found < 0) return;
         // Requests that waited for room go first: they were submitted before any a callback adds.
-        while (this.waiting.length > 0 && this.place(this.waiting[0])) this.waiting.shift();
+        this.placeWaiting();
         this.dispatch(found);
         if (this.failure !== undefined) return;
         if (this.inFlight > 0 && this.poll.keepPolling(found)) {

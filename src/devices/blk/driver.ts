@@ -9,9 +9,9 @@
 import type { Logger } from 'pino';
 import { DeviceId, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
 import { VirtioDriver } from '../../virtio/driver-core.ts';
-import type { DmaAllocator, DriverTransport } from '../../virtio/driver.ts';
+import type { DriverTransport } from '../../virtio/driver.ts';
 import type { RequestQueue } from '../../virtio/request-queue.ts';
-import type { Segment } from '../../virtio/queue.ts';
+import { type BlkIo, type BlkRequest, RequestPool, STATUS_UNWRITTEN } from './driver-request.ts';
 import {
   BlkFeature,
   BlkStatus,
@@ -24,8 +24,9 @@ import {
   SECTOR_SIZE,
   STATUS_SIZE,
   encodeRangeSegments,
-  encodeRequestHeader,
 } from './wire.ts';
+
+export type { BlkIo } from './driver-request.ts';
 
 /** Every virtio-blk feature this driver implements, and the ring features it can use. */
 export const BLK_DRIVER_FEATURES: bigint = [
@@ -57,6 +58,11 @@ export interface BlkDriverOptions {
   readonly queueSize?: number;
   /** Largest data transfer per request in bytes (default 1 MiB); larger calls are split. */
   readonly maxTransfer?: number;
+  /**
+   * Microseconds each request queue keeps polling for completions after one before it sleeps on
+   * the device's notification (default 0: never poll; request-queue.ts).
+   */
+  readonly pollMicros?: number;
   readonly log?: Logger;
 }
 
@@ -79,8 +85,6 @@ const STATUS_NAMES: Readonly<Record<number, string>> = {
   [BlkStatus.UNSUPP]: 'UNSUPP (the device does not support this request)',
 };
 
-/** A status value no device writes: set before submitting, it tells "never written" apart. */
-const STATUS_UNWRITTEN = 0xff;
 const DEFAULT_MAX_TRANSFER = 1024 * 1024;
 const EMPTY = new Uint8Array(0);
 
@@ -88,74 +92,17 @@ function sectorsText(n: number): string {
   return n === 1 ? '1 sector' : `${n} sectors`;
 }
 
-/** Most bytes of request memory kept for reuse rather than returned to the allocator. */
-const SPARE_BYTES_LIMIT = 2 * 1024 * 1024;
-
-/**
- * Guest memory for requests. Requests of one size tend to repeat (a 4 KiB read is always 4113
- * bytes with header and status), so freed blocks are kept by size and reused, which takes the
- * allocator off the per-request path. When the allocator is exhausted a request waits for
- * another to finish; with nothing in flight to wait for, it fails.
- */
-class RequestMemory {
-  private readonly spare = new Map<number, number[]>();
-  private spareBytes = 0;
-  private readonly waiters: (() => void)[] = [];
-  private inUse = 0;
-
-  constructor(private readonly dma: DmaAllocator) {}
-
-  /** A block of `bytes`, or undefined when there is no room now (then wait with `whenRoom`). */
-  take(bytes: number): number | undefined {
-    const reused = this.spare.get(bytes)?.pop();
-    if (reused !== undefined) {
-      this.spareBytes -= bytes;
-      this.inUse++;
-      return reused;
-    }
-    let addr = this.dma.alloc(bytes, 16);
-    if (addr === undefined && this.spareBytes > 0) {
-      this.release();
-      addr = this.dma.alloc(bytes, 16);
-    }
-    if (addr !== undefined) this.inUse++;
-    return addr;
-  }
-
-  /** A block of `bytes` once other requests have given back enough; fails when none is in flight. */
-  async whenRoom(bytes: number): Promise<number> {
-    for (;;) {
-      if (this.inUse === 0) throw new Error(`blk: DMA memory exhausted: no room for a request of ${bytes} bytes`);
-      await new Promise<void>((resolve) => this.waiters.push(resolve));
-      const addr = this.take(bytes);
-      if (addr !== undefined) return addr;
-    }
-  }
-
-  put(addr: number, bytes: number): void {
-    this.inUse--;
-    if (this.spareBytes + bytes <= SPARE_BYTES_LIMIT) {
-      let list = this.spare.get(bytes);
-      if (list === undefined) this.spare.set(bytes, (list = []));
-      list.push(addr);
-      this.spareBytes += bytes;
-    } else {
-      this.dma.free(addr);
-    }
-    this.waiters.shift()?.();
-  }
-
-  /** Give every kept block back to the allocator. */
-  release(): void {
-    for (const list of this.spare.values()) for (const addr of list) this.dma.free(addr);
-    this.spare.clear();
-    this.spareBytes = 0;
-  }
-}
-
 export class BlkDriver {
   private cfg: BlkConfig;
-  private readonly requestMemory: RequestMemory;
+  private readonly requests: RequestPool;
+  /** Completion of every request started with start(): one function, not one per request. */
+  private readonly ioDone = (req: BlkRequest): void => {
+    const io = req.io!;
+    req.io = undefined;
+    const err = this.outcome(req, undefined);
+    if (err === undefined && !io.write) io.buffer.set(req.inData);
+    io.done(err);
+  };
   private nextQueue = 0;
 
   private constructor(
@@ -168,7 +115,7 @@ export class BlkDriver {
     private readonly maxSegment: number,
   ) {
     this.cfg = cfg;
-    this.requestMemory = new RequestMemory(core.transport.dma);
+    this.requests = new RequestPool(core.transport.dma, core.transport.memory);
   }
 
   /** Initialize the block device behind `transport` (§3.1.1, §5.2.5) and return the driver. */
@@ -181,6 +128,7 @@ export class BlkDriver {
       features: (options.features ?? BLK_DRIVER_FEATURES) & ~(options.packed === false ? featureBit(Feature.RING_PACKED) : 0n),
       queues,
       queueSize: options.queueSize,
+      pollMicros: options.pollMicros,
       log: options.log,
     });
     try {
@@ -228,6 +176,11 @@ export class BlkDriver {
   /** The configuration space as last read. */
   get config(): BlkConfig {
     return this.cfg;
+  }
+
+  /** Largest data bytes of one request: the most a start() may move. */
+  get transferLimit(): number {
+    return this.maxTransfer;
   }
 
   /** Request queues in use. */
@@ -288,7 +241,7 @@ export class BlkDriver {
   /** Reset the device and give back its memory; pending requests fail. */
   async close(): Promise<void> {
     await this.core.close();
-    this.requestMemory.release();
+    this.requests.release();
   }
 
   private async refreshConfig(): Promise<void> {
@@ -348,6 +301,31 @@ export class BlkDriver {
   }
 
   /**
+   * Start a read or write that calls back instead of returning a promise, for callers that keep
+   * a few BlkIo objects and start them again and again (a queue-depth workload): nothing is
+   * allocated per operation. A bad range or a buffer beyond maxTransfer throws at once; what the
+   * device answers comes to `io.done`.
+   */
+  start(io: BlkIo): void {
+    const what = io.write ? 'write' : 'read';
+    const len = io.buffer.length;
+    this.checkRange(what, io.sector, len);
+    if (len > this.maxTransfer) throw new RangeError(`blk: a started ${what} of ${len} bytes is beyond the ${this.maxTransfer}-byte transfer limit`);
+    const total = REQUEST_HEADER_SIZE + len + STATUS_SIZE;
+    const req = this.requests.take(total);
+    if (req !== undefined) this.launch(req, io);
+    else this.requests.whenRoom(total).then((r) => this.launch(r, io), (err: Error) => io.done(err));
+  }
+
+  private launch(req: BlkRequest, io: BlkIo): void {
+    const len = io.buffer.length;
+    req.prepare(io.write ? RequestType.OUT : RequestType.IN, io.sector, io.write ? io.buffer : EMPTY, io.write ? 0 : len, this.maxSegment);
+    req.io = io;
+    req.done = this.ioDone;
+    this.pickQueue().start(req);
+  }
+
+  /**
    * One request: header, `out` data, `inLen` bytes of in-data, status, laid out in one DMA
    * block. `onData` sees the in-data (a view valid only during the call) when the status is OK.
    * `what` names the request in errors; reads and writes are named only when they fail, to keep
@@ -362,40 +340,32 @@ export class BlkDriver {
     onData?: (data: Uint8Array) => void,
   ): Promise<void> {
     const total = REQUEST_HEADER_SIZE + out.length + inLen + STATUS_SIZE;
-    const transport = this.core.transport;
-    // The common case takes memory without a detour through the microtask queue.
-    const addr = this.requestMemory.take(total) ?? (await this.requestMemory.whenRoom(total));
-    try {
-      const memory = transport.memory;
-      const block = memory.slice(addr, total);
-      encodeRequestHeader({ type, reserved: 0, sector }, block);
-      block.set(out, REQUEST_HEADER_SIZE);
-      const inAddr = addr + REQUEST_HEADER_SIZE + out.length;
-      const statusAddr = inAddr + inLen;
-      block[total - 1] = STATUS_UNWRITTEN;
-      const readable: Segment[] = [{ addr, len: REQUEST_HEADER_SIZE }];
-      this.split(readable, addr + REQUEST_HEADER_SIZE, out.length);
-      const writable: Segment[] = [];
-      this.split(writable, inAddr, inLen);
-      writable.push({ addr: statusAddr, len: STATUS_SIZE });
-      await this.pickQueue().submit(readable, writable);
-      const status = block[total - 1];
-      if (status !== BlkStatus.OK) {
-        const detail =
-          STATUS_NAMES[status] ?? (status === STATUS_UNWRITTEN ? 'the device wrote no status' : `unknown status ${status}`);
-        const ro = status === BlkStatus.IOERR && this.readOnly && type !== RequestType.IN ? ' (the device is read-only)' : '';
-        const name = what ?? `${type === RequestType.IN ? 'read' : 'write'} of ${sectorsText((out.length + inLen) / SECTOR_SIZE)} at sector ${sector}`;
-        throw new BlkRequestError(name, STATUS_NAMES[status] === undefined ? undefined : status, detail + ro);
-      }
-      onData?.(block.subarray(REQUEST_HEADER_SIZE + out.length, REQUEST_HEADER_SIZE + out.length + inLen));
-    } finally {
-      this.requestMemory.put(addr, total);
-    }
+    // The common case takes a request without a detour through the microtask queue.
+    const req = this.requests.take(total) ?? (await this.requests.whenRoom(total));
+    await new Promise<void>((resolve, reject) => {
+      req.prepare(type, sector, out, inLen, this.maxSegment);
+      req.done = (r) => {
+        const err = this.outcome(r, what);
+        if (err !== undefined) {
+          reject(err);
+          return;
+        }
+        onData?.(r.inData);
+        resolve();
+      };
+      this.pickQueue().start(req);
+    });
   }
 
-  /** Append descriptors for [addr, addr+len) to `segs`, each at most size_max bytes; none for an empty range. */
-  private split(segs: Segment[], addr: number, len: number): void {
-    for (let at = 0; at < len; at += this.maxSegment) segs.push({ addr: addr + at, len: Math.min(this.maxSegment, len - at) });
+  /** What became of a finished request: undefined for OK, else the error to report. */
+  private outcome(req: BlkRequest, what: string | undefined): Error | undefined {
+    if (req.error !== undefined) return req.error;
+    const status = req.status;
+    if (status === BlkStatus.OK) return undefined;
+    const detail = STATUS_NAMES[status] ?? (status === STATUS_UNWRITTEN ? 'the device wrote no status' : `unknown status ${status}`);
+    const ro = status === BlkStatus.IOERR && this.readOnly && req.type !== RequestType.IN ? ' (the device is read-only)' : '';
+    const name = what ?? `${req.type === RequestType.IN ? 'read' : 'write'} of ${sectorsText((req.outLen + req.inLen) / SECTOR_SIZE)} at sector ${req.sector}`;
+    return new BlkRequestError(name, STATUS_NAMES[status] === undefined ? undefined : status, detail + ro);
   }
 
   /** The queue with the fewest outstanding requests (round-robin among equals). */

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import fc from 'fast-check';
 import { pino } from 'pino';
 import { BlkDevice, type BlkDeviceOptions } from '../../../src/devices/blk/device.ts';
-import { BLK_DRIVER_FEATURES, BlkDriver, BlkRequestError, type BlkDriverOptions } from '../../../src/devices/blk/driver.ts';
+import { BLK_DRIVER_FEATURES, BlkDriver, BlkRequestError, type BlkDriverOptions, type BlkIo } from '../../../src/devices/blk/driver.ts';
 import { FileBackend } from '../../../src/storage/file-backend.ts';
 import { MemoryBackend } from '../../../src/storage/memory-backend.ts';
 import { BlkFeature, BlkStatus } from '../../../src/devices/blk/wire.ts';
@@ -313,6 +313,40 @@ test('a backend failure reaches the driver as IOERR naming the request', async (
     assert.equal(logged.length, 1);
     assert.match(logged[0], /"msg":"read failed; request answered IOERR"/);
     assert.match(logged[0], /medium error/);
+  } finally {
+    await blk.close();
+  }
+});
+
+test('operations started with start() and kept by the caller read what was written, with polling on', async () => {
+  const disk = new MemoryBackend(SECTORS * 512);
+  const { transport } = createLoopback(new BlkDevice({ backend: disk }), { memoryBytes: 1 << 20 });
+  const blk = await BlkDriver.open(transport, { pollMicros: 200, maxTransfer: 8192 });
+  try {
+    const run = (io: BlkIo): Promise<void> =>
+      new Promise((resolve, reject) => {
+        io.done = (err) => (err === undefined ? resolve() : reject(err));
+        blk.start(io);
+      });
+    const io: BlkIo = { write: true, sector: 0, buffer: new Uint8Array(4096), done: () => {} };
+    // One object, started again and again: eight writes, then eight reads into one buffer.
+    for (let i = 0; i < 8; i++) {
+      io.sector = i * 8;
+      io.buffer = pattern(4096, i);
+      await run(io);
+    }
+    io.write = false;
+    io.buffer = new Uint8Array(4096);
+    for (let i = 0; i < 8; i++) {
+      io.sector = i * 8;
+      await run(io);
+      assert.deepEqual(io.buffer, pattern(4096, i));
+    }
+    io.sector = SECTORS;
+    assert.throws(() => blk.start(io), /blk: read of 8 sectors at sector 256 reaches past the capacity of 256 sectors/);
+    io.sector = 0;
+    io.buffer = new Uint8Array(blk.transferLimit + 512);
+    assert.throws(() => blk.start(io), /blk: a started read of \d+ bytes is beyond the \d+-byte transfer limit/);
   } finally {
     await blk.close();
   }

@@ -60,3 +60,28 @@ test('a driver bridged into a switch carries frames both ways between the switch
     await e.drv.close();
   }
 });
+
+test('trySend fills every transmit buffer without waiting, refuses when none is free, and whenWritable says when to go on', async () => {
+  const sw = new L2Switch();
+  const a = await station(sw.createPort('a'), { mac: MAC_A }, { queueSize: 16, pollMicros: 200 });
+  const b = await station(sw.createPort('b'), { mac: MAC_B });
+  try {
+    const frames = Array.from({ length: 40 }, (_, i) => frame(MAC_B, MAC_A, 64 + i, i));
+    let sent = 0;
+    let refused = 0;
+    while (sent < frames.length) {
+      if (a.drv.trySend(frames[sent])) sent++;
+      else {
+        refused++;
+        await a.drv.whenWritable();
+      }
+    }
+    assert.ok(refused > 0, 'a ring of 16 cannot take 40 frames at once');
+    for (const f of frames) assert.deepEqual((await nextFrame(b.drv)).frame, f);
+    await until(() => a.drv.counters.txPackets === frames.length);
+    assert.equal(a.drv.counters.txFailed, 0);
+  } finally {
+    await a.drv.close();
+    await b.drv.close();
+  }
+});

@@ -9,7 +9,7 @@ import { DeviceNeedsResetError, VirtioDriver } from '../../../src/virtio/driver-
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { VirtqueueError } from '../../../src/virtio/queue.ts';
 import type { DriverQueue, Segment, UsedBuffer } from '../../../src/virtio/queue.ts';
-import { RequestQueue } from '../../../src/virtio/request-queue.ts';
+import { type QueueRequest, RequestQueue } from '../../../src/virtio/request-queue.ts';
 import { ScriptedDevice, WARN, captureLog, deferred } from './framework-fixture.ts';
 
 const V1 = featureBit(Feature.VERSION_1);
@@ -161,10 +161,15 @@ class ManualRing implements DriverQueue<number> {
   getUsed(): UsedBuffer<number> | null {
     return this.used.shift() ?? null;
   }
+  /** Whether the driver asked to be notified of used buffers (it sleeps on them). */
+  interrupts = true;
   enableInterrupts(): boolean {
+    this.interrupts = true;
     return false;
   }
-  disableInterrupts(): void {}
+  disableInterrupts(): void {
+    this.interrupts = false;
+  }
   /** The device returns the buffer with token `token` claiming `len` bytes written. */
   use(token: number, len: number): void {
     this.tokens.splice(this.tokens.indexOf(token), 1);
@@ -228,4 +233,82 @@ test('a configuration change reaches the driver\'s listeners, and reads see the 
   device.ctx!.configChanged();
   assert.deepEqual([...(await changed)], [5, 6]);
   await driver.close();
+});
+
+test('without a poll budget the queue sleeps on the notification after every completion', async () => {
+  const ring = new ManualRing(4);
+  const q = new RequestQueue(ring, 'test.q0', () => {}, captureLog().log, { pollMicros: 0 });
+  const first = q.submit([], [seg(8)]);
+  const second = q.submit([], [seg(8)]);
+  await Promise.resolve();
+  ring.use(0, 8);
+  q.collect();
+  assert.equal(await first, 8);
+  assert.equal(ring.interrupts, true, 'notifications back on while a request is still in flight');
+  ring.use(1, 4);
+  q.collect();
+  assert.equal(await second, 4);
+  assert.equal(ring.interrupts, true);
+});
+
+test('with a poll budget a queue with nothing in flight sleeps on the notification, and completions keep coming', async () => {
+  const ring = new ManualRing(4);
+  const q = new RequestQueue(ring, 'test.q0', () => {}, captureLog().log, { pollMicros: 1_000_000 });
+  for (let i = 0; i < 3; i++) {
+    const done = q.submit([], [seg(8)]);
+    await Promise.resolve();
+    ring.use(ring.tokens[0], 8);
+    q.collect();
+    assert.equal(await done, 8);
+    assert.equal(ring.interrupts, true, 'nothing in flight: nothing to poll for');
+  }
+});
+
+test('a kept request is started again from its own completion, reusing its token, with one kick per burst', async () => {
+  const ring = new ManualRing(2);
+  let kicks = 0;
+  const q = new RequestQueue(ring, 'test.q0', () => kicks++, captureLog().log);
+  const lens: number[] = [];
+  const req: QueueRequest = {
+    out: [seg(4)],
+    inSegs: [seg(8)],
+    completed: (len) => {
+      lens.push(len);
+      if (lens.length < 3) q.start(req);
+    },
+    failed: (err) => assert.fail(err),
+  };
+  q.start(req);
+  await Promise.resolve();
+  for (let i = 0; i < 3; i++) {
+    assert.equal(ring.tokens.length, 1, 'one buffer in the ring');
+    ring.use(ring.tokens[0], 5 + i);
+    q.collect();
+    await Promise.resolve();
+  }
+  assert.deepEqual(lens, [5, 6, 7]);
+  assert.equal(q.outstanding, 0);
+  assert.equal(kicks, 3);
+  const failures: Error[] = [];
+  q.fail(new Error('gone'));
+  q.start({ ...req, failed: (err) => failures.push(err) });
+  assert.deepEqual(failures.map((e) => e.message), ['gone'], 'a failed queue fails a start at once');
+});
+
+test('requests complete with polling on over a real ring, and the driver ends asleep', async () => {
+  const { transport } = loopback(new ScriptedDevice((req) => void req.writer.write(Uint8Array.of(1, 2, 3)), 1));
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: FRAMEWORK_FEATURES, pollMicros: 200 });
+  try {
+    const buf = transport.dma.alloc(16, 8)!;
+    const lens = await Promise.all(Array.from({ length: 40 }, () => driver.queue(0).submit([], [{ addr: buf, len: 16 }])));
+    assert.deepEqual(new Set(lens), new Set([3]));
+    assert.equal(driver.queue(0).outstanding, 0);
+  } finally {
+    await driver.close();
+  }
+});
+
+test('a poll budget that is not a non-negative number is refused with a sentence naming it', async () => {
+  const { transport } = loopback();
+  await assert.rejects(VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, pollMicros: -1 }), /test: option pollMicros -1 is not a non-negative number/);
 });
