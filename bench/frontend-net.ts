@@ -21,6 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { InProcessProfiler } from './_cpuprofile.ts';
 import { report, step } from './_report.ts';
+import { DEFAULT_POLL_MICROS } from '../src/devices/host-options.ts';
 import { NetDriver } from '../src/devices/net/driver.ts';
 import { connectNet } from '../src/transports/vhost-user/frontend-net.ts';
 import { Feature, hasFeature } from '../src/virtio/constants.ts';
@@ -30,8 +31,8 @@ const BENCH = 'frontend-net';
 const FRAME_BYTES = 64;
 /** Both drivers use rings of this size (DPDK virtio-user's default). */
 const QUEUE_SIZE = 256;
-/** Sends the paravirt driver keeps in flight: one ring's worth. */
-const WINDOW = QUEUE_SIZE;
+/** The driver's poll budget: the back-end's default (`--poll-us`). */
+const POLL_MICROS = DEFAULT_POLL_MICROS;
 const WARMUP_SECONDS = 0.5;
 const ROUND_SECONDS = 2;
 const ROUNDS = 5;
@@ -57,26 +58,32 @@ async function received(vhost: Testpmd): Promise<{ packets: number; seconds: num
   return { packets: after - before, seconds: Number(process.hrtime.bigint() - start) / 1e9 };
 }
 
-/** One round of the paravirt net driver over the front-end: WINDOW senders until told to stop. */
+/**
+ * One round of the paravirt net driver over the front-end: one sender filling every free
+ * transmit buffer with trySend() (one kick per burst), waiting with whenWritable() when the ring
+ * is full, as DPDK's txonly fills its burst, until told to stop.
+ */
 async function paravirtRound(vhost: Testpmd, socketPath: string, packed: boolean): Promise<Rate> {
   step(`sending through paravirt's net driver (${packed ? 'packed' : 'split'} ring) into DPDK net_vhost`);
-  const net = await NetDriver.open(await connectNet(socketPath, { queueSize: QUEUE_SIZE, log }), { packed, queueSize: QUEUE_SIZE, log });
+  const net = await NetDriver.open(await connectNet(socketPath, { queueSize: QUEUE_SIZE, log }), { packed, queueSize: QUEUE_SIZE, pollMicros: POLL_MICROS, log });
   try {
     if (hasFeature(net.features, Feature.RING_PACKED) !== packed) throw new Error(`net_vhost did not negotiate the ${packed ? 'packed' : 'split'} ring`);
     const frame = new Uint8Array(FRAME_BYTES).fill(0xff, 0, 6);
     frame.set(net.mac, 6);
     let running = true;
-    const lane = async (): Promise<void> => {
-      while (running) await net.send(frame);
-    };
-    const lanes = Promise.all(Array.from({ length: WINDOW }, lane));
+    const sender = (async (): Promise<void> => {
+      while (running) {
+        while (running && net.trySend(frame));
+        if (running) await net.whenWritable();
+      }
+    })();
     const cpu = process.cpuUsage();
     const sent = net.counters.txPackets;
     const { packets, seconds } = await received(vhost);
     const used = process.cpuUsage(cpu);
     const ours = net.counters.txPackets - sent;
     running = false;
-    await lanes;
+    await sender;
     return { pps: packets / seconds, cpuMicrosPerPacket: (used.user + used.system) / ours };
   } finally {
     await net.close();
@@ -139,7 +146,7 @@ export async function main(): Promise<void> {
       const dpdkPps = median(dpdk.map((r) => r.pps));
       report(BENCH, `tx_64b_${ring}_paravirt_pps`, Math.round(paravirtPps), 'packets/s', {
         ...context,
-        window: WINDOW,
+        poll_us: POLL_MICROS,
         driver_cpu_us_per_packet: round2(median(paravirt.map((r) => r.cpuMicrosPerPacket ?? 0))),
       });
       report(BENCH, `tx_64b_${ring}_virtio_user_pps`, Math.round(dpdkPps), 'packets/s', context);

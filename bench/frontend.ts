@@ -24,6 +24,7 @@ import { cpuSeconds } from './_process-cpu.ts';
 import { report, step } from './_report.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
+import { DEFAULT_POLL_MICROS } from '../src/devices/host-options.ts';
 import { VhostUserFrontend } from '../src/transports/vhost-user/frontend.ts';
 import { DeviceId } from '../src/virtio/constants.ts';
 import { PeerProcess } from '../test/lab/peer-process.ts';
@@ -37,6 +38,8 @@ const WARMUP_SECONDS = 1;
 /** Seconds per round; rounds alternate between the two back-ends so load on the shared machine hits both alike. */
 const ROUND_SECONDS = 2;
 const ROUNDS = 5;
+/** The driver's poll budget: the back-end's default (`--poll-us`). */
+const POLL_MICROS = DEFAULT_POLL_MICROS;
 const log = pino({ level: 'warn' });
 const repo = dirname(dirname(fileURLToPath(import.meta.url)));
 /** Profile entries reported when profiling. */
@@ -55,7 +58,7 @@ interface Side {
 
 async function open(name: string, socketPath: string, pid: number): Promise<Side> {
   step(`connecting to ${name} and warming up`);
-  const blk = await BlkDriver.open(await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log }), { log });
+  const blk = await BlkDriver.open(await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log }), { pollMicros: POLL_MICROS, log });
   await randomIo(blk, { depth: DEPTH, blockSize: BLOCK, seconds: WARMUP_SECONDS });
   return { name, blk, iops: [], cpuMicrosPerOp: [], pid, backendCpuMicrosPerOp: [] };
 }
@@ -149,6 +152,7 @@ export async function main(): Promise<void> {
         driver_cpu_us_per_op: Number(median(side.cpuMicrosPerOp).toFixed(2)),
         backend_cpu_us_per_op: Number(median(side.backendCpuMicrosPerOp).toFixed(2)),
         runs: side.iops.map(Math.round),
+        poll_us: POLL_MICROS,
       });
     }
     report('frontend', 'paravirt_over_qsd', Number((median(paravirt.iops) / median(qsd.iops)).toFixed(3)), 'ratio');
