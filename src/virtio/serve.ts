@@ -17,6 +17,7 @@ import { ChainReader, ChainWriter, type LivenessCheck } from './chain-io.ts';
 import { Feature, hasFeature } from './constants.ts';
 import type { QueueCounters } from './counters.ts';
 import type { DeviceContext } from './device.ts';
+import { PollWindow } from './poll-window.ts';
 import type { DescriptorChain, DeviceQueue } from './queue.ts';
 
 /**
@@ -85,8 +86,6 @@ function asError(err: unknown): Error {
  * driver's notification as soon as the ring is empty.
  */
 const NO_POLL = 0;
-/** The first poll window, in milliseconds, once requests come closer together than the budget. */
-const FIRST_WINDOW_MS = 0.004;
 
 export class QueueServer {
   private draining = false;
@@ -103,12 +102,8 @@ export class QueueServer {
   /** The queue `live` answers for, and the check itself, made once per queue instead of per request. */
   private liveFor: DeviceQueue | undefined;
   private live: LivenessCheck = () => false;
-  /** The most time an empty ring is polled after its last request, in milliseconds (0: never). */
-  private readonly pollMaxMs: number;
-  /** How long it is polled now: adapted to how far apart requests come, up to pollMaxMs. */
-  private pollWindowMs = 0;
-  /** When the last poll or kick found a request (performance.now()). */
-  private lastWork = -Infinity;
+  /** How long an empty ring is polled after its last request: adapted to how far apart requests come (poll-window.ts). */
+  private readonly poll: PollWindow;
   private pollScheduled = false;
   private readonly pollTurn = (): void => {
     this.pollScheduled = false;
@@ -127,7 +122,7 @@ export class QueueServer {
   ) {
     this.inOrder = hasFeature(ctx.features, Feature.IN_ORDER);
     this.counters = ctx.counters.queue(index);
-    this.pollMaxMs = (ctx.pollMicros ?? NO_POLL) / 1000;
+    this.poll = new PollWindow(ctx.pollMicros ?? NO_POLL);
   }
 
   /** Requests handed to the handler that have not finished. */
@@ -161,7 +156,7 @@ export class QueueServer {
         }
         this.publish(queue);
         if (!this.isLive(queue)) break;
-        if (this.pollMaxMs > 0 && this.keepPolling(popped)) {
+        if (this.poll.keepPolling(popped)) {
           this.schedulePoll();
           break;
         }
@@ -174,26 +169,6 @@ export class QueueServer {
     } finally {
       this.draining = false;
     }
-  }
-
-  /**
-   * Whether to poll on; `popped` requests were just found. The window adapts in the manner of
-   * QEMU's adaptive polling: a request that came within the window needs no change, one that came
-   * later but within the budget grows the window (polling would have caught it without a
-   * wake-up), and a gap longer than the budget halves it, so a queue whose driver pauses (or is
-   * not scheduled, on a busy host) spins less and less for nothing, while a short stall of a busy
-   * driver does not throw away what the window learned.
-   */
-  private keepPolling(popped: number): boolean {
-    const now = performance.now();
-    if (popped > 0) {
-      const gap = now - this.lastWork;
-      const max = this.pollMaxMs;
-      if (gap > max) this.pollWindowMs = this.pollWindowMs / 2 < FIRST_WINDOW_MS ? 0 : this.pollWindowMs / 2;
-      else if (gap > this.pollWindowMs) this.pollWindowMs = Math.min(max, this.pollWindowMs === 0 ? FIRST_WINDOW_MS : 2 * this.pollWindowMs);
-      this.lastWork = now;
-    }
-    return now - this.lastWork < this.pollWindowMs;
   }
 
   private schedulePoll(): void {
