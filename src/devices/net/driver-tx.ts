@@ -26,6 +26,8 @@ class TxSlot implements QueueRequest {
   readonly inSegs = NO_SEGMENTS;
   /** Frame bytes now in the buffer. */
   private frameBytes = 0;
+  /** The offload metadata whose header the buffer holds (undefined: none written yet). */
+  private headerMeta: Offload | undefined;
   /** Settles a send() waiting for this frame; undefined for trySend(). */
   private settle: ((err: Error | undefined) => void) | undefined;
 
@@ -41,7 +43,12 @@ class TxSlot implements QueueRequest {
 
   /** Copy header and frame into the buffer. */
   fill(frame: Uint8Array, meta: Offload, settle: ((err: Error | undefined) => void) | undefined): void {
-    encodeNetHeader(meta, 0, this.view);
+    // The header is written again only for other offload metadata: a sender repeating one
+    // (NO_OFFLOAD, say) finds it in the buffer still, which the device only reads.
+    if (meta !== this.headerMeta) {
+      encodeNetHeader(meta, 0, this.view);
+      this.headerMeta = meta;
+    }
     this.view.set(frame, NET_HDR_SIZE);
     this.segment.len = NET_HDR_SIZE + frame.length;
     this.frameBytes = frame.length;
