@@ -7,12 +7,15 @@
  *   read  --sector N [--count C]           hex dump of C sectors from sector N
  *   write --sector N (--file F | --fill B [--count C])
  *   bench [--seconds S] [--depth D] [--block-size B] [--write]   random I/O with a progress line
+ *
+ * `--poll-us` is the driver's poll budget, as `paravirt serve --poll-us` is the back-end's.
  */
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import type { BlkDriver } from '../devices/blk/driver.ts';
 import { BLK_CONFIG, BLK_FEATURE_NAMES, SECTOR_SIZE } from '../devices/blk/wire.ts';
+import { DEFAULT_POLL_MICROS } from '../devices/host-options.ts';
 import { ProtocolFeature } from '../transports/vhost-user/constants.ts';
 import type { VhostUserFrontend } from '../transports/vhost-user/frontend.ts';
 import { DeviceId } from '../virtio/constants.ts';
@@ -23,6 +26,7 @@ import { integerIn, logLevel, type LogLevel } from './options.ts';
 interface ConnectionOptions {
   socketPath?: string;
   queueSize: number;
+  pollUs: number;
   logLevel: LogLevel;
 }
 
@@ -41,7 +45,7 @@ async function withDisk(options: ConnectionOptions, cmd: Command, body: (blk: Bl
   const frontend = await VhostUserFrontend.connect(options.socketPath, { deviceId: DeviceId.BLOCK, queueSize: options.queueSize, log });
   let blk: BlkDriver;
   try {
-    blk = await BlkDriver.open(frontend, { log, queueSize: options.queueSize });
+    blk = await BlkDriver.open(frontend, { log, queueSize: options.queueSize, pollMicros: options.pollUs });
   } catch (err) {
     await frontend.close();
     throw err;
@@ -83,6 +87,11 @@ export function addBlkCommand(program: Command): void {
     .option('--socket-path <path>', "the back-end's vhost-user Unix socket")
     .addOption(
       new Option('--queue-size <n>', 'ring size to use (the back-end must accept it)').argParser(integerIn('--queue-size', 2, 32768)).default(128),
+    )
+    .addOption(
+      new Option('--poll-us <microseconds>', "poll the used ring this long after a completion before sleeping on the back-end's notification (0: never poll)")
+        .argParser(integerIn('--poll-us', 0, 1_000_000))
+        .default(DEFAULT_POLL_MICROS),
     )
     .addOption(new Option('--log-level <level>', 'least severe level of the JSON log lines written to stderr').argParser(logLevel).default('warn'));
 

@@ -69,6 +69,16 @@ test('bench runs random reads and prints the IOPS', async (t) => {
   assert.match(r.stdout, /^random reads of 4096 bytes at depth 4: \d+ IOPS, [\d.]+ MiB\/s over [\d.]+ s$/m);
 });
 
+test('bench runs with the driver never polling, and a poll budget out of range is one sentence', async (t) => {
+  const { socketPath } = serve(t);
+  const r = await paravirt('blk', '--socket-path', socketPath, '--poll-us', '0', 'bench', '--seconds', '1', '--depth', '4');
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^random reads of 4096 bytes at depth 4: \d+ IOPS/m);
+  const bad = await paravirt('blk', '--socket-path', socketPath, '--poll-us', 'soon', 'bench');
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /--poll-us must be an integer from 0 to 1000000, not "soon"/);
+});
+
 test('a missing socket, a missing option or a range past the disk is one sentence and exit code 1', async (t) => {
   const { socketPath, dir } = serve(t);
   const cases: [string[], RegExp][] = [
