@@ -7,32 +7,36 @@
  * A reader or writer may carry a liveness check: once it fails (the device was reset while the
  * request was in flight), every access is dropped, so late completions never touch guest memory.
  */
-import type { DescriptorChain } from './queue.ts';
+import { ChainSegments, type DescriptorChain } from './queue.ts';
 
 /** Whether the request a reader or writer belongs to may still touch guest memory. */
 export type LivenessCheck = () => boolean;
 
 const ALWAYS_LIVE: LivenessCheck = () => true;
-const NO_SEGMENTS: readonly Uint8Array[] = [];
+const NO_SEGMENTS = new ChainSegments();
 /** Copies up to this many bytes go byte by byte (request and frame headers are 8 to 64 bytes). */
 const SMALL_COPY = 64;
 
 /**
- * Cursor over an ordered list of byte segments. Copies walk the segments in place; only
- * `take`, which hands views out, allocates.
+ * Cursor over a run of a chain's segments (ChainSegments: spans of guest memory). Copies walk
+ * the spans in place; only `take` and `view`, which hand views out, allocate.
  */
 class Cursor {
-  private segs: readonly Uint8Array[] = NO_SEGMENTS;
+  private segs: ChainSegments = NO_SEGMENTS;
+  /** The segment the cursor is in, and how far into it. */
   private seg = 0;
   private off = 0;
+  /** One past the last segment of the run. */
+  private end = 0;
   private left = 0;
   private live: LivenessCheck = ALWAYS_LIVE;
 
-  /** Start over on another chain part (cursors are reused from request to request). */
-  reset(segs: readonly Uint8Array[], total: number, live: LivenessCheck): void {
+  /** Start over on segments [first, end) of a chain (cursors are reused from request to request). */
+  reset(segs: ChainSegments, first: number, end: number, total: number, live: LivenessCheck): void {
     this.segs = segs;
-    this.seg = 0;
+    this.seg = first;
     this.off = 0;
+    this.end = end;
     this.left = total;
     this.live = live;
   }
@@ -47,16 +51,17 @@ class Cursor {
     if (!this.live()) return out;
     let want = Math.min(n, this.left);
     this.left -= want;
+    const { bytes, offsets, lengths } = this.segs;
     while (want > 0) {
-      const s = this.segs[this.seg];
-      const avail = s.length - this.off;
+      const avail = lengths[this.seg] - this.off;
       if (avail === 0) {
         this.seg++;
         this.off = 0;
         continue;
       }
       const k = Math.min(avail, want);
-      out.push(s.subarray(this.off, this.off + k));
+      const b = bytes[this.seg];
+      out.push(new Uint8Array(b.buffer, b.byteOffset + offsets[this.seg] + this.off, k));
       this.off += k;
       want -= k;
     }
@@ -69,15 +74,15 @@ class Cursor {
    */
   view(n: number): Uint8Array | undefined {
     if (n > this.left || !this.live()) return undefined;
-    const segs = this.segs;
-    while (this.seg < segs.length && this.off === segs[this.seg].length) {
+    const { bytes, offsets, lengths } = this.segs;
+    while (this.seg < this.end && this.off === lengths[this.seg]) {
       this.seg++;
       this.off = 0;
     }
-    const s = segs[this.seg] as Uint8Array | undefined;
-    if (s === undefined) return n === 0 ? new Uint8Array(0) : undefined;
-    if (s.length - this.off < n) return undefined;
-    const v = new Uint8Array(s.buffer, s.byteOffset + this.off, n);
+    if (this.seg === this.end) return n === 0 ? new Uint8Array(0) : undefined;
+    if (lengths[this.seg] - this.off < n) return undefined;
+    const b = bytes[this.seg];
+    const v = new Uint8Array(b.buffer, b.byteOffset + offsets[this.seg] + this.off, n);
     this.off += n;
     this.left -= n;
     return v;
@@ -91,23 +96,24 @@ class Cursor {
     if (!this.live()) return 0;
     const total = Math.min(buf.length, this.left);
     this.left -= total;
+    const { bytes, offsets, lengths } = this.segs;
     let at = 0;
     while (at < total) {
-      const s = this.segs[this.seg];
-      const avail = s.length - this.off;
+      const avail = lengths[this.seg] - this.off;
       if (avail === 0) {
         this.seg++;
         this.off = 0;
         continue;
       }
       const k = Math.min(avail, total - at);
+      const s = bytes[this.seg];
+      const from = offsets[this.seg] + this.off;
       if (k <= SMALL_COPY) {
-        // A header's worth: byte by byte, rather than a subarray allocated per request.
-        const off = this.off;
-        if (out) for (let i = 0; i < k; i++) buf[at + i] = s[off + i];
-        else for (let i = 0; i < k; i++) s[off + i] = buf[at + i];
-      } else if (out) buf.set(k === s.length ? s : s.subarray(this.off, this.off + k), at);
-      else s.set(k === buf.length ? buf : buf.subarray(at, at + k), this.off);
+        // A header's worth: byte by byte, rather than a view allocated per request.
+        if (out) for (let i = 0; i < k; i++) buf[at + i] = s[from + i];
+        else for (let i = 0; i < k; i++) s[from + i] = buf[at + i];
+      } else if (out) buf.set(new Uint8Array(s.buffer, s.byteOffset + from, k), at);
+      else s.set(k === buf.length ? buf : buf.subarray(at, at + k), from);
       this.off += k;
       at += k;
     }
@@ -125,7 +131,8 @@ export class ChainReader {
 
   /** Read `chain` from its start (readers are reused from request to request). */
   reset(chain: DescriptorChain, live: LivenessCheck = ALWAYS_LIVE): void {
-    this.cursor.reset(chain.readable, chain.readableLength, live);
+    const segs = chain.segments;
+    this.cursor.reset(segs, 0, segs.readableCount, chain.readableLength, live);
   }
 
   /** Device-readable bytes not consumed yet. */
@@ -175,7 +182,8 @@ export class ChainWriter {
 
   /** Write `chain` from its start (writers are reused from request to request). */
   reset(chain: DescriptorChain, live: LivenessCheck = ALWAYS_LIVE): void {
-    this.cursor.reset(chain.writable, chain.writableLength, live);
+    const segs = chain.segments;
+    this.cursor.reset(segs, segs.readableCount, segs.count, chain.writableLength, live);
     this.count = 0;
   }
 
@@ -208,8 +216,10 @@ export class ChainWriter {
 
   /** Split off the last `n` writable bytes, e.g. a request's trailing status byte (virtio-blk §5.2.6). */
   static tail(chain: DescriptorChain, n: number): Uint8Array | undefined {
-    if (chain.writableLength < n || chain.writable.length === 0) return undefined;
-    const last = chain.writable[chain.writable.length - 1];
-    return last.length >= n ? last.subarray(last.length - n) : undefined;
+    const segs = chain.segments;
+    const last = segs.count - 1;
+    if (chain.writableLength < n || last < segs.readableCount || segs.lengths[last] < n) return undefined;
+    const b = segs.bytes[last];
+    return new Uint8Array(b.buffer, b.byteOffset + segs.offsets[last] + segs.lengths[last] - n, n);
   }
 }

@@ -6,96 +6,71 @@
  * ring size or INDIRECT_TABLE_MIN_LIMIT entries, whichever is larger. The rings walk descriptors
  * and feed them here; the builder does the checks and fills the DescriptorChain.
  */
-import { DescriptorChain, VirtqueueError } from './queue.ts';
+import { ChainSegments, DescriptorChain, VirtqueueError } from './queue.ts';
 import type { GuestMemory } from './memory.ts';
 import { FRONT_END_MAX_QUEUE_SIZE } from './constants.ts';
 
 const U32_MAX = 0xffff_ffff;
 
-/** The builder's view of a chain record: the fields the contract shows devices as read-only. */
-type ChainRecord = { -readonly [K in keyof DescriptorChain]: DescriptorChain[K] };
-
 /**
  * Walks feed descriptors in, the builder checks them and fills the queue's record of the chain.
  * A queue has one record per chain id (a split ring's head, a packed ring's buffer id), made on
- * first use and reused each time that id is popped again, so the per-chain path allocates no
- * chain and no segment list, only the views of guest memory. A record is refilled only by
- * build(), which the queue calls once it knows the id is not in flight: a chain a device holds is
- * never written while it holds it (DeviceQueue.pop).
+ * first use and reused each time that id is popped again, and a descriptor becomes a span of its
+ * region's bytes (ChainSegments), not a view: the per-chain path allocates nothing, whatever
+ * buffer a driver puts in a ring slot. A record is refilled only by build(), which the queue calls
+ * once it knows the id is not in flight: a chain a device holds is never written while it holds
+ * it (DeviceQueue.pop).
  */
 export class ChainBuilder {
   /**
-   * The lists being built. build() swaps them with the record's, so a record keeps the lists of
-   * the chain it names and the builder fills the lists of an earlier chain, long returned.
+   * The segments being built. build() swaps them with the record's, so a record keeps the
+   * segments of the chain it names and the builder fills those of an earlier chain, long returned.
    */
-  private readable: Uint8Array[] = [];
-  private writable: Uint8Array[] = [];
-  private readableCount = 0;
-  private writableCount = 0;
+  private segs = new ChainSegments();
   private readableLength = 0;
   private writableLength = 0;
-  private count = 0;
-  private readonly records: (ChainRecord | undefined)[];
-  /**
-   * Per ring slot: the view last made for a descriptor there and that descriptor's address. A
-   * driver that puts the same buffer in the same slot again (fixed buffers per slot, as DPDK's
-   * and this project's drivers often do) gets the same view back instead of a new one; a view is
-   * an immutable window on guest memory, so chains may share it.
-   */
-  private readonly slotViews: (Uint8Array | undefined)[];
-  private readonly slotAddrs: Float64Array;
+  private readonly records: (DescriptorChain | undefined)[];
 
   constructor(
     private readonly memory: GuestMemory,
     private readonly queueName: string,
-    /** Chain ids the queue hands out (0 .. ids - 1), which is also its ring slots. */
+    /** Chain ids the queue hands out (0 .. ids - 1). */
     ids: number,
   ) {
-    this.records = new Array<ChainRecord | undefined>(ids).fill(undefined);
-    this.slotViews = new Array<Uint8Array | undefined>(ids).fill(undefined);
-    this.slotAddrs = new Float64Array(ids);
+    this.records = new Array<DescriptorChain | undefined>(ids).fill(undefined);
   }
 
   /** Start a new chain (the builder is reused to keep the per-chain path allocation-free). */
   reset(): void {
-    this.readableCount = 0;
-    this.writableCount = 0;
+    this.segs.count = 0;
+    this.segs.readableCount = 0;
     this.readableLength = 0;
     this.writableLength = 0;
-    this.count = 0;
   }
 
   /**
    * Add one data descriptor. `limit` is the most descriptors this chain may hold (the queue size,
-   * or the indirect table's entry count): a longer chain is a loop or garbage. `slot` is the ring
-   * slot the descriptor sits in, or -1 for an indirect table's entry.
+   * or the indirect table's entry count): a longer chain is a loop or garbage.
    */
-  add(addr: number, len: number, deviceWritable: boolean, limit: number, slot = -1): void {
-    if (++this.count > limit) {
+  add(addr: number, len: number, deviceWritable: boolean, limit: number): void {
+    const segs = this.segs;
+    if (segs.count >= limit) {
       throw new VirtqueueError('chain too long', `${this.queueName}: more than ${limit} descriptors (loop?)`);
     }
-    let buf: Uint8Array;
-    if (slot < 0) {
-      buf = this.view(addr, len);
-    } else {
-      const cached = this.slotViews[slot];
-      // Same address and length: the same bytes, as guest memory does not change under a queue.
-      if (cached !== undefined && this.slotAddrs[slot] === addr && cached.length === len) {
-        buf = cached;
-      } else {
-        buf = this.view(addr, len);
-        this.slotViews[slot] = buf;
-        this.slotAddrs[slot] = addr;
-      }
+    const region = this.memory.locate(addr, len);
+    if (region === undefined) {
+      throw new VirtqueueError(
+        'buffer outside guest memory',
+        `${this.queueName}: ${len} bytes at 0x${addr.toString(16)}`,
+      );
     }
     if (deviceWritable) {
       this.writableLength += len;
       if (this.writableLength > U32_MAX) {
         throw new VirtqueueError('chain length overflow', `${this.queueName}: writable part exceeds 4 GiB`);
       }
-      this.writableCount = put(this.writable, this.writableCount, buf);
     } else {
-      if (this.writableCount > 0) {
+      if (segs.count > segs.readableCount) {
         throw new VirtqueueError(
           'readable after writable',
           `${this.queueName}: a device-readable descriptor follows a device-writable one`,
@@ -105,19 +80,10 @@ export class ChainBuilder {
       if (this.readableLength > U32_MAX) {
         throw new VirtqueueError('chain length overflow', `${this.queueName}: readable part exceeds 4 GiB`);
       }
-      this.readableCount = put(this.readable, this.readableCount, buf);
+      segs.readableCount++;
     }
-  }
-
-  private view(addr: number, len: number): Uint8Array {
-    const buf = this.memory.trySlice(addr, len);
-    if (buf === undefined) {
-      throw new VirtqueueError(
-        'buffer outside guest memory',
-        `${this.queueName}: ${len} bytes at 0x${addr.toString(16)}`,
-      );
-    }
-    return buf;
+    // locate() checked that [addr, addr+len) lies in the region, so the span stays inside its bytes.
+    segs.put(region.bytes, addr - region.start, len);
   }
 
   /**
@@ -130,28 +96,9 @@ export class ChainBuilder {
       chain = new DescriptorChain(id, 0, [], [], 0, 0);
       this.records[id] = chain;
     }
-    const readable = this.readable;
-    const writable = this.writable;
-    // Views beyond the count belong to an earlier, longer chain: drop them.
-    if (readable.length !== this.readableCount) readable.length = this.readableCount;
-    if (writable.length !== this.writableCount) writable.length = this.writableCount;
-    this.readable = chain.readable as Uint8Array[];
-    this.writable = chain.writable as Uint8Array[];
-    chain.readable = readable;
-    chain.writable = writable;
-    chain.id = id;
-    chain.ringDescriptors = ringDescriptors;
-    chain.readableLength = this.readableLength;
-    chain.writableLength = this.writableLength;
+    this.segs = chain.refill(id, ringDescriptors, this.segs, this.readableLength, this.writableLength);
     return chain;
   }
-}
-
-/** Store `buf` at index `n` of `list`, growing it only past its length; returns the new count. */
-function put(list: Uint8Array[], n: number, buf: Uint8Array): number {
-  if (n < list.length) list[n] = buf;
-  else list.push(buf);
-  return n + 1;
 }
 
 /**

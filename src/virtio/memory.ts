@@ -42,7 +42,13 @@ export function addr64(lo: number, hi: number): number {
   return hi * 0x1_0000_0000 + lo;
 }
 
-interface Region {
+/** A region as GuestMemory.locate() answers: its host bytes and where they start in guest-physical space. */
+export interface RegionSpan {
+  readonly start: number;
+  readonly bytes: Uint8Array;
+}
+
+interface Region extends RegionSpan {
   start: number;
   end: number;
   bytes: Uint8Array;
@@ -159,6 +165,15 @@ export class GuestMemory {
 
   contains(addr: number, len: number): boolean {
     return this.find(addr, len) !== undefined;
+  }
+
+  /**
+   * The region holding all of [addr, addr+len): its bytes and first guest-physical address, so
+   * that the range is `bytes` from `addr - start`; undefined when any byte lies outside guest
+   * memory. Nothing is allocated (descriptor chains keep such spans instead of views).
+   */
+  locate(addr: number, len: number): RegionSpan | undefined {
+    return this.find(addr, len);
   }
 
   /** A zero-copy view of [addr, addr+len), or undefined when any byte lies outside guest memory. */

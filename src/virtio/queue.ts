@@ -47,25 +47,136 @@ export class VirtqueueError extends Error {
 }
 
 /**
+ * A chain's descriptors as spans of host bytes, readable ones first: segment i is `lengths[i]`
+ * bytes at `offsets[i]` of `bytes[i]` (the bytes of the guest memory region holding it). Kept as
+ * numbers so that popping a chain makes no view of guest memory: ChainReader and ChainWriter read
+ * and write the spans in place, and a view is made only when one is asked for.
+ */
+export class ChainSegments {
+  readonly bytes: Uint8Array[] = [];
+  readonly offsets: number[] = [];
+  readonly lengths: number[] = [];
+  /** Segments in use (the lists may hold stale entries past it, from an earlier, longer chain). */
+  count = 0;
+  /** The first `readableCount` segments are device-readable, the rest device-writable. */
+  readableCount = 0;
+
+  /** Store one segment at index `count`, growing the lists only past their length. */
+  put(bytes: Uint8Array, offset: number, length: number): void {
+    const n = this.count++;
+    if (n < this.bytes.length) {
+      this.bytes[n] = bytes;
+      this.offsets[n] = offset;
+      this.lengths[n] = length;
+    } else {
+      this.bytes.push(bytes);
+      this.offsets.push(offset);
+      this.lengths.push(length);
+    }
+  }
+
+  /** Zero-copy views of segments [from, to). */
+  views(from: number, to: number): Uint8Array[] {
+    const out: Uint8Array[] = [];
+    for (let i = from; i < to; i++) {
+      const b = this.bytes[i];
+      out.push(new Uint8Array(b.buffer, b.byteOffset + this.offsets[i], this.lengths[i]));
+    }
+    return out;
+  }
+}
+
+/**
  * A validated descriptor chain (§2.7.4.2, §2.8.6): every segment lies inside guest memory, the
  * device-readable part precedes the device-writable part, and the lengths do not overflow.
- * The buffers are zero-copy views of guest memory.
+ * The buffers are guest memory itself, never copies.
  *
- * A chain pop() returns is the queue's record of that chain id, with its segment lists: the queue
+ * A chain pop() returns is the queue's record of that chain id, with its segments: the queue
  * refills the same object when the id is popped again, once the chain went back (see
  * DeviceQueue.pop). Read-only for everyone else.
  */
 export class DescriptorChain {
+  private segs: ChainSegments;
+  /** The views `readable` and `writable` handed out for the current contents, made on first request. */
+  private readableViews: Uint8Array[] | undefined;
+  private writableViews: Uint8Array[] | undefined;
+
+  /** A chain over buffers given as views (devices' own chains, tests); queues refill their records instead. */
   constructor(
     /** Split: the head descriptor index. Packed: the buffer id. Either way, what goes into the used element. */
-    readonly id: number,
+    private chainId: number,
     /** Descriptors the chain occupied in the ring (packed rings advance by this many; indirect counts as one). */
-    readonly ringDescriptors: number,
-    readonly readable: readonly Uint8Array[],
-    readonly writable: readonly Uint8Array[],
-    readonly readableLength: number,
-    readonly writableLength: number,
-  ) {}
+    private ringSlots: number,
+    readable: readonly Uint8Array[],
+    writable: readonly Uint8Array[],
+    private readableBytes: number,
+    private writableBytes: number,
+  ) {
+    const segs = new ChainSegments();
+    for (const b of readable) segs.put(b, 0, b.length);
+    segs.readableCount = segs.count;
+    for (const b of writable) segs.put(b, 0, b.length);
+    this.segs = segs;
+    this.readableViews = [...readable];
+    this.writableViews = [...writable];
+  }
+
+  get id(): number {
+    return this.chainId;
+  }
+
+  get ringDescriptors(): number {
+    return this.ringSlots;
+  }
+
+  get readableLength(): number {
+    return this.readableBytes;
+  }
+
+  get writableLength(): number {
+    return this.writableBytes;
+  }
+
+  /** The segments as spans, for ChainReader and ChainWriter. */
+  get segments(): ChainSegments {
+    return this.segs;
+  }
+
+  /**
+   * Zero-copy views of the device-readable buffers, one per descriptor. Made on the first
+   * request after each pop (the hot paths read through ChainReader and make none), the same
+   * views for every request until the chain is refilled.
+   */
+  get readable(): readonly Uint8Array[] {
+    return (this.readableViews ??= this.segs.views(0, this.segs.readableCount));
+  }
+
+  /** Zero-copy views of the device-writable buffers, as `readable`. */
+  get writable(): readonly Uint8Array[] {
+    return (this.writableViews ??= this.segs.views(this.segs.readableCount, this.segs.count));
+  }
+
+  /**
+   * Refill this record with another chain (ChainBuilder, once it knows the id is not in flight):
+   * it takes `segs` and returns the segments it held, which the builder fills next.
+   */
+  refill(
+    id: number,
+    ringDescriptors: number,
+    segs: ChainSegments,
+    readableLength: number,
+    writableLength: number,
+  ): ChainSegments {
+    const old = this.segs;
+    this.segs = segs;
+    this.chainId = id;
+    this.ringSlots = ringDescriptors;
+    this.readableBytes = readableLength;
+    this.writableBytes = writableLength;
+    this.readableViews = undefined;
+    this.writableViews = undefined;
+    return old;
+  }
 }
 
 /** Device side of one virtqueue. */
@@ -75,7 +186,7 @@ export interface DeviceQueue {
    * The next chain the driver made available, or null when there is none.
    * Throws VirtqueueError when the driver broke a rule; the queue is then unusable until reset.
    *
-   * The chain, its segment lists and their views stay valid and unchanged while the chain is in
+   * The chain, its segments and any views made of them stay valid and unchanged while the chain is in
    * flight, that is until push() or unpop() (unresubmit()) gives it back, however many other
    * chains are popped and pushed meanwhile. After that the queue may return the same object,
    * refilled, from a later pop(): a device reads nothing of a chain after giving it back.

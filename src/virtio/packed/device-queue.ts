@@ -173,7 +173,7 @@ export class PackedDeviceQueue implements ResubmittingQueue {
         }
         this.readIndirect(addr, len);
       } else {
-        builder.add(addr, len, (flags & WRITE) !== 0, size, pos);
+        builder.add(addr, len, (flags & WRITE) !== 0, size);
       }
       slots++;
       const id = halves[pos * 8 + 6];

@@ -200,7 +200,7 @@ export class SplitDeviceQueue implements ResubmittingQueue {
         i = 0;
         continue;
       }
-      builder.add(addr, len, (flagsNext & DescFlag.WRITE) !== 0, limit, nested ? -1 : i);
+      builder.add(addr, len, (flagsNext & DescFlag.WRITE) !== 0, limit);
       data++;
       if ((flagsNext & DescFlag.NEXT) === 0) {
         return builder.build(head, nested ? ringDescriptors : data);

@@ -42,13 +42,18 @@ function snapshot(chain: DescriptorChain) {
   };
 }
 
-function assertUnchanged(chain: DescriptorChain, before: ReturnType<typeof snapshot>, when: string): void {
+/**
+ * `chain` describes the same buffers as `before`; with `sameViews`, through the very same views
+ * (a chain held in flight). A chain given back and popped again is refilled, so its views may be new.
+ */
+function assertUnchanged(chain: DescriptorChain, before: ReturnType<typeof snapshot>, when: string, sameViews = true): void {
   const now = snapshot(chain);
   assert.deepEqual(
     { ...now, readable: undefined, writable: undefined },
     { ...before, readable: undefined, writable: undefined },
     when,
   );
+  if (!sameViews) return;
   now.readable.forEach((v, i) => assert.equal(v, before.readable[i], `${when}: readable view ${i}`));
   now.writable.forEach((v, i) => assert.equal(v, before.writable[i], `${when}: writable view ${i}`));
 }
@@ -111,7 +116,7 @@ for (const layout of LAYOUTS) {
       dev.unpop(c);
       const c2 = dev.pop()!;
       assert.equal(c2, c);
-      assertUnchanged(c2, again, `round ${round}: a chain given back and popped again`);
+      assertUnchanged(c2, again, `round ${round}: a chain given back and popped again`, false);
       dev.push(b, 1);
       dev.push(a, 0);
       dev.push(c2, 0);
