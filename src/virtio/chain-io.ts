@@ -82,7 +82,9 @@ class Cursor {
     if (this.seg === this.end) return n === 0 ? new Uint8Array(0) : undefined;
     if (lengths[this.seg] - this.off < n) return undefined;
     const b = bytes[this.seg];
-    const v = new Uint8Array(b.buffer, b.byteOffset + offsets[this.seg] + this.off, n);
+    const at = offsets[this.seg] + this.off;
+    const cache = this.segs.cache;
+    const v = cache === undefined ? new Uint8Array(b.buffer, b.byteOffset + at, n) : cache.view(b, at, n);
     this.off += n;
     this.left -= n;
     return v;

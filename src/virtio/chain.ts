@@ -7,7 +7,7 @@
  * and feed them here; the builder does the checks and fills the DescriptorChain.
  */
 import { ChainSegments, DescriptorChain, VirtqueueError } from './queue.ts';
-import type { GuestMemory } from './memory.ts';
+import { ViewCache, type GuestMemory } from './memory.ts';
 import { FRONT_END_MAX_QUEUE_SIZE } from './constants.ts';
 
 const U32_MAX = 0xffff_ffff;
@@ -30,6 +30,8 @@ export class ChainBuilder {
   private readableLength = 0;
   private writableLength = 0;
   private readonly records: (DescriptorChain | undefined)[];
+  /** The views this queue's chains hand out, shared by all of them (ChainReader.view). */
+  private readonly cache = new ViewCache();
 
   constructor(
     private readonly memory: GuestMemory,
@@ -42,6 +44,8 @@ export class ChainBuilder {
 
   /** Start a new chain (the builder is reused to keep the per-chain path allocation-free). */
   reset(): void {
+    // Segments that came from a record made without it (build()) get the queue's cache here.
+    this.segs.cache = this.cache;
     this.segs.count = 0;
     this.segs.readableCount = 0;
     this.readableLength = 0;

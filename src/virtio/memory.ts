@@ -242,3 +242,42 @@ export class GuestMemory {
     return r;
   }
 }
+
+/** Views a ViewCache keeps: a power of two, about the buffers a busy driver cycles through. */
+const VIEW_CACHE_ENTRIES = 2048;
+
+/**
+ * Views of guest memory handed out before, found again by what they cover: the same bytes, offset
+ * and length give the same `Uint8Array`, so a device that lends a view of each request's data (a
+ * transmitted frame, net/port.ts) allocates none for a buffer a driver uses again, which drivers
+ * do: DPDK's mbufs and a pool's buffers come back at the same addresses. A view is an immutable
+ * window on memory that does not change under it, so handing one out twice is safe; the cache is
+ * direct-mapped (a new view replaces the one in its entry) and holds its arrays only once used.
+ */
+export class ViewCache {
+  private views: (Uint8Array | undefined)[] | undefined;
+  private bytes: (Uint8Array | undefined)[] = [];
+  private offsets = new Float64Array(0);
+
+  /** A view of `length` bytes at `offset` of `bytes`, which the caller checked lie inside it. */
+  view(bytes: Uint8Array, offset: number, length: number): Uint8Array {
+    let views = this.views;
+    if (views === undefined) {
+      views = this.views = new Array<Uint8Array | undefined>(VIEW_CACHE_ENTRIES).fill(undefined);
+      this.bytes = new Array<Uint8Array | undefined>(VIEW_CACHE_ENTRIES).fill(undefined);
+      this.offsets = new Float64Array(VIEW_CACHE_ENTRIES);
+    }
+    // Fibonacci hashing of the offset: buffers a fixed stride apart spread over the entries.
+    const e = Math.imul(offset + length, 0x9e3779b1) >>> (32 - VIEW_CACHE_BITS);
+    const cached = views[e];
+    if (cached !== undefined && this.offsets[e] === offset && cached.length === length && this.bytes[e] === bytes) return cached;
+    const v = new Uint8Array(bytes.buffer, bytes.byteOffset + offset, length);
+    views[e] = v;
+    this.bytes[e] = bytes;
+    this.offsets[e] = offset;
+    return v;
+  }
+}
+
+const VIEW_CACHE_BITS = Math.log2(VIEW_CACHE_ENTRIES);
+

@@ -3,6 +3,7 @@
  * the device side (DeviceQueue: pops chains a driver made available, returns them used) and
  * the driver side (DriverQueue: exposes buffers, collects them used).
  */
+import type { ViewCache } from './memory.ts';
 
 /** A guest-physical buffer segment, as a driver describes it. */
 export interface Segment {
@@ -53,6 +54,8 @@ export class VirtqueueError extends Error {
  * and write the spans in place, and a view is made only when one is asked for.
  */
 export class ChainSegments {
+  /** Where views of these segments come from: the queue's cache, or none (a view per request). */
+  cache: ViewCache | undefined = undefined;
   readonly bytes: Uint8Array[] = [];
   readonly offsets: number[] = [];
   readonly lengths: number[] = [];

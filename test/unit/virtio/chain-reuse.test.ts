@@ -5,6 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { ChainReader } from '../../../src/virtio/chain-io.ts';
 import { GuestMemory } from '../../../src/virtio/memory.ts';
 import type { DescriptorChain, QueueConfig, ResubmittingQueue, Segment, DriverQueue } from '../../../src/virtio/queue.ts';
 import { PackedDeviceQueue, PackedDriverQueue, packedRingLayout } from '../../../src/virtio/packed-ring.ts';
@@ -175,5 +176,32 @@ for (const layout of LAYOUTS) {
     assert.equal(second, first, 'the same object');
     assert.deepEqual({ ...second }, { token: 1, len: 3 });
     assert.equal(drv.getUsed(), null);
+  });
+}
+
+for (const layout of LAYOUTS) {
+  test(`${layout}: a view lent of a buffer the driver uses again, in any ring slot, is the same object with the same bytes`, () => {
+    const { memory, dev, drv } = pair(layout, 8);
+    const views = new Map<number, Uint8Array>();
+    // Three buffers taking turns over eight slots, as a driver's pool of buffers does.
+    for (let n = 0; n < 30; n++) {
+      const addr = DATA + (n % 3) * 0x100;
+      memory.write(addr, Uint8Array.of(n, n + 1, n + 2, n + 3));
+      assert.equal(drv.add([{ addr, len: 4 }], [], n), true);
+      drv.kick();
+      const chain = dev.pop()!;
+      const reader = new ChainReader(chain);
+      const head = reader.view(1)!;
+      const rest = reader.view(3)!;
+      assert.deepEqual([...head, ...rest], [n, n + 1, n + 2, n + 3], 'the bytes the driver wrote last');
+      assert.equal(memory.addressOf(rest), addr + 1);
+      const earlier = views.get(addr);
+      if (earlier !== undefined) assert.equal(rest, earlier, `buffer ${n % 3}: the view lent before`);
+      views.set(addr, rest);
+      assert.notEqual(head, rest);
+      dev.push(chain, 0);
+      dev.publish();
+      assert.equal(drv.getUsed()?.token, n);
+    }
   });
 }

@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
-import { ADDRESS_LIMIT, GuestMemory, GuestMemoryError, addr64 } from '../../../src/virtio/memory.ts';
+import { ADDRESS_LIMIT, GuestMemory, GuestMemoryError, ViewCache, addr64 } from '../../../src/virtio/memory.ts';
 
 function twoRegions(): GuestMemory {
   return new GuestMemory([
@@ -57,4 +57,31 @@ test('property: a slice is granted exactly when the whole range is inside one re
       assert.equal(mem.trySlice(a, l) !== undefined, inside(a, l));
     }),
   );
+});
+
+test('a view cache gives the same view for the same bytes, offset and length, and a new one for anything else', () => {
+  const a = Uint8Array.from({ length: 64 }, (_, i) => i);
+  const b = Uint8Array.from({ length: 64 }, (_, i) => 100 + i);
+  const cache = new ViewCache();
+  const v = cache.view(a, 8, 4);
+  assert.deepEqual([...v], [8, 9, 10, 11]);
+  assert.equal(cache.view(a, 8, 4), v);
+  const other = cache.view(b, 8, 4);
+  assert.deepEqual([...other], [108, 109, 110, 111], 'another region at the same offset');
+  assert.deepEqual([...cache.view(a, 8, 5)], [8, 9, 10, 11, 12]);
+  assert.deepEqual([...cache.view(a, 9, 4)], [9, 10, 11, 12]);
+  assert.equal(cache.view(b, 8, 4), other);
+});
+
+test('locate() names the region holding a range, and nothing for a range outside guest memory', () => {
+  const m = new GuestMemory([
+    { guestAddr: 0x1000, bytes: new Uint8Array(0x1000) },
+    { guestAddr: 0x4000, bytes: new Uint8Array(0x1000) },
+  ]);
+  const r = m.locate(0x4010, 16)!;
+  assert.equal(r.start, 0x4000);
+  assert.equal(r.bytes.length, 0x1000);
+  assert.equal(m.locate(0x1ff0, 0x20), undefined, 'past the end of a region');
+  assert.equal(m.locate(0x3000, 1), undefined, 'between regions');
+  assert.equal(m.locate(0x4000, -1), undefined);
 });
