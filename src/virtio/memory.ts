@@ -54,7 +54,7 @@ interface Region extends RegionSpan {
   bytes: Uint8Array;
   /**
    * `bytes`' buffer and offset, read once: a view made with the Uint8Array constructor from
-   * these costs half of `bytes.subarray()` (no species lookup, no getters), on every descriptor.
+   * these costs half of `bytes.subarray()` (no species lookup, no getters), for every view handed out.
    */
   buffer: ArrayBufferLike;
   byteOffset: number;
