@@ -17,7 +17,8 @@ import { GuestMemory } from '../../../src/virtio/memory.ts';
 
 /**
  * What a hook does with a request: answer it as usual, hang up, send nothing, send this reply
- * (to this request type), or send these bytes as they are.
+ * (to this request type) without acting on it, or act on it and send these bytes as they are in
+ * place of the answer.
  */
 export type HookResult =
   | 'default'
@@ -154,9 +155,17 @@ export class FakeBackend {
       closeAll(m.fds);
       return true;
     }
+    if (hooked !== 'default' && 'raw' in hooked) {
+      // The request takes effect and only the answer is replaced: bytes that happen to be the
+      // right acknowledgement then leave a back-end that really serves, not one that acked a
+      // kick or call descriptor it never watches (a driver waiting on it would wait forever).
+      this.answer(m);
+      this.send(hooked.raw);
+      return true;
+    }
     if (hooked !== 'default') {
       closeAll(m.fds);
-      this.send('raw' in hooked ? hooked.raw : encodeReply('frontend-replies', hooked.request ?? m.request, hooked.reply).bytes);
+      this.send(encodeReply('frontend-replies', hooked.request ?? m.request, hooked.reply).bytes);
       return true;
     }
     const body = this.answer(m);
