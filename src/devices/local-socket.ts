@@ -57,6 +57,21 @@ export async function listenLocal(
 }
 
 /**
+ * A control request line as its fields, or the one sentence to answer when it is not one JSON
+ * object; each device's control then reads `op` and its own fields.
+ */
+export function parseRequest(line: string): Record<string, unknown> | string {
+  let req: unknown;
+  try {
+    req = JSON.parse(line);
+  } catch {
+    return 'a control request is one JSON object per line.';
+  }
+  if (typeof req !== 'object' || req === null || Array.isArray(req)) return 'a control request is a JSON object with an "op".';
+  return req as Record<string, unknown>;
+}
+
+/**
  * Call `onLine` for each newline-terminated line `socket` sends (UTF-8, without the newline);
  * a line longer than `maxLine` calls `onTooLong` instead and reads no more.
  */

@@ -15,7 +15,7 @@
  * access control (created 0600).
  */
 import type { Socket } from 'node:net';
-import { type LocalServer, listenLocal, readLines, requestLine } from '../local-socket.ts';
+import { type LocalServer, listenLocal, parseRequest, readLines, requestLine } from '../local-socket.ts';
 import type { BalloonDevice, BalloonStats, BalloonStatus } from './device.ts';
 
 export type ControlRequest =
@@ -53,16 +53,12 @@ function settled(device: BalloonDevice, socket: Socket): Promise<ControlReply> {
 }
 
 function answer(device: BalloonDevice, line: string, socket: Socket): ControlReply | Promise<ControlReply> {
-  let req: unknown;
-  try {
-    req = JSON.parse(line);
-  } catch {
-    return { ok: false, error: 'a control request is one JSON object per line.' };
-  }
-  const op = typeof req === 'object' && req !== null && 'op' in req ? req.op : undefined;
+  const req = parseRequest(line);
+  if (typeof req === 'string') return { ok: false, error: req };
+  const op = req.op;
   switch (op) {
     case 'set': {
-      const bytes = (req as { bytes?: unknown }).bytes;
+      const bytes = req.bytes;
       if (typeof bytes !== 'number') return { ok: false, error: 'set needs "bytes", the balloon size in bytes.' };
       try {
         device.setTarget(bytes);

@@ -10,7 +10,7 @@
  * Whoever can open the socket sees the guest's screen: its file mode is the access control
  * (created 0600).
  */
-import { type LocalServer, listenLocal, readLines, requestLine } from '../local-socket.ts';
+import { type LocalServer, listenLocal, parseRequest, readLines, requestLine } from '../local-socket.ts';
 import type { DisplayMode, GpuDevice } from './device.ts';
 
 export type GpuControlRequest =
@@ -41,14 +41,8 @@ export function gpuStatus(device: GpuDevice): GpuStatus {
 }
 
 function answer(device: GpuDevice, line: string): GpuControlReply {
-  let req: unknown;
-  try {
-    req = JSON.parse(line);
-  } catch {
-    return { ok: false, error: 'a control request is one JSON object per line.' };
-  }
-  if (typeof req !== 'object' || req === null) return { ok: false, error: 'a control request is a JSON object with an "op".' };
-  const r = req as Record<string, unknown>;
+  const r = parseRequest(line);
+  if (typeof r === 'string') return { ok: false, error: r };
   const scanout = r.scanout ?? 0;
   if (typeof scanout !== 'number' || !Number.isInteger(scanout) || scanout < 0 || scanout >= device.numScanouts) {
     return { ok: false, error: `scanout ${JSON.stringify(scanout)} does not exist (the device has ${device.numScanouts}).` };

@@ -11,7 +11,7 @@
  * Whoever can open the socket sees the guest's screen: its file mode is the access control
  * (created 0600).
  */
-import { type LocalServer, listenLocal, readLines, requestLine } from '../local-socket.ts';
+import { type LocalServer, listenLocal, parseRequest, readLines, requestLine } from '../local-socket.ts';
 import type { QxlDevice, QxlStatus } from './device.ts';
 
 export type ControlRequest = { readonly op: 'png' } | { readonly op: 'status' } | { readonly op: 'resize'; readonly width: number; readonly height: number };
@@ -24,13 +24,9 @@ export type ControlReply =
 const MAX_LINE = 4096;
 
 function answer(device: QxlDevice, line: string): ControlReply {
-  let req: unknown;
-  try {
-    req = JSON.parse(line);
-  } catch {
-    return { ok: false, error: 'a control request is one JSON object per line.' };
-  }
-  const op = typeof req === 'object' && req !== null && 'op' in req ? req.op : undefined;
+  const req = parseRequest(line);
+  if (typeof req === 'string') return { ok: false, error: req };
+  const op = req.op;
   switch (op) {
     case 'png': {
       const fb = device.framebuffer();
@@ -40,7 +36,7 @@ function answer(device: QxlDevice, line: string): ControlReply {
     case 'status':
       return { ok: true, status: device.status() };
     case 'resize': {
-      const { width, height } = req as { width?: unknown; height?: unknown };
+      const { width, height } = req;
       if (typeof width !== 'number' || typeof height !== 'number') return { ok: false, error: 'resize needs "width" and "height" in pixels.' };
       try {
         device.setMonitor(width, height);
