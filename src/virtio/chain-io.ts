@@ -14,6 +14,7 @@ export type LivenessCheck = () => boolean;
 
 const ALWAYS_LIVE: LivenessCheck = () => true;
 const NO_SEGMENTS = new ChainSegments();
+const NO_BYTES = new Uint8Array(0);
 /** Copies up to this many bytes go byte by byte (request and frame headers are 8 to 64 bytes). */
 const SMALL_COPY = 64;
 
@@ -69,25 +70,43 @@ class Cursor {
   }
 
   /**
-   * One view of the next `n` bytes when they lie in one segment (advancing past them), else
-   * undefined and nothing consumed.
+   * The bytes of the segment holding the next `n` bytes when they lie in one segment, with
+   * `spanAt` set to where they start in it, advancing past them; else undefined and nothing
+   * consumed. No view is made.
    */
-  view(n: number): Uint8Array | undefined {
+  span(n: number): Uint8Array | undefined {
     if (n > this.left || !this.live()) return undefined;
     const { bytes, offsets, lengths } = this.segs;
     while (this.seg < this.end && this.off === lengths[this.seg]) {
       this.seg++;
       this.off = 0;
     }
-    if (this.seg === this.end) return n === 0 ? new Uint8Array(0) : undefined;
+    if (this.seg === this.end) {
+      if (n !== 0) return undefined;
+      this.spanAt = 0;
+      return NO_BYTES;
+    }
     if (lengths[this.seg] - this.off < n) return undefined;
-    const b = bytes[this.seg];
-    const at = offsets[this.seg] + this.off;
-    const cache = this.segs.cache;
-    const v = cache === undefined ? new Uint8Array(b.buffer, b.byteOffset + at, n) : cache.view(b, at, n);
+    this.spanAt = offsets[this.seg] + this.off;
     this.off += n;
     this.left -= n;
-    return v;
+    return bytes[this.seg];
+  }
+
+  /** Where the bytes the last span() found start in the segment's bytes. */
+  spanAt = 0;
+
+  /**
+   * One view of the next `n` bytes when they lie in one segment (advancing past them), else
+   * undefined and nothing consumed.
+   */
+  view(n: number): Uint8Array | undefined {
+    const b = this.span(n);
+    if (b === undefined) return undefined;
+    if (b === NO_BYTES) return new Uint8Array(0);
+    const at = this.spanAt;
+    const cache = this.segs.cache;
+    return cache === undefined ? new Uint8Array(b.buffer, b.byteOffset + at, n) : cache.view(b, at, n);
   }
 
   /**
@@ -161,6 +180,21 @@ export class ChainReader {
    */
   view(n: number): Uint8Array | undefined {
     return this.cursor.view(n);
+  }
+
+  /**
+   * The next `n` bytes in place, when they lie in one descriptor: the bytes of the guest memory
+   * region holding them, with `spanAt` set to where they start there (advancing past them); else
+   * undefined and nothing consumed (read() them instead). For a header decoded where it lies:
+   * no copy and no view. Read only those `n` bytes, before the request completes.
+   */
+  span(n: number): Uint8Array | undefined {
+    return this.cursor.span(n);
+  }
+
+  /** Where the bytes the last span() returned start. */
+  get spanAt(): number {
+    return this.cursor.spanAt;
   }
 
   /** Zero-copy views of the next `n` bytes (fewer at the end), e.g. for a vectored file write. */

@@ -76,3 +76,22 @@ test('a reader and a writer reset onto another chain start over on it', () => {
   assert.equal(writer.write(Uint8Array.from([8, 9, 10, 11])), 3);
   assert.deepEqual([...b.writable[0]], [8, 9, 10]);
 });
+
+test('span() finds the next bytes of one descriptor in place, with their offset, and declines bytes that span two', () => {
+  const memory = Uint8Array.from([0, 0, 1, 2, 3, 4, 5, 0]);
+  const c = new DescriptorChain(0, 2, [memory.subarray(2, 4), memory.subarray(4, 7)], [], 5, 0);
+  const reader = new ChainReader(c);
+  assert.equal(reader.span(3), undefined, 'three bytes span two descriptors');
+  assert.equal(reader.remaining, 5, 'nothing consumed');
+  const head = reader.span(2)!;
+  assert.equal(head.buffer, memory.buffer, 'the segment itself, no copy');
+  assert.deepEqual([...head.subarray(reader.spanAt, reader.spanAt + 2)], [1, 2]);
+  const frame = reader.span(3)!;
+  assert.deepEqual([...frame.subarray(reader.spanAt, reader.spanAt + 3)], [3, 4, 5]);
+  assert.equal(reader.remaining, 0);
+  assert.equal(reader.span(1), undefined, 'nothing left');
+  let live = true;
+  const dead = new ChainReader(c, () => live);
+  live = false;
+  assert.equal(dead.span(2), undefined, 'nothing once the request died');
+});
