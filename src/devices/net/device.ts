@@ -148,12 +148,14 @@ export class NetDevice implements VirtioDevice {
   /** The transmit header being decoded (decodeOffload keeps nothing of it). */
   private readonly txHeader = new Uint8Array(NET_HDR_SIZE);
   /**
-   * The offload fields (the header but num_buffers) of the last transmitted frame and what they
+   * The offload fields (the header but num_buffers, left 0) of the last transmitted frame and what they
    * decoded to: a stream's frames carry the same header (checksum offload for TCP, say), so they
    * share one Offload (immutable) instead of decoding a new object per frame.
    */
-  private readonly lastTxHeader = new Uint8Array(OFFLOAD_FIELDS_SIZE);
+  private readonly lastTxHeader = new Uint8Array(NET_HDR_SIZE);
   private lastTxOffload: Offload = NO_OFFLOAD;
+  /** What of lastTxOffload goes out of the port (transmitOffload). */
+  private lastTxSent: Offload = NO_OFFLOAD;
   /** The frame being received and its header, handed to the receive queue (which copies what it keeps). */
   private readonly delivery = new Delivery();
 
@@ -345,9 +347,10 @@ export class NetDevice implements VirtioDevice {
       this.traffic.drop('malformedBuffer');
       return;
     }
-    const hdr = this.txHeader;
-    if (reader.read(hdr) !== NET_HDR_SIZE) return;
-    const meta = this.transmitMeta(hdr);
+    // The header is decoded where it lies when it is in one descriptor, as every driver puts it.
+    const inPlace = reader.span(NET_HDR_SIZE);
+    if (inPlace === undefined && reader.read(this.txHeader) !== NET_HDR_SIZE) return;
+    const meta = inPlace === undefined ? this.transmitMeta(this.txHeader, 0) : this.transmitMeta(inPlace, reader.spanAt);
     const length = reader.remaining;
     // Checked before copying, so a hostile length costs nothing.
     const refusal = transmitRefusal(meta, length, a.ctx.features, this.mtu);
@@ -359,28 +362,46 @@ export class NetDevice implements VirtioDevice {
       this.traffic.drop('linkDown');
       return;
     }
-    // Lent to the port (port.ts): a view of the driver's buffer when the frame is in one
-    // descriptor, which it is for every driver that puts the header in a buffer of its own or
-    // in front of the frame; otherwise gathered into a buffer of the device's.
+    const sent = this.lastTxSent;
+    // Lent to the port (port.ts) where it lies when the frame is in one descriptor, which it is
+    // for every driver that puts the header in a buffer of its own or in front of the frame: as
+    // its bytes to a port that takes them (sendAt), else as a view; otherwise gathered into a
+    // buffer of the device's.
+    const port = this.port;
+    const bytes = port.sendAt === undefined ? undefined : reader.span(length);
+    if (bytes !== undefined) {
+      const at = reader.spanAt;
+      this.countTransmit(a, bytes, at, length, pair);
+      port.sendAt!(bytes, at, length, sent);
+      return;
+    }
     const frame = reader.view(length) ?? this.gather(reader, length);
     if (frame === undefined) return;
-    this.traffic.txPackets++;
-    this.traffic.txBytes += length;
-    if (a.activePairs > 1) this.learnFlow(a, frame, pair);
-    this.port.send(frame, transmitOffload(meta));
+    this.countTransmit(a, frame, 0, length, pair);
+    port.send(frame, sent);
   }
 
-  /** The offload metadata of a transmit header: the last frame's when the fields are the same. */
-  private transmitMeta(hdr: Uint8Array): Offload {
+  /** A frame at `bytes[at]` goes out: count it, and with several pairs, remember its flow. */
+  private countTransmit(a: Active, bytes: Uint8Array, at: number, length: number, pair: number): void {
+    this.traffic.txPackets++;
+    this.traffic.txBytes += length;
+    if (a.activePairs > 1) this.learnFlow(a, bytes, at, pair);
+  }
+
+  /** The offload metadata of the transmit header at `hdr[at]`: the last frame's when the fields are the same. */
+  private transmitMeta(hdr: Uint8Array, at: number): Offload {
     const last = this.lastTxHeader;
     let same = true;
     for (let i = 0; i < OFFLOAD_FIELDS_SIZE; i++) {
-      if (hdr[i] !== last[i]) {
+      if (hdr[at + i] !== last[i]) {
         same = false;
-        last[i] = hdr[i];
+        last[i] = hdr[at + i];
       }
     }
-    if (!same) this.lastTxOffload = decodeOffload(hdr);
+    if (!same) {
+      this.lastTxOffload = decodeOffload(last);
+      this.lastTxSent = transmitOffload(this.lastTxOffload);
+    }
     return this.lastTxOffload;
   }
 
@@ -392,9 +413,9 @@ export class NetDevice implements VirtioDevice {
   }
 
   /** §5.1.6.5.5: replies to a flow the driver sent on transmitqX should arrive on receiveqX. */
-  private learnFlow(a: Active, frame: Uint8Array, pair: number): void {
+  private learnFlow(a: Active, frame: Uint8Array, at: number, pair: number): void {
     if (a.steering.size >= STEERING_ENTRIES) a.steering.clear();
-    a.steering.set(macKey(frame, 0), pair);
+    a.steering.set(macKey(frame, at), pair);
   }
 
   /** A frame arrived at the port: filter it, adapt its offloads, queue it for the driver. */

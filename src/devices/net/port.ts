@@ -45,6 +45,12 @@ export interface NetPort {
    * throws for a frame it cannot carry: it drops and counts it.
    */
   send(frame: Uint8Array, meta: Offload): void;
+  /**
+   * Optional, for a port that decides where a frame goes from its bytes (the switch): the same
+   * as `send` for the `length` bytes at `offset` of `bytes` (lent the same way), without the
+   * caller making a view of them; the port makes one only for a receiver it hands the frame to.
+   */
+  sendAt?(bytes: Uint8Array, offset: number, length: number, meta: Offload): void;
   /** Frames arriving at this port go to `handler`; undefined detaches (arrivals are then dropped and counted). */
   onReceive(handler: FrameHandler | undefined): void;
   readonly counters: PortCounters;

@@ -15,6 +15,7 @@
  * loses an entry. A stream of frames between two stations, the common case, is forwarded with
  * a few byte comparisons, a time stamp and the receiver's call.
  */
+import { ViewCache } from '../../virtio/memory.ts';
 import { type FrameHandler, type NetPort, PortCounters } from './port.ts';
 import { ETH_HLEN, type Offload, isGroupMac, macKey } from './wire.ts';
 
@@ -95,6 +96,7 @@ class SwitchPort implements NetPort {
   readonly source = new AddressCache();
   readonly destination = new AddressCache();
   private handler: FrameHandler | undefined;
+  private views: ViewCache | undefined;
   closed = false;
 
   constructor(
@@ -103,12 +105,16 @@ class SwitchPort implements NetPort {
   ) {}
 
   send(frame: Uint8Array, meta: Offload): void {
+    this.sendAt(frame, 0, frame.length, meta);
+  }
+
+  sendAt(bytes: Uint8Array, offset: number, length: number, meta: Offload): void {
     if (this.closed) {
       this.counters.drops++;
       return;
     }
-    this.counters.countTx(frame.length);
-    this.sw.forward(this, frame, meta);
+    this.counters.countTx(length);
+    this.sw.forward(this, bytes, offset, length, meta);
   }
 
   onReceive(handler: FrameHandler | undefined): void {
@@ -119,6 +125,16 @@ class SwitchPort implements NetPort {
     if (this.closed) return;
     this.closed = true;
     this.sw.remove(this);
+  }
+
+  /**
+   * The frame that came in through this port as a view to hand on: the bytes themselves when
+   * they are the frame, else a view from this port's cache (a driver's buffers come back over
+   * and over, so a frame in one seen before costs no new view).
+   */
+  lend(bytes: Uint8Array, at: number, length: number): Uint8Array {
+    if (at === 0 && length === bytes.length) return bytes;
+    return (this.views ??= new ViewCache()).view(bytes, at, length);
   }
 
   /** The switch forwards a frame out of this port. */
@@ -171,33 +187,41 @@ export class L2Switch {
     return out;
   }
 
-  /** A frame entered through `from`. */
-  forward(from: SwitchPort, frame: Uint8Array, meta: Offload): void {
-    if (frame.length < ETH_HLEN) {
+  /**
+   * A frame entered through `from`: the `length` bytes at `at` of `bytes`. Where it goes is
+   * decided from its address bytes; a view of it is made only when some port receives it.
+   */
+  forward(from: SwitchPort, bytes: Uint8Array, at: number, length: number, meta: Offload): void {
+    if (length < ETH_HLEN) {
       from.counters.drops++;
       return;
     }
     const now = this.clock();
+    const src = at + 6;
     // A group address as source is bogus (802.1D never learns one).
-    if (!isGroupMac(frame, 6)) {
+    if (!isGroupMac(bytes, src)) {
       const cache = from.source;
       const known = cache.entry;
       // The source this port learned last, still in the table: only the time stamp to refresh.
-      if (known !== undefined && known.port === from && now - known.ordered < REORDER_MS && cache.hit(frame, 6, this.generation)) known.seen = now;
-      else cache.store(frame, 6, this.generation, this.learn(macKey(frame, 6), from, now));
+      if (known !== undefined && known.port === from && now - known.ordered < REORDER_MS && cache.hit(bytes, src, this.generation)) known.seen = now;
+      else cache.store(bytes, src, this.generation, this.learn(macKey(bytes, src), from, now));
     }
-    if (!isGroupMac(frame, 0)) {
+    if (!isGroupMac(bytes, at)) {
       const cache = from.destination;
-      if (!cache.hit(frame, 0, this.generation)) cache.store(frame, 0, this.generation, this.table.get(macKey(frame, 0)));
+      if (!cache.hit(bytes, at, this.generation)) cache.store(bytes, at, this.generation, this.table.get(macKey(bytes, at)));
       const entry = cache.entry;
       if (entry !== undefined && now - entry.seen < this.ageingMs) {
         // A frame for the port it came from is already where it belongs (802.1D filtering).
         if (entry.port === from) from.counters.drops++;
-        else entry.port.deliver(frame, meta);
+        else entry.port.deliver(from.lend(bytes, at, length), meta);
         return;
       }
     }
-    for (const port of this.ports) if (port !== from) port.deliver(frame, meta);
+    // Flooded: to every other port, or nowhere when `from` is alone on the switch.
+    const ports = this.ports;
+    if (ports.length === 1 && ports[0] === from) return;
+    const frame = from.lend(bytes, at, length);
+    for (const port of ports) if (port !== from) port.deliver(frame, meta);
   }
 
   /** A port closed: it leaves the switch and the addresses learned on it are forgotten. */

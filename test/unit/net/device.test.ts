@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { NetDevice } from '../../../src/devices/net/device.ts';
 import { NET_DRIVER_FEATURES } from '../../../src/devices/net/driver.ts';
-import { createCable } from '../../../src/devices/net/port.ts';
+import { type NetPort, createCable } from '../../../src/devices/net/port.ts';
 import { L2Switch } from '../../../src/devices/net/switch.ts';
 import {
   NET_CONFIG,
@@ -366,8 +366,7 @@ test('frames of a stream with the same transmit header share one decoded Offload
 });
 
 /** A device on a cable and a bare VirtioDriver, to hand the device buffers a NetDriver would never make. */
-async function rawDevice(backlog = 256): Promise<{ dev: NetDevice; end: ReturnType<typeof createCable>[1]; core: VirtioDriver }> {
-  const [port, end] = createCable();
+async function rawDevice(backlog = 256, [port, end]: [NetPort, NetPort] = createCable()): Promise<{ dev: NetDevice; end: NetPort; core: VirtioDriver }> {
   const dev = new NetDevice({ port, mac: MAC_A, backlog, features: { checksum: false, mergeable: false } });
   const { transport } = createLoopback(dev, { memoryBytes: 4 << 20, log });
   const core = await VirtioDriver.start(transport, { name: 'raw-net', deviceId: DeviceId.NET, features: 0n, queues: 3, log });
@@ -487,5 +486,37 @@ test('a receive buffer too small for the header breaks the receive queue: the de
     assert.ok(logged.some((line) => line.includes('receive buffer too small')));
   } finally {
     await core.close();
+  }
+});
+
+test('a transmit header in front of the frame, on its own, or split over descriptors: the same frame and offload out of a cable or a switch', async () => {
+  const sw = new L2Switch();
+  for (const ends of [createCable(), [sw.createPort(), sw.createPort()] as [NetPort, NetPort]]) {
+    const { end, core } = await rawDevice(256, ends);
+    const seen: [number[], Offload][] = [];
+    end.onReceive((f, meta) => seen.push([[...f], meta]));
+    const { memory, dma } = core.transport;
+    const meta: Offload = { ...NO_OFFLOAD, hdrLen: 54 };
+    const bytes = new Uint8Array(NET_HDR_SIZE + 60);
+    encodeNetHeader(meta, 0, bytes);
+    const f = frame(MAC_B, MAC_A, 60);
+    bytes.set(f, NET_HDR_SIZE);
+    const addr = dma.alloc(bytes.length, 16)!;
+    memory.slice(addr, bytes.length).set(bytes);
+    try {
+      // Whole; header then frame; the header split in two; the frame split in two.
+      for (const cuts of [[], [NET_HDR_SIZE], [5, NET_HDR_SIZE], [NET_HDR_SIZE, 40]]) {
+        const edges = [0, ...cuts, bytes.length];
+        await core.queue(1).submit(edges.slice(1).map((to, i) => ({ addr: addr + edges[i], len: to - edges[i] })), []);
+      }
+      assert.equal(seen.length, 4);
+      for (const [got, gotMeta] of seen) {
+        assert.deepEqual(got, [...f]);
+        assert.deepEqual(gotMeta, meta);
+      }
+    } finally {
+      dma.free(addr);
+      await core.close();
+    }
   }
 });

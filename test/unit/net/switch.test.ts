@@ -153,3 +153,29 @@ test('random traffic with random pauses: every frame reaches exactly the ports a
     ),
   );
 });
+
+test('sendAt: a frame given as bytes at an offset is forwarded as a view of exactly those bytes, the same view for the same buffer again', () => {
+  const { sw, ports, got } = rig(2);
+  const memory = new Uint8Array(256);
+  const f = frame(MAC[1], MAC[0]);
+  memory.set(f, 100);
+  ports[0].sendAt!(memory, 100, f.length, NO_OFFLOAD);
+  ports[0].sendAt!(memory, 100, f.length, NO_OFFLOAD);
+  assert.deepEqual(counts(got), [0, 2]);
+  assert.deepEqual([...got[1][0]], [...f]);
+  assert.equal(got[1][0].buffer, memory.buffer, 'a view of the sender\'s bytes, not a copy');
+  assert.equal(got[1][1], got[1][0], 'a buffer seen before lends the view made for it');
+  assert.deepEqual([...sw.addresses().keys()], [macKey(parseMac(MAC[0]))], 'the source is learned from the bytes');
+  assert.equal(ports[0].counters.txBytes, 2 * f.length);
+});
+
+test('a port alone on the switch learns what it sends, and the frame goes nowhere', () => {
+  const { sw, ports, got } = rig(1);
+  ports[0].sendAt!(frame(BROADCAST, MAC[0]), 0, 60, NO_OFFLOAD);
+  ports[0].sendAt!(frame(MAC[1], MAC[0]), 0, 60, NO_OFFLOAD);
+  assert.deepEqual(counts(got), [0]);
+  assert.deepEqual([...sw.addresses().keys()], [macKey(parseMac(MAC[0]))]);
+  assert.equal(ports[0].counters.txPackets, 2);
+  ports[0].sendAt!(new Uint8Array(13), 0, 13, NO_OFFLOAD);
+  assert.equal(ports[0].counters.drops, 1, 'a runt is dropped and counted');
+});
