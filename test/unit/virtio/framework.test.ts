@@ -114,6 +114,19 @@ test('synchronous completions share one publish, and the driver is notified only
   assert.deepEqual(notified, []);
 });
 
+test('a long drain publishes every 64 chains, so the driver refills while the device empties the ring, and yields after 64 to the event loop', async () => {
+  const q = new ScriptQueue(Array.from({ length: 150 }, (_, i) => chain(i)));
+  const { ctx } = context(q);
+  const served: number[] = [];
+  new QueueServer(ctx, 0, (req) => void served.push(req.chain.id)).kick();
+  assert.equal(served.length, 64, 'one turn serves a ring\'s size, here the publish batch');
+  assert.equal(q.calls.indexOf('publish'), q.calls.indexOf('push 63') + 1, 'published right after the 64th');
+  assert.equal(q.notificationsOn, false, 'the rest is served without waiting for a kick');
+  await turnsUntil(() => q.notificationsOn);
+  assert.deepEqual(served, Array.from({ length: 150 }, (_, i) => i));
+  assert.deepEqual(q.calls.filter((c) => c === 'publish').length, 3, 'after 64, 128 and the end');
+});
+
 test('asynchronous completions: many in flight, finished out of order, each pushed once, one publish per tick', async () => {
   const q = new ScriptQueue([chain(0), chain(1), chain(2)]);
   const { ctx, notified } = context(q);
