@@ -343,15 +343,25 @@ export class NetDevice implements VirtioDevice {
     const a = this.active;
     const { reader } = req;
     if (a === undefined) return;
-    if (reader.remaining < NET_HDR_SIZE) {
+    const total = reader.remaining;
+    if (total < NET_HDR_SIZE) {
       this.traffic.drop('malformedBuffer');
       return;
     }
-    // The header is decoded where it lies when it is in one descriptor, as every driver puts it.
-    const inPlace = reader.span(NET_HDR_SIZE);
-    if (inPlace === undefined && reader.read(this.txHeader) !== NET_HDR_SIZE) return;
-    const meta = inPlace === undefined ? this.transmitMeta(this.txHeader, 0) : this.transmitMeta(inPlace, reader.spanAt);
-    const length = reader.remaining;
+    const port = this.port;
+    // Header and frame in one descriptor, as DPDK and Linux put them, for a port that takes a
+    // frame as bytes (sendAt): both read where they lie, without a copy or a view.
+    const whole = port.sendAt === undefined ? undefined : reader.span(total);
+    const wholeAt = reader.spanAt;
+    let meta: Offload;
+    if (whole !== undefined) meta = this.transmitMeta(whole, wholeAt);
+    else {
+      // The header where it lies when it is in one descriptor; copied when it straddles two.
+      const hdr = reader.span(NET_HDR_SIZE);
+      if (hdr === undefined && reader.read(this.txHeader) !== NET_HDR_SIZE) return;
+      meta = hdr === undefined ? this.transmitMeta(this.txHeader, 0) : this.transmitMeta(hdr, reader.spanAt);
+    }
+    const length = total - NET_HDR_SIZE;
     // Checked before copying, so a hostile length costs nothing.
     const refusal = transmitRefusal(meta, length, a.ctx.features, this.mtu);
     if (refusal !== undefined) {
@@ -363,11 +373,16 @@ export class NetDevice implements VirtioDevice {
       return;
     }
     const sent = this.lastTxSent;
+    if (whole !== undefined) {
+      const at = wholeAt + NET_HDR_SIZE;
+      this.countTransmit(a, whole, at, length, pair);
+      port.sendAt!(whole, at, length, sent);
+      return;
+    }
     // Lent to the port (port.ts) where it lies when the frame is in one descriptor, which it is
     // for every driver that puts the header in a buffer of its own or in front of the frame: as
-    // its bytes to a port that takes them (sendAt), else as a view; otherwise gathered into a
-    // buffer of the device's.
-    const port = this.port;
+    // its bytes to a port that takes them, else as a view; otherwise gathered into a buffer of
+    // the device's.
     const bytes = port.sendAt === undefined ? undefined : reader.span(length);
     if (bytes !== undefined) {
       const at = reader.spanAt;
@@ -391,14 +406,10 @@ export class NetDevice implements VirtioDevice {
   /** The offload metadata of the transmit header at `hdr[at]`: the last frame's when the fields are the same. */
   private transmitMeta(hdr: Uint8Array, at: number): Offload {
     const last = this.lastTxHeader;
-    let same = true;
-    for (let i = 0; i < OFFLOAD_FIELDS_SIZE; i++) {
-      if (hdr[at + i] !== last[i]) {
-        same = false;
-        last[i] = hdr[at + i];
-      }
-    }
-    if (!same) {
+    let differ = 0;
+    for (let i = 0; i < OFFLOAD_FIELDS_SIZE; i++) differ |= hdr[at + i] ^ last[i];
+    if (differ !== 0) {
+      for (let i = 0; i < OFFLOAD_FIELDS_SIZE; i++) last[i] = hdr[at + i];
       this.lastTxOffload = decodeOffload(last);
       this.lastTxSent = transmitOffload(this.lastTxOffload);
     }
