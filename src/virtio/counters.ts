@@ -8,6 +8,23 @@
  * Plain numbers: a counter is bumped on the data path and must cost one add.
  */
 
+/**
+ * Zero every field of a counter object, leaving each one a double. V8 keeps a number field as a
+ * small integer until a value no longer fits in 31 bits (a byte count passes 2^30 after a few
+ * seconds at line rate); the field then changes representation, which throws away every
+ * optimized function that stored to it, on the data path, once per counter as each passes the
+ * limit. A field that held a fraction first is a double from the start and stays one.
+ */
+export function doubleCounters<T extends object>(counters: T): T {
+  const fields = counters as Record<string, unknown>;
+  for (const key of Object.keys(fields)) {
+    if (typeof fields[key] !== 'number') continue;
+    fields[key] = 0.5;
+    fields[key] = 0;
+  }
+  return counters;
+}
+
 export interface QueueCounters {
   /** Chains the device returned to the driver (used buffers). */
   requests: number;
@@ -32,7 +49,7 @@ export interface CountersSnapshot {
 }
 
 function zeroed(): QueueCounters {
-  return { requests: 0, readBytes: 0, writtenBytes: 0, errors: 0, ringFaults: 0, notifications: 0, suppressed: 0 };
+  return doubleCounters({ requests: 0, readBytes: 0, writtenBytes: 0, errors: 0, ringFaults: 0, notifications: 0, suppressed: 0 });
 }
 
 export class DeviceCounters {

@@ -10,6 +10,7 @@
  * Nobody writes to a frame they were handed; a receiver that keeps one past the call (a backlog
  * waiting for receive buffers, an asynchronous socket write) copies it first.
  */
+import { doubleCounters } from '../../virtio/counters.ts';
 import type { Offload } from './wire.ts';
 
 /** Receives one frame and its offload metadata. */
@@ -25,6 +26,11 @@ export class PortCounters {
   rxPackets = 0;
   rxBytes = 0;
   drops = 0;
+
+  constructor() {
+    // Doubles from the start, so the data path is not deoptimized when they grow (virtio/counters.ts).
+    doubleCounters(this);
+  }
 
   countTx(bytes: number): void {
     this.txPackets++;

@@ -5,6 +5,7 @@ import { Feature, featureBit } from '../../../src/virtio/constants.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { DescriptorChain, VirtqueueError } from '../../../src/virtio/queue.ts';
+import { DeviceCounters } from '../../../src/virtio/counters.ts';
 import { LATER, QueueServer } from '../../../src/virtio/serve.ts';
 import type { Request } from '../../../src/virtio/serve.ts';
 import { ScriptQueue, ScriptedDevice, chain, context, deferred } from './framework-fixture.ts';
@@ -270,4 +271,12 @@ test('over a real ring: a request completing after the device was reset leaves g
   await new Promise((r) => setImmediate(r));
   assert.deepEqual([...memory.slice(buf, 8)], new Array(8).fill(0x55), 'the buffer is untouched');
   assert.deepEqual(memory.slice(usedArea, 64), before, 'the used ring is untouched');
+});
+
+test('counters start at zero, plain zeros in a snapshot, and count past 2^31 exactly', () => {
+  const counters = new DeviceCounters(1);
+  assert.ok(Object.is(counters.queue(0).readBytes, 0));
+  counters.queue(0).readBytes += 2 ** 31 + 76;
+  assert.equal(counters.snapshot().queues[0].readBytes, 2 ** 31 + 76);
+  assert.deepEqual(new DeviceCounters(1).snapshot().queues[0], { requests: 0, readBytes: 0, writtenBytes: 0, errors: 0, ringFaults: 0, notifications: 0, suppressed: 0 });
 });
