@@ -104,8 +104,11 @@ async function measure(side: Side, frameBytes: number, vhost: Testpmd): Promise<
     const packets = after.txPackets - before.txPackets;
     return { pps: packets / seconds, cpuMicrosPerPacket: packets > 0 ? (cpu * 1e6) / packets : Infinity };
   } finally {
+    // The sender quits while its back-end still polls, so nothing it does on the way out waits on
+    // a ring nobody serves; net_vhost's forwarding stops only once the sender is gone.
     step(`quitting ${what}`);
-    await sender.close();
+    const exit = await sender.close();
+    if (exit.signal) process.stderr.write(`bench ${BENCH}: ${sender.process.name} did not quit when asked; ended with ${exit.signal}\n`);
     if (side.name === 'dpdk') {
       step('stopping the forwarding of DPDK net_vhost');
       await vhost.stop();

@@ -13,7 +13,7 @@
  */
 import { rmSync } from 'node:fs';
 import type { TestContext } from 'node:test';
-import { PeerProcess } from './peer-process.ts';
+import { PeerProcess, type PeerExit } from './peer-process.ts';
 
 export type TestpmdPort =
   | {
@@ -83,8 +83,11 @@ export interface Testpmd {
    * the vhost library logs it), or undefined before any driver negotiated.
    */
   negotiatedFeatures(): bigint | undefined;
-  /** Quits testpmd (or kills it) and removes its runtime directory; safe to call twice. */
-  close(): Promise<void>;
+  /**
+   * Quits testpmd (or, when it does not, ends it with SIGTERM, then SIGKILL) and removes its runtime
+   * directory; resolves with how it ended (a signal: it did not quit). Safe to call twice.
+   */
+  close(): Promise<PeerExit>;
 }
 
 /** Where DPDK keeps a primary process's runtime files (root's default). */
@@ -157,9 +160,7 @@ export async function startTestpmd(options: TestpmdOptions, t?: TestContext): Pr
       if (options.port.kind === 'vhost') rmSync(options.port.socketPath, { force: true });
     },
   });
-  const close = async (): Promise<void> => {
-    await peer.stop(() => peer.send('quit\n'));
-  };
+  const close = (): Promise<PeerExit> => peer.stop(() => peer.send('quit\n'));
 
   try {
     await peer.waitForOutput(/testpmd> /, 0, 'starting up to its first prompt');

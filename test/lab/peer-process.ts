@@ -4,6 +4,7 @@
  * afterwards — stopped by its owner, or killed when the test process exits whatever the reason.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 
 /** Every peer still running; the exit hook below kills what a crashed test left behind. */
 const running = new Set<PeerProcess>();
@@ -26,6 +27,8 @@ export interface PeerExit {
 
 /** How long a peer may take to do what it was asked before the test fails instead of hanging. */
 export const PEER_DEADLINE_MS = 20_000;
+/** After the peer's process has ended, how long its pipes may stay open (output still in flight). */
+const STDIO_GRACE_MS = 1000;
 
 export interface SpawnOptions {
   /** Collect stdout as text too (false when stdout carries a protocol the caller reads). */
@@ -40,6 +43,8 @@ export class PeerProcess {
   private text = '';
   private stdoutText = '';
   private exit: PeerExit | undefined;
+  /** Set on 'exit': the process is gone, though its pipes may still be open. */
+  private processExit: PeerExit | undefined;
   private readonly wake = new Set<() => void>();
   private cleanup: (() => void) | undefined;
 
@@ -72,8 +77,20 @@ export class PeerProcess {
         for (const w of [...this.wake]) w();
         resolve(exit);
       };
-      // 'close' rather than 'exit': by then everything the peer printed has been collected.
+      // 'close' rather than 'exit': by then everything the peer printed has been collected. But
+      // 'close' waits for every holder of the peer's pipes, and a process it started (or one that
+      // inherited them) can hold them for good: once the peer itself is gone, its output gets a
+      // bounded grace, then our ends are closed and the peer counts as gone.
       this.child.on('close', (code, signal) => done({ code, signal }));
+      this.child.on('exit', (code, signal) => {
+        this.processExit = { code, signal };
+        for (const w of [...this.wake]) w();
+        setTimeout(() => {
+          if (this.exit) return;
+          for (const stream of [this.child.stdin, this.child.stdout, this.child.stderr]) stream?.destroy();
+          done({ code, signal });
+        }, STDIO_GRACE_MS).unref();
+      });
       this.child.on('error', (error) => {
         this.text += `\n${error.message}`;
         done({ code: null, signal: null });
@@ -150,22 +167,63 @@ export class PeerProcess {
 
   /**
    * Ends the peer: `ask` requests a clean exit (e.g. writes "quit"), then SIGTERM, then SIGKILL,
-   * each given its share of the deadline. Resolves once the process is gone.
+   * each given `stepMs` to end the process. Resolves once the process is gone (its pipes closed, or
+   * closed by us shortly after); a step that was not enough is noted in the peer's output, so a
+   * later failure message shows it. A process still there `stepMs` after SIGKILL (stuck in the
+   * kernel) is an error naming its state, never a wait without end.
    */
-  async stop(ask?: () => void): Promise<PeerExit> {
-    if (this.exit) return this.exit;
-    const steps: (() => void)[] = [
-      ...(ask ? [ask] : []),
-      () => this.child.kill('SIGTERM'),
-      () => this.child.kill('SIGKILL'),
+  async stop(ask?: () => void, stepMs = PEER_DEADLINE_MS / 4): Promise<PeerExit> {
+    const steps: { readonly what: string; readonly run: () => void }[] = [
+      ...(ask ? [{ what: 'asked to exit', run: ask }] : []),
+      { what: 'sent SIGTERM', run: () => this.child.kill('SIGTERM') },
+      { what: 'sent SIGKILL', run: () => this.child.kill('SIGKILL') },
     ];
+    let previous: string | undefined;
     for (const step of steps) {
-      if (this.exit) break;
-      step();
-      let timer: NodeJS.Timeout | undefined;
-      await Promise.race([this.exited, new Promise((resolve) => (timer = setTimeout(resolve, PEER_DEADLINE_MS / 4)))]);
-      clearTimeout(timer);
+      if (this.gone) return this.exited;
+      if (previous) this.text += `\n[${this.name} was still running ${stepMs} ms after it was ${previous}; ${step.what}]\n`;
+      step.run();
+      previous = step.what;
+      await this.processGone(stepMs);
     }
-    return this.exited;
+    if (this.gone) return this.exited;
+    throw new Error(`${this.name} (pid ${this.child.pid}) is still there ${stepMs} ms after SIGKILL: ${processState(this.child.pid)}`);
   }
+
+  /** The process has ended (or never started), whether or not its pipes are closed yet. */
+  private get gone(): boolean {
+    return this.processExit !== undefined || this.exit !== undefined;
+  }
+
+  /** Resolves when the process has ended (or failed to start), or after `ms`, whichever comes first. */
+  private processGone(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (!this.gone) return;
+        clearTimeout(timer);
+        this.wake.delete(check);
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.wake.delete(check);
+        resolve();
+      }, ms);
+      this.wake.add(check);
+    });
+  }
+}
+
+/** What the kernel says of a process that outlived SIGKILL: its state letter and where it sleeps. */
+function processState(pid: number | undefined): string {
+  const read = (file: string): string | undefined => {
+    try {
+      return readFileSync(`/proc/${pid}/${file}`, 'utf8').trim();
+    } catch {
+      return undefined;
+    }
+  };
+  const stat = read('stat');
+  if (pid === undefined || stat === undefined) return 'no /proc entry left (reaped meanwhile?)';
+  const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  return `state ${state}, waiting in ${read('wchan') || 'nothing'}`;
 }
