@@ -175,6 +175,8 @@ export class QxlDevice implements PciEndpoint {
   private waiting: { port: number; value: number }[] = [];
   /** Pixels drawn in this turn of the event loop (PIXELS_PER_DRAIN). */
   private work = 0;
+  /** In catchUp(): a port it runs that drains again does not start another. */
+  private catchingUp = false;
   private closed = false;
 
   constructor(options: QxlOptions) {
@@ -346,6 +348,7 @@ export class QxlDevice implements PciEndpoint {
       if (NOTIFY_PORTS.has(port)) return;
       if (this.waiting.length >= MAX_WAITING_PORTS) this.guestBug(`${MAX_WAITING_PORTS} port writes wait for the rings to drain, and ${name} would be one more`);
       else this.waiting.push({ port, value });
+      if (SYNCHRONOUS_PORTS.has(port)) this.catchUp();
       return;
     }
     this.work = 0;
@@ -367,19 +370,57 @@ export class QxlDevice implements PciEndpoint {
    */
   private drained(port: number, value: number): boolean {
     if (this.drain()) return true;
-    if (this.bug === undefined) this.waiting.unshift({ port, value });
+    if (this.bug === undefined) {
+      this.waiting.unshift({ port, value });
+      if (SYNCHRONOUS_PORTS.has(port)) this.catchUp();
+    }
     return false;
+  }
+
+  /**
+   * For a synchronous port write, which the driver takes as done when it returns: do now, before
+   * returning, what a yielded drain left for later turns — the rest of a drawable, the commands in
+   * the rings, then the port writes that waited behind them (this one among them), in order.
+   * QEMU's qxl.c does the synchronous forms in the writing vCPU's thread the same way. Bounded: at
+   * most COMMANDS_PER_DRAIN more commands (more than both rings hold), so a driver producing from
+   * other vCPUs all along cannot hold the process here; past that the rest goes on in later turns
+   * as before, and the write returns with its area as far as the device got.
+   */
+  private catchUp(): void {
+    if (this.catchingUp) return;
+    this.catchingUp = true;
+    try {
+      const limit = this.counters.commands + COMMANDS_PER_DRAIN;
+      for (;;) {
+        if (this.bug !== undefined || this.closed) return;
+        this.work = 0;
+        if (this.drain()) break;
+        if (this.counters.commands >= limit && !this.worker.busy) return;
+      }
+      // The rings are empty: what the continuation would do next is done here instead.
+      if (this.continuation !== undefined) clearImmediate(this.continuation);
+      this.continuation = undefined;
+      while (this.continuation === undefined && this.bug === undefined) {
+        const next = this.waiting.shift();
+        if (next === undefined) return;
+        this.run(next.port, next.value);
+      }
+    } finally {
+      this.catchingUp = false;
+    }
   }
 
   private io(port: number, value: number): void {
     switch (port) {
       case IoPort.NOTIFY_CMD:
       case IoPort.NOTIFY_CURSOR:
-      case IoPort.UPDATE_AREA:
       case IoPort.NOTIFY_OOM:
-        // Commands run as they are taken, so an area is up to date once the rings are drained
-        // (when the drain yields, not until it has gone on: the synchronous form cannot wait).
         this.drain();
+        return;
+      case IoPort.UPDATE_AREA:
+        // Commands run as they are taken, so an area is up to date once the rings are drained;
+        // the synchronous form does not return before (catchUp), the _ASYNC one interrupts then.
+        if (!this.drain()) this.catchUp();
         return;
       case IoPort.UPDATE_IRQ:
         this.updateIrq();
@@ -622,7 +663,18 @@ export class QxlDevice implements PciEndpoint {
 /** Ports that act at once even while a drain is yielded: they neither read the rings nor depend on what the commands do. */
 const UNORDERED_PORTS: ReadonlySet<number> = new Set([IoPort.RESET, IoPort.UPDATE_IRQ, IoPort.LOG, IoPort.FLUSH_RELEASE]);
 /** Ports that only ask for the rings to be drained. */
-const NOTIFY_PORTS: ReadonlySet<number> = new Set([IoPort.NOTIFY_CMD, IoPort.NOTIFY_CURSOR, IoPort.NOTIFY_OOM, IoPort.UPDATE_AREA]);
+const NOTIFY_PORTS: ReadonlySet<number> = new Set([IoPort.NOTIFY_CMD, IoPort.NOTIFY_CURSOR, IoPort.NOTIFY_OOM]);
+/**
+ * Synchronous forms whose effect depends on the commands before them being done: done before the
+ * write returns (catchUp), where their _ASYNC forms wait for the rings and then interrupt.
+ */
+const SYNCHRONOUS_PORTS: ReadonlySet<number> = new Set([
+  IoPort.UPDATE_AREA,
+  IoPort.DESTROY_PRIMARY,
+  IoPort.DETACH_PRIMARY,
+  IoPort.DESTROY_SURFACE_WAIT,
+  IoPort.DESTROY_ALL_SURFACES,
+]);
 
 const PORT_NAMES: ReadonlyMap<number, string> = new Map(Object.entries(IoPort).filter(([name]) => name !== 'COUNT').map(([name, port]) => [port, name]));
 

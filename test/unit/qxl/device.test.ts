@@ -193,6 +193,60 @@ test('one drawable painting four surfaces\' worth of pixels is painted over seve
   assert.deepEqual(pixel(bus, 0, 0), [0, 0xff, 0, 0xff], 'the fill after it came after it');
 });
 
+/** A FILL of the whole `side`×`side` primary through four whole-surface clip rectangles: four times the pixels of one turn's budget at side 2048. */
+function overdrawnFill(bus: QxlBus, at: number, id: bigint, side: number, color: number): bigint {
+  const clips = at + 0x800;
+  bus.ram.setUint32(clips, 4, true);
+  const rects = new Uint8Array(4 * 16);
+  const rv = new DataView(rects.buffer);
+  for (let i = 0; i < 4; i++) [0, 0, side, side].forEach((v, k) => rv.setInt32(16 * i + 4 * k, v, true));
+  bus.chunk(clips + 4, rects, 0n);
+  const fill = bus.fill(at, id, { top: 0, left: 0, bottom: side, right: side }, color);
+  bus.ram.setUint32(at + Drawable.CLIP_TYPE, 1, true);
+  bus.ram.setBigUint64(at + Drawable.CLIP_DATA, phys(MAIN_SLOT, clips), true);
+  return fill;
+}
+
+for (const notifiedFirst of [true, false]) {
+  test(`the synchronous UPDATE_AREA returns with a drawable larger than a turn's budget drawn and released, and the commands after it${notifiedFirst ? ', after a NOTIFY_CMD that yielded' : ''}`, (t) => {
+    const side = 2048;
+    const bus = new QxlBus({ vramSize: 4 * side * side });
+    t.after(() => bus.device.close());
+    bus.init();
+    bus.createPrimary(side, side);
+    bus.produce(Ram.CMD_RING, overdrawnFill(bus, 0x1000, 1n, side, RED), CommandType.DRAW);
+    bus.produce(Ram.CMD_RING, bus.fill(0x2000, 2n, { top: 0, left: 0, bottom: 1, right: 1 }, 0x0000_ff00), CommandType.DRAW);
+    if (notifiedFirst) {
+      bus.out(IoPort.NOTIFY_CMD);
+      assert.equal(bus.device.status().counters.releases, 0, 'the notify returned with the big fill painted in part');
+    }
+    // The area asked for is the whole surface (update_area in the RAM header, surface 0).
+    bus.rect(bus.header + Ram.UPDATE_AREA, { top: 0, left: 0, bottom: side, right: side });
+    bus.out(IoPort.UPDATE_AREA, 0);
+
+    const status = bus.device.status();
+    assert.deepEqual([status.counters.fills, status.counters.releases, status.guestBug], [2, 2, null]);
+    assert.equal(bus.vram.getUint32(4 * (side * side - 1), true), RED, 'the last pixel of the big fill is in guest memory');
+    assert.equal(bus.vram.getUint32(0, true), 0x0000_ff00, 'the fill after it came after it');
+    assert.deepEqual(pixel(bus, side - 1, side - 1), [0xff, 0, 0, 0xff], 'and on the display');
+  });
+}
+
+test('a synchronous DESTROY_PRIMARY behind a yielded drain returns with the drawables before it drawn and the primary gone', (t) => {
+  const side = 2048;
+  const bus = new QxlBus({ vramSize: 4 * side * side });
+  t.after(() => bus.device.close());
+  bus.init();
+  bus.createPrimary(side, side);
+  bus.produce(Ram.CMD_RING, overdrawnFill(bus, 0x1000, 1n, side, RED), CommandType.DRAW);
+  bus.out(IoPort.NOTIFY_CMD);
+  bus.out(IoPort.DESTROY_PRIMARY);
+  const status = bus.device.status();
+  assert.equal(status.counters.releases, 1, 'the fill was finished first');
+  assert.equal(bus.vram.getUint32(4 * (side * side - 1), true), RED);
+  assert.equal(status.primary, null);
+});
+
 test('the RAM and VRAM descriptors handed to the client cannot be shrunk or grown under the device', (t) => {
   const bus = new QxlBus();
   t.after(() => bus.device.close());
