@@ -14,7 +14,7 @@
  * driver's busiest functions are reported too (`profile_self_driver`).
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,13 +22,13 @@ import { pino } from 'pino';
 import { InProcessProfiler, mainThreadProfile, summarizeCpuProfile } from './_cpuprofile.ts';
 import { cpuSeconds } from './_process-cpu.ts';
 import { report, step } from './_report.ts';
+import { readOnlyStorageDaemon, tmpfsDisk } from './_tmpfs-disk.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
 import { DEFAULT_POLL_MICROS } from '../src/devices/host-options.ts';
 import { VhostUserFrontend } from '../src/transports/vhost-user/frontend.ts';
 import { DeviceId } from '../src/virtio/constants.ts';
 import { PeerProcess } from '../test/lab/peer-process.ts';
-import { startStorageDaemon } from '../test/lab/qsd.ts';
 
 const PARAVIRT = fileURLToPath(new URL('../bin/paravirt.js', import.meta.url));
 const DISK_BYTES = 256 * 1024 * 1024;
@@ -114,18 +114,14 @@ const pidOf = (peer: PeerProcess): number => {
 export async function main(): Promise<void> {
   const profileDir = process.env.PARAVIRT_BENCH_CPU_PROF;
   if (profileDir !== undefined) mkdirSync(profileDir, { recursive: true });
-  const dir = mkdtempSync('/dev/shm/paravirt-bench-');
+  const disk = tmpfsDisk('paravirt-bench-', DISK_BYTES);
+  const { image } = disk;
   const stops: (() => Promise<unknown>)[] = [];
   const sides: Side[] = [];
   try {
-    const image = join(dir, 'disk.img');
-    // Written, not sparse: every read finds real pages.
-    writeFileSync(image, new Uint8Array(DISK_BYTES).fill(0xa5));
-
-    step('starting qemu-storage-daemon');
-    const daemon = await startStorageDaemon({ image, socketPath: join(dir, 'qsd.sock'), numQueues: 1, writable: false, qemu: 'system' });
+    const daemon = await readOnlyStorageDaemon(disk);
     stops.push(daemon.stop);
-    const socketPath = join(dir, 'paravirt.sock');
+    const socketPath = join(disk.dir, 'paravirt.sock');
     step('starting paravirt serve blk');
     const node = profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`];
     const serve = new PeerProcess('paravirt serve blk', [process.execPath, ...node, PARAVIRT, 'serve', 'blk', '--socket-path', socketPath, '--image', image, '--read-only'], {
@@ -173,7 +169,7 @@ export async function main(): Promise<void> {
     step('closing the drivers and stopping the back-ends');
     for (const side of sides) await side.blk.close();
     for (const stop of stops) await stop();
-    rmSync(dir, { recursive: true, force: true });
+    disk.remove();
   }
 }
 

@@ -6,13 +6,13 @@
  * budget: the median IOPS and its ratio to not polling, the back-end's CPU per read, and its CPU
  * while quiet (a percentage of one core, from /proc; 0.25 % is one 10 ms tick in 4 s).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { cpuSeconds } from './_process-cpu.ts';
 import { report, step } from './_report.ts';
+import { tmpfsDisk } from './_tmpfs-disk.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
 import { DEFAULT_POLL_MICROS } from '../src/devices/host-options.ts';
@@ -69,11 +69,10 @@ async function round(side: Side): Promise<void> {
 }
 
 export async function main(): Promise<void> {
-  const dir = mkdtempSync('/dev/shm/paravirt-bench-poll-');
+  const disk = tmpfsDisk('paravirt-bench-poll-', DISK_BYTES);
+  const { dir, image } = disk;
   const sides: Side[] = [];
   try {
-    const image = join(dir, 'disk.img');
-    writeFileSync(image, new Uint8Array(DISK_BYTES).fill(0xa5));
     for (const budget of BUDGETS) sides.push(await start(dir, image, budget));
     // Alternating rounds, so the machine's load moves over all budgets alike.
     for (let r = 0; r < ROUNDS; r++) for (const side of r % 2 === 0 ? sides : [...sides].reverse()) await round(side);
@@ -100,6 +99,6 @@ export async function main(): Promise<void> {
       await side.blk?.close();
       await side.serve.stop();
     }
-    rmSync(dir, { recursive: true, force: true });
+    disk.remove();
   }
 }

@@ -15,20 +15,19 @@
  * driver process's CPU per read, and the back-end's CPU while connected and quiet. The poll
  * budget is the default, or PARAVIRT_BENCH_POLL_US (0: never poll).
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { cpuSeconds } from './_process-cpu.ts';
 import { report, step } from './_report.ts';
+import { readOnlyStorageDaemon, tmpfsDisk } from './_tmpfs-disk.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
 import { DEFAULT_POLL_MICROS } from '../src/devices/host-options.ts';
 import { VhostUserFrontend } from '../src/transports/vhost-user/frontend.ts';
 import { DeviceId } from '../src/virtio/constants.ts';
 import { PeerProcess } from '../test/lab/peer-process.ts';
-import { startStorageDaemon } from '../test/lab/qsd.ts';
 
 const SERVE = fileURLToPath(new URL('./_blk-serve-threads.ts', import.meta.url));
 const DISK_BYTES = 64 * 1024 * 1024;
@@ -110,14 +109,12 @@ function summary(r: Runs): Record<string, unknown> {
 }
 
 export async function main(): Promise<void> {
-  const dir = mkdtempSync('/dev/shm/paravirt-bench-queue-thread-');
+  const disk = tmpfsDisk('paravirt-bench-queue-thread-', DISK_BYTES);
+  const { dir, image } = disk;
   const stops: (() => Promise<unknown>)[] = [];
   const sides: Side[] = [];
   try {
-    const image = join(dir, 'disk.img');
-    writeFileSync(image, new Uint8Array(DISK_BYTES).fill(0xa5));
-    step('starting qemu-storage-daemon');
-    const daemon = await startStorageDaemon({ image, socketPath: join(dir, 'qsd.sock'), numQueues: 1, writable: false, qemu: 'system' });
+    const daemon = await readOnlyStorageDaemon(disk);
     stops.push(daemon.stop);
     const qsd: Side = { name: 'qsd', pid: undefined, drivers: [await connect(daemon.socketPath)], one: runs(), two: runs() };
     sides.push(qsd);
@@ -161,6 +158,6 @@ export async function main(): Promise<void> {
     step('closing the drivers and stopping the back-ends');
     for (const side of sides) for (const blk of side.drivers) await blk.close();
     for (const stop of stops) await stop();
-    rmSync(dir, { recursive: true, force: true });
+    disk.remove();
   }
 }
