@@ -25,11 +25,12 @@ const NO_SEGMENTS: readonly Segment[] = [];
 
 /**
  * Writes one frame of `length` bytes into `buffer`, from its offset 0: the frame area of a
- * transmit buffer (after the virtio_net_hdr), at least `length` bytes long. The buffer still
- * holds the last frame it carried, so a sender repeating a template rewrites only what varies.
- * It is lent for the call only: the device reads it once the call returns.
+ * transmit buffer (after the virtio_net_hdr), at least `length` bytes long, lent for the call
+ * only (the device reads it once the call returns). `again` is true when this same writer
+ * function wrote the buffer's last frame, which it still holds: a sender repeating a template
+ * writes it whole only when `again` is false and otherwise rewrites just the bytes that vary.
  */
-export type FrameWriter = (buffer: Uint8Array, length: number) => void;
+export type FrameWriter = (buffer: Uint8Array, length: number, again: boolean) => void;
 
 /** One transmit buffer and the request that carries it, reused frame after frame. */
 class TxSlot implements QueueRequest {
@@ -41,6 +42,8 @@ class TxSlot implements QueueRequest {
   readonly frameArea: Uint8Array;
   /** Frame bytes now in the buffer. */
   private frameBytes = 0;
+  /** The FrameWriter that wrote the frame the buffer holds; undefined when the frame was copied in. */
+  writer: FrameWriter | undefined;
   /** The offload metadata whose header the buffer holds (undefined: none written yet). */
   private headerMeta: Offload | undefined;
   /** Settles a send() waiting for this frame; undefined for trySend(). */
@@ -120,6 +123,7 @@ export class NetTransmitter {
     const slot = this.takeNow(length, pairs);
     if (slot === undefined) return false;
     slot.frameArea.set(frame);
+    slot.writer = undefined;
     slot.prepare(length, meta, undefined);
     this.core.queue(2 * pair + 1).start(slot);
     return true;
@@ -127,19 +131,23 @@ export class NetTransmitter {
 
   /**
    * trySend() with the frame written in place: `write` fills `length` bytes of a free slot's
-   * frame area, then the slot is queued. A writer that throws leaves the slot free and nothing
+   * frame area (told whether it wrote that slot's last frame itself), then the slot is queued. A writer that throws leaves the slot free and nothing
    * sent; the error goes to the caller.
    */
   trySendInPlace(length: number, write: FrameWriter, meta: Offload, pair: number, pairs: number): boolean {
     this.check(length, this.plainLimit);
     const slot = this.takeNow(length, pairs);
     if (slot === undefined) return false;
+    const again = slot.writer === write;
+    // Until the writer returns, the buffer holds a frame nobody wrote whole.
+    slot.writer = undefined;
     try {
-      write(slot.frameArea, length);
+      write(slot.frameArea, length, again);
     } catch (err) {
       this.put(slot);
       throw err;
     }
+    slot.writer = write;
     slot.prepare(length, meta, undefined);
     this.core.queue(2 * pair + 1).start(slot);
     return true;
@@ -169,6 +177,7 @@ export class NetTransmitter {
     const taken = slot;
     await new Promise<void>((resolve, reject) => {
       taken.frameArea.set(frame);
+      taken.writer = undefined;
       taken.prepare(frame.length, meta, (err) => (err === undefined ? resolve() : reject(err)));
       this.core.queue(2 * pair + 1).start(taken);
     });

@@ -145,10 +145,11 @@ export class NetDriver {
   }
 
   /**
-   * trySend() without the copy: `write(buffer, length)` writes a frame of `length` bytes (up to
-   * the MTU) into a free transmit buffer itself, the way a NIC driver builds a packet in its DMA
-   * buffer. The buffer holds the last frame it carried, so a sender repeating one frame, or a
-   * template, rewrites only the bytes that change; it is valid during the call only. False, with
+   * trySend() without the copy: `write(buffer, length, again)` writes a frame of `length` bytes
+   * (up to the MTU) into a free transmit buffer itself, the way a NIC driver builds a packet in
+   * its DMA buffer; the buffer is valid during the call only. `again` says the same `write`
+   * function wrote the frame the buffer still holds, so a sender repeating one frame, or a
+   * template, writes it once per buffer and then only the bytes that change. False, with
    * `write` not called, when every buffer is in flight; whenWritable() says when to try again. A
    * writer that throws sends nothing and its error is thrown here.
    */
