@@ -215,12 +215,19 @@ export class RequestQueue {
         this.placeWaiting();
         this.dispatch(found);
         if (this.failure !== undefined) return;
-        if (this.inFlight > 0 && this.poll.keepPolling(found)) {
+        const polling = this.poll.keepPolling(found);
+        if (polling && this.inFlight > 0) {
           this.schedulePoll();
           return;
         }
         // §2.7.10: re-enabling can race with the device; a true return means more are already used.
-        if (!this.ring.enableInterrupts()) return;
+        if (!this.ring.enableInterrupts()) {
+          // Nothing in flight, but a caller woken by these completions may start its next
+          // requests in a later microtask (after awaiting room): look once more on the next turn,
+          // which polls on if they came and otherwise leaves the queue asleep.
+          if (polling && found > 0) this.schedulePoll();
+          return;
+        }
       }
     } finally {
       this.collecting = false;
