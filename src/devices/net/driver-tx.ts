@@ -60,6 +60,13 @@ class TxSlot implements QueueRequest {
     this.frameArea = view.subarray(NET_HDR_SIZE);
   }
 
+  /** Copy a finished frame into the buffer, header and all. */
+  copyIn(frame: Uint8Array, meta: Offload, settle: ((err: Error | undefined) => void) | undefined): void {
+    this.frameArea.set(frame);
+    this.writer = undefined;
+    this.prepare(frame.length, meta, settle);
+  }
+
   /** Write the header for a frame of `length` bytes now in the frame area (§5.1.6.2). */
   prepare(length: number, meta: Offload, settle: ((err: Error | undefined) => void) | undefined): void {
     // The header is written again only for other offload metadata: a sender repeating one
@@ -122,17 +129,15 @@ export class NetTransmitter {
     this.check(length, this.plainLimit);
     const slot = this.takeNow(length, pairs);
     if (slot === undefined) return false;
-    slot.frameArea.set(frame);
-    slot.writer = undefined;
-    slot.prepare(length, meta, undefined);
+    slot.copyIn(frame, meta, undefined);
     this.core.queue(2 * pair + 1).start(slot);
     return true;
   }
 
   /**
    * trySend() with the frame written in place: `write` fills `length` bytes of a free slot's
-   * frame area (told whether it wrote that slot's last frame itself), then the slot is queued. A writer that throws leaves the slot free and nothing
-   * sent; the error goes to the caller.
+   * frame area (told whether it wrote that slot's last frame itself), then the slot is queued.
+   * A writer that throws leaves the slot free and nothing sent; the error goes to the caller.
    */
   trySendInPlace(length: number, write: FrameWriter, meta: Offload, pair: number, pairs: number): boolean {
     this.check(length, this.plainLimit);
@@ -176,9 +181,7 @@ export class NetTransmitter {
     }
     const taken = slot;
     await new Promise<void>((resolve, reject) => {
-      taken.frameArea.set(frame);
-      taken.writer = undefined;
-      taken.prepare(frame.length, meta, (err) => (err === undefined ? resolve() : reject(err)));
+      taken.copyIn(frame, meta, (err) => (err === undefined ? resolve() : reject(err)));
       this.core.queue(2 * pair + 1).start(taken);
     });
   }
