@@ -81,6 +81,8 @@ export class RequestQueue {
   private readonly poll: PollWindow;
   private pollScheduled = false;
   private collecting = false;
+  /** Whether used-buffer notifications were last turned on (the ring starts with them on). */
+  private notificationsOn = true;
   private readonly kickTurn = (): void => {
     this.kickScheduled = false;
     if (this.failure === undefined && this.ring.kick()) this.notifyDevice();
@@ -208,7 +210,12 @@ export class RequestQueue {
     this.collecting = true;
     try {
       for (;;) {
-        this.ring.disableInterrupts();
+        // Only when they were on: a poll turn that writes the suppression field anyway takes the
+        // cache line the device reads its ring index from (split) on every turn.
+        if (this.notificationsOn) {
+          this.ring.disableInterrupts();
+          this.notificationsOn = false;
+        }
         const found = this.reap();
         if (found < 0) return;
         // Requests that waited for room go first: they were submitted before any a callback adds.
@@ -221,6 +228,7 @@ export class RequestQueue {
           return;
         }
         // §2.7.10: re-enabling can race with the device; a true return means more are already used.
+        this.notificationsOn = true;
         if (!this.ring.enableInterrupts()) {
           // Nothing in flight, but a caller woken by these completions may start its next
           // requests in a later microtask (after awaiting room): look once more on the next turn,
