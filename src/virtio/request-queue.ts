@@ -210,8 +210,8 @@ export class RequestQueue {
     this.collecting = true;
     try {
       for (;;) {
-        // Only when they were on: a poll turn that writes the suppression field anyway takes the
-        // cache line the device reads its ring index from (split) on every turn.
+        // Only when they were on: a store on every poll turn would take a cache line the device
+        // reads (the split ring's flags sit beside avail->idx, used_event beside ring entries).
         if (this.notificationsOn) {
           this.ring.disableInterrupts();
           this.notificationsOn = false;
