@@ -81,6 +81,8 @@ export class RequestQueue {
   private readonly poll: PollWindow;
   private pollScheduled = false;
   private collecting = false;
+  /** Whether used-buffer notifications were last turned on (the ring starts with them on). */
+  private notificationsOn = true;
   private readonly kickTurn = (): void => {
     this.kickScheduled = false;
     if (this.failure === undefined && this.ring.kick()) this.notifyDevice();
@@ -208,19 +210,32 @@ export class RequestQueue {
     this.collecting = true;
     try {
       for (;;) {
-        this.ring.disableInterrupts();
+        // Only when they were on: a store on every poll turn would take a cache line the device
+        // reads (the split ring's flags sit beside avail->idx, used_event beside ring entries).
+        if (this.notificationsOn) {
+          this.ring.disableInterrupts();
+          this.notificationsOn = false;
+        }
         const found = this.reap();
         if (found < 0) return;
         // Requests that waited for room go first: they were submitted before any a callback adds.
         this.placeWaiting();
         this.dispatch(found);
         if (this.failure !== undefined) return;
-        if (this.inFlight > 0 && this.poll.keepPolling(found)) {
+        const polling = this.poll.keepPolling(found);
+        if (polling && this.inFlight > 0) {
           this.schedulePoll();
           return;
         }
         // §2.7.10: re-enabling can race with the device; a true return means more are already used.
-        if (!this.ring.enableInterrupts()) return;
+        this.notificationsOn = true;
+        if (!this.ring.enableInterrupts()) {
+          // Nothing in flight, but a caller woken by these completions may start its next
+          // requests in a later microtask (after awaiting room): look once more on the next turn,
+          // which polls on if they came and otherwise leaves the queue asleep.
+          if (polling && found > 0) this.schedulePoll();
+          return;
+        }
       }
     } finally {
       this.collecting = false;

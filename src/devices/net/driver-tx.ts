@@ -5,9 +5,14 @@
  * and the request RequestQueue calls back, so sending a frame allocates nothing. A burst waits
  * for the device instead of exhausting memory; a GSO frame larger than a slot gets its own buffer.
  *
- * Two ways to send: trySend() copies the frame into a free slot and returns at once (false when
- * none is free; whenWritable() says when one is), the path for a sender that must not allocate
- * per frame; send() waits for a slot and resolves once the device has taken the frame.
+ * Three ways to send: trySend() copies a finished frame into a free slot and returns at once
+ * (false when none is free; whenWritable() says when one is), the path for a sender that must
+ * not allocate per frame; trySendInPlace() is the same without the copy: the caller writes the
+ * frame straight into the slot, as a NIC driver builds a packet in its DMA buffer; send() waits
+ * for a slot and resolves once the device has taken the frame.
+ *
+ * A slot goes back to the free list only from the queue's completion (or failure) of its
+ * request, so neither path hands out a buffer the device may still be reading.
  */
 import type { VirtioDriver } from '../../virtio/driver-core.ts';
 import type { QueueRequest } from '../../virtio/request-queue.ts';
@@ -18,14 +23,27 @@ import { ETH_HLEN, GsoType, MAX_GSO_FRAME, NET_HDR_SIZE, type Offload, encodeNet
 
 const NO_SEGMENTS: readonly Segment[] = [];
 
+/**
+ * Writes one frame of `length` bytes into `buffer`, from its offset 0: the frame area of a
+ * transmit buffer (after the virtio_net_hdr), at least `length` bytes long, lent for the call
+ * only (the device reads it once the call returns). `again` is true when this same writer
+ * function wrote the buffer's last frame, which it still holds: a sender repeating a template
+ * writes it whole only when `again` is false and otherwise rewrites just the bytes that vary.
+ */
+export type FrameWriter = (buffer: Uint8Array, length: number, again: boolean) => void;
+
 /** One transmit buffer and the request that carries it, reused frame after frame. */
 class TxSlot implements QueueRequest {
   /** The buffer's one segment; its length is set per frame. */
   private readonly segment: { readonly addr: number; len: number };
   readonly out: readonly Segment[];
   readonly inSegs = NO_SEGMENTS;
+  /** The buffer past the header, where the frame goes: a view made once. */
+  readonly frameArea: Uint8Array;
   /** Frame bytes now in the buffer. */
   private frameBytes = 0;
+  /** The FrameWriter that wrote the frame the buffer holds; undefined when the frame was copied in. */
+  writer: FrameWriter | undefined;
   /** The offload metadata whose header the buffer holds (undefined: none written yet). */
   private headerMeta: Offload | undefined;
   /** Settles a send() waiting for this frame; undefined for trySend(). */
@@ -39,19 +57,26 @@ class TxSlot implements QueueRequest {
   ) {
     this.segment = { addr, len: 0 };
     this.out = [this.segment];
+    this.frameArea = view.subarray(NET_HDR_SIZE);
   }
 
-  /** Copy header and frame into the buffer. */
-  fill(frame: Uint8Array, meta: Offload, settle: ((err: Error | undefined) => void) | undefined): void {
+  /** Copy a finished frame into the buffer, header and all. */
+  copyIn(frame: Uint8Array, meta: Offload, settle: ((err: Error | undefined) => void) | undefined): void {
+    this.frameArea.set(frame);
+    this.writer = undefined;
+    this.prepare(frame.length, meta, settle);
+  }
+
+  /** Write the header for a frame of `length` bytes now in the frame area (§5.1.6.2). */
+  prepare(length: number, meta: Offload, settle: ((err: Error | undefined) => void) | undefined): void {
     // The header is written again only for other offload metadata: a sender repeating one
     // (NO_OFFLOAD, say) finds it in the buffer still, which the device only reads.
     if (meta !== this.headerMeta) {
       encodeNetHeader(meta, 0, this.view);
       this.headerMeta = meta;
     }
-    this.view.set(frame, NET_HDR_SIZE);
-    this.segment.len = NET_HDR_SIZE + frame.length;
-    this.frameBytes = frame.length;
+    this.segment.len = NET_HDR_SIZE + length;
+    this.frameBytes = length;
     this.settle = settle;
   }
 
@@ -100,14 +125,35 @@ export class NetTransmitter {
    * that fit a slot (no GSO beyond the MTU) go this way.
    */
   trySend(frame: Uint8Array, meta: Offload, pair: number, pairs: number): boolean {
-    this.check(frame, this.plainLimit);
-    const slot = this.take(pairs);
-    if (slot === undefined) {
-      if (this.closed) throw new Error('net: the driver is closed');
-      if (this.slotsMade === this.free.length) throw new Error(`net: DMA memory exhausted sending a frame of ${frame.length} bytes`);
-      return false;
+    const length = frame.length;
+    this.check(length, this.plainLimit);
+    const slot = this.takeNow(length, pairs);
+    if (slot === undefined) return false;
+    slot.copyIn(frame, meta, undefined);
+    this.core.queue(2 * pair + 1).start(slot);
+    return true;
+  }
+
+  /**
+   * trySend() with the frame written in place: `write` fills `length` bytes of a free slot's
+   * frame area (told whether it wrote that slot's last frame itself), then the slot is queued.
+   * A writer that throws leaves the slot free and nothing sent; the error goes to the caller.
+   */
+  trySendInPlace(length: number, write: FrameWriter, meta: Offload, pair: number, pairs: number): boolean {
+    this.check(length, this.plainLimit);
+    const slot = this.takeNow(length, pairs);
+    if (slot === undefined) return false;
+    const again = slot.writer === write;
+    // Until the writer returns, the buffer holds a frame nobody wrote whole.
+    slot.writer = undefined;
+    try {
+      write(slot.frameArea, length, again);
+    } catch (err) {
+      this.put(slot);
+      throw err;
     }
-    slot.fill(frame, meta, undefined);
+    slot.writer = write;
+    slot.prepare(length, meta, undefined);
     this.core.queue(2 * pair + 1).start(slot);
     return true;
   }
@@ -121,7 +167,7 @@ export class NetTransmitter {
   /** Transmit `frame` on the transmitq of `pair`; resolves when the device has taken it. */
   async send(frame: Uint8Array, meta: Offload, pair: number, pairs: number): Promise<void> {
     const limit = meta.gsoType === GsoType.NONE ? this.plainLimit : MAX_GSO_FRAME;
-    this.check(frame, limit);
+    this.check(frame.length, limit);
     if (NET_HDR_SIZE + frame.length > this.slotSize) {
       await this.sendLarge(frame, meta, pair);
       return;
@@ -135,7 +181,7 @@ export class NetTransmitter {
     }
     const taken = slot;
     await new Promise<void>((resolve, reject) => {
-      taken.fill(frame, meta, (err) => (err === undefined ? resolve() : reject(err)));
+      taken.copyIn(frame, meta, (err) => (err === undefined ? resolve() : reject(err)));
       this.core.queue(2 * pair + 1).start(taken);
     });
   }
@@ -168,10 +214,21 @@ export class NetTransmitter {
     this.waiters.shift()?.();
   }
 
-  private check(frame: Uint8Array, limit: number): void {
-    if (frame.length < ETH_HLEN || frame.length > limit) {
-      throw new RangeError(`net: a frame of ${frame.length} bytes is outside ${ETH_HLEN}..${limit} bytes`);
+  private check(length: number, limit: number): void {
+    // The negated range test also refuses NaN; a fraction is refused by name.
+    if (!(length >= ETH_HLEN && length <= limit) || length !== Math.floor(length)) {
+      throw new RangeError(`net: a frame of ${length} bytes is outside ${ETH_HLEN}..${limit} bytes`);
     }
+  }
+
+  /** A free slot for trySend*(), undefined when all are in flight; throws when none will ever come back. */
+  private takeNow(length: number, pairs: number): TxSlot | undefined {
+    const slot = this.take(pairs);
+    if (slot === undefined) {
+      if (this.closed) throw new Error('net: the driver is closed');
+      if (this.slotsMade === this.free.length) throw new Error(`net: DMA memory exhausted sending a frame of ${length} bytes`);
+    }
+    return slot;
   }
 
   /** A free slot, made when fewer than one per transmit ring entry of the pairs in use exist; undefined when none. */

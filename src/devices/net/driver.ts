@@ -18,13 +18,14 @@ import { NetDriverCounters } from './counters.ts';
 import { NetControl } from './driver-control.ts';
 import { NetReceiver, type ReceivedFrame } from './driver-rx.ts';
 import { type NetDriverOptions, startDevice } from './driver-start.ts';
-import { NetTransmitter } from './driver-tx.ts';
+import { type FrameWriter, NetTransmitter } from './driver-tx.ts';
 import type { NetPort } from './port.ts';
 import { CtrlRx, DEFAULT_MTU, type MacTable, NET_CONFIG, NO_OFFLOAD, type NetConfig, NetFeature, NetStatus, type Offload, parseMac, randomMac } from './wire.ts';
 
 export { NetDriverCounters } from './counters.ts';
 export { NetControlError } from './driver-control.ts';
 export type { ReceivedFrame } from './driver-rx.ts';
+export type { FrameWriter } from './driver-tx.ts';
 export { NET_DRIVER_FEATURES, type NetDriverOptions } from './driver-start.ts';
 
 export interface SendOptions {
@@ -33,6 +34,9 @@ export interface SendOptions {
   /** Queue pair to transmit on (default 0). */
   readonly pair?: number;
 }
+
+/** The defaults, one object rather than a fresh `{}` per frame sent. */
+const DEFAULT_SEND: SendOptions = {};
 
 export class NetDriver {
   readonly counters = new NetDriverCounters();
@@ -126,7 +130,7 @@ export class NetDriver {
   }
 
   /** Transmit one Ethernet frame (without virtio_net_hdr); resolves when the device has taken it. */
-  async send(frame: Uint8Array, options: SendOptions = {}): Promise<void> {
+  async send(frame: Uint8Array, options: SendOptions = DEFAULT_SEND): Promise<void> {
     await this.tx.send(frame, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);
   }
 
@@ -136,8 +140,21 @@ export class NetDriver {
    * when to try again. Nothing is allocated per frame; a frame the device never takes (the
    * driver closed or was reset) is counted in txFailed. `frame` may be reused at once.
    */
-  trySend(frame: Uint8Array, options: SendOptions = {}): boolean {
+  trySend(frame: Uint8Array, options: SendOptions = DEFAULT_SEND): boolean {
     return this.tx.trySend(frame, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);
+  }
+
+  /**
+   * trySend() without the copy: `write(buffer, length, again)` writes a frame of `length` bytes
+   * (up to the MTU) into a free transmit buffer itself, the way a NIC driver builds a packet in
+   * its DMA buffer; the buffer is valid during the call only. `again` says the same `write`
+   * function wrote the frame the buffer still holds, so a sender repeating one frame, or a
+   * template, writes it once per buffer and then only the bytes that change. False, with
+   * `write` not called, when every buffer is in flight; whenWritable() says when to try again. A
+   * writer that throws sends nothing and its error is thrown here.
+   */
+  trySendInPlace(length: number, write: FrameWriter, options: SendOptions = DEFAULT_SEND): boolean {
+    return this.tx.trySendInPlace(length, write, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);
   }
 
   /** Resolves when trySend() may find a free transmit buffer again. */
@@ -172,9 +189,28 @@ export class NetDriver {
    */
   async bridge(port: NetPort): Promise<void> {
     if (hasFeature(this.features, NetFeature.CTRL_RX)) await this.setPromiscuous(true);
+    // Frames sent with send() and still waiting for a transmit buffer: while there are any, later
+    // frames queue behind them rather than overtake them through trySend().
+    let waiting = 0;
+    const sent = (): void => void waiting--;
+    const lost = (): void => {
+      waiting--;
+      this.counters.txFailed++;
+    };
     port.onReceive((frame, meta) => {
-      // send() may wait for a transmit buffer, and the frame is only lent for this call (port.ts).
-      this.send(frame.slice(), { meta }).catch(() => this.counters.txFailed++);
+      // The frame is only lent for this call (port.ts): copied straight into a free transmit
+      // buffer when there is one, else into a copy of its own that send() waits with.
+      if (waiting === 0 && frame.length <= this.tx.plainLimit) {
+        try {
+          if (this.trySend(frame, { meta })) return;
+        } catch {
+          // A frame the driver refuses (too short, or the driver closed) is lost, as a port drops.
+          this.counters.txFailed++;
+          return;
+        }
+      }
+      waiting++;
+      this.send(frame.slice(), { meta }).then(sent, lost);
     });
     void (async () => {
       for await (const f of this.receive()) port.send(f.frame, f.meta);

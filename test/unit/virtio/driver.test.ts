@@ -264,6 +264,37 @@ test('with a poll budget a queue with nothing in flight sleeps on the notificati
   }
 });
 
+test('with a poll budget, requests a woken caller starts in a later microtask are polled for, not slept on', async (t) => {
+  // The poll window's clock, advanced by hand: 10 µs between completions, well inside the budget.
+  let clock = 0;
+  t.mock.method(performance, 'now', () => clock);
+  const ring = new ManualRing(4);
+  const q = new RequestQueue(ring, 'test.q0', () => {}, captureLog().log, { pollMicros: 200 });
+  const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+  // A sender that awaits room: each request comes after the previous one's promise settled. The
+  // device returns each on the next turn, notifying only a driver asleep on notifications.
+  const polled: boolean[] = [];
+  for (let i = 0; i < 8; i++) {
+    const done = q.submit([], [seg(8)]);
+    await turn();
+    const asleep = ring.interrupts;
+    ring.use(ring.tokens[0], i);
+    clock += 0.01;
+    if (asleep) q.collect();
+    else await turn();
+    assert.equal(await done, i);
+    polled.push(!asleep);
+  }
+  // The window opens with the second completion (10 µs after the first, inside the budget); from
+  // then on each next request is found by the poll turn that completion scheduled.
+  assert.deepEqual(polled, [false, false, true, true, true, true, true, true]);
+  // Nothing in flight and nothing coming back: after one more look the queue sleeps.
+  await turn();
+  await turn();
+  assert.equal(ring.interrupts, true, 'asleep on the notification');
+  assert.equal(q.outstanding, 0);
+});
+
 test('a kept request is started again from its own completion, reusing its token, with one kick per burst', async () => {
   const ring = new ManualRing(2);
   let kicks = 0;
