@@ -27,6 +27,7 @@ import {
 import {
   AVAIL_USED as AVAIL_USEDBinding,
   PACKED_FRESH_BASE,
+  PLAIN_READ_ACQUIRES as PLAIN_READ_ACQUIRESBinding,
   RingEventFlags,
   availablePattern as availablePatternBinding,
   eventWord,
@@ -45,6 +46,7 @@ const AVAIL_USED = AVAIL_USEDBinding;
 const availablePattern = availablePatternBinding;
 const usedPattern = usedPatternBinding;
 const addr64 = addr64Binding;
+const PLAIN_READ_ACQUIRES = PLAIN_READ_ACQUIRESBinding;
 const U32_MAX = 0xffff_ffff;
 
 export class PackedDeviceQueue implements ResubmittingQueue {
@@ -151,8 +153,10 @@ export class PackedDeviceQueue implements ResubmittingQueue {
     const words = this.words;
     let pos = this.availPos;
     let wrap = this.availWrap;
-    // Acquire: the flags of the first descriptor are read before anything the driver wrote before them.
-    let flags = Atomics.load(halves, pos * 8 + 7);
+    // Acquire: the flags of the first descriptor are read before anything the driver wrote before
+    // them; a plain read showing it available is that acquire where PLAIN_READ_ACQUIRES says so.
+    let flags = halves[pos * 8 + 7];
+    if (!PLAIN_READ_ACQUIRES || (flags & AVAIL_USED) !== availablePattern(wrap)) flags = Atomics.load(halves, pos * 8 + 7);
     const headState = flags & AVAIL_USED;
     if (headState !== availablePattern(wrap)) {
       if (headState === usedPattern(wrap)) throw this.badFlags(pos, flags);

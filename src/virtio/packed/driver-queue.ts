@@ -13,6 +13,7 @@ import { type IndirectTables, indirectTablesBytes } from '../split-ring.ts';
 import { type DriverQueue, type QueueConfig, type Segment, type UsedBuffer, type UsedRecord, VirtqueueError } from '../queue.ts';
 import {
   AVAIL_USED as AVAIL_USEDBinding,
+  PLAIN_READ_ACQUIRES as PLAIN_READ_ACQUIRESBinding,
   RingEventFlags,
   availablePattern as availablePatternBinding,
   eventWord,
@@ -30,6 +31,7 @@ const { NEXT, WRITE, INDIRECT } = DescFlag;
 const AVAIL_USED = AVAIL_USEDBinding;
 const availablePattern = availablePatternBinding;
 const usedPattern = usedPatternBinding;
+const PLAIN_READ_ACQUIRES = PLAIN_READ_ACQUIRESBinding;
 const U32_MAX = 0xffff_ffff;
 
 /** What a buffer id is doing: free, added but not yet kicked (invisible to the device), or available. */
@@ -239,8 +241,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     const pos = this.usedPos;
     // Nothing in flight, or everything before a batch not yet kicked has come back.
     if (this.outstanding === 0 || pos === this.batchHead) return null;
-    // Acquire: the used descriptor's id and len are read after its flags.
-    const flags = Atomics.load(this.halves, pos * 8 + 7);
+    // Acquire: the used descriptor's id and len are read after its flags (a plain read showing it
+    // used is that acquire where PLAIN_READ_ACQUIRES says so).
+    let flags = this.halves[pos * 8 + 7];
+    if (!PLAIN_READ_ACQUIRES || (flags & AVAIL_USED) !== usedPattern(this.usedWrap)) flags = Atomics.load(this.halves, pos * 8 + 7);
     const state = flags & AVAIL_USED;
     if (state !== usedPattern(this.usedWrap)) {
       // Still as the driver wrote it: not used yet. Anything else is the device's garbage.

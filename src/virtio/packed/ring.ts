@@ -69,6 +69,28 @@ export function usedPattern(wrap: boolean): number {
   return wrap ? AVAIL_USED : 0;
 }
 
+/**
+ * Whether a plain read of a descriptor's flags that shows the state a side waits for (made
+ * available, for the device; used, for the driver) already orders the reads of the rest of the
+ * descriptor after it, as the acquire of §2.8.21 requires, so the per-chain `Atomics.load` (a
+ * builtin call in V8, about a hundred instructions, where a plain read is one) can be skipped:
+ *
+ * - The value is this lap's, never a stale one: a thread never reads a location older than its
+ *   own last write to it (cache coherence), and this side's last write to the flags was the
+ *   pattern of the previous lap; seeing the awaited pattern means the other side wrote it since.
+ * - x86 and x86-64 do not reorder a load with later loads (Intel SDM vol. 3A §9.2.2, AMD64 APM
+ *   vol. 2 §7.2), and the other side wrote the flags after the descriptor (its release store,
+ *   §2.8.21; x86 does not reorder stores either), so the later plain reads see the descriptor.
+ * - V8 keeps typed-array loads in program order (they are on its effect chain; TurboFan schedules
+ *   no instructions on x86), and a read that does not show the awaited pattern is made again with
+ *   `Atomics.load`, a call the compiler cannot see through: an optimised polling loop cannot
+ *   keep an old read of the flags or of a descriptor read before it.
+ *
+ * Elsewhere (arm64, ppc64, s390x, riscv64 ...) loads may be reordered, and every flags read that
+ * ends a wait is an `Atomics.load`.
+ */
+export const PLAIN_READ_ACQUIRES = process.arch === 'x64' || process.arch === 'ia32';
+
 export function extendedIndex(pos: number, wrap: boolean, size: number): number {
   return wrap ? pos : pos + size;
 }
