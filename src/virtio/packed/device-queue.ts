@@ -4,13 +4,15 @@
  *
  * The device polls one place, the descriptor at its next avail position (§2.8.2); a chain there
  * is complete once its first descriptor is available, because the driver makes that one
- * available last (§2.8.6, §2.8.21). Used descriptors are written at publish(), the batch's first
- * one last, so the driver (which polls its next used position) never sees part of a batch.
+ * available last (§2.8.6, §2.8.21). Used descriptors are written as chains are pushed, all but
+ * the flags of the batch's first one, which publish() stores last: the driver polls its next used
+ * position, the batch's first, so it never sees part of a batch.
  *
  * With VIRTIO_F_IN_ORDER the device must push chains in the order it popped them (§2.8.8), and
- * publish() then writes one used descriptor per run of consecutive chains, carrying the id and
- * length of the run's last chain: the driver takes the others as wholly used. A chain whose
- * writable part was only partly written therefore ends its run.
+ * one used descriptor is written per run of consecutive chains, carrying the id and length of the
+ * run's last chain: the driver takes the others as wholly used. A chain whose writable part was
+ * only partly written therefore ends its run; a wholly written one waits for the next push or
+ * publish() to know whether a later chain's descriptor covers it.
  */
 import { ChainBuilder, indirectTableEntries } from '../chain.ts';
 import { DESC_SIZE, DescFlag } from '../constants.ts';
@@ -63,9 +65,12 @@ export class PackedDeviceQueue implements ResubmittingQueue {
   /** Next descriptor to pop. */
   private availPos: number;
   private availWrap: boolean;
-  /** Where the next used descriptor goes (advanced at publish). */
+  /** Where the batch publish() makes visible next starts: the position the driver polls. */
   private usedPos: number;
   private usedWrap: boolean;
+  /** Where push() writes the next used descriptor: usedPos plus the slots pushed since publish(). */
+  private pushPos: number;
+  private pushWrap: boolean;
   /** Ring slots between the used and avail positions not yet claimed by a push. */
   private held: number;
   /** Extended used index at the last publish, the "old" of the event suppression check. */
@@ -79,12 +84,14 @@ export class PackedDeviceQueue implements ResubmittingQueue {
   private popOrderHead = 0;
   private popOrderCount = 0;
 
-  /** Pushed chains awaiting publish(): id, bytes written, whole writable length, ring slots. */
-  private readonly pendingId: Uint16Array;
-  private readonly pendingWritten: Uint32Array;
-  private readonly pendingFull: Float64Array;
-  private readonly pendingSlots: Uint16Array;
+  /** Chains pushed since publish(). */
   private pendingCount = 0;
+  /** Flags of the used descriptor at usedPos, held back until publish(); -1 while not written. */
+  private firstFlags = -1;
+  /** With IN_ORDER: the last chain pushed wholly written and not yet covered (id, or -1, and length), and the ring slots of its run. */
+  private deferredId = -1;
+  private deferredWritten = 0;
+  private runSlots = 0;
 
   /**
    * `base` resumes a ring saved with the `base` getter or received as vhost-user VRING_BASE
@@ -117,6 +124,8 @@ export class PackedDeviceQueue implements ResubmittingQueue {
     this.availWrap = (base & 0x8000) !== 0;
     this.usedPos = (base >>> 16) & 0x7fff;
     this.usedWrap = base >>> 31 === 1;
+    this.pushPos = this.usedPos;
+    this.pushWrap = this.usedWrap;
     if (this.availPos >= size || this.usedPos >= size) {
       throw new VirtqueueError('bad ring base', `${name}: base ${hex(base)} names a position beyond size ${size}`);
     }
@@ -130,10 +139,6 @@ export class PackedDeviceQueue implements ResubmittingQueue {
 
     this.idInFlight = new Uint8Array(size);
     this.popOrder = new Uint16Array(config.inOrder ? size : 0);
-    this.pendingId = new Uint16Array(size);
-    this.pendingWritten = new Uint32Array(size);
-    this.pendingFull = new Float64Array(size);
-    this.pendingSlots = new Uint16Array(size);
   }
 
   /** The ring position as published (see DeviceQueue.base): publish() pushed chains before saving it. */
@@ -323,45 +328,46 @@ export class PackedDeviceQueue implements ResubmittingQueue {
       this.chainsInFlight--;
     }
     this.held -= chain.ringDescriptors;
-    const n = this.pendingCount++;
-    this.pendingId[n] = id;
-    this.pendingWritten[n] = written;
-    this.pendingFull[n] = chain.writableLength;
-    this.pendingSlots[n] = chain.ringDescriptors;
+    this.pendingCount++;
+    const slots = this.runSlots + chain.ringDescriptors;
+    if (this.inOrder && written === chain.writableLength) {
+      // IN_ORDER: a chain wholly written may be covered by the used descriptor of a later one (§2.8.8).
+      this.deferredId = id;
+      this.deferredWritten = written;
+      this.runSlots = slots;
+      return;
+    }
+    this.writeUsed(id, written, slots);
+  }
+
+  /** Write the used descriptor standing for `slots` ring slots at pushPos; the batch's first one's flags wait for publish(). */
+  private writeUsed(id: number, written: number, slots: number): void {
+    const pos = this.pushPos;
+    this.words[pos * 4 + 2] = written;
+    this.halves[pos * 8 + 6] = id;
+    // §2.8.3, §2.8.4: WRITE in a used descriptor says whether len counts written bytes.
+    const flags = usedPattern(this.pushWrap) | (written !== 0 ? WRITE : 0);
+    if (this.firstFlags === -1) this.firstFlags = flags;
+    else this.halves[pos * 8 + 7] = flags;
+    this.deferredId = -1;
+    this.runSlots = 0;
+    this.pushPos = pos + slots;
+    if (this.pushPos >= this.size) {
+      this.pushPos -= this.size;
+      this.pushWrap = !this.pushWrap;
+    }
   }
 
   publish(): boolean {
-    const count = this.pendingCount;
-    if (count === 0) return false;
-    const size = this.size;
-    const words = this.words;
-    const halves = this.halves;
-    const firstPos = this.usedPos;
-    let firstFlags = -1;
-    let pos = firstPos;
-    let wrap = this.usedWrap;
-    let slots = 0;
-    for (let i = 0; i < count; i++) {
-      slots += this.pendingSlots[i];
-      const written = this.pendingWritten[i];
-      // IN_ORDER: a chain wholly written may be covered by the used descriptor of a later one (§2.8.8).
-      if (this.inOrder && i + 1 < count && written === this.pendingFull[i]) continue;
-      words[pos * 4 + 2] = written;
-      halves[pos * 8 + 6] = this.pendingId[i];
-      // §2.8.3, §2.8.4: WRITE in a used descriptor says whether len counts written bytes.
-      const flags = usedPattern(wrap) | (written !== 0 ? WRITE : 0);
-      if (firstFlags === -1) firstFlags = flags;
-      else halves[pos * 8 + 7] = flags;
-      pos += slots;
-      slots = 0;
-      if (pos >= size) {
-        pos -= size;
-        wrap = !wrap;
-      }
-    }
+    if (this.pendingCount === 0) return false;
+    if (this.deferredId !== -1) this.writeUsed(this.deferredId, this.deferredWritten, this.runSlots);
     // §2.8.21: the batch becomes visible at once when its first descriptor's flags are released last.
-    Atomics.store(halves, firstPos * 8 + 7, firstFlags);
+    Atomics.store(this.halves, this.usedPos * 8 + 7, this.firstFlags);
+    this.firstFlags = -1;
     this.pendingCount = 0;
+    const size = this.size;
+    const pos = this.pushPos;
+    const wrap = this.pushWrap;
     this.usedPos = pos;
     this.usedWrap = wrap;
     const now = extendedIndex(pos, wrap, size);

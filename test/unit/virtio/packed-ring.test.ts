@@ -340,7 +340,7 @@ test('indirect descriptor rules', () => {
   }
 });
 
-test('publish writes used descriptors in push order, skipping each chain, the first flags last', () => {
+test('used descriptors are written in push order, skipping each chain, the first flags last at publish', () => {
   const { mem, config, put, read } = setup(5);
   const dev = new PackedDeviceQueue(mem, config, 'q');
   put(1, { addr: DATA, len: 16, id: 0, flags: avail(1) | WRITE });
@@ -349,10 +349,10 @@ test('publish writes used descriptors in push order, skipping each chain, the fi
   const a = dev.pop();
   const b = dev.pop();
   assert.ok(a && b);
-  const ringBefore = mem.slice(RING, 5 * 16).slice();
   dev.push(b, 0);
   dev.push(a, 10);
-  assert.deepEqual(mem.slice(RING, 5 * 16), ringBefore, 'nothing is visible before publish');
+  // The driver polls the batch's first descriptor; the rest may be written as chains are pushed.
+  assert.equal(read(0).flags, avail(1) | NEXT, 'nothing is visible before publish');
   assert.equal(dev.inFlight, 0);
   dev.publish();
   assert.deepEqual(read(0), { addr: DATA, len: 0, id: 1, flags: used(1) }, 'b first, no WRITE: nothing written');
