@@ -34,11 +34,6 @@ const usedPattern = usedPatternBinding;
 const PLAIN_READ_ACQUIRES = PLAIN_READ_ACQUIRESBinding;
 const U32_MAX = 0xffff_ffff;
 
-/** What a buffer id is doing: free, added but not yet kicked (invisible to the device), or available. */
-const ID_FREE = 0;
-const ID_ADDED = 1;
-const ID_AVAILABLE = 2;
-
 export interface PackedDriverOptions {
   /**
    * Used when VIRTIO_F_INDIRECT_DESC is negotiated; without it every buffer is a direct chain.
@@ -77,11 +72,14 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
 
   private readonly freeIds: Uint16Array;
   private freeCount: number;
-  /** ID_FREE, ID_ADDED or ID_AVAILABLE per buffer id. */
-  private readonly idState: Uint8Array;
-  /** Ids added since the last kick, to become ID_AVAILABLE at kick(). */
-  private readonly addedIds: Uint16Array;
-  private addedCount = 0;
+  /**
+   * Per buffer id, the batch it was added in, 0 while the id is free. A buffer of `openBatch` is
+   * not kicked yet, invisible to the device; kick() closes a batch by moving `openBatch` on, so
+   * no id is written twice per add.
+   */
+  private readonly batchOf: Float64Array;
+  /** The batch add() puts buffers into; batches count from 1 (a double: no wrap in practice). */
+  private openBatch = 1;
   private readonly tokens: (T | undefined)[];
   private readonly slotsOf: Uint16Array;
   private readonly writableOf: Float64Array;
@@ -119,8 +117,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     // Hand out low ids first (a stack popped from the end).
     for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
     this.freeCount = size;
-    this.idState = new Uint8Array(size);
-    this.addedIds = new Uint16Array(size);
+    this.batchOf = new Float64Array(size);
     this.tokens = new Array<T | undefined>(size).fill(undefined);
     this.slotsOf = new Uint16Array(size);
     this.writableOf = new Float64Array(size);
@@ -149,8 +146,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     if (this.freeCount === 0 || slots > this.size - this.outstanding) return false;
 
     const id = this.freeIds[--this.freeCount];
-    this.idState[id] = ID_ADDED;
-    this.addedIds[this.addedCount++] = id;
+    this.batchOf[id] = this.openBatch;
     this.tokens[id] = token;
     this.writableOf[id] = writable;
     this.slotsOf[id] = slots;
@@ -224,9 +220,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       // Release: every descriptor of the batch is written before its first one becomes available.
       Atomics.store(this.halves, this.batchHead * 8 + 7, this.batchHeadFlags);
       this.batchHead = -1;
+      this.openBatch++;
     }
-    for (let i = 0; i < this.addedCount; i++) this.idState[this.addedIds[i]] = ID_AVAILABLE;
-    this.addedCount = 0;
     const now = extendedIndex(this.availPos, this.availWrap, this.size);
     const before = this.kicked;
     if (now === before) return false;
@@ -252,8 +247,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       throw new VirtqueueError('bad used flags', `${this.name}: descriptor ${pos} has flags ${hex(flags)}`);
     }
     const id = this.halves[pos * 8 + 6];
-    // A buffer not yet kicked is one the device cannot have seen (§2.8.12: it processes in ring order).
-    if (id >= this.size || this.idState[id] !== ID_AVAILABLE) {
+    // A free id, or a buffer not yet kicked, is one the device cannot have seen (§2.8.12: it
+    // processes in ring order).
+    const batch = id < this.size ? this.batchOf[id] : 0;
+    if (batch === 0 || batch === this.openBatch) {
       throw new VirtqueueError('used id not in flight', `${this.name}: the device used buffer id ${id}, not available to it`);
     }
     // §2.8.3, §2.8.4: without WRITE the length is reserved. But QEMU never sets WRITE in a used
@@ -297,7 +294,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     }
     const token = this.tokens[id] as T;
     this.tokens[id] = undefined;
-    this.idState[id] = ID_FREE;
+    this.batchOf[id] = 0;
     this.freeIds[this.freeCount++] = id;
     const used = this.used;
     used.token = token;
