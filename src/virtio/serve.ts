@@ -168,6 +168,8 @@ export class QueueServer {
             if (full) break;
           }
         }
+        // A handler may have reset the device: then the ring is no longer this queue's to touch.
+        if (!this.isLive(queue)) break;
         this.publish(queue);
         if (!this.isLive(queue)) break;
         if (full) {

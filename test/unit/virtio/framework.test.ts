@@ -163,6 +163,33 @@ test('with IN_ORDER, buffers finished out of order still go back in the order th
   assert.deepEqual(q.used.map(([id]) => id), [0, 1, 2]);
 });
 
+test('with IN_ORDER, synchronous requests behind a held one wait for it, and each request still goes back once', async () => {
+  const q = new ScriptQueue([chain(0), chain(1), chain(2), chain(3)]);
+  const { ctx } = context(q, featureBit(Feature.IN_ORDER));
+  const gate = deferred();
+  const server = new QueueServer(ctx, 0, (req) => {
+    return req.chain.id === 1 ? gate.promise : undefined;
+  });
+  server.kick();
+  assert.deepEqual(q.used.map(([id]) => id), [0], 'the first went back at once; 2 and 3 wait for 1');
+  gate.resolve();
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(q.used.map(([id]) => id), [0, 1, 2, 3]);
+  assert.equal(server.inFlight, 0);
+});
+
+test('a handler that resets the device stops the drain: its chain is not pushed, nothing more is popped or published', () => {
+  const q = new ScriptQueue([chain(0), chain(1), chain(2)]);
+  const { ctx, ctl } = context(q);
+  const served: number[] = [];
+  new QueueServer(ctx, 0, (req) => {
+    served.push(req.chain.id);
+    if (req.chain.id === 1) ctl.live = false;
+  }).kick();
+  assert.deepEqual(served, [0, 1]);
+  assert.deepEqual(q.calls, ['disable', 'pop', 'push 0', 'pop']);
+});
+
 test('a completion after a reset writes neither the buffer nor the ring', async () => {
   const buffer = new Uint8Array(4);
   const q = new ScriptQueue([new DescriptorChain(0, 1, [], [buffer], 0, 4)]);
