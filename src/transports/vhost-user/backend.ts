@@ -112,6 +112,13 @@ interface Vring {
   failed: boolean;
   /** The ring's record in the inflight region while it runs tracked. */
   inflight: InflightRecord | undefined;
+  /**
+   * The ring resumed from a predecessor's inflight record: that process may have died after
+   * making used buffers visible and before notifying the driver, which would then wait for a
+   * notification nobody sends (with EVENT_IDX it asked for one at its own used position, which
+   * every later publish is already past). The driver gets one as soon as there is a call fd.
+   */
+  owesCall: boolean;
 }
 
 const NO_FD = -1;
@@ -167,6 +174,7 @@ export class VhostUserBackend {
       unwatch: undefined,
       failed: false,
       inflight: undefined,
+      owesCall: false,
     }));
   }
 
@@ -314,7 +322,9 @@ export class VhostUserBackend {
   }
 
   setVringCall(index: number, fd: number | undefined): void {
-    this.replaceFd(this.vringOwning(index, fd), 'callFd', fd ?? NO_FD);
+    const v = this.vringOwning(index, fd);
+    this.replaceFd(v, 'callFd', fd ?? NO_FD);
+    this.payOwedCall(v);
   }
 
   setVringErr(index: number, fd: number | undefined): void {
@@ -515,6 +525,7 @@ export class VhostUserBackend {
         if (tracked !== undefined) {
           v.inflight = tracked.record;
           base = tracked.base;
+          v.owesCall = tracked.recovered;
         }
       }
       const queue = createDeviceQueue(memory, config, packed, name, base);
@@ -534,9 +545,21 @@ export class VhostUserBackend {
     this.state.attachQueue(v.index, v.gate);
     if (!this.protocolNegotiated) v.enabled = true;
     if (!v.enabled) void v.gate.close();
+    this.payOwedCall(v);
     this.maybeActivate();
     // Buffers may already be waiting (a restarted ring or a kick before the fd was watched).
     if (v.enabled) this.notify(v.index);
+  }
+
+  /**
+   * A used buffer notification the ring owes the driver (Vring.owesCall), sent once there is a
+   * call fd. When no used buffer was left unannounced it is spurious, which a driver takes as
+   * nothing to do (§2.7.7.2 and §2.8.10 allow notifications the driver did not ask for).
+   */
+  private payOwedCall(v: Vring): void {
+    if (!v.owesCall || v.callFd === NO_FD) return;
+    v.owesCall = false;
+    this.ports.signal(v.callFd);
   }
 
   /** Watch the ring's kick fd; a descriptor that cannot be watched (a regular file) is refused. */

@@ -81,7 +81,8 @@ export class InflightRegion {
    * region cannot track it (it then runs untracked, from `base`). Heads still in flight after a
    * crash were taken from entries before the resume point, which the front-end cannot know (QEMU
    * sends the used index of a split ring as the base, and a stale position for a packed one).
-   * Throws VirtqueueError when the ring is misplaced.
+   * `recovered` says the record was a predecessor's, which may have died between making used
+   * buffers visible and notifying the driver. Throws VirtqueueError when the ring is misplaced.
    */
   resume(
     index: number,
@@ -91,7 +92,7 @@ export class InflightRegion {
     base: number,
     name: string,
     log: Logger,
-  ): { base: number; record: InflightRecord } | undefined {
+  ): { base: number; record: InflightRecord; recovered: boolean } | undefined {
     const layout = (p: boolean): string => (p ? 'packed' : 'split');
     if (packed !== this.packed) {
       log.warn({ queue: index }, `the inflight region is laid out for ${layout(this.packed)} rings; this ${layout(packed)} ring runs untracked`);
@@ -104,15 +105,15 @@ export class InflightRegion {
     if (packed) {
       const record = this.packedRecord(index, log)!;
       const resumed = record.recover(config.size, base, (pos, wrap) => packedSlotUsed(memory, config, name, pos, wrap));
-      if (resumed === undefined) return { base, record };
+      if (resumed === undefined) return { base, record, recovered: false };
       log.info({ queue: index, resubmitting: resumed.chains.length, base: resumed.base }, 'ring resumes from its inflight record');
-      return { base: resumed.base, record };
+      return { base: resumed.base, record, recovered: true };
     }
     const record = this.split(index, log)!;
     const usedIdx = splitUsedIndex(memory, config, name);
     const heads = record.recover(config.size, usedIdx);
-    if (heads === undefined) return { base, record };
+    if (heads === undefined) return { base, record, recovered: false };
     log.info({ queue: index, resubmitting: heads.length, usedIdx }, 'ring resumes from its inflight record');
-    return { base: (usedIdx + heads.length) & 0xffff, record };
+    return { base: (usedIdx + heads.length) & 0xffff, record, recovered: true };
   }
 }

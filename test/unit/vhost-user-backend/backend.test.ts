@@ -406,6 +406,41 @@ test('after a crash, a restarted back-end serves the requests left in flight fir
   assert.equal(r.driver.getUsed(), null);
 });
 
+test('a back-end that died after making used buffers visible but before notifying: its successor notifies the driver on resuming', async () => {
+  const h = harness();
+  h.backend.setProtocolFeatures(featureBit(ProtocolFeature.INFLIGHT_SHMFD));
+  const region = h.backend.getInflightFd(1, QUEUE_SIZE);
+  await startTracked(h, region, 0);
+  assert.deepEqual(h.signals, [], 'a fresh region: no predecessor, nothing owed');
+  offer(h, 2);
+  h.kick();
+  const [first, second] = h.device.held;
+  const q = h.device.ctx!.queue(0)!;
+  q.push(first, 0);
+  q.publish();
+  // The process dies here, before its call fd was written: the used buffer is in the ring, and
+  // the driver, waiting for a notification, has not looked.
+  const r = harness(1, h);
+  await startTracked(r, region, 1);
+  assert.deepEqual(r.signals, [CALL_FD], 'one used buffer notification as the ring resumes');
+  assert.equal(r.driver.getUsed()?.token, 0, 'the buffer it tells of');
+  assert.deepEqual(r.device.held.map((c) => c.id), [second.id]);
+
+  // The same when the front-end sends the call fd only after the ring started.
+  const s = harness(1, r);
+  s.backend.setProtocolFeatures(featureBit(ProtocolFeature.INFLIGHT_SHMFD));
+  s.backend.setInflightFd(region.mmapSize, 0n, 1, QUEUE_SIZE, region.fd);
+  await setUpRing(s);
+  s.backend.setVringCall(0, undefined);
+  s.backend.setVringBase(0, 1);
+  s.backend.setVringKick(0, KICK_FD);
+  s.backend.setVringEnable(0, 1);
+  assert.deepEqual(s.signals, []);
+  s.backend.setVringCall(0, CALL_FD);
+  s.backend.setVringCall(0, CALL_FD);
+  assert.deepEqual(s.signals, [CALL_FD], 'once, on the call fd that arrived');
+});
+
 test('a graceful stop leaves nothing in flight: the next start resubmits nothing', async () => {
   const h = harness();
   h.backend.setProtocolFeatures(featureBit(ProtocolFeature.INFLIGHT_SHMFD));
