@@ -554,7 +554,7 @@ export class VhostUserBackend {
   /**
    * A used buffer notification the ring owes the driver (Vring.owesCall), sent once there is a
    * call fd. When no used buffer was left unannounced it is spurious, which a driver takes as
-   * nothing to do (§2.7.7.2 and §2.8.10 allow notifications the driver did not ask for).
+   * nothing to do (§2.7.7.1: the driver MUST handle spurious notifications from the device).
    */
   private payOwedCall(v: Vring): void {
     if (!v.owesCall || v.callFd === NO_FD) return;
