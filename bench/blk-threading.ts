@@ -10,18 +10,17 @@
  * (io-thread.ts) with 1 and 2 threads.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { report, step } from './_report.ts';
+import { readOnlyStorageDaemon, tmpfsDisk } from './_tmpfs-disk.ts';
 import { randomIo } from '../src/cli/blk-workload.ts';
 import { BlkDriver } from '../src/devices/blk/driver.ts';
 import { VhostUserFrontend } from '../src/transports/vhost-user/frontend.ts';
 import { DeviceId } from '../src/virtio/constants.ts';
 import { PeerProcess } from '../test/lab/peer-process.ts';
-import { startStorageDaemon } from '../test/lab/qsd.ts';
 
 const SERVE = fileURLToPath(new URL('./_blk-serve.ts', import.meta.url));
 const DISK_BYTES = 256 * 1024 * 1024;
@@ -65,7 +64,8 @@ function fio(image: string): number {
 }
 
 export async function main(): Promise<void> {
-  const dir = mkdtempSync('/dev/shm/paravirt-bench-');
+  const disk = tmpfsDisk('paravirt-bench-', DISK_BYTES);
+  const { dir, image } = disk;
   const stops: (() => Promise<unknown>)[] = [];
   const sides: Side[] = [];
   const open = async (name: string, socketPath: string): Promise<void> => {
@@ -75,10 +75,7 @@ export async function main(): Promise<void> {
     sides.push({ name, blk, iops: [] });
   };
   try {
-    const image = join(dir, 'disk.img');
-    writeFileSync(image, new Uint8Array(DISK_BYTES).fill(0xa5));
-    step('starting qemu-storage-daemon');
-    const daemon = await startStorageDaemon({ image, socketPath: join(dir, 'qsd.sock'), numQueues: 1, writable: false, qemu: 'system' });
+    const daemon = await readOnlyStorageDaemon(disk);
     stops.push(daemon.stop);
     await open('qsd', daemon.socketPath);
     for (const model of MODELS) {
@@ -116,6 +113,6 @@ export async function main(): Promise<void> {
     step('closing the drivers and stopping the back-ends');
     for (const side of sides) await side.blk.close();
     for (const stop of stops) await stop();
-    rmSync(dir, { recursive: true, force: true });
+    disk.remove();
   }
 }
