@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { type TestContext, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fc from 'fast-check';
 import { once } from 'node:events';
@@ -207,14 +207,20 @@ function overdrawnFill(bus: QxlBus, at: number, id: bigint, side: number, color:
   return fill;
 }
 
+/** A 2048x2048 primary with a red fill over all of it queued: more pixels than one turn draws. */
+function bigRedFill(t: TestContext): { bus: QxlBus; side: number } {
+  const side = 2048;
+  const bus = new QxlBus({ vramSize: 4 * side * side });
+  t.after(() => bus.device.close());
+  bus.init();
+  bus.createPrimary(side, side);
+  bus.produce(Ram.CMD_RING, overdrawnFill(bus, 0x1000, 1n, side, RED), CommandType.DRAW);
+  return { bus, side };
+}
+
 for (const notifiedFirst of [true, false]) {
   test(`the synchronous UPDATE_AREA returns with a drawable larger than a turn's budget drawn and released, and the commands after it${notifiedFirst ? ', after a NOTIFY_CMD that yielded' : ''}`, (t) => {
-    const side = 2048;
-    const bus = new QxlBus({ vramSize: 4 * side * side });
-    t.after(() => bus.device.close());
-    bus.init();
-    bus.createPrimary(side, side);
-    bus.produce(Ram.CMD_RING, overdrawnFill(bus, 0x1000, 1n, side, RED), CommandType.DRAW);
+    const { bus, side } = bigRedFill(t);
     bus.produce(Ram.CMD_RING, bus.fill(0x2000, 2n, { top: 0, left: 0, bottom: 1, right: 1 }, 0x0000_ff00), CommandType.DRAW);
     if (notifiedFirst) {
       bus.out(IoPort.NOTIFY_CMD);
@@ -233,12 +239,7 @@ for (const notifiedFirst of [true, false]) {
 }
 
 test('a synchronous DESTROY_PRIMARY behind a yielded drain returns with the drawables before it drawn and the primary gone', (t) => {
-  const side = 2048;
-  const bus = new QxlBus({ vramSize: 4 * side * side });
-  t.after(() => bus.device.close());
-  bus.init();
-  bus.createPrimary(side, side);
-  bus.produce(Ram.CMD_RING, overdrawnFill(bus, 0x1000, 1n, side, RED), CommandType.DRAW);
+  const { bus, side } = bigRedFill(t);
   bus.out(IoPort.NOTIFY_CMD);
   bus.out(IoPort.DESTROY_PRIMARY);
   const status = bus.device.status();
