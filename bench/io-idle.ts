@@ -1,0 +1,85 @@
+/**
+ * What a pause costs the block I/O threads (src/storage/io-thread.ts): the latency of a 4 KiB read
+ * through them when they have just served one (steady), the very first one (no thread yet), and
+ * the first after the disk sat idle for longer than the threads' idle period, with the CPU the
+ * process used while it sat idle. Both builds: compiled (dist/, what the `paravirt` command runs)
+ * and from source (tsx, where a new thread must load the TypeScript loader first).
+ *
+ *     npm run bench -- io-idle
+ */
+import { spawn } from 'node:child_process';
+import { open, rm, writeFile } from 'node:fs/promises';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { IoThreads as IoThreadsType, Op as OpType } from '../src/storage/io-thread.ts';
+import { report, step } from './_report.ts';
+
+/** How long each pause lasts: past the threads' idle period (5 s in io-thread.ts). */
+const PAUSE_MS = 5700;
+const PAUSES = 2;
+const STEADY_READS = 500;
+
+export const deadlineSeconds = 120;
+
+interface IoThreadsModule {
+  readonly IoThreads: typeof IoThreadsType;
+  readonly Op: typeof OpType;
+}
+
+const BUILDS = [
+  { build: 'compiled', module: new URL('../dist/storage/io-thread.js', import.meta.url).href },
+  { build: 'source', module: new URL('../src/storage/io-thread.ts', import.meta.url).href },
+];
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+function median(values: readonly number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)];
+}
+
+/** Measure one build in this process (each build in a process of its own: both load the same native types). */
+async function measure(build: string, module: string): Promise<void> {
+  const { IoThreads, Op } = (await import(module)) as IoThreadsModule;
+  // Not tmpfs: the file's pages come from the page cache, but the reads go to the threads anyway.
+  const path = join(tmpdir(), `paravirt-io-idle-${process.pid}.img`);
+  await writeFile(path, new Uint8Array(1 << 20));
+  const file = await open(path, 'r');
+  const threads = new IoThreads(1);
+  try {
+    const buffer = new Uint8Array(4096);
+    const read = (): Promise<number> =>
+      new Promise((resolve, reject) => {
+        const start = performance.now();
+        threads.submit(Op.read, file.fd, 0, [buffer], (_, r) => (typeof r === 'number' ? resolve(performance.now() - start) : reject(r)), undefined);
+      });
+    const context = { build, load: loadavg()[0] };
+    report('io-idle', `${build}_first_read_ms`, await read(), 'ms', context);
+    const steady: number[] = [];
+    for (let i = 0; i < STEADY_READS; i++) steady.push(await read());
+    report('io-idle', `${build}_steady_read_ms`, median(steady), 'ms', { ...context, reads: STEADY_READS, statistic: 'median' });
+    for (let p = 0; p < PAUSES; p++) {
+      const cpu = process.cpuUsage();
+      await sleep(PAUSE_MS);
+      const used = process.cpuUsage(cpu);
+      report('io-idle', `${build}_idle_cpu`, (100 * (used.user + used.system)) / (PAUSE_MS * 1000), '%', { ...context, pauseMs: PAUSE_MS });
+      report('io-idle', `${build}_read_after_pause_ms`, await read(), 'ms', { ...context, pauseMs: PAUSE_MS, load: loadavg()[0] });
+    }
+  } finally {
+    await threads.close();
+    await file.close();
+    await rm(path, { force: true });
+  }
+}
+
+export async function main(): Promise<void> {
+  for (const { build, module } of BUILDS) {
+    step(`the ${build} I/O threads`);
+    const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), build, module], { stdio: ['ignore', 'inherit', 'inherit'] });
+    const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+    if (code !== 0) throw new Error(`measuring the ${build} I/O threads ended with exit code ${code}`);
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) await measure(process.argv[2], process.argv[3]);
