@@ -1,8 +1,8 @@
 /**
  * What a pause costs the block I/O threads (src/storage/io-thread.ts): the latency of a 4 KiB read
  * through them when they have just served one (steady), the very first one (no thread yet), and
- * the first after the disk sat idle for longer than the threads' idle period, with the CPU the
- * process used while it sat idle. Both builds: compiled (dist/, what the `paravirt` command runs)
+ * the first after a short pause, and the first after the disk sat idle for longer than the
+ * threads' idle period, with the CPU the process used while it sat idle. Both builds: compiled (dist/, what the `paravirt` command runs)
  * and from source (tsx, where a new thread must load the TypeScript loader first).
  *
  *     npm run bench -- io-idle
@@ -18,6 +18,7 @@ import { report, step } from './_report.ts';
 /** How long each pause lasts: past the threads' idle period (5 s in io-thread.ts). */
 const PAUSE_MS = 5700;
 const PAUSES = 2;
+const SHORT_PAUSE_MS = 200;
 const STEADY_READS = 500;
 
 export const deadlineSeconds = 120;
@@ -59,6 +60,9 @@ async function measure(build: string, module: string): Promise<void> {
     const steady: number[] = [];
     for (let i = 0; i < STEADY_READS; i++) steady.push(await read());
     report('io-idle', `${build}_steady_read_ms`, median(steady), 'ms', { ...context, reads: STEADY_READS, statistic: 'median' });
+    // What any read after a quiet spell pays (timer wake-up, cold caches), within the idle period.
+    await sleep(SHORT_PAUSE_MS);
+    report('io-idle', `${build}_read_after_short_pause_ms`, await read(), 'ms', { ...context, pauseMs: SHORT_PAUSE_MS });
     for (let p = 0; p < PAUSES; p++) {
       const cpu = process.cpuUsage();
       await sleep(PAUSE_MS);

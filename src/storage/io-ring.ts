@@ -29,6 +29,8 @@ export const Counter = {
   sleeping: 2,
   /** Set to 1 to make the I/O thread exit once it has nothing left to do. */
   stop: 3,
+  /** Set to 1 by the I/O thread once it has loaded and serves the ring. */
+  ready: 4,
 } as const;
 
 export { Op };

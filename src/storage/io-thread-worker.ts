@@ -36,6 +36,7 @@ function perform(s: number): number {
 }
 
 let done = Atomics.load(control, Counter.completed);
+Atomics.store(control, Counter.ready, 1);
 for (;;) {
   if (Atomics.load(control, Counter.submitted) === done) {
     if (Atomics.load(control, Counter.stop) !== 0) break;

@@ -13,9 +13,14 @@
  * request: see "Threading" in docs/performance.md.
  *
  * Requests on one thread run one after another; several threads let a real disk see several at
- * once. The first thread starts with the first transfer, another only when every running one is
- * busy; threads left idle for a while stop (a Node worker holds about 10 MiB), and the next
- * transfer starts one again.
+ * once. The first thread starts with the first transfer, another only when every thread that
+ * serves is busy, and a thread still loading takes transfers only while no other can. Starting a
+ * Node worker takes tens of milliseconds compiled and hundreds from source (docs/performance.md,
+ * "The block I/O threads after a pause"), far more than a read, so a thread never stops while it
+ * is the last one: idle, it sleeps in Atomics.wait, which costs no CPU, and the first request
+ * after a pause finds it at once, as it would find QEMU's or SPDK's I/O threads. Threads beyond
+ * the first stop when left idle for a while (a Node worker holds about 10 MiB), and start again
+ * only when every serving thread is busy.
  */
 import { Worker } from 'node:worker_threads';
 import { EventFd } from '../native/eventfd.ts';
@@ -63,6 +68,9 @@ class IoThread {
   private publishScheduled = false;
   private readonly publishTurn = (): void => this.publish();
 
+  /** Whether the thread has loaded and serves its ring; once true, stays true. */
+  private loaded = false;
+
   constructor(wake: Omit<IoThreadData, 'buffer'>, onError: (err: Error) => void) {
     const data: IoThreadData & { entry?: string } = { ...wake, entry: THREAD.entry, buffer: this.ring.buffer };
     this.worker = new Worker(THREAD.url, { workerData: data });
@@ -73,6 +81,10 @@ class IoThread {
   /** Transfers submitted and not yet settled. */
   get inFlight(): number {
     return ((this.submitted - this.completed) | 0) + this.waiting.length;
+  }
+
+  get ready(): boolean {
+    return (this.loaded ||= Atomics.load(this.ring.control, Counter.ready) !== 0);
   }
 
   submit(t: Transfer): void {
@@ -129,11 +141,12 @@ class IoThread {
   }
 }
 
-/** How long the threads may sit idle before they stop. */
+/** How long threads beyond the first may sit idle before they stop. */
 const IDLE_STOP_MS = 5000;
 
 export class IoThreads {
   private threads: IoThread[] = [];
+  private startedCount = 0;
   /** Threads stopped for idleness and not yet exited, which close() waits for. */
   private readonly stopped = new Set<IoThread>();
   /** When the last transfer was submitted (Date.now()). */
@@ -147,10 +160,9 @@ export class IoThreads {
   private closing: Promise<void> | undefined;
 
   /**
-   * Up to `max` threads (at least 1). The first starts with the first transfer, not here: an idle
-   * back-end waiting for its front-end then holds no thread (a Node worker is about 10 MiB), and
-   * a thread of compiled code starts in well under a second. After `idleMs` without a transfer
-   * the threads stop.
+   * Up to `max` threads (at least 1). The first starts with the first transfer, not here: a
+   * back-end waiting for its front-end then holds no thread (a Node worker is about 10 MiB). After
+   * `idleMs` without a transfer, every thread but the first stops.
    */
   constructor(
     private readonly max: number,
@@ -163,6 +175,11 @@ export class IoThreads {
   /** Threads running now. */
   get running(): number {
     return this.threads.length;
+  }
+
+  /** Threads started so far, including those that stopped since. */
+  get started(): number {
+    return this.startedCount;
   }
 
   /** Transfers submitted and not yet settled, on all threads. */
@@ -187,23 +204,32 @@ export class IoThreads {
     thread.submit({ op, fd, position, segments, done: done as CallDone<unknown>, tag });
   }
 
-  /** The least busy thread; another starts only when every running one is busy. */
+  /**
+   * The least busy thread that serves. When every one is busy, another starts, one at a time;
+   * it takes transfers once it has loaded, except the first, which has no other to wait on.
+   */
   private pick(): IoThread {
     let best: IoThread | undefined;
-    for (const t of this.threads) if (best === undefined || t.inFlight < best.inFlight) best = t;
-    if (best !== undefined && (best.inFlight === 0 || this.threads.length >= this.max)) return best;
-    return this.start();
+    let loading: IoThread | undefined;
+    for (const t of this.threads) {
+      if (!t.ready) loading = t;
+      else if (best === undefined || t.inFlight < best.inFlight) best = t;
+    }
+    if (best !== undefined && best.inFlight === 0) return best;
+    if (loading === undefined && this.threads.length < this.max) loading = this.start();
+    return best ?? loading!;
   }
 
   private start(): IoThread {
     const thread = new IoThread({ wakeFd: this.wake.fd, wakePending: this.wakePending }, (err) => this.fail(err));
     thread.worker.unref();
     this.threads.push(thread);
-    this.idleTimer ??= this.idleCheck(this.idleMs);
+    this.startedCount++;
+    if (this.threads.length > 1) this.idleTimer ??= this.idleCheck(this.idleMs);
     return thread;
   }
 
-  /** In `ms`, stop the threads if nothing was submitted for idleMs and nothing is in flight; else look again later. */
+  /** In `ms`, stop the threads but the first if nothing was submitted for idleMs and nothing is in flight; else look again later. */
   private idleCheck(ms: number): NodeJS.Timeout {
     const timer = setTimeout(() => {
       const idleFor = Date.now() - this.lastUse;
@@ -211,12 +237,11 @@ export class IoThreads {
       else if (this.inFlight > 0 || idleFor < this.idleMs) this.idleTimer = this.idleCheck(Math.max(1, this.idleMs - idleFor));
       else {
         this.idleTimer = undefined;
-        for (const t of this.threads) {
+        for (const t of this.threads.splice(1)) {
           t.stop();
           this.stopped.add(t);
           void t.exited.then(() => this.stopped.delete(t));
         }
-        this.threads = [];
       }
     }, ms);
     timer.unref();
@@ -247,11 +272,11 @@ export class IoThreads {
 
   private async shutdown(): Promise<void> {
     clearTimeout(this.idleTimer);
-    for (const t of this.threads) {
-      t.stop();
-      t.worker.ref();
-    }
-    await Promise.all([...this.threads, ...this.stopped].map((t) => t.exited));
+    for (const t of this.threads) t.stop();
+    // Waited for with the process kept alive: a thread stopped while still loading exits only once loaded.
+    const exiting = [...this.threads, ...this.stopped];
+    for (const t of exiting) t.worker.ref();
+    await Promise.all(exiting.map((t) => t.exited));
     if (this.failure === undefined) this.collect();
     this.failure ??= new Error('block I/O threads are closed');
     for (const t of this.threads) t.fail(this.failure);

@@ -68,21 +68,43 @@ test('after close, transfers are refused with an error saying so', async () => {
   await assert.rejects(transfer(threads, Op.read, 0, 0, [new Uint8Array(1)]), /closed/);
 });
 
-test('threads stop after idleMs without a transfer, and the next transfer starts one again', async (t) => {
+test('a thread left idle stays and serves the next transfer: none starts again after a pause', async (t) => {
   t.mock.timers.enable({ apis: ['setTimeout', 'Date'] });
   await withFile(pattern(4096), async (fd) => {
     const threads = new IoThreads(1, 1000);
     try {
       const buf = new Uint8Array(16);
       assert.equal(await transfer(threads, Op.read, fd, 0, [buf]), 16);
-      assert.equal(threads.running, 1);
-      t.mock.timers.tick(999);
-      assert.equal(threads.running, 1, 'not idle long enough yet');
-      t.mock.timers.tick(1);
-      assert.equal(threads.running, 0, 'the idle thread stopped');
+      t.mock.timers.tick(60_000);
+      assert.equal(threads.running, 1, 'the idle thread is still there');
       assert.equal(await transfer(threads, Op.read, fd, 16, [buf]), 16);
       assert.deepEqual(buf, pattern(32).subarray(16));
-      assert.equal(threads.running, 1);
+      assert.equal(threads.started, 1, 'served by the thread that was already running');
+    } finally {
+      await threads.close();
+    }
+  });
+});
+
+test('a second thread starts when the first is busy, stops after idleMs, and the first serves on', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout', 'Date'] });
+  await withFile(pattern(4096), async (fd) => {
+    const threads = new IoThreads(2, 1000);
+    try {
+      const a = new Uint8Array(16);
+      const b = new Uint8Array(16);
+      assert.equal(await transfer(threads, Op.read, fd, 0, [a]), 16);
+      // The first thread serves and is busy with the first of these when the second comes.
+      assert.deepEqual(await Promise.all([transfer(threads, Op.read, fd, 16, [a]), transfer(threads, Op.read, fd, 32, [b])]), [16, 16]);
+      assert.deepEqual([...a, ...b], [...pattern(48).subarray(16)]);
+      assert.equal(threads.running, 2);
+      t.mock.timers.tick(999);
+      assert.equal(threads.running, 2, 'not idle long enough yet');
+      t.mock.timers.tick(1);
+      assert.equal(threads.running, 1, 'the second thread stopped, the first stays');
+      assert.equal(await transfer(threads, Op.read, fd, 0, [a]), 16);
+      assert.deepEqual(a, pattern(16));
+      assert.equal(threads.started, 2, 'no thread started again');
     } finally {
       await threads.close();
     }
