@@ -3,8 +3,10 @@
  * `paravirt serve blk` per budget serves the same raw file on tmpfs to paravirt's blk driver over
  * the vhost-user front-end (as bench/frontend.ts): 4 KiB random reads at queue depth 32 in
  * alternating rounds of a few seconds, then every driver stays connected and quiet. Reported per
- * budget: the median IOPS and its ratio to not polling, the back-end's CPU per read, and its CPU
- * while quiet (a percentage of one core, from /proc; 0.25 % is one 10 ms tick in 4 s).
+ * budget: the median IOPS and its ratio to not polling, the CPU per read of the back-end and of
+ * the driver (this process, which runs one side's rounds at a time), the reads per kick the
+ * driver sent and per call it was woken by, and the back-end's CPU while quiet (a percentage of
+ * one core, from /proc; 0.25 % is one 10 ms tick in 4 s).
  */
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +20,7 @@ import { BlkDriver } from '../src/devices/blk/driver.ts';
 import { DEFAULT_POLL_MICROS } from '../src/devices/host-options.ts';
 import { VhostUserFrontend } from '../src/transports/vhost-user/frontend.ts';
 import { DeviceId } from '../src/virtio/constants.ts';
+import type { InterruptHandlers } from '../src/virtio/driver.ts';
 import { PeerProcess } from '../test/lab/peer-process.ts';
 
 const PARAVIRT = fileURLToPath(new URL('../bin/paravirt.js', import.meta.url));
@@ -41,6 +44,31 @@ interface Side {
   blk?: BlkDriver;
   readonly iops: number[];
   readonly cpuMicrosPerRead: number[];
+  readonly driverCpuMicrosPerRead: number[];
+  /** Kicks the driver sent and used-buffer interrupts (call eventfd wake-ups) it took, so far. */
+  readonly notifications: { kicks: number; calls: number };
+  reads: number;
+}
+
+/**
+ * Count the kicks `transport` sends and the used-buffer interrupts it delivers, by wrapping its
+ * notify and the handlers the driver installs; the driver runs as it otherwise would.
+ */
+function countNotifications(transport: VhostUserFrontend, counts: { kicks: number; calls: number }): void {
+  const notify = transport.notify.bind(transport);
+  const install = transport.setInterruptHandlers.bind(transport);
+  transport.notify = (index: number): void => {
+    counts.kicks++;
+    notify(index);
+  };
+  transport.setInterruptHandlers = (handlers: InterruptHandlers): void =>
+    install({
+      queue: (index) => {
+        counts.calls++;
+        handlers.queue(index);
+      },
+      config: () => handlers.config(),
+    });
 }
 
 const median = (xs: readonly number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -53,19 +81,28 @@ async function start(dir: string, image: string, pollUs: number): Promise<Side> 
     [process.execPath, PARAVIRT, 'serve', 'blk', '--socket-path', socketPath, '--image', image, '--read-only', '--poll-us', String(pollUs)],
     { textStdout: true },
   );
-  const side: Side = { pollUs, serve, pid: serve.child.pid!, iops: [], cpuMicrosPerRead: [] };
+  const side: Side = {
+    pollUs, serve, pid: serve.child.pid!, iops: [], cpuMicrosPerRead: [], driverCpuMicrosPerRead: [], notifications: { kicks: 0, calls: 0 }, reads: 0,
+  };
   await serve.waitForOutput(/vhost-user back-end listening/, 0, 'starting to listen');
-  side.blk = await BlkDriver.open(await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log }), { log });
+  const transport = await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log });
+  countNotifications(transport, side.notifications);
+  side.blk = await BlkDriver.open(transport, { log });
   await randomIo(side.blk, { depth: DEPTH, blockSize: BLOCK, seconds: 1 }); // warm-up
+  side.notifications.kicks = side.notifications.calls = 0;
   return side;
 }
 
 async function round(side: Side): Promise<void> {
   step(`reading through paravirt serve blk --poll-us ${side.pollUs}`);
   const cpu = cpuSeconds(side.pid);
+  const driverCpu = process.cpuUsage();
   const busy = await randomIo(side.blk!, { depth: DEPTH, blockSize: BLOCK, seconds: ROUND_SECONDS });
+  const driverUsed = process.cpuUsage(driverCpu);
   side.iops.push(busy.iops);
   side.cpuMicrosPerRead.push(((cpuSeconds(side.pid) - cpu) * 1e6) / busy.ops);
+  side.driverCpuMicrosPerRead.push((driverUsed.user + driverUsed.system) / busy.ops);
+  side.reads += busy.ops;
 }
 
 export async function main(): Promise<void> {
@@ -90,6 +127,9 @@ export async function main(): Promise<void> {
         runs: side.iops.map(Math.round),
         over_no_poll: Number((median(side.iops) / base).toFixed(2)),
         backend_cpu_us_per_read: Number(median(side.cpuMicrosPerRead).toFixed(1)),
+        driver_cpu_us_per_read: Number(median(side.driverCpuMicrosPerRead).toFixed(1)),
+        reads_per_kick: Math.round(side.reads / Math.max(1, side.notifications.kicks)),
+        reads_per_call: Math.round(side.reads / Math.max(1, side.notifications.calls)),
       });
       report('poll', `idle_cpu_poll_${side.pollUs}us`, Number(((100 * (cpuSeconds(side.pid) - before[i])) / seconds).toFixed(2)), '% of a core', context);
     });
