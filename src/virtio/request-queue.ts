@@ -216,6 +216,7 @@ export class RequestQueue {
           this.ring.disableInterrupts();
           this.notificationsOn = false;
         }
+        this.poll.look();
         const found = this.reap();
         if (found < 0) return;
         // Requests that waited for room go first: they were submitted before any a callback adds.

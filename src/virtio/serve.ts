@@ -154,6 +154,7 @@ export class QueueServer {
     this.draining = true;
     try {
       for (;;) {
+        this.poll.look();
         queue.disableNotifications();
         let popped = 0;
         let full = false;
