@@ -26,10 +26,10 @@ interface DeviceData {
 }
 
 /**
- * How long the device's I/O threads may idle before they stop: longer than the benchmark. Rounds
- * alternate between back-ends, so each sits idle for longer than the 5 s after which
- * `paravirt serve` stops them; restarted from source (under tsx) at a load of 12, a thread took
- * seconds to boot, and a round spent waiting for it measured that instead of serving.
+ * How long the device's second I/O thread may idle before it stops: longer than the benchmark.
+ * Rounds alternate between back-ends, so each sits idle for longer than the 5 s after which
+ * `paravirt serve` stops threads beyond the first; restarted from source (under tsx) at a load of
+ * 12, a thread took seconds to boot, and a round spent getting it back measured that instead.
  */
 const IO_THREADS_IDLE_MS = 10 * 60 * 1000;
 const IO_THREADS = 2;
