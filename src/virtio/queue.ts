@@ -182,6 +182,16 @@ export class DescriptorChain {
   }
 }
 
+/**
+ * What DeviceQueue.drainSpans hands a chain that is one device-readable descriptor and nothing
+ * else: its `length` bytes at `offset` of `bytes`, the bytes of the guest memory region holding
+ * them, checked as every descriptor is (ChainBuilder). Read them before returning and keep none
+ * of them. Returns whether the queue is still the device's to use: false once the device was
+ * reset or the queue failed meanwhile, and the queue then touches the ring no more. Must not
+ * throw: a thrown error would leave the chain in flight.
+ */
+export type SpanVisitor = (bytes: Uint8Array, offset: number, length: number) => boolean;
+
 /** Device side of one virtqueue. */
 export interface DeviceQueue {
   readonly size: number;
@@ -195,6 +205,17 @@ export interface DeviceQueue {
    * refilled, from a later pop(): a device reads nothing of a chain after giving it back.
    */
   pop(): DescriptorChain | null;
+  /**
+   * Serve, one after the other, up to `max` available chains while each is one device-readable
+   * descriptor (no NEXT, WRITE or INDIRECT flag): check it exactly as pop() would, hand its bytes
+   * to `visit`, then return it used with nothing written, as push(chain, 0). Stops before any
+   * other chain, leaving it for pop(), and after a visit that returned false. Returns the chains
+   * visited. A driver that broke a ring rule makes it throw VirtqueueError as pop() does. The
+   * common transmit buffer (header and frame in one descriptor, as DPDK and Linux send them)
+   * then costs no DescriptorChain record and no reader. Optional: a queue without it (or one
+   * that returns 0) is served through pop() alone.
+   */
+  drainSpans?(visit: SpanVisitor, max: number): number;
   /**
    * Return a chain, `written` bytes of its writable part filled. Visible to the driver after
    * publish(). The chain is the queue's again: read what is needed of it (e.g. its lengths) before.

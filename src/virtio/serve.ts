@@ -18,7 +18,7 @@ import { Feature, hasFeature } from './constants.ts';
 import type { QueueCounters } from './counters.ts';
 import type { DeviceContext } from './device.ts';
 import { PollWindow } from './poll-window.ts';
-import type { DescriptorChain, DeviceQueue } from './queue.ts';
+import type { DescriptorChain, DeviceQueue, SpanVisitor } from './queue.ts';
 
 /**
  * One request being served. The object, its reader and writer are the server's and serve the
@@ -51,6 +51,16 @@ export const LATER = Symbol('later');
  * returning LATER and calling `req.finish()` when it is done.
  */
 export type RequestHandler = (req: Request) => void | Promise<void> | typeof LATER;
+
+/**
+ * Serve a request whose chain is one device-readable descriptor and nothing else, given its
+ * `length` bytes at `offset` of `bytes` where they lie in guest memory (DeviceQueue.drainSpans):
+ * exactly as the queue's RequestHandler would serve it, synchronously, writing nothing back.
+ * Read the bytes before returning and keep none of them. A device gives one for its most common
+ * request (a transmitted frame) so that it costs no DescriptorChain, reader or slot; every other
+ * request, and every request on a queue that cannot drain spans, goes to the RequestHandler.
+ */
+export type SpanHandler = (bytes: Uint8Array, offset: number, length: number) => void;
 
 /**
  * A popped request, its reader and writer, and whether its handler has finished. Slots are
@@ -108,6 +118,8 @@ export class QueueServer {
   /** The queue `live` answers for, and the check itself, made once per queue instead of per request. */
   private liveFor: DeviceQueue | undefined;
   private live: LivenessCheck = () => false;
+  /** What the queue `liveFor` hands one-descriptor chains to (spanVisitor), when there is a span handler. */
+  private visit: SpanVisitor | undefined;
   /** How long an empty ring is polled after its last request: adapted to how far apart requests come (poll-window.ts). */
   private readonly poll: PollWindow;
   private pollScheduled = false;
@@ -125,6 +137,7 @@ export class QueueServer {
     private readonly ctx: DeviceContext,
     readonly index: number,
     private readonly handler: RequestHandler,
+    private readonly spans?: SpanHandler,
   ) {
     this.inOrder = hasFeature(ctx.features, Feature.IN_ORDER);
     this.counters = ctx.counters.queue(index);
@@ -150,7 +163,9 @@ export class QueueServer {
     if (queue !== this.liveFor) {
       this.liveFor = queue;
       this.live = () => this.ctx.queue(this.index) === queue;
+      this.visit = this.spans === undefined ? undefined : this.spanVisitor(queue, this.spans);
     }
+    const visit = this.visit;
     this.draining = true;
     try {
       for (;;) {
@@ -158,9 +173,20 @@ export class QueueServer {
         queue.disableNotifications();
         let popped = 0;
         let full = false;
-        for (let chain = queue.pop(); chain !== null; chain = this.isLive(queue) ? queue.pop() : null) {
-          popped++;
-          this.start(queue, chain);
+        while (this.isLive(queue)) {
+          const before = popped;
+          // One-descriptor chains in a run, up to the next publish; then one chain of any shape.
+          const room = PUBLISH_EVERY - (popped % PUBLISH_EVERY);
+          const spans = visit === undefined || queue.drainSpans === undefined ? 0 : queue.drainSpans(visit, room);
+          popped += spans;
+          if (spans < room && this.isLive(queue)) {
+            const chain = queue.pop();
+            if (chain !== null) {
+              popped++;
+              this.start(queue, chain);
+            }
+          }
+          if (popped === before) break;
           if (popped % PUBLISH_EVERY === 0 && this.isLive(queue)) {
             // The driver gets its buffers back while the ring is drained, so it refills the ring
             // as the device empties it instead of waiting for the end.
@@ -203,6 +229,27 @@ export class QueueServer {
 
   private isLive(queue: DeviceQueue): boolean {
     return this.ctx.queue(this.index) === queue;
+  }
+
+  /**
+   * The visitor `queue.drainSpans` calls: the span handler, then what complete() does for a
+   * request that went back (a handler's error logged and counted, the chain still returned), or
+   * false once the handler reset the device, so that the queue touches the ring no more.
+   */
+  private spanVisitor(queue: DeviceQueue, spans: SpanHandler): SpanVisitor {
+    const counts = this.counters;
+    return (bytes, offset, length) => {
+      try {
+        spans(bytes, offset, length);
+      } catch (err) {
+        this.handlerFailed(err);
+      }
+      if (!this.isLive(queue)) return false;
+      counts.requests++;
+      counts.readBytes += length;
+      this.unpublished++;
+      return true;
+    };
   }
 
   private start(queue: DeviceQueue, chain: DescriptorChain): void {

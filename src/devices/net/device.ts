@@ -268,7 +268,18 @@ export class NetDevice implements VirtioDevice {
     const pairs = has(NetFeature.MQ) ? this.maxPairs : 1;
     const mergeable = has(NetFeature.MRG_RXBUF);
     const rx = Array.from({ length: pairs }, (_, p) => receiveQueue(ctx, 2 * p, mergeable, this.backlog, this.traffic));
-    const tx = Array.from({ length: pairs }, (_, p) => new QueueServer(ctx, 2 * p + 1, (req) => this.transmit(req, p)));
+    // A port that takes frames as bytes gets the common buffer, header and frame in one
+    // descriptor, straight from the ring (QueueServer's SpanHandler).
+    const tx = Array.from(
+      { length: pairs },
+      (_, p) =>
+        new QueueServer(
+          ctx,
+          2 * p + 1,
+          (req) => this.transmit(req, p),
+          this.port.sendAt === undefined ? undefined : (bytes, at, total) => this.transmitSpan(bytes, at, total, p),
+        ),
+    );
     const filter = new RxFilter(has(NetFeature.CTRL_RX), has(NetFeature.CTRL_VLAN));
     // A driver that did not take the device's MAC made up its own (§5.1.5); until it says which, any unicast is its.
     filter.setAddress(has(NetFeature.MAC) ? this.cfg.mac : undefined);
@@ -352,33 +363,17 @@ export class NetDevice implements VirtioDevice {
     // Header and frame in one descriptor, as DPDK and Linux put them, for a port that takes a
     // frame as bytes (sendAt): both read where they lie, without a copy or a view.
     const whole = port.sendAt === undefined ? undefined : reader.span(total);
-    const wholeAt = reader.spanAt;
-    let meta: Offload;
-    if (whole !== undefined) meta = this.transmitMeta(whole, wholeAt);
-    else {
-      // The header where it lies when it is in one descriptor; copied when it straddles two.
-      const hdr = reader.span(NET_HDR_SIZE);
-      if (hdr === undefined && reader.read(this.txHeader) !== NET_HDR_SIZE) return;
-      meta = hdr === undefined ? this.transmitMeta(this.txHeader, 0) : this.transmitMeta(hdr, reader.spanAt);
-    }
-    const length = total - NET_HDR_SIZE;
-    // Checked before copying, so a hostile length costs nothing.
-    const refusal = transmitRefusal(meta, length, a.ctx.features, this.mtu);
-    if (refusal !== undefined) {
-      this.traffic.drop(refusal);
-      return;
-    }
-    if (!this.linkUp) {
-      this.traffic.drop('linkDown');
-      return;
-    }
-    const sent = this.lastTxSent;
     if (whole !== undefined) {
-      const at = wholeAt + NET_HDR_SIZE;
-      this.countTransmit(a, whole, at, length, pair);
-      port.sendAt!(whole, at, length, sent);
+      this.transmitSpan(whole, reader.spanAt, total, pair);
       return;
     }
+    // The header where it lies when it is in one descriptor; copied when it straddles two.
+    const hdr = reader.span(NET_HDR_SIZE);
+    if (hdr === undefined && reader.read(this.txHeader) !== NET_HDR_SIZE) return;
+    const meta = hdr === undefined ? this.transmitMeta(this.txHeader, 0) : this.transmitMeta(hdr, reader.spanAt);
+    const length = total - NET_HDR_SIZE;
+    if (!this.transmittable(a, meta, length)) return;
+    const sent = this.lastTxSent;
     // Lent to the port (port.ts) where it lies when the frame is in one descriptor, which it is
     // for every driver that puts the header in a buffer of its own or in front of the frame: as
     // its bytes to a port that takes them, else as a view; otherwise gathered into a buffer of
@@ -394,6 +389,40 @@ export class NetDevice implements VirtioDevice {
     if (frame === undefined) return;
     this.countTransmit(a, frame, 0, length, pair);
     port.send(frame, sent);
+  }
+
+  /**
+   * A transmit buffer whose header and frame lie in one place: the `total` bytes at `bytes[at]`
+   * (a one-descriptor chain, from the ring or through the reader), for a port with sendAt.
+   */
+  private transmitSpan(bytes: Uint8Array, at: number, total: number, pair: number): void {
+    const a = this.active;
+    if (a === undefined) return;
+    if (total < NET_HDR_SIZE) {
+      this.traffic.drop('malformedBuffer');
+      return;
+    }
+    const meta = this.transmitMeta(bytes, at);
+    const length = total - NET_HDR_SIZE;
+    if (!this.transmittable(a, meta, length)) return;
+    const frameAt = at + NET_HDR_SIZE;
+    this.countTransmit(a, bytes, frameAt, length, pair);
+    this.port.sendAt!(bytes, frameAt, length, this.lastTxSent);
+  }
+
+  /** Whether a frame of `length` bytes with offloads `meta` may go out; the reason it may not is counted. */
+  private transmittable(a: Active, meta: Offload, length: number): boolean {
+    // Checked before copying, so a hostile length costs nothing.
+    const refusal = transmitRefusal(meta, length, a.ctx.features, this.mtu);
+    if (refusal !== undefined) {
+      this.traffic.drop(refusal);
+      return false;
+    }
+    if (!this.linkUp) {
+      this.traffic.drop('linkDown');
+      return false;
+    }
+    return true;
   }
 
   /** A frame at `bytes[at]` goes out: count it, and with several pairs, remember its flow. */

@@ -6,7 +6,7 @@
  * replace or drop the ring underneath without the device noticing: the device keeps the same
  * object for as long as the ring runs, across memory changes.
  */
-import type { DescriptorChain, DeviceQueue } from '../../virtio/queue.ts';
+import type { DescriptorChain, DeviceQueue, SpanVisitor } from '../../virtio/queue.ts';
 
 /** What a detached gate forwards to: an empty ring that never touches memory. */
 const DETACHED: DeviceQueue = {
@@ -50,6 +50,11 @@ export class GatedQueue implements DeviceQueue {
   /** A closed gate pops nothing, so a device that drains in a loop simply finds the ring empty. */
   pop(): DescriptorChain | null {
     return this.open ? this.inner.pop() : null;
+  }
+
+  /** As pop(): nothing through a closed gate, and nothing from a ring that cannot drain spans (pop() serves it). */
+  drainSpans(visit: SpanVisitor, max: number): number {
+    return this.open && this.inner.drainSpans !== undefined ? this.inner.drainSpans(visit, max) : 0;
   }
 
   push(chain: DescriptorChain, written: number): void {

@@ -16,6 +16,7 @@ import {
   type ResubmittingQueue,
   type RingDescriptor,
   type SavedChain,
+  type SpanVisitor,
 } from '../queue.ts';
 import {
   AVAIL_F_NO_INTERRUPT,
@@ -28,6 +29,9 @@ import {
   needEvent,
   usedAvailEvent,
 } from './layout.ts';
+
+/** The flags that make a descriptor more than one device-readable buffer (§2.7.5). */
+const SPAN_FLAGS = DescFlag.NEXT | DescFlag.WRITE | DescFlag.INDIRECT;
 
 /**
  * One split virtqueue as the device sees it. Not safe for concurrent use from several threads;
@@ -116,22 +120,28 @@ export class SplitDeviceQueue implements ResubmittingQueue {
 
   pop(): DescriptorChain | null {
     const last = this.lastAvail;
-    if (last === this.shadowAvail) {
-      // Acquire: the ring entries and descriptors behind idx are read after it (§2.7.13.3).
-      const idx = Atomics.load(this.avail, RING_IDX);
-      if (idx === last) return null;
-      if (((idx - last) & 0xffff) > this.size) {
-        throw new VirtqueueError(
-          'avail index jump',
-          `${this.name}: avail idx went from ${last} to ${idx}, more than the queue size ${this.size} ahead`,
-        );
-      }
-      this.shadowAvail = idx;
-    }
+    if (last === this.shadowAvail && !this.refreshAvail(last)) return null;
     const head = this.avail[AVAIL_RING + (last & this.mask)];
     const chain = this.take(head, 'made available twice');
     this.lastAvail = (last + 1) & 0xffff;
     return chain;
+  }
+
+  /**
+   * Read avail->idx again, the next entry to pop being `last`: whether entries are available now.
+   * Acquire: the ring entries and descriptors behind idx are read after it (§2.7.13.3).
+   */
+  private refreshAvail(last: number): boolean {
+    const idx = Atomics.load(this.avail, RING_IDX);
+    if (idx === last) return false;
+    if (((idx - last) & 0xffff) > this.size) {
+      throw new VirtqueueError(
+        'avail index jump',
+        `${this.name}: avail idx went from ${last} to ${idx}, more than the queue size ${this.size} ahead`,
+      );
+    }
+    this.shadowAvail = idx;
+    return true;
   }
 
   /** The descriptor table keeps a chain until it is used (§2.7.5): its head names it. */
@@ -150,20 +160,61 @@ export class SplitDeviceQueue implements ResubmittingQueue {
 
   /** Check `head`, walk its chain and mark it in flight (in pop order, for IN_ORDER). */
   private take(head: number, twice: string): DescriptorChain {
+    this.checkHead(head, twice);
+    const chain = this.walk(head);
+    this.markInFlight(head);
+    return chain;
+  }
+
+  /** A head from the driver names a descriptor of the table and no chain the device holds. */
+  private checkHead(head: number, twice: string): void {
     if (head < 0 || head >= this.size) {
       throw new VirtqueueError('head out of range', `${this.name}: head ${head} >= queue size ${this.size}`);
     }
     if (this.popped[head] !== 0) {
       throw new VirtqueueError('head already in flight', `${this.name}: head ${head} ${twice}`);
     }
-    const chain = this.walk(head);
+  }
+
+  private markInFlight(head: number): void {
     this.popped[head] = 1;
     this.inFlightCount++;
     if (this.popOrder !== undefined) {
       this.popOrder[this.popSeq] = head;
       this.popSeq = (this.popSeq + 1) & this.mask;
     }
-    return chain;
+  }
+
+  drainSpans(visit: SpanVisitor, max: number): number {
+    // With IN_ORDER a chain may only go back once every chain popped before it did (§2.7.9):
+    // with chains in flight, pop() and push() keep that order.
+    if (this.inOrder && this.inFlightCount !== 0) return 0;
+    const desc = this.desc;
+    let visited = 0;
+    while (visited < max) {
+      const last = this.lastAvail;
+      if (last === this.shadowAvail && !this.refreshAvail(last)) break;
+      const head = this.avail[AVAIL_RING + (last & this.mask)];
+      this.checkHead(head, 'made available twice');
+      const w = head << 2;
+      const len = desc[w + 2];
+      // One device-readable descriptor: no NEXT, WRITE or INDIRECT (§2.7.5). Anything else is
+      // left available for pop(), which walks and checks it.
+      if ((desc[w + 3] & SPAN_FLAGS) !== 0) break;
+      const addr = addr64(desc[w], desc[w + 1]);
+      const region = this.memory.locate(addr, len);
+      if (region === undefined) {
+        throw new VirtqueueError('buffer outside guest memory', `${this.name}: ${len} bytes at 0x${addr.toString(16)}`);
+      }
+      this.markInFlight(head);
+      this.lastAvail = (last + 1) & 0xffff;
+      visited++;
+      // locate() checked that [addr, addr+len) lies in the region.
+      if (!visit(region.bytes, addr - region.start, len)) break;
+      // Nothing written to a chain with no writable part: wholly written (§2.7.9's batches).
+      this.retire(head, 0, true);
+    }
+    return visited;
   }
 
   /**
@@ -247,11 +298,16 @@ export class SplitDeviceQueue implements ResubmittingQueue {
       if (id !== expected) {
         throw new RangeError(`${this.name}: IN_ORDER queue pushed chain ${id} before chain ${expected}`);
       }
-      this.pushSeq = (this.pushSeq + 1) & this.mask;
     }
+    this.retire(id, written, written === chain.writableLength);
+  }
+
+  /** Head `id`, in flight and in order, goes back with `written` bytes (`complete`: all it could take). */
+  private retire(id: number, written: number, complete: boolean): void {
     this.popped[id] = 0;
     this.inFlightCount--;
-    if (this.inOrder) this.batch(id, written, written === chain.writableLength);
+    if (this.popOrder !== undefined) this.pushSeq = (this.pushSeq + 1) & this.mask;
+    if (this.inOrder) this.batch(id, written, complete);
     else this.writeUsed(id, written, 1);
   }
 
