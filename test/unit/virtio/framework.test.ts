@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
-import { Feature, featureBit } from '../../../src/virtio/constants.ts';
+import { DescFlag, Feature, featureBit } from '../../../src/virtio/constants.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { DescriptorChain, VirtqueueError } from '../../../src/virtio/queue.ts';
@@ -9,6 +9,8 @@ import { DeviceCounters } from '../../../src/virtio/counters.ts';
 import { LATER, QueueServer } from '../../../src/virtio/serve.ts';
 import type { Request } from '../../../src/virtio/serve.ts';
 import { ScriptQueue, ScriptedDevice, chain, context, deferred } from './framework-fixture.ts';
+import { DATA, RawRing } from './split-ring-fixture.ts';
+import { SplitDeviceQueue } from '../../../src/virtio/split-ring.ts';
 
 test('notifications are off while the queue drains and back on at the end; a buffer that slipped in is served', () => {
   const q = new ScriptQueue([chain(0), chain(1)]);
@@ -306,4 +308,81 @@ test('counters start at zero, plain zeros in a snapshot, and count past 2^31 exa
   counters.queue(0).readBytes += 2 ** 31 + 76;
   assert.equal(counters.snapshot().queues[0].readBytes, 2 ** 31 + 76);
   assert.deepEqual(new DeviceCounters(1).snapshot().queues[0], { requests: 0, readBytes: 0, writtenBytes: 0, errors: 0, ringFaults: 0, notifications: 0, suppressed: 0 });
+});
+
+const { NEXT, WRITE } = DescFlag;
+
+/** A split ring of 8 with, in ring order, one-descriptor readable chains and (at `general`) a chain of two descriptors. */
+function spanRing(heads: number, general: readonly number[] = []): { ring: RawRing; queue: SplitDeviceQueue } {
+  const ring = new RawRing(8);
+  const order: number[] = [];
+  for (let h = 0; h < heads; h++) {
+    if (general.includes(h)) {
+      ring.writeDesc(h, DATA + 0x100 * h, 4, NEXT, 7);
+      ring.writeDesc(7, DATA + 0x700, 2, WRITE);
+    } else ring.writeDesc(h, DATA + 0x100 * h, 10 + h, 0);
+    order.push(h);
+  }
+  ring.makeAvailable(order);
+  return { ring, queue: new SplitDeviceQueue(ring.memory, ring.config, 'vq0') };
+}
+
+test('a span handler gets one-descriptor readable chains where they lie; every other chain goes to the request handler, in ring order', () => {
+  const { ring, queue } = spanRing(5, [2]);
+  ring.memory.slice(DATA + 0x300, 1)[0] = 0x33;
+  const { ctx, notified } = context(queue);
+  const served: string[] = [];
+  new QueueServer(
+    ctx,
+    0,
+    (req) => {
+      served.push(`request ${req.chain.id}`);
+      req.writer.write(new Uint8Array([1]));
+    },
+    (bytes, offset, length) => served.push(`span ${(offset - DATA) >> 8} ${length} ${bytes[offset]}`),
+  ).kick();
+  assert.deepEqual(served, ['span 0 10 0', 'span 1 11 0', 'request 2', 'span 3 13 51', 'span 4 14 0']);
+  assert.equal(ring.usedIdx, 5, 'all published');
+  assert.deepEqual([0, 1, 2, 3, 4].map((i) => ring.usedElem(i)), [
+    { id: 0, len: 0 },
+    { id: 1, len: 0 },
+    { id: 2, len: 1 },
+    { id: 3, len: 0 },
+    { id: 4, len: 0 },
+  ]);
+  assert.deepEqual(notified, [0]);
+  assert.deepEqual(ctx.counters.snapshot().queues[0], {
+    requests: 5,
+    readBytes: 10 + 11 + 4 + 13 + 14,
+    writtenBytes: 1,
+    errors: 0,
+    ringFaults: 0,
+    notifications: 1,
+    suppressed: 0,
+  });
+});
+
+test('a span handler that throws is logged and counted, and its chain still goes back', () => {
+  const { ring, queue } = spanRing(2);
+  const { ctx, lines } = context(queue);
+  new QueueServer(ctx, 0, () => {}, (_b, offset) => {
+    if (offset === DATA) throw new Error('boom');
+  }).kick();
+  assert.equal(ring.usedIdx, 2);
+  assert.equal(ctx.counters.snapshot().queues[0].errors, 1);
+  assert.equal(lines.filter((l) => l.msg.includes('request handler failed')).length, 1);
+});
+
+test('a span handler that resets the device stops the drain: its chain is not pushed, nothing more is served or published', () => {
+  const { ring, queue } = spanRing(3);
+  const { ctx, ctl, notified } = context(queue);
+  const served: number[] = [];
+  new QueueServer(ctx, 0, () => assert.fail('no chain for the request handler'), (_b, offset) => {
+    served.push(offset);
+    if (served.length === 2) ctl.live = false;
+  }).kick();
+  assert.equal(served.length, 2);
+  assert.equal(ring.usedIdx, 0, 'nothing published after the reset');
+  assert.deepEqual(notified, []);
+  assert.equal(ctx.counters.snapshot().queues[0].requests, 1);
 });

@@ -475,3 +475,114 @@ test('unresubmit gives a resubmitted chain back without moving the available ind
   dev.publish();
   assert.deepEqual(ring.usedElem(0), { id: 5, len: 16 });
 });
+
+/** Drain spans into a list of [offset into the region, length, first byte]. */
+function drainAll(dev: SplitDeviceQueue, max = 64, goOn: (n: number) => boolean = () => true): { seen: number[][]; visited: number } {
+  const seen: number[][] = [];
+  const visited = dev.drainSpans((bytes, offset, length) => {
+    seen.push([offset, length, bytes[offset]]);
+    return goOn(seen.length);
+  }, max);
+  return { seen, visited };
+}
+
+test('drainSpans serves one-descriptor readable chains in place, returns them used with 0 bytes, and leaves any other chain to pop()', () => {
+  const { ring, dev } = device();
+  ring.memory.slice(DATA, 0x30).set([...Array(0x30).keys()]);
+  ring.writeDesc(0, DATA, 16, 0);
+  ring.writeDesc(1, DATA + 0x10, 8, 0);
+  ring.writeDesc(2, DATA + 0x20, 4, NEXT, 3); // two descriptors: pop()'s
+  ring.writeDesc(3, DATA + 0x24, 4, 0);
+  ring.writeDesc(4, DATA + 0x28, 4, 0);
+  ring.makeAvailable([0, 1, 2, 4]);
+  assert.deepEqual(drainAll(dev), { seen: [[DATA, 16, 0], [DATA + 0x10, 8, 0x10]], visited: 2 });
+  assert.equal(dev.inFlight, 0);
+  assert.equal(drainAll(dev).visited, 0, 'stops before the chain of two descriptors');
+  const chain = dev.pop();
+  assert.equal(chain?.id, 2);
+  assert.equal(chain.readableLength, 8);
+  assert.deepEqual(drainAll(dev).seen, [[DATA + 0x28, 4, 0x28]]);
+  dev.push(chain, 0);
+  dev.publish();
+  assert.equal(ring.usedIdx, 4);
+  assert.deepEqual([0, 1, 2, 3].map((i) => ring.usedElem(i)), [
+    { id: 0, len: 0 },
+    { id: 1, len: 0 },
+    { id: 4, len: 0 },
+    { id: 2, len: 0 },
+  ]);
+});
+
+test('drainSpans leaves writable and indirect descriptors to pop(), and stops at max', () => {
+  const { ring, dev } = device(8, { indirect: true });
+  ring.writeDesc(0, DATA, 8, WRITE);
+  ring.writeDesc(1, DATA + 0x100, 16, INDIRECT);
+  ring.writeDesc(0, DATA + 0x200, 4, 0, 0, DATA + 0x100);
+  for (let i = 2; i < 5; i++) ring.writeDesc(i, DATA + 0x10 * i, 4, 0);
+  ring.makeAvailable([0, 1, 2, 3, 4]);
+  assert.equal(drainAll(dev).visited, 0);
+  assert.equal(dev.pop()?.writableLength, 8);
+  assert.equal(drainAll(dev).visited, 0);
+  assert.equal(dev.pop()?.readableLength, 4);
+  assert.equal(drainAll(dev, 2).visited, 2);
+  assert.equal(drainAll(dev, 2).visited, 1);
+  assert.equal(dev.inFlight, 2, 'the two popped chains, not the drained ones');
+});
+
+test('drainSpans checks heads, buffers and the avail index as pop() does', () => {
+  const rule = (name: string) => (e: unknown) => e instanceof VirtqueueError && e.rule === name;
+  let { ring, dev } = device();
+  ring.makeAvailable([8]);
+  assert.throws(() => drainAll(dev), rule('head out of range'));
+  ({ ring, dev } = device());
+  ring.writeDesc(0, 0x7_ffff_fff0, 16, 0);
+  ring.makeAvailable([0]);
+  assert.throws(() => drainAll(dev), rule('buffer outside guest memory'));
+  ({ ring, dev } = device());
+  ring.writeDesc(0, DATA + 0x7_fff0, 0x20, 0); // runs past the end of guest memory
+  ring.makeAvailable([0]);
+  assert.throws(() => drainAll(dev), rule('buffer outside guest memory'));
+  ({ ring, dev } = device());
+  ring.availIdx = 9;
+  assert.throws(() => drainAll(dev), rule('avail index jump'));
+  ({ ring, dev } = device());
+  ring.writeDesc(0, DATA, 8, 0);
+  ring.writeDesc(1, DATA, 8, WRITE);
+  ring.makeAvailable([1, 0]);
+  const held = dev.pop();
+  assert.ok(held);
+  assert.equal(drainAll(dev).visited, 1, 'head 0 served');
+  ring.makeAvailable([1]);
+  assert.throws(() => drainAll(dev), rule('head already in flight'), 'head 1 is still held');
+});
+
+test('drainSpans stops after a visit that returns false, holding that chain, and publishes nothing of it', () => {
+  const { ring, dev } = device();
+  for (let i = 0; i < 3; i++) ring.writeDesc(i, DATA + 0x10 * i, 4, 0);
+  ring.makeAvailable([0, 1, 2]);
+  assert.equal(drainAll(dev, 64, (n) => n < 2).visited, 2);
+  assert.equal(dev.inFlight, 1);
+  dev.publish();
+  assert.equal(ring.usedIdx, 1);
+});
+
+test('drainSpans with IN_ORDER serves nothing while a popped chain is in flight, then batches in order (§2.7.9)', () => {
+  const { ring, dev } = device(8, { inOrder: true });
+  for (let i = 0; i < 4; i++) ring.writeDesc(i, DATA + 0x10 * i, 4, i === 0 ? WRITE : 0);
+  ring.makeAvailable([0, 1, 2, 3]);
+  const first = dev.pop();
+  assert.ok(first);
+  assert.equal(drainAll(dev).visited, 0);
+  dev.push(first, 4);
+  assert.equal(drainAll(dev).visited, 3);
+  assert.equal(dev.publish(), true);
+  assert.equal(ring.usedIdx, 4);
+  assert.deepEqual(ring.usedElem(0), { id: 3, len: 0 }, 'one element names the whole batch');
+  ring.writeDesc(4, DATA, 4, WRITE);
+  ring.makeAvailable([4]);
+  const next = dev.pop();
+  assert.ok(next);
+  dev.push(next, 1);
+  dev.publish();
+  assert.deepEqual(ring.usedElem(4), { id: 4, len: 1 }, 'pop and push stay in step after drained chains');
+});
