@@ -14,9 +14,9 @@
  * No instance keeps files: --no-shconf keeps DPDK's memory-segment tables (3 MB a process) in
  * anonymous memory instead of files under /var/run/dpdk, and --no-telemetry opens no sockets
  * there, so ending a testpmd removes one empty directory. On a machine whose /run is a disk
- * (ext4 with online discard, as in the lab VM), removing those files waited for their writeback
- * and a discard, seconds under load, on the event loop of whoever ends the peer
- * (docs/performance.md, "Why bench net overran its deadline").
+ * (ext4 with online discard, as in the lab VM), removing those files can wait in the kernel for
+ * their writeback and a discard, on the event loop of whoever ends the peer (seen during slow
+ * quits: docs/performance.md, "Why bench net overran its deadline").
  */
 import { rmSync } from 'node:fs';
 import type { TestContext } from 'node:test';
