@@ -15,7 +15,8 @@
  *
  * The paravirt back-end runs under `node --cpu-prof`; the functions with the most self time are
  * reported at the end. Two cores: the sender's forwarding thread on CPU 0, the back-end (the
- * node process, or net_vhost's forwarding thread) on CPU 1.
+ * node process, or net_vhost's forwarding thread) on CPU 1, which also holds the sender's main
+ * lcore: nothing polls CPU 1 while a sender starts or quits.
  */
 import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -75,11 +76,6 @@ async function measure(side: Side, frameBytes: number, vhost: Testpmd): Promise<
   const pid = side.pid;
   if (pid === undefined) throw new Error(`the ${side.name} back-end has no process id (did it start?)`);
   const what = `DPDK txonly at ${frameBytes} B into ${side.name === 'dpdk' ? 'net_vhost' : 'paravirt'}`;
-  // net_vhost polls only while its forwarding runs: keep it off CPU 1 while paravirt is measured.
-  if (side.name === 'dpdk') {
-    step('starting the forwarding of DPDK net_vhost');
-    await vhost.start();
-  }
   step(`starting ${what}`);
   const sender = await startTestpmd({
     name: `sender-${side.name}`,
@@ -89,6 +85,14 @@ async function measure(side: Side, frameBytes: number, vhost: Testpmd): Promise<
     lcores: { main: 1, forward: 0 },
   });
   try {
+    // net_vhost's forwarding lcore busy-polls CPU 1 whenever it runs, and CPU 1 is where the
+    // sender's main lcore and EAL threads live: it runs only from the sender's start to its stop,
+    // never while the sender starts up or exits (see "Why bench net overran its deadline" in
+    // docs/performance.md), nor while paravirt is measured.
+    if (side.name === 'dpdk') {
+      step('starting the forwarding of DPDK net_vhost');
+      await vhost.start();
+    }
     await sender.start();
     step(`waiting for ${what}`);
     await delay(WARMUP_MS);
@@ -104,15 +108,14 @@ async function measure(side: Side, frameBytes: number, vhost: Testpmd): Promise<
     const packets = after.txPackets - before.txPackets;
     return { pps: packets / seconds, cpuMicrosPerPacket: packets > 0 ? (cpu * 1e6) / packets : Infinity };
   } finally {
-    // The sender quits while its back-end still polls, so nothing it does on the way out waits on
-    // a ring nobody serves; net_vhost's forwarding stops only once the sender is gone.
-    step(`quitting ${what}`);
-    const exit = await sender.close();
-    if (exit.signal) process.stderr.write(`bench ${BENCH}: ${sender.process.name} did not quit when asked; ended with ${exit.signal}\n`);
-    if (side.name === 'dpdk') {
+    // A stopped sender leaves nothing on the ring that its quit waits for: the back-end need not poll.
+    if (vhost.forwarding) {
       step('stopping the forwarding of DPDK net_vhost');
       await vhost.stop();
     }
+    step(`quitting ${what}`);
+    const exit = await sender.close();
+    if (exit.signal) process.stderr.write(`bench ${BENCH}: ${sender.process.name} did not quit when asked; ended with ${exit.signal}\n`);
   }
 }
 

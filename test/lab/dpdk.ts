@@ -10,6 +10,13 @@
  *
  * Without hugepages (--no-huge) each instance takes plain memory; the forwarding lcore of each
  * instance must be a different CPU, or two busy pollers share one and the rate collapses.
+ *
+ * No instance keeps files: --no-shconf keeps DPDK's memory-segment tables (3 MB a process) in
+ * anonymous memory instead of files under /var/run/dpdk, and --no-telemetry opens no sockets
+ * there, so ending a testpmd removes one empty directory. On a machine whose /run is a disk
+ * (ext4 with online discard, as in the lab VM), removing those files can wait in the kernel for
+ * their writeback and a discard, on the event loop of whoever ends the peer (seen during slow
+ * quits: docs/performance.md, "Why bench net overran its deadline").
  */
 import { rmSync } from 'node:fs';
 import type { TestContext } from 'node:test';
@@ -77,6 +84,8 @@ export interface Testpmd {
   start(): Promise<void>;
   /** Stops forwarding and resolves with the forwarding counters. */
   stop(): Promise<ForwardStats>;
+  /** Whether forwarding runs (start() succeeded and no stop() since): its lcore busy-polls. */
+  readonly forwarding: boolean;
   portStats(): Promise<PortStats>;
   /**
    * For a vhost back-end: the virtio feature bits its driver last set (VHOST_USER_SET_FEATURES, as
@@ -143,6 +152,8 @@ export async function startTestpmd(options: TestpmdOptions, t?: TestContext): Pr
     `--main-lcore=${main}`,
     '--no-pci',
     '--no-huge',
+    '--no-shconf',
+    '--no-telemetry',
     '-m', String(positive(options.memoryMiB ?? 256, 'memoryMiB', 1 << 20)),
     `--file-prefix=${prefix}`,
     '--vdev', vdev(options.port),
@@ -184,15 +195,18 @@ export async function startTestpmd(options: TestpmdOptions, t?: TestContext): Pr
     return result;
   };
 
+  let forwarding = false;
   const testpmd: Testpmd = {
     process: peer,
     command,
     async start() {
       const out = await command('start');
       if (!/packet forwarding/.test(out)) throw new Error(`testpmd ${options.name} did not start forwarding: ${out.trim()}`);
+      forwarding = true;
     },
     async stop() {
       const out = await command('stop');
+      forwarding = false;
       const block = /Accumulated forward statistics for all ports\+*\n([\s\S]*?)\+{10,}/.exec(out);
       if (!block) throw new Error(`testpmd ${options.name} printed no forward statistics on stop: ${out.trim()}`);
       const c = counters(block[1]);
@@ -219,6 +233,9 @@ export async function startTestpmd(options: TestpmdOptions, t?: TestContext): Pr
         txBytes: counter(c, 'TX-bytes', where),
         txErrors: counter(c, 'TX-errors', where),
       };
+    },
+    get forwarding() {
+      return forwarding;
     },
     negotiatedFeatures() {
       const logged = [...peer.output.matchAll(/negotiated Virtio features: (0x[0-9a-fA-F]+)/g)];

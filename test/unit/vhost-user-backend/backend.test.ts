@@ -587,3 +587,45 @@ test('with an inflight region, chains given back are no longer recorded, and res
   s.device.completeAll();
   assert.deepEqual([s.driver.getUsed()?.token, s.driver.getUsed()?.token, s.driver.getUsed()], [0, 1, null]);
 });
+
+test('a transmit ring polled after busy traffic is left alone once the front-end has gone', async () => {
+  const [port, end] = createCable();
+  const sent: number[] = [];
+  end.onReceive((f) => void sent.push(f.length));
+  // A budget far longer than the test: only the front-end leaving can end the polling.
+  const h = harnessOf(new NetDevice({ port, mac: MAC_A }), undefined, { pollMicros: 1_000_000 });
+  const TX = 1;
+  await setUpRing(h, featureBit(Feature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES), TX);
+  h.backend.setVringKick(TX, KICK_FD);
+  h.backend.setVringEnable(TX, 1);
+  const transmit = (i: number): void => {
+    // The 12-byte header (all zero: no offload), then a 60-byte frame to MAC_B.
+    h.ram.set(frame(MAC_B, MAC_A, 60), 0x8000 + i * 128 + 12);
+    assert.ok(h.driver.add([{ addr: 0x8000 + i * 128, len: 72 }], [], i));
+  };
+  // Frames one kick each, back to back, as a busy sender: the server starts polling the ring.
+  for (let i = 0; i < 12; i++) {
+    transmit(i);
+    h.driver.kick();
+    h.kick();
+    while (h.driver.getUsed() !== null);
+  }
+  assert.equal(sent.length, 12);
+  // Made available with no kick (the driver sees notifications off): the ring is polled, so the
+  // frame goes out on a later turn of the event loop.
+  transmit(12);
+  assert.equal(h.driver.kick(), false, 'the device asked not to be notified');
+  for (let turns = 0; sent.length < 13; turns++) {
+    assert.ok(turns < 10_000, 'a polled ring found the frame');
+    await new Promise((r) => setImmediate(r));
+  }
+  await h.backend.close();
+  // The front-end has gone (its memory would be unmapped now): a buffer left in the ring is not
+  // looked at, however many turns the event loop takes.
+  transmit(13);
+  h.driver.kick();
+  for (let i = 0; i < 100; i++) await new Promise((r) => setImmediate(r));
+  assert.equal(sent.length, 13);
+  while (h.driver.getUsed() !== null);
+  assert.equal(h.driver.getUsed(), null);
+});
