@@ -19,13 +19,11 @@ export interface LocalServer {
   close(): Promise<void>;
 }
 
-/** Listen on `path` (`what` names it in errors: "balloon control socket"); `serve` takes each connection. */
-export async function listenLocal(
-  path: string,
-  what: string,
-  serve: (socket: Socket) => void,
-  options: { readonly allowHalfOpen?: boolean; readonly ownerOnly?: boolean } = {},
-): Promise<LocalServer> {
+/**
+ * Remove a socket left at `path` by an earlier run, so a new listener can bind it; any other
+ * kind of file there is an error naming `what` and the path.
+ */
+export function removeStaleSocket(path: string, what: string): void {
   let existing: ReturnType<typeof lstatSync> | undefined;
   try {
     existing = lstatSync(path);
@@ -34,6 +32,16 @@ export async function listenLocal(
   }
   if (existing !== undefined && !existing.isSocket()) throw new Error(`${what} ${path} exists and is not a socket.`);
   if (existing !== undefined) rmSync(path);
+}
+
+/** Listen on `path` (`what` names it in errors: "balloon control socket"); `serve` takes each connection. */
+export async function listenLocal(
+  path: string,
+  what: string,
+  serve: (socket: Socket) => void,
+  options: { readonly allowHalfOpen?: boolean; readonly ownerOnly?: boolean } = {},
+): Promise<LocalServer> {
+  removeStaleSocket(path, what);
   const clients = new Set<Socket>();
   const server = createServer({ allowHalfOpen: options.allowHalfOpen === true }, (socket) => {
     clients.add(socket);

@@ -3,6 +3,11 @@
  * and vhost-user needs: memory regions, kick/call eventfds and the back-end channel all travel
  * as ancillary data. Sockets are non-blocking; readiness.ts says when to call receive() again.
  *
+ * Unix SOCK_SEQPACKET sockets (SeqpacketSocket), which Node's net module cannot make either:
+ * connection-oriented like a stream, but each send is one message the reader receives whole,
+ * which is what a vsock SEQPACKET connection's host end needs (its messages keep their
+ * boundaries, VIRTIO 1.2 §5.10.6.6).
+ *
  * sendmsg/recvmsg take a struct msghdr pointing at an iovec and a control buffer. They are
  * built in one native scratch area whose layout koffi computes from the struct definitions
  * below (nothing hard-codes an offset); data is copied through it, which costs nothing next to
@@ -60,14 +65,19 @@ const accept4 = declare<(fd: number, addr: null, len: null, flags: number) => nu
 const sendmsg = declare<(fd: number, msg: Pointer, flags: number) => number>('intptr_t sendmsg(int fd, void *msg, int flags)');
 const recvmsg = declare<(fd: number, msg: Pointer, flags: number) => number>('intptr_t recvmsg(int fd, void *msg, int flags)');
 const unlink = declare<(path: string) => number>('int unlink(const char *path)');
+const shutdownFn = declare<(fd: number, how: number) => number>('int shutdown(int fd, int how)');
 
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
+const SOCK_SEQPACKET = 5;
+const SHUT_WR = 1;
 const SOCK_NONBLOCK = O_NONBLOCK;
 const SOCK_CLOEXEC = O_CLOEXEC;
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
 const MSG_CTRUNC = 0x8;
+const MSG_TRUNC = 0x20;
+const MSG_EOR = 0x80;
 const MSG_DONTWAIT = 0x40;
 const MSG_NOSIGNAL = 0x4000;
 const MSG_CMSG_CLOEXEC = 0x40000000;
@@ -94,14 +104,23 @@ const CONTROL_SIZE = cmsgSpace(MAX_FDS_PER_MESSAGE * FD_BYTES);
 const DATA_AT = CONTROL_AT + CONTROL_SIZE;
 const SCRATCH_SIZE = DATA_AT + MAX_TRANSFER;
 const scratch: Pointer = koffi.address(koffi.alloc('uint8_t', SCRATCH_SIZE));
+/**
+ * Largest message a SeqpacketSocket sends or receives whole: a Unix datagram must fit the
+ * sender's socket buffer (net.core.wmem_default, 212992 bytes by default, less 32), so 128 KiB
+ * passes on any default system.
+ */
+export const MAX_MESSAGE = 128 * 1024;
+/** Messages go through their own area, outside the stream scratch's data part. */
+const messageArea: Pointer = koffi.address(koffi.alloc('uint8_t', MAX_MESSAGE));
+const messageBytes = new Uint8Array(koffi.view(messageArea, MAX_MESSAGE));
 const scratchBytes = new Uint8Array(koffi.view(scratch, SCRATCH_SIZE));
 const scratchView = new DataView(scratchBytes.buffer);
 const CMSG_LEVEL_AT = koffi.offsetof(cmsghdr, 'cmsg_level');
 const CMSG_TYPE_AT = koffi.offsetof(cmsghdr, 'cmsg_type');
 
-/** Point the scratch msghdr at `dataLen` bytes of data and `controlLen` bytes of control. */
-function prepare(dataLen: number, controlLen: number): void {
-  koffi.encode(scratch, IOV_AT, iovec, { iov_base: scratch + BigInt(DATA_AT), iov_len: dataLen });
+/** Point the scratch msghdr at `dataLen` bytes of data (at `data`) and `controlLen` bytes of control. */
+function prepare(dataLen: number, controlLen: number, data: Pointer = scratch + BigInt(DATA_AT)): void {
+  koffi.encode(scratch, IOV_AT, iovec, { iov_base: data, iov_len: dataLen });
   const hdr: Msghdr = {
     msg_name: null,
     msg_namelen: 0,
@@ -197,6 +216,74 @@ export class UnixSocket {
   }
 }
 
+/** What one SeqpacketSocket.receive() got. */
+export interface ReceivedMessage {
+  /** The message (its first `maxBytes` when truncated); empty means the peer shut down (EOF). */
+  readonly bytes: Uint8Array;
+  /** The message's real length: more than `bytes.length` when it was truncated (MSG_TRUNC). */
+  readonly length: number;
+}
+
+/**
+ * A connected, non-blocking Unix SOCK_SEQPACKET socket: whole messages of up to MAX_MESSAGE
+ * bytes each way. Owns its descriptor.
+ *
+ * Zero-length messages cannot be told from the peer's shutdown on Unix sockets (both read as 0
+ * bytes), so receive() takes 0 bytes for end of file.
+ */
+export class SeqpacketSocket {
+  #closed = false;
+
+  constructor(readonly fd: number) {}
+
+  /**
+   * Send `message` as one message, marked MSG_EOR when `eor` (Linux's Unix sockets accept the
+   * flag; every message is a record to them anyway). False when the socket buffer has no room
+   * for it now: send it again once writable. A vanished peer is a SyscallError, never a SIGPIPE.
+   */
+  send(message: Uint8Array, eor = false): boolean {
+    if (message.length > MAX_MESSAGE) throw new RangeError(`a ${message.length}-byte message exceeds the ${MAX_MESSAGE} bytes one send carries`);
+    messageBytes.set(message);
+    prepare(message.length, 0, messageArea);
+    const n = sendmsg(this.fd, scratch, MSG_NOSIGNAL | MSG_DONTWAIT | (eor ? MSG_EOR : 0));
+    if (n < 0) {
+      const errno = lastErrno();
+      if (errno === Errno.EAGAIN || errno === Errno.EINTR) return false;
+      throw new SyscallError('sendmsg', errno, `sending a ${message.length}-byte message on socket ${this.fd}`);
+    }
+    return true;
+  }
+
+  /**
+   * The next message, or null when none is waiting. A message longer than `maxBytes` is
+   * consumed whole and returned truncated, with its real length (MSG_TRUNC).
+   */
+  receive(maxBytes: number = MAX_MESSAGE): ReceivedMessage | null {
+    if (!Number.isInteger(maxBytes) || maxBytes < 1) throw new RangeError(`receive size ${maxBytes} is not a positive integer`);
+    const len = Math.min(maxBytes, MAX_MESSAGE);
+    prepare(len, 0, messageArea);
+    // MSG_TRUNC makes recvmsg return the message's real length (Unix sockets, Linux 3.4+).
+    const n = recvmsg(this.fd, scratch, MSG_DONTWAIT | MSG_TRUNC);
+    if (n < 0) {
+      const errno = lastErrno();
+      if (errno === Errno.EAGAIN || errno === Errno.EINTR) return null;
+      throw new SyscallError('recvmsg', errno, `receiving on socket ${this.fd}`);
+    }
+    return { bytes: messageBytes.slice(0, Math.min(n, len)), length: n };
+  }
+
+  /** No more messages from this side: the peer reads end of file after the ones sent. */
+  shutdownWrite(): void {
+    check('shutdown', shutdownFn(this.fd, SHUT_WR), `shutting down socket ${this.fd} for writing`);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeFd(this.fd);
+  }
+}
+
 /** The descriptors in every SCM_RIGHTS message of the received control data. */
 function parseRights(controlLen: number): number[] {
   const fds: number[] = [];
@@ -226,14 +313,18 @@ function address(path: string): { addr: SockaddrUn; len: number } {
   return { addr: { sun_family: AF_UNIX, sun_path: sunPath }, len: koffi.offsetof(sockaddrUn, 'sun_path') + encoded.length + 1 };
 }
 
-/** A listening Unix socket; one it bound to a path removes the path when closed. */
-export class UnixListener {
+/**
+ * A listening Unix socket (a stream one, or a SOCK_SEQPACKET one from listenSeqpacket); one it
+ * bound to a path removes the path when closed.
+ */
+export class UnixListener<S extends UnixSocket | SeqpacketSocket = UnixSocket> {
   #closed = false;
 
   private constructor(
     readonly fd: number,
     /** The path this listener bound, or null for one adopted with fromFd. */
     readonly path: string | null,
+    private readonly wrap: (fd: number) => S,
   ) {}
 
   /**
@@ -242,36 +333,32 @@ export class UnixListener {
    */
   static fromFd(fd: number): UnixListener {
     setNonBlocking(fd);
-    return new UnixListener(fd, null);
+    return new UnixListener(fd, null, (conn) => new UnixSocket(conn));
   }
 
   /** Bind and listen on `path`; a path that already exists is EADDRINUSE (remove stale ones first). */
   static listen(path: string, backlog = 16): UnixListener {
-    const { addr, len } = address(path);
-    const fd = check('socket', socketFn(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), 'creating a Unix socket');
-    try {
-      check('bind', bind(fd, addr, len), `binding to ${path}`);
-      check('listen', listenFn(fd, backlog), `listening on ${path}`);
-    } catch (e) {
-      closeFd(fd);
-      throw e;
-    }
-    return new UnixListener(fd, path);
+    return new UnixListener(bindListening(path, backlog, SOCK_STREAM), path, (conn) => new UnixSocket(conn));
+  }
+
+  /** listen() for SOCK_SEQPACKET connections. */
+  static listenSeqpacket(path: string, backlog = 16): UnixListener<SeqpacketSocket> {
+    return new UnixListener(bindListening(path, backlog, SOCK_SEQPACKET), path, (conn) => new SeqpacketSocket(conn));
   }
 
   /** A pending connection, or null when there is none yet. */
-  tryAccept(): UnixSocket | null {
+  tryAccept(): S | null {
     const fd = accept4(this.fd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       const errno = lastErrno();
       if (errno === Errno.EAGAIN || errno === Errno.EINTR || errno === Errno.ECONNABORTED) return null;
       throw new SyscallError('accept4', errno, `accepting on ${this.path ?? `fd ${this.fd}`}`);
     }
-    return new UnixSocket(fd);
+    return this.wrap(fd);
   }
 
   /** The next connection, waiting for one without blocking the event loop. */
-  async accept(): Promise<UnixSocket> {
+  async accept(): Promise<S> {
     for (;;) {
       const s = this.tryAccept();
       if (s !== null) return s;
@@ -287,13 +374,36 @@ export class UnixListener {
   }
 }
 
+/** A non-blocking socket of `type` bound to `path` and listening. */
+function bindListening(path: string, backlog: number, type: number): number {
+  const { addr, len } = address(path);
+  const fd = check('socket', socketFn(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), 'creating a Unix socket');
+  try {
+    check('bind', bind(fd, addr, len), `binding to ${path}`);
+    check('listen', listenFn(fd, backlog), `listening on ${path}`);
+  } catch (e) {
+    closeFd(fd);
+    throw e;
+  }
+  return fd;
+}
+
 /**
  * Connect to the listener at `path`. connect() on a Unix socket can block while the listener's
  * backlog is full, so it runs on the libuv thread pool, never on the event loop.
  */
-export function connectUnix(path: string): Promise<UnixSocket> {
+export async function connectUnix(path: string): Promise<UnixSocket> {
+  return new UnixSocket(await connectFd(path, SOCK_STREAM));
+}
+
+/** connectUnix() to a SOCK_SEQPACKET listener. */
+export async function connectSeqpacket(path: string): Promise<SeqpacketSocket> {
+  return new SeqpacketSocket(await connectFd(path, SOCK_SEQPACKET));
+}
+
+function connectFd(path: string, type: number): Promise<number> {
   const { addr, len } = address(path);
-  const fd = check('socket', socketFn(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), 'creating a Unix socket');
+  const fd = check('socket', socketFn(AF_UNIX, type | SOCK_CLOEXEC, 0), 'creating a Unix socket');
   return new Promise((resolve, reject) => {
     connect.async(fd, addr, len, (err: unknown, result: number) => {
       // Read errno first: closing the descriptor would overwrite it.
@@ -306,9 +416,16 @@ export function connectUnix(path: string): Promise<UnixSocket> {
         reject(e);
         return;
       }
-      resolve(new UnixSocket(fd));
+      resolve(fd);
     });
   });
+}
+
+/** Two connected SOCK_SEQPACKET sockets. */
+export function seqpacketPair(): [SeqpacketSocket, SeqpacketSocket] {
+  const sv = new Int32Array(2);
+  check('socketpair', socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 'creating a socket pair');
+  return [new SeqpacketSocket(sv[0]), new SeqpacketSocket(sv[1])];
 }
 
 /** Two connected sockets, as socketpair(2) makes them. */

@@ -33,6 +33,11 @@ export class Credit {
     this.peerFwdCnt = fwdCnt >>> 0;
   }
 
+  /** The peer's receive buffer as it last told us. */
+  get peerBuffer(): number {
+    return this.peerBufAlloc;
+  }
+
   /** Bytes we may send now without overrunning the peer's buffer. */
   get peerFree(): number {
     const inFlight = sub32(this.txCnt, this.peerFwdCnt);

@@ -13,10 +13,18 @@
  * payload's, more data than the credit given) resets its connection (RST); a tx buffer too
  * short for a header is counted and returned.
  *
- * Only stream sockets are offered, not VIRTIO_VSOCK_F_SEQPACKET: the host end of a connection is
- * a byte stream (a Unix stream socket), which cannot keep the message boundaries a SEQPACKET
- * connection promises (§5.10.6.6, VIRTIO_VSOCK_SEQ_EOM and EOR) in either direction. A guest's
- * SOCK_SEQPACKET connect fails at once (Linux: ESOCKTNOSUPPORT) instead of merging its messages.
+ * SEQPACKET connections (VIRTIO_VSOCK_F_SEQPACKET, §5.10.6.6) are offered when the host can make
+ * message-keeping host ends (VsockHost.connectSeqpacket). They follow the same credit rules; a
+ * message is the payload of RW packets up to the one flagged VIRTIO_VSOCK_SEQ_EOM:
+ * - guest to host: parts are held until EOM, then written to the host end as one message (its
+ *   bytes count as forwarded once the host end took it). A message above MAX_MESSAGE resets the
+ *   connection; the advertised receive buffer is MAX_MESSAGE, so a Linux guest gets EMSGSIZE
+ *   for such a message before sending anything. SEQ_EOR goes with the message to the host end.
+ * - host to guest: each host message is sent as RW packets within the guest's credit, EOM on the
+ *   last (and on the last fragment only, when an rx buffer splits a packet). A message that
+ *   could never fit the guest's receive buffer resets the connection.
+ * A SEQPACKET packet when the feature was not negotiated, or a packet whose type is not its
+ * connection's, is answered with RST as Linux answers it (the RST carries the packet's type).
  */
 import type { Duplex } from 'node:stream';
 import { DeviceId, FRONT_END_MAX_QUEUE_SIZE, featureBit } from '../../virtio/constants.ts';
@@ -28,13 +36,19 @@ import { QueueServer, type Request } from '../../virtio/serve.ts';
 import { Credit } from './credit.ts';
 import {
   EVENT_BYTES, EVENT_TRANSPORT_RESET, EVENTQ, HEADER_BYTES, HOST_CID, MAX_GUEST_CID, MIN_GUEST_CID, Op, type PacketHeader, RXQ,
-  Shutdown, SocketType, TXQ, VSOCK_CONFIG, VsockFeature, decodeHeader, encodeHeader,
+  MAX_MESSAGE, OversizeMessage, Seq, type SeqpacketMessage, Shutdown, SocketType, TXQ, VSOCK_CONFIG, VsockFeature, decodeHeader, encodeHeader,
 } from './wire.ts';
 
 /** Where guest connections go on the host. */
 export interface VsockHost {
   /** A stream to whatever listens on host port `port`; rejects when nothing does. */
   connect(port: number): Promise<Duplex>;
+  /**
+   * For SEQPACKET connections: an object-mode stream whose chunks are whole messages, read as
+   * Uint8Array and written as SeqpacketMessage (see seqpacket-stream.ts). Without it the device
+   * does not offer VIRTIO_VSOCK_F_SEQPACKET.
+   */
+  connectSeqpacket?(port: number): Promise<Duplex>;
 }
 
 export interface VsockDeviceOptions {
@@ -64,8 +78,11 @@ type State = 'connecting' | 'connected' | 'closing';
 class Connection {
   state: State;
   readonly credit: Credit;
-  /** Host bytes read but not yet within the guest's credit. */
+  /** Host bytes read but not yet within the guest's credit; for SEQPACKET, one message each. */
   held: Uint8Array[] = [];
+  /** SEQPACKET: parts of the guest's message so far, waiting for EOM. */
+  message: Uint8Array[] = [];
+  messageBytes = 0;
   /**
    * How the host side ended, told to the guest as SHUTDOWN flags once `held` went out
    * (§5.10.6.4): SEND when the host program finished sending (EOF), RCV | SEND when its socket
@@ -81,11 +98,18 @@ class Connection {
     readonly guestPort: number,
     readonly hostPort: number,
     readonly socket: Duplex,
+    /** SocketType.STREAM or SEQPACKET. */
+    readonly type: number,
     state: State,
     bufAlloc: number,
   ) {
     this.state = state;
-    this.credit = new Credit(bufAlloc);
+    // A SEQPACKET receive buffer is one message at most (see MAX_MESSAGE).
+    this.credit = new Credit(type === SocketType.SEQPACKET ? Math.min(bufAlloc, MAX_MESSAGE) : bufAlloc);
+  }
+
+  get seqpacket(): boolean {
+    return this.type === SocketType.SEQPACKET;
   }
 
   get key(): string {
@@ -99,7 +123,7 @@ export class VsockDevice implements VirtioDevice {
   /** §5.10.2: rx, tx, event. */
   readonly numQueues = 3;
   readonly maxQueueSize: number;
-  readonly features = FRAMEWORK_FEATURES | featureBit(VsockFeature.STREAM);
+  readonly features: bigint;
   readonly config = new Uint8Array(VSOCK_CONFIG.size);
   readonly counters: DeviceCounters;
   private readonly guestCid: number;
@@ -116,7 +140,7 @@ export class VsockDevice implements VirtioDevice {
   private readonly connecting = new Map<string, (err?: Error) => void>();
   private nextLocalPort = FIRST_LOCAL_PORT;
   private activations = 0;
-  private readonly counts = { badPackets: 0, resets: 0, creditViolations: 0, refusedConnections: 0, connections: 0, creditExhausted: 0, droppedReplies: 0 };
+  private readonly counts = { badPackets: 0, resets: 0, creditViolations: 0, refusedConnections: 0, connections: 0, creditExhausted: 0, droppedReplies: 0, oversizeMessages: 0 };
   /**
    * Bytes the back-end holds, now and at most so far: guest bytes handed to host sockets and not
    * yet taken by them (bounded by the credit we give, bufAlloc per connection), and host bytes
@@ -131,6 +155,7 @@ export class VsockDevice implements VirtioDevice {
     }
     this.guestCid = guestCid;
     this.host = options.host;
+    this.features = FRAMEWORK_FEATURES | featureBit(VsockFeature.STREAM) | (options.host.connectSeqpacket !== undefined ? featureBit(VsockFeature.SEQPACKET) : 0n);
     this.maxQueueSize = options.maxQueueSize ?? FRONT_END_MAX_QUEUE_SIZE;
     this.bufAlloc = options.bufAlloc ?? 256 * 1024;
     VSOCK_CONFIG.encode({ guest_cid: guestCid }, this.config);
@@ -191,16 +216,24 @@ export class VsockDevice implements VirtioDevice {
    * `settled` is called with the local port the moment the guest accepts (before any of its
    * data reaches `socket`), or with an error when it refuses or no driver runs.
    */
-  connectToGuest(port: number, socket: Duplex, settled: (result: number | Error) => void): void {
+  connectToGuest(port: number, socket: Duplex, settled: (result: number | Error) => void, type: number = SocketType.STREAM): void {
     if (this.ctx === undefined) {
       settled(new Error('no guest driver is running'));
       return;
     }
+    if (type === SocketType.SEQPACKET && !this.seqpacketNegotiated) {
+      settled(new Error('the guest driver did not accept SEQPACKET sockets'));
+      return;
+    }
     const localPort = this.allocatePort();
-    const conn = new Connection(port, localPort, socket, 'connecting', this.bufAlloc);
+    const conn = new Connection(port, localPort, socket, type, 'connecting', this.bufAlloc);
     this.conns.set(conn.key, conn);
     this.connecting.set(conn.key, (err) => settled(err ?? localPort));
     this.send(conn, Op.REQUEST);
+  }
+
+  private get seqpacketNegotiated(): boolean {
+    return this.ctx !== undefined && (this.ctx.features & featureBit(VsockFeature.SEQPACKET)) !== 0n;
   }
 
   private allocatePort(): number {
@@ -226,7 +259,10 @@ export class VsockDevice implements VirtioDevice {
     }
     const key = `${header.srcPort}:${header.dstPort}`;
     const conn = this.conns.get(key);
-    if (header.len > MAX_PAYLOAD || header.len !== req.reader.remaining || header.type !== SocketType.STREAM || header.op === Op.INVALID || header.op > Op.CREDIT_REQUEST) {
+    // §5.10.6.6: SEQPACKET only once negotiated; a packet's type must be its connection's.
+    const typeKnown = header.type === SocketType.STREAM || (header.type === SocketType.SEQPACKET && this.seqpacketNegotiated);
+    const typeFits = conn === undefined || conn.type === header.type;
+    if (header.len > MAX_PAYLOAD || header.len !== req.reader.remaining || !typeKnown || !typeFits || header.op === Op.INVALID || header.op > Op.CREDIT_REQUEST) {
       this.counts.badPackets++;
       if (header.op !== Op.RST) this.reply(header, Op.RST);
       if (conn !== undefined) this.drop(conn);
@@ -265,12 +301,19 @@ export class VsockDevice implements VirtioDevice {
         return;
       case Op.RW: {
         const payload = req.reader.readExact(header.len) ?? new Uint8Array(0);
+        // Checked before credit, which such a message breaks too, to name the reason.
+        if (conn.seqpacket && conn.messageBytes + payload.length > MAX_MESSAGE) {
+          this.counts.oversizeMessages++;
+          this.reset1(conn);
+          return;
+        }
         if (conn.state !== 'connected' || !conn.credit.received(payload.length)) {
           if (conn.state === 'connected') this.counts.creditViolations++;
           this.reset1(conn);
           return;
         }
-        this.toHost(conn, payload);
+        if (conn.seqpacket) this.messagePart(conn, payload, header.flags);
+        else this.toHost(conn, payload, payload.length);
         this.pump(conn);
         return;
       }
@@ -297,14 +340,15 @@ export class VsockDevice implements VirtioDevice {
   /** A guest REQUEST for host port dst_port: connect to the host listener, answer RESPONSE or RST. */
   private guestConnect(header: PacketHeader): void {
     const ctx = this.ctx;
-    const pendingSocket = this.host.connect(header.dstPort);
+    const seqpacket = header.type === SocketType.SEQPACKET;
+    const pendingSocket = seqpacket && this.host.connectSeqpacket !== undefined ? this.host.connectSeqpacket(header.dstPort) : this.host.connect(header.dstPort);
     void pendingSocket.then(
       (socket) => {
         if (this.ctx !== ctx || ctx === undefined) {
           socket.destroy();
           return;
         }
-        const conn = new Connection(header.srcPort, header.dstPort, socket, 'connected', this.bufAlloc);
+        const conn = new Connection(header.srcPort, header.dstPort, socket, header.type, 'connected', this.bufAlloc);
         conn.credit.peerUpdate(header.bufAlloc, header.fwdCnt);
         this.conns.set(conn.key, conn);
         this.counts.connections++;
@@ -319,18 +363,48 @@ export class VsockDevice implements VirtioDevice {
     );
   }
 
-  /** Hand guest bytes to the host socket; they count as forwarded once it took them. */
-  private toHost(conn: Connection, payload: Uint8Array): void {
-    if (payload.length === 0) return;
+  /**
+   * A part of the guest's SEQPACKET message (§5.10.6.6): held until the part flagged EOM, then
+   * handed on as one message. Held parts count as buffered for the host: they are credit given.
+   */
+  private messagePart(conn: Connection, payload: Uint8Array, flags: number): void {
+    conn.message.push(payload);
+    conn.messageBytes += payload.length;
+    this.holdForHost(payload.length);
+    if ((flags & Seq.EOM) === 0) return;
+    const bytes = new Uint8Array(conn.messageBytes);
+    let at = 0;
+    for (const part of conn.message) {
+      bytes.set(part, at);
+      at += part.length;
+    }
+    this.buffered.toHost -= bytes.length;
+    conn.message = [];
+    conn.messageBytes = 0;
+    const message: SeqpacketMessage = { bytes, eor: (flags & Seq.EOR) !== 0 };
+    this.toHost(conn, message, bytes.length);
+  }
+
+  private holdForHost(n: number): void {
     const b = this.buffered;
-    b.toHost += payload.length;
+    b.toHost += n;
     if (b.toHost > b.toHostPeak) b.toHostPeak = b.toHost;
+  }
+
+  /**
+   * Hand guest bytes (or a SEQPACKET message of `length` bytes) to the host socket; they count
+   * as forwarded once it took them.
+   */
+  private toHost(conn: Connection, chunk: Uint8Array | SeqpacketMessage, length: number): void {
+    // An empty stream write says nothing; an empty message is still a message.
+    if (length === 0 && !conn.seqpacket) return;
+    this.holdForHost(length);
     // The guest used all the credit we gave: it waits for our CREDIT_UPDATE (a slow host reader).
     if (conn.credit.advertisedFree === 0) this.counts.creditExhausted++;
-    conn.socket.write(payload, (err) => {
-      b.toHost -= payload.length;
+    conn.socket.write(chunk, (err) => {
+      this.buffered.toHost -= length;
       if (err !== undefined && err !== null) return;
-      conn.credit.forwarded(payload.length);
+      conn.credit.forwarded(length);
       if (this.conns.get(conn.key) === conn && conn.credit.updateDue) this.creditUpdate(conn);
     });
   }
@@ -339,18 +413,28 @@ export class VsockDevice implements VirtioDevice {
 
   private startReading(conn: Connection): void {
     const { socket } = conn;
-    socket.on('data', (chunk: Buffer) => {
+    socket.on('data', (chunk: Uint8Array) => {
+      // §5.10.6.6: a message is delivered once all of it is in the guest's buffer, so one larger
+      // than that buffer would wait for credit forever.
+      if (conn.seqpacket && chunk.length > conn.credit.peerBuffer) {
+        this.counts.oversizeMessages++;
+        this.reset1(conn);
+        return;
+      }
       const b = this.buffered;
       b.toGuest += chunk.length;
       if (b.toGuest > b.toGuestPeak) b.toGuestPeak = b.toGuest;
-      conn.held.push(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length));
+      conn.held.push(chunk);
       this.pump(conn);
     });
     socket.on('end', () => {
       conn.hostShutdown |= Shutdown.SEND;
       this.pump(conn);
     });
-    socket.on('error', () => socket.destroy());
+    socket.on('error', (err: Error) => {
+      if (err instanceof OversizeMessage) this.counts.oversizeMessages++;
+      socket.destroy();
+    });
     socket.on('close', (hadError: boolean) => {
       if (this.conns.get(conn.key) !== conn) return;
       if (hadError) {
@@ -376,7 +460,8 @@ export class VsockDevice implements VirtioDevice {
       if (n < chunk.length) conn.held[0] = chunk.subarray(n);
       else conn.held.shift();
       conn.credit.sent(n);
-      this.send(conn, Op.RW, 0, chunk.slice(0, n));
+      // A SEQPACKET message's last part carries EOM (§5.10.6.6).
+      this.send(conn, Op.RW, conn.seqpacket && n === chunk.length ? Seq.EOM : 0, chunk.slice(0, n));
     }
     if (conn.held.length === 0 && this.pending.length === 0) conn.socket.resume();
     else conn.socket.pause();
@@ -401,7 +486,7 @@ export class VsockDevice implements VirtioDevice {
   private send(conn: Connection, op: number, flags = 0, payload: Uint8Array = new Uint8Array(0)): void {
     this.enqueue({
       conn,
-      header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: conn.hostPort, dstPort: conn.guestPort, type: SocketType.STREAM, op, flags },
+      header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: conn.hostPort, dstPort: conn.guestPort, type: conn.type, op, flags },
       payload,
     });
   }
@@ -414,7 +499,9 @@ export class VsockDevice implements VirtioDevice {
   }
 
   /**
-   * Answer a packet that has no connection (RST to a closed port). Such answers are not queued
+   * Answer a packet that has no connection (RST to a closed port), in the packet's own type as
+   * Linux's virtio_transport_reset_no_sock() does: a guest matches an answer to its socket by
+   * type, and a SEQPACKET connect answered as a stream would wait for its timeout. Such answers are not queued
    * behind a full rx backlog: a guest sending packets while posting no rx buffers would grow it
    * without bound. Dropped ones are counted; the guest's own timeout ends its attempt.
    */
@@ -425,7 +512,7 @@ export class VsockDevice implements VirtioDevice {
     }
     const sent = this.rx.offer({
       conn: undefined,
-      header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: to.dstPort, dstPort: to.srcPort, type: SocketType.STREAM, op, flags: 0 },
+      header: { srcCid: HOST_CID, dstCid: this.guestCid, srcPort: to.dstPort, dstPort: to.srcPort, type: to.type, op, flags: 0 },
       payload: new Uint8Array(0),
     });
     if (!sent) this.counts.droppedReplies++;
@@ -450,6 +537,9 @@ export class VsockDevice implements VirtioDevice {
     this.connecting.delete(conn.key);
     for (const chunk of conn.held) this.buffered.toGuest -= chunk.length;
     conn.held = [];
+    this.buffered.toHost -= conn.messageBytes;
+    conn.message = [];
+    conn.messageBytes = 0;
     conn.socket.destroy();
   }
 
@@ -463,7 +553,9 @@ export class VsockDevice implements VirtioDevice {
       const rest = n < p.payload.length ? p.payload.subarray(n) : undefined;
       const credit = p.conn?.credit;
       if (p.header.op === Op.CREDIT_UPDATE && p.conn !== undefined) p.conn.creditUpdateQueued = false;
-      w.write(encodeHeader({ ...p.header, len: n, bufAlloc: credit?.bufAlloc ?? 0, fwdCnt: credit?.reported() ?? 0 }));
+      // A packet split over rx buffers ends in its last fragment: only that one keeps EOM/EOR.
+      const flags = rest === undefined || p.header.op !== Op.RW ? p.header.flags : p.header.flags & ~(Seq.EOM | Seq.EOR);
+      w.write(encodeHeader({ ...p.header, flags, len: n, bufAlloc: credit?.bufAlloc ?? 0, fwdCnt: credit?.reported() ?? 0 }));
       w.write(p.payload.subarray(0, n));
       if (p.conn !== undefined) this.buffered.toGuest -= n;
       return rest === undefined ? undefined : { ...p, payload: rest };

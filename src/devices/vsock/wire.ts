@@ -42,6 +42,33 @@ export const Op = {
 /** §5.10.6 type. */
 export const SocketType = { STREAM: 1, SEQPACKET: 2 } as const;
 
+/** §5.10.6.6 flags of a SEQPACKET RW packet: the last packet of a message, of a record. */
+export const Seq = { EOM: 1, EOR: 2 } as const;
+
+/**
+ * Largest SEQPACKET message the device carries either way. It is the receive buffer a SEQPACKET
+ * connection advertises, so a Linux sender refuses a larger message itself (EMSGSIZE: a message
+ * must fit the peer's buf_alloc); and it passes whole through a Unix SOCK_SEQPACKET socket on a
+ * default system (net.core.wmem_default 212992 bytes).
+ */
+export const MAX_MESSAGE = 128 * 1024;
+
+/** One SEQPACKET message for a host end; `eor` is the sender's record mark (SEQ_EOR). */
+export interface SeqpacketMessage {
+  readonly bytes: Uint8Array;
+  readonly eor: boolean;
+}
+
+/** A host program sent a message longer than a SEQPACKET connection carries. */
+export class OversizeMessage extends Error {
+  constructor(
+    readonly length: number,
+    readonly limit: number,
+  ) {
+    super(`a ${length}-byte message exceeds the ${limit}-byte limit of a vsock SEQPACKET connection`);
+  }
+}
+
 /** §5.10.6.4 SHUTDOWN flags. */
 export const Shutdown = { RCV: 1, SEND: 2 } as const;
 
