@@ -14,6 +14,9 @@ import { connect, createServer, type Socket } from 'node:net';
 import { pino } from 'pino';
 import { VsockDevice } from '../../src/devices/vsock/device.ts';
 import { listenHybrid, unixSocketHost } from '../../src/devices/vsock/hybrid.ts';
+import { MAX_MESSAGE } from '../../src/devices/vsock/wire.ts';
+import { type SeqpacketSocket, UnixListener, connectSeqpacket } from '../../src/native/unix-socket.ts';
+import { whenReadable, whenWritable } from '../../src/native/readiness.ts';
 import { BackendServer } from '../../src/transports/vhost-user/backend-server.ts';
 import { bootGuest, shareDir, startGuest, type Guest } from '../lab/guest.ts';
 import { PeerProcess } from '../lab/peer-process.ts';
@@ -128,6 +131,125 @@ async function sixteenMiB(t: TestContext, { guest, device, uds }: VsockGuest): P
   const afterDown = device.counters.snapshot().device;
   t.diagnostic(`host to guest 16 MiB in ${downMs.toFixed(0)} ms; back-end held at most ${afterDown.bufferedToGuestPeak} bytes for the guest`);
   assert.deepEqual([afterDown.bufferedToHost, afterDown.bufferedToGuest], [0, 0], 'nothing left in the back-end');
+}
+
+test('vhost-user-vsock: SOCK_SEQPACKET both ways keeps every message whole, sizes from 1 byte to the 128 KiB limit', async (t) => {
+  if (!requireLab(t)) return;
+  const vsock = await bootWithVsock(t, 'vu-vsock-seq');
+  await t.test('guest connects to a host SOCK_SEQPACKET listener: messages each way arrive one by one with their sizes and bytes', (t) => guestToHostSeq(t, vsock));
+  await t.test('a host program connects through PATH.seqpacket to a guest listener: messages each way arrive whole', (t) => hostToGuestSeq(t, vsock));
+  await t.test('a message above the limit: the guest refuses to send it (EMSGSIZE), a host one resets the connection and is counted', (t) => oversizeSeq(t, vsock));
+});
+
+/** Message k of the guest program's seqpacket modes: `size` bytes of the letter 'a' + k % 26. */
+function guestMessage(k: number, size: number): Buffer {
+  return Buffer.alloc(size, 0x61 + (k % 26));
+}
+
+/** The guest program's report of a received message: its length and the sum of its bytes. */
+function report(message: Uint8Array): string {
+  return `${message.length} ${message.reduce((sum, b) => sum + b, 0)}`;
+}
+
+/** Every message until the peer shuts down, each as it came. */
+async function receiveMessages(socket: SeqpacketSocket): Promise<Uint8Array[]> {
+  const messages: Uint8Array[] = [];
+  for (;;) {
+    const got = socket.receive(MAX_MESSAGE);
+    if (got === null) {
+      await whenReadable(socket.fd);
+      continue;
+    }
+    assert.equal(got.length, got.bytes.length, 'no message is longer than the limit');
+    if (got.length === 0) return messages;
+    messages.push(got.bytes);
+  }
+}
+
+async function sendMessage(socket: SeqpacketSocket, message: Uint8Array): Promise<void> {
+  while (!socket.send(message)) await whenWritable(socket.fd);
+}
+
+/** Host messages of these sizes, each filled with its own byte. */
+function hostMessages(sizes: number[]): Buffer[] {
+  return sizes.map((size, k) => Buffer.alloc(size, 0x30 + k));
+}
+
+async function guestToHostSeq(t: TestContext, { guest, device, uds }: VsockGuest): Promise<void> {
+  // 100000 and 131072 bytes are more than one packet (Linux sends at most 64 KiB per packet).
+  const up = [1, 1000, 100_000, 65_536, 5, MAX_MESSAGE, 3];
+  const down = hostMessages([7, 70_000, 1, MAX_MESSAGE, 4096]);
+  const listener = UnixListener.listenSeqpacket(`${uds}_6000`);
+  t.after(() => listener.close());
+  const host = (async () => {
+    const socket = await listener.accept();
+    try {
+      const got = await receiveMessages(socket);
+      for (const m of down) await sendMessage(socket, m);
+      socket.shutdownWrite();
+      return got;
+    } finally {
+      // Closed only once the guest read everything: the guest program exits at our shutdown.
+      await whenReadable(socket.fd);
+      socket.close();
+    }
+  })();
+  const out = await guest.check(`vsock connect-seq 2 6000 ${up.join(' ')}`, { timeoutMs: 120_000 });
+  const got = await host;
+  assert.deepEqual(got.map((m) => m.length), up, 'the host read each guest message whole, in order');
+  got.forEach((m, k) => assert.ok(Buffer.from(m).equals(guestMessage(k, up[k])), `guest message ${k} has its own bytes`));
+  assert.deepEqual(out.trimEnd().split('\n'), down.map(report), 'the guest read each host message whole, in order');
+  const counts = device.counters.snapshot().device;
+  assert.deepEqual([counts.oversizeMessages, counts.creditViolations], [0, 0]);
+}
+
+async function hostToGuestSeq(t: TestContext, { guest, uds }: VsockGuest): Promise<void> {
+  const up = [90_000, 2, 131_072, 17];
+  const down = hostMessages([5, 100_000, 64, 1]);
+  await guest.check(`vsock listen-seq 6001 ${up.join(' ')} > /tmp/seq-down 2> /tmp/seq-listen.err &
+    until grep -q listening /tmp/seq-listen.err; do sleep 0.1; done`);
+  const program = await connectSeqpacket(`${uds}.seqpacket`);
+  t.after(() => program.close());
+  await sendMessage(program, Buffer.from('CONNECT 6001\n'));
+  const answer = await nextMessage(program);
+  assert.match(Buffer.from(answer).toString(), /^OK \d+\n$/);
+  const got = await receiveMessages(program);
+  for (const m of down) await sendMessage(program, m);
+  program.shutdownWrite();
+  await guest.check('while pidof vsock > /dev/null; do sleep 0.1; done', { timeoutMs: 60_000 });
+  assert.deepEqual(got.map((m) => m.length), up);
+  got.forEach((m, k) => assert.ok(Buffer.from(m).equals(guestMessage(k, up[k])), `guest message ${k} has its own bytes`));
+  assert.deepEqual((await guest.check('cat /tmp/seq-down')).trimEnd().split('\n'), down.map(report));
+}
+
+async function nextMessage(socket: SeqpacketSocket): Promise<Uint8Array> {
+  for (;;) {
+    const got = socket.receive(MAX_MESSAGE);
+    if (got !== null) return got.bytes;
+    await whenReadable(socket.fd);
+  }
+}
+
+async function oversizeSeq(t: TestContext, { guest, device, uds }: VsockGuest): Promise<void> {
+  const listener = UnixListener.listenSeqpacket(`${uds}_6002`);
+  t.after(() => listener.close());
+  const accepted = listener.accept();
+  const refused = await guest.run(`vsock connect-seq 2 6002 ${MAX_MESSAGE + 1}`);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /sending a message: Message too long/);
+  (await accepted).close();
+
+  // The host program's message is one byte too many: the connection is reset, nothing partial reaches the guest.
+  const before = device.counters.snapshot().device.oversizeMessages;
+  const hostSide = listener.accept();
+  const run = guest.run('vsock connect-seq 2 6002', { timeoutMs: 60_000 });
+  const socket = await hostSide;
+  await sendMessage(socket, Buffer.alloc(MAX_MESSAGE + 1, 0x78));
+  const result = await run;
+  socket.close();
+  assert.equal(result.stdout, '', 'no part of the message was delivered');
+  assert.match(result.stderr, /receiving a message: Connection reset by peer/);
+  assert.equal(device.counters.snapshot().device.oversizeMessages, before + 1);
 }
 
 async function concurrent(t: TestContext, { guest, uds }: VsockGuest): Promise<void> {
