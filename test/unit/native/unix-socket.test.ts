@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { UnixListener, connectUnix, socketPair, type UnixSocket, type Received } from '../../../src/native/unix-socket.ts';
+import {
+  MAX_MESSAGE, type ReceivedMessage, type SeqpacketSocket, UnixListener, connectSeqpacket, connectUnix, seqpacketPair, socketPair, type UnixSocket, type Received,
+} from '../../../src/native/unix-socket.ts';
 import { createMemfd } from '../../../src/native/memfd.ts';
 import { Mapping, PAGE_SIZE } from '../../../src/native/mapping.ts';
 import { EventFd } from '../../../src/native/eventfd.ts';
@@ -105,4 +107,74 @@ test('a listening socket adopted by descriptor accepts connections and leaves it
   adopted.close(); // closes the shared descriptor; the path stays
   assert.ok(existsSync(path));
   rmSync(dir, { recursive: true });
+});
+
+async function nextMessage(s: SeqpacketSocket, maxBytes?: number): Promise<ReceivedMessage> {
+  for (;;) {
+    const r = s.receive(maxBytes);
+    if (r !== null) return r;
+    await whenReadable(s.fd);
+  }
+}
+
+test('SOCK_SEQPACKET: each send is received whole and alone, up to MAX_MESSAGE; a longer one is refused before the system call', async () => {
+  const [a, b] = seqpacketPair();
+  const sizes = [1, 5000, 70_000, MAX_MESSAGE, 3];
+  for (const [k, size] of sizes.entries()) {
+    assert.equal(a.send(new Uint8Array(size).fill(k + 1)), true);
+    const got = await nextMessage(b);
+    assert.equal(got.length, size);
+    assert.equal(got.bytes.length, size);
+    assert.equal(got.bytes.every((x) => x === k + 1), true, `message ${k} is its own bytes`);
+  }
+  assert.equal(b.receive(), null, 'nothing more waits');
+  assert.throws(() => a.send(new Uint8Array(MAX_MESSAGE + 1)), /exceeds the 131072 bytes/);
+  a.close();
+  b.close();
+});
+
+test('SOCK_SEQPACKET: a message longer than the receiver asked for is consumed whole and reported truncated (MSG_TRUNC)', async () => {
+  const [a, b] = seqpacketPair();
+  a.send(new Uint8Array(1000).fill(7));
+  a.send(new Uint8Array([1, 2]));
+  const cut = await nextMessage(b, 100);
+  assert.deepEqual([cut.bytes.length, cut.length], [100, 1000]);
+  const next = await nextMessage(b, 100);
+  assert.deepEqual([...next.bytes], [1, 2], 'the rest of the long message is gone, the next one is whole');
+  a.close();
+  b.close();
+});
+
+test('SOCK_SEQPACKET: a full socket refuses a message whole (false), never a part; shutdownWrite is end of file after the messages sent', async () => {
+  const [a, b] = seqpacketPair();
+  let sent = 0;
+  while (a.send(new Uint8Array(60_000).fill(sent & 0xff))) sent++;
+  assert.ok(sent > 0, 'some messages fit');
+  a.shutdownWrite();
+  for (let k = 0; k < sent; k++) {
+    const got = await nextMessage(b);
+    assert.equal(got.length, 60_000);
+    assert.equal(got.bytes[59_999], k & 0xff);
+  }
+  assert.equal((await nextMessage(b)).length, 0, 'end of file');
+  b.close();
+  assert.throws(() => a.send(new Uint8Array(1)), (e: unknown) => e instanceof SyscallError);
+  a.close();
+});
+
+test('SOCK_SEQPACKET listen, connect and accept on a path', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'seqpacket-'));
+  const path = join(dir, 's');
+  const listener = UnixListener.listenSeqpacket(path);
+  const [client, server] = await Promise.all([connectSeqpacket(path), listener.accept()]);
+  client.send(new Uint8Array([1, 2, 3]));
+  client.send(new Uint8Array([4]));
+  assert.deepEqual([...(await nextMessage(server)).bytes], [1, 2, 3]);
+  assert.deepEqual([...(await nextMessage(server)).bytes], [4]);
+  await assert.rejects(connectUnix(path), /connect/, 'a stream socket cannot connect to a SEQPACKET listener');
+  client.close();
+  server.close();
+  listener.close();
+  assert.equal(existsSync(path), false);
+  rmSync(dir, { recursive: true, force: true });
 });
