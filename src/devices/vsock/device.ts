@@ -371,7 +371,12 @@ export class VsockDevice implements VirtioDevice {
     conn.message.push(payload);
     conn.messageBytes += payload.length;
     this.holdForHost(payload.length);
-    if ((flags & Seq.EOM) === 0) return;
+    if ((flags & Seq.EOM) === 0) {
+      // The rest of the message may need credit that earlier messages freed and the guest has
+      // not heard of yet (a stream's bytes are forwarded, which reports it; these wait for EOM).
+      if (conn.credit.updateDue) this.creditUpdate(conn);
+      return;
+    }
     const bytes = new Uint8Array(conn.messageBytes);
     let at = 0;
     for (const part of conn.message) {
