@@ -10,15 +10,12 @@ import { VsockDevice, type VsockHost } from '../../../src/devices/vsock/device.t
 import { VsockDriver } from '../../../src/devices/vsock/driver.ts';
 import { unixSocketHost } from '../../../src/devices/vsock/hybrid.ts';
 import { Credit } from '../../../src/devices/vsock/credit.ts';
-import {
-  HEADER_BYTES, HOST_CID, Op, type PacketHeader, RXQ, SocketType, TXQ, VsockFeature, decodeHeader, encodeHeader,
-} from '../../../src/devices/vsock/wire.ts';
+import { HOST_CID, Op, SocketType, VsockFeature } from '../../../src/devices/vsock/wire.ts';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
-import { DeviceId, featureBit, hasFeature } from '../../../src/virtio/constants.ts';
-import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
-import { EventReceiver } from '../../../src/virtio/event-receiver.ts';
+import { featureBit, hasFeature } from '../../../src/virtio/constants.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { readAll, writeAll } from '../../lab/streams.ts';
+import { rawGuest } from './raw-guest.ts';
 
 const CID = 42;
 
@@ -120,40 +117,10 @@ test('a connection to a host port nobody listens on is refused with RST', async 
   await driver.close();
 });
 
-/** A driver of raw packets: what the device puts in rx buffers, as headers. */
-async function rawGuest(device: VsockDevice, postRx = true, features = FRAMEWORK_FEATURES) {
-  const loop = createLoopback(device, { memoryBytes: 4 << 20 });
-  const core = await VirtioDriver.start(loop.transport, { name: 'raw', deviceId: DeviceId.VSOCK, features, queues: 3, queueSize: 16 });
-  const rx: PacketHeader[] = [];
-  const waiters: (() => void)[] = [];
-  const post = (): EventReceiver =>
-    new EventReceiver(core.queue(RXQ), loop.memory, loop.transport.dma, {
-      bufferSize: HEADER_BYTES + 4096,
-      log: core.log,
-      onBuffer: (b) => {
-        rx.push(decodeHeader(b)!);
-        waiters.splice(0).forEach((w) => w());
-      },
-    });
-  if (postRx) post();
-  const send = async (h: Partial<PacketHeader>, payload = new Uint8Array(0), bytes?: Uint8Array): Promise<void> => {
-    const full: PacketHeader = { srcCid: CID, dstCid: HOST_CID, srcPort: 100, dstPort: 200, len: payload.length, type: SocketType.STREAM, op: Op.RW, flags: 0, bufAlloc: 4096, fwdCnt: 0, ...h };
-    const packet = bytes ?? new Uint8Array([...encodeHeader(full), ...payload]);
-    const addr = loop.transport.dma.alloc(packet.length, 8)!;
-    loop.memory.write(addr, packet);
-    await core.queue(TXQ).submit([{ addr, len: packet.length }], []);
-    loop.transport.dma.free(addr);
-  };
-  const until = async (n: number): Promise<void> => {
-    while (rx.length < n) await new Promise<void>((r) => waiters.push(r));
-  };
-  return { core, rx, send, until, post };
-}
-
 test('malformed packets, unknown ops and packets for no connection: counted or answered with RST, the device runs on', async () => {
   const mem = memoryHost([200]);
   const device = new VsockDevice({ guestCid: CID, host: mem.host });
-  const g = await rawGuest(device);
+  const g = await rawGuest(device, CID);
   await g.send({}, undefined, new Uint8Array(10));
   assert.equal(device.counters.snapshot().device.badPackets, 1, 'a tx buffer shorter than a header');
   await g.send({ srcCid: 77 });
@@ -174,15 +141,15 @@ test('malformed packets, unknown ops and packets for no connection: counted or a
   await g.core.close();
 });
 
-test('SEQPACKET is not offered, since the host end is a byte stream: a guest asking for it gets stream sockets only, and a SEQPACKET connection is refused with RST', async () => {
+test('a device whose host cannot make message-keeping ends does not offer SEQPACKET; a SEQPACKET connect is then refused with RST in its own type', async () => {
   const mem = memoryHost([200]);
-  const device = new VsockDevice({ guestCid: CID, host: mem.host });
+  const device = new VsockDevice({ guestCid: CID, host: { connect: (port) => mem.host.connect(port) } });
   const wanted = FRAMEWORK_FEATURES | featureBit(VsockFeature.STREAM) | featureBit(VsockFeature.SEQPACKET);
-  const g = await rawGuest(device, true, wanted);
+  const g = await rawGuest(device, CID, true, wanted);
   assert.equal(hasFeature(g.core.features, VsockFeature.SEQPACKET), false, 'VIRTIO_VSOCK_F_SEQPACKET is not negotiated');
   await g.send({ op: Op.REQUEST, type: SocketType.SEQPACKET });
   await g.until(1);
-  assert.deepEqual([g.rx[0].op, g.rx[0].dstPort, g.rx[0].srcPort], [Op.RST, 100, 200]);
+  assert.deepEqual([g.rx[0].op, g.rx[0].type, g.rx[0].dstPort, g.rx[0].srcPort], [Op.RST, SocketType.SEQPACKET, 100, 200]);
   assert.equal(device.connections, 0);
   assert.equal(mem.accepted.length, 0, 'no host program was connected');
   await g.send({ op: Op.REQUEST });
@@ -194,7 +161,7 @@ test('SEQPACKET is not offered, since the host end is a byte stream: a guest ask
 test('a guest sending more than the credit it was given is reset', async () => {
   const mem = memoryHost([200]);
   const device = new VsockDevice({ guestCid: CID, host: mem.host, bufAlloc: 8192 });
-  const g = await rawGuest(device);
+  const g = await rawGuest(device, CID);
   await g.send({ op: Op.REQUEST });
   await g.until(1);
   assert.equal(g.rx[0].op, Op.RESPONSE);
@@ -210,7 +177,7 @@ test('a guest sending more than the credit it was given is reset', async () => {
 
 test('rx buffers never posted: packets wait, nothing is lost, and they arrive in order once buffers come', async () => {
   const device = new VsockDevice({ guestCid: CID, host: memoryHost([]).host });
-  const g = await rawGuest(device, false);
+  const g = await rawGuest(device, CID, false);
   const results: (number | Error)[] = [];
   for (let i = 0; i < 3; i++) device.connectToGuest(10 + i, duplexPair()[0], (r) => results.push(r));
   assert.equal(results.length, 0);
@@ -281,7 +248,7 @@ test('a host program that breaks off mid-stream: the guest connection is reset, 
 
 test('answers to a guest that posts no rx buffers are bounded: past the backlog they are dropped and counted', async () => {
   const device = new VsockDevice({ guestCid: CID, host: memoryHost([]).host });
-  const g = await rawGuest(device, false);
+  const g = await rawGuest(device, CID, false);
   for (let i = 0; i < 300; i++) await g.send({ op: Op.RW, srcPort: 1000 + i }, new Uint8Array(1));
   const counts = device.counters.snapshot().device;
   assert.equal(counts.droppedReplies, 300 - 256, 'the rx backlog holds 256 answers, the rest are dropped');

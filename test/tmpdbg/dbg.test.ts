@@ -1,0 +1,33 @@
+import { test } from 'node:test';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { VsockDevice } from '../../src/devices/vsock/device.ts';
+import { listenHybrid, unixSocketHost } from '../../src/devices/vsock/hybrid.ts';
+import { decodeHeader, encodeHeader } from '../../src/devices/vsock/wire.ts';
+import { UnixListener } from '../../src/native/unix-socket.ts';
+import { whenReadable, whenWritable } from '../../src/native/readiness.ts';
+import { BackendServer } from '../../src/transports/vhost-user/backend-server.ts';
+import { bootGuest, shareDir } from '../lab/guest.ts';
+const log = pino({ level: 'warn' });
+test('dbg', async (t) => {
+  const share = shareDir(t, 'dbg');
+  const uds = join(share.dir, 'v.sock');
+  const socketPath = join(share.dir, 'vhost.sock');
+  const device = new VsockDevice({ guestCid: 7, host: unixSocketHost(uds) });
+  const d = device as unknown as { transmit: (req: { reader: { readExact(n: number): Uint8Array | undefined } }) => void };
+  const orig = d.transmit.bind(device);
+  d.transmit = (req) => {
+    const r = req.reader as unknown as { peek?: unknown };
+    void r;
+    orig(new Proxy(req, { get(target, p) { if (p === 'reader') { const rd = target.reader; return new Proxy(rd, { get(rt, q) { const v = Reflect.get(rt, q, rt); if (q === 'readExact') return (n: number) => { const b = (v as (n: number) => Uint8Array | undefined).call(rt, n); if (n === 44 && b) { const h = decodeHeader(b)!; console.log('TX', h.op, h.len, h.flags, h.bufAlloc, h.fwdCnt); }; return b; }; return typeof v === 'function' ? v.bind(rt) : v; } }); } return Reflect.get(target, p); } }));
+  };
+  void encodeHeader;
+  const hybrid = await listenHybrid(device, uds, log);
+  const server = BackendServer.listen(device, { socketPath }, log);
+  const guest = await bootGuest({ name: 'dbg', devices: ['-chardev', `socket,id=vuvs,path=${share.qemuPath(socketPath)}`, '-device', 'vhost-user-vsock-pci,chardev=vuvs'] });
+  const listener = UnixListener.listenSeqpacket(`${uds}_6000`);
+  void (async () => { const s = await listener.accept(); console.log('accepted'); for (;;) { const m = s.receive(); if (m === null) { await whenReadable(s.fd); continue; } console.log('host got', m.length); if (m.length === 0) break; } for (const n of [7, 70000, 1, 131072, 4096]) { while (!s.send(new Uint8Array(n))) { console.log('full'); await whenWritable(s.fd); } console.log('sent', n); } s.shutdownWrite(); await whenReadable(s.fd); console.log('host closing'); s.close(); })();
+  console.log(await guest.run('timeout 15 vsock connect-seq 2 6000 1 1000 100000 65536 5 131072 3; echo rc=$?', { timeoutMs: 30000 }));
+  console.log(device.counters.snapshot());
+  await guest.shutdown(); await server.close(); await hybrid.close(); listener.close();
+});
