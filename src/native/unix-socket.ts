@@ -105,11 +105,11 @@ const DATA_AT = CONTROL_AT + CONTROL_SIZE;
 const SCRATCH_SIZE = DATA_AT + MAX_TRANSFER;
 const scratch: Pointer = koffi.address(koffi.alloc('uint8_t', SCRATCH_SIZE));
 /**
- * Largest message a SeqpacketSocket sends or receives whole: a Unix datagram must fit the
- * sender's socket buffer (net.core.wmem_default, 212992 bytes by default, less 32), so 128 KiB
- * passes on any default system.
+ * Largest message a SeqpacketSocket sends or receives, the size of its buffer. What the kernel
+ * carries is less: a Unix message must fit the sender's socket buffer (net.core.wmem_default,
+ * 212992 bytes by default, less 32); a longer send fails with EMSGSIZE.
  */
-export const MAX_MESSAGE = 128 * 1024;
+export const MAX_MESSAGE = 256 * 1024;
 /** Messages go through their own area, outside the stream scratch's data part. */
 const messageArea: Pointer = koffi.address(koffi.alloc('uint8_t', MAX_MESSAGE));
 const messageBytes = new Uint8Array(koffi.view(messageArea, MAX_MESSAGE));
