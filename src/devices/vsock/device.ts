@@ -440,9 +440,10 @@ export class VsockDevice implements VirtioDevice {
       if (err instanceof OversizeMessage) this.counts.oversizeMessages++;
       socket.destroy();
     });
-    socket.on('close', (hadError: boolean) => {
+    socket.on('close', () => {
       if (this.conns.get(conn.key) !== conn) return;
-      if (hadError) {
+      // `errored`, not close's hadError argument, which only net.Socket passes.
+      if (socket.errored !== null) {
         // The host stream broke (reset, or a write failed): bytes were lost, so the guest must
         // not take what it got for the whole stream. RST is the abortive close (§5.10.6.4).
         this.reset1(conn);
