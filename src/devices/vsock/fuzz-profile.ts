@@ -4,11 +4,16 @@
  * connection that does not exist, which the device answers on the rx queue, not in the buffer;
  * and the rx queue, where a probe is a buffer a host program's connection request must fill
  * (an OP_REQUEST packet, §5.10.6.4).
+ *
+ * The SEQPACKET profiles (§5.10.6.6) run with VIRTIO_VSOCK_F_SEQPACKET negotiated and host ends
+ * that accept every connection and drain what they get, so the hostile driver's packets reach
+ * message reassembly: the tx probes open SEQPACKET connections on a few ports and send message
+ * parts, with and without EOM, between the garbage.
  */
-import { PassThrough } from 'node:stream';
+import { PassThrough, duplexPair } from 'node:stream';
 import type { FuzzProfile } from '../device-type.ts';
-import { VsockDevice } from './device.ts';
-import { HEADER_BYTES, HOST_CID, Op, RXQ, SocketType, TXQ, decodeHeader, encodeHeader } from './wire.ts';
+import { VsockDevice, type VsockHost } from './device.ts';
+import { HEADER_BYTES, HOST_CID, Op, RXQ, Seq, SocketType, TXQ, decodeHeader, encodeHeader } from './wire.ts';
 
 const GUEST_CID = 3;
 
@@ -16,6 +21,19 @@ const GUEST_CID = 3;
 function vsock(maxQueueSize: number): VsockDevice {
   return new VsockDevice({ guestCid: GUEST_CID, maxQueueSize, host: { connect: () => Promise.reject(new Error('no host listeners in the fuzzer')) } });
 }
+
+/** Host ends that take every connection and read everything (messages too): nothing is held back. */
+const drainingHost: VsockHost = {
+  connect: () => Promise.resolve(new PassThrough().resume()),
+  connectSeqpacket: () => {
+    const [ours, program] = duplexPair({ objectMode: true });
+    program.resume();
+    return Promise.resolve(ours);
+  },
+};
+
+/** A SEQPACKET packet of the probe sequence: connect, message parts (EOM when `fill` is odd), shut down. */
+const SEQ_OPS = [Op.REQUEST, Op.RW, Op.RW, Op.RW, Op.SHUTDOWN, Op.CREDIT_REQUEST] as const;
 
 export const VSOCK_FUZZ: readonly FuzzProfile[] = [
   {
@@ -34,6 +52,35 @@ export const VSOCK_FUZZ: readonly FuzzProfile[] = [
           writable: 0,
           check: (_written, used) => (used === 0 ? undefined : `used length ${used} for a tx packet, which the device only reads`),
         }),
+        violation: () => undefined,
+      };
+    },
+  },
+  {
+    name: 'vsock txq seqpacket',
+    queue: TXQ,
+    minQueueSize: 1,
+    create({ maxQueueSize }) {
+      const device = new VsockDevice({ guestCid: GUEST_CID, maxQueueSize, host: drainingHost });
+      return {
+        device,
+        probe: (seed) => {
+          const op = SEQ_OPS[seed.choice % SEQ_OPS.length];
+          const len = op === Op.RW ? seed.fill * 8 : 0;
+          const header = encodeHeader({
+            srcCid: GUEST_CID, dstCid: HOST_CID, srcPort: 1000 + (seed.a % 4), dstPort: 2000 + (seed.b % 2), len,
+            type: SocketType.SEQPACKET, op, flags: op === Op.RW ? (seed.fill & 1 ? Seq.EOM : 0) : op === Op.SHUTDOWN ? seed.fill & 3 : 0,
+            bufAlloc: 1 << 20, fwdCnt: 0,
+          });
+          const readable = new Uint8Array(HEADER_BYTES + len);
+          readable.set(header);
+          readable.fill(seed.fill, HEADER_BYTES);
+          return {
+            readable,
+            writable: 0,
+            check: (_written, used) => (used === 0 ? undefined : `used length ${used} for a tx packet, which the device only reads`),
+          };
+        },
         violation: () => undefined,
       };
     },
@@ -60,6 +107,32 @@ export const VSOCK_FUZZ: readonly FuzzProfile[] = [
             const wrong =
               h.op !== Op.REQUEST || h.type !== SocketType.STREAM || h.srcCid !== HOST_CID || h.dstCid !== GUEST_CID || h.dstPort !== seed.a || h.len !== 0;
             return wrong ? `connection request arrived as ${JSON.stringify(h, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}` : undefined;
+          },
+        }),
+        violation: () => undefined,
+      };
+    },
+  },
+  {
+    name: 'vsock rx seqpacket',
+    queue: RXQ,
+    minQueueSize: 1,
+    create({ maxQueueSize }) {
+      const device = new VsockDevice({ guestCid: GUEST_CID, maxQueueSize, host: drainingHost });
+      const connect = (port: number): void => device.connectToGuest(port, duplexPair({ objectMode: true })[0], () => {}, SocketType.SEQPACKET);
+      return {
+        device,
+        produce: (seed) => connect(seed.a),
+        probe: (seed) => ({
+          readable: new Uint8Array(0),
+          writable: HEADER_BYTES + (seed.b % 64),
+          deliver: () => connect(seed.a),
+          check(written, used) {
+            if (used !== HEADER_BYTES) return `used length ${used} for a SEQPACKET connection request`;
+            const h = decodeHeader(written.subarray(0, HEADER_BYTES));
+            if (h === undefined) return 'no packet header';
+            const wrong = h.op !== Op.REQUEST || h.type !== SocketType.SEQPACKET || h.dstPort !== seed.a || h.len !== 0;
+            return wrong ? `SEQPACKET connection request arrived as op ${h.op} type ${h.type} port ${h.dstPort} len ${h.len}` : undefined;
           },
         }),
         violation: () => undefined,
