@@ -22,15 +22,16 @@ export const vsockType: DeviceType = {
   ],
   vhostUser: { type: 'vsock' },
   host: {
-    summary: "a virtio-vsock device whose host side is Unix sockets (guest port P is PATH_P; host programs send 'CONNECT P' to PATH)",
+    summary: "a virtio-vsock device whose host side is Unix sockets (guest port P is PATH_P; host programs send 'CONNECT P' to PATH, or to PATH.seqpacket for SOCK_SEQPACKET)",
     help: [
       '',
       'QEMU: -chardev socket,id=vs0,path=S -device vhost-user-vsock-pci,chardev=vs0',
       "Host to guest: connect to --uds-path, write 'CONNECT <port>\\n', read 'OK <local port>\\n', then the stream.",
+      "SOCK_SEQPACKET: guest port P goes to the SOCK_SEQPACKET listener PATH_P; host programs connect a SOCK_SEQPACKET socket to PATH.seqpacket and send the message 'CONNECT <port>'. Messages up to 128 KiB.",
     ].join('\n'),
     options: [
       { flags: '--guest-cid <n>', description: "the guest's context ID", parse: integerIn('--guest-cid', MIN_GUEST_CID, MAX_GUEST_CID) },
-      { flags: '--uds-path <path>', description: 'Unix socket for host-initiated connections; guest connections to port P go to PATH_P' },
+      { flags: '--uds-path <path>', description: 'Unix socket for host-initiated connections (PATH.seqpacket for SOCK_SEQPACKET ones); guest connections to port P go to PATH_P' },
     ],
     async create(values, env) {
       const guestCid = read.number(values, 'guestCid');

@@ -20,6 +20,8 @@
  *   bytes count as forwarded once the host end took it). A message above MAX_MESSAGE resets the
  *   connection; the advertised receive buffer is MAX_MESSAGE, so a Linux guest gets EMSGSIZE
  *   for such a message before sending anything. SEQ_EOR goes with the message to the host end.
+ *   An empty message is dropped and counted: a Unix reader takes it for end of file, and credit
+ *   (which counts bytes) would not bound a flood of them.
  * - host to guest: each host message is sent as RW packets within the guest's credit, EOM on the
  *   last (and on the last fragment only, when an rx buffer splits a packet). A message that
  *   could never fit the guest's receive buffer resets the connection.
@@ -140,7 +142,7 @@ export class VsockDevice implements VirtioDevice {
   private readonly connecting = new Map<string, (err?: Error) => void>();
   private nextLocalPort = FIRST_LOCAL_PORT;
   private activations = 0;
-  private readonly counts = { badPackets: 0, resets: 0, creditViolations: 0, refusedConnections: 0, connections: 0, creditExhausted: 0, droppedReplies: 0, oversizeMessages: 0 };
+  private readonly counts = { badPackets: 0, resets: 0, creditViolations: 0, refusedConnections: 0, connections: 0, creditExhausted: 0, droppedReplies: 0, oversizeMessages: 0, emptyMessages: 0 };
   /**
    * Bytes the back-end holds, now and at most so far: guest bytes handed to host sockets and not
    * yet taken by them (bounded by the credit we give, bufAlloc per connection), and host bytes
@@ -386,6 +388,12 @@ export class VsockDevice implements VirtioDevice {
     this.buffered.toHost -= bytes.length;
     conn.message = [];
     conn.messageBytes = 0;
+    if (bytes.length === 0) {
+      // A host program reads an empty Unix message as end of file, and credit, which bounds what
+      // the back-end holds, does not count empty messages: they are dropped, and counted.
+      this.counts.emptyMessages++;
+      return;
+    }
     const message: SeqpacketMessage = { bytes, eor: (flags & Seq.EOR) !== 0 };
     this.toHost(conn, message, bytes.length);
   }
@@ -401,8 +409,7 @@ export class VsockDevice implements VirtioDevice {
    * as forwarded once it took them.
    */
   private toHost(conn: Connection, chunk: Uint8Array | SeqpacketMessage, length: number): void {
-    // An empty stream write says nothing; an empty message is still a message.
-    if (length === 0 && !conn.seqpacket) return;
+    if (length === 0) return;
     this.holdForHost(length);
     // The guest used all the credit we gave: it waits for our CREDIT_UPDATE (a slow host reader).
     if (conn.credit.advertisedFree === 0) this.counts.creditExhausted++;

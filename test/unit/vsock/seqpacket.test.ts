@@ -85,10 +85,12 @@ test('guest to host: parts are held until EOM and reach the host program as one 
   assert.equal(program.receive(), null, 'nothing reaches the host before EOM');
   assert.equal(device.counters.snapshot().device.bufferedToHost, 300, 'the parts are held, within the credit given');
   await g.send({ type: SEQ, flags: Seq.EOM }, new Uint8Array(50).fill(3));
+  await g.send({ type: SEQ, flags: Seq.EOM });
   await g.send({ type: SEQ, flags: Seq.EOM }, new Uint8Array(10).fill(4));
   const first = await nextMessage(program);
   assert.deepEqual(first, new Uint8Array([...new Uint8Array(100).fill(1), ...new Uint8Array(200).fill(2), ...new Uint8Array(50).fill(3)]));
-  assert.deepEqual(await nextMessage(program), new Uint8Array(10).fill(4));
+  assert.deepEqual(await nextMessage(program), new Uint8Array(10).fill(4), 'the empty message was not passed on: the host would read it as end of file');
+  assert.equal(device.counters.snapshot().device.emptyMessages, 1);
   await until(() => device.counters.snapshot().device.bufferedToHost === 0);
   await g.core.close();
 });
