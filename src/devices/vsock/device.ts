@@ -342,8 +342,11 @@ export class VsockDevice implements VirtioDevice {
   /** A guest REQUEST for host port dst_port: connect to the host listener, answer RESPONSE or RST. */
   private guestConnect(header: PacketHeader): void {
     const ctx = this.ctx;
-    const seqpacket = header.type === SocketType.SEQPACKET;
-    const pendingSocket = seqpacket && this.host.connectSeqpacket !== undefined ? this.host.connectSeqpacket(header.dstPort) : this.host.connect(header.dstPort);
+    // A SEQPACKET packet got here only if the feature, offered only with connectSeqpacket, was negotiated.
+    const pendingSocket =
+      header.type === SocketType.SEQPACKET
+        ? (this.host.connectSeqpacket?.(header.dstPort) ?? Promise.reject(new Error('no SEQPACKET host ends')))
+        : this.host.connect(header.dstPort);
     void pendingSocket.then(
       (socket) => {
         if (this.ctx !== ctx || ctx === undefined) {
