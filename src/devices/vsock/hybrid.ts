@@ -24,6 +24,9 @@ import { MAX_MESSAGE, SocketType } from './wire.ts';
 /** "CONNECT 4294967295\n" is 19 bytes; a longer first line is not a request. */
 const MAX_REQUEST_LINE = 32;
 
+/** How long the SEQPACKET listener stops accepting after an accept failed. */
+const ACCEPT_RETRY_MS = 100;
+
 /** The port of a `CONNECT P` request line (without its newline), or undefined when it is not one. */
 function requestedPort(line: Uint8Array): number | undefined {
   const m = /^CONNECT (\d{1,10})$/.exec(Buffer.from(line).toString('latin1').trimEnd());
@@ -138,17 +141,25 @@ async function listenSeqpacket(device: VsockDevice, path: string, log: Logger): 
       );
     });
   };
-  const watcher = watch(listener.fd, {
+  // A failing accept (EMFILE, ENOBUFS) leaves the connection pending and the socket readable:
+  // stop watching for a while rather than spin on it, as servers back off on such errors.
+  let retry: NodeJS.Timeout | undefined;
+  const accepting = {
     readable: () => {
       try {
         for (let s = listener.tryAccept(); s !== null; s = listener.tryAccept()) serve(new SeqpacketStream(s, MAX_MESSAGE));
       } catch (err) {
-        log.warn({ path, reason: (err as Error).message }, 'vsock: accepting a SEQPACKET connection failed');
+        log.warn({ path, reason: (err as Error).message, retryMs: ACCEPT_RETRY_MS }, 'vsock: accepting a SEQPACKET connection failed');
+        watcher.update({});
+        retry = setTimeout(() => watcher.update(accepting), ACCEPT_RETRY_MS);
+        retry.unref();
       }
     },
-  });
+  };
+  const watcher = watch(listener.fd, accepting);
   return {
     close: async () => {
+      clearTimeout(retry);
       watcher.close();
       listener.close();
       for (const c of clients) c.destroy();
