@@ -373,7 +373,8 @@ export class VsockDevice implements VirtioDevice {
    * handed on as one message. Held parts count as buffered for the host: they are credit given.
    */
   private messagePart(conn: Connection, payload: Uint8Array, flags: number): void {
-    conn.message.push(payload);
+    // Empty parts are not kept: credit does not count them, so a guest could send them forever.
+    if (payload.length > 0) conn.message.push(payload);
     conn.messageBytes += payload.length;
     this.holdForHost(payload.length);
     if ((flags & Seq.EOM) === 0) {
