@@ -7,8 +7,8 @@
  *   on every request; a kept object is not).
  *
  * Requests wait (in order) while the ring is full, and are kicked in batches: one kick per turn
- * of the microtask queue however many requests were added in it, and only when the device asked
- * for one (event suppression, §2.7.10 / §2.8.10).
+ * of the microtask queue, or per PUBLISH_BATCH requests added in it when more are, and only when
+ * the device asked for one (event suppression, §2.7.10 / §2.8.10).
  *
  * With a poll budget, a queue that has requests in flight and just had some completed keeps
  * looking at its used ring on every turn of the event loop, with used-buffer notifications off,
@@ -54,6 +54,15 @@ function writableBytes(segs: readonly Segment[]): number {
   return n;
 }
 
+/**
+ * Requests added in one turn that are made available to the device (§2.7.13 / §2.8.21) before the
+ * turn ends: a caller filling the whole ring in one go (a net sender) then has a device that
+ * works on the first of them while it adds the rest, instead of one that idles until the last is
+ * in. 32 is DPDK's transmit burst; each publication is one index or flag store, and a
+ * notification only when the device asked for one.
+ */
+const PUBLISH_BATCH = 32;
+
 export interface RequestQueueOptions {
   /**
    * Microseconds to keep polling the used ring after the last completion before sleeping on the
@@ -76,6 +85,10 @@ export class RequestQueue {
   private readonly reapedRequests: (QueueRequest | undefined)[];
   private readonly reapedLens: Float64Array;
   private kickScheduled = false;
+  /** Requests added since the last publication. */
+  private unpublished = 0;
+  /** Whether reclaim() took back used buffers in this turn already. */
+  private reclaimed = false;
   private failure: Error | undefined;
   private warnedLength = false;
   private readonly poll: PollWindow;
@@ -85,7 +98,8 @@ export class RequestQueue {
   private notificationsOn = true;
   private readonly kickTurn = (): void => {
     this.kickScheduled = false;
-    if (this.failure === undefined && this.ring.kick()) this.notifyDevice();
+    this.reclaimed = false;
+    this.publish();
   };
   private readonly pollTurn = (): void => {
     this.pollScheduled = false;
@@ -182,7 +196,8 @@ export class RequestQueue {
         this.freeCount--;
         this.slots[token] = req;
         this.slotWritable[token] = writableBytes(req.inSegs);
-        this.scheduleKick();
+        if (++this.unpublished >= PUBLISH_BATCH) this.publish();
+        else this.scheduleKick();
         return true;
       }
     }
@@ -190,6 +205,31 @@ export class RequestQueue {
     // Nothing in flight, so the ring is empty: a request that does not fit now never will.
     const segments = req.out.length + req.inSegs.length;
     req.failed(new RangeError(`${this.name}: a request of ${segments} segments does not fit a queue of size ${this.ring.size}`));
+    return true;
+  }
+
+  /** Make the requests added so far available to the device, and notify it if it asked (§2.7.13, §2.8.21). */
+  private publish(): void {
+    this.unpublished = 0;
+    if (this.failure === undefined && this.ring.kick()) this.notifyDevice();
+  }
+
+  /**
+   * Take back the buffers the device has used by now, at once rather than on the next poll turn
+   * or notification: for a caller that found no room (a sender out of transmit buffers), as
+   * DPDK's transmit path frees used descriptors when it runs short. At most once per turn of the
+   * microtask queue, so a sender that keeps finding room still yields to the event loop. Returns
+   * whether it looked.
+   */
+  reclaim(): boolean {
+    if (this.reclaimed || this.failure !== undefined) return false;
+    this.reclaimed = true;
+    // The turn's end clears the flag (and kicks whatever the caller adds meanwhile).
+    this.scheduleKick();
+    // What was added and not yet published cannot have been used: publish it first, so that the
+    // device works on it while the caller goes on.
+    this.publish();
+    this.collect();
     return true;
   }
 

@@ -15,7 +15,7 @@
  * request, so neither path hands out a buffer the device may still be reading.
  */
 import type { VirtioDriver } from '../../virtio/driver-core.ts';
-import type { QueueRequest } from '../../virtio/request-queue.ts';
+import type { QueueRequest, RequestQueue } from '../../virtio/request-queue.ts';
 import type { Segment } from '../../virtio/queue.ts';
 import type { NetDriverCounters } from './counters.ts';
 import { plainFrameLimit } from './offload.ts';
@@ -99,7 +99,15 @@ class TxSlot implements QueueRequest {
 }
 
 export class NetTransmitter {
-  private readonly free: TxSlot[] = [];
+  /**
+   * Free slots, first in first out (a ring buffer of one entry per slot there can be): with a
+   * device that returns buffers in order, each slot then goes out on the same descriptor and
+   * available ring entry every time round, which the split ring then finds already written
+   * (split/driver.ts writeDescriptor).
+   */
+  private readonly free: (TxSlot | undefined)[];
+  private freeHead = 0;
+  private freeCount = 0;
   private slotsMade = 0;
   private readonly waiters: (() => void)[] = [];
   private closed = false;
@@ -110,8 +118,11 @@ export class NetTransmitter {
     private readonly core: VirtioDriver,
     mtu: number,
     private readonly counters: NetDriverCounters,
+    /** Queue pairs the device has: at most one slot per transmit ring entry of each is made. */
+    maxPairs: number,
   ) {
     this.slotSize = NET_HDR_SIZE + plainFrameLimit(mtu);
+    this.free = new Array<TxSlot | undefined>(core.queue(1).size * maxPairs).fill(undefined);
   }
 
   /** The largest frame without GSO. */
@@ -127,10 +138,11 @@ export class NetTransmitter {
   trySend(frame: Uint8Array, meta: Offload, pair: number, pairs: number): boolean {
     const length = frame.length;
     this.check(length, this.plainLimit);
-    const slot = this.takeNow(length, pairs);
+    const queue = this.core.queue(2 * pair + 1);
+    const slot = this.takeNow(length, pairs, queue);
     if (slot === undefined) return false;
     slot.copyIn(frame, meta, undefined);
-    this.core.queue(2 * pair + 1).start(slot);
+    queue.start(slot);
     return true;
   }
 
@@ -141,7 +153,8 @@ export class NetTransmitter {
    */
   trySendInPlace(length: number, write: FrameWriter, meta: Offload, pair: number, pairs: number): boolean {
     this.check(length, this.plainLimit);
-    const slot = this.takeNow(length, pairs);
+    const queue = this.core.queue(2 * pair + 1);
+    const slot = this.takeNow(length, pairs, queue);
     if (slot === undefined) return false;
     const again = slot.writer === write;
     // Until the writer returns, the buffer holds a frame nobody wrote whole.
@@ -154,13 +167,13 @@ export class NetTransmitter {
     }
     slot.writer = write;
     slot.prepare(length, meta, undefined);
-    this.core.queue(2 * pair + 1).start(slot);
+    queue.start(slot);
     return true;
   }
 
   /** Resolves when a transmit slot may be free for `pairs` in use (at once when one is, or the driver closed). */
   whenWritable(pairs: number): Promise<void> {
-    if (this.free.length > 0 || this.closed || this.slotsMade < this.core.queue(1).size * pairs) return Promise.resolve();
+    if (this.freeCount > 0 || this.closed || this.slotsMade < this.core.queue(1).size * pairs) return Promise.resolve();
     return new Promise<void>((resolve) => this.waiters.push(resolve));
   }
 
@@ -175,7 +188,7 @@ export class NetTransmitter {
     let slot = this.take(pairs);
     while (slot === undefined) {
       // With no slot in flight, none will come back to wait for: the allocator is exhausted.
-      if (this.closed || this.slotsMade === this.free.length) throw new Error(`net: DMA memory exhausted sending a frame of ${frame.length} bytes`);
+      if (this.closed || this.slotsMade === this.freeCount) throw new Error(`net: DMA memory exhausted sending a frame of ${frame.length} bytes`);
       await new Promise<void>((resolve) => this.waiters.push(resolve));
       slot = this.take(pairs);
     }
@@ -190,7 +203,7 @@ export class NetTransmitter {
   close(): void {
     this.closed = true;
     for (const wake of this.waiters.splice(0)) wake();
-    for (const slot of this.free.splice(0)) this.core.transport.dma.free(slot.addr);
+    for (let slot = this.takeFree(); slot !== undefined; slot = this.takeFree()) this.core.transport.dma.free(slot.addr);
   }
 
   /** A slot's frame went out. */
@@ -210,8 +223,21 @@ export class NetTransmitter {
       this.core.transport.dma.free(slot.addr);
       return;
     }
-    this.free.push(slot);
+    const size = this.free.length;
+    const at = this.freeHead + this.freeCount;
+    this.free[at >= size ? at - size : at] = slot;
+    this.freeCount++;
     this.waiters.shift()?.();
+  }
+
+  /** The free slot freed longest ago, or undefined. */
+  private takeFree(): TxSlot | undefined {
+    if (this.freeCount === 0) return undefined;
+    const slot = this.free[this.freeHead];
+    this.free[this.freeHead] = undefined;
+    this.freeHead = this.freeHead + 1 === this.free.length ? 0 : this.freeHead + 1;
+    this.freeCount--;
+    return slot;
   }
 
   private check(length: number, limit: number): void {
@@ -221,19 +247,24 @@ export class NetTransmitter {
     }
   }
 
-  /** A free slot for trySend*(), undefined when all are in flight; throws when none will ever come back. */
-  private takeNow(length: number, pairs: number): TxSlot | undefined {
-    const slot = this.take(pairs);
+  /**
+   * A free slot for trySend*() on `queue`, undefined when all are in flight; throws when none
+   * will ever come back. Out of slots, it first takes back what the device has used meanwhile
+   * (once per turn: RequestQueue.reclaim), rather than leave the caller to wait for a poll turn.
+   */
+  private takeNow(length: number, pairs: number, queue: RequestQueue): TxSlot | undefined {
+    let slot = this.take(pairs);
+    if (slot === undefined && queue.reclaim()) slot = this.take(pairs);
     if (slot === undefined) {
       if (this.closed) throw new Error('net: the driver is closed');
-      if (this.slotsMade === this.free.length) throw new Error(`net: DMA memory exhausted sending a frame of ${length} bytes`);
+      if (this.slotsMade === this.freeCount) throw new Error(`net: DMA memory exhausted sending a frame of ${length} bytes`);
     }
     return slot;
   }
 
   /** A free slot, made when fewer than one per transmit ring entry of the pairs in use exist; undefined when none. */
   private take(pairs: number): TxSlot | undefined {
-    const slot = this.free.pop();
+    const slot = this.takeFree();
     if (slot !== undefined || this.closed) return slot;
     if (this.slotsMade >= this.core.queue(1).size * pairs) return undefined;
     const { dma, memory } = this.core.transport;

@@ -69,7 +69,7 @@ export class NetDriver {
     this.mtuBytes = hasFeature(core.features, NetFeature.MTU) ? cfg.mtu : DEFAULT_MTU;
     this.control = new NetControl(core, maxQueuePairs);
     this.rx = new NetReceiver(core, hasFeature(core.features, NetFeature.MRG_RXBUF), rxBufferSize, inbox, this.counters);
-    this.tx = new NetTransmitter(core, this.mtuBytes, this.counters);
+    this.tx = new NetTransmitter(core, this.mtuBytes, this.counters, maxQueuePairs);
   }
 
   /** Initialize the device behind `transport` (§3.1.1, §5.1.5), post receive buffers, return the driver. */

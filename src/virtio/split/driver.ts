@@ -196,7 +196,9 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.tokens[head] = token;
     this.writableBytes[head] = writable;
     const slot = this.availIdx & this.mask;
-    this.avail[AVAIL_RING + slot] = head;
+    // Unchanged when buffers come back in order and go out again in the same order (a transmit
+    // ring reusing its buffers): the line then stays shared with the device (see writeDescriptor).
+    if (this.avail[AVAIL_RING + slot] !== head) this.avail[AVAIL_RING + slot] = head;
     this.availHeads[slot] = head;
     this.availIdx = (this.availIdx + 1) & 0xffff;
     return true;
@@ -313,12 +315,22 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   }
 }
 
-/** Write one descriptor (§2.7.5) at word `w` of a table; `flagsNext` is flags | next << 16. */
+/**
+ * Write one descriptor (§2.7.5) at word `w` of a table; `flagsNext` is flags | next << 16. Only
+ * the words that change are stored: a driver that reuses its buffers in ring order (each
+ * transmit buffer on the same descriptor every time round, as DPDK's in-order path keeps them)
+ * rewrites the same address and flags, and a store to a line the device has read takes it back
+ * from the device's cache, which the device then misses on. The device only reads the table, so
+ * what is read here is what the driver last wrote (a device scribbling on it gains nothing: the
+ * comparison stores the driver's value whenever the word differs).
+ */
 function writeDescriptor(table: Uint32Array, w: number, addr: number, len: number, flagsNext: number): void {
-  table[w] = addr >>> 0;
-  table[w + 1] = (addr / TWO_32) >>> 0;
-  table[w + 2] = len;
-  table[w + 3] = flagsNext;
+  const low = addr >>> 0;
+  const high = (addr / TWO_32) >>> 0;
+  if (table[w] !== low) table[w] = low;
+  if (table[w + 1] !== high) table[w + 1] = high;
+  if (table[w + 2] !== len) table[w + 2] = len;
+  if (table[w + 3] !== flagsNext) table[w + 3] = flagsNext;
 }
 
 function mapIndirectTables(memory: GuestMemory, tables: IndirectTables, size: number, name: string): Uint32Array {
