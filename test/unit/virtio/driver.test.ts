@@ -326,6 +326,41 @@ test('a kept request is started again from its own completion, reusing its token
   assert.deepEqual(failures.map((e) => e.message), ['gone'], 'a failed queue fails a start at once');
 });
 
+test('requests added in one turn are made available 32 at a time, the rest at the end of the turn', async () => {
+  const ring = new ManualRing(256);
+  let notified = 0;
+  const q = new RequestQueue(ring, 'test.q0', () => notified++, captureLog().log);
+  const all = Array.from({ length: 70 }, () => q.submit([seg(60)], []));
+  assert.equal(ring.kicks, 2, 'two batches of 32 published while the caller was still adding');
+  await Promise.resolve();
+  assert.equal(ring.kicks, 3, 'the last 6 at the end of the turn');
+  assert.equal(notified, 3, 'each publication notified, as this device asks every time');
+  for (const token of [...ring.tokens]) ring.use(token, 0);
+  q.collect();
+  assert.deepEqual(new Set(await Promise.all(all)), new Set([0]));
+});
+
+test('reclaim() takes back used buffers at once, at most once per turn, publishing what was added first', async () => {
+  const ring = new ManualRing(2);
+  const q = new RequestQueue(ring, 'test.q0', () => {}, captureLog().log);
+  const lens: number[] = [];
+  const req = (): QueueRequest => ({ out: [seg(4)], inSegs: [seg(8)], completed: (len) => lens.push(len), failed: (err) => assert.fail(err) });
+  q.start(req());
+  q.start(req());
+  assert.equal(ring.kicks, 0);
+  ring.use(0, 3);
+  assert.equal(q.reclaim(), true);
+  assert.equal(ring.kicks, 1, 'added buffers made available before looking');
+  assert.deepEqual(lens, [3], 'completed before reclaim() returned');
+  ring.use(1, 5);
+  assert.equal(q.reclaim(), false, 'once per turn: a caller that keeps finding room still yields');
+  assert.deepEqual(lens, [3]);
+  await Promise.resolve();
+  assert.equal(q.reclaim(), true);
+  assert.deepEqual(lens, [3, 5]);
+  assert.equal(q.outstanding, 0);
+});
+
 test('requests complete with polling on over a real ring, and the driver ends asleep', async () => {
   const { transport } = loopback(new ScriptedDevice((req) => void req.writer.write(Uint8Array.of(1, 2, 3)), 1));
   const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: FRAMEWORK_FEATURES, pollMicros: 200 });

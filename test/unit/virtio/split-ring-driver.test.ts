@@ -221,6 +221,31 @@ test('IN_ORDER: descriptors are used in ring order and batched used elements are
   assertUsedViolation(drv, 'used id out of order');
 });
 
+test('a buffer going out again on its descriptor and ring entry finds them as the device must read them, even after the device scribbled there', () => {
+  const { ring, drv } = driver(2, { inOrder: true });
+  const availEntry = (i: number): number => ring.memory.readU16(ring.config.driver + 4 + 2 * i);
+  const sendAndReturn = (token: string, len: number, usedAt: number, head: number): void => {
+    assert.equal(drv.add([{ addr: DATA + 0x40 * head, len }], [], token), true);
+    drv.kick();
+    ring.writeUsedElem(usedAt, head, 0);
+    ring.usedIdx = usedAt + 1;
+    assert.deepEqual(drv.getUsed(), { token, len: 0 });
+  };
+  sendAndReturn('a', 60, 0, 0);
+  sendAndReturn('b', 60, 1, 1);
+  // Round again: descriptor 0 and ring entry 0 hold what the next buffer needs, but for the
+  // bytes a hostile device wrote over them.
+  ring.writeDesc(0, DATA + 0x40, 60, DescFlag.WRITE, 1);
+  ring.memory.writeU16(ring.config.driver + 4, 1);
+  sendAndReturn('c', 60, 2, 0);
+  assert.deepEqual(descAt(ring, 0), { addr: DATA, len: 60, flags: 0, next: 0 });
+  assert.equal(availEntry(0), 0);
+  // Same descriptor, another length: only that word differs, and it is written.
+  sendAndReturn('d', 61, 3, 1);
+  assert.equal(drv.add([{ addr: DATA, len: 42 }], [], 'e'), true);
+  assert.deepEqual(descAt(ring, 0), { addr: DATA, len: 42, flags: 0, next: 0 });
+});
+
 test('interrupt suppression: flags without EVENT_IDX, used_event with it', () => {
   {
     const { ring, drv } = driver();
