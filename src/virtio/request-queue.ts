@@ -196,7 +196,10 @@ export class RequestQueue {
         this.freeCount--;
         this.slots[token] = req;
         this.slotWritable[token] = writableBytes(req.inSegs);
-        if (++this.unpublished >= PUBLISH_BATCH) this.publish();
+        // Not from inside collect(): buffers a completion re-posts (a receive ring) made available
+        // there would let the device refill them before collect() looks again, and one pass could
+        // then run on ring after ring without yielding to whoever consumes the completions.
+        if (++this.unpublished >= PUBLISH_BATCH && !this.collecting) this.publish();
         else this.scheduleKick();
         return true;
       }

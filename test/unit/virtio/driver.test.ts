@@ -340,6 +340,25 @@ test('requests added in one turn are made available 32 at a time, the rest at th
   assert.deepEqual(new Set(await Promise.all(all)), new Set([0]));
 });
 
+test('buffers re-posted from their completions are made available once collect() is done, not while it runs', async () => {
+  const ring = new ManualRing(64);
+  const q = new RequestQueue(ring, 'test.q0', () => {}, captureLog().log);
+  let completions = 0;
+  const reqs = Array.from({ length: 40 }, (): QueueRequest => {
+    const req: QueueRequest = { out: [], inSegs: [seg(8)], completed: () => void (completions++, q.start(req)), failed: (err) => assert.fail(err) };
+    return req;
+  });
+  for (const req of reqs) q.start(req);
+  await Promise.resolve();
+  const before = ring.kicks;
+  for (const token of [...ring.tokens]) ring.use(token, 8);
+  q.collect();
+  assert.equal(completions, 40);
+  assert.equal(ring.kicks, before, 'none while collect() ran: the device could refill them under it');
+  await Promise.resolve();
+  assert.equal(ring.kicks, before + 1);
+});
+
 test('reclaim() takes back used buffers at once, at most once per turn, publishing what was added first', async () => {
   const ring = new ManualRing(2);
   const q = new RequestQueue(ring, 'test.q0', () => {}, captureLog().log);
