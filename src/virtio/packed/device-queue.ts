@@ -24,6 +24,7 @@ import {
   type ResubmittingQueue,
   type RingDescriptor,
   type SavedChain,
+  type SpanVisitor,
   VirtqueueError,
 } from '../queue.ts';
 import {
@@ -50,6 +51,8 @@ const usedPattern = usedPatternBinding;
 const addr64 = addr64Binding;
 const PLAIN_READ_ACQUIRES = PLAIN_READ_ACQUIRESBinding;
 const U32_MAX = 0xffff_ffff;
+/** The flags that make a descriptor more than one device-readable buffer (§2.8.6, §2.8.7). */
+const SPAN_FLAGS = NEXT | WRITE | INDIRECT;
 
 export class PackedDeviceQueue implements ResubmittingQueue {
   readonly size: number;
@@ -158,15 +161,8 @@ export class PackedDeviceQueue implements ResubmittingQueue {
     const words = this.words;
     let pos = this.availPos;
     let wrap = this.availWrap;
-    // Acquire: the flags of the first descriptor are read before anything the driver wrote before
-    // them; a plain read showing it available is that acquire where PLAIN_READ_ACQUIRES says so.
-    let flags = halves[pos * 8 + 7];
-    if (!PLAIN_READ_ACQUIRES || (flags & AVAIL_USED) !== availablePattern(wrap)) flags = Atomics.load(halves, pos * 8 + 7);
-    const headState = flags & AVAIL_USED;
-    if (headState !== availablePattern(wrap)) {
-      if (headState === usedPattern(wrap)) throw this.badFlags(pos, flags);
-      return null;
-    }
+    let flags = this.availableHead(pos, wrap);
+    if (flags === -1) return null;
 
     const builder = this.builder;
     builder.reset();
@@ -190,7 +186,10 @@ export class PackedDeviceQueue implements ResubmittingQueue {
         pos = 0;
         wrap = !wrap;
       }
-      if ((flags & NEXT) === 0) return this.accept(id, slots, pos, wrap);
+      if ((flags & NEXT) === 0) {
+        this.claim(id, slots, pos, wrap);
+        return builder.build(id, slots);
+      }
       flags = halves[pos * 8 + 7];
       // §2.8.6: the driver makes the first descriptor available after the rest, so every later one must already be.
       if ((flags & AVAIL_USED) !== availablePattern(wrap)) {
@@ -200,6 +199,57 @@ export class PackedDeviceQueue implements ResubmittingQueue {
         );
       }
     }
+  }
+
+  /**
+   * The flags of the descriptor at avail position `pos`, lap `wrap`, once the driver made it
+   * available (§2.8.1), or -1 while it has not. Acquire: the flags are read before anything the
+   * driver wrote before them; a plain read showing it available is that acquire where
+   * PLAIN_READ_ACQUIRES says so.
+   */
+  private availableHead(pos: number, wrap: boolean): number {
+    const halves = this.halves;
+    let flags = halves[pos * 8 + 7];
+    if (!PLAIN_READ_ACQUIRES || (flags & AVAIL_USED) !== availablePattern(wrap)) flags = Atomics.load(halves, pos * 8 + 7);
+    const headState = flags & AVAIL_USED;
+    if (headState === availablePattern(wrap)) return flags;
+    if (headState === usedPattern(wrap)) throw this.badFlags(pos, flags);
+    return -1;
+  }
+
+  drainSpans(visit: SpanVisitor, max: number): number {
+    // With IN_ORDER a chain may only go back once every chain popped before it did (§2.8.8,
+    // §2.8.20): with chains in flight, pop() and push() keep that order.
+    if (this.inOrder && this.chainsInFlight !== 0) return 0;
+    const size = this.size;
+    const words = this.words;
+    const halves = this.halves;
+    let visited = 0;
+    while (visited < max) {
+      const pos = this.availPos;
+      const wrap = this.availWrap;
+      const flags = this.availableHead(pos, wrap);
+      // One device-readable descriptor: no NEXT, WRITE or INDIRECT (§2.8.6, §2.8.7). Anything
+      // else is left available for pop(), which walks and checks it.
+      if (flags === -1 || (flags & SPAN_FLAGS) !== 0) break;
+      const w = pos * 4;
+      const addr = addr64(words[w], words[w + 1]);
+      const len = words[w + 2];
+      const region = this.memory.locate(addr, len);
+      if (region === undefined) {
+        throw new VirtqueueError('buffer outside guest memory', `${this.name}: ${len} bytes at 0x${addr.toString(16)}`);
+      }
+      const id = halves[pos * 8 + 6];
+      const next = pos + 1;
+      if (next === size) this.claim(id, 1, 0, !wrap);
+      else this.claim(id, 1, next, wrap);
+      visited++;
+      // locate() checked that [addr, addr+len) lies in the region.
+      if (!visit(region.bytes, addr - region.start, len)) break;
+      // Nothing written to a chain with no writable part: wholly written (§2.8.8's runs).
+      this.retire(id, 1, 0, true);
+    }
+    return visited;
   }
 
   /** Add the entries of an indirect table (§2.8.7) to the chain being built. */
@@ -219,10 +269,11 @@ export class PackedDeviceQueue implements ResubmittingQueue {
   }
 
   /**
-   * Last checks on a walked chain of `slots` ring descriptors, then commit: nothing changes, the
-   * record of a buffer id in flight included, before a chain is known good.
+   * Last checks on a walked chain of `slots` ring descriptors ending before `pos`, lap `wrap`,
+   * then commit: nothing changes, the record of a buffer id in flight included, before a chain is
+   * known good.
    */
-  private accept(id: number, slots: number, pos: number, wrap: boolean): DescriptorChain {
+  private claim(id: number, slots: number, pos: number, wrap: boolean): void {
     this.checkId(id);
     if (this.held + slots > this.size) {
       throw new VirtqueueError(
@@ -234,7 +285,6 @@ export class PackedDeviceQueue implements ResubmittingQueue {
     this.availPos = pos;
     this.availWrap = wrap;
     this.hold(id);
-    return this.builder.build(id, slots);
   }
 
   private checkId(id: number): void {
@@ -316,6 +366,14 @@ export class PackedDeviceQueue implements ResubmittingQueue {
     if (chain.ringDescriptors > this.held) {
       throw new RangeError(`${this.name}: push of buffer ${id}, which is not in flight`);
     }
+    this.retire(id, chain.ringDescriptors, written, written === chain.writableLength);
+  }
+
+  /**
+   * Buffer `id`, held in `slots` ring slots, goes back with `written` bytes (`complete`: all its
+   * writable part could take), in pop order with IN_ORDER.
+   */
+  private retire(id: number, slots: number, written: number, complete: boolean): void {
     if (this.idInFlight[id] !== 0) {
       if (this.inOrder) {
         if (this.popOrder[this.popOrderHead] !== id) {
@@ -327,17 +385,17 @@ export class PackedDeviceQueue implements ResubmittingQueue {
       this.idInFlight[id] = 0;
       this.chainsInFlight--;
     }
-    this.held -= chain.ringDescriptors;
+    this.held -= slots;
     this.pendingCount++;
-    const slots = this.runSlots + chain.ringDescriptors;
-    if (this.inOrder && written === chain.writableLength) {
+    const run = this.runSlots + slots;
+    if (this.inOrder && complete) {
       // IN_ORDER: a chain wholly written may be covered by the used descriptor of a later one (§2.8.8).
       this.deferredId = id;
       this.deferredWritten = written;
-      this.runSlots = slots;
+      this.runSlots = run;
       return;
     }
-    this.writeUsed(id, written, slots);
+    this.writeUsed(id, written, run);
   }
 
   /** Write the used descriptor standing for `slots` ring slots at pushPos; the batch's first one's flags wait for publish(). */
