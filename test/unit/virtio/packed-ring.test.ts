@@ -816,3 +816,187 @@ test('unresubmit gives a resubmitted chain back: the avail position stays past i
   dev.publish();
   assert.equal(dev.base, base(1, 1, 1, 1));
 });
+
+/** Drain spans into a list of [address in guest memory, length, first byte]. */
+function drainAll(dev: PackedDeviceQueue, max = 64, goOn: (n: number) => boolean = () => true): { seen: number[][]; visited: number } {
+  const seen: number[][] = [];
+  const visited = dev.drainSpans((bytes, offset, length) => {
+    seen.push([offset, length, bytes[offset]]);
+    return goOn(seen.length);
+  }, max);
+  return { seen, visited };
+}
+
+test('drainSpans serves one-descriptor readable chains in place, returns them used with 0 bytes, and leaves any other chain to pop()', () => {
+  const { mem, config, put, read } = setup(8);
+  const dev = new PackedDeviceQueue(mem, config, 'q');
+  mem.slice(DATA, 0x30).set([...Array(0x30).keys()]);
+  put(0, { addr: DATA, len: 16, id: 0, flags: avail(1) });
+  put(1, { addr: DATA + 0x10, len: 8, id: 1, flags: avail(1) });
+  put(3, { addr: DATA + 0x24, len: 4, id: 2, flags: avail(1) });
+  put(2, { addr: DATA + 0x20, len: 4, id: 0, flags: avail(1) | NEXT }); // two descriptors: pop()'s
+  put(4, { addr: DATA + 0x28, len: 4, id: 4, flags: avail(1) });
+  assert.deepEqual(drainAll(dev), { seen: [[DATA, 16, 0], [DATA + 0x10, 8, 0x10]], visited: 2 });
+  assert.equal(dev.inFlight, 0);
+  assert.equal(drainAll(dev).visited, 0, 'stops before the chain of two descriptors');
+  const chain = dev.pop();
+  assert.equal(chain?.id, 2);
+  assert.equal(chain.readableLength, 8);
+  assert.deepEqual(drainAll(dev).seen, [[DATA + 0x28, 4, 0x28]]);
+  assert.equal(read(0).flags, avail(1), 'nothing visible before publish');
+  dev.push(chain, 0);
+  assert.equal(dev.publish(), true);
+  assert.deepEqual([0, 1, 2, 3].map((i) => { const d = read(i); return [d.id, d.len, d.flags]; }), [
+    [0, 0, used(1)],
+    [1, 0, used(1)],
+    [4, 0, used(1)],
+    [2, 0, used(1)],
+  ]);
+  assert.equal(read(4).flags, avail(1), 'chain 2 took two slots: the fifth is not a used descriptor');
+  assert.equal(dev.base, base(5, 1, 5, 1));
+});
+
+test('drainSpans leaves writable and indirect descriptors to pop(), and stops at max', () => {
+  const { mem, config, put, putIndirect } = setup(8, { indirect: true });
+  const dev = new PackedDeviceQueue(mem, config, 'q');
+  put(0, { addr: DATA, len: 8, id: 0, flags: avail(1) | WRITE });
+  putIndirect(DATA + 0x100, 0, { addr: DATA + 0x200, len: 4, id: 0, flags: 0 });
+  put(1, { addr: DATA + 0x100, len: 16, id: 1, flags: avail(1) | INDIRECT });
+  for (let i = 2; i < 5; i++) put(i, { addr: DATA + 0x10 * i, len: 4, id: i, flags: avail(1) });
+  assert.equal(drainAll(dev).visited, 0);
+  assert.equal(dev.pop()?.writableLength, 8);
+  assert.equal(drainAll(dev).visited, 0);
+  assert.equal(dev.pop()?.readableLength, 4);
+  assert.equal(drainAll(dev, 2).visited, 2);
+  assert.equal(drainAll(dev, 2).visited, 1);
+  assert.equal(drainAll(dev).visited, 0, 'slot 5 was never made available');
+  assert.equal(dev.inFlight, 2, 'the two popped chains, not the drained ones');
+});
+
+test('drainSpans breaks the rules pop() does with the same errors, and changes nothing', () => {
+  const cases: { name: string; rule: string; ring: (s: ReturnType<typeof setup>) => void }[] = [
+    { name: 'id beyond the ring', rule: 'buffer id out of range', ring: ({ put }) => put(0, { addr: DATA, len: 4, id: 4, flags: avail(1) }) },
+    { name: 'AVAIL and USED both set to the wrap counter', rule: 'bad avail flags', ring: ({ put }) => put(0, { addr: DATA, len: 4, id: 0, flags: used(1) }) },
+    { name: 'buffer outside guest memory', rule: 'buffer outside guest memory', ring: ({ put }) => put(0, { addr: 0x1f000, len: 0x2000, id: 0, flags: avail(1) }) },
+    {
+      name: 'buffer above 2^53',
+      rule: 'buffer outside guest memory',
+      ring: ({ mem }) => {
+        mem.writeU64(RING, 0xffff_ffff_ffff_f000n);
+        mem.writeU32(RING + 8, 16);
+        mem.writeU16(RING + 14, avail(1));
+      },
+    },
+    // Checked in pop()'s order: the buffer before the id.
+    { name: 'bad buffer and bad id', rule: 'buffer outside guest memory', ring: ({ put }) => put(0, { addr: 0x1f000, len: 0x2000, id: 9, flags: avail(1) }) },
+  ];
+  for (const c of cases) {
+    for (const take of ['pop', 'drainSpans'] as const) {
+      const s = setup(4);
+      const dev = new PackedDeviceQueue(s.mem, s.config, 'q');
+      c.ring(s);
+      const before = s.mem.slice(RING, 4 * 16).slice();
+      const run = take === 'pop' ? () => dev.pop() : () => drainAll(dev);
+      assert.throws(run, violates(c.rule), `${c.name} (${take})`);
+      assert.deepEqual(s.mem.slice(RING, 4 * 16), before, `${c.name}: the ring is untouched`);
+      assert.equal(dev.base, PACKED_FRESH_BASE, `${c.name}: the position did not move`);
+      assert.equal(dev.inFlight, 0);
+    }
+  }
+});
+
+test('drainSpans refuses a buffer id in flight and a ring overrun as pop() does', () => {
+  const { mem, config, put } = setup(4);
+  const dev = new PackedDeviceQueue(mem, config, 'q');
+  put(0, { addr: DATA, len: 4, id: 2, flags: avail(1) | WRITE });
+  put(1, { addr: DATA, len: 4, id: 2, flags: avail(1) });
+  const held = dev.pop();
+  assert.ok(held);
+  assert.throws(() => drainAll(dev), violates('buffer id in use'));
+  assert.equal(dev.base, base(1, 1, 0, 1));
+  dev.push(held, 0);
+  dev.publish();
+  assert.equal(drainAll(dev).visited, 1, 'once used, the id is free again');
+  // The device holds every slot (a chain of four, popped), and the driver makes slot 1 available again.
+  const s = setup(4);
+  const full = new PackedDeviceQueue(s.mem, s.config, 'q');
+  for (const i of [1, 2, 3]) s.put(i, { addr: DATA, len: 4, id: 0, flags: avail(1) | (i < 3 ? NEXT : 0) });
+  s.put(0, { addr: DATA, len: 4, id: 0, flags: avail(1) | NEXT });
+  assert.equal(full.pop()?.ringDescriptors, 4);
+  s.put(0, { addr: DATA, len: 4, id: 1, flags: avail(0) });
+  assert.throws(() => drainAll(full), violates('ring overrun'));
+  assert.throws(() => full.pop(), violates('ring overrun'), 'as pop() says');
+  assert.equal(full.inFlight, 1);
+});
+
+test('drainSpans stops after a visit that returns false, holding that chain, and makes nothing of it visible', () => {
+  const { mem, config, put, read } = setup(4);
+  const dev = new PackedDeviceQueue(mem, config, 'q');
+  for (let i = 0; i < 3; i++) put(i, { addr: DATA + 0x10 * i, len: 4, id: i, flags: avail(1) });
+  assert.equal(drainAll(dev, 64, (n) => n < 2).visited, 2);
+  assert.equal(dev.inFlight, 1);
+  assert.equal(dev.base, base(2, 1, 0, 1), 'the third chain is still available');
+  dev.publish();
+  assert.equal(read(0).flags, used(1));
+  assert.equal(read(1).flags, avail(1), 'the chain held at the reset is not used');
+});
+
+test('drainSpans with IN_ORDER serves nothing while a popped chain is in flight, then one used descriptor covers the run (§2.8.8)', () => {
+  const { mem, config, put, read } = setup(8, { inOrder: true });
+  const dev = new PackedDeviceQueue(mem, config, 'q');
+  for (let i = 0; i < 4; i++) put(i, { addr: DATA + 0x10 * i, len: 4, id: i, flags: avail(1) | (i === 0 ? WRITE : 0) });
+  const first = dev.pop();
+  assert.ok(first);
+  assert.equal(drainAll(dev).visited, 0);
+  dev.push(first, 4);
+  assert.equal(drainAll(dev).visited, 3);
+  assert.equal(dev.publish(), true);
+  assert.deepEqual(read(0), { addr: DATA, len: 0, id: 3, flags: used(1) }, 'one used descriptor names the whole run');
+  assert.equal(read(1).flags, avail(1), 'the run\'s other slots are skipped');
+  assert.equal(dev.base, base(4, 1, 4, 1));
+  put(4, { addr: DATA, len: 4, id: 4, flags: avail(1) | WRITE });
+  const next = dev.pop();
+  assert.ok(next);
+  dev.push(next, 1);
+  dev.publish();
+  assert.deepEqual(read(4), { addr: DATA, len: 1, id: 4, flags: used(1) | WRITE }, 'pop and push stay in step after drained chains');
+});
+
+test('drainSpans and pop() share a ring with the driver lap after lap, wrap counters and all (§2.8.1)', () => {
+  for (const size of [5, 7, 256]) {
+    for (const inOrder of [false, true]) {
+      const { mem, config } = setup(size, { inOrder });
+      const drv = new PackedDriverQueue<number>(mem, config, 'q');
+      const dev = new PackedDeviceQueue(mem, config, 'q');
+      let next = 0;
+      const sent: number[] = [];
+      const spans: number[] = [];
+      const popped: number[] = [];
+      while (sent.length < size * 5) {
+        // One descriptor, mostly; every third buffer two, for pop().
+        for (;;) {
+          const n = next % 3 === 2 ? 2 : 1;
+          const out = Array.from({ length: n }, (_, i) => ({ addr: DATA + ((next * 2 + i) % 1024) * 4, len: 4 }));
+          mem.writeU32(out[0].addr, next);
+          if (!drv.add(out, [], next)) break;
+          next++;
+        }
+        drv.kick();
+        for (;;) {
+          const n = dev.drainSpans((bytes, offset) => spans.push(new DataView(bytes.buffer, bytes.byteOffset).getUint32(offset, true)) > 0, size);
+          const chain = dev.pop();
+          if (chain !== null) {
+            popped.push(new DataView(chain.readable[0].buffer, chain.readable[0].byteOffset).getUint32(0, true));
+            dev.push(chain, 0);
+          } else if (n === 0) break;
+        }
+        dev.publish();
+        for (let u = drv.getUsed(); u !== null; u = drv.getUsed()) sent.push(u.token);
+      }
+      assert.deepEqual(sent, [...sent.keys()], `size ${size}${inOrder ? ' IN_ORDER' : ''}: every buffer back once, in order`);
+      assert.ok(spans.every((t) => t % 3 !== 2) && popped.every((t) => t % 3 === 2), 'one-descriptor buffers as spans, the rest popped');
+      assert.equal(drv.freeDescriptors, size);
+      assert.equal(dev.inFlight, 0);
+    }
+  }
+});
