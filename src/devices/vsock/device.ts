@@ -326,8 +326,13 @@ export class VsockDevice implements VirtioDevice {
           // written to the host socket, which closes once that is done.
           this.send(conn, Op.RST);
           this.conns.delete(conn.key);
-          conn.socket.once('finish', () => conn.socket.destroy());
-          conn.socket.end();
+          // An earlier SHUTDOWN(SEND) may have finished the host socket already (a Linux guest's
+          // shutdown(SHUT_WR) then close()): 'finish' would not come again.
+          if (conn.socket.writableFinished) conn.socket.destroy();
+          else {
+            conn.socket.once('finish', () => conn.socket.destroy());
+            conn.socket.end();
+          }
         }
         return;
       case Op.CREDIT_REQUEST:

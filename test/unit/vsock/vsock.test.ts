@@ -225,6 +225,25 @@ test('a host program that sends and closes: the guest reads every byte, then the
   await driver.close();
 });
 
+test('a guest that shuts down sending, then closes: the device lets go of its host socket though the host program keeps its end open', { timeout: 30_000 }, async () => {
+  const mem = memoryHost([5000]);
+  const hostEnds: Duplex[] = [];
+  const host: VsockHost = { connect: async (port) => hostEnds[hostEnds.push(await mem.host.connect(port)) - 1] };
+  const device = new VsockDevice({ guestCid: CID, host });
+  const driver = await VsockDriver.open(createLoopback(device, { memoryBytes: 8 << 20 }).transport, { queueSize: 64 });
+  const [guest, program] = await Promise.all([driver.connect(5000), mem.next()]);
+  const data = randomBytes(10_000);
+  // SHUTDOWN(SEND) once the bytes are out, as a Linux guest's shutdown(SHUT_WR); the program reads to the end.
+  const [got] = await Promise.all([readAll(program), writeAll(guest, data)]);
+  assert.equal(sha(got), sha(data));
+  const released = new Promise((resolve) => hostEnds[0].once('close', resolve));
+  guest.destroy(); // then close(): SHUTDOWN(SEND | RCV)
+  await released;
+  assert.equal(device.connections, 0);
+  program.destroy();
+  await driver.close();
+});
+
 test('a host program that breaks off mid-stream: the guest connection is reset, not left waiting for credit', async () => {
   const { device, driver, mem } = await setup([5000]);
   const [guest, host] = await Promise.all([driver.connect(5000), mem.next()]);
