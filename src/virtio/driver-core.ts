@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { DESC_SIZE, DeviceStatus, Feature, featureBit, hasFeature } from './constants.ts';
 import type { DriverTransport } from './driver.ts';
 import { checkImplementable, describeFeatures } from './features.ts';
-import { RequestQueue } from './request-queue.ts';
+import { RequestQueue, type QueueRequest } from './request-queue.ts';
 import { allocateRing, createDriverQueue, isPackedRing, negotiatedQueueConfig, queueSizeError } from './ring.ts';
 import type { IndirectTables } from './split-ring.ts';
 
@@ -239,7 +239,7 @@ async function setUpQueues(
     }
     const config = negotiatedQueueConfig(features, size, addrs);
     const queueName = `${name}.q${index}`;
-    const ring = createDriverQueue<number>(transport.memory, config, packed, queueName, tables);
+    const ring = createDriverQueue<QueueRequest>(transport.memory, config, packed, queueName, tables);
     await transport.enableQueue(index, size, addrs);
     queues.push(new RequestQueue(ring, queueName, () => transport.notify(index), log, { pollMicros }));
   }

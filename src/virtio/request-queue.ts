@@ -15,17 +15,28 @@
  * until nothing came back for its adaptive window (poll-window.ts); then it re-enables them and
  * sleeps. A queue with nothing in flight never polls, so an idle driver costs nothing.
  *
- * The device is not trusted: a used length beyond the writable part is clamped (and logged
- * once), a token the driver never issued is ignored, and a ring fault fails the queue.
+ * The request itself is the ring's token: the ring keeps one record per buffer in flight (and
+ * refuses a used id that is not in flight, a ring fault), so the queue keeps no table of its own
+ * and a request costs one structure on `add` and one on `getUsed`.
+ *
+ * The device is not trusted: a used id not in flight fails the queue (the ring's check), a used
+ * length beyond the writable part is clamped (and logged once).
  */
 import type { Logger } from 'pino';
 import { PollWindow } from './poll-window.ts';
 import type { DriverQueue, Segment } from './queue.ts';
 
+/** The ring a RequestQueue runs: its tokens are the requests, which it can list when the queue fails. */
+export interface RequestRing extends DriverQueue<QueueRequest> {
+  /** The tokens of every buffer in flight (made available and not yet returned by getUsed()). */
+  tokensInFlight(): QueueRequest[];
+}
+
 /**
  * A request a driver keeps and starts again and again. The queue reads `out` and `inSegs` when
  * it places the request in the ring (at start(), or later when it had to wait for room), and
- * calls exactly one of the callbacks per start. A request is started again only after that.
+ * calls exactly one of the callbacks per start. A request is started again only after that, and
+ * its `inSegs` stay as placed until then (a used length is checked against them).
  */
 export interface QueueRequest {
   /** Device-readable segments. */
@@ -72,14 +83,8 @@ export interface RequestQueueOptions {
 }
 
 export class RequestQueue {
-  /** In-flight requests by token; a token is a slot of this table, free or taken. */
-  private readonly slots: (QueueRequest | undefined)[];
-  /** Writable bytes of the request in each slot: the most its used length may claim. */
-  private readonly slotWritable: Float64Array;
-  /** Free tokens, first in first out (a ring buffer of `size` entries). */
-  private readonly freeTokens: Uint16Array;
-  private freeHead = 0;
-  private freeCount: number;
+  /** Requests in the ring: added and not yet taken back from getUsed(). */
+  private inFlight = 0;
   private readonly waiting: QueueRequest[] = [];
   /** Requests and used lengths of one collection pass, reaped before any callback runs. */
   private readonly reapedRequests: (QueueRequest | undefined)[];
@@ -107,7 +112,7 @@ export class RequestQueue {
   };
 
   constructor(
-    private readonly ring: DriverQueue<number>,
+    private readonly ring: RequestRing,
     /** Name for messages, e.g. "rng.q0". */
     readonly name: string,
     /** Available buffer notification to the device. */
@@ -116,11 +121,6 @@ export class RequestQueue {
     options: RequestQueueOptions = {},
   ) {
     const size = ring.size;
-    this.slots = new Array<QueueRequest | undefined>(size).fill(undefined);
-    this.slotWritable = new Float64Array(size);
-    this.freeTokens = new Uint16Array(size);
-    for (let i = 0; i < size; i++) this.freeTokens[i] = i;
-    this.freeCount = size;
     this.reapedRequests = new Array<QueueRequest | undefined>(size).fill(undefined);
     this.reapedLens = new Float64Array(size);
     this.poll = new PollWindow(options.pollMicros ?? 0);
@@ -133,10 +133,6 @@ export class RequestQueue {
   /** Requests submitted and not completed, in the ring or waiting for room. */
   get outstanding(): number {
     return this.inFlight + this.waiting.length;
-  }
-
-  private get inFlight(): number {
-    return this.ring.size - this.freeCount;
   }
 
   /**
@@ -188,21 +184,14 @@ export class RequestQueue {
    * for the device to return buffers.
    */
   private place(req: QueueRequest): boolean {
-    // Every buffer takes at least one descriptor, so a free token exists whenever the ring has room.
-    if (this.freeCount > 0) {
-      const token = this.freeTokens[this.freeHead];
-      if (this.ring.add(req.out, req.inSegs, token)) {
-        this.freeHead = this.freeHead + 1 === this.freeTokens.length ? 0 : this.freeHead + 1;
-        this.freeCount--;
-        this.slots[token] = req;
-        this.slotWritable[token] = writableBytes(req.inSegs);
-        // Not from inside collect(): buffers a completion re-posts (a receive ring) made available
-        // there would let the device refill them before collect() looks again, and one pass could
-        // then run on ring after ring without yielding to whoever consumes the completions.
-        if (++this.unpublished >= PUBLISH_BATCH && !this.collecting) this.publish();
-        else this.scheduleKick();
-        return true;
-      }
+    if (this.ring.add(req.out, req.inSegs, req)) {
+      this.inFlight++;
+      // Not from inside collect(): buffers a completion re-posts (a receive ring) made available
+      // there would let the device refill them before collect() looks again, and one pass could
+      // then run on ring after ring without yielding to whoever consumes the completions.
+      if (++this.unpublished >= PUBLISH_BATCH && !this.collecting) this.publish();
+      else this.scheduleKick();
+      return true;
     }
     if (this.inFlight > 0) return false;
     // Nothing in flight, so the ring is empty: a request that does not fit now never will.
@@ -287,7 +276,7 @@ export class RequestQueue {
   }
 
   /**
-   * Take every used buffer off the ring, freeing its token, into reapedRequests/Lens before any
+   * Take every used buffer off the ring into reapedRequests/Lens before any
    * callback runs (a callback may start requests, which must not change the ring under this
    * loop). Returns how many, or -1 when the ring broke.
    */
@@ -300,22 +289,21 @@ export class RequestQueue {
       while (n < reqs.length) {
         const used = this.ring.getUsed();
         if (used === null) break;
-        const token = used.token;
-        const req = token < this.slots.length ? this.slots[token] : undefined;
-        if (req === undefined) {
-          this.log.warn({ queue: this.name }, `${this.name}: device returned a buffer that is not in flight (token ${token})`);
-          continue;
-        }
+        // The ring hands back only tokens it has in flight: it refuses any other used id.
+        const req = used.token;
         let len = used.len;
-        const writable = this.slotWritable[token];
-        if (len > writable) {
-          if (!this.warnedLength) {
-            this.warnedLength = true;
-            this.log.warn({ queue: this.name }, `${this.name}: device claimed ${len} bytes written into ${writable}; clamped`);
+        // A device that wrote nothing (a transmit buffer) needs no look at the segments.
+        if (len > 0) {
+          const writable = writableBytes(req.inSegs);
+          if (len > writable) {
+            if (!this.warnedLength) {
+              this.warnedLength = true;
+              this.log.warn({ queue: this.name }, `${this.name}: device claimed ${len} bytes written into ${writable}; clamped`);
+            }
+            len = writable;
           }
-          len = writable;
         }
-        this.release(token);
+        this.inFlight--;
         reqs[n] = req;
         lens[n] = len;
         n++;
@@ -342,14 +330,6 @@ export class RequestQueue {
     }
   }
 
-  private release(token: number): void {
-    this.slots[token] = undefined;
-    const size = this.freeTokens.length;
-    const at = this.freeHead + this.freeCount;
-    this.freeTokens[at >= size ? at - size : at] = token;
-    this.freeCount++;
-  }
-
   private schedulePoll(): void {
     if (this.pollScheduled) return;
     this.pollScheduled = true;
@@ -361,17 +341,11 @@ export class RequestQueue {
   fail(err: Error): void {
     if (this.failure !== undefined) return;
     this.failure = err;
-    const all: QueueRequest[] = [];
-    for (let token = 0; token < this.slots.length; token++) {
-      const req = this.slots[token];
-      if (req !== undefined) all.push(req);
-      this.slots[token] = undefined;
-    }
+    // The queue never touches the ring again: what it holds fails here, once.
+    const all = this.ring.tokensInFlight();
     all.push(...this.waiting);
     this.waiting.length = 0;
-    for (let i = 0; i < this.freeTokens.length; i++) this.freeTokens[i] = i;
-    this.freeHead = 0;
-    this.freeCount = this.freeTokens.length;
+    this.inFlight = 0;
     for (const req of all) {
       try {
         req.failed(err);

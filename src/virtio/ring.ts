@@ -6,7 +6,7 @@
 import { Feature, MAX_QUEUE_SIZE, hasFeature } from './constants.ts';
 import type { GuestMemory } from './memory.ts';
 import type { DmaAllocator } from './driver.ts';
-import type { DriverQueue, QueueAddresses, QueueConfig, ResubmittingQueue } from './queue.ts';
+import type { QueueAddresses, QueueConfig, ResubmittingQueue } from './queue.ts';
 import { SplitDeviceQueue, SplitDriverQueue, mapSplitRing, splitRingLayout, usedRingIndex } from './split-ring.ts';
 import type { IndirectTables, SplitRingLayout } from './split-ring.ts';
 import { PackedDeviceQueue, PackedDriverQueue, mapPackedRing, packedRingLayout, slotUsedSince } from './packed-ring.ts';
@@ -91,6 +91,7 @@ export function packedSlotUsed(memory: GuestMemory, config: QueueConfig, name: s
 /**
  * The driver side of a queue whose areas the caller placed (see allocateRing); with indirect
  * descriptors negotiated, `indirectTables` lets it place multi-segment buffers in one slot.
+ * Typed as the two classes rather than DriverQueue: both can also list their tokens in flight.
  */
 export function createDriverQueue<T>(
   memory: GuestMemory,
@@ -98,7 +99,7 @@ export function createDriverQueue<T>(
   packed: boolean,
   name: string,
   indirectTables?: IndirectTables,
-): DriverQueue<T> {
+): SplitDriverQueue<T> | PackedDriverQueue<T> {
   const options = { indirectTables };
   return packed
     ? new PackedDriverQueue<T>(memory, config, name, options)

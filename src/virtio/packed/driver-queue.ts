@@ -302,6 +302,13 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     return used;
   }
 
+  /** The tokens of the buffers in flight, for a driver failing them all (a reset or a broken ring). */
+  tokensInFlight(): T[] {
+    const all: T[] = [];
+    for (let id = 0; id < this.size; id++) if (this.batchOf[id] !== 0) all.push(this.tokens[id] as T);
+    return all;
+  }
+
   enableInterrupts(): boolean {
     const word = this.eventIdx
       ? eventWord(RingEventFlags.DESC, offWrap(this.usedPos, this.usedWrap))

@@ -298,6 +298,13 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     this.tokens[head] = undefined;
   }
 
+  /** The tokens of the buffers in flight, for a driver failing them all (a reset or a broken ring). */
+  tokensInFlight(): T[] {
+    const all: T[] = [];
+    for (let head = 0; head < this.size; head++) if (this.chainDescs[head] !== 0) all.push(this.tokens[head] as T);
+    return all;
+  }
+
   enableInterrupts(): boolean {
     // §2.7.7: ask for a notification when the device fills the next used entry to collect.
     if (this.eventIdx) Atomics.store(this.avail, this.usedEventAt, this.lastUsed);

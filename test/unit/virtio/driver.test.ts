@@ -8,9 +8,11 @@ import { DeviceStatus, Feature, featureBit } from '../../../src/virtio/constants
 import { DeviceNeedsResetError, VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { VirtqueueError } from '../../../src/virtio/queue.ts';
-import type { DriverQueue, Segment, UsedBuffer } from '../../../src/virtio/queue.ts';
-import { type QueueRequest, RequestQueue } from '../../../src/virtio/request-queue.ts';
+import type { Segment, UsedBuffer } from '../../../src/virtio/queue.ts';
+import { type QueueRequest, type RequestRing, RequestQueue } from '../../../src/virtio/request-queue.ts';
+import { SplitDriverQueue } from '../../../src/virtio/split-ring.ts';
 import { ScriptedDevice, WARN, captureLog, deferred } from './framework-fixture.ts';
+import { RawRing } from './split-ring-fixture.ts';
 
 const V1 = featureBit(Feature.VERSION_1);
 const PACKED = featureBit(Feature.RING_PACKED);
@@ -137,10 +139,15 @@ test('DEVICE_NEEDS_RESET fails pending and later requests with a clear error', a
   gate.resolve();
 });
 
-/** A driver queue that holds `capacity` buffers and returns them when the test says. */
-class ManualRing implements DriverQueue<number> {
+/**
+ * A driver queue that holds `capacity` buffers and returns them when the test says. Buffers are
+ * named by the order they were added in (0, 1, ...); their tokens are the requests.
+ */
+class ManualRing implements RequestRing {
+  /** Buffers in flight, by the order they were added in. */
   readonly tokens: number[] = [];
-  private readonly used: UsedBuffer<number>[] = [];
+  private readonly added: QueueRequest[] = [];
+  private readonly used: UsedBuffer<QueueRequest>[] = [];
   kicks = 0;
   constructor(
     readonly size: number,
@@ -149,16 +156,17 @@ class ManualRing implements DriverQueue<number> {
   get freeDescriptors(): number {
     return this.capacity - this.tokens.length;
   }
-  add(out: readonly Segment[], inSegs: readonly Segment[], token: number): boolean {
+  add(out: readonly Segment[], inSegs: readonly Segment[], token: QueueRequest): boolean {
     if (this.tokens.length >= this.capacity || out.length + inSegs.length > this.size) return false;
-    this.tokens.push(token);
+    this.tokens.push(this.added.length);
+    this.added.push(token);
     return true;
   }
   kick(): boolean {
     this.kicks++;
     return true;
   }
-  getUsed(): UsedBuffer<number> | null {
+  getUsed(): UsedBuffer<QueueRequest> | null {
     return this.used.shift() ?? null;
   }
   /** Whether the driver asked to be notified of used buffers (it sleeps on them). */
@@ -170,10 +178,13 @@ class ManualRing implements DriverQueue<number> {
   disableInterrupts(): void {
     this.interrupts = false;
   }
-  /** The device returns the buffer with token `token` claiming `len` bytes written. */
-  use(token: number, len: number): void {
-    this.tokens.splice(this.tokens.indexOf(token), 1);
-    this.used.push({ token, len });
+  tokensInFlight(): QueueRequest[] {
+    return this.tokens.map((n) => this.added[n]);
+  }
+  /** The device returns the `n`th buffer added, claiming `len` bytes written. */
+  use(n: number, len: number): void {
+    this.tokens.splice(this.tokens.indexOf(n), 1);
+    this.used.push({ token: this.added[n], len });
   }
 }
 
@@ -201,22 +212,44 @@ test('requests wait in order for ring space and are kicked once per batch', asyn
   assert.equal(notified.length, 2, 'the two requests placed in the same tick shared one kick');
 });
 
-test('a hostile used length is clamped to the writable bytes; unknown tokens are ignored; both are logged', async () => {
+test('a hostile used length is clamped to the writable bytes and logged', async () => {
   const ring = new ManualRing(4);
   const { log, lines } = captureLog();
   const q = new RequestQueue(ring, 'test.q0', () => {}, log);
   const r = q.submit([seg(4)], [seg(8), seg(8)]);
   ring.use(0, 0xffff_ffff);
-  ring.use(42, 1);
   q.collect();
   assert.equal(await r, 16);
   assert.deepEqual(
     lines.filter((l) => l.level === WARN).map((l) => l.msg),
-    [
-      'test.q0: device claimed 4294967295 bytes written into 16; clamped',
-      'test.q0: device returned a buffer that is not in flight (token 42)',
-    ],
+    ['test.q0: device claimed 4294967295 bytes written into 16; clamped'],
   );
+});
+
+test('a used id not in flight breaks the ring: the queue fails every request it holds, each once', async () => {
+  // The ring is the queue's only record of what is in flight: its check is the one that counts.
+  const raw = new RawRing(4, {});
+  const q = new RequestQueue(new SplitDriverQueue<QueueRequest>(raw.memory, raw.config, 'test.q0'), 'test.q0', () => {}, captureLog().log);
+  const settled: string[] = [];
+  const track = (name: string, p: Promise<number>) =>
+    p.then(
+      (len) => settled.push(`${name} ${len}`),
+      (err: Error) => settled.push(`${name} ${err.message}`),
+    );
+  const first = track('a', q.submit([], [seg(8)]));
+  const second = track('b', q.submit([], [seg(8)]));
+  await Promise.resolve();
+  raw.writeUsedElem(0, 0, 8);
+  raw.writeUsedElem(1, 3, 0); // descriptor 3 was never made available
+  raw.usedIdx = 2;
+  q.collect();
+  await Promise.all([first, second]);
+  assert.deepEqual(settled, [
+    'a 8',
+    'b test.q0: device broke the ring protocol: used id not in flight: test.q0: used element names descriptor 3',
+  ]);
+  assert.equal(q.outstanding, 0);
+  await assert.rejects(q.submit([], [seg(8)]), /device broke the ring protocol/);
 });
 
 test('a request that can never fit the ring is refused; so is an empty one', async () => {
