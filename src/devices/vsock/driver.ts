@@ -45,6 +45,8 @@ const RX_PAYLOAD = 4096;
 /** Largest payload of one tx packet. */
 const TX_CHUNK = 64 * 1024;
 const FIRST_EPHEMERAL_PORT = 49152;
+/** RST answers to packets for no connection that may wait on the tx queue at once. */
+const MAX_REPLIES = 64;
 
 /** What a packet's header says of its connection: both ports, the type, our credit. */
 interface Endpoint {
@@ -212,9 +214,12 @@ export class VsockDriver {
   transportResets = 0;
   /**
    * Packets from the device that broke a rule (answered with RST), SEQPACKET messages above
-   * MAX_MESSAGE (their connection reset), empty SEQPACKET messages (dropped).
+   * MAX_MESSAGE (their connection reset), empty SEQPACKET messages (dropped), RST answers
+   * dropped because too many were still being sent.
    */
-  readonly counts = { badPackets: 0, oversizeMessages: 0, emptyMessages: 0 };
+  readonly counts = { badPackets: 0, oversizeMessages: 0, emptyMessages: 0, droppedReplies: 0 };
+  /** RST answers to packets for no connection still on the tx queue. */
+  private repliesInFlight = 0;
 
   private constructor(
     readonly core: VirtioDriver,
@@ -442,9 +447,23 @@ export class VsockDriver {
     wake?.();
   }
 
-  /** Answer a packet that has no connection, in the packet's own type (a peer matches answers by type). */
+  /**
+   * Answer a packet that has no connection, in the packet's own type (a peer matches answers by
+   * type). The device may send such packets as fast as rx buffers are posted, so answers still
+   * on the tx queue are bounded: past MAX_REPLIES they are dropped and counted, as the device
+   * bounds its own answers to the guest.
+   */
   private reply(to: PacketHeader, op: number): void {
-    this.packet({ localPort: to.dstPort, remotePort: to.srcPort, type: to.type, credit: new Credit(0) }, op);
+    if (this.repliesInFlight >= MAX_REPLIES) {
+      this.counts.droppedReplies++;
+      return;
+    }
+    this.repliesInFlight++;
+    const endpoint: Endpoint = { localPort: to.dstPort, remotePort: to.srcPort, type: to.type, credit: new Credit(0) };
+    void this.transmit(endpoint, op, 0, new Uint8Array(0)).then(
+      () => this.repliesInFlight--,
+      () => this.repliesInFlight--,
+    );
   }
 
   private accept(h: PacketHeader): void {

@@ -93,7 +93,7 @@ test('guest to host and back: messages up to 128 KiB arrive whole and in order, 
   assert.equal(counts.oversizeMessages, 0);
   assert.equal(counts.creditViolations, 0);
   assert.equal(counts.resets, 0);
-  assert.deepEqual(driver.counts, { badPackets: 0, oversizeMessages: 0, emptyMessages: 0 });
+  assert.deepEqual(driver.counts, { badPackets: 0, oversizeMessages: 0, emptyMessages: 0, droppedReplies: 0 });
   await driver.close();
 });
 
@@ -126,7 +126,7 @@ test('a message larger than the host can take fails its write with OversizeMessa
 
 /**
  * A hostile device: packets put straight into the driver's receive path, as if the device had
- * written them into an rx buffer, on the connection of `guest`.
+ * written them into an rx buffer, from host port `hostPort` to guest port `guestPort`.
  */
 function inject(driver: VsockDriver, guestPort: number, hostPort: number, h: { op?: number; type?: number; flags?: number }, payload = new Uint8Array(0)): void {
   const header = encodeHeader({
@@ -181,5 +181,17 @@ test('a hostile device: empty parts and empty messages are not kept; a stream pa
   assert.equal(driver.counts.badPackets, 1);
   assert.equal(await nextMessage(program), null);
   assert.equal(device.connections, 0);
+  await driver.close();
+});
+
+test('a hostile device flooding packets for no connection: RST answers on the tx queue are bounded, the rest dropped and counted', async () => {
+  const { driver, programs } = await setup();
+  for (let i = 0; i < 1000; i++) inject(driver, 9999, 8888, { op: Op.CREDIT_UPDATE });
+  assert.equal(driver.counts.badPackets, 0);
+  assert.equal(driver.counts.droppedReplies, 1000 - 64, '64 answers in flight at most');
+  // The driver works on: a connection carries a message.
+  const guest = await driver.connectSeqpacket(6002);
+  guest.write(new Uint8Array([7]));
+  assert.deepEqual(await nextMessage(programs[0]), new Uint8Array([7]));
   await driver.close();
 });
