@@ -2,7 +2,8 @@
  * paravirt's vsock driver over the vhost-user front-end against `paravirt serve vsock`, a
  * separate process, with its host side on Unix sockets (hybrid vsock): a guest connection to
  * port P reaches the program listening on PATH_P, and a host program's `CONNECT P` reaches the
- * driver's listener on port P.
+ * driver's listener on port P. SEQPACKET connections (§5.10.6.6) go through the Unix
+ * SOCK_SEQPACKET host ends: the listener PATH_P one way, `CONNECT P` on PATH.seqpacket the other.
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,6 +17,9 @@ import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { VsockDriver } from '../../src/devices/vsock/driver.ts';
+import { MAX_MESSAGE, type SeqpacketMessage } from '../../src/devices/vsock/wire.ts';
+import { whenReadable, whenWritable } from '../../src/native/readiness.ts';
+import { type SeqpacketSocket, UnixListener, connectSeqpacket } from '../../src/native/unix-socket.ts';
 import { VhostUserFrontend } from '../../src/transports/vhost-user/frontend.ts';
 import { DeviceId } from '../../src/virtio/constants.ts';
 import { PeerProcess } from '../lab/peer-process.ts';
@@ -82,5 +86,65 @@ test('vsock host to guest: CONNECT P reaches the listener on port P, answered OK
   refused.write('CONNECT 4321\n');
   await once(refused, 'close');
   assert.equal(refused.bytesRead, 0, 'nothing listens on guest port 4321: the host program is closed without an answer');
+  await driver.close();
+});
+
+/** The next message on a host program's SOCK_SEQPACKET socket (null: end of file). */
+async function nextMessage(s: SeqpacketSocket): Promise<Uint8Array | null> {
+  for (;;) {
+    const got = s.receive();
+    if (got !== null) return got.length === 0 ? null : got.bytes;
+    await whenReadable(s.fd);
+  }
+}
+
+async function sendMessage(s: SeqpacketSocket, m: Uint8Array): Promise<void> {
+  while (!s.send(m)) await whenWritable(s.fd);
+}
+
+/** The next `n` messages of a driver SEQPACKET connection. */
+async function readMessages(socket: Duplex, n: number): Promise<SeqpacketMessage[]> {
+  const got: SeqpacketMessage[] = [];
+  while (got.length < n) {
+    const m = socket.read() as SeqpacketMessage | null;
+    if (m !== null) got.push(m);
+    else await once(socket, 'readable');
+  }
+  return got;
+}
+
+/** Messages across the 4 KiB rx buffer, the 64 KiB packet and up to the 128 KiB message limit. */
+const SIZES = [1, 4097, 65537, 100_000, MAX_MESSAGE, 3, MAX_MESSAGE - 1];
+
+test('vsock SEQPACKET: guest to a PATH_P SOCK_SEQPACKET listener and back, every message whole and in order', async (t) => {
+  const { uds, driver } = await serveVsock(t);
+  assert.equal(driver.seqpacket, true, 'paravirt serve vsock offers VIRTIO_VSOCK_F_SEQPACKET');
+  const listener = UnixListener.listenSeqpacket(`${uds}_6000`);
+  t.after(() => listener.close());
+  const [guest, program] = await Promise.all([driver.connectSeqpacket(6000), listener.accept()]);
+  t.after(() => program.close());
+  const up = SIZES.map((n) => randomBytes(n));
+  for (const bytes of up) guest.write({ bytes, eor: true } satisfies SeqpacketMessage);
+  for (const bytes of up) assert.equal(sha((await nextMessage(program)) ?? new Uint8Array(0)), sha(bytes));
+  const down = SIZES.map((n) => randomBytes(n));
+  const [got] = await Promise.all([readMessages(guest, down.length), (async () => { for (const m of down) await sendMessage(program, m); })()]);
+  assert.deepEqual(got.map((m) => sha(m.bytes)), down.map(sha));
+  await driver.close();
+});
+
+test('vsock SEQPACKET host to guest: CONNECT P on PATH.seqpacket reaches listenSeqpacket, then messages both ways', async (t) => {
+  const { uds, driver } = await serveVsock(t);
+  const accepted = new Promise<Duplex>((resolve) => driver.listenSeqpacket(1235, resolve));
+  const program = await connectSeqpacket(`${uds}.seqpacket`);
+  t.after(() => program.close());
+  await sendMessage(program, Buffer.from('CONNECT 1235\n'));
+  assert.match(Buffer.from((await nextMessage(program)) ?? []).toString(), /^OK \d+\n$/);
+  const guest = await accepted;
+  const down = SIZES.map((n) => randomBytes(n));
+  const [got] = await Promise.all([readMessages(guest, down.length), (async () => { for (const m of down) await sendMessage(program, m); })()]);
+  assert.deepEqual(got.map((m) => sha(m.bytes)), down.map(sha));
+  // Echoed back message by message: boundaries kept the other way too.
+  for (const m of got) guest.write(m);
+  for (const m of down) assert.equal(sha((await nextMessage(program)) ?? new Uint8Array(0)), sha(m));
   await driver.close();
 });
