@@ -38,7 +38,7 @@ import { QueueServer, type Request } from '../../virtio/serve.ts';
 import { Credit } from './credit.ts';
 import {
   EVENT_BYTES, EVENT_TRANSPORT_RESET, EVENTQ, HEADER_BYTES, HOST_CID, MAX_GUEST_CID, MIN_GUEST_CID, Op, type PacketHeader, RXQ,
-  MAX_MESSAGE, OversizeMessage, Seq, type SeqpacketMessage, Shutdown, SocketType, TXQ, VSOCK_CONFIG, VsockFeature, decodeHeader, encodeHeader,
+  MAX_MESSAGE, MessageParts, OversizeMessage, Seq, type SeqpacketMessage, Shutdown, SocketType, TXQ, VSOCK_CONFIG, VsockFeature, decodeHeader, encodeHeader,
 } from './wire.ts';
 
 /** Where guest connections go on the host. */
@@ -82,9 +82,8 @@ class Connection {
   readonly credit: Credit;
   /** Host bytes read but not yet within the guest's credit; for SEQPACKET, one message each. */
   held: Uint8Array[] = [];
-  /** SEQPACKET: parts of the guest's message so far, waiting for EOM. */
-  message: Uint8Array[] = [];
-  messageBytes = 0;
+  /** SEQPACKET: the guest's message so far, waiting for EOM. */
+  readonly message = new MessageParts();
   /**
    * How the host side ended, told to the guest as SHUTDOWN flags once `held` went out
    * (§5.10.6.4): SEND when the host program finished sending (EOF), RCV | SEND when its socket
@@ -304,7 +303,7 @@ export class VsockDevice implements VirtioDevice {
       case Op.RW: {
         const payload = req.reader.readExact(header.len) ?? new Uint8Array(0);
         // Checked before credit, which such a message breaks too, to name the reason.
-        if (conn.seqpacket && conn.messageBytes + payload.length > MAX_MESSAGE) {
+        if (conn.seqpacket && conn.message.bytes + payload.length > MAX_MESSAGE) {
           this.counts.oversizeMessages++;
           this.reset1(conn);
           return;
@@ -378,9 +377,7 @@ export class VsockDevice implements VirtioDevice {
    * handed on as one message. Held parts count as buffered for the host: they are credit given.
    */
   private messagePart(conn: Connection, payload: Uint8Array, flags: number): void {
-    // Empty parts are not kept: credit does not count them, so a guest could send them forever.
-    if (payload.length > 0) conn.message.push(payload);
-    conn.messageBytes += payload.length;
+    conn.message.add(payload);
     this.holdForHost(payload.length);
     if ((flags & Seq.EOM) === 0) {
       // The rest of the message may need credit that earlier messages freed and the guest has
@@ -388,15 +385,8 @@ export class VsockDevice implements VirtioDevice {
       if (conn.credit.updateDue) this.creditUpdate(conn);
       return;
     }
-    const bytes = new Uint8Array(conn.messageBytes);
-    let at = 0;
-    for (const part of conn.message) {
-      bytes.set(part, at);
-      at += part.length;
-    }
+    const bytes = conn.message.take();
     this.buffered.toHost -= bytes.length;
-    conn.message = [];
-    conn.messageBytes = 0;
     if (bytes.length === 0) {
       // A host program reads an empty Unix message as end of file, and credit, which bounds what
       // the back-end holds, does not count empty messages: they are dropped, and counted.
@@ -559,9 +549,8 @@ export class VsockDevice implements VirtioDevice {
     this.connecting.delete(conn.key);
     for (const chunk of conn.held) this.buffered.toGuest -= chunk.length;
     conn.held = [];
-    this.buffered.toHost -= conn.messageBytes;
-    conn.message = [];
-    conn.messageBytes = 0;
+    this.buffered.toHost -= conn.message.bytes;
+    conn.message.clear();
     conn.socket.destroy();
   }
 

@@ -29,7 +29,7 @@ import { EventReceiver } from '../../virtio/event-receiver.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
 import { Credit } from './credit.ts';
 import {
-  EVENT_BYTES, EVENTQ, HEADER_BYTES, HOST_CID, MAX_MESSAGE, Op, OversizeMessage, type PacketHeader, RXQ, Seq, type SeqpacketMessage,
+  EVENT_BYTES, EVENTQ, HEADER_BYTES, HOST_CID, MAX_MESSAGE, MessageParts, Op, OversizeMessage, type PacketHeader, RXQ, Seq, type SeqpacketMessage,
   Shutdown, SocketType, TXQ, VSOCK_CONFIG, VsockFeature, decodeHeader, encodeHeader,
 } from './wire.ts';
 
@@ -142,9 +142,8 @@ class GuestSocket extends GuestConnection {
 /** A SEQPACKET connection (§5.10.6.6): whole messages each way, see the module comment. */
 class GuestSeqpacket extends GuestConnection {
   readonly type = SocketType.SEQPACKET;
-  /** Parts of the host's message so far, waiting for EOM. */
-  private parts: Uint8Array[] = [];
-  private partBytes = 0;
+  /** The host's message so far, waiting for EOM. */
+  private readonly parts = new MessageParts();
   /** Sizes of the messages pushed and not yet taken by the reader, oldest first. */
   private readonly unread: number[] = [];
 
@@ -155,27 +154,18 @@ class GuestSeqpacket extends GuestConnection {
 
   /** Whether `n` more bytes keep the message within the limit. */
   fits(n: number): boolean {
-    return this.partBytes + n <= MAX_MESSAGE;
+    return this.parts.bytes + n <= MAX_MESSAGE;
   }
 
   deliver(bytes: Uint8Array, flags: number): void {
-    // Empty parts are not kept: credit does not count them, so a device could send them forever.
-    if (bytes.length > 0) this.parts.push(bytes);
-    this.partBytes += bytes.length;
+    this.parts.add(bytes);
     if ((flags & Seq.EOM) === 0) {
       // The rest of the message may need credit that earlier messages freed and the host has
       // not heard of yet; nothing else would tell it while this message is incomplete.
       this.creditUpdateIfDue();
       return;
     }
-    const message = new Uint8Array(this.partBytes);
-    let at = 0;
-    for (const part of this.parts) {
-      message.set(part, at);
-      at += part.length;
-    }
-    this.parts = [];
-    this.partBytes = 0;
+    const message = this.parts.take();
     if (message.length === 0) {
       // An empty message uses no credit, so nothing would bound a flood of them in the read buffer.
       this.driver.counts.emptyMessages++;

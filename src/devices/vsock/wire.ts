@@ -53,6 +53,39 @@ export const Seq = { EOM: 1, EOR: 2 } as const;
  */
 export const MAX_MESSAGE = 128 * 1024;
 
+/**
+ * A SEQPACKET message arriving in parts (the payloads of RW packets up to the one flagged
+ * VIRTIO_VSOCK_SEQ_EOM, §5.10.6.6), for both halves. Empty parts are not kept: credit does not
+ * count them, so a peer could otherwise send them without end.
+ */
+export class MessageParts {
+  private parts: Uint8Array[] = [];
+  /** Bytes of the message so far. */
+  bytes = 0;
+
+  add(part: Uint8Array): void {
+    if (part.length > 0) this.parts.push(part);
+    this.bytes += part.length;
+  }
+
+  /** The message in one piece; the next one starts empty. */
+  take(): Uint8Array {
+    const message = new Uint8Array(this.bytes);
+    let at = 0;
+    for (const part of this.parts) {
+      message.set(part, at);
+      at += part.length;
+    }
+    this.clear();
+    return message;
+  }
+
+  clear(): void {
+    this.parts = [];
+    this.bytes = 0;
+  }
+}
+
 /** One SEQPACKET message for a host end; `eor` is the sender's record mark (SEQ_EOR). */
 export interface SeqpacketMessage {
   readonly bytes: Uint8Array;
