@@ -18,12 +18,12 @@ import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { VsockDriver } from '../../src/devices/vsock/driver.ts';
 import { MAX_MESSAGE, type SeqpacketMessage } from '../../src/devices/vsock/wire.ts';
-import { whenReadable, whenWritable } from '../../src/native/readiness.ts';
-import { type SeqpacketSocket, UnixListener, connectSeqpacket } from '../../src/native/unix-socket.ts';
+import { UnixListener, connectSeqpacket } from '../../src/native/unix-socket.ts';
 import { VhostUserFrontend } from '../../src/transports/vhost-user/frontend.ts';
 import { DeviceId } from '../../src/virtio/constants.ts';
 import { PeerProcess } from '../lab/peer-process.ts';
 import { readAll, writeAll } from '../lab/streams.ts';
+import { nextMessage, readMessages, sendMessage } from '../lab/seqpacket.ts';
 
 const PARAVIRT = fileURLToPath(new URL('../../bin/paravirt.js', import.meta.url));
 const log = pino({ level: 'warn' });
@@ -88,30 +88,6 @@ test('vsock host to guest: CONNECT P reaches the listener on port P, answered OK
   assert.equal(refused.bytesRead, 0, 'nothing listens on guest port 4321: the host program is closed without an answer');
   await driver.close();
 });
-
-/** The next message on a host program's SOCK_SEQPACKET socket (null: end of file). */
-async function nextMessage(s: SeqpacketSocket): Promise<Uint8Array | null> {
-  for (;;) {
-    const got = s.receive();
-    if (got !== null) return got.length === 0 ? null : got.bytes;
-    await whenReadable(s.fd);
-  }
-}
-
-async function sendMessage(s: SeqpacketSocket, m: Uint8Array): Promise<void> {
-  while (!s.send(m)) await whenWritable(s.fd);
-}
-
-/** The next `n` messages of a driver SEQPACKET connection. */
-async function readMessages(socket: Duplex, n: number): Promise<SeqpacketMessage[]> {
-  const got: SeqpacketMessage[] = [];
-  while (got.length < n) {
-    const m = socket.read() as SeqpacketMessage | null;
-    if (m !== null) got.push(m);
-    else await once(socket, 'readable');
-  }
-  return got;
-}
 
 /** Messages across the 4 KiB rx buffer, the 64 KiB packet and up to the 128 KiB message limit. */
 const SIZES = [1, 4097, 65537, 100_000, MAX_MESSAGE, 3, MAX_MESSAGE - 1];

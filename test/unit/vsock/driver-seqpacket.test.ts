@@ -6,7 +6,6 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import { VsockDevice, type VsockHost } from '../../../src/devices/vsock/device.ts';
@@ -16,35 +15,12 @@ import {
   HEADER_BYTES, HOST_CID, MAX_MESSAGE, Op, OversizeMessage, Seq, type SeqpacketMessage, SocketType, encodeHeader,
 } from '../../../src/devices/vsock/wire.ts';
 import { type SeqpacketSocket, seqpacketPair } from '../../../src/native/unix-socket.ts';
-import { whenReadable, whenWritable } from '../../../src/native/readiness.ts';
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
+import { nextMessage, readMessages, sendMessage } from '../../lab/seqpacket.ts';
 
 const CID = 42;
 /** Sizes around rx buffer (4 KiB), tx packet (64 KiB) and message (128 KiB) boundaries. */
 const SIZES = [1, 4095, 4096, 4097, 65536, 65537, 100_000, MAX_MESSAGE];
-
-async function nextMessage(s: SeqpacketSocket): Promise<Uint8Array | null> {
-  for (;;) {
-    const got = s.receive();
-    if (got !== null) return got.length === 0 ? null : got.bytes;
-    await whenReadable(s.fd);
-  }
-}
-
-async function sendMessage(s: SeqpacketSocket, m: Uint8Array): Promise<void> {
-  while (!s.send(m)) await whenWritable(s.fd);
-}
-
-/** The next `n` messages a driver connection yields. */
-async function read(socket: Duplex, n: number): Promise<SeqpacketMessage[]> {
-  const got: SeqpacketMessage[] = [];
-  while (got.length < n) {
-    const m = socket.read() as SeqpacketMessage | null;
-    if (m !== null) got.push(m);
-    else await once(socket, 'readable');
-  }
-  return got;
-}
 
 /** A device whose SEQPACKET host ends are one end of a socket pair each; the host program holds the other. */
 async function setup(withSeqpacket = true) {
@@ -86,7 +62,7 @@ test('guest to host and back: messages up to 128 KiB arrive whole and in order, 
   await Promise.all(sent);
 
   const down = SIZES.map((n) => randomBytes(n));
-  const [got] = await Promise.all([read(guest, down.length), (async () => { for (const m of down) await sendMessage(program, m); })()]);
+  const [got] = await Promise.all([readMessages(guest, down.length), (async () => { for (const m of down) await sendMessage(program, m); })()]);
   assert.deepEqual(got.map((m) => m.bytes.length), SIZES);
   got.forEach((m, i) => assert.deepEqual(m.bytes, new Uint8Array(down[i])));
   const counts = device.counters.snapshot().device;
@@ -106,7 +82,7 @@ test('host to guest: a SEQPACKET CONNECT reaches listenSeqpacket; many messages 
   assert.equal(typeof (await settled), 'number');
   // 64 messages of 3000 bytes: 192 000 bytes, more than the 128 KiB of credit either way.
   const down = Array.from({ length: 64 }, () => randomBytes(3000));
-  const [got] = await Promise.all([read(guest, down.length), (async () => { for (const m of down) await sendMessage(program, m); })()]);
+  const [got] = await Promise.all([readMessages(guest, down.length), (async () => { for (const m of down) await sendMessage(program, m); })()]);
   got.forEach((m, i) => assert.deepEqual(m.bytes, new Uint8Array(down[i])));
   // Bare bytes are a message without a record mark; the guest's echo arrives message by message.
   for (const m of got) guest.write(m.bytes);
@@ -169,7 +145,7 @@ test('a hostile device: empty parts and empty messages are not kept; a stream pa
   inject(driver, 80, hostPort, { flags: Seq.EOM });
   inject(driver, 80, hostPort, { flags: Seq.EOM | Seq.EOR }, new Uint8Array([1, 2, 3]));
   assert.equal(driver.counts.emptyMessages, 1);
-  const [only] = await read(guest, 1);
+  const [only] = await readMessages(guest, 1);
   assert.deepEqual(only, { bytes: new Uint8Array([1, 2, 3]), eor: true });
   assert.equal(guest.readableLength, 0, 'nothing else was delivered');
 

@@ -16,32 +16,14 @@ import { listenHybrid } from '../../../src/devices/vsock/hybrid.ts';
 import { SeqpacketStream } from '../../../src/devices/vsock/seqpacket-stream.ts';
 import { MAX_MESSAGE, Op, OversizeMessage, Seq, type SeqpacketMessage, SocketType, VsockFeature } from '../../../src/devices/vsock/wire.ts';
 import { type SeqpacketSocket, connectSeqpacket, seqpacketPair } from '../../../src/native/unix-socket.ts';
-import { whenReadable, whenWritable } from '../../../src/native/readiness.ts';
 import { featureBit, hasFeature } from '../../../src/virtio/constants.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { rawGuest } from './raw-guest.ts';
+import { nextMessage, sendMessage } from '../../lab/seqpacket.ts';
 
 const CID = 42;
 const SEQ = SocketType.SEQPACKET;
 const WANTED = FRAMEWORK_FEATURES | featureBit(VsockFeature.STREAM) | featureBit(VsockFeature.SEQPACKET);
-
-/** The next message on a host program's socket (null: the connection ended). */
-async function nextMessage(s: SeqpacketSocket): Promise<Uint8Array | null> {
-  for (;;) {
-    let got;
-    try {
-      got = s.receive();
-    } catch {
-      return null;
-    }
-    if (got !== null) return got.length === 0 ? null : got.bytes;
-    await whenReadable(s.fd);
-  }
-}
-
-async function sendMessage(s: SeqpacketSocket, m: Uint8Array): Promise<void> {
-  while (!s.send(m)) await whenWritable(s.fd);
-}
 
 /** A device whose SEQPACKET host ends are one end of a socket pair each; the program holds the other. */
 function pairHost(maxMessage = MAX_MESSAGE): { host: VsockHost; programs: SeqpacketSocket[] } {
