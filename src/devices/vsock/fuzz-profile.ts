@@ -10,7 +10,7 @@
  * message reassembly: the tx probes open SEQPACKET connections on a few ports and send message
  * parts, with and without EOM, between the garbage.
  */
-import { PassThrough, duplexPair } from 'node:stream';
+import { type Duplex, PassThrough, duplexPair } from 'node:stream';
 import type { FuzzProfile } from '../device-type.ts';
 import { VsockDevice, type VsockHost } from './device.ts';
 import { HEADER_BYTES, HOST_CID, Op, RXQ, Seq, SocketType, TXQ, decodeHeader, encodeHeader } from './wire.ts';
@@ -34,6 +34,41 @@ const drainingHost: VsockHost = {
 
 /** A SEQPACKET packet of the probe sequence: connect, message parts (EOM when `fill` is odd), shut down. */
 const SEQ_OPS = [Op.REQUEST, Op.RW, Op.RW, Op.RW, Op.SHUTDOWN, Op.CREDIT_REQUEST] as const;
+
+/**
+ * The rx queue: a probe is a buffer that a host program's connection request of `type` fills;
+ * the guest never answers (its tx queue is not set up).
+ */
+function rxProfile(name: string, type: number): FuzzProfile {
+  const seqpacket = type === SocketType.SEQPACKET;
+  return {
+    name,
+    queue: RXQ,
+    minQueueSize: 1,
+    create({ maxQueueSize }) {
+      const device = seqpacket ? new VsockDevice({ guestCid: GUEST_CID, maxQueueSize, host: drainingHost }) : vsock(maxQueueSize);
+      const end = (): Duplex => (seqpacket ? duplexPair({ objectMode: true })[0] : new PassThrough());
+      const connect = (port: number): void => device.connectToGuest(port, end(), () => {}, type);
+      return {
+        device,
+        produce: (seed) => connect(seed.a),
+        probe: (seed) => ({
+          readable: new Uint8Array(0),
+          writable: HEADER_BYTES + (seed.b % 64),
+          deliver: () => connect(seed.a),
+          check(written, used) {
+            if (used !== HEADER_BYTES) return `used length ${used} for a connection request`;
+            const h = decodeHeader(written.subarray(0, HEADER_BYTES));
+            if (h === undefined) return 'no packet header';
+            const wrong = h.op !== Op.REQUEST || h.type !== type || h.srcCid !== HOST_CID || h.dstCid !== GUEST_CID || h.dstPort !== seed.a || h.len !== 0;
+            return wrong ? `connection request arrived as ${JSON.stringify(h, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}` : undefined;
+          },
+        }),
+        violation: () => undefined,
+      };
+    },
+  };
+}
 
 export const VSOCK_FUZZ: readonly FuzzProfile[] = [
   {
@@ -85,58 +120,6 @@ export const VSOCK_FUZZ: readonly FuzzProfile[] = [
       };
     },
   },
-  {
-    name: 'vsock rx',
-    queue: RXQ,
-    minQueueSize: 1,
-    create({ maxQueueSize }) {
-      const device = vsock(maxQueueSize);
-      // A host program connecting to a guest port; the guest never answers (its tx queue is not set up).
-      const connect = (port: number): void => device.connectToGuest(port, new PassThrough(), () => {});
-      return {
-        device,
-        produce: (seed) => connect(seed.a),
-        probe: (seed) => ({
-          readable: new Uint8Array(0),
-          writable: HEADER_BYTES + (seed.b % 64),
-          deliver: () => connect(seed.a),
-          check(written, used) {
-            if (used !== HEADER_BYTES) return `used length ${used} for a connection request`;
-            const h = decodeHeader(written.subarray(0, HEADER_BYTES));
-            if (h === undefined) return 'no packet header';
-            const wrong =
-              h.op !== Op.REQUEST || h.type !== SocketType.STREAM || h.srcCid !== HOST_CID || h.dstCid !== GUEST_CID || h.dstPort !== seed.a || h.len !== 0;
-            return wrong ? `connection request arrived as ${JSON.stringify(h, (_k, v: unknown) => (typeof v === 'bigint' ? String(v) : v))}` : undefined;
-          },
-        }),
-        violation: () => undefined,
-      };
-    },
-  },
-  {
-    name: 'vsock rx seqpacket',
-    queue: RXQ,
-    minQueueSize: 1,
-    create({ maxQueueSize }) {
-      const device = new VsockDevice({ guestCid: GUEST_CID, maxQueueSize, host: drainingHost });
-      const connect = (port: number): void => device.connectToGuest(port, duplexPair({ objectMode: true })[0], () => {}, SocketType.SEQPACKET);
-      return {
-        device,
-        produce: (seed) => connect(seed.a),
-        probe: (seed) => ({
-          readable: new Uint8Array(0),
-          writable: HEADER_BYTES + (seed.b % 64),
-          deliver: () => connect(seed.a),
-          check(written, used) {
-            if (used !== HEADER_BYTES) return `used length ${used} for a SEQPACKET connection request`;
-            const h = decodeHeader(written.subarray(0, HEADER_BYTES));
-            if (h === undefined) return 'no packet header';
-            const wrong = h.op !== Op.REQUEST || h.type !== SocketType.SEQPACKET || h.dstPort !== seed.a || h.len !== 0;
-            return wrong ? `SEQPACKET connection request arrived as op ${h.op} type ${h.type} port ${h.dstPort} len ${h.len}` : undefined;
-          },
-        }),
-        violation: () => undefined,
-      };
-    },
-  },
+  rxProfile('vsock rx', SocketType.STREAM),
+  rxProfile('vsock rx seqpacket', SocketType.SEQPACKET),
 ];
