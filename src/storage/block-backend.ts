@@ -43,6 +43,11 @@ export interface BlockBackend {
    * (the request itself) makes no closure per request. `done` must not throw.
    */
   transfer<T>(op: Op, offset: number, segments: readonly Uint8Array[], done: TransferDone<T>, tag: T): void;
+  /**
+   * I/O is expected soon (a front-end connected): start now whatever the first transfer would
+   * otherwise wait for (a file's first I/O thread). Optional, cheap to call again.
+   */
+  prepare?(): void;
   /** Make every completed write durable (a file: fdatasync). */
   flush(): Promise<void>;
   /** The range's contents become unspecified; the backend may deallocate it (a file: punch a hole). */

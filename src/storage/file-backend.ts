@@ -304,6 +304,16 @@ export class FileBackend implements BlockBackend {
   }
 
   /**
+   * Start the first I/O thread now rather than with the first transfer that needs one: loading
+   * a Node worker takes 70–500 ms ("The first I/O of a disk" in docs/performance.md), and a
+   * guest's first reads follow its driver's DRIVER_OK within milliseconds. Also for a file in
+   * memory, whose transfers above INLINE_MAX_BYTES still take a thread.
+   */
+  prepare(): void {
+    this.threads?.warm();
+  }
+
+  /**
    * One vectored call on the event loop: bytes transferred (0 when it would have to wait), or
    * the call's error. A file that cannot tell whether it would wait stops being asked.
    */

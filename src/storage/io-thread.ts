@@ -13,14 +13,15 @@
  * request: see "Threading" in docs/performance.md.
  *
  * Requests on one thread run one after another; several threads let a real disk see several at
- * once. The first thread starts with the first transfer, another only when every thread that
- * serves is busy, and a thread still loading takes transfers only while no other can. Starting a
- * Node worker takes tens of milliseconds compiled and hundreds from source (docs/performance.md,
- * "The block I/O threads after a pause"), far more than a read, so a thread never stops while it
- * is the last one: idle, it sleeps in Atomics.wait, which costs no CPU, and the first request
- * after a pause finds it at once, as it would find QEMU's or SPDK's I/O threads. Threads beyond
- * the first stop when left idle for a while (a Node worker holds about 10 MiB), and start again
- * only when every serving thread is busy.
+ * once. Starting a Node worker takes tens of milliseconds compiled and hundreds from source
+ * (docs/performance.md, "The block I/O threads after a pause"), far more than a read. So the
+ * first thread starts ahead of need when its owner expects I/O soon (warm(): a front-end
+ * connected), or else with the first transfer; another starts only when every thread that serves
+ * is busy, and a thread still loading takes transfers only while no other can. A thread never
+ * stops while it is the last one: idle, it sleeps in Atomics.wait, which costs no CPU, and the
+ * first request after a pause finds it at once, as it would find QEMU's or SPDK's I/O threads.
+ * Threads beyond the first stop when left idle for a while (a Node worker holds about 10 MiB),
+ * and start again only when every serving thread is busy.
  */
 import { Worker } from 'node:worker_threads';
 import { EventFd } from '../native/eventfd.ts';
@@ -160,9 +161,9 @@ export class IoThreads {
   private closing: Promise<void> | undefined;
 
   /**
-   * Up to `max` threads (at least 1). The first starts with the first transfer, not here: a
-   * back-end waiting for its front-end then holds no thread (a Node worker is about 10 MiB). After
-   * `idleMs` without a transfer, every thread but the first stops.
+   * Up to `max` threads (at least 1). The first starts with warm() or the first transfer, not
+   * here: a back-end waiting for its front-end then holds no thread (a Node worker is about
+   * 10 MiB). After `idleMs` without a transfer, every thread but the first stops.
    */
   constructor(
     private readonly max: number,
@@ -185,6 +186,14 @@ export class IoThreads {
   /** Transfers submitted and not yet settled, on all threads. */
   get inFlight(): number {
     return this.threads.reduce((n, t) => n + t.inFlight, 0);
+  }
+
+  /**
+   * Start the first thread now, if none runs, so that the first transfer does not wait for it
+   * to load; it then parks until there is work. Does nothing once closed or failed.
+   */
+  warm(): void {
+    if (this.threads.length === 0 && this.failure === undefined && this.closing === undefined) this.start();
   }
 
   /**
@@ -280,6 +289,7 @@ export class IoThreads {
     if (this.failure === undefined) this.collect();
     this.failure ??= new Error('block I/O threads are closed');
     for (const t of this.threads) t.fail(this.failure);
+    this.threads = [];
     this.watcher.close();
     this.wake.close();
   }

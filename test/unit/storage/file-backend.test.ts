@@ -1,10 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile, chmod, readFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile, chmod, readFile, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DiskImageError, Op } from '../../../src/storage/block-backend.ts';
 import { FileBackend } from '../../../src/storage/file-backend.ts';
+import { IoThreads } from '../../../src/storage/io-thread.ts';
 
 async function withDir(body: (dir: string) => Promise<void>, parent = tmpdir()): Promise<void> {
   const dir = await mkdtemp(join(parent, 'paravirt-blk-'));
@@ -122,6 +123,41 @@ test('a read-only image opens without write access', () =>
     } finally {
       await disk.close();
     }
+  }));
+
+/** Threads of this process now (each I/O thread is one). */
+const osThreads = async (): Promise<number> => (await readdir('/proc/self/task')).length;
+
+test('opening starts no I/O thread; prepare() starts the one the first transfer then uses', () =>
+  withDir(async (dir) => {
+    const path = join(dir, 'disk.img');
+    await writeFile(path, pattern(8192, 4));
+    const threads = new IoThreads(2);
+    const disk = await FileBackend.open(path, { sharedThreads: threads, inline: false });
+    try {
+      assert.equal(threads.started, 0);
+      disk.prepare();
+      assert.equal(threads.running, 1, 'started before the first transfer is submitted');
+      const out = new Uint8Array(4096);
+      await disk.read(4096, [out]);
+      assert.deepEqual(out, pattern(8192, 4).subarray(4096));
+      assert.equal(threads.started, 1, 'the read went to the thread prepare() started');
+    } finally {
+      await disk.close();
+      await threads.close();
+    }
+  }));
+
+test('closing a prepared back-end that never did I/O leaves no thread behind', () =>
+  withDir(async (dir) => {
+    const path = join(dir, 'disk.img');
+    await writeFile(path, new Uint8Array(4096));
+    const before = await osThreads();
+    const disk = await FileBackend.open(path);
+    disk.prepare();
+    assert.ok((await osThreads()) > before, 'its I/O thread runs');
+    await disk.close();
+    assert.equal(await osThreads(), before);
   }));
 
 async function openError(path: string): Promise<DiskImageError> {

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { IoThreads, Op } from '../../../src/storage/io-thread.ts';
@@ -108,5 +108,42 @@ test('a second thread starts when the first is busy, stops after idleMs, and the
     } finally {
       await threads.close();
     }
+  });
+});
+
+/** Threads of this process now (each I/O thread is one). */
+const osThreads = async (): Promise<number> => (await readdir('/proc/self/task')).length;
+
+test('warm() starts the first thread before any transfer, once, and the first transfer is served by it', async () => {
+  await withFile(pattern(4096), async (fd) => {
+    const threads = new IoThreads(2);
+    try {
+      assert.equal(threads.started, 0, 'nothing starts with the constructor');
+      threads.warm();
+      threads.warm();
+      assert.equal(threads.running, 1, 'started before the first transfer is submitted');
+      assert.equal(threads.started, 1, 'warming again starts no other');
+      const buf = new Uint8Array(16);
+      assert.equal(await transfer(threads, Op.read, fd, 0, [buf]), 16);
+      assert.deepEqual(buf, pattern(16));
+      assert.equal(threads.started, 1, 'the first transfer went to the warmed thread');
+    } finally {
+      await threads.close();
+    }
+  });
+});
+
+test('closing warmed threads that never transferred leaves no thread behind; warm() after close starts none', async () => {
+  await withFile(pattern(512), async () => {
+    const before = await osThreads();
+    const threads = new IoThreads(1);
+    threads.warm();
+    assert.ok((await osThreads()) > before, 'the warmed thread runs');
+    await threads.close();
+    assert.equal(threads.running, 0);
+    assert.equal(await osThreads(), before, 'its thread is gone');
+    threads.warm();
+    assert.equal(threads.started, 1);
+    assert.equal(await osThreads(), before);
   });
 });
