@@ -82,6 +82,13 @@ export interface VirtioDevice {
    * the descriptor from then on; a device without a display does not implement this.
    */
   displaySocket?(fd: number): void;
+  /**
+   * A driver is on its way: a front-end connected (vhost-user, vfio-user) or the device was put
+   * on a bus a driver probes (mmio). Start now what the first request would otherwise wait for
+   * (a disk's I/O thread), since a driver sends its first request right after DRIVER_OK. May be
+   * called again for each connection; the device keeps what it started until it closes.
+   */
+  prepare?(): void;
   /** DRIVER_OK was set: start serving (§3.1.1). */
   activate(ctx: DeviceContext): void;
   /** The driver notified queue `index` (§2.3.3 / a kick). */

@@ -236,6 +236,10 @@ export class BlkDevice implements VirtioDevice {
     BLK_CONFIG.encode(this.cfg, this.config);
   }
 
+  prepare(): void {
+    this.backend.prepare?.();
+  }
+
   activate(ctx: DeviceContext): void {
     const has = (bit: number): boolean => hasFeature(ctx.features, bit);
     const flush = has(BlkFeature.FLUSH);

@@ -130,6 +130,11 @@ export class ScsiDevice implements VirtioDevice {
     SCSI_CONFIG.encode(this.cfg, this.config);
   }
 
+  /** Every LUN's storage gets ready for I/O (their file backends share one pool of I/O threads). */
+  prepare(): void {
+    for (const e of this.targets.entries()) e.disk.storage.prepare?.();
+  }
+
   activate(ctx: DeviceContext): void {
     this.ctx = ctx;
     this.control = new QueueServer(ctx, CONTROL_QUEUE, async (req) => {

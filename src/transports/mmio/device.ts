@@ -57,6 +57,8 @@ export class MmioDevice implements MmioRegisterAccess {
       },
       options.log,
     );
+    // On a bus, the device is visible to a driver from now on.
+    device.prepare?.();
   }
 
   /** Whether the interrupt line is asserted (some InterruptStatus bit is set). */

@@ -184,8 +184,10 @@ export class VirtioPciFunction {
     return this.msix.vectors;
   }
 
+  /** A client connected (a sink) or left (undefined). */
   attachInterrupts(sink: PciInterruptSink | undefined): void {
     this.sink = sink;
+    if (sink !== undefined) this.state.device.prepare?.();
   }
 
   useMemory(memory: GuestMemory | undefined): void {

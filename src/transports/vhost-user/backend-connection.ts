@@ -89,6 +89,8 @@ export class BackendConnection {
   ) {
     this.ports = createBackendPorts(log);
     this.backend = new VhostUserBackend(device, this.ports, log, serving);
+    // A front-end connected: it starts the device once its guest's driver sets DRIVER_OK.
+    device.prepare?.();
     this.ended = new Promise((resolve) => (this.resolveEnded = resolve));
     this.watcher = watch(socket.fd, {
       readable: () => this.readable(),

@@ -190,3 +190,19 @@ test('malformed requests are answered or returned empty, and the device keeps se
   }), ScsiTransportError);
   await init.close();
 });
+
+test('every LUN gets ready for I/O once the controller is on a bus, before any command', async () => {
+  const prepared: number[] = [];
+  class Prepared extends MemoryBackend {
+    constructor(readonly lun: number) {
+      super(16 * BLOCK_SIZE);
+    }
+    prepare(): void {
+      prepared.push(this.lun);
+    }
+  }
+  const device = controller([{ target: 0, lun: 0, backend: new Prepared(0) }, { target: 1, lun: 5, backend: new Prepared(5) }]);
+  assert.deepEqual(prepared, [], 'made, not yet seen by a driver');
+  createLoopback(device, { memoryBytes: 1 << 20 });
+  assert.deepEqual(prepared, [0, 5]);
+});

@@ -254,3 +254,13 @@ test('a BAR backed by shared memory is offered for mmap, its memfd attached to t
   assert.equal(isOpen(memfd), true, 'the server keeps its descriptor');
   closeFd(memfd);
 });
+
+test('a device gets ready for its driver when a client connects, not when the function is made', () => {
+  let prepared = 0;
+  const device = Object.assign(new RngDevice(), { prepare: () => void prepared++ });
+  const fn = new VirtioPciFunction(device, quiet);
+  assert.equal(prepared, 0);
+  const session = new Session(fn, quiet);
+  assert.equal(prepared, 1);
+  session.close();
+});

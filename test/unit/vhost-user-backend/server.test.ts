@@ -8,7 +8,10 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
+import { vhostUserBlkDevice } from '../../../src/devices/blk/device.ts';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
+import { FileBackend } from '../../../src/storage/file-backend.ts';
+import { IoThreads } from '../../../src/storage/io-thread.ts';
 import { connectUnix, UnixListener, type UnixSocket } from '../../../src/native/unix-socket.ts';
 import { whenReadable } from '../../../src/native/readiness.ts';
 import { closeFd } from '../../../src/native/fd.ts';
@@ -78,6 +81,28 @@ test('a stale socket at the path is replaced; any other file is refused with a s
     assert.throws(() => BackendServer.listen(new RngDevice(), { socketPath: file }, log), SocketPathError);
     assert.ok(existsSync(file));
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a blk back-end starts its I/O thread when a front-end connects, not before, ahead of any request', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'paravirt-server-'));
+  const path = join(dir, 'vu.sock');
+  const image = join(dir, 'disk.img');
+  writeFileSync(image, new Uint8Array(64 * 1024));
+  const threads = new IoThreads(1);
+  const backend = await FileBackend.open(image, { sharedThreads: threads });
+  const server = BackendServer.listen(vhostUserBlkDevice(backend), { socketPath: path }, log);
+  try {
+    assert.equal(threads.started, 0, 'listening alone starts no thread');
+    const socket = await connectUnix(path);
+    assert.equal(await queueNum(socket), 1n);
+    assert.equal(threads.running, 1, 'the connected front-end finds the thread started');
+    socket.close();
+  } finally {
+    await server.close();
+    await backend.close();
+    await threads.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });
