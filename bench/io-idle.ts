@@ -2,8 +2,12 @@
  * What a pause costs the block I/O threads (src/storage/io-thread.ts): the latency of a 4 KiB read
  * through them when they have just served one (steady), the very first one (no thread yet), and
  * the first after a short pause, and the first after the disk sat idle for longer than the
- * threads' idle period, with the CPU the process used while it sat idle. Both builds: compiled (dist/, what the `paravirt` command runs)
- * and from source (tsx, where a new thread must load the TypeScript loader first).
+ * threads' idle period, with the CPU the process used while it sat idle. Then the very first
+ * read of threads warmed ahead of it (IoThreads.warm(), what a back-end does when its front-end
+ * connects): right after warm() (as if warmed on the driver's DRIVER_OK) and WARM_LEAD_MS
+ * after (a front-end that connected before its guest booted). Both builds: compiled (dist/, what
+ * the `paravirt` command runs) and from source (tsx, where a new thread must load the TypeScript
+ * loader first).
  *
  *     npm run bench -- io-idle
  */
@@ -20,6 +24,8 @@ const PAUSE_MS = 5700;
 const PAUSES = 2;
 const SHORT_PAUSE_MS = 200;
 const STEADY_READS = 500;
+/** How long before its first read a warmed thread starts: less than a guest's boot, more than a thread's start. */
+const WARM_LEAD_MS = 1000;
 
 export const deadlineSeconds = 120;
 
@@ -48,13 +54,26 @@ async function measure(build: string, module: string): Promise<void> {
   await writeFile(path, new Uint8Array(1 << 20));
   const file = await open(path, 'r');
   const threads = new IoThreads(1);
+  const buffer = new Uint8Array(4096);
+  /** The latency of one 4 KiB read through `through`. */
+  const readWith = (through: IoThreadsType): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const start = performance.now();
+      through.submit(Op.read, file.fd, 0, [buffer], (_, r) => (typeof r === 'number' ? resolve(performance.now() - start) : reject(r)), undefined);
+    });
+  /** The first read of threads warmed `leadMs` before it. */
+  const warmedRead = async (leadMs: number): Promise<number> => {
+    const warmed = new IoThreads(1);
+    try {
+      warmed.warm();
+      if (leadMs > 0) await sleep(leadMs);
+      return await readWith(warmed);
+    } finally {
+      await warmed.close();
+    }
+  };
   try {
-    const buffer = new Uint8Array(4096);
-    const read = (): Promise<number> =>
-      new Promise((resolve, reject) => {
-        const start = performance.now();
-        threads.submit(Op.read, file.fd, 0, [buffer], (_, r) => (typeof r === 'number' ? resolve(performance.now() - start) : reject(r)), undefined);
-      });
+    const read = (): Promise<number> => readWith(threads);
     const context = { build, load: loadavg()[0] };
     report('io-idle', `${build}_first_read_ms`, await read(), 'ms', context);
     const steady: number[] = [];
@@ -70,6 +89,8 @@ async function measure(build: string, module: string): Promise<void> {
       report('io-idle', `${build}_idle_cpu`, (100 * (used.user + used.system)) / (PAUSE_MS * 1000), '%', { ...context, pauseMs: PAUSE_MS });
       report('io-idle', `${build}_read_after_pause_ms`, await read(), 'ms', { ...context, pauseMs: PAUSE_MS, load: loadavg()[0] });
     }
+    report('io-idle', `${build}_first_read_right_after_warm_ms`, await warmedRead(0), 'ms', { ...context, leadMs: 0, load: loadavg()[0] });
+    report('io-idle', `${build}_first_read_after_warm_ms`, await warmedRead(WARM_LEAD_MS), 'ms', { ...context, leadMs: WARM_LEAD_MS, load: loadavg()[0] });
   } finally {
     await threads.close();
     await file.close();
