@@ -5,7 +5,9 @@
  * endpoint or a test reads them with snapshot(). Device types add their own (net's drops by
  * reason) through `extra`.
  *
- * Plain numbers: a counter is bumped on the data path and must cost one add.
+ * Plain numbers: a counter is bumped on the data path and must cost one add. How full each queue
+ * is (a gauge, not a counter) costs the data path nothing: snapshot() reads it from the live
+ * queues, which keep their in-flight count anyway.
  */
 
 /**
@@ -42,8 +44,25 @@ export interface QueueCounters {
   suppressed: number;
 }
 
+/** How full one queue is at the moment of a snapshot. */
+export interface QueueFill {
+  /** Chains the device took from the ring and has not returned yet (requests being served, buffers held for later). */
+  readonly inFlight: number;
+  /** The ring's size as the driver set it; 0 while the queue does not run. */
+  readonly size: number;
+}
+
+/** The live queues of a device: the transport state that builds and drops them (DeviceState). */
+export interface QueueSource {
+  liveQueue(index: number): { readonly inFlight: number; readonly size: number } | undefined;
+}
+
+const NOT_RUNNING: QueueFill = { inFlight: 0, size: 0 };
+
 export interface CountersSnapshot {
   readonly queues: readonly Readonly<QueueCounters>[];
+  /** Per queue, how full it is now. */
+  readonly fill: readonly QueueFill[];
   /** The device type's own counters, by name. */
   readonly device: Readonly<Record<string, number>>;
 }
@@ -56,6 +75,7 @@ export class DeviceCounters {
   private readonly perQueue: QueueCounters[];
   /** Counts for an index past the device's queues, so a bad index never throws on the data path. */
   private readonly stray = zeroed();
+  private queues: QueueSource | undefined;
 
   constructor(
     numQueues: number,
@@ -68,7 +88,19 @@ export class DeviceCounters {
     return this.perQueue[index] ?? this.stray;
   }
 
+  /**
+   * Where the device's queues live now, read at each snapshot: the transport state that serves
+   * the device, the newest one when a front-end reconnects.
+   */
+  observe(queues: QueueSource): void {
+    this.queues = queues;
+  }
+
   snapshot(): CountersSnapshot {
-    return { queues: this.perQueue.map((q) => ({ ...q })), device: { ...this.extra?.() } };
+    const fill = this.perQueue.map((_, i): QueueFill => {
+      const q = this.queues?.liveQueue(i);
+      return q === undefined ? NOT_RUNNING : { inFlight: q.inFlight, size: q.size };
+    });
+    return { queues: this.perQueue.map((q) => ({ ...q })), fill, device: { ...this.extra?.() } };
   }
 }

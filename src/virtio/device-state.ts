@@ -97,6 +97,8 @@ export class DeviceState {
     checkImplementable(this.offeredFeatures, who);
     this.log = log.child({ device: device.name });
     this.slots = Array.from({ length: device.numQueues }, (_, i) => this.freshSlot(i));
+    // The device's snapshots read its queues' fill from whoever serves it now.
+    device.counters.observe(this);
   }
 
   /** Guest memory the queues live in; undefined until a vhost-user front-end sends its memory table. */
