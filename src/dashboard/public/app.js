@@ -134,7 +134,13 @@ function card(view) {
   let c = cards.get(view.id);
   if (c !== undefined) return c;
   c = el('div', { class: 'device', 'data-device': view.id, 'data-type': view.type });
-  const head = el('tr', {}, el('th', {}, 'queue'), ...QUEUE_COLUMNS.map(([, label]) => el('th', {}, label)));
+  const head = el(
+    'tr',
+    {},
+    el('th', {}, 'queue'),
+    el('th', { title: 'chains the device holds now, of the ring size' }, 'in flight'),
+    ...QUEUE_COLUMNS.map(([, label]) => el('th', {}, label)),
+  );
   c.append(
     el('h3', {}, `${view.id} `, el('small', {}, view.title)),
     el('div', { class: 'state', 'data-state': '' }),
@@ -154,12 +160,27 @@ function renderDevices(list) {
     const c = card(view);
     c.querySelector('.state').textContent = stateText(view);
     const body = c.querySelector('tbody');
-    // Queues that never carried anything (a console's unused ports) take no room.
-    const idle = (q) => QUEUE_COLUMNS.every(([key]) => q[key] === 0);
+    const fill = (i) => view.counters.fill[i] ?? { inFlight: 0, size: 0 };
+    // Queues that never carried anything and hold nothing (a console's unused ports) take no room.
+    const idle = (q, i) => fill(i).inFlight === 0 && QUEUE_COLUMNS.every(([key]) => q[key] === 0);
     body.replaceChildren(
-      ...view.counters.queues.map((q, i) =>
-        el('tr', { 'data-queue': String(i), class: idle(q) ? 'idle' : '' }, el('td', {}, String(i)), ...QUEUE_COLUMNS.map(([key]) => el('td', { 'data-counter': key }, String(q[key])))),
-      ),
+      ...view.counters.queues.map((q, i) => {
+        const { inFlight, size } = fill(i);
+        return el(
+          'tr',
+          { 'data-queue': String(i), class: idle(q, i) ? 'idle' : '' },
+          el('td', {}, String(i)),
+          el(
+            'td',
+            { class: 'fill' },
+            el('meter', { min: '0', max: String(Math.max(size, 1)), value: String(inFlight) }),
+            el('span', { 'data-gauge': 'inFlight' }, String(inFlight)),
+            '/',
+            el('span', { 'data-gauge': 'size' }, String(size)),
+          ),
+          ...QUEUE_COLUMNS.map(([key]) => el('td', { 'data-counter': key }, String(q[key]))),
+        );
+      }),
     );
     const idleCount = view.counters.queues.filter(idle).length;
     c.querySelector('.idle-queues').textContent = idleCount === 0 ? '' : `${idleCount} of ${view.counters.queues.length} queues idle`;

@@ -6,10 +6,12 @@ import { evdevKey } from '../../../src/dashboard/browser-keys.ts';
 import { prometheusText, snakeCase } from '../../../src/dashboard/metrics.ts';
 import { DeviceCounters } from '../../../src/virtio/counters.ts';
 
-test('metrics: every queue counter per device and queue, device counts untyped, label values escaped', () => {
+test('metrics: every queue counter and fill gauge per device and queue, device counts untyped, label values escaped', () => {
   const blk = new DeviceCounters(2, () => ({ flushes: 3, droppedNoBuffer: 1 }));
   blk.queue(1).requests = 7;
   blk.queue(1).readBytes = 4096;
+  // Queue 1 runs with 3 of its 128 entries in flight; queue 0 does not run.
+  blk.observe({ liveQueue: (i) => (i === 1 ? { inFlight: 3, size: 128 } : undefined) });
   const odd = new DeviceCounters(1, () => ({ notANumber: Number.NaN }));
   const text = prometheusText([
     { id: 'blk0', type: 'blk', counters: blk.snapshot() },
@@ -22,11 +24,18 @@ test('metrics: every queue counter per device and queue, device counts untyped, 
   assert.ok(lines.includes('paravirt_queue_requests_total{device="blk0",type="blk",queue="1"} 7'));
   assert.ok(lines.includes('paravirt_queue_read_bytes_total{device="blk0",type="blk",queue="1"} 4096'));
   assert.ok(lines.includes('paravirt_queue_notifications_total{device="we\\"ird\\\\id\\n",type="rng",queue="0"} 0'));
+  assert.ok(lines.includes('# TYPE paravirt_queue_in_flight gauge'));
+  assert.ok(lines.includes('# TYPE paravirt_queue_size gauge'));
+  assert.ok(lines.includes('paravirt_queue_in_flight{device="blk0",type="blk",queue="1"} 3'));
+  assert.ok(lines.includes('paravirt_queue_size{device="blk0",type="blk",queue="1"} 128'));
+  assert.ok(lines.includes('paravirt_queue_in_flight{device="blk0",type="blk",queue="0"} 0'));
+  assert.ok(lines.includes('paravirt_queue_size{device="blk0",type="blk",queue="0"} 0'));
+  assert.ok(lines.includes('paravirt_queue_size{device="we\\"ird\\\\id\\n",type="rng",queue="0"} 0'));
   assert.ok(lines.includes('# TYPE paravirt_blk_flushes untyped'));
   assert.ok(lines.includes('paravirt_blk_dropped_no_buffer{device="blk0"} 1'));
   assert.ok(!text.includes('not_a_number'), 'a count that is not a number is left out');
   // Each family's TYPE line comes once, before its samples.
-  for (const family of ['paravirt_queue_errors_total', 'paravirt_blk_flushes']) {
+  for (const family of ['paravirt_queue_errors_total', 'paravirt_queue_in_flight', 'paravirt_blk_flushes']) {
     assert.equal(lines.filter((l) => l.startsWith(`# TYPE ${family} `)).length, 1);
     assert.ok(lines.findIndex((l) => l.startsWith(`# TYPE ${family} `)) < lines.findIndex((l) => l.startsWith(`${family}{`)));
   }

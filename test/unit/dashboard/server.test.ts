@@ -105,6 +105,8 @@ test('dashboard: the page, xterm.js and /metrics are served; other names and met
   assert.match(text, /^# TYPE paravirt_queue_requests_total counter$/m);
   assert.match(text, /^paravirt_queue_requests_total\{device="balloon0",type="balloon",queue="0"\} 0$/m);
   assert.match(text, /^paravirt_input_dropped_no_driver\{device="keyboard0"\} 0$/m);
+  assert.match(text, /^# TYPE paravirt_queue_in_flight gauge$/m);
+  assert.match(text, /^paravirt_queue_size\{device="balloon0",type="balloon",queue="2"\} 0$/m, 'no driver: the queue does not run');
 
   // A DNS name rebound to 127.0.0.1 reaches the port but names another host.
   const { request } = await import('node:http');
@@ -192,7 +194,8 @@ test('dashboard: controls set the balloon, type on the keyboard, point the table
   assert.match(String((await control.request({ op: 'balloon', device: 'balloon0', bytes: 1 << 20 })).error), /before a guest driver/);
   assert.match(String((await control.request({ op: 'key', code: 'KeyA', down: true })).error), /dropped/);
 
-  const balloon = await BalloonDriver.open(createLoopback(device('balloon0'), { memoryBytes: 32 << 20 }).transport);
+  // With statistics: the driver posts a buffer the device holds until it wants them (§5.5.6.3).
+  const balloon = await BalloonDriver.open(createLoopback(device('balloon0'), { memoryBytes: 32 << 20 }).transport, { stats: () => [] });
   t.after(() => balloon.close());
   const reply = await control.request({ op: 'balloon', device: 'balloon0', bytes: 8 << 20 });
   assert.equal(reply.ok, true);
@@ -200,8 +203,10 @@ test('dashboard: controls set the balloon, type on the keyboard, point the table
   assert.equal(balloon.size, 2048, 'the guest driver inflated to the target');
   let balloonView: Record<string, unknown> | undefined;
   while ((balloonView?.state as { actualBytes?: number } | undefined)?.actualBytes !== 8 << 20) balloonView = (await control.nextView()).find((v) => v.id === 'balloon0');
-  const counters = balloonView!.counters as { queues: { requests: number }[] };
+  const counters = balloonView!.counters as { queues: { requests: number }[]; fill: { inFlight: number; size: number }[] };
   assert.ok(counters.queues[0].requests > 0, 'the inflate queue counted its requests');
+  assert.equal(counters.fill[2].inFlight, 1, "the statsq holds the driver's statistics buffer (§5.5.6.3)");
+  assert.ok(counters.fill[2].size > 0);
 
   const keyboard = await InputDriver.open(createLoopback(device('keyboard0'), { memoryBytes: 4 << 20 }).transport);
   const tablet = await InputDriver.open(createLoopback(device('tablet0'), { memoryBytes: 4 << 20 }).transport);
