@@ -59,6 +59,11 @@ async function counter(page: Page, device: string, queue: number, name: string):
   return Number(await page.locator(counterCell(device, queue, name)).textContent());
 }
 
+/** The page's number for one of a queue's fill gauges ('inFlight' or 'size'). */
+function gaugeCell(device: string, queue: number, gauge: string): string {
+  return `[data-device="${device}"] tr[data-queue="${queue}"] [data-gauge="${gauge}"]`;
+}
+
 /** Waits until the page shows `device`'s queue counter above `than`. */
 async function counterAbove(page: Page, device: string, queue: number, name: string, than: number): Promise<number> {
   // Evaluated in the page (an expression: this file is not compiled against the DOM's types).
@@ -157,6 +162,13 @@ test('dashboard in Chromium against a running guest: console, keyboard, balloon,
     while (balloon.status().actualBytes !== 64 * MiB) await once(balloon, 'actual');
     await card.locator('.state').filter({ hasText: 'actual 64 MiB' }).waitFor();
     assert.ok((await counter(page, 'balloon0', 0, 'requests')) > 0, 'the inflateq counted the page numbers the guest sent');
+    // The guest's driver posts one statistics buffer, which the device holds until it wants
+    // statistics (§5.5.6.3): the statsq's fill shows it, of the ring's size.
+    const statsq = 2;
+    await page.waitForFunction(`document.querySelector(${JSON.stringify(gaugeCell('balloon0', statsq, 'inFlight'))})?.textContent === '1'`);
+    const size = Number(await page.locator(gaugeCell('balloon0', statsq, 'size')).textContent());
+    assert.equal(size, balloon.counters.snapshot().fill[statsq].size);
+    assert.ok(size > 0, 'the page shows the ring size the guest chose');
   });
 
   await t.test("the display canvas shows the guest's framebuffer pattern", async () => {
