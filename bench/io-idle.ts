@@ -7,16 +7,22 @@
  * connects): right after warm() (as if warmed on the driver's DRIVER_OK) and WARM_LEAD_MS
  * after (a front-end that connected before its guest booted). Both builds: compiled (dist/, what
  * the `paravirt` command runs) and from source (tsx, where a new thread must load the TypeScript
- * loader first).
+ * loader first). Last, end to end: the compiled `paravirt serve blk` on a file on disk (not
+ * tmpfs, so writes take the I/O threads), paravirt's own vhost-user front-end and blk driver
+ * connected to it, and the latency of the first 4 KiB write made WARM_LEAD_MS after connecting
+ * (as a guest booting behind QEMU's connection) and made at once.
  *
- *     npm run bench -- io-idle
+ *     npm run build && npm run bench -- io-idle
  */
 import { spawn } from 'node:child_process';
-import { open, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pino } from 'pino';
+import type { BlkDriver } from '../src/devices/blk/driver.ts';
 import type { IoThreads as IoThreadsType, Op as OpType } from '../src/storage/io-thread.ts';
+import { PeerProcess } from '../test/lab/peer-process.ts';
 import { report, step } from './_report.ts';
 
 /** How long each pause lasts: past the threads' idle period (5 s in io-thread.ts). */
@@ -33,6 +39,11 @@ interface IoThreadsModule {
   readonly IoThreads: typeof IoThreadsType;
   readonly Op: typeof OpType;
 }
+
+const PARAVIRT = fileURLToPath(new URL('../bin/paravirt.js', import.meta.url));
+/** A directory on disk: a file in memory would take small writes on the event loop, never a thread. */
+const DISK_DIR = '/var/tmp';
+const log = pino({ level: 'warn' });
 
 const BUILDS = [
   { build: 'compiled', module: new URL('../dist/storage/io-thread.js', import.meta.url).href },
@@ -98,6 +109,38 @@ async function measure(build: string, module: string): Promise<void> {
   }
 }
 
+/** The first write through a fresh `paravirt serve blk`, made `leadMs` after its front-end connected. */
+async function serveFirstWrite(leadMs: number): Promise<void> {
+  // Imported here, in the parent process only: the builds' processes load their own native types.
+  const { BlkDriver } = await import('../src/devices/blk/driver.ts');
+  const { VhostUserFrontend } = await import('../src/transports/vhost-user/frontend.ts');
+  const { DeviceId } = await import('../src/virtio/constants.ts');
+  const dir = await mkdtemp(join(DISK_DIR, 'paravirt-io-idle-'));
+  const image = join(dir, 'disk.img');
+  const socketPath = join(dir, 'blk.sock');
+  await writeFile(image, new Uint8Array(1 << 20));
+  const serve = new PeerProcess('paravirt serve blk', [process.execPath, PARAVIRT, 'serve', 'blk', '--socket-path', socketPath, '--image', image], { textStdout: true });
+  let blk: BlkDriver | undefined;
+  try {
+    await serve.waitForOutput(/vhost-user back-end listening/, 0, 'starting to listen');
+    blk = await BlkDriver.open(await VhostUserFrontend.connect(socketPath, { deviceId: DeviceId.BLOCK, log }), { log });
+    if (leadMs > 0) await sleep(leadMs);
+    const data = new Uint8Array(4096).fill(0x5a);
+    const timed = async (): Promise<number> => {
+      const start = performance.now();
+      await blk!.write(8, data);
+      return performance.now() - start;
+    };
+    const context = { leadMs, file: DISK_DIR, load: loadavg()[0] };
+    report('io-idle', leadMs > 0 ? 'serve_first_write_after_lead_ms' : 'serve_first_write_at_once_ms', await timed(), 'ms', context);
+    report('io-idle', leadMs > 0 ? 'serve_second_write_after_lead_ms' : 'serve_second_write_at_once_ms', await timed(), 'ms', context);
+  } finally {
+    await blk?.close();
+    await serve.stop();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 export async function main(): Promise<void> {
   for (const { build, module } of BUILDS) {
     step(`the ${build} I/O threads`);
@@ -105,6 +148,10 @@ export async function main(): Promise<void> {
     const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
     if (code !== 0) throw new Error(`measuring the ${build} I/O threads ended with exit code ${code}`);
   }
+  step(`paravirt serve blk: the first write ${WARM_LEAD_MS} ms after a front-end connected`);
+  await serveFirstWrite(WARM_LEAD_MS);
+  step('paravirt serve blk: the first write as soon as a front-end connected');
+  await serveFirstWrite(0);
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) await measure(process.argv[2], process.argv[3]);
