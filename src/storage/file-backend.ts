@@ -305,9 +305,10 @@ export class FileBackend implements BlockBackend {
 
   /**
    * Start the first I/O thread now rather than with the first transfer that needs one: loading
-   * a Node worker takes 70–500 ms ("The first I/O of a disk" in docs/performance.md), and a
-   * guest's first reads follow its driver's DRIVER_OK within milliseconds. Also for a file in
-   * memory, whose transfers above INLINE_MAX_BYTES still take a thread.
+   * a Node worker takes from 70 ms to over a second on a busy machine ("The first I/O of a disk"
+   * in docs/performance.md), and a guest's first reads follow its driver's DRIVER_OK within
+   * milliseconds. Also for a file in memory, whose transfers above INLINE_MAX_BYTES still take a
+   * thread.
    */
   prepare(): void {
     this.threads?.warm();
