@@ -7,9 +7,9 @@
  *
  * Three ways to send: trySend() copies a finished frame into a free slot and returns at once
  * (false when none is free; whenWritable() says when one is), the path for a sender that must
- * not allocate per frame; trySendInPlace() is the same without the copy: the caller writes the
- * frame straight into the slot, as a NIC driver builds a packet in its DMA buffer; send() waits
- * for a slot and resolves once the device has taken the frame.
+ * not allocate per frame; trySendBurst() is the same without the copy, a burst at a time: the
+ * caller writes each frame straight into its slot, as a NIC driver builds a packet in its DMA
+ * buffer; send() waits for a slot and resolves once the device has taken the frame.
  *
  * A slot goes back to the free list only from the queue's completion (or failure) of its
  * request, so neither path hands out a buffer the device may still be reading.
@@ -115,6 +115,10 @@ export class NetTransmitter {
   private closed = false;
   /** Slot buffers hold a header and the largest plain frame. */
   private readonly slotSize: number;
+  /** The slots of the burst trySendBurst() is sending, at most maxBurst of them. */
+  private readonly burst: TxSlot[] = [];
+  /** The largest burst: one transmit ring's worth. */
+  readonly maxBurst: number;
 
   constructor(
     private readonly core: VirtioDriver,
@@ -125,6 +129,7 @@ export class NetTransmitter {
   ) {
     this.slotSize = NET_HDR_SIZE + plainFrameLimit(mtu);
     this.free = new Array<TxSlot | undefined>(core.queue(1).size * maxPairs).fill(undefined);
+    this.maxBurst = core.queue(1).size;
   }
 
   /** The largest frame without GSO. */
@@ -149,28 +154,46 @@ export class NetTransmitter {
   }
 
   /**
-   * trySend() with the frame written in place: `write` fills `length` bytes of a free slot's
-   * frame area (told whether it wrote that slot's last frame itself), then the slot is queued.
-   * A writer that throws leaves the slot free and nothing sent; the error goes to the caller.
+   * trySend() with the frames written in place, a burst at a time: up to `count` free slots are
+   * taken, `write` fills `length` bytes of each one's frame area (told whether it wrote that
+   * slot's last frame itself), and only then are they queued, in that order. Returns how many
+   * went out, 0 when every slot is in flight. A writer that throws leaves every slot of the
+   * burst free and nothing sent; the error goes to the caller.
+   *
+   * Frames first, then descriptors, as a NIC driver's burst transmit (DPDK's txonly fills its 32
+   * mbufs, then calls tx_burst): the first store into each frame's line misses (the device's
+   * CPU read it since the slot's last frame), and x86 commits stores in order, so a miss stalls
+   * every store behind it once the store buffer is full. Frame after frame, the burst's misses
+   * are in flight together; frame by frame, each waits behind the bookkeeping of the one before.
    */
-  trySendInPlace(length: number, write: FrameWriter, meta: Offload, pair: number, pairs: number): boolean {
+  trySendBurst(count: number, length: number, write: FrameWriter, meta: Offload, pair: number, pairs: number): number {
     this.check(length, this.plainLimit);
+    if (!(count >= 1 && count <= this.maxBurst) || count !== Math.floor(count)) {
+      throw new RangeError(`net: a burst of ${count} frames is outside 1..${this.maxBurst}`);
+    }
     const queue = this.core.queue(2 * pair + 1);
-    const slot = this.takeNow(length, pairs, queue);
-    if (slot === undefined) return false;
-    const again = slot.writer === write;
-    // Until the writer returns, the buffer holds a frame nobody wrote whole.
-    slot.writer = undefined;
+    const burst = this.burst;
+    const n = this.takeBurst(count, length, pairs, queue);
+    let k = 0;
     try {
-      write(slot.frameArea, length, again);
+      for (; k < n; k++) {
+        const slot = burst[k];
+        const again = slot.writer === write;
+        // Until the writer returns, the buffer holds a frame nobody wrote whole.
+        slot.writer = undefined;
+        write(slot.frameArea, length, again);
+        slot.writer = write;
+      }
     } catch (err) {
-      this.put(slot);
+      for (let i = 0; i < n; i++) this.put(burst[i]);
       throw err;
     }
-    slot.writer = write;
-    slot.prepare(length, meta, undefined);
-    queue.start(slot);
-    return true;
+    for (k = 0; k < n; k++) {
+      const slot = burst[k];
+      slot.prepare(length, meta, undefined);
+      queue.start(slot);
+    }
+    return n;
   }
 
   /** Resolves when a transmit slot may be free for `pairs` in use (at once when one is, or the driver closed). */
@@ -250,18 +273,36 @@ export class NetTransmitter {
   }
 
   /**
-   * A free slot for trySend*() on `queue`, undefined when all are in flight; throws when none
-   * will ever come back. Out of slots, it first takes back what the device has used meanwhile
-   * (once per turn: RequestQueue.reclaim), rather than leave the caller to wait for a poll turn.
+   * A free slot for trySend() on `queue`, undefined when all are in flight; throws when none
+   * will ever come back.
    */
   private takeNow(length: number, pairs: number, queue: RequestQueue): TxSlot | undefined {
-    let slot = this.take(pairs);
-    if (slot === undefined && queue.reclaim()) slot = this.take(pairs);
-    if (slot === undefined) {
+    const burst = this.burst;
+    if (this.takeBurst(1, length, pairs, queue) === 0) return undefined;
+    return burst[0];
+  }
+
+  /**
+   * Up to `count` free slots into `burst`, for trySend*() on `queue`; returns how many, 0 when
+   * all are in flight, and throws when none will ever come back. Short of slots, it first takes
+   * back what the device has used meanwhile (once per turn: RequestQueue.reclaim), rather than
+   * leave the caller to wait for a poll turn, as DPDK's transmit path frees used descriptors
+   * when it runs short.
+   */
+  private takeBurst(count: number, length: number, pairs: number, queue: RequestQueue): number {
+    if (this.freeCount < count) queue.reclaim();
+    const burst = this.burst;
+    let n = 0;
+    while (n < count) {
+      const slot = this.take(pairs);
+      if (slot === undefined) break;
+      burst[n++] = slot;
+    }
+    if (n === 0) {
       if (this.closed) throw new Error('net: the driver is closed');
       if (this.slotsMade === this.freeCount) throw new Error(`net: DMA memory exhausted sending a frame of ${length} bytes`);
     }
-    return slot;
+    return n;
   }
 
   /** A free slot, made when fewer than one per transmit ring entry of the pairs in use exist; undefined when none. */

@@ -154,7 +154,18 @@ export class NetDriver {
    * writer that throws sends nothing and its error is thrown here.
    */
   trySendInPlace(length: number, write: FrameWriter, options: SendOptions = DEFAULT_SEND): boolean {
-    return this.tx.trySendInPlace(length, write, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);
+    return this.trySendBurst(1, length, write, options) === 1;
+  }
+
+  /**
+   * trySendInPlace() for up to `count` frames at once (1 up to the transmit queue's size), the
+   * way a NIC driver's burst transmit goes (DPDK's tx_burst): `write` fills each free buffer in
+   * turn, then all are queued. Returns how many frames went out, 0 (with `write` not called)
+   * when every buffer is in flight. A writer that throws sends nothing of the burst and its
+   * error is thrown here.
+   */
+  trySendBurst(count: number, length: number, write: FrameWriter, options: SendOptions = DEFAULT_SEND): number {
+    return this.tx.trySendBurst(count, length, write, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);
   }
 
   /** Resolves when trySend() may find a free transmit buffer again. */

@@ -111,6 +111,62 @@ test('trySend fills every transmit buffer without waiting, refuses when none is 
   }
 });
 
+for (const packed of [false, true]) {
+  test(`trySendBurst: a burst takes what is free up to its count, frames go out in the order written, and a writer that throws sends none of the burst (${packed ? 'packed' : 'split'})`, async () => {
+    const sw = new L2Switch();
+    const a = await station(sw.createPort('a'), { mac: MAC_A }, { packed, queueSize: 16, pollMicros: 200 });
+    const b = await station(sw.createPort('b'), { mac: MAC_B });
+    try {
+      let seq = 0;
+      const buffers = new Set<Uint8Array>();
+      const write = (buffer: Uint8Array, length: number): void => {
+        buffers.add(buffer);
+        buffer.set(frame(MAC_B, MAC_A, length, seq++ & 0xff));
+      };
+      // 40 frames in bursts of 6 through a ring of 16: bursts cut short, or refused, when all are in flight.
+      let sent = 0;
+      let short = 0;
+      while (sent < 40) {
+        const n = a.drv.trySendBurst(Math.min(6, 40 - sent), 80, write);
+        assert.ok(n >= 0 && n <= 6);
+        if (n < Math.min(6, 40 - sent)) short++;
+        sent += n;
+        if (n === 0) await a.drv.whenWritable();
+      }
+      assert.equal(seq, 40, 'the writer ran once per frame sent');
+      assert.ok(short > 0, 'a ring of 16 cannot take 40 frames at once');
+      assert.ok(buffers.size <= 16, `at most one buffer per ring entry, not ${buffers.size}`);
+      for (let i = 0; i < 40; i++) assert.deepEqual((await nextFrame(b.drv)).frame, frame(MAC_B, MAC_A, 80, i), `frame ${i}`);
+      await until(() => a.drv.counters.txPackets === 40);
+
+      // A writer failing at its third frame: nothing of the burst goes out, and every buffer is free again.
+      const broken = new Error('the writer broke');
+      let calls = 0;
+      assert.throws(
+        () =>
+          a.drv.trySendBurst(5, 80, (buffer, length) => {
+            if (++calls === 3) throw broken;
+            buffer.set(frame(MAC_B, MAC_A, length, 0xee));
+          }),
+        (err) => err === broken,
+      );
+      assert.equal(calls, 3);
+      assert.equal(a.drv.trySendBurst(16, 80, write), 16, 'all 16 buffers are free again');
+      for (let i = 40; i < 56; i++) assert.deepEqual((await nextFrame(b.drv)).frame, frame(MAC_B, MAC_A, 80, i), `frame ${i}`);
+      await until(() => a.drv.counters.txPackets === 56);
+      assert.equal(a.drv.counters.txFailed, 0);
+
+      for (const count of [0, 17, 2.5, Number.NaN]) {
+        assert.throws(() => a.drv.trySendBurst(count, 80, () => assert.fail('not called')), /a burst of .* frames is outside 1\.\.16/);
+      }
+      assert.throws(() => a.drv.trySendBurst(4, 10, () => assert.fail('not called')), /a frame of 10 bytes is outside 14\.\.1518 bytes/);
+    } finally {
+      await a.drv.close();
+      await b.drv.close();
+    }
+  });
+}
+
 test('trySendInPlace: frames written straight into transmit buffers arrive whole, a buffer still holds the last frame its writer wrote, and a writer that throws sends nothing', async () => {
   const sw = new L2Switch();
   const a = await station(sw.createPort('a'), { mac: MAC_A }, { queueSize: 16, pollMicros: 200 });
