@@ -303,12 +303,13 @@ export class RequestQueue {
             len = writable;
           }
         }
-        this.inFlight--;
         reqs[n] = req;
         lens[n] = len;
         n++;
       }
+      this.inFlight -= n;
     } catch (err) {
+      this.inFlight -= n;
       this.dispatch(n);
       this.fail(new Error(`${this.name}: device broke the ring protocol: ${err instanceof Error ? err.message : String(err)}`));
       return -1;
