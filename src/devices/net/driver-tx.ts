@@ -48,6 +48,8 @@ class TxSlot implements QueueRequest {
   writer: FrameWriter | undefined;
   /** The offload metadata whose header the buffer holds (undefined: none written yet). */
   private headerMeta: Offload | undefined;
+  /** The header's first byte (its flags) as last written. */
+  headerFirst = 0;
   /** Settles a send() waiting for this frame; undefined for trySend(). */
   private settle: ((err: Error | undefined) => void) | undefined;
 
@@ -76,6 +78,7 @@ class TxSlot implements QueueRequest {
     if (meta !== this.headerMeta) {
       encodeNetHeader(meta, 0, this.view);
       this.headerMeta = meta;
+      this.headerFirst = this.view[0];
     }
     // Each field is stored only when it changes: a sender repeating one frame length stores none
     // of them, and every store queued here waits behind the frame line's miss (trySendBurst).
@@ -126,6 +129,8 @@ export class NetTransmitter {
   private readonly burst: TxSlot[] = [];
   /** The largest burst: one transmit ring's worth. */
   readonly maxBurst: number;
+  /** A FrameWriter of trySendBurst() is running. */
+  private writing = false;
 
   constructor(
     private readonly core: VirtioDriver,
@@ -178,34 +183,39 @@ export class NetTransmitter {
     if (!(count >= 1 && count <= this.maxBurst) || count !== Math.floor(count)) {
       throw new RangeError(`net: a burst of ${count} frames is outside 1..${this.maxBurst}`);
     }
+    // The burst's slots are in one array of the transmitter: a writer that started a burst of its
+    // own would overwrite them (trySend and send take slots apart and may be called).
+    if (this.writing) throw new Error('net: a frame writer cannot write frames itself');
     const queue = this.core.queue(2 * pair + 1);
     const burst = this.burst;
     const n = this.takeBurst(count, length, pairs, queue);
     // Take each buffer's first line for writing before any frame is written: the header's first
-    // byte stored again as it is (the driver's own byte: the device only reads it), in a loop
-    // that stores nothing else, so the burst's misses on those lines go out together; the
-    // writer's stores then find lines this CPU holds. A prefetch for writing, which JavaScript
-    // does not have.
+    // byte stored again, in a loop that stores nothing else, so the burst's misses on lines the
+    // device's CPU read since go out together and the writer's stores find lines this CPU holds.
+    // A prefetch for writing, which JavaScript does not have.
     for (let i = 0; i < n; i++) {
-      const view = burst[i].view;
-      view[0] = view[0];
+      const slot = burst[i];
+      slot.view[0] = slot.headerFirst;
     }
     let k = 0;
+    this.writing = true;
     try {
       for (; k < n; k++) {
         const slot = burst[k];
-        const again = slot.writer === write;
-        // Until the writer returns, the buffer holds a frame nobody wrote whole.
-        slot.writer = undefined;
-        write(slot.frameArea, length, again);
-        slot.writer = write;
+        write(slot.frameArea, length, slot.writer === write);
       }
     } catch (err) {
+      // The buffers before k hold this writer's frames whole; the one it was writing, none.
+      for (let i = 0; i < k; i++) burst[i].writer = write;
+      burst[k].writer = undefined;
       for (let i = 0; i < n; i++) this.put(burst[i]);
       throw err;
+    } finally {
+      this.writing = false;
     }
     for (k = 0; k < n; k++) {
       const slot = burst[k];
+      if (slot.writer !== write) slot.writer = write;
       slot.prepare(length, meta, undefined);
       queue.start(slot);
     }
@@ -293,9 +303,10 @@ export class NetTransmitter {
    * will ever come back.
    */
   private takeNow(length: number, pairs: number, queue: RequestQueue): TxSlot | undefined {
-    const burst = this.burst;
-    if (this.takeBurst(1, length, pairs, queue) === 0) return undefined;
-    return burst[0];
+    let slot = this.take(pairs);
+    if (slot === undefined && queue.reclaim()) slot = this.take(pairs);
+    if (slot === undefined) this.noSlot(length);
+    return slot;
   }
 
   /**
@@ -314,11 +325,14 @@ export class NetTransmitter {
       if (slot === undefined) break;
       burst[n++] = slot;
     }
-    if (n === 0) {
-      if (this.closed) throw new Error('net: the driver is closed');
-      if (this.slotsMade === this.freeCount) throw new Error(`net: DMA memory exhausted sending a frame of ${length} bytes`);
-    }
+    if (n === 0) this.noSlot(length);
     return n;
+  }
+
+  /** No slot is free: throws when none will ever come back (the driver closed, or memory ran out with none in flight). */
+  private noSlot(length: number): void {
+    if (this.closed) throw new Error('net: the driver is closed');
+    if (this.slotsMade === this.freeCount) throw new Error(`net: DMA memory exhausted sending a frame of ${length} bytes`);
   }
 
   /** A free slot, made when fewer than one per transmit ring entry of the pairs in use exist; undefined when none. */

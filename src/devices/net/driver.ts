@@ -162,7 +162,7 @@ export class NetDriver {
    * way a NIC driver's burst transmit goes (DPDK's tx_burst): `write` fills each free buffer in
    * turn, then all are queued. Returns how many frames went out, 0 (with `write` not called)
    * when every buffer is in flight. A writer that throws sends nothing of the burst and its
-   * error is thrown here.
+   * error is thrown here; a writer may not call trySendInPlace() or trySendBurst() itself.
    */
   trySendBurst(count: number, length: number, write: FrameWriter, options: SendOptions = DEFAULT_SEND): number {
     return this.tx.trySendBurst(count, length, write, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);

@@ -151,6 +151,7 @@ for (const packed of [false, true]) {
         (err) => err === broken,
       );
       assert.equal(calls, 3);
+      assert.throws(() => a.drv.trySendBurst(2, 80, () => a.drv.trySendInPlace(80, write)), /a frame writer cannot write frames itself/);
       assert.equal(a.drv.trySendBurst(16, 80, write), 16, 'all 16 buffers are free again');
       for (let i = 40; i < 56; i++) assert.deepEqual((await nextFrame(b.drv)).frame, frame(MAC_B, MAC_A, 80, i), `frame ${i}`);
       await until(() => a.drv.counters.txPackets === 56);
