@@ -319,14 +319,26 @@ export class NetTransmitter {
   private takeBurst(count: number, length: number, pairs: number, queue: RequestQueue): number {
     if (this.freeCount < count) queue.reclaim();
     const burst = this.burst;
-    let n = 0;
-    while (n < count) {
+    // Free slots first, taken off the FIFO with its head and count stored once per burst (an
+    // entry taken is left as it is: it is outside the count, and rewritten when a slot comes back).
+    const free = this.free;
+    const n = Math.min(count, this.freeCount);
+    let head = this.freeHead;
+    for (let i = 0; i < n; i++) {
+      burst[i] = free[head]!;
+      head = head + 1 === free.length ? 0 : head + 1;
+    }
+    this.freeHead = head;
+    this.freeCount -= n;
+    // Then slots made, while fewer than one per ring entry exist.
+    let made = n;
+    while (made < count) {
       const slot = this.take(pairs);
       if (slot === undefined) break;
-      burst[n++] = slot;
+      burst[made++] = slot;
     }
-    if (n === 0) this.noSlot(length);
-    return n;
+    if (made === 0) this.noSlot(length);
+    return made;
   }
 
   /** No slot is free: throws when none will ever come back (the driver closed, or memory ran out with none in flight). */
