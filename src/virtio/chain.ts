@@ -7,7 +7,7 @@
  * and feed them here; the builder does the checks and fills the DescriptorChain.
  */
 import { ChainSegments, DescriptorChain, VirtqueueError } from './queue.ts';
-import { ViewCache, type GuestMemory } from './memory.ts';
+import { ViewCache, type GuestMemory, type RegionSpan } from './memory.ts';
 import { FRONT_END_MAX_QUEUE_SIZE } from './constants.ts';
 
 const U32_MAX = 0xffff_ffff;
@@ -61,13 +61,7 @@ export class ChainBuilder {
     if (segs.count >= limit) {
       throw new VirtqueueError('chain too long', `${this.queueName}: more than ${limit} descriptors (loop?)`);
     }
-    const region = this.memory.locate(addr, len);
-    if (region === undefined) {
-      throw new VirtqueueError(
-        'buffer outside guest memory',
-        `${this.queueName}: ${len} bytes at 0x${addr.toString(16)}`,
-      );
-    }
+    const region = this.locate(addr, len);
     if (deviceWritable) {
       this.writableLength += len;
       if (this.writableLength > U32_MAX) {
@@ -91,15 +85,47 @@ export class ChainBuilder {
   }
 
   /**
+   * The region holding a descriptor's buffer, [addr, addr+len); throws when any byte of it lies
+   * outside guest memory. For a chain of one descriptor: locate it, make the last checks that may
+   * fail, then fill the record with single().
+   */
+  locate(addr: number, len: number): RegionSpan {
+    const region = this.memory.locate(addr, len);
+    if (region === undefined) {
+      throw new VirtqueueError(
+        'buffer outside guest memory',
+        `${this.queueName}: ${len} bytes at 0x${addr.toString(16)}`,
+      );
+    }
+    return region;
+  }
+
+  /**
+   * Fill the record of `id` (checked as for build()) with a chain that is one direct descriptor
+   * taking one ring slot, the common case, whose buffer locate() found in `region`. None of
+   * add()'s other checks can fail for one descriptor: the limit is at least one, a 32-bit length
+   * cannot overflow the 32-bit totals, and nothing precedes it. The record is filled in place
+   * (it is not in flight, so nothing reads it), the builder's own segments untouched.
+   */
+  single(id: number, region: RegionSpan, addr: number, len: number, deviceWritable: boolean): DescriptorChain {
+    const chain = this.records[id] ?? this.record(id);
+    chain.refillOne(id, this.cache, region.bytes, addr - region.start, len, deviceWritable);
+    return chain;
+  }
+
+  /** The record of `id`, made on its first use. */
+  private record(id: number): DescriptorChain {
+    const chain = new DescriptorChain(id, 0, [], [], 0, 0);
+    this.records[id] = chain;
+    return chain;
+  }
+
+  /**
    * Finish the chain as the record of `id` (below the `ids` given at construction), which the
    * caller checked is not in flight; `ringDescriptors` is how many ring slots it took.
    */
   build(id: number, ringDescriptors: number): DescriptorChain {
-    let chain = this.records[id];
-    if (chain === undefined) {
-      chain = new DescriptorChain(id, 0, [], [], 0, 0);
-      this.records[id] = chain;
-    }
+    const chain = this.records[id] ?? this.record(id);
     this.segs = chain.refill(id, ringDescriptors, this.segs, this.readableLength, this.writableLength);
     return chain;
   }

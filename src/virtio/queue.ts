@@ -180,6 +180,25 @@ export class DescriptorChain {
     this.writableViews = undefined;
     return old;
   }
+
+  /**
+   * Refill this record in place with a chain of one descriptor (ChainBuilder.single, once it knows
+   * the id is not in flight and the span lies in guest memory): `length` bytes at `offset` of
+   * `bytes`, device-writable or device-readable, views from `cache`.
+   */
+  refillOne(id: number, cache: ViewCache, bytes: Uint8Array, offset: number, length: number, deviceWritable: boolean): void {
+    const segs = this.segs;
+    segs.cache = cache;
+    segs.count = 0;
+    segs.put(bytes, offset, length);
+    segs.readableCount = deviceWritable ? 0 : 1;
+    this.chainId = id;
+    this.ringSlots = 1;
+    this.readableBytes = deviceWritable ? 0 : length;
+    this.writableBytes = deviceWritable ? length : 0;
+    this.readableViews = undefined;
+    this.writableViews = undefined;
+  }
 }
 
 /**

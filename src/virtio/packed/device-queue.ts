@@ -51,6 +51,8 @@ const usedPattern = usedPatternBinding;
 const addr64 = addr64Binding;
 const PLAIN_READ_ACQUIRES = PLAIN_READ_ACQUIRESBinding;
 const U32_MAX = 0xffff_ffff;
+/** The flags that make a descriptor more than a whole chain on its own (§2.8.6, §2.8.7). */
+const CHAIN_FLAGS = NEXT | INDIRECT;
 /** The flags that make a descriptor more than one device-readable buffer (§2.8.6, §2.8.7). */
 const SPAN_FLAGS = NEXT | WRITE | INDIRECT;
 
@@ -165,6 +167,18 @@ export class PackedDeviceQueue implements ResubmittingQueue {
     if (flags === -1) return null;
 
     const builder = this.builder;
+    if ((flags & CHAIN_FLAGS) === 0) {
+      // One direct descriptor, the common case: the checks of the walk below, in its order (the
+      // buffer inside guest memory, then the id and the ring's capacity in claim()).
+      const w = pos * 4;
+      const addr = addr64(words[w], words[w + 1]);
+      const len = words[w + 2];
+      const region = builder.locate(addr, len);
+      const id = halves[pos * 8 + 6];
+      if (pos + 1 === size) this.claim(id, 1, 0, !wrap);
+      else this.claim(id, 1, pos + 1, wrap);
+      return builder.single(id, region, addr, len, (flags & WRITE) !== 0);
+    }
     builder.reset();
     let slots = 0;
     for (;;) {

@@ -30,6 +30,8 @@ import {
   usedAvailEvent,
 } from './layout.ts';
 
+/** The flags that make a descriptor more than a whole chain on its own (§2.7.5, §2.7.5.3). */
+const CHAIN_FLAGS = DescFlag.NEXT | DescFlag.INDIRECT;
 /** The flags that make a descriptor more than one device-readable buffer (§2.7.5). */
 const SPAN_FLAGS = DescFlag.NEXT | DescFlag.WRITE | DescFlag.INDIRECT;
 
@@ -223,6 +225,15 @@ export class SplitDeviceQueue implements ResubmittingQueue {
    */
   private walk(head: number): DescriptorChain {
     const builder = this.builder;
+    const hw = head << 2;
+    const headFlags = this.desc[hw + 3];
+    // One direct descriptor, the common case: the same checks as below (its buffer inside guest
+    // memory; a chain of one cannot be too long, overflow or have readable after writable).
+    if ((headFlags & CHAIN_FLAGS) === 0) {
+      const addr = addr64(this.desc[hw], this.desc[hw + 1]);
+      const len = this.desc[hw + 2];
+      return builder.single(head, builder.locate(addr, len), addr, len, (headFlags & DescFlag.WRITE) !== 0);
+    }
     builder.reset();
     let table = this.desc;
     let tableLength = this.size;
