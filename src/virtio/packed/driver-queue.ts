@@ -130,6 +130,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
 
   add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
     const count = out.length + inSegs.length;
+    if (count === 1) return out.length === 1 ? this.addOne(out[0], 0, token) : this.addOne(inSegs[0], WRITE, token);
     if (count === 0 || count > this.size) {
       throw new RangeError(`${this.name}: a buffer has 1..${this.size} segments, not ${count}`);
     }
@@ -145,6 +146,36 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     const slots = indirect ? 1 : count;
     if (this.freeCount === 0 || slots > this.size - this.outstanding) return false;
 
+    const id = this.takeId(token, writable, slots);
+    const head = this.availPos;
+    const headFlags = indirect ? this.writeIndirect(out, inSegs, count, id) : this.writeChain(out, inSegs, count, id);
+    this.makeAvailable(head, headFlags);
+    return true;
+  }
+
+  /**
+   * add() of a buffer of one segment, the common case: one ring descriptor (a single segment is
+   * never placed indirectly), `write` WRITE or 0; the same checks in the same order.
+   */
+  private addOne(seg: Segment, write: number, token: T): boolean {
+    const len = checkSegment(this.name, seg);
+    if (this.freeCount === 0 || this.outstanding === this.size) return false;
+    const id = this.takeId(token, write === 0 ? 0 : len, 1);
+    const pos = this.availPos;
+    putDescriptor(this.words, this.halves, pos, seg.addr, len, id);
+    const flags = availablePattern(this.availWrap) | write;
+    if (pos + 1 === this.size) {
+      this.availPos = 0;
+      this.availWrap = !this.availWrap;
+    } else {
+      this.availPos = pos + 1;
+    }
+    this.makeAvailable(pos, flags);
+    return true;
+  }
+
+  /** A free buffer id, now in flight with `token`, `writable` bytes and `slots` ring slots in the open batch. */
+  private takeId(token: T, writable: number, slots: number): number {
     const id = this.freeIds[--this.freeCount];
     this.batchOf[id] = this.openBatch;
     this.tokens[id] = token;
@@ -155,16 +186,17 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       this.order[(this.orderHead + this.orderCount) % this.size] = id;
       this.orderCount++;
     }
-    const head = this.availPos;
-    const headFlags = indirect ? this.writeIndirect(out, inSegs, count, id) : this.writeChain(out, inSegs, count, id);
-    // §2.8.6: the head is made available after the rest; a batch's first head waits for kick().
+    return id;
+  }
+
+  /** §2.8.6: the head at `head` is made available after the rest of its buffer; a batch's first head waits for kick(). */
+  private makeAvailable(head: number, headFlags: number): void {
     if (this.batchHead === -1) {
       this.batchHead = head;
       this.batchHeadFlags = headFlags;
     } else {
       this.halves[head * 8 + 7] = headFlags;
     }
-    return true;
   }
 
   /** Write a buffer's segments as a NEXT-linked list of ring descriptors; returns the head's flags, not yet stored. */

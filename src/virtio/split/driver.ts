@@ -155,6 +155,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
     const readable = out.length;
     const n = readable + inSegs.length;
+    if (n === 1) return readable === 1 ? this.addOne(out[0], 0, token) : this.addOne(inSegs[0], DescFlag.WRITE, token);
     if (n === 0) throw new RangeError(`${this.name}: a buffer needs at least one segment`);
     const indirect = n > 1 && n <= this.maxIndirect;
     const needed = indirect ? 1 : n;
@@ -173,9 +174,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
       const seg = s < readable ? out[s] : inSegs[s - readable];
       const addr = seg.addr;
       const len = seg.len;
-      if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isInteger(len) || len < 0 || len > U32_MAX) {
-        throw new RangeError(`${this.name}: segment ${s} (${len} bytes at ${addr}) is not a 64-bit address and 32-bit length`);
-      }
+      this.checkSegment(s, addr, len);
       let flags = s < readable ? 0 : DescFlag.WRITE;
       if (s >= readable) writable += len;
       const next = indirect ? s + 1 : this.nextFree[i];
@@ -189,9 +188,40 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     } else {
       tail = i;
     }
+    this.expose(head, tail, needed, token, writable);
+    return true;
+  }
+
+  /**
+   * add() of a buffer of one segment, the common case: one direct descriptor at the head of the
+   * free list (a single segment is never placed indirectly), `flags` WRITE or 0.
+   */
+  private addOne(seg: Segment, flags: number, token: T): boolean {
+    if (this.freeCount === 0) return false;
+    const addr = seg.addr;
+    const len = seg.len;
+    this.checkSegment(0, addr, len);
+    const head = this.freeHead;
+    writeDescriptor(this.desc, head << 2, addr, len, flags);
+    this.expose(head, head, 1, token, flags === 0 ? 0 : len);
+    return true;
+  }
+
+  /** A driver's own segment `s` is a 64-bit guest address and a 32-bit length, or a RangeError. */
+  private checkSegment(s: number, addr: number, len: number): void {
+    if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isInteger(len) || len < 0 || len > U32_MAX) {
+      throw new RangeError(`${this.name}: segment ${s} (${len} bytes at ${addr}) is not a 64-bit address and 32-bit length`);
+    }
+  }
+
+  /**
+   * Take the chain of `descs` ring descriptors from `head` to `tail` off the free list, record
+   * it in flight with its token and writable bytes, and put its head in the next available entry.
+   */
+  private expose(head: number, tail: number, descs: number, token: T, writable: number): void {
     this.freeHead = this.nextFree[tail];
-    this.freeCount -= needed;
-    this.chainDescs[head] = needed;
+    this.freeCount -= descs;
+    this.chainDescs[head] = descs;
     this.chainTail[head] = tail;
     this.tokens[head] = token;
     this.writableBytes[head] = writable;
@@ -201,7 +231,6 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     if (this.avail[AVAIL_RING + slot] !== head) this.avail[AVAIL_RING + slot] = head;
     this.availHeads[slot] = head;
     this.availIdx = (this.availIdx + 1) & 0xffff;
-    return true;
   }
 
   kick(): boolean {
