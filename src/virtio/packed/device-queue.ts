@@ -158,27 +158,35 @@ export class PackedDeviceQueue implements ResubmittingQueue {
   }
 
   pop(): DescriptorChain | null {
+    const pos = this.availPos;
+    const wrap = this.availWrap;
+    const flags = this.availableHead(pos, wrap);
+    if (flags === -1) return null;
+    if ((flags & CHAIN_FLAGS) !== 0) return this.walk(pos, wrap, flags);
+    // One direct descriptor, the common case, taken without the walk (which stays out of line, so
+    // that this path is small enough to be inlined where pop() is called): the walk's checks in
+    // its order, the buffer inside guest memory, then the id and the ring's capacity in claim().
+    const builder = this.builder;
+    const words = this.words;
+    const w = pos * 4;
+    const addr = addr64(words[w], words[w + 1]);
+    const len = words[w + 2];
+    const region = builder.locate(addr, len);
+    const id = this.halves[pos * 8 + 6];
+    if (pos + 1 === this.size) this.claim(id, 1, 0, !wrap);
+    else this.claim(id, 1, pos + 1, wrap);
+    return builder.single(id, region, addr, len, (flags & WRITE) !== 0);
+  }
+
+  /**
+   * Follow the chain whose head at avail position `pos`, lap `wrap`, the driver made available
+   * with `flags`: a list of descriptors linked by NEXT, or one indirect descriptor (§2.8.6, §2.8.7).
+   */
+  private walk(pos: number, wrap: boolean, flags: number): DescriptorChain {
     const size = this.size;
     const halves = this.halves;
     const words = this.words;
-    let pos = this.availPos;
-    let wrap = this.availWrap;
-    let flags = this.availableHead(pos, wrap);
-    if (flags === -1) return null;
-
     const builder = this.builder;
-    if ((flags & CHAIN_FLAGS) === 0) {
-      // One direct descriptor, the common case: the checks of the walk below, in its order (the
-      // buffer inside guest memory, then the id and the ring's capacity in claim()).
-      const w = pos * 4;
-      const addr = addr64(words[w], words[w + 1]);
-      const len = words[w + 2];
-      const region = builder.locate(addr, len);
-      const id = halves[pos * 8 + 6];
-      if (pos + 1 === size) this.claim(id, 1, 0, !wrap);
-      else this.claim(id, 1, pos + 1, wrap);
-      return builder.single(id, region, addr, len, (flags & WRITE) !== 0);
-    }
     builder.reset();
     let slots = 0;
     for (;;) {

@@ -163,7 +163,22 @@ export class SplitDeviceQueue implements ResubmittingQueue {
   /** Check `head`, walk its chain and mark it in flight (in pop order, for IN_ORDER). */
   private take(head: number, twice: string): DescriptorChain {
     this.checkHead(head, twice);
-    const chain = this.walk(head);
+    const desc = this.desc;
+    const w = head << 2;
+    const flags = desc[w + 3];
+    let chain: DescriptorChain;
+    if ((flags & CHAIN_FLAGS) === 0) {
+      // One direct descriptor, the common case, taken without the walk (which stays out of line,
+      // so that this path is small enough to be inlined where pop() is called): the walk's
+      // checks, the buffer inside guest memory; a chain of one cannot be too long, overflow, or
+      // have readable after writable.
+      const builder = this.builder;
+      const addr = addr64(desc[w], desc[w + 1]);
+      const len = desc[w + 2];
+      chain = builder.single(head, builder.locate(addr, len), addr, len, (flags & DescFlag.WRITE) !== 0);
+    } else {
+      chain = this.walk(head);
+    }
     this.markInFlight(head);
     return chain;
   }
@@ -225,15 +240,6 @@ export class SplitDeviceQueue implements ResubmittingQueue {
    */
   private walk(head: number): DescriptorChain {
     const builder = this.builder;
-    const hw = head << 2;
-    const headFlags = this.desc[hw + 3];
-    // One direct descriptor, the common case: the same checks as below (its buffer inside guest
-    // memory; a chain of one cannot be too long, overflow or have readable after writable).
-    if ((headFlags & CHAIN_FLAGS) === 0) {
-      const addr = addr64(this.desc[hw], this.desc[hw + 1]);
-      const len = this.desc[hw + 2];
-      return builder.single(head, builder.locate(addr, len), addr, len, (headFlags & DescFlag.WRITE) !== 0);
-    }
     builder.reset();
     let table = this.desc;
     let tableLength = this.size;
