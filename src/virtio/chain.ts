@@ -91,12 +91,7 @@ export class ChainBuilder {
    */
   locate(addr: number, len: number): RegionSpan {
     const region = this.memory.locate(addr, len);
-    if (region === undefined) {
-      throw new VirtqueueError(
-        'buffer outside guest memory',
-        `${this.queueName}: ${len} bytes at 0x${addr.toString(16)}`,
-      );
-    }
+    if (region === undefined) throw outsideMemory(this.queueName, addr, len);
     return region;
   }
 
@@ -129,6 +124,11 @@ export class ChainBuilder {
     this.segs = chain.refill(id, ringDescriptors, this.segs, this.readableLength, this.writableLength);
     return chain;
   }
+}
+
+/** Made out of line, so that locate() stays small enough to inline into a queue's pop(). */
+function outsideMemory(queueName: string, addr: number, len: number): VirtqueueError {
+  return new VirtqueueError('buffer outside guest memory', `${queueName}: ${len} bytes at 0x${addr.toString(16)}`);
 }
 
 /**

@@ -257,10 +257,7 @@ export class PackedDeviceQueue implements ResubmittingQueue {
       const w = pos * 4;
       const addr = addr64(words[w], words[w + 1]);
       const len = words[w + 2];
-      const region = this.memory.locate(addr, len);
-      if (region === undefined) {
-        throw new VirtqueueError('buffer outside guest memory', `${this.name}: ${len} bytes at 0x${addr.toString(16)}`);
-      }
+      const region = this.builder.locate(addr, len);
       const id = halves[pos * 8 + 6];
       const next = pos + 1;
       if (next === size) this.claim(id, 1, 0, !wrap);
@@ -297,12 +294,7 @@ export class PackedDeviceQueue implements ResubmittingQueue {
    */
   private claim(id: number, slots: number, pos: number, wrap: boolean): void {
     this.checkId(id);
-    if (this.held + slots > this.size) {
-      throw new VirtqueueError(
-        'ring overrun',
-        `${this.name}: the driver made available descriptors the device has not used yet`,
-      );
-    }
+    if (this.held + slots > this.size) throw ringOverrun(this.name);
     this.held += slots;
     this.availPos = pos;
     this.availWrap = wrap;
@@ -310,12 +302,8 @@ export class PackedDeviceQueue implements ResubmittingQueue {
   }
 
   private checkId(id: number): void {
-    if (id >= this.size) {
-      throw new VirtqueueError('buffer id out of range', `${this.name}: id ${id}, queue size ${this.size}`);
-    }
-    if (this.idInFlight[id] !== 0) {
-      throw new VirtqueueError('buffer id in use', `${this.name}: id ${id} was made available again before it was used`);
-    }
+    if (id >= this.size) throw idOutOfRange(this.name, id, this.size);
+    if (this.idInFlight[id] !== 0) throw idInUse(this.name, id);
   }
 
   /** Buffer `id` is now in flight. */
@@ -381,13 +369,9 @@ export class PackedDeviceQueue implements ResubmittingQueue {
   }
 
   push(chain: DescriptorChain, written: number): void {
-    if (!Number.isInteger(written) || written < 0 || written > chain.writableLength) {
-      throw new RangeError(`${this.name}: written ${written} is not in 0..${chain.writableLength}`);
-    }
+    if (!Number.isInteger(written) || written < 0 || written > chain.writableLength) throw badWritten(this.name, chain, written);
     const id = chain.id;
-    if (chain.ringDescriptors > this.held) {
-      throw new RangeError(`${this.name}: push of buffer ${id}, which is not in flight`);
-    }
+    if (chain.ringDescriptors > this.held) throw pushNotInFlight(this.name, id);
     this.retire(id, chain.ringDescriptors, written, written === chain.writableLength);
   }
 
@@ -398,9 +382,7 @@ export class PackedDeviceQueue implements ResubmittingQueue {
   private retire(id: number, slots: number, written: number, complete: boolean): void {
     if (this.idInFlight[id] !== 0) {
       if (this.inOrder) {
-        if (this.popOrder[this.popOrderHead] !== id) {
-          throw new RangeError(`${this.name}: with IN_ORDER buffers must be pushed in the order popped (got ${id})`);
-        }
+        if (this.popOrder[this.popOrderHead] !== id) throw outOfOrder(this.name, id);
         this.popOrderHead = (this.popOrderHead + 1) % this.size;
         this.popOrderCount--;
       }
@@ -492,4 +474,31 @@ export class PackedDeviceQueue implements ResubmittingQueue {
   disableNotifications(): void {
     Atomics.store(this.deviceEvent, 0, eventWord(RingEventFlags.DISABLE));
   }
+}
+
+// Errors of the per-chain paths are made out of line: a template string costs bytecode, and V8
+// inlines a method into its caller only while the caller's inlined bytecode stays small.
+
+function ringOverrun(name: string): VirtqueueError {
+  return new VirtqueueError('ring overrun', `${name}: the driver made available descriptors the device has not used yet`);
+}
+
+function idOutOfRange(name: string, id: number, size: number): VirtqueueError {
+  return new VirtqueueError('buffer id out of range', `${name}: id ${id}, queue size ${size}`);
+}
+
+function idInUse(name: string, id: number): VirtqueueError {
+  return new VirtqueueError('buffer id in use', `${name}: id ${id} was made available again before it was used`);
+}
+
+function badWritten(name: string, chain: DescriptorChain, written: number): RangeError {
+  return new RangeError(`${name}: written ${written} is not in 0..${chain.writableLength}`);
+}
+
+function pushNotInFlight(name: string, id: number): RangeError {
+  return new RangeError(`${name}: push of buffer ${id}, which is not in flight`);
+}
+
+function outOfOrder(name: string, id: number): RangeError {
+  return new RangeError(`${name}: with IN_ORDER buffers must be pushed in the order popped (got ${id})`);
 }

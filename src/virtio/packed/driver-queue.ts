@@ -129,8 +129,15 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   }
 
   add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
+    // One segment, the common case, is one small method and the rest another, so that add() is
+    // small enough for V8 to inline where it is called.
+    if (out.length + inSegs.length === 1) return out.length === 1 ? this.addOne(out[0], 0, token) : this.addOne(inSegs[0], WRITE, token);
+    return this.addChain(out, inSegs, token);
+  }
+
+  /** add() of a buffer of several segments (or none, an error): a list of descriptors, or one indirect. */
+  private addChain(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
     const count = out.length + inSegs.length;
-    if (count === 1) return out.length === 1 ? this.addOne(out[0], 0, token) : this.addOne(inSegs[0], WRITE, token);
     if (count === 0 || count > this.size) {
       throw new RangeError(`${this.name}: a buffer has 1..${this.size} segments, not ${count}`);
     }
@@ -276,26 +283,20 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     if (state !== usedPattern(this.usedWrap)) {
       // Still as the driver wrote it: not used yet. Anything else is the device's garbage.
       if (state === availablePattern(this.usedWrap)) return null;
-      throw new VirtqueueError('bad used flags', `${this.name}: descriptor ${pos} has flags ${hex(flags)}`);
+      throw badUsedFlags(this.name, pos, flags);
     }
     const id = this.halves[pos * 8 + 6];
     // A free id, or a buffer not yet kicked, is one the device cannot have seen (§2.8.12: it
     // processes in ring order).
     const batch = id < this.size ? this.batchOf[id] : 0;
-    if (batch === 0 || batch === this.openBatch) {
-      throw new VirtqueueError('used id not in flight', `${this.name}: the device used buffer id ${id}, not available to it`);
-    }
+    if (batch === 0 || batch === this.openBatch) throw usedNotInFlight(this.name, id);
     // §2.8.3, §2.8.4: without WRITE the length is reserved. But QEMU never sets WRITE in a used
     // descriptor and always writes the length (Linux reads it regardless), so a length that fits
     // the buffer is taken; one that does not is the reserved value, read as 0.
     const raw = this.words[pos * 4 + 2];
-    const len = (flags & WRITE) !== 0 || raw <= this.writableOf[id] ? raw : 0;
-    if (len > this.writableOf[id]) {
-      throw new VirtqueueError(
-        'used length beyond buffer',
-        `${this.name}: the device claims ${len} bytes written into buffer ${id} of ${this.writableOf[id]}`,
-      );
-    }
+    const writable = this.writableOf[id];
+    const len = (flags & WRITE) !== 0 || raw <= writable ? raw : 0;
+    if (len > writable) throw usedBeyondBuffer(this.name, id, len, writable);
     if (!this.inOrder) return this.retire(id, len);
     this.batchEndId = id;
     this.batchEndLen = len;
@@ -358,6 +359,21 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   }
 }
 
+// Errors of the per-buffer paths are made out of line: a template string costs bytecode, and
+// V8 inlines a method into its caller only while the caller's inlined bytecode stays small.
+
+function badUsedFlags(name: string, pos: number, flags: number): VirtqueueError {
+  return new VirtqueueError('bad used flags', `${name}: descriptor ${pos} has flags ${hex(flags)}`);
+}
+
+function usedNotInFlight(name: string, id: number): VirtqueueError {
+  return new VirtqueueError('used id not in flight', `${name}: the device used buffer id ${id}, not available to it`);
+}
+
+function usedBeyondBuffer(name: string, id: number, len: number, writable: number): VirtqueueError {
+  return new VirtqueueError('used length beyond buffer', `${name}: the device claims ${len} bytes written into buffer ${id} of ${writable}`);
+}
+
 /** Everything of descriptor `pos` but its flags, which the caller stores when the buffer may be seen. */
 function putDescriptor(words: Uint32Array, halves: Uint16Array, pos: number, addr: number, len: number, id: number): void {
   const w = pos * 4;
@@ -369,10 +385,12 @@ function putDescriptor(words: Uint32Array, halves: Uint16Array, pos: number, add
 
 /** A driver's own segment, checked so that a bad one fails here rather than in the device; returns its length. */
 function checkSegment(name: string, s: Segment): number {
-  if (!Number.isSafeInteger(s.addr) || s.addr < 0 || !Number.isInteger(s.len) || s.len < 0 || s.len > U32_MAX) {
-    throw new RangeError(`${name}: segment of ${s.len} bytes at ${hex(s.addr)} is not a valid guest buffer`);
-  }
+  if (!Number.isSafeInteger(s.addr) || s.addr < 0 || !Number.isInteger(s.len) || s.len < 0 || s.len > U32_MAX) throw badSegment(name, s);
   return s.len;
+}
+
+function badSegment(name: string, s: Segment): RangeError {
+  return new RangeError(`${name}: segment of ${s.len} bytes at ${hex(s.addr)} is not a valid guest buffer`);
 }
 
 function mapIndirectTables(memory: GuestMemory, tables: IndirectTables, size: number, name: string): Uint32Array {

@@ -153,9 +153,16 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   }
 
   add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
+    // One segment, the common case, is one small method and the rest another, so that add() is
+    // small enough for V8 to inline where it is called.
+    if (out.length + inSegs.length === 1) return out.length === 1 ? this.addOne(out[0], 0, token) : this.addOne(inSegs[0], DescFlag.WRITE, token);
+    return this.addChain(out, inSegs, token);
+  }
+
+  /** add() of a buffer of several segments (or none, an error): a chain, direct or indirect. */
+  private addChain(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
     const readable = out.length;
     const n = readable + inSegs.length;
-    if (n === 1) return readable === 1 ? this.addOne(out[0], 0, token) : this.addOne(inSegs[0], DescFlag.WRITE, token);
     if (n === 0) throw new RangeError(`${this.name}: a buffer needs at least one segment`);
     const indirect = n > 1 && n <= this.maxIndirect;
     const needed = indirect ? 1 : n;
@@ -210,7 +217,7 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   /** A driver's own segment `s` is a 64-bit guest address and a 32-bit length, or a RangeError. */
   private checkSegment(s: number, addr: number, len: number): void {
     if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isInteger(len) || len < 0 || len > U32_MAX) {
-      throw new RangeError(`${this.name}: segment ${s} (${len} bytes at ${addr}) is not a 64-bit address and 32-bit length`);
+      throw badSegment(this.name, s, addr, len);
     }
   }
 
@@ -247,47 +254,54 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   }
 
   getUsed(): UsedBuffer<T> | null {
+    if (this.inOrder) return this.getUsedInOrder();
     const last = this.lastUsed;
-    let head: number;
+    if (last === this.shadowUsed && !this.refreshUsed(last)) return null;
+    const e = 1 + ((last & this.mask) << 1);
+    const id = this.used32[e];
+    if (id >= this.size || this.chainDescs[id] === 0) throw usedNotInFlight(this.name, id);
+    return this.giveBack(id, this.used32[e + 1]);
+  }
+
+  /** getUsed() with IN_ORDER, where one used element may return a batch of buffers (§2.7.9). */
+  private getUsedInOrder(): UsedBuffer<T> | null {
+    const last = this.lastUsed;
+    const head = this.availHeads[last & this.mask];
     let len: number;
     if (this.batchRemaining > 0) {
-      head = this.availHeads[last & this.mask];
       // §2.7.9: buffers a batch skipped were used completely; the last one has the element's len.
       len = --this.batchRemaining === 0 ? this.batchLen : this.writableBytes[head];
     } else {
-      if (!this.usedPending()) return null;
+      if (last === this.shadowUsed && !this.refreshUsed(last)) return null;
       const e = 1 + ((last & this.mask) << 1);
-      const id = this.used32[e];
+      const batch = this.batchEndingAt(this.used32[e]);
       len = this.used32[e + 1];
-      if (this.inOrder) {
-        const batch = this.batchEndingAt(id);
-        head = this.availHeads[last & this.mask];
-        if (batch > 1) {
-          this.batchRemaining = batch - 1;
-          this.batchLen = len;
-          len = this.writableBytes[head];
-        }
-      } else {
-        if (id >= this.size || this.chainDescs[id] === 0) {
-          throw new VirtqueueError('used id not in flight', `${this.name}: used element names descriptor ${id}`);
-        }
-        head = id;
+      if (batch > 1) {
+        this.batchRemaining = batch - 1;
+        this.batchLen = len;
+        len = this.writableBytes[head];
       }
     }
+    return this.giveBack(head, len);
+  }
+
+  /** Hand buffer `head` back to the caller, used with `len` bytes, and move past its used entry. */
+  private giveBack(head: number, len: number): UsedBuffer<T> {
     const token = this.tokens[head] as T;
     this.release(head);
-    this.lastUsed = (last + 1) & 0xffff;
+    this.lastUsed = (this.lastUsed + 1) & 0xffff;
     const used = this.used;
     used.token = token;
     used.len = len;
     return used;
   }
 
-  /** Whether used->idx is past the next element to collect, checking it against what is in flight. */
-  private usedPending(): boolean {
-    const last = this.lastUsed;
-    if (last !== this.shadowUsed) return true;
-    // Acquire: the elements behind idx are read after it.
+  /**
+   * Read used->idx again, the next element to collect being `last`: whether elements are there
+   * now, checking the index against what is in flight. Acquire: the elements behind idx are read
+   * after it.
+   */
+  private refreshUsed(last: number): boolean {
     const idx = Atomics.load(this.used16, RING_IDX);
     if (idx === last) return false;
     const outstanding = (this.publishedAvail - last) & 0xffff;
@@ -349,6 +363,17 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     if (this.eventIdx) this.avail[this.usedEventAt] = (this.lastUsed - 1) & 0xffff;
     else this.avail[RING_FLAGS] = AVAIL_F_NO_INTERRUPT;
   }
+}
+
+// Errors of the per-buffer paths are made out of line: a template string costs bytecode, and
+// V8 inlines a method into its caller only while the caller's inlined bytecode stays small.
+
+function badSegment(name: string, s: number, addr: number, len: number): RangeError {
+  return new RangeError(`${name}: segment ${s} (${len} bytes at ${addr}) is not a 64-bit address and 32-bit length`);
+}
+
+function usedNotInFlight(name: string, id: number): VirtqueueError {
+  return new VirtqueueError('used id not in flight', `${name}: used element names descriptor ${id}`);
 }
 
 /**
