@@ -78,6 +78,25 @@ export class ChainSegments {
     }
   }
 
+  /**
+   * Make these the segments of a chain of one descriptor, readable (`readableCount` 1) or
+   * writable (0). A record refilled with the same buffer again (a driver's fixed buffers) stores
+   * no new region bytes.
+   */
+  setOne(bytes: Uint8Array, offset: number, length: number, readableCount: number): void {
+    if (this.bytes.length === 0) {
+      this.bytes.push(bytes);
+      this.offsets.push(offset);
+      this.lengths.push(length);
+    } else {
+      if (this.bytes[0] !== bytes) this.bytes[0] = bytes;
+      this.offsets[0] = offset;
+      this.lengths[0] = length;
+    }
+    this.count = 1;
+    this.readableCount = readableCount;
+  }
+
   /** Zero-copy views of segments [from, to). */
   views(from: number, to: number): Uint8Array[] {
     const out: Uint8Array[] = [];
@@ -188,10 +207,8 @@ export class DescriptorChain {
    */
   refillOne(id: number, cache: ViewCache, bytes: Uint8Array, offset: number, length: number, deviceWritable: boolean): void {
     const segs = this.segs;
-    segs.cache = cache;
-    segs.count = 0;
-    segs.put(bytes, offset, length);
-    segs.readableCount = deviceWritable ? 0 : 1;
+    if (segs.cache !== cache) segs.cache = cache;
+    segs.setOne(bytes, offset, length, deviceWritable ? 0 : 1);
     this.chainId = id;
     this.ringSlots = 1;
     this.readableBytes = deviceWritable ? 0 : length;
