@@ -201,6 +201,38 @@ export interface FuzzProfile {
   create(options: { readonly maxQueueSize: number; readonly delayTurns: number }): FuzzSubject;
 }
 
+/**
+ * A guest driver as the hostile-device fuzzer (test/fuzz) drives it: the operations of its API,
+ * started while the device misbehaves, each of which must complete or fail with a clear error.
+ */
+export interface DriverUnderTest {
+  /** Start one operation of the driver's API, chosen by `seed` (a read, a send, a command). */
+  operate(seed: ProbeSeed): Promise<unknown>;
+  /** A promise the driver broke that only it can see (a request called back twice), or undefined. */
+  violation?(): string | undefined;
+  close(): Promise<void>;
+}
+
+/**
+ * How the hostile-device fuzzer plays a device of the type against its guest driver: what an
+ * honest device offers and answers, from which the fuzzer departs. A type without one is still
+ * fuzzed: its driver is opened through `guest.open`, its posted buffers answered with random bytes.
+ */
+export interface DriverFuzzProfile {
+  /** Device-specific feature bits an honest device offers (the fuzzer adds the ring features and lies). */
+  readonly features: bigint;
+  /** Queues an honest device has. */
+  readonly queues: number;
+  /** An honest configuration space (the fuzzer also offers random, short and changing ones). */
+  config(seed: ProbeSeed): Uint8Array;
+  open(transport: DriverTransport, log: Logger): Promise<DriverUnderTest>;
+  /**
+   * An honest device's answer to a buffer on queue `queue`: the bytes to write into its writable
+   * part (at most `writable`). Without it the device writes random bytes.
+   */
+  respond?(queue: number, readable: Uint8Array, writable: number, seed: ProbeSeed): Uint8Array;
+}
+
 export interface DeviceType {
   /** The name on the command line and in logs: "blk". */
   readonly name: string;
@@ -223,6 +255,8 @@ export interface DeviceType {
   readonly qemu?: QemuAttachment;
   /** The queues the adversarial fuzzer attacks; loaded only by the fuzzer. */
   fuzz(): Promise<readonly FuzzProfile[]>;
+  /** How the hostile-device fuzzer drives the guest half; loaded only by the fuzzer. */
+  driverFuzz?(): Promise<DriverFuzzProfile>;
 }
 
 /** Endpoints a PCI device type's host half built for one `serve` command. */

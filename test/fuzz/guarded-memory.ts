@@ -1,10 +1,10 @@
 /**
  * Guest memory with canaries around it, and a step counter inside it.
  *
- * Both guest regions are carved out of one host ArrayBuffer with guard bytes before, between and
- * after them. A device that reached one byte outside guest memory (a typed-array view or subarray
- * computed past a region) would land in a guard, so `guardsIntact()` turning false is exactly
- * "the device touched memory outside guest RAM".
+ * The guest regions are carved out of one host ArrayBuffer with guard bytes before, between and
+ * after them. A device (or driver) that reached one byte outside guest memory (a typed-array view
+ * or subarray computed past a region) would land in a guard, so `firstDamagedGuard()` finding one
+ * is exactly "the device touched memory outside guest RAM".
  *
  * The device gets a CountingMemory: every translation it asks for (each descriptor and indirect
  * table goes through trySlice) counts one step, and a driver action that costs more steps than
@@ -52,6 +52,18 @@ export class CountingMemory extends GuestMemory {
   }
 }
 
+/** One guest memory region to lay out: its guest-physical address and size. */
+export interface RegionSpec {
+  readonly base: number;
+  readonly bytes: number;
+}
+
+/** The device fuzzer's layout: the ring region and the data region. */
+const RING_AND_DATA: readonly RegionSpec[] = [
+  { base: RING_BASE, bytes: RING_BYTES },
+  { base: DATA_BASE, bytes: DATA_BYTES },
+];
+
 export class GuardedMemory {
   private readonly host: Uint8Array;
   private readonly guards: readonly (readonly [number, number])[];
@@ -60,21 +72,23 @@ export class GuardedMemory {
   /** The same bytes for the driver's own writes, which count no steps. */
   readonly driver: GuestMemory;
 
-  constructor() {
-    const ringAt = GUARD_BYTES;
-    const dataAt = ringAt + RING_BYTES + GUARD_BYTES;
-    const end = dataAt + DATA_BYTES + GUARD_BYTES;
-    this.host = new Uint8Array(end);
-    this.guards = [
-      [0, ringAt],
-      [ringAt + RING_BYTES, dataAt],
-      [dataAt + DATA_BYTES, end],
-    ];
+  /** Regions in `layout`, each with guard bytes before and after it. */
+  constructor(layout: readonly RegionSpec[] = RING_AND_DATA) {
+    const guards: [number, number][] = [];
+    const regions: MemoryRegion[] = [];
+    let at = GUARD_BYTES;
+    guards.push([0, at]);
+    const starts = layout.map((r) => {
+      const start = at;
+      at += r.bytes;
+      guards.push([at, at + GUARD_BYTES]);
+      at += GUARD_BYTES;
+      return start;
+    });
+    this.host = new Uint8Array(at);
+    this.guards = guards;
     for (const [from, to] of this.guards) this.host.fill(CANARY, from, to);
-    const regions: MemoryRegion[] = [
-      { guestAddr: RING_BASE, bytes: this.host.subarray(ringAt, ringAt + RING_BYTES) },
-      { guestAddr: DATA_BASE, bytes: this.host.subarray(dataAt, dataAt + DATA_BYTES) },
-    ];
+    layout.forEach((r, i) => regions.push({ guestAddr: r.base, bytes: this.host.subarray(starts[i], starts[i] + r.bytes) }));
     this.device = new CountingMemory(regions);
     this.driver = new GuestMemory(regions);
   }

@@ -1,8 +1,10 @@
 /**
- * npm run fuzz -- --cases N [--device TYPE [--queue NAME]] [--seed S] [--path P]
+ * npm run fuzz -- --cases N [--device TYPE [--queue NAME] | --driver NAME] [--seed S] [--path P]
  *
  * Plays N adversarial-driver scenarios (adversarial.ts) against every registered device type's
- * fuzz profiles, or one type's with --device (one of its queues with --queue), and prints progress and a summary. On a
+ * fuzz profiles, or one type's with --device (one of its queues with --queue); or, with --driver,
+ * N hostile-device scenarios (driver-adversarial.ts) against a guest driver: "core" (the generic
+ * driver core and its queues), a device type's, or "all". It prints progress and a summary. On a
  * finding it prints the shrunk scenario, the broken promise and the command that replays exactly
  * that case, and exits 1.
  */
@@ -10,6 +12,8 @@ import { Command, InvalidArgumentError } from 'commander';
 import fc from 'fast-check';
 import { DEVICE_TYPES } from '../../src/devices/registry.ts';
 import { type Outcome, property } from './adversarial.ts';
+import { type DriverOutcome, driverProperty } from './driver-adversarial.ts';
+import { DRIVER_PROFILES } from './driver-scenario.ts';
 import { PROFILES } from './scenario.ts';
 
 function positiveInteger(what: string): (value: string) => number {
@@ -30,12 +34,76 @@ const options = new Command('fuzz')
   .description('play a hostile driver against the registered device types')
   .option('--device <type>', `attack only this device type (${DEVICE_TYPES.map((t) => t.name).join(', ')})`)
   .option('--queue <name>', 'with --device, attack only this queue of it ("receiveq")')
+  .option('--driver <name>', `play a hostile device against this guest driver instead (all, ${DRIVER_PROFILES.map((p) => p.name).join(', ')})`)
   .option('--cases <n>', 'scenarios to play', positiveInteger('--cases'), 1000)
   .option('--seed <s>', 'fast-check seed (default: random)', integer)
   .option('--path <p>', 'replay one counterexample path printed by an earlier run')
   .option('--progress <n>', 'print progress every n cases', positiveInteger('--progress'), 10_000)
   .parse()
-  .opts<{ cases: number; device?: string; queue?: string; seed?: number; path?: string; progress: number }>();
+  .opts<{ cases: number; device?: string; queue?: string; driver?: string; seed?: number; path?: string; progress: number }>();
+
+const seed = options.seed ?? (Date.now() ^ (Math.random() * 0x1_0000_0000)) | 0;
+const started = process.hrtime.bigint();
+
+function seconds(): number {
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+function progress(played: number): void {
+  if (played % options.progress === 0) console.log(`fuzz: ${played}/${options.cases} cases, ${Math.round(played / seconds())}/s, seed ${seed}`);
+}
+
+/** The end of a run: its summary line, and on a finding the case and the command that replays it. */
+function report<T>(details: fc.RunDetails<T>, summary: Record<string, unknown>, selection: string): void {
+  console.log(`fuzz summary: ${JSON.stringify({ cases: details.numRuns, ...summary, seed, seconds: Math.round(seconds() * 10) / 10, findings: details.failed ? 1 : 0 })}`);
+  if (!details.failed) return;
+  console.log(`finding: ${details.errorInstance instanceof Error ? details.errorInstance.message : String(details.errorInstance)}`);
+  console.log(`scenario: ${fc.stringify(details.counterexample)}`);
+  console.log(`reproduce: npm run fuzz --${selection} --cases 1 --seed ${details.seed} --path ${details.counterexamplePath ?? ''}`);
+  process.exit(1);
+}
+
+/** --driver: hostile-device scenarios against one driver profile, or all of them. */
+async function fuzzDriver(name: string): Promise<void> {
+  const profiles = name === 'all' ? DRIVER_PROFILES : DRIVER_PROFILES.filter((p) => p.name === name);
+  if (profiles.length === 0) {
+    console.error(`fuzz: --driver must be all or one of ${DRIVER_PROFILES.map((p) => p.name).join(', ')}, not "${name}".`);
+    process.exit(2);
+  }
+  const perProfile: Record<string, number> = Object.fromEntries(profiles.map((p) => [p.name, 0]));
+  let played = 0;
+  let opened = 0;
+  let completed = 0;
+  let failed = 0;
+  let lies = 0;
+  let shrinking = false;
+  const seen = (o: DriverOutcome): void => {
+    played++;
+    perProfile[o.profile]++;
+    if (o.opened) opened++;
+    completed += o.completed;
+    failed += o.failed;
+    lies += o.lies;
+    if (!shrinking) progress(played);
+  };
+  console.log(`fuzz: ${options.cases} hostile-device cases against drivers ${profiles.map((p) => p.name).join(', ')}, seed ${seed}${options.path === undefined ? '' : `, path ${options.path}`}`);
+  const details = await fc.check(driverProperty(seen, profiles), { numRuns: options.cases, seed, path: options.path, reporter: undefined, asyncReporter: undefined });
+  shrinking = details.failed;
+  report(
+    details,
+    { perProfile, casesOpened: opened, operationsCompleted: completed, operationsFailedClearly: failed, usedElementsMadeUp: lies },
+    ` --driver ${name}`,
+  );
+}
+
+if (options.driver !== undefined) {
+  if (options.device !== undefined) {
+    console.error('fuzz: --driver and --device cannot be given together: one attacks a driver, the other a device.');
+    process.exit(2);
+  }
+  await fuzzDriver(options.driver);
+  process.exit(0);
+}
 
 const ofDevice = options.device === undefined ? PROFILES : PROFILES.filter((p) => p.name.startsWith(`${options.device} `));
 if (ofDevice.length === 0) {
@@ -53,17 +121,11 @@ if (profiles.length === 0) {
 }
 const perProfile: Record<string, number> = Object.fromEntries(profiles.map((p) => [p.name, 0]));
 
-const seed = options.seed ?? (Date.now() ^ (Math.random() * 0x1_0000_0000)) | 0;
-const started = process.hrtime.bigint();
 let played = 0;
 let servedAmidGarbage = 0;
 let neededReset = 0;
 let maxSteps = 0;
 let shrinking = false;
-
-function seconds(): number {
-  return Number(process.hrtime.bigint() - started) / 1e9;
-}
 
 function seen(o: Outcome): void {
   played++;
@@ -71,10 +133,7 @@ function seen(o: Outcome): void {
   servedAmidGarbage += o.servedAmidGarbage;
   if (o.neededReset) neededReset++;
   if (o.maxSteps > maxSteps) maxSteps = o.maxSteps;
-  if (!shrinking && played % options.progress === 0) {
-    const s = seconds();
-    console.log(`fuzz: ${played}/${options.cases} cases, ${Math.round(played / s)}/s, seed ${seed}`);
-  }
+  if (!shrinking) progress(played);
 }
 
 console.log(`fuzz: ${options.cases} cases against ${profiles.map((p) => p.name).join(", ")}, seed ${seed}${options.path === undefined ? "" : `, path ${options.path}`}`);
@@ -87,22 +146,13 @@ const details = await fc.check(property(seen, profiles), {
   asyncReporter: undefined,
 });
 shrinking = details.failed;
-const summary = {
-  cases: details.numRuns,
-  perProfile,
-  seed,
-  seconds: Math.round(seconds() * 10) / 10,
-  findings: details.failed ? 1 : 0,
-  casesEndingInNeedsReset: neededReset,
-  wellFormedRequestsServedAmidGarbage: servedAmidGarbage,
-  mostTranslationsForOneAction: maxSteps,
-};
-console.log(`fuzz summary: ${JSON.stringify(summary)}`);
-if (details.failed) {
-  console.log(`finding: ${details.errorInstance instanceof Error ? details.errorInstance.message : String(details.errorInstance)}`);
-  console.log(`scenario: ${fc.stringify(details.counterexample)}`);
-  console.log(
-    `reproduce: npm run fuzz --${options.device === undefined ? '' : ` --device ${options.device}`}${options.queue === undefined ? '' : ` --queue ${options.queue}`} --cases 1 --seed ${details.seed} --path ${details.counterexamplePath ?? ''}`,
-  );
-  process.exit(1);
-}
+report(
+  details,
+  {
+    perProfile,
+    casesEndingInNeedsReset: neededReset,
+    wellFormedRequestsServedAmidGarbage: servedAmidGarbage,
+    mostTranslationsForOneAction: maxSteps,
+  },
+  `${options.device === undefined ? '' : ` --device ${options.device}`}${options.queue === undefined ? '' : ` --queue ${options.queue}`}`,
+);
