@@ -151,7 +151,10 @@ export class BlkDriver {
       // §5.2.2: without MQ only requestq1 exists; with it, num_queues (which a device could overstate).
       const queueCount = Math.min(queues, has(BlkFeature.MQ) ? Math.max(1, cfg.numQueues) : 1);
       const driver = new BlkDriver(core, cfg, queueCount, maxTransfer, sizeMax);
-      core.onConfigChange(() => void driver.refreshConfig());
+      // A device whose generation never settles fails the read; the last configuration stays.
+      core.onConfigChange(() => {
+        driver.refreshConfig().catch((err: unknown) => core.log.warn({ err }, 'blk: re-reading the configuration failed'));
+      });
       return driver;
     } catch (err) {
       await core.close();
