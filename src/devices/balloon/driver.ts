@@ -92,6 +92,8 @@ export class BalloonDriver {
   private readonly balloon: number[] = [];
   private following: Promise<void> = Promise.resolve();
   private closed = false;
+  /** close() has reset the device: no page is the device's any more. */
+  private reset = false;
 
   private constructor(
     readonly core: VirtioDriver,
@@ -162,9 +164,21 @@ export class BalloonDriver {
     await this.core.queue(index).submit([], ranges);
   }
 
+  /** Reset the device; the pages it held are the guest's again (§5.5.6.1) and go back to the allocator. */
   async close(): Promise<void> {
     this.closed = true;
     await this.core.close();
+    this.reset = true;
+    this.giveBack([]);
+  }
+
+  /**
+   * Pages a failed buffer named, which the device may have taken: the balloon keeps them until
+   * the device is reset, then every page in it goes back to the allocator.
+   */
+  private giveBack(pages: readonly number[]): void {
+    this.balloon.push(...pages);
+    if (this.reset) for (const pfn of this.balloon.splice(0)) this.pages.release(pfn);
   }
 
   /** Start (or queue) following the target in num_pages. */
@@ -194,7 +208,12 @@ export class BalloonDriver {
       }
       if (batch.length === 0) return;
       // §5.5.6.1: the pages are the device's once the buffer is used; tell it first, then count them.
-      await this.sendPfns(this.queues.inflate!, batch);
+      try {
+        await this.sendPfns(this.queues.inflate!, batch);
+      } catch (err) {
+        this.giveBack(batch);
+        throw err;
+      }
       this.balloon.push(...batch);
       n -= batch.length;
       await this.writeActual();
@@ -206,7 +225,12 @@ export class BalloonDriver {
       const batch = this.balloon.splice(this.balloon.length - Math.min(n, PFNS_PER_BATCH));
       // MUST_TELL_HOST (§5.5.6.1): pages are used only after the device has the deflate buffer;
       // this driver always waits, which the spec allows either way.
-      await this.sendPfns(this.queues.deflate!, batch);
+      try {
+        await this.sendPfns(this.queues.deflate!, batch);
+      } catch (err) {
+        this.giveBack(batch);
+        throw err;
+      }
       for (const pfn of batch) this.pages.release(pfn);
       n -= batch.length;
       await this.writeActual();
