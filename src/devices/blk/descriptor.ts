@@ -55,6 +55,9 @@ export const blkType: DeviceType = {
   async fuzz() {
     return (await import('./fuzz-profile.ts')).BLK_FUZZ;
   },
+  async driverFuzz() {
+    return (await import('./driver-fuzz-profile.ts')).BLK_DRIVER_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { BlkDriver } = await import('./driver.ts');

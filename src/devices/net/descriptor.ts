@@ -97,6 +97,9 @@ With --queues N, give QEMU -netdev vhost-user,...,queues=N and -device virtio-ne
   async fuzz() {
     return (await import('./fuzz-profile.ts')).NET_FUZZ;
   },
+  async driverFuzz() {
+    return (await import('./driver-fuzz-profile.ts')).NET_DRIVER_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { NetDriver } = await import('./driver.ts');

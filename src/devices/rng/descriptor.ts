@@ -27,6 +27,9 @@ export const rngType: DeviceType = {
   async fuzz() {
     return (await import('./fuzz-profile.ts')).RNG_FUZZ;
   },
+  async driverFuzz() {
+    return (await import('./driver-fuzz-profile.ts')).RNG_DRIVER_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { RngDriver } = await import('./driver.ts');
