@@ -259,11 +259,11 @@ function identityOf(profile: NamedDriverProfile, s: DriverScenario): Identity {
 }
 
 /** Play one scenario; throws a Finding when the driver broke a promise. */
-export async function runDriverScenario(s: DriverScenario): Promise<DriverOutcome> {
+export async function runDriverScenario(s: DriverScenario, profile = driverProfileNamed(s.profile)): Promise<DriverOutcome> {
   watchProcess();
   escaped.length = 0;
   errorLines.length = 0;
-  const c = new DriverCase(driverProfileNamed(s.profile), s);
+  const c = new DriverCase(profile, s);
   try {
     return await c.run();
   } finally {
