@@ -20,7 +20,7 @@
  */
 import fc from 'fast-check';
 import { pino } from 'pino';
-import type { DriverUnderTest } from '../../src/devices/device-type.ts';
+import type { DriverUnderTest, ProbeSeed } from '../../src/devices/device-type.ts';
 import { Feature, featureBit } from '../../src/virtio/constants.ts';
 import { HostileDevice, type Identity } from './hostile-device.ts';
 import { Finding } from './hostile-driver.ts';
@@ -162,9 +162,15 @@ class DriverCase {
   }
 
   respond(queue: number, readable: Uint8Array, writable: number, round: number): Uint8Array {
-    const seed = { choice: round % 16, a: readable.length, b: writable, fill: (round % 255) + 1 };
+    // Choice 0: without a profile's answer, zeros, the success status of most requests.
+    const seed = { choice: 0, a: writable, b: readable.length, fill: (round % 255) + 1 };
+    return this.answer(queue, readable, writable, seed);
+  }
+
+  /** The profile's honest answer, or else zeros (the success status of most requests) or a byte pattern. */
+  answer(queue: number, readable: Uint8Array, writable: number, seed: ProbeSeed): Uint8Array {
     if (this.profile.respond !== undefined) return this.profile.respond(queue, readable, writable, seed);
-    return new Uint8Array(writable).fill(seed.fill);
+    return new Uint8Array(Math.min(writable, seed.a)).fill(seed.choice % 2 === 0 ? 0 : seed.fill);
   }
 
   async play(move: DeviceMove): Promise<void> {
@@ -177,7 +183,7 @@ class DriverCase {
       }
       case 'serve': {
         const q = device.queueAt(move.queue);
-        if (q !== undefined) device.serve(q, move.count, (r, w) => this.profile.respond?.(q.index, r, w, move.seed) ?? new Uint8Array(Math.min(w, move.seed.a)).fill(move.seed.fill));
+        if (q !== undefined) device.serve(q, move.count, (r, w) => this.answer(q.index, r, w, move.seed));
         break;
       }
       case 'lie': {

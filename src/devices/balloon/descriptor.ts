@@ -64,6 +64,9 @@ export const balloonType: DeviceType = {
   async fuzz() {
     return (await import('./fuzz-profile.ts')).BALLOON_FUZZ;
   },
+  async driverFuzz() {
+    return (await import('./driver-fuzz-profile.ts')).BALLOON_DRIVER_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { BalloonDriver } = await import('./driver.ts');

@@ -3,7 +3,7 @@
  * writes, flushes and GET_ID near the end of a small disk, answered by an honest device with
  * VIRTIO_BLK_S_OK in the status byte (the last writable one) unless the fuzzer lies.
  */
-import { featureBit } from '../../virtio/constants.ts';
+import { featureMask } from '../../virtio/features.ts';
 import type { DriverFuzzProfile } from '../device-type.ts';
 import { BLK_CONFIG, BlkFeature, BlkStatus } from './wire.ts';
 
@@ -11,7 +11,7 @@ import { BLK_CONFIG, BlkFeature, BlkStatus } from './wire.ts';
 const CAPACITY = 64;
 
 export const BLK_DRIVER_FUZZ: DriverFuzzProfile = {
-  features: Object.values(BlkFeature).reduce((bits, bit) => bits | featureBit(bit), 0n),
+  features: featureMask(Object.values(BlkFeature)),
   queues: 2,
   config(seed) {
     const bytes = new Uint8Array(BLK_CONFIG.size);

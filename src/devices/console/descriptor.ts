@@ -93,6 +93,9 @@ export const consoleType: DeviceType = {
   async fuzz() {
     return (await import('./fuzz-profile.ts')).CONSOLE_FUZZ;
   },
+  async driverFuzz() {
+    return (await import('./driver-fuzz-profile.ts')).CONSOLE_DRIVER_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { ConsoleDriver } = await import('./driver.ts');

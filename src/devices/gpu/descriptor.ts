@@ -72,6 +72,9 @@ export const gpuType: DeviceType = {
   async fuzz() {
     return (await import('./fuzz-profile.ts')).GPU_FUZZ;
   },
+  async driverFuzz() {
+    return (await import('./driver-fuzz-profile.ts')).GPU_DRIVER_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { GpuDriver } = await import('./driver.ts');

@@ -4,7 +4,7 @@
  * command (one writable byte) with VIRTIO_NET_OK and fills a receive buffer with a plain header
  * and a minimal frame, unless the fuzzer lies.
  */
-import { featureBit } from '../../virtio/constants.ts';
+import { featureMask } from '../../virtio/features.ts';
 import type { DriverFuzzProfile } from '../device-type.ts';
 import { NET_CONFIG, NET_HDR_SIZE, NetFeature, NetStatus } from './wire.ts';
 
@@ -12,7 +12,7 @@ import { NET_CONFIG, NET_HDR_SIZE, NetFeature, NetStatus } from './wire.ts';
 const MIN_FRAME = 60;
 
 export const NET_DRIVER_FUZZ: DriverFuzzProfile = {
-  features: Object.values(NetFeature).reduce((bits, bit) => bits | featureBit(bit), 0n),
+  features: featureMask(Object.values(NetFeature)),
   // One pair and the control queue.
   queues: 3,
   config(seed) {

@@ -94,6 +94,9 @@ export const rtcType: DeviceType = {
   async fuzz() {
     return (await import('./fuzz-profile.ts')).RTC_FUZZ;
   },
+  async driverFuzz() {
+    return (await import('./driver-fuzz-profile.ts')).RTC_DRIVER_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { RtcDriver } = await import('./driver.ts');

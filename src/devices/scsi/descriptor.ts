@@ -128,4 +128,7 @@ export const scsiType: DeviceType = {
   async fuzz() {
     return (await import('./fuzz-profile.ts')).SCSI_FUZZ;
   },
+  async driverFuzz() {
+    return (await import('./driver-fuzz-profile.ts')).SCSI_DRIVER_FUZZ;
+  },
 };
