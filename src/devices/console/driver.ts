@@ -93,6 +93,8 @@ export class ConsoleDriver extends EventEmitter {
   readonly ports = new Map<number, DriverPort>();
   /** Receivers outlive a port's removal: their buffers stay posted for a port added again. */
   private readonly receivers = new Map<number, EventReceiver>();
+  /** Aborted by close(): callers waiting for a port the device never names are failed, not left hanging. */
+  private readonly closing = new AbortController();
 
   private constructor(
     readonly core: VirtioDriver,
@@ -138,7 +140,7 @@ export class ConsoleDriver extends EventEmitter {
   async port(name: string): Promise<DriverPort> {
     for (;;) {
       for (const p of this.ports.values()) if (p.portName === name) return p;
-      await once(this, 'port');
+      await this.nextPort();
     }
   }
 
@@ -146,7 +148,17 @@ export class ConsoleDriver extends EventEmitter {
   async consolePort(): Promise<DriverPort> {
     for (;;) {
       for (const p of this.ports.values()) if (p.isConsole) return p;
-      await once(this, 'port');
+      await this.nextPort();
+    }
+  }
+
+  /** The next 'port' event, or an error once the driver is closed. */
+  private async nextPort(): Promise<void> {
+    try {
+      await once(this, 'port', { signal: this.closing.signal });
+    } catch (err) {
+      if (this.closing.signal.aborted) throw new Error('console: the driver was closed before the device named the port', { cause: err });
+      throw err;
     }
   }
 
@@ -162,6 +174,7 @@ export class ConsoleDriver extends EventEmitter {
   }
 
   async close(): Promise<void> {
+    this.closing.abort();
     for (const port of this.ports.values()) port.destroy();
     await this.core.close();
   }

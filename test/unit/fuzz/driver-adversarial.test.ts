@@ -139,3 +139,12 @@ test('the harness reports a driver that broke a ring rule while the device was h
   const s: DriverScenario = { profile: 'rng', identity: honest, moves: [read, { op: 'serve', queue: 0, count: 9, seed: read.seed }] };
   await assert.rejects(runDriverScenario(s, scribbler), /the device-side ring code refused what the driver made available/);
 });
+
+test('console: waiting for a port the device never names fails when the driver is closed, instead of hanging', async () => {
+  const consolePort = { op: 'operate', seed: { choice: 2, a: 0, b: 0, fill: 1 } } as const;
+  const named = { op: 'operate', seed: { choice: 3, a: 1, b: 0, fill: 1 } } as const;
+  // Without MULTIPORT port 0 is the console; no port is ever named.
+  const o = await runDriverScenario({ profile: 'console', identity: { ...honest, maxSizes: [256] }, moves: [consolePort, named] });
+  assert.equal(o.completed, 1);
+  assert.equal(o.failed, 1);
+});
