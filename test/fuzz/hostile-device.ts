@@ -6,12 +6,11 @@
  * paravirt device makes) or with raw used-ring contents no device may write: ids out of range or
  * not in flight, lengths past the buffer, used indices jumping, packed flags of the wrong lap.
  */
-import type { ProbeSeed } from '../../src/devices/device-type.ts';
-import { DeviceStatus, Feature, hasFeature } from '../../src/virtio/constants.ts';
+import { DeviceStatus } from '../../src/virtio/constants.ts';
 import { DmaPool } from '../../src/virtio/dma.ts';
 import type { DriverTransport, InterruptHandlers } from '../../src/virtio/driver.ts';
 import type { GuestMemory } from '../../src/virtio/memory.ts';
-import type { DeviceQueue, QueueAddresses, QueueConfig } from '../../src/virtio/queue.ts';
+import type { DescriptorChain, DeviceQueue, QueueAddresses, QueueConfig } from '../../src/virtio/queue.ts';
 import { createDeviceQueue, isPackedRing, negotiatedQueueConfig } from '../../src/virtio/ring.ts';
 import { mapPackedRing } from '../../src/virtio/packed/ring.ts';
 import { RING_IDX, mapSplitRing } from '../../src/virtio/split/layout.ts';
@@ -54,7 +53,7 @@ export interface UsedLie {
 class PlayedQueue {
   readonly ring: DeviceQueue;
   /** Chains popped and not yet returned, oldest first, as the ring hands them out. */
-  readonly held: ReturnType<DeviceQueue['pop']>[] = [];
+  readonly held: DescriptorChain[] = [];
   /** The device wrote a lie into this ring: its own ring code may disagree with the driver from now on. */
   lied = false;
   /** The ring code refused the ring (after a lie, or because the driver broke a rule): not served any more. */
@@ -84,8 +83,6 @@ export class HostileDevice implements DriverTransport {
   private closed = false;
   config: Uint8Array;
   readonly queues = new Map<number, PlayedQueue>();
-  /** Available-buffer notifications per queue. */
-  readonly kicks = new Map<number, number>();
   /** Rules the driver broke that the device-side ring code caught before the device lied, in words. */
   readonly driverFaults: string[] = [];
 
@@ -164,9 +161,8 @@ export class HostileDevice implements DriverTransport {
     }
   }
 
-  notify(index: number): void {
-    this.kicks.set(index, (this.kicks.get(index) ?? 0) + 1);
-  }
+  /** The device serves on the fuzzer's moves, not when notified: a driver that forgets to notify still gets answers. */
+  notify(): void {}
 
   setInterruptHandlers(handlers: InterruptHandlers): void {
     this.handlers = handlers;
@@ -265,7 +261,7 @@ export class HostileDevice implements DriverTransport {
     this.take(q);
     q.lied = true;
     const held = q.held;
-    const named = lie.id.kind === 'inFlight' && held.length > 0 ? held[lie.id.index % held.length]! : undefined;
+    const named = lie.id.kind === 'inFlight' && held.length > 0 ? held[lie.id.index % held.length] : undefined;
     const id = named?.id ?? (lie.id.kind === 'raw' ? lie.id.value : 0);
     const len = (lie.past ? (named?.writableLength ?? 0) + lie.len : lie.len) >>> 0;
     if (q.packed) {
@@ -287,20 +283,6 @@ export class HostileDevice implements DriverTransport {
       Atomics.store(views.used16, RING_IDX, (idx + lie.advance) & 0xffff);
     }
     this.interruptQueue(q.index);
-  }
-
-  /** The bytes of a fresh honest configuration space. */
-  static honestConfig(make: (seed: ProbeSeed) => Uint8Array, seed: ProbeSeed): Uint8Array {
-    return make(seed);
-  }
-
-  /** Whether the driver negotiated `bit`. */
-  negotiated(bit: number): boolean {
-    return hasFeature(this.driverFeatures, bit);
-  }
-
-  get packed(): boolean {
-    return this.negotiated(Feature.RING_PACKED);
   }
 }
 
