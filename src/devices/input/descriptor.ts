@@ -66,6 +66,9 @@ export const inputType: DeviceType = {
   async fuzz() {
     return (await import('./fuzz-profile.ts')).INPUT_FUZZ;
   },
+  async driverFuzz() {
+    return (await import('./driver-fuzz-profile.ts')).INPUT_DRIVER_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { InputDriver } = await import('./driver.ts');

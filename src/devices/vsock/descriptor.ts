@@ -56,6 +56,9 @@ export const vsockType: DeviceType = {
   async fuzz() {
     return (await import('./fuzz-profile.ts')).VSOCK_FUZZ;
   },
+  async driverFuzz() {
+    return (await import('./driver-fuzz-profile.ts')).VSOCK_DRIVER_FUZZ;
+  },
   guest: {
     async open(transport, log) {
       const { VsockDriver } = await import('./driver.ts');
