@@ -234,8 +234,14 @@ export class VsockDriver {
       queueSize: options.queueSize,
       log: options.log,
     });
-    const cid = VSOCK_CONFIG.get(await core.readConfig(0, VSOCK_CONFIG.size), 'guest_cid');
-    return new VsockDriver(core, cid, options.bufAlloc ?? 256 * 1024);
+    try {
+      const cid = VSOCK_CONFIG.get(await core.readConfig(0, VSOCK_CONFIG.size), 'guest_cid');
+      return new VsockDriver(core, cid, options.bufAlloc ?? 256 * 1024);
+    } catch (err) {
+      // The device is reset and the rings given back, as any other driver does when it gives up.
+      await core.close();
+      throw err;
+    }
   }
 
   /** The device accepted SEQPACKET connections (VIRTIO_VSOCK_F_SEQPACKET negotiated). */
@@ -269,7 +275,7 @@ export class VsockDriver {
   }
 
   async close(): Promise<void> {
-    for (const s of this.sockets.values()) s.destroy();
+    for (const s of [...this.sockets.values()]) this.fail(s, new Error('vsock: the driver was closed'), false);
     await this.core.close();
     await Promise.all(this.receivers.map((r) => r.stopped));
   }
@@ -426,6 +432,20 @@ export class VsockDriver {
   }
 
   /** Forget `socket` and fail it; tell the device with RST unless the device's RST ended it. */
+  /**
+   * A connection still being made fails its connect() with `err` and is dropped without an
+   * 'error' event (nobody holds it yet to listen); an open one is destroyed, with `err` when
+   * `destroyWithError` (a transport reset) and quietly otherwise (close).
+   */
+  private fail(socket: GuestConnection, err: Error, destroyWithError: boolean): void {
+    const connecting = socket.connected;
+    if (connecting !== undefined) {
+      socket.connected = undefined;
+      connecting(err);
+      socket.destroy();
+    } else socket.destroy(destroyWithError ? err : undefined);
+  }
+
   private reset(socket: GuestConnection, err: Error, sendRst = true): void {
     this.sockets.delete(socket.key);
     if (sendRst) this.packet(socket, Op.RST);
@@ -474,7 +494,7 @@ export class VsockDriver {
     this.transportResets++;
     for (const s of [...this.sockets.values()]) {
       this.sockets.delete(s.key);
-      s.destroy(new Error('vsock: the transport was reset'));
+      this.fail(s, new Error('vsock: the transport was reset'), true);
     }
     void this.core.readConfig(0, VSOCK_CONFIG.size).then((c) => (this.guestCid = VSOCK_CONFIG.get(c, 'guest_cid')), () => {});
   }

@@ -148,3 +148,16 @@ test('console: waiting for a port the device never names fails when the driver i
   assert.equal(o.completed, 1);
   assert.equal(o.failed, 1);
 });
+
+test('vsock: a transport reset fails a connection being made, without an error event nobody can listen to', async () => {
+  const connect = { op: 'operate', seed: { choice: 0, a: 10, b: 1, fill: 1 } } as const;
+  // Any buffer the device returns on the event queue (queue 2) is a transport reset.
+  const reset = { op: 'serve', queue: 2, count: 1, seed: connect.seed } as const;
+  const o = await runDriverScenario({ profile: 'vsock', identity: { ...honest, maxSizes: [256] }, moves: [connect, reset] });
+  assert.equal(o.failed, 1);
+});
+
+test('vsock: an open that fails after the rings are set up (a generation that never settles) gives every DMA byte back', async () => {
+  const o = await runDriverScenario({ profile: 'vsock', identity: { ...honest, maxSizes: [256], unsettledReads: 1000 }, moves: [] });
+  assert.equal(o.opened, false);
+});
