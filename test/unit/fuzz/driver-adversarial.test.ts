@@ -17,6 +17,8 @@ test('property: a lying device never breaks a driver, whose operations settle wi
   assert.ok(outcomes.some((o) => o.opened && o.lies > 0));
   assert.ok(outcomes.some((o) => o.failed > 0));
   assert.ok(outcomes.some((o) => o.completed > 0));
+  // The generic core and every registered device type's driver were played.
+  assert.deepEqual(new Set(outcomes.map((o) => o.profile)), new Set(DRIVER_PROFILES.map((p) => p.name)));
 });
 
 const honest: IdentityChoice = {
