@@ -194,6 +194,11 @@ class DriverCase {
         }
         break;
       }
+      case 'scribble': {
+        const q = device.queueAt(move.queue);
+        if (q !== undefined) device.scribble(q, move.area, move.offset, move.bytes);
+        break;
+      }
       case 'interrupt':
         device.interruptQueue(move.queue);
         break;

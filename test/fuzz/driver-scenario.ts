@@ -12,7 +12,7 @@ import { DEVICE_TYPES } from '../../src/devices/registry.ts';
 import { Feature, featureBit } from '../../src/virtio/constants.ts';
 import { FRAMEWORK_FEATURES } from '../../src/virtio/features.ts';
 import { CORE_PROFILE } from './core-profile.ts';
-import { HostileDevice, type UsedLie } from './hostile-device.ts';
+import { HostileDevice, type RingArea, type UsedLie } from './hostile-device.ts';
 
 const silentLog = pino({ level: 'silent' });
 
@@ -98,6 +98,8 @@ export type DeviceMove =
   | { readonly op: 'serve'; readonly queue: number; readonly count: number; readonly seed: ProbeSeed }
   /** Write a used element the device makes up. */
   | { readonly op: 'lie'; readonly queue: number; readonly lie: UsedLie }
+  /** Overwrite bytes of a queue's area, the driver's descriptor table and available ring included. */
+  | { readonly op: 'scribble'; readonly queue: number; readonly area: RingArea; readonly offset: number; readonly bytes: Uint8Array }
   /** A used-buffer notification with nothing new, for any queue index. */
   | { readonly op: 'interrupt'; readonly queue: number }
   /** A configuration change: the honest space again (new seed) or raw bytes; generations that take `unsettledReads` to settle. */
@@ -174,6 +176,16 @@ const move: fc.Arbitrary<DeviceMove> = fc.oneof(
   { weight: 6, arbitrary: fc.record({ op: fc.constant('operate' as const), seed: probeSeed }) },
   { weight: 8, arbitrary: fc.record({ op: fc.constant('serve' as const), queue: queueChoice, count: fc.integer({ min: 1, max: 300 }), seed: probeSeed }) },
   { weight: 4, arbitrary: fc.record({ op: fc.constant('lie' as const), queue: queueChoice, lie: usedLie }) },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      op: fc.constant('scribble' as const),
+      queue: queueChoice,
+      area: fc.constantFrom('desc' as const, 'driver' as const, 'device' as const),
+      offset: u16,
+      bytes: fc.uint8Array({ minLength: 1, maxLength: 8 }),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ op: fc.constant('interrupt' as const), queue: fc.oneof(queueChoice, u32) }) },
   {
     weight: 1,

@@ -11,7 +11,7 @@ import { DmaPool } from '../../src/virtio/dma.ts';
 import type { DriverTransport, InterruptHandlers } from '../../src/virtio/driver.ts';
 import type { GuestMemory } from '../../src/virtio/memory.ts';
 import type { DescriptorChain, DeviceQueue, QueueAddresses, QueueConfig } from '../../src/virtio/queue.ts';
-import { createDeviceQueue, isPackedRing, negotiatedQueueConfig } from '../../src/virtio/ring.ts';
+import { createDeviceQueue, isPackedRing, negotiatedQueueConfig, ringLayout } from '../../src/virtio/ring.ts';
 import { mapPackedRing } from '../../src/virtio/packed/ring.ts';
 import { RING_IDX, mapSplitRing } from '../../src/virtio/split/layout.ts';
 import { GuardedMemory } from './guarded-memory.ts';
@@ -255,6 +255,20 @@ export class HostileDevice implements DriverTransport {
     return served;
   }
 
+  /**
+   * Overwrite `bytes` at `offset` (wrapped into the area) of one of `q`'s areas, the driver's own
+   * descriptor table and available ring included: a vhost-user back-end can write anywhere in
+   * guest memory, and a driver must keep what it relies on where the device cannot reach.
+   */
+  scribble(q: PlayedQueue, area: RingArea, offset: number, bytes: Uint8Array): void {
+    if (!this.running) return;
+    q.lied = true;
+    const size = ringLayout(q.config.size, q.packed)[area].size;
+    const at = offset % size;
+    this.memory.slice(q.config[area] + at, Math.min(bytes.length, size - at)).set(bytes.subarray(0, size - at));
+    this.interruptQueue(q.index);
+  }
+
   /** Write one used element the device makes up, and notify. */
   lie(q: PlayedQueue, lie: UsedLie): void {
     if (!this.running) return;
@@ -285,6 +299,9 @@ export class HostileDevice implements DriverTransport {
     this.interruptQueue(q.index);
   }
 }
+
+/** A queue area the device may overwrite: it shares all of guest memory with the driver. */
+export type RingArea = 'desc' | 'driver' | 'device';
 
 function concat(parts: readonly Uint8Array[]): Uint8Array {
   let n = 0;
