@@ -31,7 +31,7 @@ function integer(value: string): number {
 }
 
 const options = new Command('fuzz')
-  .description('play a hostile driver against the registered device types')
+  .description('play a hostile driver against the registered device types, or a hostile device against their drivers')
   .option('--device <type>', `attack only this device type (${DEVICE_TYPES.map((t) => t.name).join(', ')})`)
   .option('--queue <name>', 'with --device, attack only this queue of it ("receiveq")')
   .option('--driver <name>', `play a hostile device against this guest driver instead (all, ${DRIVER_PROFILES.map((p) => p.name).join(', ')})`)
