@@ -1,7 +1,11 @@
-/** The gpu driver under the hostile-device fuzzer (test/fuzz/driver-adversarial.ts): display queries and surfaces. */
+/**
+ * The gpu driver under the hostile-device fuzzer (test/fuzz/driver-adversarial.ts): display
+ * queries and surfaces. An honest device answers every command with an OK_NODATA header carrying
+ * the command's flags and fence back, and zeros after it (no display enabled, an empty EDID).
+ */
 import { featureMask } from '../../virtio/features.ts';
 import type { DriverFuzzProfile } from '../device-type.ts';
-import { GPU_CONFIG, GpuFeature } from './wire.ts';
+import { CTRL_HDR_SIZE, GPU_CONFIG, GpuFeature, GpuResp } from './wire.ts';
 
 export const GPU_DRIVER_FUZZ: DriverFuzzProfile = {
   features: featureMask([GpuFeature.EDID]),
@@ -28,5 +32,11 @@ export const GPU_DRIVER_FUZZ: DriverFuzzProfile = {
       },
       close: () => driver.close(),
     };
+  },
+  respond(_queue, readable, writable) {
+    const reply = new Uint8Array(writable);
+    reply.set(readable.subarray(0, Math.min(CTRL_HDR_SIZE, writable)));
+    if (writable >= 4) new DataView(reply.buffer).setUint32(0, GpuResp.OK_NODATA, true);
+    return reply;
   },
 };
