@@ -8,11 +8,15 @@
  * transmit queue gets them: taken by pop() and push() (`_readable`, the general path), and
  * served in place by drainSpans (`_spans`, what a span handler gets).
  *
- * Each layout runs in a process of its own. A device process serves its queues with one ring
+ * Each layout runs in a process of its own, once on each CPU (`cpu` in its lines). A device process serves its queues with one ring
  * layout (VIRTIO_F_RING_PACKED is negotiated per device, and in practice the same for all of a
  * front-end's devices), so its call sites see one queue class; measuring the second layout in a
  * process that already ran the first would measure the loop below made polymorphic, which
- * cost the packed figures up to a third of their rate (see docs/performance.md).
+ * cost the packed figures up to a third of their rate (see docs/performance.md). Each process is
+ * pinned to one CPU, and every CPU has its turn, because the two CPUs of the machines these
+ * figures come from do not run alike: one ran the same code at 0.6–0.7 of the other's rate for
+ * hours at a time (docs/performance.md, "The two CPUs"), and an unpinned process measured
+ * whichever the scheduler chose.
  *
  * For instruction counts under valgrind, which are repeatable whatever the machine's load:
  * PARAVIRT_BENCH_RING_LAYOUT=split|packed runs one layout in this process, and with
@@ -21,7 +25,7 @@
  * PARAVIRT_BENCH_RING_VARIANT=fixed|moving|readable|spans runs that variant alone.
  */
 import { spawn } from 'node:child_process';
-import { loadavg } from 'node:os';
+import { availableParallelism, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { report, step } from './_report.ts';
 import { GuestMemory } from '../src/virtio/memory.ts';
@@ -46,6 +50,8 @@ const WARM_UP_CALLS = 200;
 const LAYOUT_ENV = 'PARAVIRT_BENCH_RING_LAYOUT';
 const BATCHES_ENV = 'PARAVIRT_BENCH_RING_BATCHES';
 const VARIANT_ENV = 'PARAVIRT_BENCH_RING_VARIANT';
+/** Set by main() in each layout's process: the CPU it is pinned to. */
+const CPU_ENV = 'PARAVIRT_BENCH_RING_CPU';
 
 /**
  * What the driver offers and how the device takes it: device-writable buffers, each in the same
@@ -160,16 +166,17 @@ function measure(name: string): void {
       batch: BATCH,
       eventIdx: true,
       rounds,
+      cpu: process.env[CPU_ENV] === undefined ? 'any' : Number(process.env[CPU_ENV]),
       loadAverage: loadavg()[0],
     });
   }
 }
 
-/** Run this file again for one layout, its JSON lines passed through. */
-function measureApart(name: string): Promise<void> {
+/** Run this file again for one layout, pinned to `cpu`, its JSON lines passed through. */
+function measureApart(name: string, cpu: number): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url)], {
-      env: { ...process.env, [LAYOUT_ENV]: name },
+    const child = spawn('taskset', ['-c', String(cpu), process.execPath, ...process.execArgv, fileURLToPath(import.meta.url)], {
+      env: { ...process.env, [LAYOUT_ENV]: name, [CPU_ENV]: String(cpu) },
       stdio: ['ignore', 'inherit', 'inherit'],
     });
     child.once('error', reject);
@@ -180,9 +187,11 @@ function measureApart(name: string): Promise<void> {
 }
 
 export async function main(): Promise<void> {
-  for (const name of Object.keys(RINGS)) {
-    step(`running the ${name} ring in a process of its own`);
-    await measureApart(name);
+  for (let cpu = 0; cpu < availableParallelism(); cpu++) {
+    for (const name of Object.keys(RINGS)) {
+      step(`running the ${name} ring in a process of its own on CPU ${cpu}`);
+      await measureApart(name, cpu);
+    }
   }
 }
 
