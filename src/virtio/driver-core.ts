@@ -25,10 +25,13 @@ export interface DriverOptions {
    */
   readonly features: bigint;
   /**
-   * Queues to set up, 0..n-1; default every queue the device has. A function of the negotiated
-   * features for devices whose queues exist only with a feature (virtio-rtc's alarmq).
+   * Queues to set up: a count n (queues 0..n-1) or the queue indices themselves (virtio-net's
+   * controlq follows all N pairs, §5.1.2, though fewer pairs may be used). A function decides
+   * from the negotiated features and the configuration space, read after FEATURES_OK and before
+   * any ring exists (§3.1.1 step 7). The core sets up exactly these and never more: a device
+   * claiming thousands of queues does not get a ring for each; the driver bounds what it asks.
    */
-  readonly queues?: number | ((features: bigint) => number);
+  readonly queues: QueueSelection | ((plan: QueuePlan) => QueueSelection | Promise<QueueSelection>);
   /** Largest queue size to use (default 256); the device's maximum caps it further. */
   readonly queueSize?: number;
   /**
@@ -44,6 +47,30 @@ export interface DriverOptions {
   readonly pollMicros?: number;
   readonly log?: Logger;
 }
+
+/** A queue count n (queues 0..n-1) or a list of queue indices. */
+export type QueueSelection = number | readonly number[];
+
+/** What a driver knows when it chooses its queues. */
+export interface QueuePlan {
+  /** The negotiated features. */
+  readonly features: bigint;
+  /** A consistent read of the configuration space (§2.5.1). */
+  readConfig(offset: number, length: number): Promise<Uint8Array>;
+  /** Queues the transport reports (QueueNumMax probing, num_queues of virtio-pci): a device's word, to bound by, never to trust. */
+  deviceQueues(): Promise<number>;
+}
+
+/**
+ * Request queues (or net queue pairs) a driver sets up by default, whatever more the device
+ * offers. Linux takes one per CPU (virtio_blk init_vq, virtio_net); a driver here runs on one
+ * event loop, so queues beyond a handful only spread requests without adding parallelism, while
+ * each costs a ring of DMA memory. A caller wanting more asks for them explicitly.
+ */
+export const DEFAULT_MAX_REQUEST_QUEUES = 8;
+
+/** Highest queue index §4.1.4.3 / §4.2.2 can address (queue_select and QueueSel are 16 bits wide). */
+const MAX_QUEUE_INDEX = 0xffff;
 
 /** The device asked for a reset (§2.1.2): requests pending at that moment fail with this. */
 export class DeviceNeedsResetError extends Error {
@@ -116,8 +143,15 @@ export class VirtioDriver {
   /** Queue `index` as a request/response API. */
   queue(index: number): RequestQueue {
     const q = this.queues[index];
-    if (q === undefined) throw new RangeError(`${this.name}: there is no queue ${index} (the driver set up ${this.queues.length})`);
+    if (q === undefined) throw new RangeError(`${this.name}: there is no queue ${index} (the driver did not set it up)`);
     return q;
+  }
+
+  /** How many queues the driver set up. */
+  get queueCount(): number {
+    let n = 0;
+    this.queues.forEach(() => n++);
+    return n;
   }
 
   /** Listen for configuration changes (not DEVICE_NEEDS_RESET, which fails the queues instead). */
@@ -130,12 +164,7 @@ export class VirtioDriver {
    * generation is the same before and after (§2.5.1).
    */
   async readConfig(offset: number, length: number): Promise<Uint8Array> {
-    for (let attempt = 0; attempt < MAX_CONFIG_RETRIES; attempt++) {
-      const before = await this.transport.configGeneration();
-      const data = await this.transport.readConfig(offset, length);
-      if ((await this.transport.configGeneration()) === before) return data;
-    }
-    throw new Error(`${this.name}: the configuration generation kept changing over ${MAX_CONFIG_RETRIES} reads`);
+    return readConsistentConfig(this.transport, this.name, offset, length);
   }
 
   async writeConfig(offset: number, data: Uint8Array): Promise<void> {
@@ -157,7 +186,8 @@ export class VirtioDriver {
   }
 
   private failAll(err: Error): void {
-    for (const q of this.queues) q.fail(err);
+    // forEach skips the holes of queues not set up.
+    this.queues.forEach((q) => q.fail(err));
   }
 
   /** §2.1.2: DEVICE_NEEDS_RESET arrives as a configuration change notification. */
@@ -171,6 +201,38 @@ export class VirtioDriver {
     }
     for (const listener of this.configListeners) listener();
   }
+}
+
+/** §2.5.1: re-read until the generation is the same before and after. */
+async function readConsistentConfig(transport: DriverTransport, name: string, offset: number, length: number): Promise<Uint8Array> {
+  for (let attempt = 0; attempt < MAX_CONFIG_RETRIES; attempt++) {
+    const before = await transport.configGeneration();
+    const data = await transport.readConfig(offset, length);
+    if ((await transport.configGeneration()) === before) return data;
+  }
+  throw new Error(`${name}: the configuration generation kept changing over ${MAX_CONFIG_RETRIES} reads`);
+}
+
+/** The queue indices `options.queues` names, checked: distinct integers a transport can address. */
+async function chooseQueues(transport: DriverTransport, options: DriverOptions, features: bigint): Promise<number[]> {
+  const { name } = options;
+  const plan: QueuePlan = {
+    features,
+    readConfig: (offset, length) => readConsistentConfig(transport, name, offset, length),
+    deviceQueues: () => transport.numQueues(),
+  };
+  const selection = typeof options.queues === 'function' ? await options.queues(plan) : options.queues;
+  if (typeof selection === 'number') {
+    if (!Number.isSafeInteger(selection) || selection < 1 || selection > MAX_QUEUE_INDEX + 1) {
+      throw new RangeError(`${name}: option queues ${selection} is not an integer from 1 to ${MAX_QUEUE_INDEX + 1}`);
+    }
+    return Array.from({ length: selection }, (_, i) => i);
+  }
+  const bad = selection.find((index, at) => !Number.isSafeInteger(index) || index < 0 || index > MAX_QUEUE_INDEX || selection.indexOf(index) !== at);
+  if (selection.length === 0 || bad !== undefined) {
+    throw new RangeError(`${name}: option queues [${selection.join(', ')}] is not a non-empty list of distinct queue indices 0..${MAX_QUEUE_INDEX}`);
+  }
+  return [...selection];
 }
 
 /** The largest size <= `limit` a ring can use: any for packed, a power of two for split (§2.7). */
@@ -219,11 +281,11 @@ async function setUpQueues(
   }
   const pollMicros = options.pollMicros ?? 0;
   if (!Number.isFinite(pollMicros) || pollMicros < 0) throw new RangeError(`${name}: option pollMicros ${pollMicros} is not a non-negative number`);
-  const count = typeof options.queues === 'function' ? options.queues(features) : (options.queues ?? (await transport.numQueues()));
-  if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`${name}: option queues ${count} is not a positive integer`);
+  const indices = await chooseQueues(transport, options, features);
 
+  // Indexed by queue index; a queue the driver did not ask for is a hole.
   const queues: RequestQueue[] = [];
-  for (let index = 0; index < count; index++) {
+  for (const index of indices) {
     const max = await transport.queueMaxSize(index);
     if (max === 0) throw new Error(`${name}: the device has no queue ${index}`);
     const size = usableSize(Math.min(max, wanted), packed);
@@ -241,7 +303,7 @@ async function setUpQueues(
     const queueName = `${name}.q${index}`;
     const ring = createDriverQueue<QueueRequest>(transport.memory, config, packed, queueName, tables);
     await transport.enableQueue(index, size, addrs);
-    queues.push(new RequestQueue(ring, queueName, () => transport.notify(index), log, { pollMicros }));
+    queues[index] = new RequestQueue(ring, queueName, () => transport.notify(index), log, { pollMicros });
   }
   return queues;
 }

@@ -8,7 +8,7 @@
  */
 import type { Logger } from 'pino';
 import { DeviceId, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
-import { VirtioDriver } from '../../virtio/driver-core.ts';
+import { DEFAULT_MAX_REQUEST_QUEUES, VirtioDriver } from '../../virtio/driver-core.ts';
 import type { DriverTransport } from '../../virtio/driver.ts';
 import type { RequestQueue } from '../../virtio/request-queue.ts';
 import { type BlkIo, type BlkRequest, RequestPool, STATUS_UNWRITTEN } from './driver-request.ts';
@@ -52,7 +52,10 @@ export interface BlkDriverOptions {
   readonly features?: bigint;
   /** Use a packed ring when the device offers one (default true); false forces split rings. */
   readonly packed?: boolean;
-  /** Request queues to use, at most what the device has (default all of them). */
+  /**
+   * Request queues to use, at most what the device has (default: what it has, up to
+   * DEFAULT_MAX_REQUEST_QUEUES).
+   */
   readonly queues?: number;
   /** Largest queue size (default 256). */
   readonly queueSize?: number;
@@ -120,13 +123,23 @@ export class BlkDriver {
 
   /** Initialize the block device behind `transport` (§3.1.1, §5.2.5) and return the driver. */
   static async open(transport: DriverTransport, options: BlkDriverOptions = {}): Promise<BlkDriver> {
-    // Set up every queue asked for (default all the device has); MQ decides below how many serve requests.
-    const queues = options.queues ?? (await transport.numQueues());
+    const asked = options.queues;
+    if (asked !== undefined && (!Number.isSafeInteger(asked) || asked < 1)) throw new RangeError(`blk: option queues ${asked} is not a positive integer`);
     const core = await VirtioDriver.start(transport, {
       name: 'blk',
       deviceId: DeviceId.BLOCK,
       features: (options.features ?? BLK_DRIVER_FEATURES) & ~(options.packed === false ? featureBit(Feature.RING_PACKED) : 0n),
-      queues,
+      queues: async (plan) => {
+        // §5.2.2: without MQ only requestq1 exists; with it num_queues says how many. requestq1
+        // always exists, so a num_queues of 0 reads as 1. The device's word only bounds what
+        // the driver wants, never raises it: one ring each, not one per queue claimed.
+        let offered = 1;
+        if (hasFeature(plan.features, BlkFeature.MQ)) {
+          const raw = await plan.readConfig(BLK_CONFIG.offset.numQueues, 2);
+          offered = Math.max(1, raw[0] | (raw[1] << 8));
+        }
+        return Math.min(asked ?? DEFAULT_MAX_REQUEST_QUEUES, offered, Math.max(1, await plan.deviceQueues()));
+      },
       queueSize: options.queueSize,
       pollMicros: options.pollMicros,
       log: options.log,
@@ -148,9 +161,7 @@ export class BlkDriver {
       const limit = Math.min(wanted, segments * sizeMax);
       const maxTransfer = Math.floor(limit / SECTOR_SIZE) * SECTOR_SIZE;
       if (maxTransfer < SECTOR_SIZE) throw new Error(`blk: the device's seg_max × size_max (${limit} bytes) is less than a sector`);
-      // §5.2.2: without MQ only requestq1 exists; with it, num_queues (which a device could overstate).
-      const queueCount = Math.min(queues, has(BlkFeature.MQ) ? Math.max(1, cfg.numQueues) : 1);
-      const driver = new BlkDriver(core, cfg, queueCount, maxTransfer, sizeMax);
+      const driver = new BlkDriver(core, cfg, core.queueCount, maxTransfer, sizeMax);
       // A device whose generation never settles fails the read; the last configuration stays.
       core.onConfigChange(() => {
         driver.refreshConfig().catch((err: unknown) => core.log.warn({ err }, 'blk: re-reading the configuration failed'));

@@ -30,6 +30,13 @@ import {
   portTransmitQueue,
 } from './wire.ts';
 
+/**
+ * Ports the driver sets up queues for at most, whatever max_nr_ports claims (it may claim
+ * 0xffffffff): each port costs two rings. 32 covers QEMU's virtio-serial default of 31 ports
+ * and this project's device (8 by default).
+ */
+export const MAX_DRIVER_PORTS = 32;
+
 export interface ConsoleDriverOptions {
   /** Use a packed ring when the device offers one (default true). */
   readonly packed?: boolean;
@@ -109,13 +116,26 @@ export class ConsoleDriver extends EventEmitter {
     if (!Number.isSafeInteger(bufferSize) || bufferSize < 64) throw new RangeError(`bufferSize ${bufferSize} is not an integer of at least 64`);
     let features = FRAMEWORK_FEATURES | featureBit(ConsoleFeature.MULTIPORT) | featureBit(ConsoleFeature.SIZE);
     if (options.packed === false) features &= ~featureBit(Feature.RING_PACKED);
-    const core = await VirtioDriver.start(transport, { name: 'console', deviceId: DeviceId.CONSOLE, features, queueSize: options.queueSize, log: options.log });
+    let maxPorts = 1;
+    const core = await VirtioDriver.start(transport, {
+      name: 'console',
+      deviceId: DeviceId.CONSOLE,
+      features,
+      queues: async (plan) => {
+        if (!hasFeature(plan.features, ConsoleFeature.MULTIPORT)) return 2;
+        // §5.3.2: port 0's queues, the control queues, then two per further port, up to
+        // max_nr_ports. Port 0 always exists, so 0 reads as 1; ports past what the transport has
+        // queues for, or past MAX_DRIVER_PORTS, are not set up (their control messages are ignored).
+        const raw = await plan.readConfig(CONSOLE_CONFIG.offset.maxNrPorts, 4);
+        const claimed = new DataView(raw.buffer, raw.byteOffset, 4).getUint32(0, true);
+        maxPorts = Math.max(1, Math.min(claimed, MAX_DRIVER_PORTS, ((await plan.deviceQueues()) - 2) >> 1));
+        return 2 * (maxPorts + 1);
+      },
+      queueSize: options.queueSize,
+      log: options.log,
+    });
     try {
       const multiport = hasFeature(core.features, ConsoleFeature.MULTIPORT);
-      const config = CONSOLE_CONFIG.decode(await core.readConfig(0, CONSOLE_CONFIG.size));
-      const queues = await transport.numQueues();
-      // Ports whose queues exist: a device claiming more than it has queues for gets no more.
-      const maxPorts = multiport ? Math.max(1, Math.min(config.maxNrPorts, (queues - 2) >> 1)) : 1;
       const driver = new ConsoleDriver(core, maxPorts, bufferSize);
       if (!multiport) {
         driver.addPort(0);

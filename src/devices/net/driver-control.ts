@@ -48,8 +48,10 @@ const RX_MODES: Readonly<Record<number, { readonly feature: number; readonly wha
 export class NetControl {
   constructor(
     private readonly core: VirtioDriver,
-    /** N of §5.1.2: pairs the device has queues for. */
+    /** Queue pairs set up (N of §5.1.2, bounded by the driver): the most VQ_PAIRS_SET may ask for. */
     private readonly maxQueuePairs: number,
+    /** §5.1.2: the control queue follows the device's N pairs, 2N (N = 1 without MQ). */
+    private readonly ctrlIndex: number,
   ) {}
 
   /** Throw, naming the feature, unless `bit` was negotiated. */
@@ -136,11 +138,6 @@ export class NetControl {
     } finally {
       dma.free(addr);
     }
-  }
-
-  /** §5.1.2: the control queue follows the N pairs (N = 1 without MQ). */
-  private get ctrlIndex(): number {
-    return 2 * (hasFeature(this.core.features, NetFeature.MQ) ? this.maxQueuePairs : 1);
   }
 
   private async command(cls: number, cmd: number, data: Uint8Array, what: string): Promise<void> {

@@ -5,7 +5,7 @@
  */
 import type { Logger } from 'pino';
 import { DeviceId, Feature, featureBit, hasFeature } from '../../virtio/constants.ts';
-import { VirtioDriver } from '../../virtio/driver-core.ts';
+import { DEFAULT_MAX_REQUEST_QUEUES, VirtioDriver } from '../../virtio/driver-core.ts';
 import type { DriverTransport } from '../../virtio/driver.ts';
 import { FRAMEWORK_FEATURES } from '../../virtio/features.ts';
 import { plainFrameLimit } from './offload.ts';
@@ -48,8 +48,10 @@ const MERGEABLE_BUFFER = 2048;
 export interface StartedDevice {
   readonly core: VirtioDriver;
   readonly cfg: NetConfig;
-  /** N of §5.1.2: pairs the device has queues for. */
+  /** Queue pairs set up: N of §5.1.2 (max_virtqueue_pairs), bounded by what the driver uses. */
   readonly pairs: number;
+  /** The controlq's index, 2N (§5.1.2); set up only with VIRTIO_NET_F_CTRL_VQ. */
+  readonly ctrlIndex: number;
   /** Bytes per receive buffer, header included. */
   readonly rxBufferSize: number;
   readonly inbox: number;
@@ -61,21 +63,31 @@ export async function startDevice(transport: DriverTransport, options: NetDriver
     (options.features ?? NET_DRIVER_FEATURES) &
     ~(options.packed === false ? featureBit(Feature.RING_PACKED) : 0n) &
     ~(options.offloads === false ? NET_OFFLOAD_FEATURES : 0n);
-  // The queue count depends on what will be negotiated (§5.1.2), so work it out first, as
-  // start() will; §3.1.1 step 4 lets a driver read the configuration space before accepting.
-  const predicted = (await transport.deviceFeatures()) & (wanted | featureBit(Feature.VERSION_1));
-  const has = (bit: number): boolean => hasFeature(predicted, bit);
+  const asked = options.queuePairs ?? 1;
+  if (!Number.isSafeInteger(asked) || asked < 1) throw new RangeError(`net: option queuePairs ${asked} is not a positive integer`);
+  // N of §5.1.2 and the pairs set up, decided from the negotiated features and max_virtqueue_pairs.
+  let devicePairs = 1;
   let pairs = 1;
-  if (has(NetFeature.MQ)) {
-    const raw = await transport.readConfig(NET_CONFIG.offset.maxVirtqueuePairs, 2);
-    pairs = raw[0] | (raw[1] << 8);
-    if (pairs < 1 || pairs > VQ_PAIRS_MAX) throw new Error(`net: the device reports max_virtqueue_pairs ${pairs}, outside 1..${VQ_PAIRS_MAX}`);
-  }
+  let ctrl = false;
   const core = await VirtioDriver.start(transport, {
     name: 'net',
     deviceId: DeviceId.NET,
     features: wanted,
-    queues: 2 * pairs + (has(NetFeature.CTRL_VQ) ? 1 : 0),
+    queues: async (plan) => {
+      ctrl = hasFeature(plan.features, NetFeature.CTRL_VQ);
+      if (hasFeature(plan.features, NetFeature.MQ)) {
+        const raw = await plan.readConfig(NET_CONFIG.offset.maxVirtqueuePairs, 2);
+        devicePairs = raw[0] | (raw[1] << 8);
+        // §5.1.4.2: the device MUST set 1..0x8000; anything else is a broken device.
+        if (devicePairs < 1 || devicePairs > VQ_PAIRS_MAX) throw new Error(`net: the device reports max_virtqueue_pairs ${devicePairs}, outside 1..${VQ_PAIRS_MAX}`);
+      }
+      // The pairs this driver can use: a device offering 0x8000 gets rings for a handful, not
+      // 65536 (or those asked for by queuePairs). §5.1.6.5.5: the driver uses n <= N pairs, and
+      // the controlq stays at index 2N, past the pairs never set up.
+      pairs = Math.min(devicePairs, Math.max(asked, DEFAULT_MAX_REQUEST_QUEUES));
+      const indices = Array.from({ length: 2 * pairs }, (_, i) => i);
+      return ctrl ? [...indices, 2 * devicePairs] : indices;
+    },
     queueSize: options.queueSize,
     pollMicros: options.pollMicros,
     log: options.log,
@@ -94,7 +106,7 @@ export async function startDevice(transport: DriverTransport, options: NetDriver
     }
     const inbox = options.inbox ?? DEFAULT_INBOX;
     if (!Number.isSafeInteger(inbox) || inbox < 1) throw new RangeError(`net: inbox ${inbox} is not a positive integer`);
-    return { core, cfg, pairs, rxBufferSize, inbox };
+    return { core, cfg, pairs, ctrlIndex: 2 * devicePairs, rxBufferSize, inbox };
   } catch (err) {
     await core.close();
     throw err;

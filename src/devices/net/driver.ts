@@ -59,24 +59,25 @@ export class NetDriver {
     /** The generic driver underneath: its queues carry what the methods here build. */
     readonly core: VirtioDriver,
     cfg: NetConfig,
-    /** N of §5.1.2: pairs the device has queues for. */
+    /** Queue pairs set up: N of §5.1.2, bounded by what the driver uses (driver-start.ts). */
     readonly maxQueuePairs: number,
+    ctrlIndex: number,
     rxBufferSize: number,
     inbox: number,
   ) {
     this.cfg = cfg;
     this.address = cfg.mac;
     this.mtuBytes = hasFeature(core.features, NetFeature.MTU) ? cfg.mtu : DEFAULT_MTU;
-    this.control = new NetControl(core, maxQueuePairs);
+    this.control = new NetControl(core, maxQueuePairs, ctrlIndex);
     this.rx = new NetReceiver(core, hasFeature(core.features, NetFeature.MRG_RXBUF), rxBufferSize, inbox, this.counters);
     this.tx = new NetTransmitter(core, this.mtuBytes, this.counters, maxQueuePairs);
   }
 
   /** Initialize the device behind `transport` (§3.1.1, §5.1.5), post receive buffers, return the driver. */
   static async open(transport: DriverTransport, options: NetDriverOptions = {}): Promise<NetDriver> {
-    const { core, cfg, pairs, rxBufferSize, inbox } = await startDevice(transport, options);
+    const { core, cfg, pairs, ctrlIndex, rxBufferSize, inbox } = await startDevice(transport, options);
     try {
-      const driver = new NetDriver(core, cfg, pairs, rxBufferSize, inbox);
+      const driver = new NetDriver(core, cfg, pairs, ctrlIndex, rxBufferSize, inbox);
       core.onConfigChange(() => void driver.configChanged().catch((err: unknown) => core.log.warn({ err }, 'net: configuration change failed')));
       await driver.chooseAddress(options.mac);
       driver.rx.post(1);

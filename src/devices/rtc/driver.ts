@@ -96,7 +96,7 @@ export class RtcDriver {
       deviceId: DeviceId.RTC,
       features: FRAMEWORK_FEATURES | (wantAlarm ? featureMask([RtcFeature.ALARM]) : 0n),
       // The alarmq exists only once VIRTIO_RTC_F_ALARM is negotiated.
-      queues: (features) => (hasFeature(features, RtcFeature.ALARM) ? 2 : 1),
+      queues: ({ features }) => (hasFeature(features, RtcFeature.ALARM) ? 2 : 1),
       queueSize: options.queueSize,
       log: options.log,
     });

@@ -6,7 +6,7 @@
  */
 import type { Logger } from 'pino';
 import { DeviceId, Feature, featureBit } from '../../virtio/constants.ts';
-import { VirtioDriver } from '../../virtio/driver-core.ts';
+import { DEFAULT_MAX_REQUEST_QUEUES, VirtioDriver } from '../../virtio/driver-core.ts';
 import type { DriverTransport } from '../../virtio/driver.ts';
 import { EventReceiver } from '../../virtio/event-receiver.ts';
 import type { Segment } from '../../virtio/queue.ts';
@@ -97,13 +97,18 @@ export class ScsiDriver {
   }
 
   static async open(transport: DriverTransport, options: ScsiDriverOptions = {}): Promise<ScsiDriver> {
-    const queues = await transport.numQueues();
-    if (queues < FIRST_REQUEST_QUEUE + 1) throw new ScsiProtocolError(`the device has ${queues} queues, fewer than controlq, eventq and one request queue`);
     const core = await VirtioDriver.start(transport, {
       name: 'scsi',
       deviceId: DeviceId.SCSI,
       features: (options.features ?? SCSI_DRIVER_FEATURES) & ~(options.packed === false ? featureBit(Feature.RING_PACKED) : 0n),
-      queues,
+      queues: async (plan) => {
+        // §5.6.4: num_queues request queues follow controlq and eventq, and the driver MAY use only
+        // one. A request queue always exists, so 0 reads as 1; the device's word only bounds what
+        // the driver wants, never raises it.
+        const raw = await plan.readConfig(SCSI_CONFIG.offset.numQueues, 4);
+        const offered = Math.max(1, new DataView(raw.buffer, raw.byteOffset, 4).getUint32(0, true));
+        return FIRST_REQUEST_QUEUE + Math.min(DEFAULT_MAX_REQUEST_QUEUES, offered);
+      },
       queueSize: options.queueSize,
       log: options.log,
     });
@@ -113,8 +118,7 @@ export class ScsiDriver {
       if (config.cdbSize !== DEFAULT_CDB_SIZE || config.senseSize !== DEFAULT_SENSE_SIZE) {
         throw new ScsiProtocolError(`the device uses cdb_size ${config.cdbSize} and sense_size ${config.senseSize}, not ${DEFAULT_CDB_SIZE} and ${DEFAULT_SENSE_SIZE}`);
       }
-      const requestQueues = Math.max(1, Math.min(queues - FIRST_REQUEST_QUEUE, config.numQueues));
-      return new ScsiDriver(core, config, requestQueues, options.log);
+      return new ScsiDriver(core, config, core.queueCount - FIRST_REQUEST_QUEUE, options.log);
     } catch (err) {
       await core.close();
       throw err;

@@ -13,6 +13,7 @@ import {
 import { createLoopback } from '../../../src/transports/mmio/loopback.ts';
 import { DeviceId, Feature, featureBit, hasFeature } from '../../../src/virtio/constants.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
+import { allQueues } from '../virtio/all-queues.ts';
 
 const disk = (sectors = 64): MemoryBackend => new MemoryBackend(sectors * 512);
 
@@ -116,7 +117,7 @@ test('CONFIG_WCE without FLUSH starts writethrough', async () => {
 test('malformed requests on a real ring are answered and the device keeps serving', async () => {
   const backend = disk();
   const { transport, memory } = createLoopback(new BlkDevice({ backend }), { memoryBytes: 1 << 20 });
-  const core = await VirtioDriver.start(transport, { name: 'raw-blk', deviceId: DeviceId.BLOCK, features: BLK_DRIVER_FEATURES });
+  const core = await VirtioDriver.start(transport, { name: 'raw-blk', deviceId: DeviceId.BLOCK, features: BLK_DRIVER_FEATURES, queues: allQueues });
   const q = core.queue(0);
   const buf = transport.dma.alloc(4096, 16) ?? assert.fail('no DMA memory');
   const header = (type: number, sector: number): void => void memory.write(buf, encodeRequestHeader({ type, reserved: 0, sector }));

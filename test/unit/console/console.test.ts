@@ -29,6 +29,7 @@ import { DeviceId, featureBit } from '../../../src/virtio/constants.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { EventReceiver } from '../../../src/virtio/event-receiver.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
+import { allQueues } from '../virtio/all-queues.ts';
 
 /** A host end whose output collects what the guest wrote; `slow` completes each write a turn later. */
 function hostEnd(options: { slow?: boolean; highWaterMark?: number } = {}): { input: PassThrough; output: Writable; received: Buffer[]; bytes(): Buffer } {
@@ -186,7 +187,7 @@ test('console: a resize reaches the driver as RESIZE and in the configuration sp
 async function rawDriver(device: ConsoleDevice, postControl = true) {
   const { transport } = createLoopback(device, { memoryBytes: 4 << 20 });
   const features = FRAMEWORK_FEATURES | featureBit(ConsoleFeature.MULTIPORT) | featureBit(ConsoleFeature.EMERG_WRITE);
-  const core = await VirtioDriver.start(transport, { name: 'raw', deviceId: DeviceId.CONSOLE, features, queueSize: 16 });
+  const core = await VirtioDriver.start(transport, { name: 'raw', deviceId: DeviceId.CONSOLE, features, queues: allQueues, queueSize: 16 });
   const messages: { id: number; event: number; value: number; payload: string }[] = [];
   const arrived = new PassThrough({ objectMode: true });
   if (postControl) {

@@ -23,6 +23,7 @@ import type { DeviceContext, VirtioDevice } from '../../../src/virtio/device.ts'
 import { DeviceNeedsResetError, VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { DeviceCounters } from '../../../src/virtio/counters.ts';
+import { allQueues } from '../virtio/all-queues.ts';
 
 const log = pino({ level: 'silent' });
 const openFds = (): number => readdirSync('/proc/self/fd').length;
@@ -112,7 +113,7 @@ test('the back-end negotiates the protocol features the front-end uses', async (
 test('a configuration change reaches the driver through the back-end request channel', async (t) => {
   const device = new ConfigDevice();
   const { path } = serve(t, device);
-  const driver = await VirtioDriver.start(await connect(path, DeviceId.RTC, 64), { name: 'config', deviceId: DeviceId.RTC, features: 0n, log });
+  const driver = await VirtioDriver.start(await connect(path, DeviceId.RTC, 64), { name: 'config', deviceId: DeviceId.RTC, features: 0n, queues: allQueues, log });
   const changed = new Promise<void>((resolve) => driver.onConfigChange(resolve));
   device.change(0xfeed);
   await changed;
@@ -124,7 +125,7 @@ test('a ring the back-end stops fails the pending request with DEVICE_NEEDS_RESE
   const device = new ConfigDevice();
   const { path } = serve(t, device);
   const frontend = await connect(path, DeviceId.RTC, 64);
-  const driver = await VirtioDriver.start(frontend, { name: 'config', deviceId: DeviceId.RTC, features: 0n, log });
+  const driver = await VirtioDriver.start(frontend, { name: 'config', deviceId: DeviceId.RTC, features: 0n, queues: allQueues, log });
   const addr = frontend.dma.alloc(16, 16);
   assert.ok(addr !== undefined);
   const pending = driver.queue(0).submit([], [{ addr, len: 16 }]);

@@ -22,6 +22,7 @@ import { DeviceNeedsResetError, VirtioDriver } from '../../../src/virtio/driver-
 import { encodeMessage } from '../../../src/transports/vhost-user/messages.ts';
 import { DeviceId, Feature, featureBit } from '../../../src/virtio/constants.ts';
 import { FakeBackend, type FakeBackendOptions } from './fake-backend.ts';
+import { allQueues } from '../virtio/all-queues.ts';
 
 const log = pino({ level: 'silent' });
 const openFds = (): number => readdirSync('/proc/self/fd').length;
@@ -121,7 +122,7 @@ test('a back-end without PROTOCOL_FEATURES is driven without protocol messages o
 test('the back-end request channel: a configuration change is acknowledged and delivered, other requests refused, garbage closes it', async (t) => {
   const backend = fake(t, { protocolFeatures: REPLY_ACK | featureBit(ProtocolFeature.BACKEND_REQ), onKick: 16 });
   const frontend = await connect(backend);
-  const driver = await VirtioDriver.start(frontend, { name: 'rng', deviceId: DeviceId.RNG, features: 0n, log });
+  const driver = await VirtioDriver.start(frontend, { name: 'rng', deviceId: DeviceId.RNG, features: 0n, queues: allQueues, log });
   t.after(() => driver.close());
   const ack = (reply: Uint8Array): bigint => new DataView(reply.buffer, reply.byteOffset).getBigUint64(12, true);
 

@@ -13,6 +13,7 @@ import { type QueueRequest, type RequestRing, RequestQueue } from '../../../src/
 import { SplitDriverQueue } from '../../../src/virtio/split-ring.ts';
 import { ScriptedDevice, WARN, captureLog, deferred } from './framework-fixture.ts';
 import { RawRing } from './split-ring-fixture.ts';
+import { allQueues } from './all-queues.ts';
 
 const V1 = featureBit(Feature.VERSION_1);
 const PACKED = featureBit(Feature.RING_PACKED);
@@ -41,7 +42,7 @@ function tampered(regs: MmioRegisterAccess, t: MmioDriverTransport, override: (o
 test('negotiation accepts only the features both sides implement, VERSION_1 included', async () => {
   const device = new ScriptedDevice(undefined, 1, 16, 0b111n | featureBit(50) | EVENT_IDX | PACKED);
   const { transport, host } = loopback(device);
-  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0b010n | EVENT_IDX });
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0b010n | EVENT_IDX, queues: allQueues });
   assert.equal(driver.features, V1 | 0b010n | EVENT_IDX, 'bits 0, 2, 50 and RING_PACKED offered but not implemented');
   assert.equal(host.state.driverFeatures, driver.features);
   assert.equal(host.state.status, DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.FEATURES_OK | DeviceStatus.DRIVER_OK);
@@ -53,7 +54,7 @@ test('a device without VERSION_1 is refused and marked FAILED', async () => {
   const { transport, host } = loopback();
   const legacy = tampered(host, transport, (o, sel) => (o === MmioReg.DEVICE_FEATURES && sel === 1 ? 0 : undefined));
   await assert.rejects(
-    VirtioDriver.start(legacy, { name: 'test', deviceId: 0x7f, features: 0n }),
+    VirtioDriver.start(legacy, { name: 'test', deviceId: 0x7f, features: 0n, queues: allQueues }),
     /test: the device does not offer VERSION_1/,
   );
   assert.equal(host.state.status & DeviceStatus.FAILED, DeviceStatus.FAILED);
@@ -64,7 +65,7 @@ test('a device that clears FEATURES_OK makes start fail with the features named'
   // The "device" advertises bit 7 but its state machine never offered it, so it refuses FEATURES_OK.
   const liar = tampered(host, transport, (o, sel) => (o === MmioReg.DEVICE_FEATURES && sel === 0 ? 0x80 : undefined));
   await assert.rejects(
-    VirtioDriver.start(liar, { name: 'test', deviceId: 0x7f, features: 0x80n }),
+    VirtioDriver.start(liar, { name: 'test', deviceId: 0x7f, features: 0x80n, queues: allQueues }),
     /test: the device refused features bit 7, VERSION_1 \(FEATURES_OK did not stick\)/,
   );
   assert.equal(host.state.status & DeviceStatus.FAILED, DeviceStatus.FAILED);
@@ -73,19 +74,19 @@ test('a device that clears FEATURES_OK makes start fail with the features named'
 test('options a driver cannot honour are refused by name', async () => {
   const { transport } = loopback();
   await assert.rejects(
-    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: featureBit(Feature.NOTIFICATION_DATA) }),
+    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: featureBit(Feature.NOTIFICATION_DATA), queues: allQueues }),
     /driver test: feature NOTIFICATION_DATA is not implemented by the virtio framework/,
   );
   await assert.rejects(
-    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queueSize: 100 }),
+    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queues: allQueues, queueSize: 100 }),
     /test: option queueSize: queue size 100 is not a power of two \(split ring\)/,
   );
   await assert.rejects(
-    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queueSize: 0 }),
+    VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queues: allQueues, queueSize: 0 }),
     /option queueSize: queue size 0 is not a positive integer/,
   );
   await assert.rejects(
-    VirtioDriver.start(transport, { name: 'test', deviceId: 4, features: 0n }),
+    VirtioDriver.start(transport, { name: 'test', deviceId: 4, features: 0n, queues: allQueues }),
     /test: expected virtio device ID 4, the device reports 127/,
   );
   await assert.rejects(
@@ -94,13 +95,13 @@ test('options a driver cannot honour are refused by name', async () => {
   );
   await assert.rejects(
     VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queues: 0 }),
-    /test: option queues 0 is not a positive integer/,
+    /test: option queues 0 is not an integer from 1 to 65536/,
   );
 });
 
 test('a packed ring may use a size that is not a power of two', async () => {
   const { transport, host } = loopback(new ScriptedDevice(undefined, 1, 16, PACKED));
-  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: PACKED, queueSize: 12 });
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: PACKED, queues: allQueues, queueSize: 12 });
   assert.equal(driver.queue(0).size, 12);
   assert.equal(host.state.queueSize(0), 12);
   await driver.close();
@@ -116,12 +117,12 @@ test('configuration reads repeat until the generation is the same before and aft
     if (o === MmioReg.CONFIG) configReads++;
     return undefined;
   });
-  const driver = await VirtioDriver.start(racy, { name: 'test', deviceId: 0x7f, features: 0n });
+  const driver = await VirtioDriver.start(racy, { name: 'test', deviceId: 0x7f, features: 0n, queues: allQueues });
   assert.deepEqual([...(await driver.readConfig(0, 4))], [1, 2, 3, 4]);
   assert.equal(configReads, 2, 'the first read was torn and repeated');
 
   const neverStable = tampered(host, transport, (o) => (o === MmioReg.CONFIG_GENERATION ? ++generationReads : undefined));
-  const unstable = await VirtioDriver.start(neverStable, { name: 'test', deviceId: 0x7f, features: 0n });
+  const unstable = await VirtioDriver.start(neverStable, { name: 'test', deviceId: 0x7f, features: 0n, queues: allQueues });
   await assert.rejects(unstable.readConfig(0, 4), /test: the configuration generation kept changing/);
 });
 
@@ -129,7 +130,7 @@ test('DEVICE_NEEDS_RESET fails pending and later requests with a clear error', a
   const gate = deferred();
   const { transport, device } = loopback(new ScriptedDevice(() => gate.promise, 1));
   const { log } = captureLog();
-  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: FRAMEWORK_FEATURES, log });
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: FRAMEWORK_FEATURES, queues: allQueues, log });
   const buf = transport.dma.alloc(16, 8)!;
   const pending = driver.queue(0).submit([], [{ addr: buf, len: 16 }]);
   await new Promise((r) => setImmediate(r));
@@ -260,7 +261,7 @@ test('a request that can never fit the ring is refused; so is an empty one', asy
 
 test('a configuration change reaches the driver\'s listeners, and reads see the new generation\'s bytes', async () => {
   const { transport, device } = loopback();
-  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n });
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queues: allQueues });
   const changed = new Promise<Uint8Array>((resolve) => driver.onConfigChange(() => resolve(driver.readConfig(0, 2))));
   device.config.set([5, 6]);
   device.ctx!.configChanged();
@@ -415,7 +416,7 @@ test('reclaim() takes back used buffers at once, at most once per turn, publishi
 
 test('requests complete with polling on over a real ring, and the driver ends asleep', async () => {
   const { transport } = loopback(new ScriptedDevice((req) => void req.writer.write(Uint8Array.of(1, 2, 3)), 1));
-  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: FRAMEWORK_FEATURES, pollMicros: 200 });
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: FRAMEWORK_FEATURES, queues: allQueues, pollMicros: 200 });
   try {
     const buf = transport.dma.alloc(16, 8)!;
     const lens = await Promise.all(Array.from({ length: 40 }, () => driver.queue(0).submit([], [{ addr: buf, len: 16 }])));
@@ -428,5 +429,5 @@ test('requests complete with polling on over a real ring, and the driver ends as
 
 test('a poll budget that is not a non-negative number is refused with a sentence naming it', async () => {
   const { transport } = loopback();
-  await assert.rejects(VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, pollMicros: -1 }), /test: option pollMicros -1 is not a non-negative number/);
+  await assert.rejects(VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queues: allQueues, pollMicros: -1 }), /test: option pollMicros -1 is not a non-negative number/);
 });

@@ -10,6 +10,7 @@ import { BYTE_STREAM, EventQueue } from '../../../src/virtio/event-queue.ts';
 import { EventReceiver } from '../../../src/virtio/event-receiver.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { captureLog } from './framework-fixture.ts';
+import { allQueues } from './all-queues.ts';
 
 /** A one-queue device that streams bytes to the driver, with back-pressure (a console's receiveq, say). */
 class StreamDevice implements VirtioDevice {
@@ -49,7 +50,7 @@ async function start(features = FRAMEWORK_FEATURES) {
   const device = new StreamDevice();
   const { log, lines } = captureLog();
   const { transport } = createLoopback(device, { memoryBytes: 1 << 20, log });
-  const driver = await VirtioDriver.start(transport, { name: 'stream', deviceId: device.deviceId, features, log });
+  const driver = await VirtioDriver.start(transport, { name: 'stream', deviceId: device.deviceId, features, queues: allQueues, log });
   return { device, driver, transport, lines, log };
 }
 

@@ -11,6 +11,7 @@ import type { Request } from '../../../src/virtio/serve.ts';
 import { ScriptQueue, ScriptedDevice, chain, context, deferred } from './framework-fixture.ts';
 import { DATA, RawRing } from './split-ring-fixture.ts';
 import { SplitDeviceQueue } from '../../../src/virtio/split-ring.ts';
+import { allQueues } from './all-queues.ts';
 
 test('notifications are off while the queue drains and back on at the end; a buffer that slipped in is served', () => {
   const q = new ScriptQueue([chain(0), chain(1)]);
@@ -285,7 +286,7 @@ test('over a real ring: a request completing after the device was reset leaves g
     return pending.gate.promise;
   }, 1);
   const { transport, host, memory } = createLoopback(device, { memoryBytes: 1 << 16 });
-  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: device.deviceId, features: FRAMEWORK_FEATURES });
+  const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: device.deviceId, features: FRAMEWORK_FEATURES, queues: allQueues });
   const buf = transport.dma.alloc(8, 8)!;
   memory.slice(buf, 8).fill(0x55);
   void driver.queue(0).submit([], [{ addr: buf, len: 8 }]);
