@@ -141,9 +141,9 @@ function identity(profile: NamedDriverProfile): fc.Arbitrary<IdentityChoice> {
     deviceMask: fc.oneof({ weight: 3, arbitrary: fc.constant(profile.features) }, { weight: 2, arbitrary: subsetOf(profile.features) }),
     extra: rare(0n, fc.bigInt({ min: 0n, max: (1n << 64n) - 1n })),
     acceptFeatures: rare(true, fc.constant(false)),
-    // Up to a few hundred: a driver sets up every queue a device claims until its DMA memory runs out,
-    // which is bounded but slow, and a campaign has more to look at.
-    numQueues: rare(undefined, fc.oneof(fc.integer({ min: 0, max: 9 }), fc.constant(300))),
+    // The whole 16-bit range (queue_select is 16 bits): a driver sets up the queues it chose from
+    // its features and configuration, never one per queue the device claims.
+    numQueues: rare(undefined, fc.oneof(fc.integer({ min: 0, max: 9 }), fc.constantFrom(300, 0xffff), u16)),
     maxSizes: fc.oneof(
       { weight: 4, arbitrary: fc.constant([256]) },
       { weight: 3, arbitrary: fc.array(fc.constantFrom(1, 2, 3, 4, 5, 8, 16, 64, 256), { minLength: 1, maxLength: 3 }) },

@@ -10,7 +10,8 @@ export const CONSOLE_DRIVER_FUZZ: DriverFuzzProfile = {
   features: featureMask(Object.values(ConsoleFeature)),
   // Port 0's pair, the control pair, port 1's pair.
   queues: 6,
-  config: (seed) => CONSOLE_CONFIG.encode({ cols: seed.a % 300, rows: seed.b % 100, maxNrPorts: 2, emergWr: 0 }),
+  // Now and then the most ports max_nr_ports can claim: the driver still sets up queues for a few.
+  config: (seed) => CONSOLE_CONFIG.encode({ cols: seed.a % 300, rows: seed.b % 100, maxNrPorts: seed.choice === 15 ? 0xffff_ffff : 2, emergWr: 0 }),
   async open(transport, log) {
     const { ConsoleDriver } = await import('./driver.ts');
     const driver = await ConsoleDriver.open(transport, { log, bufferSize: 64 });
