@@ -69,8 +69,8 @@ export interface QueuePlan {
  */
 export const DEFAULT_MAX_REQUEST_QUEUES = 8;
 
-/** Highest queue index §4.1.4.3 / §4.2.2 can address (queue_select and QueueSel are 16 bits wide). */
-const MAX_QUEUE_INDEX = 0xffff;
+/** Highest queue index the spec names: virtio-net's controlq at 2N with N up to 0x8000 (§5.1.2, §5.1.4.2). */
+const MAX_QUEUE_INDEX = 0x10000;
 
 /** The device asked for a reset (§2.1.2): requests pending at that moment fail with this. */
 export class DeviceNeedsResetError extends Error {

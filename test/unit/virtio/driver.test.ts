@@ -95,7 +95,7 @@ test('options a driver cannot honour are refused by name', async () => {
   );
   await assert.rejects(
     VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queues: 0 }),
-    /test: option queues 0 is not an integer from 1 to 65536/,
+    /test: option queues 0 is not an integer from 1 to 65537/,
   );
 });
 
