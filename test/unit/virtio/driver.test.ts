@@ -99,6 +99,33 @@ test('options a driver cannot honour are refused by name', async () => {
   );
 });
 
+test('the core sets up exactly the queues the driver names, chosen from features and configuration, whatever the device claims', async () => {
+  // A device with as many queues as mmio probing finds (1024): the driver asks for two of them,
+  // skipping one, from a configuration byte.
+  const device = new ScriptedDevice(undefined, 1024);
+  device.config[0] = 2;
+  const { transport } = loopback(device);
+  const driver = await VirtioDriver.start(transport, {
+    name: 'test',
+    deviceId: 0x7f,
+    features: 0n,
+    queues: async (plan) => {
+      assert.equal(await plan.deviceQueues(), 1024);
+      return [0, (await plan.readConfig(0, 1))[0]];
+    },
+  });
+  assert.equal(driver.queueCount, 2);
+  assert.equal(driver.queue(2).size, 16);
+  assert.throws(() => driver.queue(1), /test: there is no queue 1 \(the driver did not set it up\)/);
+  await driver.close();
+  for (const queues of [[], [0, 0], [-1], [0x10001]]) {
+    await assert.rejects(
+      VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: 0n, queues }),
+      /test: option queues \[.*\] is not a non-empty list of distinct queue indices 0\.\.65536/,
+    );
+  }
+});
+
 test('a packed ring may use a size that is not a power of two', async () => {
   const { transport, host } = loopback(new ScriptedDevice(undefined, 1, 16, PACKED));
   const driver = await VirtioDriver.start(transport, { name: 'test', deviceId: 0x7f, features: PACKED, queues: allQueues, queueSize: 12 });
