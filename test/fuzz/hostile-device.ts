@@ -14,7 +14,14 @@ import type { DescriptorChain, DeviceQueue, QueueAddresses, QueueConfig } from '
 import { createDeviceQueue, isPackedRing, negotiatedQueueConfig, ringLayout } from '../../src/virtio/ring.ts';
 import { mapPackedRing } from '../../src/virtio/packed/ring.ts';
 import { RING_IDX, mapSplitRing } from '../../src/virtio/split/layout.ts';
+import { MAX_DRIVER_PORTS } from '../../src/devices/console/driver.ts';
 import { GuardedMemory } from './guarded-memory.ts';
+
+/**
+ * The most queues a driver here sets up unasked: console's port 0, control and MAX_DRIVER_PORTS - 1
+ * further ports, two queues each. A driver setting up more believed a device's queue count.
+ */
+export const MOST_QUEUES_A_DRIVER_WANTS = 2 * (MAX_DRIVER_PORTS + 1);
 
 /** The guest memory a driver gets: one region, all of it the driver's DMA pool. */
 export const GUEST_BASE = 0x10_0000;
@@ -152,6 +159,9 @@ export class HostileDevice implements DriverTransport {
     if (index >= this.identity.numQueues || size > (await this.queueMaxSize(index))) {
       this.driverFaults.push(`driver enabled queue ${index} of size ${size}, beyond what the device offered`);
       return;
+    }
+    if (!this.queues.has(index) && this.queues.size >= MOST_QUEUES_A_DRIVER_WANTS) {
+      this.driverFaults.push(`driver enabled a queue beyond the ${MOST_QUEUES_A_DRIVER_WANTS} any driver wants: it believed the device's queue count ${this.identity.numQueues}`);
     }
     const features = this.driverFeatures;
     try {
