@@ -9,6 +9,8 @@ import fc from 'fast-check';
 import { type DriverOutcome, driverProperty, runDriverScenario } from '../../fuzz/driver-adversarial.ts';
 import { DRIVER_PROFILES, type DeviceMove, type DriverScenario, type IdentityChoice, type NamedDriverProfile } from '../../fuzz/driver-scenario.ts';
 import { Feature, featureBit } from '../../../src/virtio/constants.ts';
+import { BlkFeature } from '../../../src/devices/blk/wire.ts';
+import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import type { HostileDevice, UsedLie } from '../../fuzz/hostile-device.ts';
 
 test('property: a lying device never breaks a driver, whose operations settle with clear errors', async () => {
@@ -82,6 +84,33 @@ test('a device whose configuration generation never settles after a change leave
   };
   const o = await runDriverScenario(s);
   assert.equal(o.completed, 1);
+});
+
+test('blk: a device claiming 65535 queues and num_queues 65535 gets a driver on a few rings that completes a read', async () => {
+  // configSeed choice 15: the profile's configuration claims num_queues 0xffff; deviceMask offers MQ.
+  const s: DriverScenario = {
+    profile: 'blk',
+    identity: { ...honest, numQueues: 0xffff, maxSizes: [256], deviceMask: featureBit(BlkFeature.MQ), configSeed: { choice: 15, a: 0, b: 0, fill: 1 } },
+    moves: [{ op: 'operate', seed: { choice: 0, a: 1, b: 0, fill: 3 } }],
+  };
+  const o = await runDriverScenario(s);
+  assert.ok(o.opened);
+  assert.equal(o.completed, 1);
+});
+
+/** A driver that believes the device's queue count, as the blk driver once did. */
+const coreProfile = DRIVER_PROFILES.find((p) => p.name === 'core')!;
+const believer: NamedDriverProfile = {
+  ...coreProfile,
+  async open(transport, log) {
+    const driver = await VirtioDriver.start(transport, { name: 'believer', deviceId: coreProfile.deviceId, features: 0n, queues: (plan) => plan.deviceQueues(), log });
+    return { operate: async () => {}, close: () => driver.close() };
+  },
+};
+
+test('the harness reports a driver that sets up a ring for every queue a device claims', async () => {
+  const s: DriverScenario = { profile: 'core', identity: { ...honest, numQueues: 300, maxSizes: [1] }, moves: [] };
+  await assert.rejects(runDriverScenario(s, believer), /beyond the 66 any driver wants: it believed the device's queue count 300/);
 });
 
 test('balloon: closing the driver gives every inflated page back, failed batches included', async () => {
