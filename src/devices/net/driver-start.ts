@@ -68,13 +68,11 @@ export async function startDevice(transport: DriverTransport, options: NetDriver
   // N of §5.1.2 and the pairs set up, decided from the negotiated features and max_virtqueue_pairs.
   let devicePairs = 1;
   let pairs = 1;
-  let ctrl = false;
   const core = await VirtioDriver.start(transport, {
     name: 'net',
     deviceId: DeviceId.NET,
     features: wanted,
     queues: async (plan) => {
-      ctrl = hasFeature(plan.features, NetFeature.CTRL_VQ);
       if (hasFeature(plan.features, NetFeature.MQ)) {
         const raw = await plan.readConfig(NET_CONFIG.offset.maxVirtqueuePairs, 2);
         devicePairs = raw[0] | (raw[1] << 8);
@@ -86,7 +84,7 @@ export async function startDevice(transport: DriverTransport, options: NetDriver
       // the controlq stays at index 2N, past the pairs never set up.
       pairs = Math.min(devicePairs, Math.max(asked, DEFAULT_MAX_REQUEST_QUEUES));
       const indices = Array.from({ length: 2 * pairs }, (_, i) => i);
-      return ctrl ? [...indices, 2 * devicePairs] : indices;
+      return hasFeature(plan.features, NetFeature.CTRL_VQ) ? [...indices, 2 * devicePairs] : indices;
     },
     queueSize: options.queueSize,
     pollMicros: options.pollMicros,
