@@ -7,20 +7,21 @@
  * used descriptor with malformed flags, an unknown buffer id or a length beyond the buffer is a
  * VirtqueueError, raised before any state changes, so no token is ever returned twice.
  *
- * Descriptor writes. A slot's address, length and buffer id are stored only where they differ
- * from what this driver last wrote there, kept in driver-private shadow state (never read back
- * from the ring, which the device writes): a transmit ring refilled with the same buffers in the
- * same slots then stores only each slot's flags, which every descriptor made available needs
- * (§2.8.1, §2.8.6). The device writes a used descriptor over one the driver made available
+ * Descriptor writes. With IN_ORDER, a slot's address, length and buffer id are stored only
+ * where they differ from what this driver last wrote there, kept in driver-private shadow state
+ * (never read back from the ring, which the device writes): a transmit ring refilled with the
+ * same buffers in the same slots then stores only each slot's flags, which every descriptor made
+ * available needs (§2.8.1, §2.8.6), except in the first slot of each batch the device used.
+ * Without IN_ORDER every slot gets a used descriptor and every descriptor is written whole. The device writes a used descriptor over one the driver made available
  * (§2.8: "overwriting a driver descriptor previously made available"), its id and length, and its
  * address is "unused" (§2.8.4), not promised untouched; so a slot that held a used descriptor is
  * written whole the next time. The device writes used descriptors only where the driver reads
  * them, at its used position (§2.8.2, §2.8.6 chains, §2.8.8 IN_ORDER batches: the skipped slots
  * get none), so every slot an honest device wrote passes through getUsed(), which forgets the
  * shadow of that slot. A device writing elsewhere breaks §2.8.2; what it then finds in those
- * slots is its own doing, and what the driver reads back from it is checked as ever. Buffer ids
- * are handed out first-freed first-taken, so that buffers used in ring order get the same id in
- * the same slot lap after lap.
+ * slots is its own doing, and what the driver reads back from it is checked as ever. With
+ * IN_ORDER buffer ids are handed out first-freed first-taken, so that buffers used in ring order
+ * get the same id in the same slot lap after lap.
  */
 import { DESC_SIZE, DescFlag } from '../constants.ts';
 import type { GuestMemory } from '../memory.ts';
@@ -85,7 +86,11 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   private batchHead = -1;
   private batchHeadFlags = 0;
 
-  /** Free buffer ids, a FIFO of freeCount entries from freeHead: ids are taken in the order they were freed. */
+  /**
+   * Free buffer ids, freeCount entries from freeHead. With IN_ORDER a FIFO, so that buffers used
+   * in ring order keep their id per slot lap after lap and their descriptors need no id stored;
+   * without it a stack (freeHead 0), whose few hot ids keep the device's per-id state warm.
+   */
   private readonly freeIds: Uint16Array;
   private freeHead = 0;
   private freeCount: number;
@@ -136,10 +141,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.inOrder = config.inOrder;
     this.kicked = extendedIndex(0, true, size);
     this.freeIds = new Uint16Array(size);
-    // Hand out low ids first.
-    for (let i = 0; i < size; i++) this.freeIds[i] = i;
+    // Hand out low ids first (the FIFO from its head, the stack from its end).
+    for (let i = 0; i < size; i++) this.freeIds[i] = config.inOrder ? i : size - 1 - i;
     this.freeCount = size;
-    this.shadow = new Float64Array(size * 3).fill(-1);
+    this.shadow = new Float64Array(config.inOrder ? size * 3 : 0).fill(-1);
     this.batchOf = new Float64Array(size);
     this.tokens = new Array<T | undefined>(size).fill(undefined);
     this.slotsOf = new Uint16Array(size);
@@ -206,10 +211,15 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
 
   /** A free buffer id, now in flight with `token`, `writable` bytes and `slots` ring slots in the open batch. */
   private takeId(token: T, writable: number, slots: number): number {
-    const head = this.freeHead;
-    const id = this.freeIds[head];
-    this.freeHead = head + 1 === this.size ? 0 : head + 1;
-    this.freeCount--;
+    let id: number;
+    if (this.inOrder) {
+      const head = this.freeHead;
+      id = this.freeIds[head];
+      this.freeHead = head + 1 === this.size ? 0 : head + 1;
+      this.freeCount--;
+    } else {
+      id = this.freeIds[this.freeHead + --this.freeCount];
+    }
     this.batchOf[id] = this.openBatch;
     this.tokens[id] = token;
     this.writableOf[id] = writable;
@@ -357,9 +367,9 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     const token = this.tokens[id] as T;
     this.tokens[id] = undefined;
     this.batchOf[id] = 0;
-    const tail = this.freeHead + this.freeCount;
+    // With IN_ORDER a FIFO (see freeIds), else a stack: freeHead stays 0.
+    const tail = this.freeHead + this.freeCount++;
     this.freeIds[tail < this.size ? tail : tail - this.size] = id;
-    this.freeCount++;
     const used = this.used;
     used.token = token;
     used.len = len;
@@ -371,6 +381,15 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
    * seen: each field only where it differs from what this driver last stored in the slot.
    */
   private putDescriptor(pos: number, addr: number, len: number, id: number): void {
+    if (!this.inOrder) {
+      // Every slot gets a used descriptor (§2.8.6) and is written whole: no shadow to keep.
+      const w = pos * 4;
+      this.words[w] = addr >>> 0;
+      this.words[w + 1] = Math.floor(addr / 0x1_0000_0000);
+      this.words[w + 2] = len;
+      this.halves[pos * 8 + 6] = id;
+      return;
+    }
     const shadow = this.shadow;
     const s = pos * 3;
     if (shadow[s] !== addr) {
@@ -391,6 +410,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
 
   /** Slot `pos` holds what the device wrote (a used descriptor): nothing of the driver's is known there. */
   private forget(pos: number): void {
+    if (!this.inOrder) return;
     const s = pos * 3;
     this.shadow[s] = -1;
     this.shadow[s + 1] = -1;
