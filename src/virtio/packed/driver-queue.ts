@@ -6,22 +6,6 @@
  * last, at kick() (§2.8.21), so the device sees the batch whole. The device is not trusted: a
  * used descriptor with malformed flags, an unknown buffer id or a length beyond the buffer is a
  * VirtqueueError, raised before any state changes, so no token is ever returned twice.
- *
- * Descriptor writes. With IN_ORDER, a slot's address, length and buffer id are stored only
- * where they differ from what this driver last wrote there, kept in driver-private shadow state
- * (never read back from the ring, which the device writes): a transmit ring refilled with the
- * same buffers in the same slots then stores only each slot's flags, which every descriptor made
- * available needs (§2.8.1, §2.8.6), except in the first slot of each batch the device used.
- * Without IN_ORDER every slot gets a used descriptor and every descriptor is written whole. The device writes a used descriptor over one the driver made available
- * (§2.8: "overwriting a driver descriptor previously made available"), its id and length, and its
- * address is "unused" (§2.8.4), not promised untouched; so a slot that held a used descriptor is
- * written whole the next time. The device writes used descriptors only where the driver reads
- * them, at its used position (§2.8.2, §2.8.6 chains, §2.8.8 IN_ORDER batches: the skipped slots
- * get none), so every slot an honest device wrote passes through getUsed(), which forgets the
- * shadow of that slot. A device writing elsewhere breaks §2.8.2; what it then finds in those
- * slots is its own doing, and what the driver reads back from it is checked as ever. With
- * IN_ORDER buffer ids are handed out first-freed first-taken, so that buffers used in ring order
- * get the same id in the same slot lap after lap.
  */
 import { DESC_SIZE, DescFlag } from '../constants.ts';
 import type { GuestMemory } from '../memory.ts';
@@ -86,19 +70,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   private batchHead = -1;
   private batchHeadFlags = 0;
 
-  /**
-   * Free buffer ids, freeCount entries from freeHead. With IN_ORDER a FIFO, so that buffers used
-   * in ring order keep their id per slot lap after lap and their descriptors need no id stored;
-   * without it a stack (freeHead 0), whose few hot ids keep the device's per-id state warm.
-   */
   private readonly freeIds: Uint16Array;
-  private freeHead = 0;
   private freeCount: number;
-  /**
-   * Per slot, the address, length and buffer id this driver last stored there, -1 where unknown
-   * (never written, or written over by a used descriptor since).
-   */
-  private readonly shadow: Float64Array;
   /**
    * Per buffer id, the batch it was added in, 0 while the id is free. A buffer of `openBatch` is
    * not kicked yet, invisible to the device; kick() closes a batch by moving `openBatch` on, so
@@ -141,10 +114,9 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.inOrder = config.inOrder;
     this.kicked = extendedIndex(0, true, size);
     this.freeIds = new Uint16Array(size);
-    // Hand out low ids first (the FIFO from its head, the stack from its end).
-    for (let i = 0; i < size; i++) this.freeIds[i] = config.inOrder ? i : size - 1 - i;
+    // Hand out low ids first (a stack popped from the end).
+    for (let i = 0; i < size; i++) this.freeIds[i] = size - 1 - i;
     this.freeCount = size;
-    this.shadow = new Float64Array(config.inOrder ? size * 3 : 0).fill(-1);
     this.batchOf = new Float64Array(size);
     this.tokens = new Array<T | undefined>(size).fill(undefined);
     this.slotsOf = new Uint16Array(size);
@@ -197,7 +169,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     if (this.freeCount === 0 || this.outstanding === this.size) return false;
     const id = this.takeId(token, write === 0 ? 0 : len, 1);
     const pos = this.availPos;
-    this.putDescriptor(pos, seg.addr, len, id);
+    putDescriptor(this.words, this.halves, pos, seg.addr, len, id);
     const flags = availablePattern(this.availWrap) | write;
     if (pos + 1 === this.size) {
       this.availPos = 0;
@@ -211,15 +183,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
 
   /** A free buffer id, now in flight with `token`, `writable` bytes and `slots` ring slots in the open batch. */
   private takeId(token: T, writable: number, slots: number): number {
-    let id: number;
-    if (this.inOrder) {
-      const head = this.freeHead;
-      id = this.freeIds[head];
-      this.freeHead = head + 1 === this.size ? 0 : head + 1;
-      this.freeCount--;
-    } else {
-      id = this.freeIds[this.freeHead + --this.freeCount];
-    }
+    const id = this.freeIds[--this.freeCount];
     this.batchOf[id] = this.openBatch;
     this.tokens[id] = token;
     this.writableOf[id] = writable;
@@ -252,7 +216,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     for (let i = 0; i < count; i++) {
       const write = i >= nOut;
       const s = write ? inSegs[i - nOut] : out[i];
-      this.putDescriptor(pos, s.addr, s.len, id);
+      putDescriptor(this.words, halves, pos, s.addr, s.len, id);
       const flags = availablePattern(wrap) | (write ? WRITE : 0) | (i + 1 < count ? NEXT : 0);
       if (i === 0) headFlags = flags;
       else halves[pos * 8 + 7] = flags;
@@ -281,7 +245,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
       tables[w + 3] = write ? WRITE << 16 : 0;
     }
     const pos = this.availPos;
-    this.putDescriptor(pos, this.tablesAddr + first * DESC_SIZE, count * DESC_SIZE, id);
+    putDescriptor(this.words, this.halves, pos, this.tablesAddr + first * DESC_SIZE, count * DESC_SIZE, id);
     const flags = availablePattern(this.availWrap) | INDIRECT;
     if (++this.availPos === this.size) {
       this.availPos = 0;
@@ -319,11 +283,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     if (state !== usedPattern(this.usedWrap)) {
       // Still as the driver wrote it: not used yet. Anything else is the device's garbage.
       if (state === availablePattern(this.usedWrap)) return null;
-      this.forget(pos);
       throw badUsedFlags(this.name, pos, flags);
     }
-    // The device wrote a used descriptor here: the next buffer in this slot is written whole.
-    this.forget(pos);
     const id = this.halves[pos * 8 + 6];
     // A free id, or a buffer not yet kicked, is one the device cannot have seen (§2.8.12: it
     // processes in ring order).
@@ -367,54 +328,11 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     const token = this.tokens[id] as T;
     this.tokens[id] = undefined;
     this.batchOf[id] = 0;
-    // With IN_ORDER a FIFO (see freeIds), else a stack: freeHead stays 0.
-    const tail = this.freeHead + this.freeCount++;
-    this.freeIds[tail < this.size ? tail : tail - this.size] = id;
+    this.freeIds[this.freeCount++] = id;
     const used = this.used;
     used.token = token;
     used.len = len;
     return used;
-  }
-
-  /**
-   * Everything of descriptor `pos` but its flags, which the caller stores when the buffer may be
-   * seen: each field only where it differs from what this driver last stored in the slot.
-   */
-  private putDescriptor(pos: number, addr: number, len: number, id: number): void {
-    if (!this.inOrder) {
-      // Every slot gets a used descriptor (§2.8.6) and is written whole: no shadow to keep.
-      const w = pos * 4;
-      this.words[w] = addr >>> 0;
-      this.words[w + 1] = Math.floor(addr / 0x1_0000_0000);
-      this.words[w + 2] = len;
-      this.halves[pos * 8 + 6] = id;
-      return;
-    }
-    const shadow = this.shadow;
-    const s = pos * 3;
-    if (shadow[s] !== addr) {
-      const w = pos * 4;
-      this.words[w] = addr >>> 0;
-      this.words[w + 1] = Math.floor(addr / 0x1_0000_0000);
-      shadow[s] = addr;
-    }
-    if (shadow[s + 1] !== len) {
-      this.words[pos * 4 + 2] = len;
-      shadow[s + 1] = len;
-    }
-    if (shadow[s + 2] !== id) {
-      this.halves[pos * 8 + 6] = id;
-      shadow[s + 2] = id;
-    }
-  }
-
-  /** Slot `pos` holds what the device wrote (a used descriptor): nothing of the driver's is known there. */
-  private forget(pos: number): void {
-    if (!this.inOrder) return;
-    const s = pos * 3;
-    this.shadow[s] = -1;
-    this.shadow[s + 1] = -1;
-    this.shadow[s + 2] = -1;
   }
 
   /** The tokens of the buffers in flight, for a driver failing them all (a reset or a broken ring). */
@@ -454,6 +372,15 @@ function usedNotInFlight(name: string, id: number): VirtqueueError {
 
 function usedBeyondBuffer(name: string, id: number, len: number, writable: number): VirtqueueError {
   return new VirtqueueError('used length beyond buffer', `${name}: the device claims ${len} bytes written into buffer ${id} of ${writable}`);
+}
+
+/** Everything of descriptor `pos` but its flags, which the caller stores when the buffer may be seen. */
+function putDescriptor(words: Uint32Array, halves: Uint16Array, pos: number, addr: number, len: number, id: number): void {
+  const w = pos * 4;
+  words[w] = addr >>> 0;
+  words[w + 1] = Math.floor(addr / 0x1_0000_0000);
+  words[w + 2] = len;
+  halves[pos * 8 + 6] = id;
 }
 
 /** A driver's own segment, checked so that a bad one fails here rather than in the device; returns its length. */
