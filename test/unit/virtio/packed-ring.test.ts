@@ -675,6 +675,57 @@ test('driver IN_ORDER: a batched used descriptor returns every buffer up to its 
   assert.equal(drv.freeDescriptors, 7);
 });
 
+test('driver: a slot the device wrote a used descriptor into is written whole for the next buffer there (§2.8, §2.8.4)', () => {
+  for (const inOrder of [false, true]) {
+    const { mem, config, read } = setup(4, { inOrder });
+    const drv = new PackedDriverQueue<number>(mem, config, 'q');
+    const dev = new PackedDeviceQueue(mem, config, 'q');
+    const buffer = (i: number) => ({ addr: DATA + i * 0x100, len: 8 });
+    for (let lap = 0; lap < 3; lap++) {
+      for (let i = 0; i < 4; i++) assert.equal(drv.add([], [buffer(i)], i), true);
+      drv.kick();
+      const chains = [0, 1, 2, 3].map(() => dev.pop()!);
+      // The device sees every buffer as the driver gave it, also where its used descriptor lay.
+      assert.deepEqual(chains.map((c) => c.writable.map((w) => w.byteOffset - mem.slice(DATA, 1).byteOffset)), [[0], [0x100], [0x200], [0x300]], `lap ${lap}`);
+      for (const c of chains) dev.push(c, 8);
+      dev.publish();
+      // A used descriptor is a whole descriptor: its address is unused (§2.8.4), so a device may
+      // write anything there, and a length and id of its own.
+      for (let i = 0; i < 4; i++) {
+        if ((read(i).flags & USED) === (lap % 2 === 0 ? USED : 0)) {
+          mem.writeU64(RING + 16 * i, 0xdead_beef_0000n + BigInt(i));
+        }
+      }
+      const returned = [0, 1, 2, 3].map(() => drv.getUsed()?.token);
+      assert.deepEqual(returned, [0, 1, 2, 3]);
+    }
+    for (let i = 0; i < 4; i++) assert.equal(drv.add([], [buffer(i)], i), true);
+    drv.kick();
+    for (let i = 0; i < 4; i++) {
+      const d = read(i);
+      assert.equal(d.addr, DATA + i * 0x100, `slot ${i} (IN_ORDER ${inOrder}): the driver's address`);
+      assert.equal(d.len, 8);
+    }
+  }
+});
+
+test('driver: garbage a device wrote into a used descriptor is not left in the slot for the next buffer (§2.8)', () => {
+  const { mem, config, put, read } = setup(2, { inOrder: true });
+  const drv = new PackedDriverQueue<string>(mem, config, 'q');
+  drv.add([], [{ addr: DATA, len: 8 }], 'a');
+  drv.kick();
+  // The device uses buffer 0 with a length of its own and garbage where the address was.
+  put(0, { addr: 0xffff_ffff_ffff, len: 3, id: 0, flags: used(1) | WRITE });
+  assert.deepEqual(drv.getUsed(), { token: 'a', len: 3 });
+  drv.add([], [{ addr: DATA, len: 8 }], 'b');
+  drv.add([], [{ addr: DATA, len: 8 }], 'c');
+  drv.kick();
+  // Slot 1 came first (the ring goes on from where it stood), then slot 0 in the next lap.
+  assert.deepEqual(read(0), { addr: DATA, len: 8, id: read(0).id, flags: avail(0) | WRITE });
+  assert.notEqual(read(0).id, read(1).id, 'two buffers in flight, two ids');
+  assert.ok(read(0).id < 2 && read(1).id < 2);
+});
+
 test('driver: enableInterrupts asks for the next used descriptor and reports one already there', () => {
   for (const eventIdx of [false, true]) {
     const { mem, config, event } = setup(4, { eventIdx });
