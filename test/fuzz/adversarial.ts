@@ -17,10 +17,10 @@
  * seed and path that reproduce it.
  */
 import fc from 'fast-check';
-import { pino } from 'pino';
 import type { FuzzProfile, FuzzSubject } from '../../src/devices/device-type.ts';
 import { MmioDevice } from '../../src/transports/mmio/device.ts';
 import { DescFlag } from '../../src/virtio/constants.ts';
+import { caseLog, firstErrorLine, firstEscape, startCase } from './case-watch.ts';
 import { DATA_BASE, GuardedMemory } from './guarded-memory.ts';
 import { type DescWords, Finding, HONEST, HostileDriver, tableAddress } from './hostile-driver.ts';
 import { type Action, type Publish, type Scenario, profileNamed, scenario, type Target, type ValidRequest } from './scenario.ts';
@@ -57,21 +57,6 @@ export interface Outcome {
   readonly maxSteps: number;
 }
 
-// Device log lines at error level (a failed request handler, a failed activation) are device bugs.
-const errorLines: string[] = [];
-const log = pino({ level: 'error' }, { write: (line: string) => void errorLines.push(line) });
-
-const escaped: unknown[] = [];
-let watching = false;
-
-/** Record unhandled rejections and uncaught exceptions, to fail the case that caused them. */
-function watchProcess(): void {
-  if (watching) return;
-  watching = true;
-  process.on('unhandledRejection', (reason) => escaped.push(reason));
-  process.on('uncaughtException', (err) => escaped.push(err));
-}
-
 /** One case: the device, its memory and the driver attacking it. */
 class Case {
   readonly memory = new GuardedMemory();
@@ -82,7 +67,7 @@ class Case {
 
   constructor(readonly target: Target) {
     this.subject = profileNamed(target.profile).create({ maxQueueSize: MAX_QUEUE, delayTurns: target.backendDelay });
-    this.regs = new MmioDevice(this.subject.device, this.memory.device, { log });
+    this.regs = new MmioDevice(this.subject.device, this.memory.device, { log: caseLog });
     this.driver = new HostileDriver(target, this.regs, this.memory.driver);
   }
 
@@ -103,10 +88,12 @@ class Case {
     if (overrun !== undefined) throw new Finding(`${what}: ${overrun.message}`);
     const guard = this.memory.firstDamagedGuard();
     if (guard !== undefined) throw new Finding(`${what}: host byte ${guard} outside guest memory changed`);
-    if (errorLines.length > 0) throw new Finding(`${what}: the device logged an error: ${errorLines[0]}`);
+    const logged = firstErrorLine();
+    if (logged !== undefined) throw new Finding(`${what}: the device logged an error: ${logged}`);
     const violation = this.subject.violation();
     if (violation !== undefined) throw new Finding(`${what}: ${violation}`);
-    if (escaped.length > 0) throw new Finding(`${what}: escaped ${String(escaped[0])}`);
+    const escape = firstEscape();
+    if (escape !== undefined) throw new Finding(`${what}: escaped ${escape}`);
   }
 
   /** The queue's popped-but-unreturned chains (0 when there is no live queue). */
@@ -324,9 +311,7 @@ class Case {
 
 /** Play one scenario; throws a Finding when the device breaks a promise. */
 export async function runScenario(s: Scenario): Promise<Outcome> {
-  watchProcess();
-  errorLines.length = 0;
-  escaped.length = 0;
+  startCase();
   const c = new Case(s.target);
   c.act('set-up', () => c.driver.init());
   for (let i = 0; i < s.actions.length; i++) {

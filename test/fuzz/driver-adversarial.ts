@@ -19,10 +19,10 @@
  * fast-check shrinks the scenario and prints the seed and path that reproduce it.
  */
 import fc from 'fast-check';
-import { pino } from 'pino';
 import type { DriverUnderTest, ProbeSeed } from '../../src/devices/device-type.ts';
 import { Feature, featureBit } from '../../src/virtio/constants.ts';
 import { HostileDevice, type Identity } from './hostile-device.ts';
+import { caseLog, describeError, firstErrorLine, firstEscape, startCase } from './case-watch.ts';
 import { Finding } from './hostile-driver.ts';
 import { type DeviceMove, type DriverScenario, type NamedDriverProfile, driverProfileNamed, driverScenario } from './driver-scenario.ts';
 
@@ -43,26 +43,8 @@ export interface DriverOutcome {
   readonly lies: number;
 }
 
-// Driver log lines at error level (a completion that threw, an interrupt handler that failed) are driver bugs.
-const errorLines: string[] = [];
-const log = pino({ level: 'error' }, { write: (line: string) => void errorLines.push(line) });
-
-const escaped: unknown[] = [];
-let watching = false;
-
-function watchProcess(): void {
-  if (watching) return;
-  watching = true;
-  process.on('unhandledRejection', (reason) => escaped.push(reason));
-  process.on('uncaughtException', (err) => escaped.push(err));
-}
-
 function turn(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
-}
-
-function describe(err: unknown): string {
-  return err instanceof Error ? `${err.name}: ${err.message}` : String(err);
 }
 
 /** Messages the engine or Node gives a RangeError: an index computed from device input, unchecked. */
@@ -71,8 +53,8 @@ const ENGINE_RANGE = /^(Invalid (typed )?array length|Invalid array buffer lengt
 /** Why `err` is not a clear error of the driver's own, or undefined when it is. */
 export function unclear(err: unknown): string | undefined {
   if (!(err instanceof Error)) return `rejected with a non-Error: ${String(err)}`;
-  if (err instanceof TypeError || err instanceof ReferenceError || err instanceof SyntaxError) return `failed with ${describe(err)}`;
-  if (err instanceof RangeError && (ENGINE_RANGE.test(err.message) || 'code' in err)) return `failed with the engine's ${describe(err)}`;
+  if (err instanceof TypeError || err instanceof ReferenceError || err instanceof SyntaxError) return `failed with ${describeError(err)}`;
+  if (err instanceof RangeError && (ENGINE_RANGE.test(err.message) || 'code' in err)) return `failed with the engine's ${describeError(err)}`;
   return undefined;
 }
 
@@ -120,8 +102,10 @@ class DriverCase {
   check(what: string): void {
     const guard = this.device.guarded.firstDamagedGuard();
     if (guard !== undefined) throw new Finding(`${what}: host byte ${guard} outside guest memory changed`);
-    if (escaped.length > 0) throw new Finding(`${what}: escaped ${describe(escaped[0])}`);
-    if (errorLines.length > 0) throw new Finding(`${what}: the driver logged an error: ${errorLines[0]}`);
+    const escape = firstEscape();
+    if (escape !== undefined) throw new Finding(`${what}: escaped ${escape}`);
+    const logged = firstErrorLine();
+    if (logged !== undefined) throw new Finding(`${what}: the driver logged an error: ${logged}`);
     const fault = this.device.driverFaults[0];
     if (fault !== undefined) throw new Finding(`${what}: ${fault}`);
     const violation = this.driver?.violation?.();
@@ -216,7 +200,7 @@ class DriverCase {
   }
 
   async run(): Promise<DriverOutcome> {
-    const opening = track(() => this.profile.open(this.device, log));
+    const opening = track(() => this.profile.open(this.device, caseLog));
     await this.settleOpen(opening);
     this.check('open');
     if (opening.state === 'rejected') {
@@ -271,9 +255,7 @@ function identityOf(profile: NamedDriverProfile, s: DriverScenario): Identity {
 
 /** Play one scenario; throws a Finding when the driver broke a promise. */
 export async function runDriverScenario(s: DriverScenario, profile = driverProfileNamed(s.profile)): Promise<DriverOutcome> {
-  watchProcess();
-  escaped.length = 0;
-  errorLines.length = 0;
+  startCase();
   const c = new DriverCase(profile, s);
   try {
     return await c.run();
