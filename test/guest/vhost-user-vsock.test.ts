@@ -244,6 +244,9 @@ async function oversizeSeq(t: TestContext, { guest, device, uds }: VsockGuest): 
   const hostSide = listener.accept();
   const run = guest.run('vsock connect-seq 2 6002', { timeoutMs: 60_000 });
   const socket = await hostSide;
+  // The guest program shuts down its sending side, then reads: its end of stream here says it
+  // is reading. A reset before that would fail its shutdown() (ENOTCONN) instead of ending its read.
+  assert.deepEqual(await receiveMessages(socket), [], 'the guest sent nothing before shutting down its sending side');
   await sendMessage(socket, Buffer.alloc(MAX_MESSAGE + 1, 0x78));
   const result = await run;
   socket.close();
