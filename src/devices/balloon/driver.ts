@@ -92,7 +92,7 @@ export class BalloonDriver {
   private readonly balloon: number[] = [];
   private following: Promise<void> = Promise.resolve();
   private closed = false;
-  /** close() has reset the device: no page is the device's any more. */
+  /** close() has reset the device: the device holds none of the pages now. */
   private reset = false;
 
   private constructor(
