@@ -238,7 +238,7 @@ export class VsockDriver {
       const cid = VSOCK_CONFIG.get(await core.readConfig(0, VSOCK_CONFIG.size), 'guest_cid');
       return new VsockDriver(core, cid, options.bufAlloc ?? 256 * 1024);
     } catch (err) {
-      // The device is reset and the rings given back, as any other driver does when it gives up.
+      // The device is reset and the rings given back, as every driver here does when it gives up.
       await core.close();
       throw err;
     }
