@@ -94,7 +94,7 @@ export class RequestQueue {
   private unpublished = 0;
   /** Whether reclaim() took back used buffers in this turn already. */
   private reclaimed = false;
-  private failure: Error | undefined;
+  private failedWith: Error | undefined;
   private warnedLength = false;
   private readonly poll: PollWindow;
   private pollScheduled = false;
@@ -130,6 +130,16 @@ export class RequestQueue {
     return this.ring.size;
   }
 
+  /**
+   * Why the queue failed (device reset, DEVICE_NEEDS_RESET, a ring fault, close), or undefined
+   * while it runs. Once set it stays: every request started from then on fails at once, within
+   * start(), so a caller that reuses requests in a loop (a sender filling free buffers) reads it
+   * to stop instead of going round for ever.
+   */
+  get failure(): Error | undefined {
+    return this.failedWith;
+  }
+
   /** Requests submitted and not completed, in the ring or waiting for room. */
   get outstanding(): number {
     return this.inFlight + this.waiting.length;
@@ -148,8 +158,8 @@ export class RequestQueue {
    * `failed` is called at once when the queue has failed or the ring refuses the request.
    */
   start(req: QueueRequest): void {
-    if (this.failure !== undefined) {
-      req.failed(this.failure);
+    if (this.failedWith !== undefined) {
+      req.failed(this.failedWith);
       return;
     }
     if (req.out.length + req.inSegs.length === 0) {
@@ -203,7 +213,7 @@ export class RequestQueue {
   /** Make the requests added so far available to the device, and notify it if it asked (§2.7.13, §2.8.21). */
   private publish(): void {
     this.unpublished = 0;
-    if (this.failure === undefined && this.ring.kick()) this.notifyDevice();
+    if (this.failedWith === undefined && this.ring.kick()) this.notifyDevice();
   }
 
   /**
@@ -214,7 +224,7 @@ export class RequestQueue {
    * whether it looked.
    */
   reclaim(): boolean {
-    if (this.reclaimed || this.failure !== undefined) return false;
+    if (this.reclaimed || this.failedWith !== undefined) return false;
     this.reclaimed = true;
     // The turn's end clears the flag (and kicks whatever the caller adds meanwhile).
     this.scheduleKick();
@@ -238,7 +248,7 @@ export class RequestQueue {
   collect(): void {
     // A completion callback that ends up here (through a transport calling back at once) finds
     // the loop below running, which looks at the ring again anyway.
-    if (this.failure !== undefined || this.collecting) return;
+    if (this.failedWith !== undefined || this.collecting) return;
     this.collecting = true;
     try {
       for (;;) {
@@ -254,7 +264,7 @@ export class RequestQueue {
         // Requests that waited for room go first: they were submitted before any a callback adds.
         this.placeWaiting();
         this.dispatch(found);
-        if (this.failure !== undefined) return;
+        if (this.failedWith !== undefined) return;
         const polling = this.poll.keepPolling(found);
         if (polling && this.inFlight > 0) {
           this.schedulePoll();
@@ -340,8 +350,8 @@ export class RequestQueue {
 
   /** Fail every outstanding and future request with `err` (device reset, NEEDS_RESET, close). */
   fail(err: Error): void {
-    if (this.failure !== undefined) return;
-    this.failure = err;
+    if (this.failedWith !== undefined) return;
+    this.failedWith = err;
     // The queue never touches the ring again: what it holds fails here, once.
     const all = this.ring.tokensInFlight();
     all.push(...this.waiting);

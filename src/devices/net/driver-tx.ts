@@ -13,6 +13,11 @@
  *
  * A slot goes back to the free list only from the queue's completion (or failure) of its
  * request, so neither path hands out a buffer the device may still be reading.
+ *
+ * A transmitq that failed (DEVICE_NEEDS_RESET, a vhost-user back-end gone, a ring fault) fails
+ * every request at once and gives its slot straight back: trySend() and trySendBurst() would find
+ * a free slot every time and a sender's loop would never yield. They throw instead, as for a
+ * closed driver, before taking a slot, so no frame is written or counted.
  */
 import type { VirtioDriver } from '../../virtio/driver-core.ts';
 import type { QueueRequest, RequestQueue } from '../../virtio/request-queue.ts';
@@ -24,6 +29,8 @@ import { ETH_HLEN, GsoType, MAX_GSO_FRAME, NET_HDR_SIZE, type Offload, encodeNet
 const NO_SEGMENTS: readonly Segment[] = [];
 /** Bytes of a CPU cache line (x86-64 and most of arm64). */
 const CACHE_LINE = 64;
+/** What a send on a closed driver throws. */
+const CLOSED = 'net: the driver is closed';
 
 /**
  * Writes one frame of `length` bytes into `buffer`, from its offset 0: the frame area of a
@@ -158,6 +165,7 @@ export class NetTransmitter {
     const length = frame.length;
     this.check(length, this.plainLimit);
     const queue = this.core.queue(2 * pair + 1);
+    if (queue.failure !== undefined) this.refuse(queue, queue.failure);
     const slot = this.takeNow(length, pairs, queue);
     if (slot === undefined) return false;
     slot.copyIn(frame, meta, undefined);
@@ -187,6 +195,7 @@ export class NetTransmitter {
     // own would overwrite them (trySend and send take slots apart and may be called).
     if (this.writing) throw new Error('net: a frame writer cannot write frames itself');
     const queue = this.core.queue(2 * pair + 1);
+    if (queue.failure !== undefined) this.refuse(queue, queue.failure);
     const burst = this.burst;
     const n = this.takeBurst(count, length, pairs, queue);
     // Take each buffer's first line for writing before any frame is written: the header's first
@@ -304,7 +313,7 @@ export class NetTransmitter {
    */
   private takeNow(length: number, pairs: number, queue: RequestQueue): TxSlot | undefined {
     let slot = this.take(pairs);
-    if (slot === undefined && queue.reclaim()) slot = this.take(pairs);
+    if (slot === undefined && this.reclaim(queue)) slot = this.take(pairs);
     if (slot === undefined) this.noSlot(length);
     return slot;
   }
@@ -317,7 +326,7 @@ export class NetTransmitter {
    * when it runs short.
    */
   private takeBurst(count: number, length: number, pairs: number, queue: RequestQueue): number {
-    if (this.freeCount < count) queue.reclaim();
+    if (this.freeCount < count) this.reclaim(queue);
     const burst = this.burst;
     // Free slots first, taken off the FIFO with its head and count stored once per burst (an
     // entry taken is left as it is: it is outside the count, and rewritten when a slot comes back).
@@ -341,9 +350,26 @@ export class NetTransmitter {
     return made;
   }
 
+  /**
+   * RequestQueue.reclaim() for a sender short of slots. The device may have broken the ring
+   * meanwhile, which fails the queue there: then the send throws as for a queue found failed,
+   * before it takes a slot.
+   */
+  private reclaim(queue: RequestQueue): boolean {
+    if (!queue.reclaim()) return false;
+    if (queue.failure !== undefined) this.refuse(queue, queue.failure);
+    return true;
+  }
+
+  /** `queue` failed: no frame goes out on it again, and the sender must hear so rather than find a slot for ever. */
+  private refuse(queue: RequestQueue, failure: Error): never {
+    if (this.closed) throw new Error(CLOSED);
+    throw new Error(`net: transmitq ${queue.name} failed: ${failure.message}`, { cause: failure });
+  }
+
   /** No slot is free: throws when none will ever come back (the driver closed, or memory ran out with none in flight). */
   private noSlot(length: number): void {
-    if (this.closed) throw new Error('net: the driver is closed');
+    if (this.closed) throw new Error(CLOSED);
     if (this.slotsMade === this.freeCount) throw new Error(`net: DMA memory exhausted sending a frame of ${length} bytes`);
   }
 

@@ -139,7 +139,9 @@ export class NetDriver {
    * Copy one Ethernet frame (up to the MTU: no GSO beyond it) into a free transmit buffer and
    * queue it, without waiting: false when every buffer is in flight, then whenWritable() says
    * when to try again. Nothing is allocated per frame; a frame the device never takes (the
-   * driver closed or was reset) is counted in txFailed. `frame` may be reused at once.
+   * driver closed or was reset) is counted in txFailed. `frame` may be reused at once. Throws
+   * when no frame can go out again: the driver is closed, or the transmit queue failed
+   * (`net: transmitq net.q1 failed: <why>`: DEVICE_NEEDS_RESET, the back-end gone, a ring fault).
    */
   trySend(frame: Uint8Array, options: SendOptions = DEFAULT_SEND): boolean {
     return this.tx.trySend(frame, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);
@@ -152,7 +154,8 @@ export class NetDriver {
    * function wrote the frame the buffer still holds, so a sender repeating one frame, or a
    * template, writes it once per buffer and then only the bytes that change. False, with
    * `write` not called, when every buffer is in flight; whenWritable() says when to try again. A
-   * writer that throws sends nothing and its error is thrown here.
+   * writer that throws sends nothing and its error is thrown here. Throws as trySend() does once
+   * no frame can go out again, with `write` not called.
    */
   trySendInPlace(length: number, write: FrameWriter, options: SendOptions = DEFAULT_SEND): boolean {
     return this.trySendBurst(1, length, write, options) === 1;
@@ -164,12 +167,17 @@ export class NetDriver {
    * turn, then all are queued. Returns how many frames went out, 0 (with `write` not called)
    * when every buffer is in flight. A writer that throws sends nothing of the burst and its
    * error is thrown here; a writer may not call trySendInPlace() or trySendBurst() itself.
+   * Throws as trySend() does once no frame can go out again, with `write` not called: a sender
+   * looping on it while it returns more than 0 and awaiting whenWritable() otherwise ends there.
    */
   trySendBurst(count: number, length: number, write: FrameWriter, options: SendOptions = DEFAULT_SEND): number {
     return this.tx.trySendBurst(count, length, write, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);
   }
 
-  /** Resolves when trySend() may find a free transmit buffer again. */
+  /**
+   * Resolves when trySend() may find a free transmit buffer again, or throw: a failed transmit
+   * queue gives back every buffer it held, so a sender waiting here goes on to hear of it.
+   */
   whenWritable(): Promise<void> {
     return this.tx.whenWritable(this.pairsInUse);
   }
@@ -216,7 +224,8 @@ export class NetDriver {
         try {
           if (this.trySend(frame, { meta })) return;
         } catch {
-          // A frame the driver refuses (too short, or the driver closed) is lost, as a port drops.
+          // A frame the driver refuses (too short, the driver closed, its transmit queue failed) is
+          // lost, as a port drops.
           this.counters.txFailed++;
           return;
         }

@@ -161,8 +161,10 @@ test('DEVICE_NEEDS_RESET fails pending and later requests with a clear error', a
   const buf = transport.dma.alloc(16, 8)!;
   const pending = driver.queue(0).submit([], [{ addr: buf, len: 16 }]);
   await new Promise((r) => setImmediate(r));
+  assert.equal(driver.queue(0).failure, undefined, 'a running queue has no failure');
   device.ctx!.fail(0, new VirtqueueError('chain too long', 'a rule was broken'));
   await assert.rejects(pending, DeviceNeedsResetError);
+  assert.ok(driver.queue(0).failure instanceof DeviceNeedsResetError, 'the queue says why it failed');
   await assert.rejects(driver.queue(0).submit([], [{ addr: buf, len: 16 }]), /test: device needs reset/);
   gate.resolve();
 });
@@ -271,6 +273,7 @@ test('a used id not in flight breaks the ring: the queue fails every request it 
   raw.writeUsedElem(1, 3, 0); // descriptor 3 was never made available
   raw.usedIdx = 2;
   q.collect();
+  assert.match(q.failure?.message ?? '', /^test\.q0: device broke the ring protocol: used id not in flight/, 'the queue says why it failed');
   await Promise.all([first, second]);
   assert.deepEqual(settled, [
     'a 8',
