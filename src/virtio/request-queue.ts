@@ -131,7 +131,7 @@ export class RequestQueue {
   }
 
   /**
-   * Why the queue failed (device reset, DEVICE_NEEDS_RESET, a ring fault, close), or undefined
+   * Why the queue failed (DEVICE_NEEDS_RESET, a ring fault, the driver closed), or undefined
    * while it runs. Once set it stays: every request started from then on fails at once, within
    * start(), so a caller that reuses requests in a loop (a sender filling free buffers) reads it
    * to stop instead of going round for ever.

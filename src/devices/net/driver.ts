@@ -141,7 +141,8 @@ export class NetDriver {
    * when to try again. Nothing is allocated per frame; a frame the device never takes (the
    * driver closed or was reset) is counted in txFailed. `frame` may be reused at once. Throws
    * when no frame can go out again: the driver is closed, or the transmit queue failed
-   * (`net: transmitq net.q1 failed: <why>`: DEVICE_NEEDS_RESET, the back-end gone, a ring fault).
+   * (`net: transmitq net.q1 failed: <why>` for pair 0: DEVICE_NEEDS_RESET, the back-end gone, a
+   * ring fault).
    */
   trySend(frame: Uint8Array, options: SendOptions = DEFAULT_SEND): boolean {
     return this.tx.trySend(frame, options.meta ?? NO_OFFLOAD, this.pairOf(options), this.pairsInUse);
