@@ -114,6 +114,48 @@ test('after DEVICE_NEEDS_RESET: trySend throws at once, send() rejects frame by 
   assert.throws(() => drv.trySend(frame(MAC_B, MAC_A, 100)), /^Error: net: the driver is closed$/);
 });
 
+test('a ring fault found while a sender takes back used buffers throws before any buffer is taken (split)', async () => {
+  const [port] = createCable();
+  const dev = new NetDevice({ port, mac: MAC_A });
+  const { transport, memory } = createLoopback(dev, { memoryBytes: 16 << 20, log });
+  // The transmitq's used ring, and a way to keep the device from looking at the ring: it then
+  // never writes the used ring, which this test writes instead, as a hostile device would.
+  let used = 0;
+  const enableQueue = transport.enableQueue.bind(transport);
+  transport.enableQueue = (index, size, addrs) => {
+    if (index === 1) used = addrs.device;
+    return enableQueue(index, size, addrs);
+  };
+  let held = false;
+  const notify = transport.notify.bind(transport);
+  transport.notify = (index) => {
+    if (!(held && index === 1)) notify(index);
+  };
+  const drv = await NetDriver.open(transport, { log, packed: false, queueSize: QUEUE_SIZE });
+  try {
+    held = true;
+    const write: FrameWriter = (buffer, length) => buffer.set(frame(MAC_B, MAC_A, length));
+    assert.equal(drv.trySendBurst(QUEUE_SIZE, 64, write), QUEUE_SIZE, 'every buffer in flight');
+    // §2.7.8: a used element naming a descriptor beyond the ring, published by used->idx.
+    const idx = memory.readU16(used + 2);
+    memory.writeU32(used + 4 + 8 * (idx % QUEUE_SIZE), QUEUE_SIZE + 7);
+    memory.writeU32(used + 8 + 8 * (idx % QUEUE_SIZE), 0);
+    memory.writeU16(used + 2, (idx + 1) & 0xffff);
+    // A later turn, when the sender may take back used buffers again (RequestQueue.reclaim).
+    await Promise.resolve();
+    assert.throws(
+      () => drv.trySendBurst(1, 64, () => assert.fail('not called')),
+      /^Error: net: transmitq net\.q1 failed: net\.q1: device broke the ring protocol/,
+    );
+    assert.equal(drv.counters.txPackets, 0);
+    assert.equal(drv.counters.txFailed, QUEUE_SIZE, 'the frames in flight, and no more');
+    assert.throws(() => drv.trySend(frame(MAC_B, MAC_A, 64)), /device broke the ring protocol/);
+    assert.equal(drv.counters.txFailed, QUEUE_SIZE);
+  } finally {
+    await drv.close();
+  }
+});
+
 function serve(t: TestContext, device: NetDevice): { path: string; server: BackendServer } {
   const dir = mkdtempSync(join(tmpdir(), 'paravirt-tx-failed-'));
   const path = join(dir, 'vhost.sock');
