@@ -70,6 +70,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   private batchHead = -1;
   private batchHeadFlags = 0;
 
+  /** Free buffer ids, a stack (never empty while a ring slot is free); unused with IN_ORDER, where a buffer's id is its head's slot. */
   private readonly freeIds: Uint16Array;
   private freeCount: number;
   /**
@@ -83,10 +84,6 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   private readonly tokens: (T | undefined)[];
   private readonly slotsOf: Uint16Array;
   private readonly writableOf: Float64Array;
-  /** With IN_ORDER: ids in ring order, as one used descriptor may stand for several (§2.8.8). */
-  private readonly order: Uint16Array;
-  private orderHead = 0;
-  private orderCount = 0;
   /** With IN_ORDER: the last id and length of a used batch still being handed out, or -1. */
   private batchEndId = -1;
   private batchEndLen = 0;
@@ -121,7 +118,6 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     this.tokens = new Array<T | undefined>(size).fill(undefined);
     this.slotsOf = new Uint16Array(size);
     this.writableOf = new Float64Array(size);
-    this.order = new Uint16Array(config.inOrder ? size : 0);
   }
 
   get freeDescriptors(): number {
@@ -151,7 +147,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     }
     const indirect = count > 1 && count <= this.maxIndirect;
     const slots = indirect ? 1 : count;
-    if (this.freeCount === 0 || slots > this.size - this.outstanding) return false;
+    if (slots > this.size - this.outstanding) return false;
 
     const id = this.takeId(token, writable, slots);
     const head = this.availPos;
@@ -166,7 +162,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
    */
   private addOne(seg: Segment, write: number, token: T): boolean {
     const len = checkSegment(this.name, seg);
-    if (this.freeCount === 0 || this.outstanding === this.size) return false;
+    if (this.outstanding === this.size) return false;
     const id = this.takeId(token, write === 0 ? 0 : len, 1);
     const pos = this.availPos;
     putDescriptor(this.words, this.halves, pos, seg.addr, len, id);
@@ -181,18 +177,19 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     return true;
   }
 
-  /** A free buffer id, now in flight with `token`, `writable` bytes and `slots` ring slots in the open batch. */
+  /**
+   * A free buffer id, now in flight with `token`, `writable` bytes and `slots` ring slots in the
+   * open batch. With IN_ORDER the id is the slot of the buffer's head, as DPDK's in-order path
+   * numbers them: buffers come back in ring order (§2.8.8), so the oldest in flight is always
+   * the one whose head is at usedPos, and no list of ids in order is needed.
+   */
   private takeId(token: T, writable: number, slots: number): number {
-    const id = this.freeIds[--this.freeCount];
+    const id = this.inOrder ? this.availPos : this.freeIds[--this.freeCount];
     this.batchOf[id] = this.openBatch;
     this.tokens[id] = token;
     this.writableOf[id] = writable;
     this.slotsOf[id] = slots;
     this.outstanding += slots;
-    if (this.inOrder) {
-      this.order[(this.orderHead + this.orderCount) % this.size] = id;
-      this.orderCount++;
-    }
     return id;
   }
 
@@ -308,9 +305,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
    * available before it; those were used completely.
    */
   private retireOldest(): UsedBuffer<T> {
-    const id = this.order[this.orderHead];
-    this.orderHead = (this.orderHead + 1) % this.size;
-    this.orderCount--;
+    const id = this.usedPos;
     if (id !== this.batchEndId) return this.retire(id, this.writableOf[id]);
     this.batchEndId = -1;
     return this.retire(id, this.batchEndLen);
@@ -328,7 +323,7 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     const token = this.tokens[id] as T;
     this.tokens[id] = undefined;
     this.batchOf[id] = 0;
-    this.freeIds[this.freeCount++] = id;
+    if (!this.inOrder) this.freeIds[this.freeCount++] = id;
     const used = this.used;
     used.token = token;
     used.len = len;

@@ -390,18 +390,25 @@ test('a kept request is started again from its own completion, reusing its token
   assert.deepEqual(failures.map((e) => e.message), ['gone'], 'a failed queue fails a start at once');
 });
 
-test('requests added in one turn are made available 32 at a time, the rest at the end of the turn', async () => {
+test('requests added in one turn are made available a quarter ring at a time, at least 32, the rest at the end of the turn', async () => {
   const ring = new ManualRing(256);
   let notified = 0;
   const q = new RequestQueue(ring, 'test.q0', () => notified++, captureLog().log);
-  const all = Array.from({ length: 70 }, () => q.submit([seg(60)], []));
-  assert.equal(ring.kicks, 2, 'two batches of 32 published while the caller was still adding');
+  const all = Array.from({ length: 140 }, () => q.submit([seg(60)], []));
+  assert.equal(ring.kicks, 2, 'two batches of 64 published while the caller was still adding');
   await Promise.resolve();
-  assert.equal(ring.kicks, 3, 'the last 6 at the end of the turn');
+  assert.equal(ring.kicks, 3, 'the last 12 at the end of the turn');
   assert.equal(notified, 3, 'each publication notified, as this device asks every time');
   for (const token of [...ring.tokens]) ring.use(token, 0);
   q.collect();
   assert.deepEqual(new Set(await Promise.all(all)), new Set([0]));
+
+  const small = new ManualRing(64);
+  const q2 = new RequestQueue(small, 'test.q1', () => {}, captureLog().log);
+  for (let i = 0; i < 40; i++) void q2.submit([seg(60)], []);
+  assert.equal(small.kicks, 1, 'a quarter of 64 is below 32: published at the 32nd');
+  await Promise.resolve();
+  assert.equal(small.kicks, 2);
 });
 
 test('buffers re-posted from their completions are made available once collect() is done, not while it runs', async () => {
