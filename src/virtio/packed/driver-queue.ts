@@ -70,7 +70,10 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   private batchHead = -1;
   private batchHeadFlags = 0;
 
-  /** Free buffer ids, a stack (never empty while a ring slot is free); unused with IN_ORDER, where a buffer's id is its head's slot. */
+  /**
+   * Free buffer ids, a stack (never empty while a ring slot is free); unused with IN_ORDER,
+   * where a buffer's id is its head's slot.
+   */
   private readonly freeIds: Uint16Array;
   private freeCount: number;
   /**
