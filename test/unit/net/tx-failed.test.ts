@@ -6,9 +6,6 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { NetDevice } from '../../../src/devices/net/device.ts';
 import { type FrameWriter, NetDriver } from '../../../src/devices/net/driver.ts';
 import { createCable } from '../../../src/devices/net/port.ts';
@@ -17,6 +14,7 @@ import { BackendServer } from '../../../src/transports/vhost-user/backend-server
 import { connectNet } from '../../../src/transports/vhost-user/frontend-net.ts';
 import { DeviceNeedsResetError } from '../../../src/virtio/driver-core.ts';
 import { MAC_A, MAC_B, frame, log, until } from './fixture.ts';
+import { serveOnSocket } from '../vhost-user-backend/serve-on-socket.ts';
 
 const QUEUE_SIZE = 64;
 const FAILED = /^Error: net: transmitq net\.q1 failed: net: device needs reset \(DEVICE_NEEDS_RESET\)/;
@@ -156,16 +154,7 @@ test('a ring fault found while a sender takes back used buffers throws before an
   }
 });
 
-function serve(t: TestContext, device: NetDevice): { path: string; server: BackendServer } {
-  const dir = mkdtempSync(join(tmpdir(), 'paravirt-tx-failed-'));
-  const path = join(dir, 'vhost.sock');
-  const server = BackendServer.listen(device, { socketPath: path }, log);
-  t.after(async () => {
-    await server.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  return { path, server };
-}
+const serve = (t: TestContext, device: NetDevice): { path: string; server: BackendServer } => serveOnSocket(t, device, log);
 
 test('a vhost-user back-end that goes away mid-run ends a sender looping on trySendBurst with the transmit queue failed', async (t) => {
   const [port, far] = createCable();

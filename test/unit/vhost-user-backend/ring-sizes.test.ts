@@ -6,9 +6,6 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { pino } from 'pino';
 import { vhostUserBlkDevice } from '../../../src/devices/blk/device.ts';
 import { BlkDriver } from '../../../src/devices/blk/driver.ts';
@@ -19,27 +16,18 @@ import { createCable } from '../../../src/devices/net/port.ts';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
 import { RngDriver } from '../../../src/devices/rng/driver.ts';
 import { MemoryBackend } from '../../../src/storage/memory-backend.ts';
-import { BackendServer } from '../../../src/transports/vhost-user/backend-server.ts';
 import { VhostUserFrontend } from '../../../src/transports/vhost-user/frontend.ts';
 import { DeviceId, Feature, featureBit } from '../../../src/virtio/constants.ts';
 import type { VirtioDevice } from '../../../src/virtio/device.ts';
 import { VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import type { Segment } from '../../../src/virtio/queue.ts';
 import { MAC_A, MAC_B, frame, nextFrame } from '../net/fixture.ts';
+import { serveOnSocket } from './serve-on-socket.ts';
 
 const log = pino({ level: 'silent' });
 const SIZES = [256, 512, 1024];
 
-function serve(t: TestContext, device: VirtioDevice): string {
-  const dir = mkdtempSync(join(tmpdir(), 'paravirt-rings-'));
-  const path = join(dir, 'vhost.sock');
-  const server = BackendServer.listen(device, { socketPath: path }, log);
-  t.after(async () => {
-    await server.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  return path;
-}
+const serve = (t: TestContext, device: VirtioDevice): string => serveOnSocket(t, device, log).path;
 
 /** A front-end that sets up rings of `queueSize` entries, as QEMU does with queue-size. */
 const connect = (path: string, deviceId: number, queueSize: number): Promise<VhostUserFrontend> =>

@@ -24,20 +24,12 @@ import { DeviceNeedsResetError, VirtioDriver } from '../../../src/virtio/driver-
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
 import { DeviceCounters } from '../../../src/virtio/counters.ts';
 import { allQueues } from '../virtio/all-queues.ts';
+import { serveOnSocket } from '../vhost-user-backend/serve-on-socket.ts';
 
 const log = pino({ level: 'silent' });
 const openFds = (): number => readdirSync('/proc/self/fd').length;
 
-function serve(t: TestContext, device: VirtioDevice): { path: string; server: BackendServer } {
-  const dir = mkdtempSync(join(tmpdir(), 'paravirt-fe-'));
-  const path = join(dir, 'vhost.sock');
-  const server = BackendServer.listen(device, { socketPath: path }, log);
-  t.after(async () => {
-    await server.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  return { path, server };
-}
+const serve = (t: TestContext, device: VirtioDevice): { path: string; server: BackendServer } => serveOnSocket(t, device, log);
 
 /** vhost-user does not tell the front-end a ring size limit: like QEMU's queue-size, it is configured. */
 const connect = (path: string, deviceId: number, queueSize = 128): Promise<VhostUserFrontend> =>

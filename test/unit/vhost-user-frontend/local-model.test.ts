@@ -7,35 +7,23 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { pino } from 'pino';
 import { NetDevice } from '../../../src/devices/net/device.ts';
 import { NetDriver } from '../../../src/devices/net/driver.ts';
 import { L2Switch } from '../../../src/devices/net/switch.ts';
 import { NetFeature } from '../../../src/devices/net/wire.ts';
 import { RngDevice } from '../../../src/devices/rng/device.ts';
-import { BackendServer } from '../../../src/transports/vhost-user/backend-server.ts';
 import { ProtocolFeature } from '../../../src/transports/vhost-user/constants.ts';
 import { NET_LOCAL_MODEL } from '../../../src/devices/net/descriptor.ts';
 import { connectNet } from '../../../src/transports/vhost-user/frontend-net.ts';
 import { VhostUserFrontend } from '../../../src/transports/vhost-user/frontend.ts';
 import { DeviceId, Feature, featureBit, hasFeature } from '../../../src/virtio/constants.ts';
 import type { VirtioDevice } from '../../../src/virtio/device.ts';
+import { serveOnSocket } from '../vhost-user-backend/serve-on-socket.ts';
 
 const log = pino({ level: 'silent' });
 
-function serve(t: TestContext, device: VirtioDevice): string {
-  const dir = mkdtempSync(join(tmpdir(), 'paravirt-fe-model-'));
-  const path = join(dir, 'vhost.sock');
-  const server = BackendServer.listen(device, { socketPath: path }, log);
-  t.after(async () => {
-    await server.close();
-    rmSync(dir, { recursive: true, force: true });
-  });
-  return path;
-}
+const serve = (t: TestContext, device: VirtioDevice): string => serveOnSocket(t, device, log).path;
 
 /** `device` with its configuration space hidden, so the back-end offers no CONFIG, as net_vhost. */
 function dataPathOnly(device: NetDevice): VirtioDevice {
