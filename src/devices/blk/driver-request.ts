@@ -31,7 +31,12 @@ export interface BlkIo {
   sector: number;
   /** A multiple of 512 bytes, at most the driver's maxTransfer. */
   buffer: Uint8Array;
-  /** The operation finished: `err` undefined when the device answered OK. */
+  /**
+   * The operation finished: `err` undefined when the device answered OK. On a queue that has
+   * failed (DEVICE_NEEDS_RESET, the back-end gone) it is called with the error from inside
+   * start() itself, so a caller that starts the operation again from here must stop on an error,
+   * or it recurses.
+   */
   done(err: Error | undefined): void;
 }
 
