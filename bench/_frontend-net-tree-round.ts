@@ -9,12 +9,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pino } from 'pino';
 import type { NetDriver as NetDriverClass } from '../src/devices/net/driver.ts';
 import type { connectNet as connectNetFunction } from '../src/transports/vhost-user/frontend-net.ts';
+import { POLL_MICROS, QUEUE_SIZE, startTxonlySender } from './_net-txonly-sender.ts';
 
-const FRAME_BYTES = 64;
-const TXONLY_HEADER_BYTES = 42;
-const BURST = 32;
-const QUEUE_SIZE = 256;
-const POLL_MICROS = 200;
 const WARMUP_MS = 500;
 const ROUND_MS = 2000;
 
@@ -30,16 +26,7 @@ const { connectNet } = (await import(`${tree}/src/transports/vhost-user/frontend
 execFileSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { stdio: 'ignore' });
 const log = pino({ level: 'warn' });
 const net = await NetDriver.open(await connectNet(socketPath, { queueSize: QUEUE_SIZE, log }), { packed, queueSize: QUEUE_SIZE, pollMicros: POLL_MICROS, log });
-const headers = new Uint8Array(TXONLY_HEADER_BYTES).fill(0xff, 0, 6);
-headers.set(net.mac, 6);
-const writeFrame = (buffer: Uint8Array): void => buffer.set(headers);
-let running = true;
-const sender = (async (): Promise<void> => {
-  while (running) {
-    while (running && net.trySendBurst(BURST, FRAME_BYTES, writeFrame) > 0);
-    if (running) await net.whenWritable();
-  }
-})();
+const sender = startTxonlySender(net);
 await sleep(WARMUP_MS);
 const cpu = process.cpuUsage();
 const sent = net.counters.txPackets;
@@ -48,8 +35,7 @@ await sleep(ROUND_MS);
 const used = process.cpuUsage(cpu);
 const packets = net.counters.txPackets - sent;
 const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-running = false;
-await sender;
+await sender.stop();
 await net.close();
 process.stdout.write(JSON.stringify({ pps: packets / seconds, cpuMicrosPerPacket: (used.user + used.system) / packets }) + '\n');
 process.exit(0);

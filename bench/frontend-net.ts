@@ -26,23 +26,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import { InProcessProfiler } from './_cpuprofile.ts';
+import { BURST, FRAME_BYTES, POLL_MICROS, QUEUE_SIZE, startTxonlySender } from './_net-txonly-sender.ts';
 import { report, step } from './_report.ts';
-import { DEFAULT_POLL_MICROS } from '../src/devices/host-options.ts';
 import { NetDriver } from '../src/devices/net/driver.ts';
 import { connectNet } from '../src/transports/vhost-user/frontend-net.ts';
 import { Feature, hasFeature } from '../src/virtio/constants.ts';
 import { startTestpmd, type Testpmd } from '../test/lab/dpdk.ts';
 
 const BENCH = 'frontend-net';
-const FRAME_BYTES = 64;
-/** Ethernet (14), IPv4 (20) and UDP (8) headers: what txonly writes into each packet. */
-const TXONLY_HEADER_BYTES = 42;
-/** Frames a sender writes before it queues them: txonly's burst (testpmd --burst, default 32). */
-const BURST = 32;
-/** Both drivers use rings of this size (DPDK virtio-user's default). */
-const QUEUE_SIZE = 256;
-/** The driver's poll budget: the back-end's default (`--poll-us`). */
-const POLL_MICROS = DEFAULT_POLL_MICROS;
 const WARMUP_SECONDS = 0.5;
 const ROUND_SECONDS = 2;
 const ROUNDS = 5;
@@ -82,28 +73,13 @@ async function paravirtRound(vhost: Testpmd, socketPath: string, packed: boolean
   const net = await NetDriver.open(await connectNet(socketPath, { queueSize: QUEUE_SIZE, log }), { packed, queueSize: QUEUE_SIZE, pollMicros: POLL_MICROS, log });
   try {
     if (hasFeature(net.features, Feature.RING_PACKED) !== packed) throw new Error(`net_vhost did not negotiate the ${packed ? 'packed' : 'split'} ring`);
-    // txonly's per-packet work: its Ethernet, IPv4 and UDP headers (42 bytes) are copied into
-    // each mbuf, the payload is left as the buffer holds it. The same here, in place: the headers
-    // go into every frame, whether or not the buffer held them already.
-    const headers = new Uint8Array(TXONLY_HEADER_BYTES).fill(0xff, 0, 6);
-    headers.set(net.mac, 6);
-    const writeFrame = (buffer: Uint8Array): void => {
-      buffer.set(headers);
-    };
-    let running = true;
-    const sender = (async (): Promise<void> => {
-      while (running) {
-        while (running && net.trySendBurst(BURST, FRAME_BYTES, writeFrame) > 0);
-        if (running) await net.whenWritable();
-      }
-    })();
+    const sender = startTxonlySender(net);
     const cpu = process.cpuUsage();
     const sent = net.counters.txPackets;
     const { packets, seconds } = await received(vhost);
     const used = process.cpuUsage(cpu);
     const ours = net.counters.txPackets - sent;
-    running = false;
-    await sender;
+    await sender.stop();
     return { pps: packets / seconds, cpuMicrosPerPacket: (used.user + used.system) / ours };
   } finally {
     await net.close();
