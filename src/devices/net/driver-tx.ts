@@ -321,7 +321,7 @@ export class NetTransmitter {
   /**
    * Up to `count` free slots into `burst`, for trySend*() on `queue`; returns how many, 0 when
    * all are in flight, and throws when none will ever come back. Short of slots, it first takes
-   * back what the device has used meanwhile (once per turn: RequestQueue.reclaim), rather than
+   * back what the device has used meanwhile (a few times per turn: RequestQueue.reclaim), rather than
    * leave the caller to wait for a poll turn, as DPDK's transmit path frees used descriptors
    * when it runs short.
    */

@@ -4,9 +4,17 @@ import { createCable } from '../../../src/devices/net/port.ts';
 import { L2Switch } from '../../../src/devices/net/switch.ts';
 import { NO_OFFLOAD, formatMac } from '../../../src/devices/net/wire.ts';
 import { Feature, hasFeature } from '../../../src/virtio/constants.ts';
+import { RECLAIMS_PER_TURN } from '../../../src/virtio/request-queue.ts';
 import { MAC_A, MAC_B, frame, nextFrame, station, until } from './fixture.ts';
 
 const MAC_E = '52:54:00:00:00:0e';
+/**
+ * Frames a sender through a 16-entry ring cannot send in one turn: a device here uses each buffer
+ * as it is kicked, and the sender takes used ones back RECLAIMS_PER_TURN times a turn.
+ */
+const MORE_THAN_A_TURN = 16 * (RECLAIMS_PER_TURN + 2);
+/** A receiving driver's ring that holds all of them, so that none is dropped before it reads them. */
+const RECEIVE_RING = 512;
 const MAC_X = '52:54:00:00:00:99';
 
 for (const [packed, inOrder] of [[false, false], [true, false], [false, true], [true, true]]) {
@@ -89,9 +97,9 @@ test('a bridge transmits every frame lent to it, in order, past a full transmit 
 test('trySend fills every transmit buffer without waiting, refuses when none is free, and whenWritable says when to go on', async () => {
   const sw = new L2Switch();
   const a = await station(sw.createPort('a'), { mac: MAC_A }, { queueSize: 16, pollMicros: 200 });
-  const b = await station(sw.createPort('b'), { mac: MAC_B });
+  const b = await station(sw.createPort('b'), { mac: MAC_B }, { queueSize: RECEIVE_RING });
   try {
-    const frames = Array.from({ length: 40 }, (_, i) => frame(MAC_B, MAC_A, 64 + i, i));
+    const frames = Array.from({ length: MORE_THAN_A_TURN }, (_, i) => frame(MAC_B, MAC_A, 64 + (i % 64), i & 0xff));
     let sent = 0;
     let refused = 0;
     while (sent < frames.length) {
@@ -101,7 +109,7 @@ test('trySend fills every transmit buffer without waiting, refuses when none is 
         await a.drv.whenWritable();
       }
     }
-    assert.ok(refused > 0, 'a ring of 16 cannot take 40 frames at once');
+    assert.ok(refused > 0, `a ring of 16 cannot take ${frames.length} frames in one turn`);
     for (const f of frames) assert.deepEqual((await nextFrame(b.drv)).frame, f);
     await until(() => a.drv.counters.txPackets === frames.length);
     assert.equal(a.drv.counters.txFailed, 0);
@@ -115,7 +123,7 @@ for (const packed of [false, true]) {
   test(`trySendBurst: a burst takes what is free up to its count, frames go out in the order written, and a writer that throws sends none of the burst (${packed ? 'packed' : 'split'})`, async () => {
     const sw = new L2Switch();
     const a = await station(sw.createPort('a'), { mac: MAC_A }, { packed, queueSize: 16, pollMicros: 200 });
-    const b = await station(sw.createPort('b'), { mac: MAC_B });
+    const b = await station(sw.createPort('b'), { mac: MAC_B }, { queueSize: RECEIVE_RING });
     try {
       let seq = 0;
       const buffers = new Set<Uint8Array>();
@@ -123,21 +131,22 @@ for (const packed of [false, true]) {
         buffers.add(buffer);
         buffer.set(frame(MAC_B, MAC_A, length, seq++ & 0xff));
       };
-      // 40 frames in bursts of 6 through a ring of 16: bursts cut short, or refused, when all are in flight.
+      // Frames in bursts of 6 through a ring of 16: bursts cut short, or refused, when all are in flight.
+      const total = MORE_THAN_A_TURN;
       let sent = 0;
       let short = 0;
-      while (sent < 40) {
-        const n = a.drv.trySendBurst(Math.min(6, 40 - sent), 80, write);
+      while (sent < total) {
+        const n = a.drv.trySendBurst(Math.min(6, total - sent), 80, write);
         assert.ok(n >= 0 && n <= 6);
-        if (n < Math.min(6, 40 - sent)) short++;
+        if (n < Math.min(6, total - sent)) short++;
         sent += n;
         if (n === 0) await a.drv.whenWritable();
       }
-      assert.equal(seq, 40, 'the writer ran once per frame sent');
-      assert.ok(short > 0, 'a ring of 16 cannot take 40 frames at once');
+      assert.equal(seq, total, 'the writer ran once per frame sent');
+      assert.ok(short > 0, `a ring of 16 cannot take ${total} frames in one turn`);
       assert.ok(buffers.size <= 16, `at most one buffer per ring entry, not ${buffers.size}`);
-      for (let i = 0; i < 40; i++) assert.deepEqual((await nextFrame(b.drv)).frame, frame(MAC_B, MAC_A, 80, i), `frame ${i}`);
-      await until(() => a.drv.counters.txPackets === 40);
+      for (let i = 0; i < total; i++) assert.deepEqual((await nextFrame(b.drv)).frame, frame(MAC_B, MAC_A, 80, i & 0xff), `frame ${i}`);
+      await until(() => a.drv.counters.txPackets === total);
 
       // A writer failing at its third frame: nothing of the burst goes out, and every buffer is free again.
       const broken = new Error('the writer broke');
@@ -153,8 +162,8 @@ for (const packed of [false, true]) {
       assert.equal(calls, 3);
       assert.throws(() => a.drv.trySendBurst(2, 80, () => a.drv.trySendInPlace(80, write)), /a frame writer cannot write frames itself/);
       assert.equal(a.drv.trySendBurst(16, 80, write), 16, 'all 16 buffers are free again');
-      for (let i = 40; i < 56; i++) assert.deepEqual((await nextFrame(b.drv)).frame, frame(MAC_B, MAC_A, 80, i), `frame ${i}`);
-      await until(() => a.drv.counters.txPackets === 56);
+      for (let i = total; i < total + 16; i++) assert.deepEqual((await nextFrame(b.drv)).frame, frame(MAC_B, MAC_A, 80, i & 0xff), `frame ${i}`);
+      await until(() => a.drv.counters.txPackets === total + 16);
       assert.equal(a.drv.counters.txFailed, 0);
 
       for (const count of [0, 17, 2.5, Number.NaN]) {
