@@ -38,8 +38,13 @@ const CLOSED = 'net: the driver is closed';
  * only (the device reads it once the call returns). `again` is true when this same writer
  * function wrote the buffer's last frame, which it still holds: a sender repeating a template
  * writes it whole only when `again` is false and otherwise rewrites just the bytes that vary.
+ * `fields` is the same frame area as a DataView, made once per buffer, for writing headers a
+ * field or a word at a time: V8 compiles a DataView store to one machine store, where
+ * TypedArray.set() is a call into the runtime that, for the 42 bytes of an Ethernet, IPv4 and
+ * UDP header, took longer than all of the driver's own work on the frame (docs/performance.md,
+ * "Writing a frame's headers").
  */
-export type FrameWriter = (buffer: Uint8Array, length: number, again: boolean) => void;
+export type FrameWriter = (buffer: Uint8Array, length: number, again: boolean, fields: DataView) => void;
 
 /** One transmit buffer and the request that carries it, reused frame after frame. */
 class TxSlot implements QueueRequest {
@@ -49,6 +54,8 @@ class TxSlot implements QueueRequest {
   readonly inSegs = NO_SEGMENTS;
   /** The buffer past the header, where the frame goes: a view made once. */
   readonly frameArea: Uint8Array;
+  /** The same frame area as a DataView, made once (FrameWriter's `fields`). */
+  readonly frameFields: DataView;
   /** Frame bytes now in the buffer. */
   private frameBytes = 0;
   /** The FrameWriter that wrote the frame the buffer holds; undefined when the frame was copied in. */
@@ -69,6 +76,7 @@ class TxSlot implements QueueRequest {
     this.segment = { addr, len: 0 };
     this.out = [this.segment];
     this.frameArea = view.subarray(NET_HDR_SIZE);
+    this.frameFields = new DataView(view.buffer, view.byteOffset + NET_HDR_SIZE, view.length - NET_HDR_SIZE);
   }
 
   /** Copy a finished frame into the buffer, header and all. */
@@ -211,7 +219,7 @@ export class NetTransmitter {
     try {
       for (; k < n; k++) {
         const slot = burst[k];
-        write(slot.frameArea, length, slot.writer === write);
+        write(slot.frameArea, length, slot.writer === write, slot.frameFields);
       }
     } catch (err) {
       // The buffers before k hold this writer's frames whole; the one it was writing, none.

@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import type { FrameWriter } from '../../../src/devices/net/driver.ts';
 import { createCable } from '../../../src/devices/net/port.ts';
 import { L2Switch } from '../../../src/devices/net/switch.ts';
 import { NO_OFFLOAD, formatMac } from '../../../src/devices/net/wire.ts';
@@ -164,6 +165,15 @@ for (const packed of [false, true]) {
       assert.equal(a.drv.trySendBurst(16, 80, write), 16, 'all 16 buffers are free again');
       for (let i = total; i < total + 16; i++) assert.deepEqual((await nextFrame(b.drv)).frame, frame(MAC_B, MAC_A, 80, i & 0xff), `frame ${i}`);
       await until(() => a.drv.counters.txPackets === total + 16);
+
+      // The same frame area as `fields`: a frame written a word at a time arrives as written.
+      const byWords = frame(MAC_B, MAC_A, 80, 0x77);
+      const words = new DataView(byWords.buffer, byWords.byteOffset, byWords.length);
+      const writeWords: FrameWriter = (_buffer, length, _again, fields) => {
+        for (let i = 0; i < length; i += 4) fields.setUint32(i, words.getUint32(i));
+      };
+      assert.equal(a.drv.trySendBurst(1, 80, writeWords), 1);
+      assert.deepEqual((await nextFrame(b.drv)).frame, byWords);
       assert.equal(a.drv.counters.txFailed, 0);
 
       for (const count of [0, 17, 2.5, Number.NaN]) {
