@@ -345,6 +345,26 @@ export interface UsedBuffer<T> {
 /** The UsedBuffer a driver queue's getUsed() fills and returns, one per queue: a plain object, as a result should look. */
 export type UsedRecord<T> = { -readonly [K in keyof UsedBuffer<T>]: UsedBuffer<T>[K] };
 
+/**
+ * DriverQueue.takeUsed() as getUsed() after getUsed(), for a ring with no faster way (and the
+ * first buffer of a run for one that has).
+ */
+export function takeUsedEach<T>(queue: DriverQueue<T>, tokens: (T | undefined)[], lens: Float64Array, max: number): number {
+  let n = 0;
+  try {
+    for (; n < max; n++) {
+      const used = queue.getUsed();
+      if (used === null) break;
+      tokens[n] = used.token;
+      lens[n] = used.len;
+    }
+  } catch (err) {
+    // The fault stays where it is: the next call, with nothing taken before it, raises it.
+    if (n === 0) throw err;
+  }
+  return n;
+}
+
 /** Driver side of one virtqueue. */
 export interface DriverQueue<T> {
   readonly size: number;
@@ -356,6 +376,12 @@ export interface DriverQueue<T> {
    */
   add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean;
   /**
+   * add() of a buffer of one segment given as its guest address and length, device-writable when
+   * `write`: the same checks and result. For a caller that keeps its buffers' addresses as
+   * numbers (a net driver's transmit buffers), so that no Segment is read per buffer.
+   */
+  addSegment(addr: number, len: number, write: boolean, token: T): boolean;
+  /**
    * Make added buffers visible to the device (§2.7.13 / §2.8.21), and say whether the device
    * asked to be notified (event suppression).
    */
@@ -365,6 +391,12 @@ export interface DriverQueue<T> {
    * until the next getUsed() (no allocation per buffer): copy out token and len, do not keep it.
    */
   getUsed(): UsedBuffer<T> | null;
+  /**
+   * getUsed() for up to `max` buffers at once: their tokens and lengths go to tokens[0..n) and
+   * lens[0..n), and n is returned. A ring fault behind buffers already taken ends the call with
+   * those; the next call raises it, as a fault changes nothing.
+   */
+  takeUsed(tokens: (T | undefined)[], lens: Float64Array, max: number): number;
   /** Ask the device to interrupt on used buffers; returns true if used buffers are already pending. */
   enableInterrupts(): boolean;
   disableInterrupts(): void;

@@ -49,6 +49,14 @@ export interface QueueRequest {
   failed(err: Error): void;
 }
 
+/**
+ * A request whose buffer is one device-readable segment at `addr` (its `out` is that one
+ * segment, its `inSegs` none), started a burst at a time with RequestQueue.startReadable().
+ */
+export interface ReadableRequest extends QueueRequest {
+  readonly addr: number;
+}
+
 /** A submit() in flight: a QueueRequest that settles a promise. */
 class PromisedRequest implements QueueRequest {
   constructor(
@@ -191,6 +199,37 @@ export class RequestQueue {
     if (!this.tryPlace(req)) this.waiting.push(req);
   }
 
+  /**
+   * start() of reqs[0..count), in that order: requests whose buffers are one device-readable
+   * segment of `len` bytes at their `addr`, as a net driver's transmit burst. They go into the
+   * ring in one pass, with no Segment read per request, and are published as start() would
+   * publish them, once a publication's worth has been added or at the turn's end.
+   */
+  startReadable(reqs: readonly ReadableRequest[], count: number, len: number): void {
+    let i = 0;
+    if (this.failedWith === undefined && this.waiting.length === 0) {
+      const ring = this.ring;
+      for (; i < count; i++) {
+        const req = reqs[i];
+        let placed: boolean;
+        try {
+          placed = ring.addSegment(req.addr, len, false, req);
+        } catch (err) {
+          // A segment the ring refuses (a length beyond 32 bits, say) fails that request alone.
+          req.failed(err instanceof Error ? err : new Error(String(err)));
+          continue;
+        }
+        if (!placed) break;
+        this.inFlight++;
+        this.unpublished++;
+      }
+      if (this.unpublished >= this.publishBatch && !this.collecting) this.publish();
+      else if (i > 0) this.scheduleKick();
+    }
+    // What found the ring full (or the queue failed, or requests waiting) goes the way of start().
+    for (; i < count; i++) this.start(reqs[i]);
+  }
+
   /** place(), with segments the ring refuses (a length beyond 32 bits, say) failing that request alone. */
   private tryPlace(req: QueueRequest): boolean {
     try {
@@ -310,36 +349,29 @@ export class RequestQueue {
   private reap(): number {
     const reqs = this.reapedRequests;
     const lens = this.reapedLens;
-    let n = 0;
+    let n: number;
     try {
-      // Never more than the ring holds in flight; a device repeating itself is a ring fault.
-      while (n < reqs.length) {
-        const used = this.ring.getUsed();
-        if (used === null) break;
-        // The ring hands back only tokens it has in flight: it refuses any other used id.
-        const req = used.token;
-        let len = used.len;
-        // A device that wrote nothing (a transmit buffer) needs no look at the segments.
-        if (len > 0) {
-          const writable = writableBytes(req.inSegs);
-          if (len > writable) {
-            if (!this.warnedLength) {
-              this.warnedLength = true;
-              this.log.warn({ queue: this.name }, `${this.name}: device claimed ${len} bytes written into ${writable}; clamped`);
-            }
-            len = writable;
-          }
-        }
-        reqs[n] = req;
-        lens[n] = len;
-        n++;
-      }
-      this.inFlight -= n;
+      // Never more than the ring holds in flight; a device repeating itself is a ring fault. The
+      // ring hands back only tokens it has in flight: it refuses any other used id. A fault
+      // behind buffers already used ends this pass with those, and the next pass raises it.
+      n = this.ring.takeUsed(reqs, lens, reqs.length);
     } catch (err) {
-      this.inFlight -= n;
-      this.dispatch(n);
       this.fail(new Error(`${this.name}: device broke the ring protocol: ${err instanceof Error ? err.message : String(err)}`));
       return -1;
+    }
+    this.inFlight -= n;
+    for (let i = 0; i < n; i++) {
+      const len = lens[i];
+      // A device that wrote nothing (a transmit buffer) needs no look at the segments.
+      if (len === 0) continue;
+      const writable = writableBytes(reqs[i]!.inSegs);
+      if (len > writable) {
+        if (!this.warnedLength) {
+          this.warnedLength = true;
+          this.log.warn({ queue: this.name }, `${this.name}: device claimed ${len} bytes written into ${writable}; clamped`);
+        }
+        lens[i] = writable;
+      }
     }
     return n;
   }

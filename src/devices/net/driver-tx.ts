@@ -20,7 +20,7 @@
  * closed driver, before taking a slot, so no frame is written or counted.
  */
 import type { VirtioDriver } from '../../virtio/driver-core.ts';
-import type { QueueRequest, RequestQueue } from '../../virtio/request-queue.ts';
+import type { ReadableRequest, RequestQueue } from '../../virtio/request-queue.ts';
 import type { Segment } from '../../virtio/queue.ts';
 import type { NetDriverCounters } from './counters.ts';
 import { plainFrameLimit } from './offload.ts';
@@ -47,7 +47,7 @@ const CLOSED = 'net: the driver is closed';
 export type FrameWriter = (buffer: Uint8Array, length: number, again: boolean, fields: DataView) => void;
 
 /** One transmit buffer and the request that carries it, reused frame after frame. */
-class TxSlot implements QueueRequest {
+class TxSlot implements ReadableRequest {
   /** The buffer's one segment; its length is set per frame. */
   private readonly segment: { readonly addr: number; len: number };
   readonly out: readonly Segment[];
@@ -234,8 +234,8 @@ export class NetTransmitter {
       const slot = burst[k];
       if (slot.writer !== write) slot.writer = write;
       slot.prepare(length, meta, undefined);
-      queue.start(slot);
     }
+    queue.startReadable(burst, n, NET_HDR_SIZE + length);
     return n;
   }
 

@@ -130,7 +130,11 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
     // One segment, the common case, is one small method and the rest another, so that add() is
     // small enough for V8 to inline where it is called.
-    if (out.length + inSegs.length === 1) return out.length === 1 ? this.addOne(out[0], 0, token) : this.addOne(inSegs[0], WRITE, token);
+    if (out.length + inSegs.length === 1) {
+      const write = out.length === 0;
+      const seg = write ? inSegs[0] : out[0];
+      return this.addSegment(seg.addr, seg.len, write, token);
+    }
     return this.addChain(out, inSegs, token);
   }
 
@@ -142,8 +146,8 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     }
     let readable = 0;
     let writable = 0;
-    for (let i = 0; i < out.length; i++) readable += checkSegment(this.name, out[i]);
-    for (let i = 0; i < inSegs.length; i++) writable += checkSegment(this.name, inSegs[i]);
+    for (let i = 0; i < out.length; i++) readable += checkSegment(this.name, out[i].addr, out[i].len);
+    for (let i = 0; i < inSegs.length; i++) writable += checkSegment(this.name, inSegs[i].addr, inSegs[i].len);
     if (readable > U32_MAX || writable > U32_MAX) {
       // The device would refuse the chain (a used length is 32 bits): refuse it here instead.
       throw new RangeError(`${this.name}: a buffer's readable or writable part exceeds 4 GiB`);
@@ -160,16 +164,16 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
   }
 
   /**
-   * add() of a buffer of one segment, the common case: one ring descriptor (a single segment is
-   * never placed indirectly), `write` WRITE or 0; the same checks in the same order.
+   * A buffer of one segment, the common case: one ring descriptor (a single segment is never
+   * placed indirectly), with add()'s checks in the same order.
    */
-  private addOne(seg: Segment, write: number, token: T): boolean {
-    const len = checkSegment(this.name, seg);
+  addSegment(addr: number, len: number, write: boolean, token: T): boolean {
+    checkSegment(this.name, addr, len);
     if (this.outstanding === this.size) return false;
-    const id = this.takeId(token, write === 0 ? 0 : len, 1);
+    const id = this.takeId(token, write ? len : 0, 1);
     const pos = this.availPos;
-    putDescriptor(this.words, this.halves, pos, seg.addr, len, id);
-    const flags = availablePattern(this.availWrap) | write;
+    putDescriptor(this.words, this.halves, pos, addr, len, id);
+    const flags = availablePattern(this.availWrap) | (write ? WRITE : 0);
     if (pos + 1 === this.size) {
       this.availPos = 0;
       this.availWrap = !this.availWrap;
@@ -303,6 +307,66 @@ export class PackedDriverQueue<T> implements DriverQueue<T> {
     return this.retireOldest();
   }
 
+  takeUsed(tokens: (T | undefined)[], lens: Float64Array, max: number): number {
+    let n = 0;
+    while (n < max) {
+      let used: UsedBuffer<T> | null;
+      try {
+        used = this.getUsed();
+      } catch (err) {
+        // A fault changes nothing: the next call, with nothing taken before it, raises it.
+        if (n === 0) throw err;
+        break;
+      }
+      if (used === null) break;
+      tokens[n] = used.token;
+      lens[n] = used.len;
+      n++;
+      if (this.batchEndId !== -1) n = this.retireRun(tokens, lens, n, max);
+    }
+    return n;
+  }
+
+  /**
+   * IN_ORDER: the rest of the run of buffers getUsed() found (up to batchEndId), taken in one
+   * pass into tokens/lens from index `n`, at most up to `max`: what retireOldest() would hand out
+   * one call at a time, with the used position and count kept in locals for the pass (on a
+   * transmit ring the device returns whole runs, and a call per buffer cost more than the buffer's
+   * other bookkeeping). Returns the new count.
+   */
+  private retireRun(tokens: (T | undefined)[], lens: Float64Array, n: number, max: number): number {
+    const size = this.size;
+    const held = this.tokens;
+    const end = this.batchEndId;
+    let pos = this.usedPos;
+    let wrap = this.usedWrap;
+    let outstanding = this.outstanding;
+    while (n < max) {
+      // A buffer's id is its head's slot, and the run's buffers lie in ring order up to `end`.
+      const id = pos;
+      const slots = this.slotsOf[id];
+      outstanding -= slots;
+      pos += slots;
+      if (pos >= size) {
+        pos -= size;
+        wrap = !wrap;
+      }
+      tokens[n] = held[id];
+      held[id] = undefined;
+      this.batchOf[id] = 0;
+      if (id === end) {
+        lens[n++] = this.batchEndLen;
+        this.batchEndId = -1;
+        break;
+      }
+      lens[n++] = this.writableOf[id];
+    }
+    this.usedPos = pos;
+    this.usedWrap = wrap;
+    this.outstanding = outstanding;
+    return n;
+  }
+
   /**
    * IN_ORDER (§2.8.8): the used descriptor of buffer batchEndId stands for every buffer made
    * available before it; those were used completely.
@@ -382,13 +446,13 @@ function putDescriptor(words: Uint32Array, halves: Uint16Array, pos: number, add
 }
 
 /** A driver's own segment, checked so that a bad one fails here rather than in the device; returns its length. */
-function checkSegment(name: string, s: Segment): number {
-  if (!Number.isSafeInteger(s.addr) || s.addr < 0 || !Number.isInteger(s.len) || s.len < 0 || s.len > U32_MAX) throw badSegment(name, s);
-  return s.len;
+function checkSegment(name: string, addr: number, len: number): number {
+  if (!Number.isSafeInteger(addr) || addr < 0 || !Number.isInteger(len) || len < 0 || len > U32_MAX) throw badSegment(name, addr, len);
+  return len;
 }
 
-function badSegment(name: string, s: Segment): RangeError {
-  return new RangeError(`${name}: segment of ${s.len} bytes at ${hex(s.addr)} is not a valid guest buffer`);
+function badSegment(name: string, addr: number, len: number): RangeError {
+  return new RangeError(`${name}: segment of ${len} bytes at ${hex(addr)} is not a valid guest buffer`);
 }
 
 function mapIndirectTables(memory: GuestMemory, tables: IndirectTables, size: number, name: string): Uint32Array {

@@ -9,7 +9,7 @@
  */
 import { DESC_SIZE, DescFlag, MAX_QUEUE_SIZE } from '../constants.ts';
 import type { GuestMemory } from '../memory.ts';
-import { type UsedRecord, VirtqueueError, type DriverQueue, type QueueConfig, type Segment, type UsedBuffer } from '../queue.ts';
+import { type UsedRecord, VirtqueueError, type DriverQueue, type QueueConfig, type Segment, type UsedBuffer, takeUsedEach } from '../queue.ts';
 import {
   AVAIL_F_NO_INTERRUPT,
   AVAIL_RING,
@@ -155,7 +155,11 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   add(out: readonly Segment[], inSegs: readonly Segment[], token: T): boolean {
     // One segment, the common case, is one small method and the rest another, so that add() is
     // small enough for V8 to inline where it is called.
-    if (out.length + inSegs.length === 1) return out.length === 1 ? this.addOne(out[0], 0, token) : this.addOne(inSegs[0], DescFlag.WRITE, token);
+    if (out.length + inSegs.length === 1) {
+      const write = out.length === 0;
+      const seg = write ? inSegs[0] : out[0];
+      return this.addSegment(seg.addr, seg.len, write, token);
+    }
     return this.addChain(out, inSegs, token);
   }
 
@@ -200,17 +204,15 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
   }
 
   /**
-   * add() of a buffer of one segment, the common case: one direct descriptor at the head of the
-   * free list (a single segment is never placed indirectly), `flags` WRITE or 0.
+   * A buffer of one segment, the common case: one direct descriptor at the head of the free list
+   * (a single segment is never placed indirectly).
    */
-  private addOne(seg: Segment, flags: number, token: T): boolean {
+  addSegment(addr: number, len: number, write: boolean, token: T): boolean {
     if (this.freeCount === 0) return false;
-    const addr = seg.addr;
-    const len = seg.len;
     this.checkSegment(0, addr, len);
     const head = this.freeHead;
-    writeDescriptor(this.desc, head << 2, addr, len, flags);
-    this.expose(head, head, 1, token, flags === 0 ? 0 : len);
+    writeDescriptor(this.desc, head << 2, addr, len, write ? DescFlag.WRITE : 0);
+    this.expose(head, head, 1, token, write ? len : 0);
     return true;
   }
 
@@ -261,6 +263,10 @@ export class SplitDriverQueue<T> implements DriverQueue<T> {
     const id = this.used32[e];
     if (id >= this.size || this.chainDescs[id] === 0) throw usedNotInFlight(this.name, id);
     return this.giveBack(id, this.used32[e + 1]);
+  }
+
+  takeUsed(tokens: (T | undefined)[], lens: Float64Array, max: number): number {
+    return takeUsedEach(this, tokens, lens, max);
   }
 
   /** getUsed() with IN_ORDER, where one used element may return a batch of buffers (§2.7.9). */

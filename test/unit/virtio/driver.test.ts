@@ -7,9 +7,9 @@ import type { AccessWidth, MmioRegisterAccess } from '../../../src/transports/mm
 import { DeviceStatus, Feature, featureBit } from '../../../src/virtio/constants.ts';
 import { DeviceNeedsResetError, VirtioDriver } from '../../../src/virtio/driver-core.ts';
 import { FRAMEWORK_FEATURES } from '../../../src/virtio/features.ts';
-import { VirtqueueError } from '../../../src/virtio/queue.ts';
+import { VirtqueueError, takeUsedEach } from '../../../src/virtio/queue.ts';
 import type { Segment, UsedBuffer } from '../../../src/virtio/queue.ts';
-import { type QueueRequest, RECLAIMS_PER_TURN, type RequestRing, RequestQueue } from '../../../src/virtio/request-queue.ts';
+import { type QueueRequest, type ReadableRequest, RECLAIMS_PER_TURN, type RequestRing, RequestQueue } from '../../../src/virtio/request-queue.ts';
 import { SplitDriverQueue } from '../../../src/virtio/split-ring.ts';
 import { ScriptedDevice, WARN, captureLog, deferred } from './framework-fixture.ts';
 import { RawRing } from './split-ring-fixture.ts';
@@ -192,12 +192,20 @@ class ManualRing implements RequestRing {
     this.added.push(token);
     return true;
   }
+  addSegment(addr: number, len: number, write: boolean, token: QueueRequest): boolean {
+    // The rings' own check, for a segment no guest address can be.
+    if (addr < 0) throw new RangeError(`a segment at ${addr}`);
+    return write ? this.add([], [{ addr, len }], token) : this.add([{ addr, len }], [], token);
+  }
   kick(): boolean {
     this.kicks++;
     return true;
   }
   getUsed(): UsedBuffer<QueueRequest> | null {
     return this.used.shift() ?? null;
+  }
+  takeUsed(tokens: (QueueRequest | undefined)[], lens: Float64Array, max: number): number {
+    return takeUsedEach(this, tokens, lens, max);
   }
   /** Whether the driver asked to be notified of used buffers (it sleeps on them). */
   interrupts = true;
@@ -240,6 +248,50 @@ test('requests wait in order for ring space and are kicked once per batch', asyn
   await Promise.all(all);
   assert.deepEqual(done, [1, 2, 3]);
   assert.equal(notified.length, 2, 'the two requests placed in the same tick shared one kick');
+});
+
+test('startReadable() starts a burst as start() would: placed in order, the rest waiting for room behind earlier requests, one kick per turn', async () => {
+  const ring = new ManualRing(4, 2);
+  const notified: number[] = [];
+  const q = new RequestQueue(ring, 'test.q0', () => notified.push(0), captureLog().log);
+  const done: number[] = [];
+  const readable = (n: number, addr = 0x1000 * (n + 1)): ReadableRequest => ({
+    addr,
+    out: [{ addr, len: 64 }],
+    inSegs: [],
+    completed: (len) => done.push(n * 1000 + len),
+    failed: (err) => {
+      assert.ok(err instanceof RangeError, String(err));
+      done.push(-n - 1);
+    },
+  });
+  q.startReadable([readable(0), readable(1), readable(2)], 3, 64);
+  assert.deepEqual(ring.tokens, [0, 1], 'two fit, one waits');
+  assert.equal(q.outstanding, 3);
+  // A burst behind a waiting request waits too: nothing overtakes it.
+  q.startReadable([readable(3), readable(4)], 2, 64);
+  assert.equal(q.outstanding, 5);
+  assert.equal(ring.kicks, 0, 'published at the turn\'s end');
+  await Promise.resolve();
+  assert.equal(ring.kicks, 1);
+  ring.use(0, 0);
+  ring.use(1, 0);
+  q.collect();
+  assert.deepEqual(ring.tokens, [2, 3], 'the waiting ones placed in order');
+  for (const n of [2, 3]) ring.use(n, 0);
+  q.collect();
+  ring.use(4, 0);
+  q.collect();
+  assert.deepEqual(done, [0, 1000, 2000, 3000, 4000]);
+
+  // A segment the ring refuses fails that request alone; a failed queue fails the whole burst.
+  done.length = 0;
+  q.startReadable([readable(5), readable(6, -1), readable(7)], 3, 64);
+  assert.deepEqual(done, [-7]);
+  q.fail(new RangeError('reset'));
+  q.startReadable([readable(8), readable(9)], 2, 64);
+  assert.deepEqual(done, [-7, -6, -8, -9, -10]);
+  assert.equal(notified.length, 1);
 });
 
 test('a hostile used length is clamped to the writable bytes and logged', async () => {

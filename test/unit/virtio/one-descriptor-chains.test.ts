@@ -114,6 +114,8 @@ for (const layout of LAYOUTS) {
     ]) {
       assert.throws(() => drv.add([seg], [], 9), RangeError, `readable ${seg.len} bytes at ${seg.addr}`);
       assert.throws(() => drv.add([], [seg], 9), RangeError, `writable ${seg.len} bytes at ${seg.addr}`);
+      assert.throws(() => drv.addSegment(seg.addr, seg.len, false, 9), RangeError, `addSegment: readable ${seg.len} bytes at ${seg.addr}`);
+      assert.throws(() => drv.addSegment(seg.addr, seg.len, true, 9), RangeError, `addSegment: writable ${seg.len} bytes at ${seg.addr}`);
     }
     assert.equal(drv.freeDescriptors, free);
     drv.kick();
@@ -140,6 +142,81 @@ for (const layout of LAYOUTS) {
     assert.equal(drv.add([{ addr: DATA, len: 16 }], [], 4), true);
   });
 }
+
+for (const layout of LAYOUTS) {
+  for (const inOrder of [false, true]) {
+    test(`${layout}${inOrder ? ', IN_ORDER' : ''}: addSegment() places what add() places, and takeUsed() returns what getUsed() would, at most max at a time`, () => {
+      const { drv, dev } = pair(layout, 8, { inOrder });
+      // Readable and writable buffers through both ways in, tokens 0..5.
+      for (let n = 0; n < 6; n++) {
+        const write = n % 2 === 1;
+        const seg = { addr: DATA + n * 0x100, len: 32 + n };
+        const added = n < 3 ? drv.addSegment(seg.addr, seg.len, write, n) : write ? drv.add([], [seg], n) : drv.add([seg], [], n);
+        assert.equal(added, true);
+      }
+      drv.kick();
+      const chains = Array.from({ length: 6 }, () => dev.pop()!);
+      assert.deepEqual(
+        chains.map((c) => [c.readableLength, c.writableLength]),
+        [[32, 0], [0, 33], [34, 0], [0, 35], [36, 0], [0, 37]],
+        'the device sees each segment where it was given',
+      );
+      // Wholly written buffers: with IN_ORDER the device returns them as one run (§2.7.9, §2.8.8).
+      for (const c of chains.slice(0, 5)) dev.push(c, c.writableLength);
+      dev.publish();
+      const tokens: (number | undefined)[] = new Array(8).fill(undefined);
+      const lens = new Float64Array(8);
+      assert.equal(drv.takeUsed(tokens, lens, 3), 3, 'no more than max');
+      assert.deepEqual([tokens.slice(0, 3), [...lens.subarray(0, 3)]], [[0, 1, 2], [0, 33, 0]]);
+      assert.equal(drv.takeUsed(tokens, lens, 8), 2, 'the rest of what was used');
+      assert.deepEqual([tokens.slice(0, 2), [...lens.subarray(0, 2)]], [[3, 4], [35, 0]]);
+      assert.equal(drv.takeUsed(tokens, lens, 8), 0, 'nothing more used');
+      dev.push(chains[5], 7);
+      dev.publish();
+      assert.equal(drv.takeUsed(tokens, lens, 8), 1);
+      assert.deepEqual([tokens[0], lens[0]], [5, 7]);
+      assert.equal(drv.freeDescriptors, 8);
+    });
+  }
+}
+
+test('split: takeUsed() returns the buffers before a used index that runs ahead, and the next call raises the fault', () => {
+  const { memory, config, drv, dev } = pair('split', 4);
+  for (let n = 0; n < 3; n++) assert.equal(drv.addSegment(DATA + n * 0x100, 16, true, n), true);
+  drv.kick();
+  for (let n = 0; n < 2; n++) dev.push(dev.pop()!, 16);
+  dev.publish();
+  // used->idx moved on by 5 in all, with 3 buffers available: the device lies about the last 3.
+  memory.writeU16(config.device + 2, 5);
+  const tokens: (number | undefined)[] = [];
+  const lens = new Float64Array(4);
+  assert.throws(() => drv.takeUsed(tokens, lens, 4), violates('used index jump'), 'the index is read whole, before any buffer');
+  memory.writeU16(config.device + 2, 2);
+  assert.equal(drv.takeUsed(tokens, lens, 4), 2);
+  assert.deepEqual(tokens, [0, 1]);
+  memory.writeU16(config.device + 2, 3);
+  memory.writeU32(config.device + 4 + 8 * 2, 3);
+  assert.throws(() => drv.takeUsed(tokens, lens, 4), violates('used id not in flight'));
+  assert.equal(drv.freeDescriptors, 3, 'the fault changed nothing');
+});
+
+test('packed: takeUsed() returns the buffers before a hostile used descriptor, and the next call raises the fault', () => {
+  const { memory, config, drv, dev } = pair('packed', 4);
+  for (let n = 0; n < 3; n++) assert.equal(drv.addSegment(DATA + n * 0x100, 16, true, n), true);
+  drv.kick();
+  for (let n = 0; n < 2; n++) dev.push(dev.pop()!, 16);
+  dev.publish();
+  // Slot 2 marked used (both flags equal the wrap counter, 1), naming buffer id 3, never added.
+  memory.writeU16(config.desc + 16 * 2 + 12, 3);
+  memory.writeU16(config.desc + 16 * 2 + 14, AVAIL | (1 << 15));
+  const tokens: (number | undefined)[] = [];
+  const lens = new Float64Array(4);
+  assert.equal(drv.takeUsed(tokens, lens, 4), 2, 'the buffers used before the fault');
+  assert.deepEqual([tokens, [...lens.subarray(0, 2)]], [[0, 1], [16, 16]]);
+  assert.throws(() => drv.takeUsed(tokens, lens, 4), violates('used id not in flight'));
+  assert.throws(() => drv.takeUsed(tokens, lens, 4), violates('used id not in flight'), 'raised again: nothing moved');
+  assert.equal(drv.freeDescriptors, 3);
+});
 
 /** A split ring's descriptor `i`, written as a hostile driver would. */
 function putSplit(memory: GuestMemory, config: QueueConfig, i: number, addr: number, len: number, flags: number, next = 0): void {
