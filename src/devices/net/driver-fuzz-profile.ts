@@ -1,8 +1,8 @@
 /**
- * The net driver under the hostile-device fuzzer (test/fuzz/driver-adversarial.ts): frames sent,
- * frames awaited, receive-mode commands on the control queue. An honest device acknowledges a
- * command (one writable byte) with VIRTIO_NET_OK and fills a receive buffer with a plain header
- * and a minimal frame, unless the fuzzer lies.
+ * The net driver under the hostile-device fuzzer (test/fuzz/driver-adversarial.ts): frames sent
+ * (one at a time, or a burst written in place), frames awaited, receive-mode commands on the
+ * control queue. An honest device acknowledges a command (one writable byte) with VIRTIO_NET_OK
+ * and fills a receive buffer with a plain header and a minimal frame, unless the fuzzer lies.
  */
 import { featureMask } from '../../virtio/features.ts';
 import type { DriverFuzzProfile } from '../device-type.ts';
@@ -29,12 +29,17 @@ export const NET_DRIVER_FUZZ: DriverFuzzProfile = {
     const driver = await NetDriver.open(transport, { log });
     return {
       async operate(seed) {
-        switch (seed.choice % 4) {
+        switch (seed.choice % 5) {
           case 0:
           case 1:
             return driver.send(new Uint8Array(14 + (seed.a % 1500)).fill(seed.fill));
           case 2:
             return driver.next();
+          case 3: {
+            // A burst written in place (RequestQueue.startReadable), or a wait for room.
+            const sent = driver.trySendBurst(1 + (seed.b % 32), MIN_FRAME, (buffer) => buffer.fill(seed.fill, 0, MIN_FRAME));
+            return sent > 0 ? undefined : driver.whenWritable();
+          }
           default:
             return driver.setPromiscuous(seed.b % 2 === 0);
         }
