@@ -62,8 +62,6 @@ class TxSlot implements ReadableRequest {
   writer: FrameWriter | undefined;
   /** The offload metadata whose header the buffer holds (undefined: none written yet). */
   private headerMeta: Offload | undefined;
-  /** The header's first byte (its flags) as last written. */
-  headerFirst = 0;
   /** Settles a send() waiting for this frame; undefined for trySend(). */
   private settle: ((err: Error | undefined) => void) | undefined;
 
@@ -93,7 +91,6 @@ class TxSlot implements ReadableRequest {
     if (meta !== this.headerMeta) {
       encodeNetHeader(meta, 0, this.view);
       this.headerMeta = meta;
-      this.headerFirst = this.view[0];
     }
     // Each field is stored only when it changes: a sender repeating one frame length stores none
     // of them, and every store queued here waits behind the frame line's miss (trySendBurst).
@@ -193,6 +190,9 @@ export class NetTransmitter {
    * CPU read it since the slot's last frame), and x86 commits stores in order, so a miss stalls
    * every store behind it once the store buffer is full. Frame after frame, the burst's misses
    * are in flight together; frame by frame, each waits behind the bookkeeping of the one before.
+   * A writer storing through FrameWriter's `fields` needs nothing more. Taking each frame's line
+   * first, in a loop of its own, saved a writer calling TypedArray.set() about a tenth of its
+   * time and cost a `fields` writer as much (docs/performance.md, "Writing a frame's headers").
    */
   trySendBurst(count: number, length: number, write: FrameWriter, meta: Offload, pair: number, pairs: number): number {
     this.check(length, this.plainLimit);
@@ -206,14 +206,6 @@ export class NetTransmitter {
     if (queue.failure !== undefined) this.refuse(queue, queue.failure);
     const burst = this.burst;
     const n = this.takeBurst(count, length, pairs, queue);
-    // Take each buffer's first line for writing before any frame is written: the header's first
-    // byte stored again, in a loop that stores nothing else, so the burst's misses on lines the
-    // device's CPU read since go out together and the writer's stores find lines this CPU holds.
-    // A prefetch for writing, which JavaScript does not have.
-    for (let i = 0; i < n; i++) {
-      const slot = burst[i];
-      slot.view[0] = slot.headerFirst;
-    }
     let k = 0;
     this.writing = true;
     try {
