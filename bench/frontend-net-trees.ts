@@ -9,7 +9,8 @@
  *     PARAVIRT_BENCH_TREES=/path/to/before,/path/to/after PARAVIRT_BENCH_NET_LAYOUT=packed \
  *       npm run bench -- frontend-net-trees
  *
- * A tree is a checkout of this repository (a `git worktree`), with node_modules.
+ * A tree is a checkout of this repository (a `git worktree`), with node_modules and
+ * bench/_net-txonly-sender.ts: each round runs the driver and the sender of its tree.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
@@ -46,7 +47,11 @@ const median = (values: readonly number[]): number => [...values].sort((a, b) =>
 
 export async function main(): Promise<void> {
   if (trees.length === 0) throw new Error('PARAVIRT_BENCH_TREES: give the source trees to compare, comma-separated');
-  for (const tree of trees) if (!existsSync(join(tree, 'src/devices/net/driver.ts'))) throw new Error(`PARAVIRT_BENCH_TREES: ${tree} is not a paravirt source tree`);
+  for (const tree of trees) {
+    if (!existsSync(join(tree, 'src/devices/net/driver.ts')) || !existsSync(join(tree, 'bench/_net-txonly-sender.ts'))) {
+      throw new Error(`PARAVIRT_BENCH_TREES: ${tree} is not a paravirt source tree with bench/_net-txonly-sender.ts`);
+    }
+  }
   if (layout !== 'split' && layout !== 'packed') throw new Error(`PARAVIRT_BENCH_NET_LAYOUT=${layout}: the layouts are split and packed`);
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`PARAVIRT_BENCH_ROUNDS=${process.env.PARAVIRT_BENCH_ROUNDS}: a whole number of rounds, 1 or more`);
   const dir = mkdtempSync(join(tmpdir(), 'paravirt-bench-trees-'));
