@@ -6,7 +6,8 @@
  * already, BURST at a time with trySendBurst(), waiting with whenWritable() when the ring is full.
  * They are written as ten 32-bit words and a 16-bit one through the buffer's DataView, as
  * rte_memcpy copies them with a few wide stores: a TypedArray.set() of 42 bytes took longer than
- * the driver's own work on a frame (docs/performance.md, "Writing a frame's headers").
+ * the driver's own work on a frame (docs/performance.md, "A sender's turn, its headers, and the
+ * ring a burst at a time").
  */
 import { DEFAULT_POLL_MICROS } from '../src/devices/host-options.ts';
 import type { FrameWriter, NetDriver } from '../src/devices/net/driver.ts';

@@ -92,7 +92,8 @@ const MIN_PUBLISH_BATCH = 32;
  * a caller that keeps finding room yields to the event loop. Each turn that ends so costs an
  * event loop round and a poll turn before its sender is woken; against DPDK's net_vhost, which
  * has used every buffer by the time the sender looks, 16 rather than 1 took 7 % (packed) and
- * 10 % (split) off the driver's CPU per frame (docs/performance.md, "How often a sender yields").
+ * 10 % (split) off the driver's CPU per frame (docs/performance.md, "A sender's turn, its
+ * headers, and the ring a burst at a time").
  */
 export const RECLAIMS_PER_TURN = 16;
 

@@ -42,7 +42,7 @@ const CLOSED = 'net: the driver is closed';
  * field or a word at a time: V8 compiles a DataView store to one machine store, where
  * TypedArray.set() is a call into the runtime that, for the 42 bytes of an Ethernet, IPv4 and
  * UDP header, took longer than all of the driver's own work on the frame (docs/performance.md,
- * "Writing a frame's headers").
+ * "A sender's turn, its headers, and the ring a burst at a time").
  */
 export type FrameWriter = (buffer: Uint8Array, length: number, again: boolean, fields: DataView) => void;
 
@@ -192,7 +192,8 @@ export class NetTransmitter {
    * are in flight together; frame by frame, each waits behind the bookkeeping of the one before.
    * A writer storing through FrameWriter's `fields` needs nothing more. Taking each frame's line
    * first, in a loop of its own, saved a writer calling TypedArray.set() about a tenth of its
-   * time and cost a `fields` writer as much (docs/performance.md, "Writing a frame's headers").
+   * time and cost a `fields` writer as much (docs/performance.md, "A sender's turn, its headers,
+   * and the ring a burst at a time").
    */
   trySendBurst(count: number, length: number, write: FrameWriter, meta: Offload, pair: number, pairs: number): number {
     this.check(length, this.plainLimit);
@@ -321,9 +322,9 @@ export class NetTransmitter {
   /**
    * Up to `count` free slots into `burst`, for trySend*() on `queue`; returns how many, 0 when
    * all are in flight, and throws when none will ever come back. Short of slots, it first takes
-   * back what the device has used meanwhile (a few times per turn: RequestQueue.reclaim), rather than
-   * leave the caller to wait for a poll turn, as DPDK's transmit path frees used descriptors
-   * when it runs short.
+   * back what the device has used meanwhile (up to RECLAIMS_PER_TURN times a turn:
+   * RequestQueue.reclaim), rather than leave the caller to wait for a poll turn, as DPDK's
+   * transmit path frees used descriptors when it runs short.
    */
   private takeBurst(count: number, length: number, pairs: number, queue: RequestQueue): number {
     if (this.freeCount < count) this.reclaim(queue);
