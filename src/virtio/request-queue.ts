@@ -203,8 +203,8 @@ export class RequestQueue {
   /**
    * start() of reqs[0..count), in that order: requests whose buffers are one device-readable
    * segment of `len` bytes at their `addr`, as a net driver's transmit burst. They go into the
-   * ring in one pass, with no Segment read per request, and are published as start() would
-   * publish them, once a publication's worth has been added or at the turn's end.
+   * ring in one pass, with no Segment read per request, and are published as start() publishes:
+   * each time a publication's worth has been added, and the rest at the turn's end.
    */
   startReadable(reqs: readonly ReadableRequest[], count: number, len: number): void {
     let i = 0;
@@ -222,10 +222,9 @@ export class RequestQueue {
         }
         if (!placed) break;
         this.inFlight++;
-        this.unpublished++;
+        if (++this.unpublished >= this.publishBatch && !this.collecting) this.publish();
       }
-      if (this.unpublished >= this.publishBatch && !this.collecting) this.publish();
-      else if (i > 0) this.scheduleKick();
+      if (this.unpublished > 0) this.scheduleKick();
     }
     // What found the ring full (or the queue failed, or requests waiting) goes the way of start().
     for (; i < count; i++) this.start(reqs[i]);

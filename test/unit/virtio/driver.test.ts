@@ -461,6 +461,18 @@ test('requests added in one turn are made available a quarter ring at a time, at
   assert.equal(small.kicks, 1, 'a quarter of 64 is below 32: published at the 32nd');
   await Promise.resolve();
   assert.equal(small.kicks, 2);
+
+  // startReadable() publishes the same way, inside one burst.
+  const burstRing = new ManualRing(256);
+  const q3 = new RequestQueue(burstRing, 'test.q2', () => {}, captureLog().log);
+  const readable = Array.from({ length: 140 }, (_, i): ReadableRequest => {
+    const addr = 0x1000 * (i + 1);
+    return { addr, out: [{ addr, len: 60 }], inSegs: [], completed: () => {}, failed: (err) => assert.fail(err) };
+  });
+  q3.startReadable(readable, 140, 60);
+  assert.equal(burstRing.kicks, 2, 'two batches of 64 published within the burst');
+  await Promise.resolve();
+  assert.equal(burstRing.kicks, 3, 'the last 12 at the end of the turn');
 });
 
 test('buffers re-posted from their completions are made available once collect() is done, not while it runs', async () => {
